@@ -1,0 +1,324 @@
+"""Building, saving and loading segmentation models.
+
+A model directory is what ``smp``'s ``model.save_pretrained(dir)`` writes (``config.json`` and
+``model.safetensors``), optionally with tileseg's ``tileseg.json`` metadata beside it. Loading
+never touches the network and never executes code from the file: weights come from safetensors,
+or from ``torch.load(weights_only=True)`` for a plain state dict.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from tileseg.errors import InputNotFoundError, ModelError
+from tileseg.metadata import ModelMetadata, load_metadata, save_metadata
+
+logger = logging.getLogger(__name__)
+
+Architecture = Literal["DeepLabV3Plus", "DeepLabV3", "PSPNet"]
+ARCHITECTURES: tuple[str, ...] = ("DeepLabV3Plus", "DeepLabV3", "PSPNet")
+_ALIASES = {
+    "deeplabv3plus": "DeepLabV3Plus",
+    "deeplabv3+": "DeepLabV3Plus",
+    "deeplab": "DeepLabV3Plus",
+    "deeplabv3": "DeepLabV3",
+    "pspnet": "PSPNet",
+}
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
+
+
+def canonical_architecture(name: str) -> str:
+    """Map user spellings (``deeplabv3+``, ``pspnet``) to smp class names."""
+    key = name.strip().lower()
+    if key in _ALIASES:
+        return _ALIASES[key]
+    raise ModelError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build an smp model from scratch (always with ``encoder_weights=None``)."""
+
+    architecture: str = "DeepLabV3Plus"
+    encoder_name: str = "resnet50"
+    in_channels: int = 3
+    classes: int = 2
+    encoder_output_stride: int | None = None  # 8 or 16 (DeepLab only); None: smp's default
+    decoder_atrous_rates: tuple[int, ...] | None = None  # DeepLab only
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "architecture", canonical_architecture(self.architecture))
+        if self.in_channels < 1 or self.classes < 1:
+            raise ModelError("in_channels and classes must be at least 1")
+        if self.encoder_output_stride not in (None, 8, 16):
+            raise ModelError("encoder_output_stride must be 8 or 16")
+        if self.encoder_output_stride is not None and self.architecture == "PSPNet":
+            raise ModelError("PSPNet has no output stride option; use DeepLabV3Plus or DeepLabV3")
+
+    def kwargs(self) -> dict[str, Any]:
+        kw: dict[str, Any] = {
+            "encoder_name": self.encoder_name,
+            "encoder_weights": None,
+            "in_channels": self.in_channels,
+            "classes": self.classes,
+            **self.extra,
+        }
+        if self.architecture != "PSPNet":
+            if self.encoder_output_stride is not None:
+                kw["encoder_output_stride"] = self.encoder_output_stride
+            if self.decoder_atrous_rates is not None:
+                kw["decoder_atrous_rates"] = tuple(self.decoder_atrous_rates)
+        return kw
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """Build an untrained smp model. Never downloads: encoder weights are always None."""
+    import segmentation_models_pytorch as smp
+
+    cls = getattr(smp, spec.architecture)
+    try:
+        return cls(**spec.kwargs())
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise ModelError(f"cannot build {spec.architecture} with {spec.encoder_name}: {exc}") from exc
+
+
+def save_model(model: nn.Module, directory: str | Path, metadata: ModelMetadata) -> Path:
+    """Save an smp model (``save_pretrained`` layout) with its tileseg metadata."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    if not hasattr(model, "save_pretrained"):
+        raise ModelError("save_model needs an smp model (it has save_pretrained)")
+    model.save_pretrained(str(path))
+    save_metadata(metadata, path)
+    return path
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """An eval-mode model with what tileseg needs to feed it."""
+
+    module: nn.Module
+    metadata: ModelMetadata
+    source: str
+    architecture: str
+    divisor: int  # input height/width must be a multiple of this
+
+    def context_size(self, tile_size: int) -> int:
+        """Smallest network input (>= tile_size) the model accepts."""
+        return -(-tile_size // self.divisor) * self.divisor
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    config_path = directory / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelError(f"{config_path}: not valid JSON ({exc}); re-save the model") from exc
+    if not isinstance(config, dict) or "_model_class" not in config:
+        raise ModelError(
+            f"{config_path}: not an smp config (no _model_class); save the model with "
+            "model.save_pretrained(dir)"
+        )
+    return config
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise ModelError(f"{path}: corrupt safetensors file ({exc}); re-save the model") from exc
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelError(
+            f"{path}: holds pickled Python objects, which tileseg refuses to execute; save a "
+            "state dict (torch.save(model.state_dict(), f)) or use model.save_pretrained(dir)"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ModelError(f"{path}: not a readable PyTorch weights file ({exc})") from exc
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path}: not a state dict of tensors; re-save it with model.state_dict()")
+    return state
+
+
+def _divisor(module: nn.Module) -> int:
+    explicit = getattr(module, "tileseg_divisor", None)
+    if explicit is not None:
+        return int(explicit)
+    if getattr(module, "requires_divisible_input_shape", False):
+        return int(getattr(module.encoder, "output_stride", 32))
+    return 1
+
+
+def _infer_classes_and_channels(module: nn.Module) -> tuple[int, int]:
+    in_channels = classes = None
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            if in_channels is None:
+                in_channels = m.in_channels
+            classes = m.out_channels
+    if in_channels is None or classes is None:
+        raise ModelError("cannot tell the model's input bands and classes; add tileseg.json")
+    seg_head = getattr(module, "segmentation_head", None)
+    if seg_head is not None:
+        convs = [m for m in seg_head.modules() if isinstance(m, nn.Conv2d)]
+        if convs:
+            classes = convs[-1].out_channels
+    encoder = getattr(module, "encoder", None)
+    if encoder is not None and hasattr(encoder, "_in_channels"):
+        in_channels = int(encoder._in_channels)
+    return classes, in_channels
+
+
+def wrap_module(
+    module: nn.Module,
+    metadata: ModelMetadata | None = None,
+    *,
+    source: str = "<module>",
+    dtype: str | None = None,
+) -> LoadedModel:
+    """Wrap any ``nn.Module`` mapping ``(N, bands, H, W)`` to ``(N, classes, H, W)`` logits."""
+    module = module.eval()
+    if metadata is None:
+        classes, in_channels = _infer_classes_and_channels(module)
+        metadata = ModelMetadata.default(classes, in_channels, dtype)
+    return LoadedModel(
+        module=module,
+        metadata=metadata,
+        source=source,
+        architecture=type(module).__name__,
+        divisor=_divisor(module),
+    )
+
+
+def load_model(
+    path: str | Path,
+    *,
+    spec: ModelSpec | None = None,
+    encoder_output_stride: int | None = None,
+    decoder_atrous_rates: tuple[int, ...] | None = None,
+    raster_dtype: str | None = None,
+) -> LoadedModel:
+    """Load a model directory (or a state-dict file plus a ``spec``) in eval mode on the CPU.
+
+    Parameters
+    ----------
+    path
+        A directory written by ``model.save_pretrained(dir)`` (optionally with ``tileseg.json``),
+        or a ``.safetensors``/``.pt`` state dict, in which case ``spec`` says what to build.
+    encoder_output_stride, decoder_atrous_rates
+        Run a DeepLab model at another output stride or with other atrous rates than it was
+        saved with (the weights do not change shape).
+    raster_dtype
+        Used only to choose default normalization when the model has no metadata.
+
+    Examples
+    --------
+    >>> model = load_model("models/landcover")          # doctest: +SKIP
+    >>> model.metadata.class_names                       # doctest: +SKIP
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputNotFoundError(f"{path}: model not found; pass --model DIR (a save_pretrained dir)")
+    if path.is_dir():
+        config = _read_config(path) if (path / "config.json").is_file() else None
+        weights = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), None)
+        if weights is None:
+            raise ModelError(f"{path}: no model.safetensors in the directory; save with save_pretrained")
+        meta_dir: Path = path
+    else:
+        config, weights, meta_dir = None, path, path.parent
+    metadata = load_metadata(meta_dir)
+
+    if config is not None:
+        arch = canonical_architecture(str(config.pop("_model_class")))
+        for key in ("encoder_weights",):
+            config.pop(key, None)
+        known = {"encoder_name", "in_channels", "classes", "encoder_output_stride",
+                 "decoder_atrous_rates"}
+        spec = ModelSpec(
+            architecture=arch,
+            encoder_name=config.pop("encoder_name"),
+            in_channels=int(config.pop("in_channels", 3)),
+            classes=int(config.pop("classes", 1)),
+            encoder_output_stride=config.pop("encoder_output_stride", None),
+            decoder_atrous_rates=(
+                tuple(config["decoder_atrous_rates"]) if "decoder_atrous_rates" in config else None
+            ),
+            extra={k: v for k, v in config.items() if k not in known and not k.startswith("_")},
+        )
+    elif spec is None:
+        raise ModelError(
+            f"{path}: a bare weights file needs the architecture; pass a save_pretrained "
+            "directory instead (config.json + model.safetensors)"
+        )
+    overrides: dict[str, Any] = {}
+    if encoder_output_stride is not None:
+        overrides["encoder_output_stride"] = encoder_output_stride
+    if decoder_atrous_rates is not None:
+        overrides["decoder_atrous_rates"] = tuple(decoder_atrous_rates)
+    if overrides:
+        if spec.architecture == "PSPNet":
+            raise ModelError("output stride and atrous rates apply to DeepLab models only")
+        spec = replace(spec, **overrides)
+
+    module = build_model(spec)
+    state = _read_state_dict(weights)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelError(f"{weights}: weights do not match {spec.architecture}/"
+                         f"{spec.encoder_name} ({first})") from exc
+
+    if metadata is None:
+        logger.warning(
+            "%s has no tileseg.json: classes are numbered, normalization scales %s input by %s; "
+            "add metadata (tileseg.metadata.save_metadata) for real class names and scaling",
+            path, raster_dtype or "float32", "the dtype default",
+        )
+        metadata = ModelMetadata.default(spec.classes, spec.in_channels, raster_dtype)
+    elif metadata.num_classes != spec.classes or metadata.in_channels != spec.in_channels:
+        raise ModelError(
+            f"{path}: tileseg.json says {metadata.num_classes} classes/{metadata.in_channels} bands "
+            f"but the weights have {spec.classes}/{spec.in_channels}; fix tileseg.json"
+        )
+    module.eval()
+    return LoadedModel(
+        module=module,
+        metadata=metadata,
+        source=str(path),
+        architecture=spec.architecture,
+        divisor=_divisor(module),
+    )
+
+
+_CACHE: dict[tuple[Any, ...], Any] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def cached(key: tuple[Any, ...], factory: Any) -> Any:
+    """Process-wide cache so each worker process loads a model once and keeps it."""
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = factory()
+        return _CACHE[key]
+
+
+def clear_cache() -> None:
+    with _CACHE_LOCK:
+        _CACHE.clear()
