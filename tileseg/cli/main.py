@@ -17,6 +17,7 @@ _COMMANDS = {
     "batch": "tileseg.cli.batch",
     "train": "tileseg.cli.train",
     "evaluate": "tileseg.cli.evaluate",
+    "sample": "tileseg.cli.sample",
 }
 
 
