@@ -1,0 +1,79 @@
+"""Configuration of a predict run, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from tileseg.blend import DEFAULT_BLEND, WINDOWS
+from tileseg.errors import ConfigError
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+ProbabilityMode = Literal["none", "uint8", "float16"]
+
+DEFAULT_TILE_SIZE = 513
+DEFAULT_OVERLAP = 64
+DEFAULT_CHUNK_SIZE = 2048
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Everything ``predict`` needs besides the model object (see :func:`tileseg.predict`).
+
+    Examples
+    --------
+    >>> PredictConfig(src="scene.tif", dst="mask.tif", overlap=128).tile_size
+    513
+    """
+
+    src: str
+    dst: str
+    model: str | None = None  # model directory; None: the bundled default model
+    format: str | None = None  # gtiff, cog or zarr; None: from dst's extension
+    zarr_path: str | None = None  # also keep the Zarr mosaic here when dst is a GeoTIFF
+    bands: tuple[int, ...] | None = None  # 1-based, as rasterio
+    nodata: float | None = None  # overrides the file's nodata
+    allow_no_crs: bool = False
+    tile_size: int = DEFAULT_TILE_SIZE
+    overlap: int = DEFAULT_OVERLAP
+    chunk_size: int = DEFAULT_CHUNK_SIZE  # rounded to a whole number of tile cores
+    blend: str = DEFAULT_BLEND
+    device: str = "auto"
+    batch_size: int | None = None  # None: chosen from the device's memory
+    precision: Precision = "auto"
+    compile_model: bool = False
+    encoder_output_stride: int | None = None
+    decoder_atrous_rates: tuple[int, ...] | None = None
+    probabilities: ProbabilityMode = "none"
+    overwrite: bool = False
+    resume: bool = False
+    scheduler: str | None = None  # None/"threads", "sync", or a dask.distributed address
+    workers: int | None = None  # threads of the in-process scheduler
+    report: str | None = None  # write a JSON run report here
+    vectorize: str | None = None  # also write polygons here (GPKG, GeoParquet, ...)
+
+    def __post_init__(self) -> None:
+        if self.tile_size < 16:
+            raise ConfigError(f"--tile-size must be at least 16, got {self.tile_size}")
+        if not 0 <= self.overlap < self.tile_size:
+            raise ConfigError(
+                f"--overlap must be between 0 and {self.tile_size - 1}, got {self.overlap}")
+        if self.chunk_size < 1:
+            raise ConfigError(f"--chunk-size must be positive, got {self.chunk_size}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.workers is not None and self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+        if self.blend not in WINDOWS:
+            raise ConfigError(f"--blend {self.blend!r}: choose one of {', '.join(WINDOWS)}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"--precision {self.precision!r}: choose auto, fp32, bf16 or fp16")
+        if self.probabilities not in ("none", "uint8", "float16"):
+            raise ConfigError(
+                f"--probabilities {self.probabilities!r}: choose none, uint8 or float16")
+        if self.bands is not None and (not self.bands or min(self.bands) < 1):
+            raise ConfigError("--bands takes 1-based band numbers, e.g. --bands 3,2,1")
+        if self.encoder_output_stride not in (None, 8, 16):
+            raise ConfigError("--output-stride must be 8 or 16")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume and --overwrite contradict each other; pick one")

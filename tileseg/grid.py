@@ -1,0 +1,231 @@
+"""Tile-grid geometry, in pixels, as plain value objects (no I/O, no torch).
+
+Vocabulary: the raster is cut into *cores* of ``stride = tile_size - overlap`` pixels that
+partition it exactly. A *tile* is a core grown by a *halo* (``halo_before`` above/left,
+``halo_after`` below/right), so neighbouring tiles share ``overlap`` pixels. Tiles at the right
+and bottom edges may reach past the raster; those pixels are explicit padding (reflected), never
+real data, and never written. Tiles are grouped into square *chunks* of ``chunk_tiles`` cores per
+side; a chunk is the unit of dask work and of Zarr storage.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from tileseg.errors import ConfigError
+
+
+@dataclass(frozen=True, order=True)
+class Rect:
+    """Half-open pixel rectangle ``[row_off, row_off+height) x [col_off, col_off+width)``."""
+
+    row_off: int
+    col_off: int
+    height: int
+    width: int
+
+    @property
+    def row_end(self) -> int:
+        return self.row_off + self.height
+
+    @property
+    def col_end(self) -> int:
+        return self.col_off + self.width
+
+    @property
+    def empty(self) -> bool:
+        return self.height <= 0 or self.width <= 0
+
+    @property
+    def size(self) -> int:
+        return max(self.height, 0) * max(self.width, 0)
+
+    @classmethod
+    def from_bounds(cls, row_off: int, col_off: int, row_end: int, col_end: int) -> Rect:
+        return cls(row_off, col_off, max(row_end - row_off, 0), max(col_end - col_off, 0))
+
+    def intersection(self, other: Rect) -> Rect:
+        return Rect.from_bounds(
+            max(self.row_off, other.row_off),
+            max(self.col_off, other.col_off),
+            min(self.row_end, other.row_end),
+            min(self.col_end, other.col_end),
+        )
+
+    def grow(self, before: int, after: int) -> Rect:
+        return Rect(self.row_off - before, self.col_off - before,
+                    self.height + before + after, self.width + before + after)
+
+    def relative_to(self, outer: Rect) -> tuple[slice, slice]:
+        """Row and column slices that select this rectangle inside an array covering ``outer``."""
+        r = self.row_off - outer.row_off
+        c = self.col_off - outer.col_off
+        return slice(r, r + self.height), slice(c, c + self.width)
+
+    def subtract(self, inner: Rect) -> list[Rect]:
+        """This rectangle minus ``inner`` as at most four disjoint bands (top, bottom, left, right)."""
+        inner = inner.intersection(self)
+        if inner.empty:
+            return [] if self.empty else [self]
+        bands = [
+            Rect.from_bounds(self.row_off, self.col_off, inner.row_off, self.col_end),
+            Rect.from_bounds(inner.row_end, self.col_off, self.row_end, self.col_end),
+            Rect.from_bounds(inner.row_off, self.col_off, inner.row_end, inner.col_off),
+            Rect.from_bounds(inner.row_off, inner.col_end, inner.row_end, self.col_end),
+        ]
+        return [b for b in bands if not b.empty]
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The tiling plan of one raster.
+
+    Examples
+    --------
+    >>> grid = TileGrid(height=1000, width=1500, tile_size=513, overlap=64)
+    >>> grid.stride, grid.tile_rows, grid.tile_cols
+    (449, 3, 4)
+    >>> grid.tile(0, 0)
+    Rect(row_off=-32, col_off=-32, height=513, width=513)
+    """
+
+    height: int
+    width: int
+    tile_size: int = 513
+    overlap: int = 64
+    chunk_tiles: int = 4
+
+    def __post_init__(self) -> None:
+        if self.height < 1 or self.width < 1:
+            raise ConfigError(f"raster size {self.height}x{self.width} is empty")
+        if self.tile_size < 1:
+            raise ConfigError(f"--tile-size must be at least 1, got {self.tile_size}")
+        if not 0 <= self.overlap < self.tile_size:
+            raise ConfigError(
+                f"--overlap must be between 0 and tile size - 1 ({self.tile_size - 1}), "
+                f"got {self.overlap}"
+            )
+        if self.chunk_tiles < 1:
+            raise ConfigError(f"chunk must hold at least one tile, got {self.chunk_tiles}")
+
+    # -- tiles -------------------------------------------------------------------------------
+    @property
+    def stride(self) -> int:
+        return self.tile_size - self.overlap
+
+    @property
+    def halo_before(self) -> int:
+        return self.overlap // 2
+
+    @property
+    def halo_after(self) -> int:
+        return self.overlap - self.halo_before
+
+    @property
+    def tile_rows(self) -> int:
+        return math.ceil(self.height / self.stride)
+
+    @property
+    def tile_cols(self) -> int:
+        return math.ceil(self.width / self.stride)
+
+    @property
+    def num_tiles(self) -> int:
+        return self.tile_rows * self.tile_cols
+
+    @property
+    def raster(self) -> Rect:
+        return Rect(0, 0, self.height, self.width)
+
+    def core(self, row: int, col: int) -> Rect:
+        """The pixels this tile owns; cores partition the raster."""
+        s = self.stride
+        return Rect(row * s, col * s, s, s).intersection(self.raster)
+
+    def tile(self, row: int, col: int) -> Rect:
+        """The tile window (core plus halo); may reach outside the raster at its edges."""
+        s = self.stride
+        return Rect(row * s - self.halo_before, col * s - self.halo_before,
+                    self.tile_size, self.tile_size)
+
+    def tiles(self) -> Iterator[tuple[int, int]]:
+        for row in range(self.tile_rows):
+            for col in range(self.tile_cols):
+                yield row, col
+
+    # -- chunks ------------------------------------------------------------------------------
+    @property
+    def chunk_size(self) -> int:
+        return self.chunk_tiles * self.stride
+
+    @property
+    def chunk_rows(self) -> int:
+        return math.ceil(self.tile_rows / self.chunk_tiles)
+
+    @property
+    def chunk_cols(self) -> int:
+        return math.ceil(self.tile_cols / self.chunk_tiles)
+
+    @property
+    def num_chunks(self) -> int:
+        return self.chunk_rows * self.chunk_cols
+
+    def chunks(self) -> Iterator[tuple[int, int]]:
+        for row in range(self.chunk_rows):
+            for col in range(self.chunk_cols):
+                yield row, col
+
+    def chunk_tile_range(self, row: int, col: int) -> tuple[range, range]:
+        """Tile rows and tile columns whose cores lie in this chunk."""
+        k = self.chunk_tiles
+        return (range(row * k, min((row + 1) * k, self.tile_rows)),
+                range(col * k, min((col + 1) * k, self.tile_cols)))
+
+    def chunk_tiles_of(self, row: int, col: int) -> list[tuple[int, int]]:
+        rows, cols = self.chunk_tile_range(row, col)
+        return [(r, c) for r in rows for c in cols]
+
+    def chunk(self, row: int, col: int) -> Rect:
+        """The raster pixels the chunk owns (union of its cores); chunks partition the raster."""
+        c = self.chunk_size
+        return Rect(row * c, col * c, c, c).intersection(self.raster)
+
+    def chunk_extent(self, row: int, col: int) -> Rect:
+        """Union of the chunk's tile windows: every pixel its tiles write logits to."""
+        rows, cols = self.chunk_tile_range(row, col)
+        first = self.tile(rows[0], cols[0])
+        last = self.tile(rows[-1], cols[-1])
+        return Rect.from_bounds(first.row_off, first.col_off, last.row_end, last.col_end)
+
+    def chunk_safe(self, row: int, col: int) -> Rect:
+        """Pixels of the chunk that no tile of another chunk reaches: final after one task."""
+        own = self.chunk(row, col)
+        top = own.row_off + (self.halo_after if row > 0 else 0)
+        left = own.col_off + (self.halo_after if col > 0 else 0)
+        bottom = own.row_end - (self.halo_before if row < self.chunk_rows - 1 else 0)
+        right = own.col_end - (self.halo_before if col < self.chunk_cols - 1 else 0)
+        return Rect.from_bounds(top, left, bottom, right)
+
+    def chunk_spill(self, row: int, col: int) -> list[Rect]:
+        """Parts of the chunk's extent (inside the raster) that other chunks also write to."""
+        extent = self.chunk_extent(row, col).intersection(self.raster)
+        return extent.subtract(self.chunk_safe(row, col))
+
+    def chunk_border(self, row: int, col: int) -> list[Rect]:
+        """Parts of the chunk that need logits from neighbouring chunks before they are final."""
+        return self.chunk(row, col).subtract(self.chunk_safe(row, col))
+
+    def neighbours(self, row: int, col: int) -> list[tuple[int, int]]:
+        """The chunk itself and the up-to-eight chunks around it, in a fixed order."""
+        out = []
+        for r in range(max(row - 1, 0), min(row + 2, self.chunk_rows)):
+            for c in range(max(col - 1, 0), min(col + 2, self.chunk_cols)):
+                out.append((r, c))
+        return out
+
+
+def chunk_tiles_for(stride: int, chunk_size: int) -> int:
+    """Cores per chunk side so that a chunk is close to ``chunk_size`` pixels (at least one)."""
+    return max(1, round(chunk_size / stride))

@@ -1,0 +1,296 @@
+"""The mosaic as a dask graph over chunks: every tile inferred once, overlaps summed without
+re-inference.
+
+Two tasks per chunk:
+
+``infer``     infers the tiles whose cores lie in the chunk, blends their logits on the device,
+              finishes the chunk's *safe* interior (pixels no other chunk's tile reaches), and
+              saves its *spill* (summed logits and weights where it overlaps neighbours) to the
+              work directory, split by the neighbour each part belongs to.
+``finalize``  once the chunk and its neighbours have been inferred, sums the spill that lands on
+              the chunk's border, normalizes it, and writes the whole chunk into the Zarr store.
+
+Everything a task produces goes to disk (atomically: temporary name, then rename) and is
+recorded there, which is what makes ``--resume`` and retries after a lost worker cheap: an infer
+task whose spill is already saved does nothing, and a finalize task whose chunk is marked done
+does nothing. Task results are small dicts, so the scheduler never holds arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from dask.base import tokenize
+
+from tileseg.errors import RunError, TilesegError
+from tileseg.grid import Rect, TileGrid
+from tileseg.infer import Runtime, blend_to_mask, infer_chunk_logits, make_runtime
+from tileseg.model import LoadedModel, cached, load_model
+from tileseg.raster import RasterInfo
+
+logger = logging.getLogger(__name__)
+
+ProbabilityMode = Literal["none", "uint8", "float16"]
+
+# Models handed to predict() as objects live here, keyed by a token, so jobs stay small and
+# picklable; a worker process that lacks the key must load the model from its path instead.
+_IN_PROCESS_MODELS: dict[str, LoadedModel] = {}
+_IN_PROCESS_LOCK = threading.Lock()
+
+
+def register_model(model: LoadedModel) -> str:
+    key = f"in-process-{id(model)}"
+    with _IN_PROCESS_LOCK:
+        _IN_PROCESS_MODELS[key] = model
+    return key
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """How a worker gets the model: a path it loads itself, or an in-process registry key."""
+
+    path: str | None = None
+    key: str | None = None
+    encoder_output_stride: int | None = None
+    decoder_atrous_rates: tuple[int, ...] | None = None
+
+    def load(self, raster_dtype: str) -> LoadedModel:
+        if self.key is not None:
+            try:
+                return _IN_PROCESS_MODELS[self.key]
+            except KeyError:
+                raise RunError(
+                    "a model object passed to predict() cannot reach another process; pass the "
+                    "model directory instead for distributed runs"
+                ) from None
+        assert self.path is not None
+        return load_model(self.path, encoder_output_stride=self.encoder_output_stride,
+                          decoder_atrous_rates=self.decoder_atrous_rates, raster_dtype=raster_dtype)
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything a task needs; small and picklable (no arrays, no open files, no model)."""
+
+    raster: RasterInfo
+    grid: TileGrid
+    model: ModelRef
+    num_classes: int
+    device: str
+    precision: str
+    batch_size: int | None
+    blend: str
+    compile_model: bool
+    probabilities: ProbabilityMode
+    mask_dtype: str
+    nodata: int
+    work_dir: str
+    zarr_path: str
+
+    def runtime(self) -> Runtime:
+        key = ("runtime", self.model, self.raster.dtype, self.device, self.precision,
+               self.batch_size, self.grid.tile_size, self.grid.overlap, self.blend,
+               self.compile_model)
+        return cached(key, lambda: make_runtime(
+            self.model.load(self.raster.dtype), device=self.device, precision=self.precision,
+            batch_size=self.batch_size, tile_size=self.grid.tile_size, overlap=self.grid.overlap,
+            blend=self.blend, compile_model=self.compile_model))
+
+    @property
+    def token(self) -> str:
+        return tokenize(self)
+
+
+class WorkDir:
+    """Per-chunk files of a run: saved interiors and spills, and done markers."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.pieces = self.path / "pieces"
+        self.done = self.path / "done"
+
+    def create(self) -> None:
+        self.pieces.mkdir(parents=True, exist_ok=True)
+        self.done.mkdir(parents=True, exist_ok=True)
+
+    def piece_path(self, row: int, col: int) -> Path:
+        return self.pieces / f"r{row}_c{col}.npz"
+
+    def done_path(self, row: int, col: int) -> Path:
+        return self.done / f"r{row}_c{col}"
+
+    def has_piece(self, row: int, col: int) -> bool:
+        return self.piece_path(row, col).exists()
+
+    def is_done(self, row: int, col: int) -> bool:
+        return self.done_path(row, col).exists()
+
+    def save_piece(self, row: int, col: int, arrays: dict[str, np.ndarray]) -> None:
+        final = self.piece_path(row, col)
+        tmp = final.with_name(f"{final.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, final)
+
+    def load_piece(self, row: int, col: int) -> Any:
+        path = self.piece_path(row, col)
+        try:
+            return np.load(path)
+        except FileNotFoundError:
+            raise RunError(f"{path}: missing intermediate chunk file; rerun with --resume") from None
+
+    def mark_done(self, row: int, col: int, info: dict[str, Any]) -> None:
+        final = self.done_path(row, col)
+        tmp = final.with_name(final.name + ".tmp")
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, final)
+
+    def read_done(self, row: int, col: int) -> dict[str, Any]:
+        return dict(json.loads(self.done_path(row, col).read_text()))
+
+
+def _spill_key(row: int, col: int) -> str:
+    return f"to_r{row}_c{col}"
+
+
+def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
+    """Infer chunk ``(row, col)`` and save its interior and spill. Returns a small summary."""
+    work = WorkDir(job.work_dir)
+    grid = job.grid
+    if work.has_piece(row, col) or all(work.is_done(r, c) for r, c in grid.neighbours(row, col)):
+        return {"chunk": (row, col), "tiles": 0, "skipped": 0, "reused": True}
+    try:
+        runtime = job.runtime()
+        result = infer_chunk_logits(runtime, job.raster, grid, row, col)
+    except TilesegError:
+        raise
+    except Exception as exc:  # name the chunk and source, keep the cause attached
+        raise RunError(f"{job.raster.path}: chunk ({row}, {col}) failed: {exc}; fix the cause "
+                       "and rerun with --resume") from exc
+    arrays: dict[str, np.ndarray] = {"tiles": np.array([result.tiles, result.skipped])}
+    safe = grid.chunk_safe(row, col)
+    if not safe.empty:
+        rs, cs = safe.relative_to(result.extent)
+        mask, probs = blend_to_mask(result.logit_sum[:, rs, cs], result.weight_sum[rs, cs],
+                                    job.nodata, np.dtype(job.mask_dtype), job.probabilities)
+        arrays["mask"] = mask
+        if probs is not None:
+            arrays["probabilities"] = probs
+    for spill in grid.chunk_spill(row, col):
+        for nr, nc in grid.neighbours(row, col):
+            part = spill.intersection(grid.chunk(nr, nc))
+            if part.empty:
+                continue
+            rs, cs = part.relative_to(result.extent)
+            key = _spill_key(nr, nc)
+            n = sum(1 for k in arrays if k.startswith(key + "_rect"))
+            arrays[f"{key}_rect{n}"] = np.array(
+                [part.row_off, part.col_off, part.height, part.width])
+            arrays[f"{key}_sum{n}"] = result.logit_sum[:, rs, cs].cpu().numpy()
+            arrays[f"{key}_weight{n}"] = result.weight_sum[rs, cs].cpu().numpy()
+    work.save_piece(row, col, arrays)
+    if result.logit_sum.is_cuda:
+        del result
+        torch.cuda.empty_cache() if torch.cuda.memory_reserved() > 8e9 else None
+    logger.debug("chunk (%d, %d): %d tiles inferred", row, col, int(arrays["tiles"][0]))
+    return {"chunk": (row, col), "tiles": int(arrays["tiles"][0]),
+            "skipped": int(arrays["tiles"][1]), "reused": False}
+
+
+def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any]:
+    """Combine the spills landing on chunk ``(row, col)`` and write the chunk to Zarr."""
+    import zarr
+
+    work = WorkDir(job.work_dir)
+    grid = job.grid
+    chunk = grid.chunk(row, col)
+    if work.is_done(row, col):
+        return {"chunk": (row, col), "reused": True, **work.read_done(row, col)}
+    mask_dtype = np.dtype(job.mask_dtype)
+    mask = np.full((chunk.height, chunk.width), job.nodata, dtype=mask_dtype)
+    probs = None
+    if job.probabilities != "none":
+        pdtype = np.uint8 if job.probabilities == "uint8" else np.float16
+        probs = np.zeros((job.num_classes, chunk.height, chunk.width), dtype=pdtype)
+    own = work.load_piece(row, col)
+    tiles, skipped = (int(v) for v in own["tiles"])
+    safe = grid.chunk_safe(row, col)
+    if not safe.empty:
+        rs, cs = safe.relative_to(chunk)
+        mask[rs, cs] = own["mask"]
+        if probs is not None:
+            probs[:, rs, cs] = own["probabilities"]
+    border = grid.chunk_border(row, col)
+    if border:
+        key = _spill_key(row, col)
+        sums = np.zeros((job.num_classes, chunk.height, chunk.width), dtype=np.float32)
+        weights = np.zeros((chunk.height, chunk.width), dtype=np.float32)
+        for nr, nc in grid.neighbours(row, col):  # fixed order: identical sums on every run
+            piece = own if (nr, nc) == (row, col) else work.load_piece(nr, nc)
+            n = 0
+            while f"{key}_rect{n}" in piece.files:
+                rect = Rect(*(int(v) for v in piece[f"{key}_rect{n}"]))
+                rs, cs = rect.relative_to(chunk)
+                sums[:, rs, cs] += piece[f"{key}_sum{n}"]
+                weights[rs, cs] += piece[f"{key}_weight{n}"]
+                n += 1
+        for rect in border:
+            rs, cs = rect.relative_to(chunk)
+            m, p = blend_to_mask(torch.from_numpy(sums[:, rs, cs]),
+                                 torch.from_numpy(weights[rs, cs]), job.nodata, mask_dtype,
+                                 job.probabilities)
+            mask[rs, cs] = m
+            if probs is not None and p is not None:
+                probs[:, rs, cs] = p
+    region = (slice(chunk.row_off, chunk.row_end), slice(chunk.col_off, chunk.col_end))
+    zarr.open_array(f"{job.zarr_path}/mask", mode="r+")[region] = mask
+    if probs is not None:
+        zarr.open_array(f"{job.zarr_path}/probabilities", mode="r+")[(slice(None), *region)] = probs
+    info = {"tiles": tiles, "skipped": skipped}
+    work.mark_done(row, col, info)
+    _cleanup(work, grid, row, col)
+    return {"chunk": (row, col), "reused": False, **info}
+
+
+def _cleanup(work: WorkDir, grid: TileGrid, row: int, col: int) -> None:
+    """Delete spills no unfinished chunk needs any more, so scratch space stays bounded."""
+    for nr, nc in grid.neighbours(row, col):
+        if all(work.is_done(r, c) for r, c in grid.neighbours(nr, nc)):
+            work.piece_path(nr, nc).unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class MosaicGraph:
+    graph: dict[Any, Any]
+    infer_keys: list[tuple[str, int, int]]
+    finalize_keys: list[tuple[str, int, int]]
+
+
+def build_graph(job: Job) -> MosaicGraph:
+    """The dask graph of a job; names are deterministic (``tokenize`` of the job).
+
+    The graph never picks a scheduler; the caller runs it (threads, processes or a cluster).
+    """
+    token = job.token
+    infer_name = f"tileseg-infer-{token}"
+    final_name = f"tileseg-finalize-{token}"
+    job_key = f"tileseg-job-{token}"
+    grid = job.grid
+    # The job is one key of its own, so it is serialized once, not once per task.
+    dsk: dict[Any, Any] = {job_key: job}
+    infer_keys, final_keys = [], []
+    for row, col in grid.chunks():
+        dsk[(infer_name, row, col)] = (infer_task, job_key, row, col)
+        infer_keys.append((infer_name, row, col))
+    for row, col in grid.chunks():
+        deps = [(infer_name, r, c) for r, c in grid.neighbours(row, col)]
+        dsk[(final_name, row, col)] = (finalize_task, job_key, row, col, *deps)
+        final_keys.append((final_name, row, col))
+    return MosaicGraph(dsk, infer_keys, final_keys)

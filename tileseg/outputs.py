@@ -1,0 +1,218 @@
+"""Output stores: the Zarr mosaic the tasks write into, and the GeoTIFF/COG made from it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import rasterio
+import rasterio.shutil
+from affine import Affine
+from rasterio.windows import Window
+
+from tileseg.errors import OutputError
+from tileseg.metadata import ModelMetadata
+from tileseg.raster import RasterInfo
+
+logger = logging.getLogger(__name__)
+
+OutputFormat = Literal["gtiff", "cog", "zarr"]
+_EXTENSIONS: dict[str, OutputFormat] = {
+    ".tif": "cog", ".tiff": "cog", ".gtiff": "gtiff", ".zarr": "zarr",
+}
+
+
+def format_for(path: str, explicit: str | None) -> OutputFormat:
+    """The output format: ``explicit`` when given, else from the file extension."""
+    if explicit:
+        if explicit not in ("gtiff", "cog", "zarr"):
+            raise OutputError(f"--format {explicit!r}: choose gtiff, cog or zarr")
+        return explicit  # type: ignore[return-value]
+    ext = Path(path.rstrip("/")).suffix.lower()
+    if ext not in _EXTENSIONS:
+        raise OutputError(
+            f"{path}: cannot tell the output format from {ext or 'no extension'!r}; use .tif "
+            "(COG), .zarr, or pass --format"
+        )
+    return _EXTENSIONS[ext]
+
+
+def mask_dtype_for(num_classes: int) -> tuple[np.dtype[Any], int]:
+    """Smallest unsigned dtype holding every class id plus a nodata value (its maximum)."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        info = np.iinfo(dtype)
+        if num_classes <= info.max:  # ids 0..n-1, and info.max left for nodata
+            return np.dtype(dtype), int(info.max)
+    raise OutputError(f"{num_classes} classes do not fit a uint32 mask")
+
+
+def classes_json(metadata: ModelMetadata) -> list[dict[str, Any]]:
+    return [{"id": c.id, "name": c.name, "color": "#%02x%02x%02x" % c.color}
+            for c in metadata.classes]
+
+
+def _gdal_geotransform(t: Affine) -> str:
+    return " ".join(repr(float(v)) for v in t.to_gdal())
+
+
+def create_zarr(
+    path: str | os.PathLike[str],
+    raster: RasterInfo,
+    metadata: ModelMetadata,
+    *,
+    chunk_size: int,
+    probabilities: str,
+    source: str,
+) -> None:
+    """Create the Zarr v3 group (empty arrays + georeferencing) that the tasks fill chunk by chunk.
+
+    The layout opens georeferenced in xarray + rioxarray: ``mask(y, x)`` with a ``spatial_ref``
+    grid mapping (``crs_wkt``, ``GeoTransform``), and ``x``/``y`` pixel-centre coordinates when the
+    transform is not rotated. The ``tileseg`` group attribute repeats the facts as plain JSON and
+    says whether the run completed.
+    """
+    import zarr
+
+    mask_dtype, nodata = mask_dtype_for(metadata.num_classes)
+    transform = raster.affine
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    root.attrs["tileseg"] = {
+        "version": 1,
+        "complete": False,
+        "crs_wkt": raster.crs_wkt,
+        "transform": list(transform)[:6],
+        "height": raster.height,
+        "width": raster.width,
+        "nodata": nodata,
+        "classes": classes_json(metadata),
+        "source": source,
+    }
+    chunks = (min(chunk_size, raster.height), min(chunk_size, raster.width))
+    grid_mapping = "spatial_ref"
+    mask = root.create_array(
+        "mask", shape=(raster.height, raster.width), dtype=mask_dtype, chunks=chunks,
+        fill_value=nodata, dimension_names=("y", "x"),
+    )
+    mask.attrs.update({
+        "grid_mapping": grid_mapping,
+        "_FillValue": nodata,
+        "long_name": "class id",
+        "flag_values": list(range(metadata.num_classes)),
+        "flag_meanings": " ".join(c.name.replace(" ", "_") for c in metadata.classes),
+    })
+    if probabilities != "none":
+        pdtype = np.uint8 if probabilities == "uint8" else np.float16
+        probs = root.create_array(
+            "probabilities", shape=(metadata.num_classes, raster.height, raster.width),
+            dtype=pdtype, chunks=(metadata.num_classes, *chunks), fill_value=0,
+            dimension_names=("class", "y", "x"),
+        )
+        attrs: dict[str, Any] = {"grid_mapping": grid_mapping, "long_name": "class probability"}
+        if probabilities == "uint8":
+            attrs["scale_factor"] = 1.0 / 255.0
+        probs.attrs.update(attrs)
+        cls = root.create_array("class", shape=(metadata.num_classes,), dtype=np.int32,
+                                chunks=(metadata.num_classes,), dimension_names=("class",))
+        cls[:] = np.arange(metadata.num_classes, dtype=np.int32)
+    ref = root.create_array("spatial_ref", shape=(), dtype=np.int32, fill_value=0,
+                            dimension_names=())
+    ref_attrs: dict[str, Any] = {"GeoTransform": _gdal_geotransform(transform)}
+    if raster.crs_wkt:
+        ref_attrs.update({"crs_wkt": raster.crs_wkt, "spatial_ref": raster.crs_wkt})
+    ref.attrs.update(ref_attrs)
+    if transform.b == 0 and transform.d == 0:
+        xs = transform.c + transform.a * (np.arange(raster.width) + 0.5)
+        ys = transform.f + transform.e * (np.arange(raster.height) + 0.5)
+        for name, values in (("x", xs), ("y", ys)):
+            arr = root.create_array(name, shape=values.shape, dtype=np.float64,
+                                    chunks=(min(len(values), 1 << 20),), dimension_names=(name,))
+            arr[:] = values
+            arr.attrs["units"] = "metre" if raster.crs_is_metric else "unknown"
+
+
+def mark_zarr_complete(path: str | os.PathLike[str], extra: dict[str, Any]) -> None:
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r+")
+    attrs = dict(root.attrs["tileseg"])  # type: ignore[arg-type]
+    attrs.update(extra)
+    attrs["complete"] = True
+    root.attrs["tileseg"] = attrs
+
+
+def zarr_to_geotiff(
+    zarr_path: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    cog: bool,
+    workdir: str | os.PathLike[str],
+) -> None:
+    """Stream the Zarr mask into a tiled, compressed GeoTIFF (a COG when ``cog``), chunk by chunk.
+
+    Carries nodata, a colour table, class names (``TILESEG_CLASSES`` tag and band description) and
+    overviews (mode resampling, so class ids stay class ids).
+    """
+    import zarr
+
+    root = zarr.open_group(str(zarr_path), mode="r")
+    facts = dict(root.attrs["tileseg"])  # type: ignore[arg-type]
+    mask = root["mask"]
+    height, width = mask.shape
+    ch, cw = mask.chunks
+    dtype = np.dtype(mask.dtype)
+    nodata = int(facts["nodata"])
+    transform = Affine(*facts["transform"])
+    crs = rasterio.crs.CRS.from_wkt(facts["crs_wkt"]) if facts.get("crs_wkt") else None
+    plain = Path(workdir) / "mask.tif"
+    profile = {
+        "driver": "GTiff", "height": height, "width": width, "count": 1, "dtype": dtype.name,
+        "crs": crs, "transform": transform, "nodata": nodata, "tiled": True,
+        "blockxsize": 512, "blockysize": 512, "compress": "deflate", "predictor": 2,
+        "BIGTIFF": "IF_SAFER",
+    }
+    classes = facts["classes"]
+    with rasterio.open(plain, "w", **profile) as out:
+        for r0 in range(0, height, ch):
+            for c0 in range(0, width, cw):
+                block = np.asarray(mask[r0 : r0 + ch, c0 : c0 + cw])
+                out.write(block, 1, window=Window(c0, r0, block.shape[1], block.shape[0]))
+        if dtype.itemsize <= 2:
+            out.write_colormap(1, _colormap(classes, nodata))
+        out.update_tags(TILESEG_CLASSES=json.dumps(classes), TILESEG_SOURCE=facts.get("source", ""))
+        out.set_band_description(1, "class")
+        if not cog:
+            factors = _overview_factors(height, width)
+            if factors:
+                out.build_overviews(factors, rasterio.enums.Resampling.mode)
+                out.update_tags(ns="rio_overview", resampling="mode")
+    if cog:
+        rasterio.shutil.copy(
+            str(plain), str(dst), driver="COG", COMPRESS="DEFLATE", PREDICTOR="YES",
+            BLOCKSIZE=512, OVERVIEW_RESAMPLING="MODE", BIGTIFF="IF_SAFER",
+        )
+        plain.unlink()
+    else:
+        shutil.move(str(plain), str(dst))
+
+
+def _colormap(classes: list[dict[str, Any]], nodata: int) -> dict[int, tuple[int, int, int, int]]:
+    cmap: dict[int, tuple[int, int, int, int]] = {}
+    for c in classes:
+        text = str(c["color"]).lstrip("#")
+        cmap[int(c["id"])] = (int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16), 255)
+    if nodata <= 65535:
+        cmap[nodata] = (0, 0, 0, 0)
+    return cmap
+
+
+def _overview_factors(height: int, width: int) -> list[int]:
+    factors, f = [], 2
+    while max(height, width) // f >= 256:
+        factors.append(f)
+        f *= 2
+    return factors

@@ -1,0 +1,364 @@
+"""``predict``: a raster in, a georeferenced class mask out, tile by tile, seam-free."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import resource
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from dask.base import tokenize
+from rasterio.windows import Window
+
+from tileseg.config import PredictConfig
+from tileseg.errors import InputError, ModelError, OutputError, RunError, TilesegError
+from tileseg.grid import TileGrid, chunk_tiles_for
+from tileseg.model import LoadedModel, load_model
+from tileseg.mosaic import Job, ModelRef, WorkDir, build_graph, register_model
+from tileseg.outputs import (
+    create_zarr,
+    format_for,
+    mark_zarr_complete,
+    mask_dtype_for,
+    zarr_to_geotiff,
+)
+from tileseg.progress import Progress, ProgressCallback
+from tileseg.raster import RasterInfo, is_remote, open_raster
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_MODEL = Path(__file__).parent / "models" / "landcover"
+STAGING_SUFFIX = ".partial"
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What a run did; ``report`` is what ``--report`` writes."""
+
+    dst: str
+    zarr_path: str | None
+    tiles_total: int
+    tiles_inferred: int
+    tiles_skipped_nodata: int
+    chunks: int
+    seconds: float
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The raster, model and tiling plan of a run, before anything is computed."""
+
+    raster: RasterInfo
+    model: LoadedModel
+    grid: TileGrid
+    context: int
+
+
+def default_model_path() -> Path:
+    return BUNDLED_MODEL
+
+
+def resolve_model(config: PredictConfig, raster: RasterInfo) -> tuple[LoadedModel, str]:
+    path = config.model
+    if path is None:
+        if not (BUNDLED_MODEL / "config.json").is_file():
+            raise ModelError("no --model given and no bundled model is installed; pass --model DIR")
+        path = str(BUNDLED_MODEL)
+        logger.warning(
+            "no --model given: using the bundled land-cover model (Landsat, 7 classes; see "
+            "tileseg/models/landcover/MODEL_CARD.md); it suits 30 m Landsat-like scenes only"
+        )
+    model = load_model(path, encoder_output_stride=config.encoder_output_stride,
+                       decoder_atrous_rates=config.decoder_atrous_rates, raster_dtype=raster.dtype)
+    return model, path
+
+
+def check_model_fits(model: LoadedModel, raster: RasterInfo) -> None:
+    meta = model.metadata
+    if meta.in_channels != len(raster.indexes):
+        raise ModelError(
+            f"{raster.path}: has {len(raster.indexes)} bands (selected) but the model takes "
+            f"{meta.in_channels}; choose bands with --bands (e.g. --bands "
+            f"{','.join(str(i + 1) for i in range(meta.in_channels))})"
+        )
+    if meta.dtype is not None and meta.dtype != raster.dtype:
+        raise ModelError(
+            f"{raster.path}: dtype {raster.dtype} but the model was trained on {meta.dtype}; "
+            f"convert the raster (gdal_translate -ot) or use a model for {raster.dtype}"
+        )
+
+
+def make_plan(config: PredictConfig, model: LoadedModel | None = None) -> Plan:
+    """Open the raster and model and build the tiling plan (reads no pixels)."""
+    raster = open_raster(config.src, bands=config.bands, nodata=config.nodata,
+                         allow_no_crs=config.allow_no_crs)
+    if model is None:
+        model, _ = resolve_model(config, raster)
+    check_model_fits(model, raster)
+    stride = config.tile_size - config.overlap
+    grid = TileGrid(raster.height, raster.width, config.tile_size, config.overlap,
+                    chunk_tiles_for(stride, config.chunk_size))
+    return Plan(raster, model, grid, model.context_size(config.tile_size))
+
+
+def has_valid_pixel(raster: RasterInfo) -> bool:
+    """True as soon as one valid pixel is found, reading masks block row by block row."""
+    from tileseg.raster import WindowReader
+    from tileseg.grid import Rect
+
+    if not raster.has_mask and not raster.dtype.startswith("float"):
+        return True
+    step = max(raster.block_shape[0], 256)
+    with WindowReader(raster) as reader:
+        for row in range(0, raster.height, step):
+            rect = Rect(row, 0, min(step, raster.height - row), raster.width)
+            if reader.read(rect)[1].any():
+                return True
+    return False
+
+
+def _check_destination(config: PredictConfig, fmt: str) -> tuple[Path, Path]:
+    dst = Path(config.dst)
+    if is_remote(config.dst):
+        raise OutputError(f"{config.dst}: remote outputs are not supported; write locally and copy")
+    parent = dst.absolute().parent
+    if not parent.is_dir():
+        raise OutputError(f"{dst}: folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{dst}: folder {parent} is not writable; choose another destination")
+    staging = dst.with_name(dst.name + STAGING_SUFFIX)
+    if dst.exists() and not (config.overwrite or config.resume):
+        raise OutputError(f"{dst}: already exists; pass --overwrite to replace it")
+    if config.zarr_path and Path(config.zarr_path).exists() and not config.overwrite:
+        raise OutputError(f"{config.zarr_path}: already exists; pass --overwrite to replace it")
+    if fmt == "zarr" and config.zarr_path:
+        raise OutputError("--zarr is for GeoTIFF destinations; the destination is already Zarr")
+    return dst, staging
+
+
+def _fingerprint(config: PredictConfig, raster: RasterInfo, model_source: str) -> str:
+    """What must not change between a run and its --resume."""
+    stat = None if is_remote(raster.path) else os.stat(raster.path)
+    weights = [p for p in Path(model_source).glob("*") if p.is_file()] if model_source else []
+    return tokenize(
+        raster, None if stat is None else (stat.st_size, stat.st_mtime_ns),
+        sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights),
+        config.tile_size, config.overlap, config.chunk_size, config.blend, config.precision,
+        config.probabilities, config.encoder_output_stride, config.decoder_atrous_rates,
+    )
+
+
+def predict(
+    config: PredictConfig,
+    *,
+    model: LoadedModel | None = None,
+    progress: ProgressCallback | None = None,
+    client: Any = None,
+) -> PredictResult:
+    """Segment ``config.src`` into a class mask at ``config.dst``.
+
+    Parameters
+    ----------
+    config
+        What to read, how to tile and infer, and where to write.
+    model
+        An already loaded model (for in-process runs); by default ``config.model`` is loaded,
+        once per worker process.
+    progress
+        Called with a :class:`~tileseg.progress.Progress` as chunks finish.
+    client
+        A ``dask.distributed.Client`` to run on; by default ``config.scheduler`` decides
+        (in-process threads when unset).
+
+    Examples
+    --------
+    >>> result = predict(PredictConfig("scene.tif", "mask.tif", model="models/landcover"))  # doctest: +SKIP
+    >>> result.tiles_inferred  # doctest: +SKIP
+    """
+    started = time.perf_counter()
+    fmt = format_for(config.dst, config.format)
+    dst, staging = _check_destination(config, fmt)
+    raster = open_raster(config.src, bands=config.bands, nodata=config.nodata,
+                         allow_no_crs=config.allow_no_crs)
+    if model is not None:
+        model_ref = ModelRef(key=register_model(model))
+        model_source = ""
+    else:
+        model, model_source = resolve_model(config, raster)
+        model_ref = ModelRef(path=str(Path(model_source).absolute()),
+                             encoder_output_stride=config.encoder_output_stride,
+                             decoder_atrous_rates=config.decoder_atrous_rates)
+    plan = make_plan(config, model)
+    grid = plan.grid
+
+    if config.resume and dst.exists() and not staging.exists():
+        logger.info("%s is already complete; nothing to resume", dst)
+        return PredictResult(str(dst), config.zarr_path, grid.num_tiles, 0, 0, grid.num_chunks,
+                             0.0, {"status": "already complete"})
+    fingerprint = _fingerprint(config, raster, model_source)
+    zarr_store = staging / "mosaic.zarr"
+    work = WorkDir(staging / "work")
+    run_file = staging / "run.json"
+    if staging.exists():
+        if config.resume:
+            try:
+                previous = json.loads(run_file.read_text())["fingerprint"]
+            except (OSError, KeyError, json.JSONDecodeError):
+                previous = None
+            if previous != fingerprint:
+                raise RunError(
+                    f"{staging}: left by a run with other inputs or options; rerun with the same "
+                    "ones, or pass --overwrite to start over"
+                )
+        elif config.overwrite:
+            shutil.rmtree(staging)
+        else:
+            raise OutputError(
+                f"{staging}: an interrupted run is in the way; pass --resume to continue it or "
+                "--overwrite to start over"
+            )
+    if not staging.exists():
+        if not has_valid_pixel(raster):
+            raise InputError(f"{raster.path}: every pixel is nodata; nothing to segment (check "
+                             "--nodata or the file's mask)")
+        staging.mkdir()
+        create_zarr(zarr_store, raster, model.metadata, chunk_size=grid.chunk_size,
+                    probabilities=config.probabilities, source=raster.path)
+        work.create()
+        run_file.write_text(json.dumps({"fingerprint": fingerprint, "src": raster.path}))
+    resumed_chunks = sum(1 for r, c in grid.chunks() if work.is_done(r, c))
+
+    mask_dtype, nodata = mask_dtype_for(model.metadata.num_classes)
+    job = Job(
+        raster=raster, grid=grid, model=model_ref, num_classes=model.metadata.num_classes,
+        device=config.device, precision=config.precision, batch_size=config.batch_size,
+        blend=config.blend, compile_model=config.compile_model,
+        probabilities=config.probabilities, mask_dtype=mask_dtype.name, nodata=nodata,
+        work_dir=str(work.path.absolute()), zarr_path=str(zarr_store.absolute()),
+    )
+    mosaic = build_graph(job)
+    graph_built = time.perf_counter()
+    logger.info("%d tiles in %d chunks (%d already done); graph of %d tasks", grid.num_tiles,
+                grid.num_chunks, resumed_chunks, len(mosaic.graph))
+
+    totals = {"tiles": 0, "skipped": 0, "done_tiles": 0}
+    tile_counts = {(r, c): len(grid.chunk_tiles_of(r, c)) for r, c in grid.chunks()}
+
+    def on_result(result: dict[str, Any], kind: str) -> None:
+        if kind == "infer":
+            totals["tiles"] += result["tiles"]
+            totals["skipped"] += result["skipped"]
+        else:
+            totals["done_tiles"] += tile_counts[tuple(result["chunk"])]  # type: ignore[index]
+            if progress is not None:
+                progress(Progress(totals["done_tiles"], grid.num_tiles,
+                                  time.perf_counter() - graph_built))
+
+    from tileseg.scheduler import run_graph
+
+    run_graph(mosaic, config.scheduler, config.workers, on_result, client=client)
+    computed = time.perf_counter()
+
+    mark_zarr_complete(zarr_store, {"tiles": grid.num_tiles})
+    zarr_out = None
+    if fmt == "zarr":
+        _publish(zarr_store, dst)
+        zarr_out = str(dst)
+    else:
+        tif_tmp = staging / ("output" + (dst.suffix or ".tif"))
+        zarr_to_geotiff(zarr_store, tif_tmp, cog=fmt == "cog", workdir=staging)
+        _publish(tif_tmp, dst)
+        if config.zarr_path:
+            _publish(zarr_store, Path(config.zarr_path))
+            zarr_out = config.zarr_path
+    shutil.rmtree(staging, ignore_errors=True)
+    finished = time.perf_counter()
+
+    seconds = finished - started
+    report = _report(config, plan, totals, started, graph_built, computed, finished,
+                     resumed_chunks, model_source or "<in-process model>", len(mosaic.graph))
+    result = PredictResult(str(dst), zarr_out, grid.num_tiles, totals["tiles"],
+                           totals["skipped"], grid.num_chunks, seconds, report)
+    if config.report:
+        Path(config.report).write_text(json.dumps(report, indent=2) + "\n")
+    if config.vectorize:
+        _vectorize(result, config)
+    return result
+
+
+def _publish(tmp: Path, dst: Path) -> None:
+    """Move a finished output into place; the old one is removed only now (after success)."""
+    if dst.exists():
+        if dst.is_dir():
+            shutil.rmtree(dst)
+        else:
+            dst.unlink()
+    os.replace(tmp, dst)
+
+
+def _vectorize(result: PredictResult, config: PredictConfig) -> None:
+    try:
+        from tileseg.vectorize import VectorizeConfig, vectorize
+    except ImportError as exc:
+        raise TilesegError(f"--vectorize is unavailable ({exc})") from exc
+    assert config.vectorize is not None
+    vectorize(result.dst, config.vectorize, VectorizeConfig(overwrite=config.overwrite))
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _report(
+    config: PredictConfig, plan: Plan, totals: dict[str, int], started: float,
+    graph_built: float, computed: float, finished: float, resumed_chunks: int,
+    model_source: str, tasks: int,
+) -> dict[str, Any]:
+    import torch
+
+    from tileseg.infer import resolve_device
+
+    raster = plan.raster
+    seconds = finished - started
+    compute_s = max(computed - graph_built, 1e-9)
+    device = resolve_device(config.device) if config.scheduler in (None, "threads", "sync") else None
+    area_km2 = raster.pixel_area * raster.height * raster.width / 1e6 if raster.crs_is_metric else None
+    report: dict[str, Any] = {
+        "src": raster.path,
+        "dst": config.dst,
+        "model": model_source,
+        "raster": {"height": raster.height, "width": raster.width, "bands": len(raster.indexes),
+                   "dtype": raster.dtype},
+        "tiling": {"tile_size": config.tile_size, "overlap": config.overlap,
+                   "context": plan.context, "chunk_size": plan.grid.chunk_size,
+                   "blend": config.blend},
+        "tiles_total": plan.grid.num_tiles,
+        "tiles_inferred": totals["tiles"],
+        "tiles_skipped_nodata": totals["skipped"],
+        "chunks": plan.grid.num_chunks,
+        "chunks_resumed": resumed_chunks,
+        "tasks": tasks,
+        "seconds": {"setup": graph_built - started, "compute": compute_s,
+                    "write": finished - computed, "total": seconds},
+        "tiles_per_second": totals["tiles"] / compute_s,
+        "km2_per_hour": (area_km2 / seconds * 3600) if area_km2 else None,
+        "device": str(device) if device else f"dask cluster {config.scheduler}",
+        "precision": config.precision,
+        "scheduler": config.scheduler or "threads",
+        "peak_rss_mb": _peak_rss_mb(),
+        "host": platform.node(),
+    }
+    if device is not None and device.type == "cuda":
+        report["gpu"] = torch.cuda.get_device_name(device)
+        report["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return report

@@ -1,0 +1,213 @@
+"""Reading the input raster: validation, nodata, and windowed reads with explicit edge padding."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.enums import MaskFlags
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.windows import Window
+
+from tileseg.errors import InputError, InputNotFoundError
+from tileseg.grid import Rect
+from tileseg.metadata import SUPPORTED_DTYPES
+
+logger = logging.getLogger(__name__)
+
+_REMOTE_PREFIXES = ("/vsi", "s3://", "gs://", "az://", "http://", "https://", "zip://", "tar://")
+
+
+def is_remote(path: str) -> bool:
+    return path.startswith(_REMOTE_PREFIXES)
+
+
+@dataclass(frozen=True)
+class RasterInfo:
+    """What tileseg needs to know about the input raster (picklable, no open handles)."""
+
+    path: str
+    height: int
+    width: int
+    count: int
+    indexes: tuple[int, ...]  # 1-based bands to read, as rasterio
+    dtype: str
+    crs_wkt: str | None
+    transform: tuple[float, ...]  # Affine a..f
+    nodata: float | None  # None: use the file's own mask (internal mask, alpha, or none)
+    has_mask: bool  # the file carries a per-dataset mask, alpha band or nodata value
+    block_shape: tuple[int, int]
+    band_descriptions: tuple[str | None, ...]
+    crs_is_metric: bool
+
+    @property
+    def affine(self) -> Affine:
+        return Affine(*self.transform)
+
+    @property
+    def pixel_area(self) -> float:
+        """Area of one pixel in CRS units squared (works for rotated transforms)."""
+        return abs(self.affine.determinant)
+
+
+def open_raster(
+    path: str | os.PathLike[str],
+    *,
+    bands: tuple[int, ...] | None = None,
+    nodata: float | None = None,
+    allow_no_crs: bool = False,
+) -> RasterInfo:
+    """Open and validate a raster, returning its facts. Raises one-line :class:`InputError` s."""
+    path = str(path)
+    if not is_remote(path) and not Path(path).exists():
+        raise InputNotFoundError(f"{path}: no such file; check the path")
+    if not is_remote(path) and Path(path).is_dir():
+        raise InputError(f"{path}: is a directory, not a raster; pass a GeoTIFF or COG file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with rasterio.open(path) as src:
+                return _describe(src, path, bands, nodata, allow_no_crs)
+    except RasterioIOError as exc:
+        raise InputError(
+            f"{path}: not a raster GDAL can read ({str(exc).splitlines()[0]}); pass a GeoTIFF/COG"
+        ) from exc
+
+
+def _describe(
+    src: Any, path: str, bands: tuple[int, ...] | None, nodata: float | None, allow_no_crs: bool
+) -> RasterInfo:
+    indexes = tuple(bands) if bands else tuple(src.indexes)
+    bad = [b for b in indexes if not 1 <= b <= src.count]
+    if bad:
+        raise InputError(f"{path}: has {src.count} bands, --bands {bad} out of range (1-based)")
+    dtypes = {src.dtypes[i - 1] for i in indexes}
+    if len(dtypes) > 1:
+        raise InputError(f"{path}: selected bands mix dtypes {sorted(dtypes)}; choose --bands of one dtype")
+    dtype = dtypes.pop()
+    if dtype not in SUPPORTED_DTYPES:
+        raise InputError(
+            f"{path}: dtype {dtype} is not supported; convert to one of {', '.join(SUPPORTED_DTYPES)} "
+            "(e.g. gdal_translate -ot Float32)"
+        )
+    if src.crs is None:
+        if not allow_no_crs:
+            raise InputError(
+                f"{path}: has no CRS, so outputs could not be placed on a map; assign one "
+                "(gdal_edit.py -a_srs EPSG:XXXX) or pass --allow-no-crs"
+            )
+        logger.warning("%s has no CRS; outputs will carry pixel coordinates only", path)
+    if src.transform.is_identity and src.crs is None:
+        logger.warning("%s has no geotransform; outputs use the identity transform", path)
+    flags = [src.mask_flag_enums[i - 1] for i in indexes]
+    has_mask = nodata is not None or any(MaskFlags.all_valid not in f for f in flags)
+    if nodata is not None:
+        _check_nodata_fits(path, nodata, dtype)
+    block = src.block_shapes[indexes[0] - 1]
+    crs_wkt = src.crs.to_wkt() if src.crs is not None else None
+    metric = False
+    if src.crs is not None:
+        try:
+            units = src.crs.linear_units_factor
+            metric = units[0].lower() in ("metre", "meter") and math.isclose(units[1], 1.0)
+        except Exception:  # geographic CRSs have no linear units
+            metric = False
+    return RasterInfo(
+        path=path,
+        height=src.height,
+        width=src.width,
+        count=src.count,
+        indexes=indexes,
+        dtype=dtype,
+        crs_wkt=crs_wkt,
+        transform=tuple(src.transform)[:6],
+        nodata=nodata,
+        has_mask=has_mask,
+        block_shape=(int(block[0]), int(block[1])),
+        band_descriptions=tuple(src.descriptions[i - 1] for i in indexes),
+        crs_is_metric=metric,
+    )
+
+
+def _check_nodata_fits(path: str, nodata: float, dtype: str) -> None:
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        info = np.iinfo(np.dtype(dtype))
+        if not (float(nodata).is_integer() and info.min <= nodata <= info.max):
+            raise InputError(f"{path}: --nodata {nodata} does not fit dtype {dtype}")
+
+
+class WindowReader:
+    """Reads windows of a raster, padding past its edges by reflection.
+
+    One reader per thread: it keeps the dataset open, so GDAL's block cache serves the rows that
+    overlapping windows share instead of decoding the blocks again.
+    """
+
+    def __init__(self, info: RasterInfo) -> None:
+        self.info = info
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            self._src = rasterio.open(info.path)
+
+    def close(self) -> None:
+        self._src.close()
+
+    def __enter__(self) -> WindowReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def read(self, rect: Rect) -> tuple[np.ndarray, np.ndarray]:
+        """Read ``rect`` (may reach outside the raster) as ``(data, valid)``.
+
+        ``data`` is ``(bands, height, width)`` in the raster's dtype and ``valid`` is
+        ``(height, width)`` bool; pixels outside the raster are reflected from inside it.
+        """
+        info = self.info
+        inside = rect.intersection(Rect(0, 0, info.height, info.width))
+        if inside.empty:
+            raise InputError(f"{info.path}: window {rect} lies outside the raster")
+        window = Window(inside.col_off, inside.row_off, inside.width, inside.height)
+        try:
+            data = self._src.read(info.indexes, window=window)
+            valid = self._valid(data, window)
+        except RasterioIOError as exc:
+            raise InputError(
+                f"{info.path}: cannot read rows {inside.row_off}-{inside.row_end}, cols "
+                f"{inside.col_off}-{inside.col_end} ({str(exc).splitlines()[0]}); the file may be "
+                "truncated or corrupt"
+            ) from exc
+        pad = (
+            (inside.row_off - rect.row_off, rect.row_end - inside.row_end),
+            (inside.col_off - rect.col_off, rect.col_end - inside.col_end),
+        )
+        if any(p for pair in pad for p in pair):
+            mode = "reflect" if min(data.shape[1:]) > 1 else "edge"
+            data = np.pad(data, ((0, 0), *pad), mode=mode)
+            # Validity is reflected with the data so padding looks like the image next to it;
+            # logits over padding are never written, so it needs no weight of its own.
+            valid = np.pad(valid, pad, mode=mode)
+        return data, valid
+
+    def _valid(self, data: np.ndarray, window: Window) -> np.ndarray:
+        info = self.info
+        if info.nodata is not None:
+            nd = np.asarray(info.nodata, dtype=data.dtype)
+            valid = ~(data == nd).any(axis=0) if not np.isnan(nd) else np.ones(data.shape[1:], bool)
+        elif info.has_mask:
+            masks = self._src.read_masks(info.indexes, window=window)
+            valid = (masks != 0).all(axis=0)
+        else:
+            valid = np.ones(data.shape[1:], dtype=bool)
+        if data.dtype.kind == "f":
+            valid &= np.isfinite(data).all(axis=0)
+        return valid
