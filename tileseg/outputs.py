@@ -143,6 +143,8 @@ def mark_zarr_complete(path: str | os.PathLike[str], extra: dict[str, Any]) -> N
     attrs.update(extra)
     attrs["complete"] = True
     root.attrs["tileseg"] = attrs
+    # Consolidated metadata lets xarray open the store with one read.
+    zarr.consolidate_metadata(str(path))
 
 
 def zarr_to_geotiff(

@@ -1,0 +1,111 @@
+"""Shared fixtures: real GeoTIFFs written with rasterio, and small real models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from affine import Affine
+from torch import nn
+
+from tileseg.metadata import ClassInfo, ModelMetadata, Normalization
+from tileseg.model import LoadedModel, wrap_module
+
+UTM = "EPSG:32631"
+NORTH_UP = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 6000000.0)
+
+
+@pytest.fixture
+def make_raster(tmp_path: Path) -> Callable[..., Path]:
+    """Write a tiled GeoTIFF: ``make_raster(data, name=..., nodata=..., crs=..., transform=...)``."""
+
+    def make(
+        data: np.ndarray,
+        name: str = "scene.tif",
+        *,
+        nodata: float | None = None,
+        crs: str | None = UTM,
+        transform: Affine = NORTH_UP,
+        block: int = 256,
+        **profile: Any,
+    ) -> Path:
+        if data.ndim == 2:
+            data = data[None]
+        count, height, width = data.shape
+        path = tmp_path / name
+        opts: dict[str, Any] = dict(
+            driver="GTiff", height=height, width=width, count=count, dtype=data.dtype.name,
+            crs=crs, transform=transform, nodata=nodata,
+        )
+        if height >= block and width >= block:
+            opts.update(tiled=True, blockxsize=block, blockysize=block)
+        opts.update(profile)
+        with rasterio.open(path, "w", **opts) as dst:
+            dst.write(data)
+        return path
+
+    return make
+
+
+def random_image(bands: int, height: int, width: int, dtype: str = "uint8",
+                 seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if dtype == "float32":
+        return rng.normal(0, 1, (bands, height, width)).astype(np.float32)
+    info = np.iinfo(np.dtype(dtype))
+    high = min(int(info.max), 10000)
+    low = max(int(info.min), -10000)
+    return rng.integers(low, high, (bands, height, width)).astype(dtype)
+
+
+def metadata(classes: int, bands: int, scale: float = 1.0, dtype: str | None = None) -> ModelMetadata:
+    return ModelMetadata(
+        classes=tuple(ClassInfo(i, f"class {i}", (10 * i, 20 * i, 30 * i)) for i in range(classes)),
+        in_channels=bands,
+        dtype=dtype,
+        normalization=Normalization(scale=(scale,)),
+    )
+
+
+class CountingModel(nn.Module):
+    """A per-pixel model (1x1 convolution) that counts the tiles it sees."""
+
+    def __init__(self, bands: int, classes: int, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.conv = nn.Conv2d(bands, classes, 1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=gen))
+            self.conv.bias.copy_(torch.randn(self.conv.bias.shape, generator=gen))
+        self.tiles_seen = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.tiles_seen += x.shape[0]
+        return self.conv(x)
+
+
+def per_pixel_model(bands: int, classes: int, scale: float = 1.0, seed: int = 0) -> LoadedModel:
+    return wrap_module(CountingModel(bands, classes, seed), metadata(classes, bands, scale))
+
+
+def untiled_mask(model: LoadedModel, data: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    with torch.no_grad():
+        x = torch.from_numpy(data.astype(np.float32))[None] * scale
+        return model.module(x)[0].argmax(0).numpy()
+
+
+@pytest.fixture(scope="session")
+def deeplab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real smp DeepLabV3+ (resnet18, random weights) saved with save_pretrained + metadata."""
+    from tileseg.model import ModelSpec, build_model, save_model
+
+    torch.manual_seed(0)
+    module = build_model(ModelSpec(encoder_name="resnet18", in_channels=3, classes=3))
+    path = tmp_path_factory.mktemp("models") / "deeplab"
+    save_model(module, path, metadata(3, 3, scale=1 / 255, dtype="uint8"))
+    return path

@@ -1,0 +1,81 @@
+"""Tile-grid invariants (pure geometry, no I/O)."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tileseg.grid import Rect, TileGrid
+
+grids = st.builds(
+    lambda h, w, t, o_frac, k: TileGrid(h, w, t, int(o_frac * (t - 1)), k),
+    st.integers(1, 300), st.integers(1, 300), st.integers(2, 96), st.floats(0, 0.9),
+    st.integers(1, 4),
+)
+
+
+def _paint(grid: TileGrid, rects: list[Rect]) -> np.ndarray:
+    counts = np.zeros((grid.height, grid.width), dtype=np.int32)
+    for rect in rects:
+        inside = rect.intersection(grid.raster)
+        counts[inside.row_off : inside.row_end, inside.col_off : inside.col_end] += 1
+    return counts
+
+
+@settings(max_examples=150, deadline=None)
+@given(grids)
+def test_cores_partition_the_raster(grid: TileGrid) -> None:
+    counts = _paint(grid, [grid.core(r, c) for r, c in grid.tiles()])
+    assert (counts == 1).all()
+
+
+@settings(max_examples=150, deadline=None)
+@given(grids)
+def test_tiles_have_fixed_size_contain_their_core_and_touch_the_raster(grid: TileGrid) -> None:
+    for r, c in grid.tiles():
+        tile, core = grid.tile(r, c), grid.core(r, c)
+        assert (tile.height, tile.width) == (grid.tile_size, grid.tile_size)
+        assert tile.intersection(core) == core and not core.empty
+        # Padding never exceeds the halo before the raster, or the halo plus a partial core after.
+        assert tile.row_off >= -grid.halo_before and tile.col_off >= -grid.halo_before
+        assert tile.row_end <= grid.height + grid.stride + grid.halo_after
+
+
+@settings(max_examples=150, deadline=None)
+@given(grids)
+def test_chunks_partition_and_safe_regions_are_untouched_by_other_chunks(grid: TileGrid) -> None:
+    assert (_paint(grid, [grid.chunk(r, c) for r, c in grid.chunks()]) == 1).all()
+    for r, c in grid.chunks():
+        safe = grid.chunk_safe(r, c)
+        chunk = grid.chunk(r, c)
+        # safe + border = chunk, disjoint
+        pieces = [safe, *grid.chunk_border(r, c)] if not safe.empty else grid.chunk_border(r, c)
+        assert sum(p.size for p in pieces) == chunk.size
+        # every tile window of this chunk lies in its extent
+        extent = grid.chunk_extent(r, c)
+        for tr, tc in grid.chunk_tiles_of(r, c):
+            assert grid.tile(tr, tc).intersection(extent) == grid.tile(tr, tc)
+        # no tile of another chunk reaches the safe region
+        for nr, nc in grid.neighbours(r, c):
+            if (nr, nc) != (r, c):
+                assert grid.chunk_extent(nr, nc).intersection(safe).empty
+        # spill + safe covers the extent inside the raster exactly once
+        spill = grid.chunk_spill(r, c)
+        inside = extent.intersection(grid.raster)
+        assert sum(s.size for s in spill) + safe.size == inside.size
+
+
+def test_odd_and_tiny_sizes() -> None:
+    g = TileGrid(101, 203, tile_size=64, overlap=16)
+    assert (g.tile_rows, g.tile_cols) == (3, 5)
+    one = TileGrid(1, 1)
+    assert one.num_tiles == 1 and one.core(0, 0) == Rect(0, 0, 1, 1)
+    assert one.chunk_safe(0, 0) == Rect(0, 0, 1, 1)
+
+
+def test_rect_subtract_returns_disjoint_bands() -> None:
+    outer = Rect(0, 0, 10, 10)
+    bands = outer.subtract(Rect(2, 3, 4, 4))
+    assert sum(b.size for b in bands) == 100 - 16
+    assert outer.subtract(Rect(20, 20, 1, 1)) == [outer]

@@ -1,0 +1,168 @@
+"""predict() end to end on real GeoTIFFs and Zarr stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from affine import Affine
+
+from conftest import CountingModel, per_pixel_model, random_image, untiled_mask
+from tileseg.config import PredictConfig
+from tileseg.errors import RunError
+from tileseg.predict import predict
+
+
+def _config(src: Path, dst: Path, **kw: object) -> PredictConfig:
+    base: dict[str, object] = dict(tile_size=64, overlap=16, chunk_size=96)
+    base.update(kw)
+    return PredictConfig(src=str(src), dst=str(dst), **base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "bands", "shape", "tile", "overlap"),
+    [("uint8", 3, (101, 203), 64, 16), ("uint16", 4, (130, 77), 48, 7),
+     ("int16", 2, (1, 1), 32, 0), ("float32", 5, (90, 150), 40, 24)],
+)
+def test_per_pixel_model_tiled_equals_untiled(make_raster, tmp_path, dtype, bands, shape, tile,
+                                              overlap) -> None:
+    data = random_image(bands, *shape, dtype=dtype)
+    src = make_raster(data)
+    scale = 1 / 255 if dtype == "uint8" else 1e-3
+    model = per_pixel_model(bands, 5, scale=scale)
+    result = predict(_config(src, tmp_path / "out.tif", tile_size=tile, overlap=overlap,
+                             precision="fp32"), model=model)
+    with rasterio.open(result.dst) as out:
+        mask = out.read(1)
+    np.testing.assert_array_equal(mask, untiled_mask(model, data, scale))
+
+
+def test_every_tile_is_inferred_exactly_once(make_raster, tmp_path) -> None:
+    src = make_raster(random_image(3, 300, 410))
+    model = per_pixel_model(3, 4)
+    result = predict(_config(src, tmp_path / "out.tif"), model=model)
+    assert isinstance(model.module, CountingModel)
+    assert result.tiles_inferred == result.tiles_total == model.module.tiles_seen
+    assert result.chunks > 4  # several chunks, so overlaps really crossed chunk borders
+
+
+def test_georeferencing_round_trip_keeps_rotation(make_raster, tmp_path) -> None:
+    import xarray as xr
+
+    rotated = Affine(8.0, 3.0, 600000.0, 2.0, -8.0, 5000000.0)
+    src = make_raster(random_image(3, 120, 90), transform=rotated, crs="EPSG:32633")
+    result = predict(_config(src, tmp_path / "out.tif", zarr_path=str(tmp_path / "out.zarr")),
+                     model=per_pixel_model(3, 3))
+    with rasterio.open(src) as a, rasterio.open(result.dst) as b:
+        assert b.transform == a.transform and b.crs == a.crs
+        assert (b.width, b.height) == (a.width, a.height)
+    ds = xr.open_zarr(tmp_path / "out.zarr", decode_coords="all")
+    assert ds["mask"].shape == (120, 90)
+    assert ds["spatial_ref"].attrs["GeoTransform"].split()[:3] == ["600000.0", "8.0", "3.0"]
+
+
+def test_zarr_output_opens_georeferenced_in_xarray(make_raster, tmp_path) -> None:
+    import rioxarray  # noqa: F401  (registers .rio)
+    import xarray as xr
+
+    data = random_image(3, 150, 170)
+    src = make_raster(data)
+    model = per_pixel_model(3, 4, scale=1 / 255)
+    predict(_config(src, tmp_path / "out.zarr", probabilities="uint8"), model=model)
+    ds = xr.open_zarr(tmp_path / "out.zarr", decode_coords="all", mask_and_scale=False)
+    with rasterio.open(src) as ref:
+        assert ds.rio.crs == ref.crs
+        assert ds["mask"].rio.transform() == ref.transform
+    np.testing.assert_array_equal(ds["mask"].values, untiled_mask(model, data, 1 / 255))
+    probs = ds["probabilities"].values.astype(int)
+    assert probs.shape == (4, 150, 170)
+    assert np.abs(probs.sum(axis=0) - 255).max() <= 3  # uint8 rounding of 4 classes
+    assert ds.attrs["tileseg"]["complete"] is True
+
+
+def test_nodata_pixels_stay_nodata_and_empty_tiles_are_skipped(make_raster, tmp_path) -> None:
+    data = random_image(3, 200, 200)
+    data[:, :100, :] = 0  # top half nodata: the top row of tiles holds no valid pixel
+    src = make_raster(data, nodata=0)
+    model = per_pixel_model(3, 3)
+    result = predict(_config(src, tmp_path / "out.tif", tile_size=64, overlap=0), model=model)
+    with rasterio.open(result.dst) as out:
+        mask = out.read(1)
+        assert out.nodata == 255
+    invalid = (data == 0).any(axis=0)
+    assert (mask[invalid] == 255).all() and (mask[~invalid] < 3).all()
+    assert result.tiles_skipped_nodata >= 4  # the first tile row lies wholly in nodata
+    assert result.tiles_inferred + result.tiles_skipped_nodata == result.tiles_total
+
+
+def test_deeplab_at_513_uses_real_neighbours_and_crops(make_raster, tmp_path, deeplab_dir) -> None:
+    from tileseg.model import load_model
+
+    data = random_image(3, 600, 560)
+    src = make_raster(data)
+    model = load_model(deeplab_dir)
+    assert model.context_size(513) == 528
+    result = predict(PredictConfig(str(src), str(tmp_path / "out.tif"), model=str(deeplab_dir),
+                                   overlap=0, chunk_size=4096), model=model)
+    assert result.tiles_inferred == 4
+    # The first tile's logits come from the 528 window of real pixels (7 before, 8 after is
+    # padding only past the raster edge): reproduce it directly.
+    ctx = np.pad(data[:, :520, :520], ((0, 0), (8, 0), (8, 0)), mode="reflect")
+    with torch.no_grad():
+        x = torch.from_numpy(ctx.astype(np.float32) / 255)[None]
+        expected = model.module(x)[0, :, 7 : 7 + 513, 7 : 7 + 513].argmax(0).numpy()
+    with rasterio.open(result.dst) as out:
+        mask = out.read(1)
+    # overlap 0 + hann: the top-left core is that tile alone
+    np.testing.assert_array_equal(mask[:505, :505], expected[:505, :505])
+
+
+def test_interrupted_run_leaves_no_output_and_resume_completes_identically(make_raster,
+                                                                           tmp_path) -> None:
+    src = make_raster(random_image(3, 260, 260))
+    clean = predict(_config(src, tmp_path / "clean.tif"), model=per_pixel_model(3, 4))
+
+    calls = {"n": 0}
+
+    def stop_after_two(event: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    dst = tmp_path / "out.tif"
+    with pytest.raises(KeyboardInterrupt):
+        predict(_config(src, dst, workers=1), model=per_pixel_model(3, 4), progress=stop_after_two)
+    assert not dst.exists()
+    assert (tmp_path / "out.tif.partial").is_dir()
+    with pytest.raises(Exception, match="--resume"):
+        predict(_config(src, dst), model=per_pixel_model(3, 4))
+    resumed = predict(_config(src, dst, resume=True), model=per_pixel_model(3, 4))
+    assert 0 < resumed.tiles_inferred < clean.tiles_inferred
+    assert resumed.report["chunks_resumed"] >= 2
+    assert not (tmp_path / "out.tif.partial").exists()
+    with rasterio.open(clean.dst) as a, rasterio.open(dst) as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+def test_resume_refuses_a_different_job(make_raster, tmp_path) -> None:
+    src = make_raster(random_image(3, 100, 100))
+    staging = tmp_path / "out.tif.partial"
+    staging.mkdir()
+    (staging / "run.json").write_text('{"fingerprint": "other"}')
+    with pytest.raises(RunError, match="other inputs"):
+        predict(_config(src, tmp_path / "out.tif", resume=True), model=per_pixel_model(3, 4))
+
+
+def test_geotiff_has_colour_table_class_names_and_overviews(make_raster, tmp_path) -> None:
+    src = make_raster(random_image(3, 700, 600))
+    predict(_config(src, tmp_path / "out.tif", tile_size=128, overlap=32, chunk_size=512),
+            model=per_pixel_model(3, 3))
+    with rasterio.open(tmp_path / "out.tif") as out:
+        assert out.dtypes[0] == "uint8" and out.nodata == 255
+        assert out.colormap(1)[1] == (10, 20, 30, 255)
+        assert "class 2" in out.tags()["TILESEG_CLASSES"]
+        assert out.overviews(1) and out.profile["tiled"]
+        assert out.profile["compress"] == "deflate"

@@ -1,0 +1,50 @@
+"""``tileseg info SRC``: raster facts and the tiling plan, without running the model."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
+from tileseg.cli.options import int_list
+from tileseg.config import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, PredictConfig
+
+
+@click.command()
+@click.argument("src")
+@click.option("--model", "-m", help="Model directory (default: the bundled model).")
+@click.option("--bands", callback=int_list, help="1-based bands to read, e.g. 4,3,2.")
+@click.option("--nodata", type=float, help="Nodata value, overriding the file's.")
+@click.option("--allow-no-crs", is_flag=True, help="Accept a raster without CRS.")
+@click.option("--tile-size", type=int, default=DEFAULT_TILE_SIZE, show_default=True)
+@click.option("--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True)
+@click.option("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True,
+              help="Batch size to count batches with.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@verbosity_options
+@handle_errors
+def command(src: str, model: str | None, bands: tuple[int, ...] | None, nodata: float | None,
+            allow_no_crs: bool, tile_size: int, overlap: int, chunk_size: int, batch_size: int,
+            as_json: bool, verbose: int, quiet: bool) -> None:
+    """Show SRC's facts and how predict would tile it.
+
+    \b
+    Example:
+      tileseg info scene.tif --overlap 128
+    """
+    from tileseg.info import describe
+
+    configure_logging(verbose, quiet)
+    config = PredictConfig(src=src, dst="-.tif", model=model, bands=bands, nodata=nodata,
+                           allow_no_crs=allow_no_crs, tile_size=tile_size, overlap=overlap,
+                           chunk_size=chunk_size, batch_size=batch_size)
+    facts = describe(config)
+    if as_json:
+        click.echo(json.dumps(facts, indent=2))
+        return
+    for section, values in facts.items():
+        click.echo(f"{section}:")
+        for key, value in values.items():
+            click.echo(f"  {key:<24} {value}")

@@ -1,0 +1,96 @@
+"""``tileseg predict SRC DST``."""
+
+from __future__ import annotations
+
+import click
+
+from tileseg.blend import WINDOWS
+from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
+from tileseg.cli.options import int_list
+from tileseg.cli.render import ProgressBar
+from tileseg.config import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, PredictConfig
+
+EPILOG = """\b
+Examples:
+  tileseg predict scene.tif landcover.tif
+  tileseg predict scene.tif mask.zarr --model models/buildings --probabilities uint8
+  tileseg predict s2.tif mask.tif --bands 4,3,2 --overlap 128 --report run.json
+  tileseg predict huge.vrt mask.tif --scheduler tcp://scheduler:8786 --resume
+  tileseg predict scene.tif mask.tif --vectorize polygons.gpkg
+"""
+
+
+@click.command(epilog=EPILOG)
+@click.argument("src")
+@click.argument("dst")
+@click.option("--model", "-m", help="Model directory (save_pretrained + tileseg.json). "
+              "Default: the bundled land-cover model.")
+@click.option("--format", "fmt", type=click.Choice(["gtiff", "cog", "zarr"]),
+              help="Output format; default from DST's extension (.tif: COG, .zarr: Zarr).")
+@click.option("--zarr", "zarr_path", help="Also keep the Zarr mosaic here (GeoTIFF outputs).")
+@click.option("--bands", callback=int_list, help="1-based bands to read, e.g. 4,3,2.")
+@click.option("--nodata", type=float, help="Nodata value, overriding the file's.")
+@click.option("--allow-no-crs", is_flag=True, help="Accept a raster without CRS (pixel coords).")
+@click.option("--tile-size", type=int, default=DEFAULT_TILE_SIZE, show_default=True,
+              help="Tile size in pixels (the model sees real neighbours around it up to its "
+              "input multiple).")
+@click.option("--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True,
+              help="Pixels shared by neighbouring tiles.")
+@click.option("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, show_default=True,
+              help="Target chunk side in pixels (rounded to whole tile cores).")
+@click.option("--blend", type=click.Choice(sorted(WINDOWS)), default="hann", show_default=True,
+              help="Weight window for blending overlapping logits.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--batch-size", type=int, help="Tiles per batch (default: from device memory).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+              show_default=True, help="auto: bf16 autocast on GPU, fp32 on CPU.")
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model.")
+@click.option("--output-stride", type=click.Choice(["8", "16"]),
+              help="Run a DeepLab model at this output stride.")
+@click.option("--atrous-rates", callback=int_list, help="DeepLab atrous rates, e.g. 6,12,18.")
+@click.option("--probabilities", type=click.Choice(["none", "uint8", "float16"]), default="none",
+              show_default=True, help="Also store per-class probabilities in the Zarr.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run of the same job.")
+@click.option("--scheduler", envvar="TILESEG_SCHEDULER",
+              help="threads (default), sync, or a dask.distributed address (tcp://host:8786).")
+@click.option("--workers", type=int, help="Threads of the in-process scheduler (default 2).")
+@click.option("--report", type=click.Path(dir_okay=False), help="Write a JSON run report here.")
+@click.option("--vectorize", help="Also write polygons here (.gpkg, .parquet, .geojson, .fgb).")
+@verbosity_options
+@handle_errors
+def command(src: str, dst: str, model: str | None, fmt: str | None, zarr_path: str | None,
+            bands: tuple[int, ...] | None, nodata: float | None, allow_no_crs: bool,
+            tile_size: int, overlap: int, chunk_size: int, blend: str, device: str,
+            batch_size: int | None, precision: str, compile_model: bool,
+            output_stride: str | None, atrous_rates: tuple[int, ...] | None, probabilities: str,
+            overwrite: bool, resume: bool, scheduler: str | None, workers: int | None,
+            report: str | None, vectorize: str | None, verbose: int, quiet: bool) -> None:
+    """Segment SRC (any GDAL raster) into a class mask DST (GeoTIFF/COG or Zarr)."""
+    from tileseg.predict import predict
+
+    configure_logging(verbose, quiet)
+    config = PredictConfig(
+        src=src, dst=dst, model=model, format=fmt, zarr_path=zarr_path, bands=bands,
+        nodata=nodata, allow_no_crs=allow_no_crs, tile_size=tile_size, overlap=overlap,
+        chunk_size=chunk_size, blend=blend, device=device, batch_size=batch_size,
+        precision=precision,  # type: ignore[arg-type]
+        compile_model=compile_model,
+        encoder_output_stride=int(output_stride) if output_stride else None,
+        decoder_atrous_rates=atrous_rates,
+        probabilities=probabilities,  # type: ignore[arg-type]
+        overwrite=overwrite, resume=resume, scheduler=scheduler, workers=workers,
+        report=report, vectorize=vectorize,
+    )
+    bar = ProgressBar("predict", enabled=not quiet)
+    try:
+        result = predict(config, progress=bar)
+    finally:
+        bar.close()
+    if not quiet:
+        rate = result.report.get("tiles_per_second", 0.0)
+        click.echo(
+            f"{result.dst}: {result.tiles_inferred} tiles inferred "
+            f"({result.tiles_skipped_nodata} nodata tiles skipped) in {result.seconds:.1f} s, "
+            f"{rate:.1f} tiles/s", err=True,
+        )

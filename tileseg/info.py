@@ -1,0 +1,77 @@
+"""Facts about a raster and the plan predict would follow, without running the model."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+
+from tileseg.config import PredictConfig
+from tileseg.predict import make_plan
+from tileseg.raster import RasterInfo
+
+
+def estimate_nodata_tiles(raster: RasterInfo, config: PredictConfig, tile_rows: int,
+                          tile_cols: int) -> int | None:
+    """Tiles whose core is all nodata, from a decimated read of the mask (overviews if any)."""
+    if not raster.has_mask:
+        return 0
+    stride = config.tile_size - config.overlap
+    # Sample each core with at least 8x8 mask pixels, but never read more than ~4 Mpixels.
+    factor = max(1, min(stride // 8, math.ceil(math.sqrt(raster.height * raster.width / 4e6))))
+    shape = (max(1, raster.height // factor), max(1, raster.width // factor))
+    with rasterio.open(raster.path) as src:
+        masks = src.read_masks(raster.indexes, out_shape=(len(raster.indexes), *shape),
+                               resampling=Resampling.nearest)
+    valid = (masks != 0).all(axis=0)
+    count = 0
+    for r in range(tile_rows):
+        for c in range(tile_cols):
+            block = valid[r * stride // factor : (r + 1) * stride // factor + 1,
+                          c * stride // factor : (c + 1) * stride // factor + 1]
+            if block.size and not np.any(block):
+                count += 1
+    return count
+
+
+def describe(config: PredictConfig) -> dict[str, dict[str, Any]]:
+    plan = make_plan(config)
+    raster, grid = plan.raster, plan.grid
+    t = raster.affine
+    nodata_tiles = estimate_nodata_tiles(raster, config, grid.tile_rows, grid.tile_cols)
+    to_infer = grid.num_tiles - (nodata_tiles or 0)
+    batch = config.batch_size or 16
+    return {
+        "raster": {
+            "path": raster.path,
+            "size (h x w)": f"{raster.height} x {raster.width}",
+            "bands read": ",".join(str(i) for i in raster.indexes),
+            "dtype": raster.dtype,
+            "crs": (raster.crs_wkt or "none")[:60],
+            "pixel size": f"{math.hypot(t.a, t.d):g} x {math.hypot(t.b, t.e):g}",
+            "rotated": bool(t.b or t.d),
+            "internal block": f"{raster.block_shape[0]} x {raster.block_shape[1]}",
+            "nodata/mask": raster.nodata if raster.nodata is not None else raster.has_mask,
+        },
+        "model": {
+            "source": plan.model.source,
+            "architecture": plan.model.architecture,
+            "classes": ", ".join(plan.model.metadata.class_names),
+            "input bands": plan.model.metadata.in_channels,
+        },
+        "plan": {
+            "tile size": grid.tile_size,
+            "overlap": grid.overlap,
+            "network input": f"{plan.context} x {plan.context}",
+            "tiles (rows x cols)": f"{grid.num_tiles} ({grid.tile_rows} x {grid.tile_cols})",
+            "nodata tiles skipped": nodata_tiles,
+            "tiles to infer": to_infer,
+            "batches": math.ceil(to_infer / batch),
+            "chunks": f"{grid.num_chunks} of {grid.chunk_size} px",
+            "megapixels inferred": round(to_infer * plan.context**2 / 1e6, 1),
+            "overhead vs raster": round(to_infer * plan.context**2 / (raster.height * raster.width), 2),
+        },
+    }
