@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -143,8 +144,11 @@ def mark_zarr_complete(path: str | os.PathLike[str], extra: dict[str, Any]) -> N
     attrs.update(extra)
     attrs["complete"] = True
     root.attrs["tileseg"] = attrs
-    # Consolidated metadata lets xarray open the store with one read.
-    zarr.consolidate_metadata(str(path))
+    # Consolidated metadata lets xarray open the store with one read; zarr warns that it is not
+    # (yet) in the v3 spec, which is known and harmless here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        zarr.consolidate_metadata(str(path))
 
 
 def zarr_to_geotiff(

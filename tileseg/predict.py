@@ -19,7 +19,14 @@ from dask.base import tokenize
 from rasterio.windows import Window
 
 from tileseg.config import PredictConfig
-from tileseg.errors import InputError, ModelError, OutputError, RunError, TilesegError
+from tileseg.errors import (
+    ConfigError,
+    InputError,
+    ModelError,
+    OutputError,
+    RunError,
+    TilesegError,
+)
 from tileseg.grid import TileGrid, chunk_tiles_for
 from tileseg.model import LoadedModel, load_model
 from tileseg.mosaic import Job, ModelRef, WorkDir, build_graph, register_model
@@ -199,6 +206,7 @@ def predict(
                              decoder_atrous_rates=config.decoder_atrous_rates)
     plan = make_plan(config, model)
     grid = plan.grid
+    _check_device(config)
 
     if config.resume and dst.exists() and not staging.exists():
         logger.info("%s is already complete; nothing to resume", dst)
@@ -293,6 +301,22 @@ def predict(
     if config.vectorize:
         _vectorize(result, config)
     return result
+
+
+def _check_device(config: PredictConfig) -> None:
+    """Fail before anything is written: locally the device must exist, remotely parse."""
+    import torch
+
+    from tileseg.infer import resolve_device, resolve_precision
+    from tileseg.scheduler import scheduler_address
+
+    if scheduler_address(config.scheduler) is None:
+        resolve_precision(config.precision, resolve_device(config.device))
+    elif config.device != "auto":
+        try:
+            torch.device(config.device)
+        except RuntimeError as exc:
+            raise ConfigError(f"--device {config.device!r} is not a torch device") from exc
 
 
 def _publish(tmp: Path, dst: Path) -> None:
