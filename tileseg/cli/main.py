@@ -43,3 +43,7 @@ class _LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="tileseg")
 def cli() -> None:
     """Seam-free tiled semantic segmentation of huge geospatial rasters."""
+
+
+if __name__ == "__main__":
+    cli()
