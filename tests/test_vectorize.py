@@ -1,0 +1,351 @@
+"""Vectorize: chunked polygons equal whole-mask polygons; attributes and georeferencing."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import rasterio.features
+import shapely
+from affine import Affine
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy import ndimage
+
+from tileseg.errors import ConfigError, InputError
+from tileseg.vectorize import VectorizeConfig, open_mask, polygonize, vectorize
+
+CRS = "EPSG:32633"
+TRANSFORM = Affine(2.0, 0.0, 500000.0, 0.0, -2.0, 5200000.0)  # 2 m pixels, 4 m² each
+CLASSES = [{"id": 0, "name": "background", "color": "#000000"},
+           {"id": 1, "name": "water", "color": "#0000ff"},
+           {"id": 2, "name": "building", "color": "#ff0000"},
+           {"id": 3, "name": "forest", "color": "#00ff00"}]
+
+
+# --------------------------------------------------------------------------- factories
+
+
+def write_tif(path: Path, mask: np.ndarray, *, crs: str | None = CRS,
+              transform: Affine = TRANSFORM, nodata: int | None = 255,
+              classes: list[dict[str, object]] | None = CLASSES) -> Path:
+    """A tileseg-style GeoTIFF mask: tiled 16x16, nodata, colour table, TILESEG_CLASSES tag."""
+    profile = {"driver": "GTiff", "height": mask.shape[0], "width": mask.shape[1], "count": 1,
+               "dtype": mask.dtype.name, "crs": crs, "transform": transform, "nodata": nodata,
+               "tiled": True, "blockxsize": 16, "blockysize": 16}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(mask, 1)
+        if classes is not None:
+            dst.update_tags(TILESEG_CLASSES=json.dumps(classes))
+            if mask.dtype == np.uint8:
+                dst.write_colormap(1, {0: (0, 0, 0, 255), 1: (0, 0, 255, 255)})
+    return path
+
+
+def write_zarr(path: Path, mask: np.ndarray, *, chunks: tuple[int, int] = (8, 8),
+               probabilities: np.ndarray | None = None, complete: bool = True,
+               crs: str | None = CRS, transform: Affine = TRANSFORM) -> Path:
+    """A tileseg Zarr v3 mask group as predict writes it (spec in the vectorize issue)."""
+    import zarr
+    from rasterio.crs import CRS as RioCRS
+
+    nodata = 255 if mask.dtype == np.uint8 else 65535
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    root.attrs["tileseg"] = {
+        "version": 1, "complete": complete,
+        "crs_wkt": RioCRS.from_user_input(crs).to_wkt() if crs else None,
+        "transform": list(transform)[:6], "height": mask.shape[0], "width": mask.shape[1],
+        "nodata": nodata, "classes": CLASSES,
+    }
+    arr = root.create_array("mask", shape=mask.shape, dtype=mask.dtype, chunks=chunks,
+                            fill_value=nodata, dimension_names=("y", "x"))
+    arr[:] = mask
+    if probabilities is not None:
+        probs = root.create_array("probabilities", shape=probabilities.shape, dtype=np.uint8,
+                                  chunks=(probabilities.shape[0], *chunks), fill_value=0,
+                                  dimension_names=("class", "y", "x"))
+        probs[:] = probabilities
+        probs.attrs["scale_factor"] = 1.0 / 255.0
+    return path
+
+
+@pytest.fixture
+def mask_tif(tmp_path: Path) -> Callable[..., Path]:
+    counter = iter(range(1000))
+
+    def make(mask: np.ndarray, **kwargs: object) -> Path:
+        return write_tif(tmp_path / f"mask{next(counter)}.tif", mask, **kwargs)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def mask_zarr(tmp_path: Path) -> Callable[..., Path]:
+    counter = iter(range(1000))
+
+    def make(mask: np.ndarray, **kwargs: object) -> Path:
+        return write_zarr(tmp_path / f"mask{next(counter)}.zarr", mask, **kwargs)  # type: ignore[arg-type]
+
+    return make
+
+
+def whole_mask_reference(mask: np.ndarray, connectivity: int, transform: Affine = TRANSFORM,
+                         drop: tuple[int, ...] = (0,), nodata: int = 255
+                         ) -> list[tuple[int, shapely.Geometry]]:
+    """Vectorize the whole mask at once: rasterio.features.shapes + shapely, nothing else."""
+    kept = ~np.isin(mask, (*drop, nodata))
+    out = []
+    for geojson, value in rasterio.features.shapes(mask.astype(np.int32), mask=kept,
+                                                   connectivity=connectivity, transform=transform):
+        geom = shapely.geometry.shape(geojson)
+        out.append((int(value), geom if geom.is_valid else shapely.make_valid(geom)))
+    return out
+
+
+def assert_same_polygons(polys: object, reference: list[tuple[int, shapely.Geometry]]) -> None:
+    """Same components per class, each geometry topologically equal, all valid, no overlaps."""
+    geometry, class_id = polys.geometry, polys.fields["class_id"]  # type: ignore[attr-defined]
+    assert shapely.is_valid(geometry).all()
+    assert Counter(class_id.tolist()) == Counter(c for c, _ in reference)
+    ref_geoms = np.array([g for _, g in reference], dtype=object)
+    ref_class = np.array([c for c, _ in reference])
+    tree = shapely.STRtree(ref_geoms)
+    matched = set()
+    for cls, geom in zip(class_id, geometry, strict=True):
+        candidates = tree.query(geom)
+        hits = [k for k in candidates
+                if ref_class[k] == cls and shapely.equals(geom, ref_geoms[k])]
+        assert len(hits) == 1, f"class {cls} polygon {geom.wkt[:80]} has {len(hits)} matches"
+        matched.add(hits[0])
+    assert len(matched) == len(reference)
+    areas = shapely.area(geometry)
+    np.testing.assert_allclose(np.sort(areas), np.sort(shapely.area(ref_geoms)))
+    np.testing.assert_allclose(polys.fields["area"], areas)  # type: ignore[attr-defined]
+    if len(geometry):  # no duplicates, no overlapping slivers
+        assert shapely.union_all(geometry).area == pytest.approx(areas.sum())
+
+
+def count_components(mask: np.ndarray, connectivity: int, drop: tuple[int, ...] = (0, 255)) -> int:
+    structure = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+    return sum(ndimage.label(mask == v, structure)[1] for v in np.unique(mask) if v not in drop)
+
+
+# --------------------------------------------------------------------------- seam stress masks
+
+
+def seam_mask() -> np.ndarray:
+    """A 32x32 mask whose objects stress 8x8 chunk seams (chunk borders at 8, 16, 24)."""
+    m = np.zeros((32, 32), dtype=np.uint8)
+    m[2:5, 5:12] = 1  # spans 2 chunks (vertical border at col 8)
+    m[6:11, 6:11] = 2  # spans 4 chunks (corner at 8, 8)
+    m[13:20, 13:20] = 3  # ring around a hole, the ring crosses borders at 16
+    m[15:18, 15:18] = 0
+    m[16, 16] = 3  # one pixel inside the hole, touching nothing (4) / nothing (8)
+    m[23, 23] = 1  # diagonal contact across the 4-chunk corner at (24, 24)
+    m[24, 24] = 1
+    m[23, 8] = 2  # anti-diagonal contact across the corner at (24, 8)
+    m[24, 7] = 2
+    m[7, 23], m[7, 24], m[8, 23], m[8, 24] = 1, 2, 2, 1  # crossing diagonals at corner (8, 24)
+    m[0, 15] = 3  # one-pixel objects on chunk corners
+    m[15, 31] = 3
+    m[31, 16] = 3
+    m[26:30, 2:14] = 1  # a staircase touching the col-8 border diagonally in several rows
+    m[27, 8:10] = 0
+    m[29, 7] = 0
+    # a U whose arms are two pieces in one chunk, joined only through the next chunk
+    m[2:7, 26] = 2
+    m[2:7, 29] = 2
+    m[7:10, 26:30] = 2
+    m[28:32, 28:32] = 255  # nodata is never a class
+    m[30, 27] = 1  # and does not join what touches it
+    return m
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+@pytest.mark.parametrize("chunk_size", [3, 5, 8, 16])
+def test_chunked_equals_whole_mask(mask_zarr: Callable[..., Path], connectivity: int,
+                                   chunk_size: int) -> None:
+    mask = seam_mask()
+    src = mask_zarr(mask, chunks=(8, 8))
+    polys = polygonize(src, VectorizeConfig(connectivity=connectivity,  # type: ignore[arg-type]
+                                            chunk_size=chunk_size, scheduler="sync"))
+    reference = whole_mask_reference(mask, connectivity)
+    assert len(polys) == count_components(mask, connectivity)
+    assert_same_polygons(polys, reference)
+    if chunk_size <= 8:
+        assert polys.merged > 0
+
+
+def test_diagonal_contacts_join_only_with_8_connectivity(mask_zarr: Callable[..., Path]) -> None:
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    mask[7, 7] = mask[8, 8] = 1  # one diagonal step across the corner of four 8x8 chunks
+    src = mask_zarr(mask)
+    four = polygonize(src, VectorizeConfig(connectivity=4, scheduler="sync"))
+    eight = polygonize(src, VectorizeConfig(connectivity=8, scheduler="sync"))
+    assert len(four) == 2 and len(eight) == 1
+    assert eight.geometry[0].geom_type == "MultiPolygon" and eight.geometry[0].is_valid
+    assert eight.fields["pixels"].tolist() == [2]
+
+
+def test_ring_across_border_keeps_its_hole(mask_zarr: Callable[..., Path]) -> None:
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    mask[4:12, 4:12] = 2
+    mask[6:10, 6:10] = 0
+    polys = polygonize(mask_zarr(mask), VectorizeConfig(scheduler="sync"))
+    (geom,) = polys.geometry
+    assert len(geom.geoms) == 1 and len(geom.geoms[0].interiors) == 1
+    assert polys.fields["pixels"].tolist() == [64 - 16]
+    assert polys.fields["area"].tolist() == [48 * 4.0]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mask=arrays(np.uint8, st.tuples(st.integers(1, 14), st.integers(1, 14)),
+                   elements=st.sampled_from([0, 1, 2, 3, 255])),
+       chunk_size=st.integers(1, 6), connectivity=st.sampled_from([4, 8]))
+def test_random_masks_match_whole_mask(mask: np.ndarray, chunk_size: int,
+                                       connectivity: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        src = write_tif(Path(tmp) / "m.tif", mask)
+        polys = polygonize(src, VectorizeConfig(connectivity=connectivity,  # type: ignore[arg-type]
+                                                chunk_size=chunk_size, scheduler="sync"))
+    assert len(polys) == count_components(mask, connectivity)
+    assert_same_polygons(polys, whole_mask_reference(mask, connectivity))
+
+
+def test_threads_scheduler_and_progress(mask_tif: Callable[..., Path]) -> None:
+    rng = np.random.default_rng(1)
+    mask = rng.integers(0, 4, (64, 80)).astype(np.uint8)
+    events = []
+    polys = polygonize(mask_tif(mask), VectorizeConfig(chunk_size=16, workers=2),
+                       progress=events.append)
+    assert [e.done for e in events] == list(range(1, 21)) and events[-1].total == 20
+    assert_same_polygons(polys, whole_mask_reference(mask, 4))
+
+
+# --------------------------------------------------------------------------- attributes
+
+
+def test_rotated_transform_applied_last(mask_tif: Callable[..., Path]) -> None:
+    mask = seam_mask()
+    transform = Affine(2.0, 0.5, 1000.0, 0.3, -2.0, 5000.0)  # rotated and sheared
+    polys = polygonize(mask_tif(mask, transform=transform),
+                       VectorizeConfig(chunk_size=5, connectivity=8, scheduler="sync"))
+    reference = whole_mask_reference(mask, 8, transform=transform)
+    assert len(polys) == len(reference)
+    ours = shapely.union_all(polys.geometry)
+    theirs = shapely.union_all([g for _, g in reference])
+    assert ours.symmetric_difference(theirs).area < 1e-6
+    det = abs(2.0 * -2.0 - 0.5 * 0.3)
+    np.testing.assert_allclose(polys.fields["area"], polys.fields["pixels"] * det)
+    np.testing.assert_allclose(polys.fields["area"], shapely.area(polys.geometry))
+
+
+def test_class_names_keep_drop_and_min_area(mask_zarr: Callable[..., Path],
+                                            mask_tif: Callable[..., Path]) -> None:
+    mask = seam_mask()
+    src = mask_zarr(mask)
+    polys = polygonize(src, VectorizeConfig(classes=(2, 3), scheduler="sync"))
+    assert set(polys.fields["class_id"]) == {2, 3}
+    assert set(polys.fields["class_name"]) == {"building", "forest"}
+    with_bg = polygonize(src, VectorizeConfig(drop_classes=(), scheduler="sync"))
+    assert 0 in set(with_bg.fields["class_id"])
+    big = polygonize(src, VectorizeConfig(min_area=4, scheduler="sync"))
+    assert big.fields["pixels"].min() >= 4
+    same = polygonize(src, VectorizeConfig(min_area=16, min_area_unit="map", scheduler="sync"))
+    assert sorted(same.fields["pixels"]) == sorted(big.fields["pixels"])  # 4 px = 16 m²
+    # Any integer GeoTIFF without tileseg metadata: names class_<id>, uint16 ids, no nodata.
+    plain = polygonize(mask_tif(mask.astype(np.uint16) * 100, classes=None, nodata=None),
+                       VectorizeConfig(scheduler="sync"))
+    assert {"class_100", "class_25500"} <= set(plain.fields["class_name"])
+
+
+def test_mean_probability_is_exact_across_chunks(mask_zarr: Callable[..., Path]) -> None:
+    mask = seam_mask()
+    rng = np.random.default_rng(3)
+    probs = rng.integers(0, 256, (4, *mask.shape)).astype(np.uint8)
+    polys = polygonize(mask_zarr(mask, probabilities=probs),
+                       VectorizeConfig(connectivity=8, scheduler="sync"))
+    structure = np.ones((3, 3), bool)
+    expected = {}
+    for value in (1, 2, 3):
+        labels, n = ndimage.label(mask == value, structure)
+        own = probs[value] / 255.0
+        for k in range(1, n + 1):
+            expected[(value, int((labels == k).sum()))] = expected.get(
+                (value, int((labels == k).sum())), []) + [own[labels == k].mean()]
+    for cls, px, mean in zip(polys.fields["class_id"], polys.fields["pixels"],
+                             polys.fields["mean_probability"], strict=True):
+        assert min(abs(mean - e) for e in expected[(int(cls), int(px))]) < 1e-6
+
+
+def test_simplify_keeps_a_shared_border(mask_tif: Callable[..., Path]) -> None:
+    yy, xx = np.mgrid[0:96, 0:96]
+    mask = ((np.hypot(yy - 40, xx - 50) < 30).astype(np.uint8)
+            + (np.hypot(yy - 70, xx - 30) < 25).astype(np.uint8) * 2).clip(0, 2).astype(np.uint8)
+    polys = polygonize(mask_tif(mask), VectorizeConfig(drop_classes=(), simplify=1.5,
+                                                       chunk_size=32, scheduler="sync"))
+    exact = polygonize(mask_tif(mask), VectorizeConfig(drop_classes=(), chunk_size=32,
+                                                       scheduler="sync"))
+    assert len(polys) == len(exact)
+    assert shapely.is_valid(polys.geometry).all()
+    assert shapely.get_num_coordinates(polys.geometry).sum() < shapely.get_num_coordinates(
+        exact.geometry).sum() / 2
+    areas = shapely.area(polys.geometry)
+    covered = shapely.union_all(polys.geometry).area
+    assert covered == pytest.approx(areas.sum())  # no overlaps
+    assert covered == pytest.approx(96 * 96 * 4.0)  # no gaps
+
+
+# --------------------------------------------------------------------------- input checks
+
+
+def test_bad_inputs_raise_one_line_errors(tmp_path: Path, mask_tif: Callable[..., Path],
+                                          mask_zarr: Callable[..., Path]) -> None:
+    text = tmp_path / "notes.tif"
+    text.write_text("not a raster")
+    mask = seam_mask()
+    cases = {
+        text: "not a raster",
+        mask_tif(mask.astype(np.float32), nodata=None): "float32",
+        mask_zarr(mask, complete=False): "--resume",
+        mask_tif(mask, crs=None): "--allow-no-crs",
+    }
+    for path, words in cases.items():
+        with pytest.raises(InputError) as info:
+            polygonize(path, VectorizeConfig())
+        assert words in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ConfigError):
+        VectorizeConfig(connectivity=6)  # type: ignore[arg-type]
+    no_crs = polygonize(mask_tif(mask, crs=None), VectorizeConfig(allow_no_crs=True))
+    assert no_crs.crs_wkt is None and len(no_crs)
+
+
+def test_uint16_zarr_and_open_mask(mask_zarr: Callable[..., Path]) -> None:
+    mask = seam_mask().astype(np.uint16)
+    mask[mask == 255] = 65535
+    source = open_mask(mask_zarr(mask, chunks=(16, 16)))
+    assert source.nodata == 65535 and source.chunks == (16, 16)
+    polys = polygonize(source, VectorizeConfig(connectivity=8, scheduler="sync"))
+    assert len(polys) == count_components(seam_mask(), 8)
+
+
+def test_vectorize_writes_atomically_and_refuses_existing(tmp_path: Path,
+                                                          mask_zarr: Callable[..., Path]) -> None:
+    src = mask_zarr(seam_mask())
+    dst = tmp_path / "out.gpkg"
+    result = vectorize(src, dst, VectorizeConfig(scheduler="sync"))
+    assert result.features == sum(result.counts.values()) > 0
+    assert result.class_names[1] == "water"
+    before = dst.read_bytes()
+    with pytest.raises(OSError, match="--overwrite"):
+        vectorize(src, dst, VectorizeConfig(scheduler="sync"))
+    assert dst.read_bytes() == before
+    vectorize(src, dst, VectorizeConfig(scheduler="sync", overwrite=True, classes=(1,)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask0.zarr", "out.gpkg"]
