@@ -1,0 +1,584 @@
+"""Batch runs: many scenes from one manifest, on one cluster, idempotently.
+
+A *manifest* lists scenes, each a source raster, a destination and optional per-scene options
+(any :class:`~tileseg.config.PredictConfig` option: ``model``, ``bands``, ``overlap``,
+``probabilities``, ``vectorize``...). Three formats, chosen by extension:
+
+``.txt`` (or any other)  one source path per line; ``#`` starts a comment; destinations are
+                         ``OUTPUT_DIR/<stem><suffix>``.
+``.csv``                 a header with ``src`` and optionally ``dst`` and option columns; an empty
+                         cell means "the batch default".
+``.yaml`` / ``.yml``     a list of mappings (``src``, ``dst``, options), or a mapping with
+                         ``defaults:`` (options for every scene) and ``scenes:`` (that list).
+
+Relative paths in a manifest are relative to the manifest's folder, so a scheduled job finds the
+same files whatever its working directory.
+
+Running is idempotent: a scene whose destination exists with no ``.partial`` staging folder beside
+it is skipped, a scene with a staging folder is resumed, and a failing scene is recorded and does
+not stop the others. A summary (JSON, plus a CSV beside it) says what happened to each scene, so
+rerunning the same command processes exactly the failed or missing scenes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from tileseg.config import PredictConfig
+from tileseg.errors import ConfigError, InputError, InputNotFoundError, RunError, TilesegError
+from tileseg.raster import is_remote
+
+logger = logging.getLogger(__name__)
+
+SceneStatus = Literal["succeeded", "resumed", "skipped", "failed", "pending"]  # pending: not run yet
+ManifestFormat = Literal["text", "csv", "yaml"]
+
+DEFAULT_SUFFIX = "_mask.tif"
+STAGING_SUFFIX = ".partial"  # as tileseg.predict.STAGING_SUFFIX (not imported: keeps this light)
+
+# Per-scene options a manifest may set: PredictConfig fields, minus what the batch itself owns.
+_BATCH_OWNED = {"src", "dst", "resume", "overwrite", "scheduler", "report"}
+SCENE_OPTIONS: tuple[str, ...] = tuple(
+    f.name for f in fields(PredictConfig) if f.name not in _BATCH_OWNED
+)
+# CLI spellings accepted as column/key names too.
+_ALIASES = {
+    "output_stride": "encoder_output_stride",
+    "atrous_rates": "decoder_atrous_rates",
+    "zarr": "zarr_path",
+    "compile": "compile_model",
+}
+_PATH_OPTIONS = ("model", "zarr_path", "vectorize")
+_INT_OPTIONS = ("tile_size", "overlap", "chunk_size", "batch_size", "workers",
+                "encoder_output_stride")
+_BOOL_OPTIONS = ("allow_no_crs", "compile_model")
+_INT_TUPLE_OPTIONS = ("bands", "decoder_atrous_rates")
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One line of a manifest: a source, a destination and its own options."""
+
+    src: str
+    dst: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def staging(self) -> Path:
+        dst = Path(self.dst)
+        return dst.with_name(dst.name + STAGING_SUFFIX)
+
+    def config(self, defaults: dict[str, Any], **extra: Any) -> PredictConfig:
+        """The scene's PredictConfig: batch defaults, overridden by the scene's own options."""
+        return PredictConfig(src=self.src, dst=self.dst, **{**defaults, **self.options, **extra})
+
+
+@dataclass(frozen=True)
+class SceneResult:
+    """What happened to one scene; a row of the summary."""
+
+    src: str
+    dst: str
+    status: SceneStatus
+    tiles_total: int = 0
+    tiles_inferred: int = 0
+    tiles_skipped_nodata: int = 0
+    chunks: int = 0
+    seconds: float = 0.0
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("succeeded", "resumed", "skipped")
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Every scene's result, in manifest order, and where the summary was written."""
+
+    scenes: tuple[SceneResult, ...]
+    seconds: float
+    summary: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(s.ok for s in self.scenes)
+
+    @property
+    def failed(self) -> tuple[SceneResult, ...]:
+        return tuple(s for s in self.scenes if not s.ok)
+
+    def counts(self) -> dict[str, int]:
+        out = {"succeeded": 0, "resumed": 0, "skipped": 0, "failed": 0, "pending": 0}
+        for s in self.scenes:
+            out[s.status] += 1
+        return out
+
+    def raise_for_failures(self) -> None:
+        """Raise :class:`~tileseg.errors.RunError` (exit code 5) naming the failed scenes."""
+        failed = self.failed
+        if failed:
+            names = ", ".join(Path(s.src).name for s in failed[:5])
+            more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+            where = f"; see {self.summary}" if self.summary else ""
+            raise RunError(f"{len(failed)} of {len(self.scenes)} scenes failed ({names}{more})"
+                           f"{where}; fix them and run the same command again to retry only "
+                           "those")
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How to run a manifest (see :func:`run_batch`)."""
+
+    output_dir: str | None = None  # where text manifests (and CSV rows without dst) write
+    suffix: str = DEFAULT_SUFFIX  # destination name: <src stem><suffix>
+    defaults: dict[str, Any] = field(default_factory=dict)  # PredictConfig options for all scenes
+    scheduler: str | None = None  # None/"threads"/"sync" or a dask.distributed address
+    summary: str | None = None  # summary path: JSON (.json) and CSV (.csv) side by side
+    concurrent_scenes: int = 1  # scenes in flight at once (useful on a big cluster)
+
+    def __post_init__(self) -> None:
+        if self.concurrent_scenes < 1:
+            raise ConfigError(
+                f"--concurrent-scenes must be at least 1, got {self.concurrent_scenes}")
+        if not self.suffix or "/" in self.suffix:
+            raise ConfigError(f"--suffix {self.suffix!r}: give a file name ending, e.g. _mask.tif")
+        unknown = sorted(set(self.defaults) - set(SCENE_OPTIONS))
+        if unknown:
+            raise ConfigError(f"unknown batch default option(s) {', '.join(unknown)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Manifest parsing
+# --------------------------------------------------------------------------------------------
+
+
+def manifest_format(path: str | os.PathLike[str]) -> ManifestFormat:
+    suffix = Path(path).suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".yaml", ".yml"):
+        return "yaml"
+    return "text"
+
+
+def load_manifest(
+    path: str | os.PathLike[str],
+    *,
+    output_dir: str | os.PathLike[str] | None = None,
+    suffix: str = DEFAULT_SUFFIX,
+) -> list[Scene]:
+    """Read a manifest into scenes; every problem is one :class:`InputError` line.
+
+    Examples
+    --------
+    >>> scenes = load_manifest("scenes.yaml")  # doctest: +SKIP
+    >>> scenes[0].options  # doctest: +SKIP
+    {'model': '/data/models/buildings', 'bands': (4, 3, 2)}
+    """
+    manifest = Path(path)
+    if not manifest.is_file():
+        raise InputNotFoundError(f"{manifest}: no such manifest file; check the path")
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{manifest}: cannot read the manifest ({exc})") from exc
+    base = manifest.absolute().parent
+    out_dir = Path(output_dir) if output_dir is not None else None
+    fmt = manifest_format(manifest)
+    if fmt == "csv":
+        rows = _csv_rows(manifest, text)
+    elif fmt == "yaml":
+        rows = _yaml_rows(manifest, text)
+    else:
+        rows = _text_rows(text)
+    if not rows:
+        raise InputError(f"{manifest}: lists no scenes; add one source path per line")
+    scenes = [_scene(manifest, where, row, base, out_dir, suffix) for where, row in rows]
+    seen: dict[str, str] = {}
+    for scene in scenes:
+        key = os.path.normpath(scene.dst)
+        if key in seen:
+            raise InputError(f"{manifest}: {seen[key]} and {scene.src} both write {scene.dst}; "
+                             "give each scene its own dst")
+        seen[key] = scene.src
+    return scenes
+
+
+Row = tuple[str, dict[str, Any]]  # (where in the manifest, raw fields)
+
+
+def _text_rows(text: str) -> list[Row]:
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if line:
+            rows.append((f"line {n}", {"src": line}))
+    return rows
+
+
+def _csv_rows(manifest: Path, text: str) -> list[Row]:
+    reader = csv.DictReader(text.splitlines())
+    header = [h.strip() for h in reader.fieldnames or []]
+    if "src" not in header:
+        raise InputError(f"{manifest}: a CSV manifest needs a header row with a src column "
+                         "(src,dst[,options...]); found {}".format(",".join(header) or "nothing"))
+    rows = []
+    for n, raw in enumerate(reader, 2):
+        if None in raw:
+            raise InputError(f"{manifest}: line {n} has more cells than the header")
+        row = {k.strip(): v.strip() for k, v in raw.items() if v is not None and v.strip() != ""}
+        if row:
+            rows.append((f"line {n}", row))
+    return rows
+
+
+def _yaml_rows(manifest: Path, text: str) -> list[Row]:
+    import yaml
+
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{manifest}: not valid YAML ({first})") from exc
+    defaults: dict[str, Any] = {}
+    if isinstance(doc, dict) and "scenes" in doc:
+        defaults = doc.get("defaults") or {}
+        if not isinstance(defaults, dict):
+            raise InputError(f"{manifest}: defaults must be a mapping of options")
+        extra = sorted(set(doc) - {"scenes", "defaults"})
+        if extra:
+            raise InputError(f"{manifest}: unknown top-level key(s) {', '.join(extra)}; use "
+                             "defaults: and scenes:")
+        doc = doc["scenes"]
+    if doc is None:
+        return []
+    if not isinstance(doc, list):
+        raise InputError(f"{manifest}: a YAML manifest is a list of scenes (- src: a.tif), or "
+                         "a mapping with scenes:")
+    rows = []
+    for n, item in enumerate(doc, 1):
+        if isinstance(item, str):
+            item = {"src": item}
+        if not isinstance(item, dict):
+            raise InputError(f"{manifest}: scene {n} is not a mapping with src (and dst, options)")
+        rows.append((f"scene {n}", {**defaults, **item}))
+    return rows
+
+
+def _resolve(value: str, base: Path) -> str:
+    value = os.path.expanduser(str(value))
+    if is_remote(value) or os.path.isabs(value):
+        return value
+    return str(base / value)
+
+
+def _scene(manifest: Path, where: str, row: dict[str, Any], base: Path, out_dir: Path | None,
+           suffix: str) -> Scene:
+    row = {_ALIASES.get(str(k).replace("-", "_"), str(k).replace("-", "_")): v
+           for k, v in row.items()}
+    src = row.pop("src", None)
+    if not src or not isinstance(src, str):
+        raise InputError(f"{manifest}: {where} has no src")
+    src = _resolve(src, base)
+    dst = row.pop("dst", None)
+    if dst is None:
+        if out_dir is None:
+            raise InputError(f"{manifest}: {where} has no dst; give one, or pass --output-dir "
+                             "to write <stem>{suffix} there".replace("{suffix}", suffix))
+        dst = str(out_dir / (Path(src).stem + suffix))
+    else:
+        dst = _resolve(str(dst), out_dir.absolute() if out_dir is not None else base)
+    if os.path.normpath(dst) == os.path.normpath(src):
+        raise InputError(f"{manifest}: {where} would overwrite its source {src}; change dst or "
+                         "--suffix")
+    options: dict[str, Any] = {}
+    for key, value in row.items():
+        if key not in SCENE_OPTIONS:
+            raise InputError(f"{manifest}: {where} has unknown option {key!r}; choose from "
+                             f"{', '.join(SCENE_OPTIONS)}")
+        options[key] = _option(manifest, where, key, value, base, dst)
+    scene = Scene(src, dst, options)
+    try:
+        scene.config({})
+    except TilesegError as exc:  # option values out of range: say where
+        raise InputError(f"{manifest}: {where}: {exc}") from exc
+    return scene
+
+
+def _option(manifest: Path, where: str, key: str, value: Any, base: Path, dst: str) -> Any:
+    def bad(expected: str) -> InputError:
+        return InputError(f"{manifest}: {where}: {key} must be {expected}, got {value!r}")
+
+    if key in _BOOL_OPTIONS:
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise bad("true or false")
+    if key in _INT_OPTIONS:
+        try:
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value))
+        except (TypeError, ValueError):
+            raise bad("an integer") from None
+    if key in _INT_TUPLE_OPTIONS:
+        items = value if isinstance(value, list | tuple) else str(value).replace(" ", "").split(",")
+        try:
+            return tuple(int(v) for v in items)
+        except (TypeError, ValueError):
+            raise bad("a list of integers such as 4,3,2") from None
+    if key == "nodata":
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad("a number") from None
+    if key == "vectorize":
+        if value is True or str(value).lower() == "true":
+            # vectorize: true -> polygons beside the mask
+            return str(Path(dst).with_suffix(".gpkg"))
+        if value is False or str(value).lower() == "false":
+            return None
+    if key in _PATH_OPTIONS:
+        return _resolve(str(value), base)
+    if not isinstance(value, str):
+        raise bad("a string")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------
+
+
+def scene_state(scene: Scene) -> Literal["complete", "partial", "missing"]:
+    """Whether a scene's output is complete (exists, nothing staged), staged, or absent."""
+    if scene.staging.exists():
+        return "partial"
+    if Path(scene.dst).exists():
+        vector = scene.options.get("vectorize")
+        if vector and not Path(vector).exists():
+            return "partial"
+        return "complete"
+    return "missing"
+
+
+SceneCallback = Callable[[Scene, SceneResult], None]
+
+
+def run_batch(
+    scenes: list[Scene],
+    config: BatchConfig | None = None,
+    *,
+    client: Any = None,
+    on_scene: SceneCallback | None = None,
+) -> BatchResult:
+    """Run every scene that is not complete yet, on one cluster; never stops at a failure.
+
+    Parameters
+    ----------
+    scenes
+        From :func:`load_manifest`.
+    config
+        Batch defaults, scheduler and summary path.
+    client
+        A ``dask.distributed.Client`` to share across scenes; by default one is opened for
+        ``config.scheduler`` when that is a cluster address (threads in-process otherwise).
+    on_scene
+        Called as each scene ends (also for skipped scenes), e.g. to print a line.
+
+    Examples
+    --------
+    >>> scenes = load_manifest("scenes.csv")  # doctest: +SKIP
+    >>> result = run_batch(scenes, BatchConfig(scheduler="tcp://head:8786",
+    ...                                        summary="summary.json"))  # doctest: +SKIP
+    >>> result.ok, result.counts()  # doctest: +SKIP
+    (True, {'succeeded': 3, 'resumed': 1, 'skipped': 12, 'failed': 0})
+    """
+    config = config or BatchConfig()
+    started = time.perf_counter()
+    results: dict[int, SceneResult] = {}
+    lock = threading.Lock()
+
+    def run_one(index: int, scene: Scene, shared_client: Any) -> None:
+        outcome = _run_scene(scene, config, shared_client)
+        with lock:
+            results[index] = outcome
+            if config.summary:  # rewrite as we go: a killed batch still leaves a summary
+                _write_summary(config.summary, scenes, results, time.perf_counter() - started)
+        if on_scene is not None:
+            on_scene(scene, outcome)
+
+    with _cluster(config.scheduler, client) as shared:
+        if config.concurrent_scenes == 1:
+            for i, scene in enumerate(scenes):
+                run_one(i, scene, shared)
+        else:
+            with ThreadPoolExecutor(config.concurrent_scenes, "tileseg-scene") as pool:
+                for future in [pool.submit(run_one, i, s, shared) for i, s in enumerate(scenes)]:
+                    future.result()
+    seconds = time.perf_counter() - started
+    if config.summary:
+        _write_summary(config.summary, scenes, results, seconds)
+    ordered = tuple(results[i] for i in range(len(scenes)))
+    return BatchResult(ordered, seconds, config.summary)
+
+
+@contextmanager
+def _cluster(scheduler: str | None, client: Any) -> Iterator[Any]:
+    """One client for the whole batch: workers keep their models loaded between scenes."""
+    from tileseg.scheduler import scheduler_address
+
+    address = scheduler_address(scheduler)
+    if client is not None or address is None:
+        yield client
+        return
+    from distributed import Client
+
+    try:
+        own = Client(address, timeout="20s")
+    except (OSError, TimeoutError) as exc:
+        raise ConfigError(f"cannot reach the dask scheduler at {address} ({exc}); start it or "
+                          "fix --scheduler") from exc
+    try:
+        yield own
+    finally:
+        own.close()
+
+
+def _run_scene(scene: Scene, config: BatchConfig, client: Any) -> SceneResult:
+    from tileseg.predict import predict
+
+    state = scene_state(scene)
+    if state == "complete":
+        logger.info("%s: complete, skipped", scene.dst)
+        return SceneResult(scene.src, scene.dst, "skipped")
+    # predict() then reports the cluster and leaves device checks to the workers.
+    scheduler = config.scheduler or (client.scheduler.address if client is not None else None)
+    started = time.perf_counter()
+    try:
+        predict_config = scene.config(config.defaults, resume=state == "partial",
+                                      scheduler=scheduler)
+        if state == "partial" and Path(scene.dst).exists() and not scene.staging.exists():
+            # The mask is published but its polygons are missing: only vectorize again.
+            _vectorize_only(predict_config)
+            return SceneResult(scene.src, scene.dst, "resumed",
+                               seconds=time.perf_counter() - started)
+        logger.info("%s -> %s (%s)", scene.src, scene.dst,
+                    "resuming" if state == "partial" else "starting")
+        result = predict(predict_config, client=client)
+    except TilesegError as exc:
+        logger.error("%s: %s", scene.src, exc)
+        return SceneResult(scene.src, scene.dst, "failed", seconds=time.perf_counter() - started,
+                           error=str(exc))
+    except Exception as exc:  # a bug or an unexpected library error: record it, go on
+        logger.exception("%s: unexpected error", scene.src)
+        return SceneResult(scene.src, scene.dst, "failed", seconds=time.perf_counter() - started,
+                           error=f"{type(exc).__name__}: {exc}")
+    return SceneResult(
+        scene.src, scene.dst, "resumed" if state == "partial" else "succeeded",
+        tiles_total=result.tiles_total, tiles_inferred=result.tiles_inferred,
+        tiles_skipped_nodata=result.tiles_skipped_nodata, chunks=result.chunks,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _vectorize_only(config: PredictConfig) -> None:
+    from tileseg.vectorize import VectorizeConfig, vectorize
+
+    assert config.vectorize is not None  # only called when scene_state saw a vectorize option
+    vectorize(config.dst, config.vectorize, VectorizeConfig(overwrite=True))
+
+
+# --------------------------------------------------------------------------------------------
+# Summary
+# --------------------------------------------------------------------------------------------
+
+SUMMARY_COLUMNS = tuple(f.name for f in fields(SceneResult))
+
+
+def summary_csv_path(summary: str | os.PathLike[str]) -> Path:
+    return Path(summary).with_suffix(".csv")
+
+
+def _write_summary(path: str, scenes: list[Scene], results: dict[int, SceneResult],
+                   seconds: float) -> None:
+    rows = []
+    for i, scene in enumerate(scenes):
+        rows.append(asdict(results[i]) if i in results else
+                    asdict(SceneResult(scene.src, scene.dst, "pending")))
+    counts: dict[str, int] = {"succeeded": 0, "resumed": 0, "skipped": 0, "failed": 0,
+                              "pending": 0}
+    for row in rows:
+        counts[row["status"]] += 1
+    doc = {
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+        "scenes_total": len(scenes),
+        "counts": counts,
+        "ok": counts["failed"] == 0 and counts["pending"] == 0,
+        "scenes": rows,
+    }
+    target = Path(path)
+    json_path = target.with_suffix(".json") if target.suffix.lower() == ".csv" else target
+    _atomic_write(json_path, json.dumps(doc, indent=2) + "\n")
+    lines: list[str] = []
+    writer = csv.DictWriter(_ListWriter(lines), fieldnames=SUMMARY_COLUMNS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "seconds": f"{row['seconds']:.3f}"})
+    _atomic_write(summary_csv_path(target), "".join(lines))
+
+
+class _ListWriter:
+    def __init__(self, lines: list[str]) -> None:
+        self.lines = lines
+
+    def write(self, text: str) -> None:
+        self.lines.append(text)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def default_summary_path(manifest: str | os.PathLike[str]) -> str:
+    """``scenes.csv`` -> ``scenes.summary.json`` beside it."""
+    path = Path(manifest)
+    return str(path.with_name(path.stem + ".summary.json"))
+
+
+def run_manifest(
+    manifest: str | os.PathLike[str],
+    config: BatchConfig | None = None,
+    *,
+    client: Any = None,
+    on_scene: SceneCallback | None = None,
+) -> BatchResult:
+    """:func:`load_manifest` then :func:`run_batch`; what ``tileseg batch`` calls.
+
+    Examples
+    --------
+    >>> result = run_manifest("scenes.yaml", BatchConfig(scheduler="tcp://head:8786"))  # doctest: +SKIP
+    >>> result.raise_for_failures()  # doctest: +SKIP
+    """
+    config = config or BatchConfig(summary=default_summary_path(manifest))
+    scenes = load_manifest(manifest, output_dir=config.output_dir, suffix=config.suffix)
+    return run_batch(scenes, config, client=client, on_scene=on_scene)

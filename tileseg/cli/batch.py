@@ -1,0 +1,90 @@
+"""``tileseg batch MANIFEST``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from tileseg.blend import WINDOWS
+from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
+from tileseg.cli.options import int_list
+
+EPILOG = """\b
+Examples:
+  tileseg batch scenes.txt --output-dir masks/ --model models/landcover
+  tileseg batch scenes.csv --scheduler tcp://scheduler:8786 --summary runs/summary.json
+  tileseg batch scenes.yaml --concurrent-scenes 2   # per-scene model, bands, overlap...
+
+\b
+Manifests (relative paths are relative to the manifest's folder):
+  .txt   one source per line (# comments); writes OUTPUT_DIR/<stem><suffix>
+  .csv   header src,dst[,model,bands,overlap,probabilities,vectorize,...]
+  .yaml  - {src: a.tif, dst: a_mask.zarr, bands: [4, 3, 2], probabilities: uint8}
+
+\b
+Complete outputs are skipped, interrupted ones resumed, failures recorded in the summary and
+retried by running the same command again. Exit code 0 only if every scene succeeded.
+"""
+
+
+@click.command(epilog=EPILOG)
+@click.argument("manifest", type=click.Path(dir_okay=False))
+@click.option("--output-dir", "-o", type=click.Path(file_okay=False),
+              help="Folder for scenes without a dst (text manifests).")
+@click.option("--suffix", default="_mask.tif", show_default=True,
+              help="Destination name <src stem><suffix> (.tif, .zarr...).")
+@click.option("--summary", type=click.Path(dir_okay=False),
+              help="JSON summary path, a CSV beside it. Default: MANIFEST's name + .summary.json.")
+@click.option("--model", "-m", help="Default model directory (a scene's model overrides it).")
+@click.option("--bands", callback=int_list, help="Default 1-based bands, e.g. 4,3,2.")
+@click.option("--tile-size", type=int, help="Default tile size in pixels.")
+@click.option("--overlap", type=int, help="Default overlap in pixels.")
+@click.option("--chunk-size", type=int, help="Default chunk side in pixels.")
+@click.option("--blend", type=click.Choice(sorted(WINDOWS)), help="Default blend window.")
+@click.option("--device", help="auto, cpu, cuda, cuda:N (on the workers).")
+@click.option("--batch-size", type=int, help="Tiles per batch.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]))
+@click.option("--probabilities", type=click.Choice(["none", "uint8", "float16"]))
+@click.option("--scheduler", envvar="TILESEG_SCHEDULER",
+              help="threads (default), sync, or a dask.distributed address shared by all scenes.")
+@click.option("--workers", type=int, help="Threads of the in-process scheduler.")
+@click.option("--concurrent-scenes", type=int, default=1, show_default=True,
+              help="Scenes in flight at once (keeps a big cluster busy between scenes).")
+@verbosity_options
+@handle_errors
+def command(manifest: str, output_dir: str | None, suffix: str, summary: str | None,
+            model: str | None, bands: tuple[int, ...] | None, tile_size: int | None,
+            overlap: int | None, chunk_size: int | None, blend: str | None, device: str | None,
+            batch_size: int | None, precision: str | None, probabilities: str | None,
+            scheduler: str | None, workers: int | None, concurrent_scenes: int, verbose: int,
+            quiet: bool) -> None:
+    """Segment every scene listed in MANIFEST (text, CSV or YAML), idempotently."""
+    from tileseg.batch import BatchConfig, SceneResult, default_summary_path, run_manifest
+
+    configure_logging(verbose, quiet)
+    defaults: dict[str, Any] = {
+        k: v for k, v in dict(
+            model=model, bands=bands, tile_size=tile_size, overlap=overlap,
+            chunk_size=chunk_size, blend=blend, device=device, batch_size=batch_size,
+            precision=precision, probabilities=probabilities, workers=workers,
+        ).items() if v is not None
+    }
+    config = BatchConfig(output_dir=output_dir, suffix=suffix, defaults=defaults,
+                         scheduler=scheduler, summary=summary or default_summary_path(manifest),
+                         concurrent_scenes=concurrent_scenes)
+
+    def echo(scene: object, result: SceneResult) -> None:
+        if quiet:
+            return
+        detail = (f"{result.tiles_inferred}/{result.tiles_total} tiles, {result.seconds:.1f} s"
+                  if result.status in ("succeeded", "resumed") else result.error)
+        click.echo(f"{result.status:9} {result.dst}" + (f"  ({detail})" if detail else ""),
+                   err=True)
+
+    result = run_manifest(manifest, config, on_scene=echo)
+    if not quiet:
+        counts = ", ".join(f"{n} {status}" for status, n in result.counts().items() if n)
+        click.echo(f"{len(result.scenes)} scenes: {counts} in {result.seconds:.1f} s; "
+                   f"summary {result.summary}", err=True)
+    result.raise_for_failures()
