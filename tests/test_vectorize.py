@@ -349,3 +349,129 @@ def test_vectorize_writes_atomically_and_refuses_existing(tmp_path: Path,
     assert dst.read_bytes() == before
     vectorize(src, dst, VectorizeConfig(scheduler="sync", overwrite=True, classes=(1,)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask0.zarr", "out.gpkg"]
+
+
+# --------------------------------------------------------------------------- formats, read back
+
+
+def _probabilities(mask: np.ndarray) -> np.ndarray:
+    return np.random.default_rng(5).integers(0, 256, (4, *mask.shape)).astype(np.uint8)
+
+
+@pytest.mark.parametrize("ext", [".gpkg", ".geojson", ".fgb"])
+def test_ogr_formats_read_back(tmp_path: Path, mask_zarr: Callable[..., Path], ext: str) -> None:
+    import geopandas as gpd
+    from pyproj import CRS as ProjCRS
+
+    mask = seam_mask()
+    src = mask_zarr(mask, probabilities=_probabilities(mask))
+    dst = tmp_path / f"polygons{ext}"
+    result = vectorize(src, dst, VectorizeConfig(connectivity=8, chunk_size=5))
+    frame = gpd.read_file(dst)  # pyogrio engine: GDAL's own drivers, not our code
+    assert ProjCRS.from_user_input(frame.crs) == ProjCRS.from_user_input(CRS)
+    assert list(frame.columns) == ["class_id", "class_name", "pixels", "area",
+                                   "mean_probability", "geometry"]
+    assert len(frame) == result.features == count_components(mask, 8)
+    assert Counter(frame["class_id"]) == Counter(result.counts)
+    assert dict(zip(frame["class_id"], frame["class_name"], strict=True)) == {
+        1: "water", 2: "building", 3: "forest"}
+    assert set(frame.geom_type) == {"MultiPolygon"} and frame.is_valid.all()
+    np.testing.assert_allclose(frame["area"], frame.area)
+    assert frame["mean_probability"].between(0, 1).all()
+
+
+def test_geoparquet_reads_back_with_pyarrow_and_geopandas(tmp_path: Path,
+                                                          mask_zarr: Callable[..., Path]) -> None:
+    import geopandas as gpd
+    import pyarrow.parquet as pq
+    from pyproj import CRS as ProjCRS
+
+    mask = seam_mask()
+    dst = tmp_path / "polygons.parquet"
+    result = vectorize(mask_zarr(mask, probabilities=_probabilities(mask)), dst,
+                       VectorizeConfig(chunk_size=8))
+    table = pq.read_table(dst)
+    geo = json.loads(table.schema.metadata[b"geo"])
+    assert geo["primary_column"] == "geometry"
+    assert geo["columns"]["geometry"]["encoding"] == "WKB"
+    assert ProjCRS.from_json_dict(geo["columns"]["geometry"]["crs"]) == ProjCRS.from_user_input(CRS)
+    frame = gpd.read_parquet(dst)
+    assert ProjCRS.from_user_input(frame.crs) == ProjCRS.from_user_input(CRS)
+    assert len(frame) == table.num_rows == result.features == count_components(mask, 4)
+    assert frame.is_valid.all() and set(frame["class_name"]) == {"water", "building", "forest"}
+    np.testing.assert_allclose(frame["area"], frame.area)
+    np.testing.assert_allclose(geo["columns"]["geometry"]["bbox"], frame.total_bounds)
+
+
+def test_to_crs_reprojects(tmp_path: Path, mask_tif: Callable[..., Path]) -> None:
+    import geopandas as gpd
+
+    dst = tmp_path / "wgs84.fgb"
+    vectorize(mask_tif(seam_mask()), dst, VectorizeConfig(to_crs="EPSG:4326"))
+    frame = gpd.read_file(dst)
+    assert frame.crs.to_epsg() == 4326 and frame.is_valid.all()
+    lon, lat = frame.union_all().centroid.coords[0]
+    assert 14 < lon < 16 and 46 < lat < 47  # UTM 33N, 500 km easting, 5200 km northing
+    assert frame["area"].iloc[0] > 1  # area stays in the mask CRS's units (m²)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _run(*args: str) -> object:
+    from click.testing import CliRunner
+
+    from tileseg.cli.main import cli
+
+    return CliRunner().invoke(cli, ["vectorize", *args])
+
+
+def test_cli_writes_polygons(tmp_path: Path, mask_tif: Callable[..., Path]) -> None:
+    import pyogrio
+
+    dst = tmp_path / "out.gpkg"
+    result = _run(str(mask_tif(seam_mask())), str(dst), "--connectivity", "8",
+                  "--chunk-size", "5", "--classes", "1,2", "--min-area", "2", "-q")
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    info = pyogrio.read_info(dst)
+    assert info["features"] > 0 and info["geometry_type"] == "MultiPolygon"
+    assert set(pyogrio.read_dataframe(dst)["class_name"]) == {"water", "building"}
+
+
+def _bad_cases(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    text = tmp_path / "notes.tif"
+    text.write_text("not a raster")
+    mask = seam_mask()
+    good = write_tif(tmp_path / "good.tif", mask)
+    floaty = write_tif(tmp_path / "float.tif", mask.astype(np.float32), nodata=None)
+    no_crs = write_tif(tmp_path / "nocrs.tif", mask, crs=None)
+    partial = write_zarr(tmp_path / "partial.zarr", mask, complete=False)
+    exists = tmp_path / "exists.gpkg"
+    exists.write_bytes(b"someone else's file")
+    out = str(tmp_path / "out.gpkg")
+    return {
+        "not a raster": ([str(text), out], "not a raster"),
+        "missing": ([str(tmp_path / "nope.tif"), out], "no such file"),
+        "float mask": ([str(floaty), out], "float32"),
+        "no crs": ([str(no_crs), out], "--allow-no-crs"),
+        "incomplete zarr": ([str(partial), out], "--resume"),
+        "exists": ([str(good), str(exists)], "--overwrite"),
+        "unknown format": ([str(good), str(tmp_path / "out.shp")], "unknown polygon format"),
+        "bad option": ([str(good), out, "--min-area", "-1"], "--min-area"),
+        "bad crs": ([str(good), out, "--to-crs", "EPSG:nope"], "--to-crs"),
+    }
+
+
+@pytest.mark.parametrize("case", ["not a raster", "missing", "float mask", "no crs",
+                                  "incomplete zarr", "exists", "unknown format", "bad option",
+                                  "bad crs"])
+def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, case: str) -> None:
+    args, words = _bad_cases(tmp_path)[case]
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    result = _run(*args)
+    assert result.exit_code != 0  # type: ignore[attr-defined]
+    message = result.stderr.strip()  # type: ignore[attr-defined]
+    assert message.startswith("Error: ") and "\n" not in message and words in message
+    assert "Traceback" not in result.output  # type: ignore[attr-defined]
+    after = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    assert after == before  # no output, no half-written temporary, nothing touched

@@ -163,6 +163,7 @@ def polygonize(
     config = config or VectorizeConfig()
     source = src if isinstance(src, MaskSource) else open_mask(src)
     crs_wkt = _check_crs(source, config)
+    dst_crs = _parse_crs(config.to_crs) if config.to_crs else None  # fail before the work
     windows, grid_shape = chunk_windows(source, config.chunk_size)
     tasks = build_tasks(source, windows, config)
     results = compute_tasks(tasks, config.scheduler, config.workers, progress)
@@ -176,8 +177,8 @@ def polygonize(
         # GEOS simplifies each shared edge once: borders stay shared, no gaps or overlaps.
         geometry = shapely.coverage_simplify(shapely.segmentize(geometry, 1.0), config.simplify)
     geometry = _apply_affine(geometry, source)
-    if config.to_crs:
-        geometry, crs_wkt = _reproject(geometry, crs_wkt, config.to_crs, source.path)
+    if dst_crs is not None and crs_wkt is not None:
+        geometry, crs_wkt = _reproject(geometry, crs_wkt, dst_crs)
     geometry = _to_multipolygons(geometry)
     fields: dict[str, np.ndarray] = {
         "class_id": components.class_id.astype(np.int32),
@@ -310,18 +311,20 @@ def _apply_affine(geometry: np.ndarray, source: MaskSource) -> np.ndarray:
     return shapely.transform(geometry, lambda xy: xy @ matrix + offset)
 
 
-def _reproject(geometry: np.ndarray, crs_wkt: str | None, to_crs: str,
-               path: str) -> tuple[np.ndarray, str]:
+def _parse_crs(text: str) -> Any:
     from rasterio.crs import CRS
     from rasterio.errors import CRSError
+
+    try:
+        return CRS.from_user_input(text)
+    except (CRSError, ValueError):
+        raise ConfigError(f"--to-crs {text!r}: not a CRS GDAL knows; use e.g. EPSG:4326") from None
+
+
+def _reproject(geometry: np.ndarray, crs_wkt: str, dst_crs: Any) -> tuple[np.ndarray, str]:
+    from rasterio.crs import CRS
     from rasterio.warp import transform
 
-    if crs_wkt is None:  # pragma: no cover - refused earlier by _check_crs
-        raise ConfigError(f"{path}: has no CRS to reproject from; drop --to-crs")
-    try:
-        dst_crs = CRS.from_user_input(to_crs)
-    except CRSError:
-        raise ConfigError(f"--to-crs {to_crs!r}: not a CRS; use e.g. EPSG:4326") from None
     src_crs = CRS.from_wkt(crs_wkt)
 
     def project(xy: np.ndarray) -> np.ndarray:
@@ -329,7 +332,7 @@ def _reproject(geometry: np.ndarray, crs_wkt: str | None, to_crs: str,
         return np.column_stack([xs, ys])
 
     # Vertex by vertex: shared vertices stay shared, so the coverage stays seamless.
-    return shapely.transform(geometry, project), dst_crs.to_wkt()
+    return shapely.transform(geometry, project), str(dst_crs.to_wkt())
 
 
 def _to_multipolygons(geometry: np.ndarray) -> np.ndarray:

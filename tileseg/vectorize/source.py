@@ -56,9 +56,7 @@ class MaskSource:
     def read(self, row_off: int, col_off: int, height: int, width: int) -> np.ndarray:
         """The mask window ``[row_off:row_off+height, col_off:col_off+width]`` as a 2-D array."""
         if self.kind == "zarr":
-            import zarr
-
-            array = zarr.open_group(self.path, mode="r")["mask"]
+            array = _zarr_array(self.path, "mask")
             return np.asarray(array[row_off : row_off + height, col_off : col_off + width])
         window = rasterio.windows.Window(col_off, row_off, width, height)
         with rasterio.open(self.path) as src:
@@ -67,9 +65,7 @@ class MaskSource:
     def read_probabilities(self, row_off: int, col_off: int, height: int,
                            width: int) -> np.ndarray:
         """Stored class probabilities ``(classes, height, width)``, still in their stored dtype."""
-        import zarr
-
-        array = zarr.open_group(self.path, mode="r")["probabilities"]
+        array = _zarr_array(self.path, "probabilities")
         return np.asarray(array[:, row_off : row_off + height, col_off : col_off + width])
 
 
@@ -143,7 +139,7 @@ def _open_zarr(path: str) -> MaskSource:
     if facts.get("complete") is not True:
         raise InputError(f"{path}: the predict run that writes this Zarr did not finish; run "
                          "predict again with --resume")
-    mask = root["mask"]
+    mask = _zarr_array(path, "mask", root)
     dtype = np.dtype(mask.dtype)
     if dtype.kind not in "ui" or len(mask.shape) != 2:
         raise InputError(f"{path}: 'mask' is {dtype.name} {tuple(mask.shape)}; expected a 2-D "
@@ -151,9 +147,10 @@ def _open_zarr(path: str) -> MaskSource:
     has_probs = "probabilities" in root
     scale = 1.0
     if has_probs:
-        probs = root["probabilities"]
+        probs = _zarr_array(path, "probabilities", root)
         if np.dtype(probs.dtype).kind in "ui":
-            scale = float(probs.attrs.get("scale_factor", 1.0 / np.iinfo(probs.dtype).max))
+            factor: Any = probs.attrs.get("scale_factor", 1.0 / np.iinfo(probs.dtype).max)
+            scale = float(factor)
     nodata = facts.get("nodata")
     return MaskSource(
         path=str(Path(path)), kind="zarr", height=int(mask.shape[0]), width=int(mask.shape[1]),
@@ -163,3 +160,13 @@ def _open_zarr(path: str) -> MaskSource:
         chunks=(int(mask.chunks[0]), int(mask.chunks[1])), has_probabilities=has_probs,
         probability_scale=scale,
     )
+
+
+def _zarr_array(path: str, name: str, root: Any = None) -> Any:
+    """The array ``name`` of the Zarr group at ``path`` (a sub-group there is an input error)."""
+    import zarr
+
+    node = (root if root is not None else zarr.open_group(path, mode="r"))[name]
+    if not isinstance(node, zarr.Array):
+        raise InputError(f"{path}: '{name}' is a group, not an array; rewrite it with predict")
+    return node
