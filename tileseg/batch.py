@@ -11,8 +11,9 @@ A *manifest* lists scenes, each a source raster, a destination and optional per-
 ``.yaml`` / ``.yml``     a list of mappings (``src``, ``dst``, options), or a mapping with
                          ``defaults:`` (options for every scene) and ``scenes:`` (that list).
 
-Relative paths in a manifest are relative to the manifest's folder, so a scheduled job finds the
-same files whatever its working directory.
+Relative paths in a manifest are relative to the manifest's folder (a relative ``dst`` to
+``--output-dir`` when one is given), so a scheduled job finds the same files whatever its working
+directory.
 
 Running is idempotent: a scene whose destination exists with no ``.partial`` staging folder beside
 it is skipped, a scene with a staging folder is resumed, and a failing scene is recorded and does
