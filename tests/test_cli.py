@@ -11,8 +11,8 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
-
 from conftest import random_image
+
 from tileseg.cli.main import cli
 
 

@@ -9,8 +9,8 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
-
 from conftest import CountingModel, per_pixel_model, random_image, untiled_mask
+
 from tileseg.config import PredictConfig
 from tileseg.errors import RunError
 from tileseg.predict import predict

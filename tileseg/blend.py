@@ -62,7 +62,9 @@ def window_1d(name: str, size: int, overlap: int = 0) -> np.ndarray:
     except KeyError:
         from tileseg.errors import ConfigError
 
-        raise ConfigError(f"unknown blend window {name!r}; choose one of {', '.join(WINDOWS)}")
+        raise ConfigError(
+            f"unknown blend window {name!r}; choose one of {', '.join(WINDOWS)}"
+        ) from None
     return fn(size, overlap).astype(np.float64)
 
 

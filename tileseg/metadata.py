@@ -128,7 +128,8 @@ class ModelMetadata:
         data = asdict(self)
         data.pop("is_default")
         data["classes"] = [
-            {"id": c.id, "name": c.name, "color": "#%02x%02x%02x" % c.color} for c in self.classes
+            {"id": c.id, "name": c.name, "color": "#{:02x}{:02x}{:02x}".format(*c.color)}
+            for c in self.classes
         ]
         return {"format": METADATA_FORMAT, **data}
 

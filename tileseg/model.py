@@ -85,7 +85,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
     """Build an untrained smp model. Never downloads: encoder weights are always None."""
     import segmentation_models_pytorch as smp
 
-    cls = getattr(smp, spec.architecture)
+    cls: Any = getattr(smp, spec.architecture)
     try:
         return cls(**spec.kwargs())
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:

@@ -136,7 +136,7 @@ class WorkDir:
     def save_piece(self, row: int, col: int, arrays: dict[str, np.ndarray]) -> None:
         final = self.piece_path(row, col)
         tmp = final.with_name(f"{final.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
-        np.savez(tmp, **arrays)
+        np.savez(tmp, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, final)
 
     def load_piece(self, row: int, col: int) -> Any:

@@ -53,7 +53,7 @@ def mask_dtype_for(num_classes: int) -> tuple[np.dtype[Any], int]:
 
 
 def classes_json(metadata: ModelMetadata) -> list[dict[str, Any]]:
-    return [{"id": c.id, "name": c.name, "color": "#%02x%02x%02x" % c.color}
+    return [{"id": c.id, "name": c.name, "color": "#{:02x}{:02x}{:02x}".format(*c.color)}
             for c in metadata.classes]
 
 
@@ -139,8 +139,8 @@ def create_zarr(
 def mark_zarr_complete(path: str | os.PathLike[str], extra: dict[str, Any]) -> None:
     import zarr
 
-    root = zarr.open_group(str(path), mode="r+")
-    attrs = dict(root.attrs["tileseg"])  # type: ignore[arg-type]
+    root: Any = zarr.open_group(str(path), mode="r+")
+    attrs: dict[str, Any] = dict(root.attrs["tileseg"])
     attrs.update(extra)
     attrs["complete"] = True
     root.attrs["tileseg"] = attrs
@@ -165,8 +165,8 @@ def zarr_to_geotiff(
     """
     import zarr
 
-    root = zarr.open_group(str(zarr_path), mode="r")
-    facts = dict(root.attrs["tileseg"])  # type: ignore[arg-type]
+    root: Any = zarr.open_group(str(zarr_path), mode="r")
+    facts: dict[str, Any] = dict(root.attrs["tileseg"])
     mask = root["mask"]
     height, width = mask.shape
     ch, cw = mask.chunks

@@ -9,14 +9,11 @@ import platform
 import resource
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import rasterio
 from dask.base import tokenize
-from rasterio.windows import Window
 
 from tileseg.config import PredictConfig
 from tileseg.errors import (
@@ -119,8 +116,8 @@ def make_plan(config: PredictConfig, model: LoadedModel | None = None) -> Plan:
 
 def has_valid_pixel(raster: RasterInfo) -> bool:
     """True as soon as one valid pixel is found, reading masks block row by block row."""
-    from tileseg.raster import WindowReader
     from tileseg.grid import Rect
+    from tileseg.raster import WindowReader
 
     if not raster.has_mask and not raster.dtype.startswith("float"):
         return True

@@ -8,7 +8,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import rasterio
@@ -191,7 +191,7 @@ class WindowReader:
             (inside.col_off - rect.col_off, rect.col_end - inside.col_end),
         )
         if any(p for pair in pad for p in pair):
-            mode = "reflect" if min(data.shape[1:]) > 1 else "edge"
+            mode: Literal["reflect", "edge"] = "reflect" if min(data.shape[1:]) > 1 else "edge"
             data = np.pad(data, ((0, 0), *pad), mode=mode)
             # Validity is reflected with the data so padding looks like the image next to it;
             # logits over padding are never written, so it needs no weight of its own.
