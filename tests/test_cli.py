@@ -159,3 +159,30 @@ def test_invalid_option_values(scene, tmp_path, deeplab_dir, option, value, need
                     option, value)
     assert_clean_error(code, out, needle)
     assert not list(tmp_path.glob("o.tif*"))
+
+
+def test_predict_then_vectorize_writes_polygons_gis_tools_read(scene, deeplab_dir, tmp_path) -> None:
+    import pyogrio
+
+    gpkg = tmp_path / "mask.gpkg"
+    code, out = run("predict", str(scene), str(tmp_path / "mask.tif"), "-m", str(deeplab_dir),
+                    "--tile-size", "64", "--overlap", "16", "--vectorize", str(gpkg), "-q")
+    assert code == 0, out
+    with rasterio.open(tmp_path / "mask.tif") as mask:
+        crs = mask.crs
+    info = pyogrio.read_info(gpkg)
+    assert rasterio.crs.CRS.from_user_input(info["crs"]) == crs
+    assert info["features"] > 0 and "class_name" in list(info["fields"])
+
+
+def test_vectorize_destination_is_checked_before_the_run(scene, deeplab_dir, tmp_path) -> None:
+    gpkg = tmp_path / "mask.gpkg"
+    gpkg.write_text("keep me")
+    code, out = run("predict", str(scene), str(tmp_path / "mask.tif"), "-m", str(deeplab_dir),
+                    "--vectorize", str(gpkg))
+    assert_clean_error(code, out, "mask.gpkg", "--overwrite")
+    assert not list(tmp_path.glob("mask.tif*"))
+    code, out = run("predict", str(scene), str(tmp_path / "mask.tif"), "-m", str(deeplab_dir),
+                    "--vectorize", str(tmp_path / "mask.shpx"))
+    assert_clean_error(code, out)
+    assert not list(tmp_path.glob("mask.tif*"))

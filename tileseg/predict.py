@@ -144,6 +144,12 @@ def _check_destination(config: PredictConfig, fmt: str) -> tuple[Path, Path]:
         raise OutputError(f"{dst}: already exists; pass --overwrite to replace it")
     if config.zarr_path and Path(config.zarr_path).exists() and not config.overwrite:
         raise OutputError(f"{config.zarr_path}: already exists; pass --overwrite to replace it")
+    if config.vectorize:
+        from tileseg.vectorize import format_for as vector_format_for
+
+        vector_format_for(config.vectorize)
+        if Path(config.vectorize).exists() and not config.overwrite:
+            raise OutputError(f"{config.vectorize}: already exists; pass --overwrite to replace it")
     if fmt == "zarr" and config.zarr_path:
         raise OutputError("--zarr is for GeoTIFF destinations; the destination is already Zarr")
     return dst, staging
@@ -332,7 +338,11 @@ def _vectorize(result: PredictResult, config: PredictConfig) -> None:
     except ImportError as exc:
         raise TilesegError(f"--vectorize is unavailable ({exc})") from exc
     assert config.vectorize is not None
-    vectorize(result.dst, config.vectorize, VectorizeConfig(overwrite=config.overwrite))
+    # The Zarr carries probabilities when asked for, so polygons get their mean probability.
+    source = result.zarr_path or result.dst
+    vectorize(source, config.vectorize, VectorizeConfig(
+        overwrite=config.overwrite, allow_no_crs=config.allow_no_crs,
+        scheduler=config.scheduler, workers=config.workers))
 
 
 def _peak_rss_mb() -> float:
