@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from dask.base import tokenize
 
-from tileseg.errors import RunError, TilesegError
+from tileseg.errors import InputError, RunError, TilesegError
 from tileseg.grid import Rect, TileGrid
 from tileseg.infer import Runtime, blend_to_mask, infer_chunk_logits, make_runtime
 from tileseg.model import LoadedModel, cached, load_model
@@ -160,6 +160,12 @@ def _spill_key(row: int, col: int) -> str:
     return f"to_r{row}_c{col}"
 
 
+def _chunk_error(job: Job, row: int, col: int, exc: Exception) -> RunError:
+    detail = str(exc).removeprefix(f"{job.raster.path}: ")
+    return RunError(f"{job.raster.path}: chunk ({row}, {col}) failed: {detail}; fix the cause "
+                    "and rerun with --resume")
+
+
 def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
     """Infer chunk ``(row, col)`` and save its interior and spill. Returns a small summary."""
     work = WorkDir(job.work_dir)
@@ -169,11 +175,12 @@ def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
     try:
         runtime = job.runtime()
         result = infer_chunk_logits(runtime, job.raster, grid, row, col)
-    except TilesegError:
-        raise
+    except TilesegError as exc:
+        if not isinstance(exc, InputError):  # model/config errors: the same for every chunk
+            raise
+        raise _chunk_error(job, row, col, exc) from exc  # e.g. an unreadable block
     except Exception as exc:  # name the chunk and source, keep the cause attached
-        raise RunError(f"{job.raster.path}: chunk ({row}, {col}) failed: {exc}; fix the cause "
-                       "and rerun with --resume") from exc
+        raise _chunk_error(job, row, col, exc) from exc
     arrays: dict[str, np.ndarray] = {"tiles": np.array([result.tiles, result.skipped])}
     safe = grid.chunk_safe(row, col)
     if not safe.empty:
