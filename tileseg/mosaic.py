@@ -161,6 +161,13 @@ def _spill_key(row: int, col: int) -> str:
 
 
 def _chunk_error(job: Job, row: int, col: int, exc: Exception) -> RunError:
+    """The error of a failed chunk, naming it and the source; its cause goes to the log only.
+
+    No cause or context is attached on purpose: rasterio's ``CPLE_*`` errors in a chain cannot be
+    unpickled (tblib sets ``args``, a read-only property there), and distributed then hands the
+    client a bare ``Exception`` instead of this ``RunError``.
+    """
+    logger.debug("chunk (%d, %d) of %s failed", row, col, job.raster.path, exc_info=exc)
     detail = str(exc).removeprefix(f"{job.raster.path}: ")
     return RunError(f"{job.raster.path}: chunk ({row}, {col}) failed: {detail}; fix the cause "
                     "and rerun with --resume")
@@ -172,15 +179,18 @@ def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
     grid = job.grid
     if work.has_piece(row, col) or all(work.is_done(r, c) for r, c in grid.neighbours(row, col)):
         return {"chunk": (row, col), "tiles": 0, "skipped": 0, "reused": True}
+    failure: Exception | None = None
     try:
         runtime = job.runtime()
         result = infer_chunk_logits(runtime, job.raster, grid, row, col)
     except TilesegError as exc:
         if not isinstance(exc, InputError):  # model/config errors: the same for every chunk
             raise
-        raise _chunk_error(job, row, col, exc) from exc  # e.g. an unreadable block
-    except Exception as exc:  # name the chunk and source, keep the cause attached
-        raise _chunk_error(job, row, col, exc) from exc
+        failure = exc  # e.g. an unreadable block
+    except Exception as exc:
+        failure = exc
+    if failure is not None:  # raised out here, so the error carries no __context__ either
+        raise _chunk_error(job, row, col, failure)
     arrays: dict[str, np.ndarray] = {"tiles": np.array([result.tiles, result.skipped])}
     safe = grid.chunk_safe(row, col)
     if not safe.empty:
