@@ -22,6 +22,9 @@ from scipy import ndimage
 from tileseg.errors import ConfigError, InputError
 from tileseg.vectorize import VectorizeConfig, open_mask, polygonize, vectorize
 
+# rasterio suppresses this for its in-memory copies with catch_warnings, which leaks across threads.
+pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+
 CRS = "EPSG:32633"
 TRANSFORM = Affine(2.0, 0.0, 500000.0, 0.0, -2.0, 5200000.0)  # 2 m pixels, 4 m² each
 CLASSES = [{"id": 0, "name": "background", "color": "#000000"},

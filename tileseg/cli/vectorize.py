@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import click
 
 from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
@@ -59,9 +61,14 @@ def command(mask: str, dst: str, classes: tuple[int, ...] | None,
     mean_probability. Chunks are processed in parallel and joined exactly: the polygons equal
     those of vectorizing the whole mask at once.
     """
+    from rasterio.errors import NotGeoreferencedWarning
+
     from tileseg.vectorize import VectorizeConfig, vectorize
 
     configure_logging(verbose, quiet)
+    # rasterio hides this warning for its in-memory label copies with catch_warnings, which is not
+    # thread-safe, so it can leak from the dask threads; it never concerns the user's mask.
+    warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
     config = VectorizeConfig(
         classes=classes, drop_classes=drop_classes, min_area=min_area,
         min_area_unit=min_area_unit,  # type: ignore[arg-type]

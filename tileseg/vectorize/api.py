@@ -306,9 +306,12 @@ def _filter_area(components: Components, source: MaskSource,
 
 def _apply_affine(geometry: np.ndarray, source: MaskSource) -> np.ndarray:
     t = source.transform
-    matrix = np.array([[t.a, t.d], [t.b, t.e]])
-    offset = np.array([t.c, t.f])
-    return shapely.transform(geometry, lambda xy: xy @ matrix + offset)
+
+    def affine(xy: np.ndarray) -> np.ndarray:
+        col, row = xy[:, 0], xy[:, 1]
+        return np.column_stack([t.a * col + t.b * row + t.c, t.d * col + t.e * row + t.f])
+
+    return shapely.transform(geometry, affine)
 
 
 def _parse_crs(text: str) -> Any:

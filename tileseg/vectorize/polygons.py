@@ -7,15 +7,14 @@ same vertex coordinates and can be unioned without tolerance. The affine comes l
 
 from __future__ import annotations
 
-import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import rasterio.features
 import shapely
 from affine import Affine
-from rasterio.errors import NotGeoreferencedWarning
 from scipy import ndimage
 
 from tileseg.vectorize.source import MaskSource
@@ -111,24 +110,47 @@ def polygonize_labels(labels: np.ndarray, count: int, connectivity: Connectivity
     shapely rightly calls invalid; ``make_valid(method="structure")`` splits it at that corner
     without changing the covered area.
     """
-    geoms: list[list[shapely.Polygon]] = [[] for _ in range(count)]
     transform = Affine.translation(col_off, row_off)
-    with warnings.catch_warnings():
-        # GDAL's in-memory copy of the labels has no geotransform; that is intended here.
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        for geojson, value in rasterio.features.shapes(labels, mask=labels > 0,
-                                                       connectivity=connectivity,
-                                                       transform=transform):
-            rings = geojson["coordinates"]
-            geoms[int(value) - 1].append(shapely.Polygon(rings[0], rings[1:]))
+    polygons, values = shapes_to_polygons(rasterio.features.shapes(
+        labels, mask=labels > 0, connectivity=connectivity, transform=transform))
     out = np.empty(count, dtype=object)
-    for i, parts in enumerate(geoms):
-        out[i] = parts[0] if len(parts) == 1 else shapely.union_all(parts)
+    index = values.astype(np.int64) - 1
+    out[index] = polygons
+    if len(np.unique(index)) != len(index):  # never seen from GDAL, but cheap to honour
+        for label in np.unique(index):
+            out[label] = shapely.union_all(polygons[index == label])
     if count:
         bad = ~shapely.is_valid(out)
         if bad.any():
             out[bad] = shapely.make_valid(out[bad], method="structure")
     return out
+
+
+def shapes_to_polygons(
+    shapes: Iterable[tuple[dict[str, Any], float]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shapely polygons and values from ``rasterio.features.shapes`` output, built in one go.
+
+    Building each ``shapely.Polygon`` from nested lists costs more than GDAL's polygonize itself;
+    gathering all rings into one coordinate array and one ``from_ragged_array`` call does not.
+    """
+    coords: list[tuple[float, float]] = []
+    ring_ends: list[int] = [0]
+    polygon_ends: list[int] = [0]
+    values: list[float] = []
+    for geojson, value in shapes:
+        for ring in geojson["coordinates"]:
+            coords.extend(ring)
+            ring_ends.append(len(coords))
+        polygon_ends.append(len(ring_ends) - 1)
+        values.append(value)
+    if not values:
+        return np.empty(0, dtype=object), np.empty(0)
+    polygons = shapely.from_ragged_array(
+        shapely.GeometryType.POLYGON, np.asarray(coords, dtype=np.float64),
+        (np.asarray(ring_ends, dtype=np.int64), np.asarray(polygon_ends, dtype=np.int64)),
+    )
+    return polygons, np.asarray(values)
 
 
 def vectorize_chunk(source: MaskSource, window: ChunkWindow, classes: ClassFilter,
