@@ -1,0 +1,261 @@
+"""The same job on in-process threads and on real dask.distributed worker processes (loopback).
+
+Everything here runs real processes: a ``LocalCluster(processes=True)``, killed workers, and a
+``tileseg predict`` subprocess killed with SIGKILL. Models travel as a directory (workers load it
+themselves); tiles are small (64 px, overlap 16, chunks of 96 px) so a run takes seconds on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import zarr
+from click.testing import CliRunner
+from conftest import random_image
+
+from tileseg.cli.main import cli
+from tileseg.config import PredictConfig
+from tileseg.predict import PredictResult, predict
+
+distributed = pytest.importorskip("distributed")
+
+pytestmark = pytest.mark.slow
+
+SMALL = {"tile_size": 64, "overlap": 16, "chunk_size": 96}
+SMALL_ARGS = ["--tile-size", "64", "--overlap", "16", "--chunk-size", "96"]
+
+
+def _write(path: Path, data: np.ndarray, *, nodata: float | None = None, block: int = 64,
+           **extra: object) -> Path:
+    from affine import Affine
+
+    with rasterio.open(path, "w", driver="GTiff", height=data.shape[1], width=data.shape[2],
+                       count=data.shape[0], dtype=data.dtype.name, crs="EPSG:32631",
+                       transform=Affine(10, 0, 500000, 0, -10, 6000000), nodata=nodata,
+                       tiled=True, blockxsize=block, blockysize=block, **extra) as dst:
+        dst.write(data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """400 x 400 (81 tiles, 25 chunks); its top 60 rows are nodata, so some tiles are skipped."""
+    data = random_image(3, 400, 400, seed=3)
+    data[:, :60] = 0
+    return _write(tmp_path_factory.mktemp("scene") / "scene.tif", data, nodata=0)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[distributed.Client]:
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                  dashboard_address=":0") as lc, distributed.Client(lc) as client:
+        yield client
+
+
+def _config(src: Path, dst: Path, model: Path, **kw: object) -> PredictConfig:
+    return PredictConfig(str(src), str(dst), model=str(model), **{**SMALL, **kw})  # type: ignore[arg-type]
+
+
+def _outputs(tif: str | Path, zarr_path: str | Path | None = None) -> dict[str, np.ndarray]:
+    with rasterio.open(tif) as src:
+        out = {"tif_mask": src.read(1)}
+    if zarr_path is not None:
+        group = zarr.open_group(str(zarr_path), mode="r")
+        out["zarr_mask"] = group["mask"][:]
+        out["zarr_probabilities"] = group["probabilities"][:]
+    return out
+
+
+def _assert_identical(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == b[key].dtype, key
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def clean(scene: Path, deeplab_dir: Path, tmp_path_factory: pytest.TempPathFactory
+          ) -> tuple[PredictResult, dict[str, np.ndarray]]:
+    """The reference: in-process threads, GeoTIFF + Zarr with uint8 probabilities."""
+    out = tmp_path_factory.mktemp("clean")
+    result = predict(_config(scene, out / "mask.tif", deeplab_dir, probabilities="uint8",
+                             zarr_path=str(out / "mask.zarr")))
+    return result, _outputs(out / "mask.tif", out / "mask.zarr")
+
+
+def test_threads_and_worker_processes_give_bitwise_identical_outputs(
+        scene, deeplab_dir, cluster, clean, tmp_path) -> None:
+    reference, expected = clean
+    result = predict(_config(scene, tmp_path / "mask.tif", deeplab_dir, probabilities="uint8",
+                             zarr_path=str(tmp_path / "mask.zarr")), client=cluster)
+    _assert_identical(_outputs(tmp_path / "mask.tif", tmp_path / "mask.zarr"), expected)
+    with open(tmp_path / "mask.tif", "rb") as a, open(reference.dst, "rb") as b:
+        assert a.read() == b.read()  # the GeoTIFF files themselves, byte for byte
+    # Exactly once on the cluster too: every tile with a valid pixel inferred, none twice.
+    assert result.tiles_skipped_nodata > 0
+    assert result.tiles_inferred + result.tiles_skipped_nodata == result.tiles_total == 81
+    assert (result.tiles_inferred, result.tiles_skipped_nodata) == (
+        reference.tiles_inferred, reference.tiles_skipped_nodata)
+    assert result.report["tasks"] == 2 * 25 + 1
+    # Workers ran with their own torch thread count; outputs are identical regardless.
+    assert set(cluster.run(lambda: __import__("torch").get_num_threads()).values()) == {1}
+
+
+def test_scheduler_address_from_the_cli_and_environment(scene, deeplab_dir, cluster, clean,
+                                                        tmp_path, monkeypatch) -> None:
+    address = cluster.scheduler.address
+    monkeypatch.setenv("TILESEG_SCHEDULER", address)
+    report = tmp_path / "run.json"
+    result = CliRunner().invoke(cli, ["predict", str(scene), str(tmp_path / "m.tif"), "-m",
+                                      str(deeplab_dir), *SMALL_ARGS, "--report", str(report)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(report.read_text())["scheduler"] == address
+    np.testing.assert_array_equal(_outputs(tmp_path / "m.tif")["tif_mask"],
+                                  clean[1]["tif_mask"])
+
+
+def test_killed_worker_process_the_job_finishes_identically(scene, deeplab_dir, clean,
+                                                            tmp_path) -> None:
+    killed: dict[str, object] = {}
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                  dashboard_address=":0") as lc, distributed.Client(lc) as client:
+        pids = client.run(os.getpid)
+        assert len(set(pids.values())) == 2
+
+        def kill_one_worker(progress: object) -> None:
+            if not killed:  # after the first chunk is written: the run is in full swing
+                address, pid = sorted(pids.items())[0]
+                os.kill(pid, signal.SIGKILL)
+                killed.update(address=address, pid=pid, done=progress.done)  # type: ignore[attr-defined]
+
+        result = predict(_config(scene, tmp_path / "mask.tif", deeplab_dir, probabilities="uint8",
+                                 zarr_path=str(tmp_path / "mask.zarr")),
+                         client=client, progress=kill_one_worker)
+        assert killed and int(killed["done"]) < result.tiles_total  # type: ignore[call-overload]
+        # The dead process is gone (its nanny may have started a fresh one).
+        with pytest.raises(ProcessLookupError):
+            os.kill(int(killed["pid"]), 0)  # type: ignore[call-overload]
+    _assert_identical(_outputs(tmp_path / "mask.tif", tmp_path / "mask.zarr"), clean[1])
+    # A task lost with the worker is computed again, but a chunk whose logits were already saved
+    # is reused (counted 0), never inferred twice: the count can only fall short of the total.
+    assert result.tiles_inferred + result.tiles_skipped_nodata <= result.tiles_total
+
+
+def test_resume_after_the_client_process_is_killed(deeplab_dir, tmp_path) -> None:
+    # Big enough (169 tiles, 49 chunks) that the kill lands mid-run.
+    src = _write(tmp_path / "big.tif", random_image(3, 600, 600, seed=5))
+    clean = predict(_config(src, tmp_path / "clean.tif", deeplab_dir))
+    dst = tmp_path / "mask.tif"
+    args = [sys.executable, "-m", "tileseg", "predict", str(src), str(dst), "-m",
+            str(deeplab_dir), *SMALL_ARGS, "--workers", "1", "--quiet"]
+    done = Path(f"{dst}.partial") / "work" / "done"
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if done.is_dir() and len(os.listdir(done)) >= 3:
+                break
+            time.sleep(0.005)
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    finished_before = len(os.listdir(done))
+    assert 3 <= finished_before < clean.chunks
+    assert not dst.exists()  # nothing that looks complete
+
+    report = tmp_path / "resume.json"
+    resumed = subprocess.run([*args, "--resume", "--report", str(report)], capture_output=True,
+                             text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    info = json.loads(report.read_text())
+    assert info["chunks_resumed"] >= finished_before
+    assert 0 < info["tiles_inferred"] < info["tiles_total"] == clean.tiles_total
+    assert not Path(f"{dst}.partial").exists()
+    np.testing.assert_array_equal(_outputs(dst)["tif_mask"], _outputs(clean.dst)["tif_mask"])
+
+
+def _block_span(path: Path, row: int, col: int) -> tuple[int, int]:
+    with rasterio.open(path) as src:
+        offset = src.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=1)
+        size = src.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=1)
+    return int(offset), int(size)
+
+
+def test_unreadable_block_names_chunk_and_source_then_resume_redoes_the_rest(
+        deeplab_dir, cluster, tmp_path) -> None:
+    data = random_image(3, 400, 400, seed=7)
+    src = _write(tmp_path / "scene.tif", data, compress="deflate")
+    clean = predict(_config(src, tmp_path / "clean.tif", deeplab_dir))
+    original = src.read_bytes()
+    # Garble one compressed block near the bottom right: decoding it fails.
+    offset, size = _block_span(src, 5, 5)
+    corrupt = bytearray(original)
+    corrupt[offset : offset + size] = b"\xff" * size
+    src.write_bytes(bytes(corrupt))
+    seen_mtime = src.stat().st_mtime_ns
+
+    dst = tmp_path / "mask.tif"
+    args = ["predict", str(src), str(dst), "-m", str(deeplab_dir), *SMALL_ARGS,
+            "--scheduler", cluster.scheduler.address]
+    failed = CliRunner().invoke(cli, args)
+    assert failed.exit_code == 5
+    message = failed.output.strip().splitlines()[-1]
+    assert message.startswith(f"Error: {src}: chunk (")
+    assert "cannot read rows" in message and "--resume" in message
+    assert not dst.exists() and Path(f"{dst}.partial").is_dir()
+
+    # A transient fault: the bytes come back and the file is otherwise the same one (same mtime,
+    # which is part of the resume fingerprint).
+    src.write_bytes(original)
+    os.utime(src, ns=(seen_mtime, seen_mtime))
+    report = tmp_path / "resume.json"
+    resumed = CliRunner().invoke(cli, [*args, "--resume", "--report", str(report)])
+    assert resumed.exit_code == 0, resumed.output
+    info = json.loads(report.read_text())
+    assert info["tiles_inferred"] < info["tiles_total"]
+    np.testing.assert_array_equal(_outputs(dst)["tif_mask"], _outputs(clean.dst)["tif_mask"])
+
+
+def test_batch_on_the_cluster_with_one_bad_scene(scene, deeplab_dir, cluster, clean,
+                                                 tmp_path) -> None:
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(scene.read_bytes()[:4000])  # truncated: the header survives, pixels do not
+    manifest = tmp_path / "scenes.yaml"
+    manifest.write_text(
+        f"- {{src: {scene}, dst: out/a.tif}}\n"
+        f"- {{src: bad.tif, dst: out/bad.tif}}\n"
+        f"- {{src: {scene}, dst: out/b.zarr, probabilities: uint8}}\n"
+    )
+    (tmp_path / "out").mkdir()
+    args = ["batch", str(manifest), "-m", str(deeplab_dir), *SMALL_ARGS,
+            "--scheduler", cluster.scheduler.address, "--summary", str(tmp_path / "sum.json")]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 5, first.output
+    rows = json.loads((tmp_path / "sum.json").read_text())["scenes"]
+    assert [r["status"] for r in rows] == ["succeeded", "failed", "succeeded"]
+    assert rows[1]["error"] and "bad.tif" in rows[1]["error"]
+    assert rows[0]["tiles_inferred"] == clean[0].tiles_inferred
+    np.testing.assert_array_equal(_outputs(tmp_path / "out" / "a.tif")["tif_mask"],
+                                  clean[1]["tif_mask"])
+    np.testing.assert_array_equal(
+        zarr.open_group(str(tmp_path / "out" / "b.zarr"), mode="r")["probabilities"][:],
+        clean[1]["zarr_probabilities"])
+
+    second = CliRunner().invoke(cli, args)
+    assert second.exit_code == 5
+    rows = json.loads((tmp_path / "sum.json").read_text())["scenes"]
+    assert [r["status"] for r in rows] == ["skipped", "failed", "skipped"]
