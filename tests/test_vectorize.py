@@ -478,3 +478,11 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, case: str)
     assert "Traceback" not in result.output  # type: ignore[attr-defined]
     after = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
     assert after == before  # no output, no half-written temporary, nothing touched
+
+
+def test_all_background_gives_an_empty_layer(tmp_path: Path, mask_tif: Callable[..., Path]) -> None:
+    import pyogrio
+
+    dst = tmp_path / "empty.gpkg"
+    result = vectorize(mask_tif(np.zeros((20, 30), np.uint8)), dst, VectorizeConfig())
+    assert result.features == 0 and pyogrio.read_info(dst)["features"] == 0

@@ -110,8 +110,10 @@ def _open_gdal(path: str) -> MaskSource:
 
 
 def _aligned(size: int, block_h: int, block_w: int) -> tuple[int, int]:
-    # Whole GDAL blocks per chunk, so no block is decoded by two tasks.
-    return (max(1, size // block_h) * block_h, max(1, size // block_w) * block_w)
+    # Whole GDAL blocks per chunk, so no block is decoded by two tasks; but a strip as wide as a
+    # huge raster is split rather than read whole.
+    return tuple(b if b <= size else size for b in  # type: ignore[return-value]
+                 (max(1, size // block_h) * block_h, max(1, size // block_w) * block_w))
 
 
 def _classes_from_tag(path: str, tag: str | None) -> dict[int, str]:
