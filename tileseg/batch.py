@@ -484,7 +484,7 @@ def _run_scene(scene: Scene, config: BatchConfig, client: Any) -> SceneResult:
                     "resuming" if state == "partial" else "starting")
         result = predict(predict_config, client=client)
     except TilesegError as exc:
-        logger.error("%s: %s", scene.src, exc)
+        logger.info("scene failed: %s", exc)  # the result (and summary) carry the message
         return SceneResult(scene.src, scene.dst, "failed", seconds=time.perf_counter() - started,
                            error=str(exc))
     except Exception as exc:  # a bug or an unexpected library error: record it, go on

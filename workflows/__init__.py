@@ -1,0 +1,1 @@
+"""Ready-to-adapt job definitions for scheduled tileseg batch runs (see workflows/README.md)."""
