@@ -90,15 +90,15 @@ class VectorLabels:
         src_crs = info.get("crs")
         if src_crs is None:
             raise InputError(f"{path}: vector labels have no CRS; set one (ogr2ogr -a_srs)")
+        class_ids = self._class_ids(path, attribute, values, config)
         if rasterio.crs.CRS.from_user_input(src_crs) != crs:
             geoms = np.array([
                 shapely.geometry.shape(transform_geom(src_crs, crs, shapely.geometry.mapping(g)))
                 for g in geoms
             ], dtype=object)
-        self.class_ids = self._class_ids(path, attribute, values, config)
         keep = ~shapely.is_empty(geoms) & ~shapely.is_missing(geoms)
         self.geoms = geoms[keep]
-        self.class_ids = self.class_ids[keep]
+        self.class_ids = class_ids[keep]
         self.tree = shapely.STRtree(self.geoms)
         self.fill = IGNORE_INDEX if config.background_class is None else config.background_class
         logger.info("%s: %d label polygons for %s", path, len(self.geoms), image)

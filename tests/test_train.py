@@ -1,0 +1,267 @@
+"""Training: a tiny CPU run must learn; the output loads and predicts; bad inputs fail cleanly."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from affine import Affine
+from click.testing import CliRunner
+
+from tileseg.cli.main import cli
+from tileseg.errors import ModelError
+from tileseg.model import ModelSpec, build_model, load_model
+from tileseg.train import IGNORE_INDEX, Holdout, TrainConfig, TrainSource, train
+from tileseg.train.data import CropSampler, Source, split_holdout
+
+SIZE = 96
+
+
+def synthetic_task(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Three bands; class 1 (bright blobs) vs class 0 (dark background), easy to learn."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:SIZE, 0:SIZE]
+    labels = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    for _ in range(10):
+        r, c, rad = rng.integers(0, SIZE, 2).tolist() + [int(rng.integers(5, 14))]
+        labels[(rows - r) ** 2 + (cols - c) ** 2 < rad ** 2] = 1
+    image = rng.normal(60, 12, (3, SIZE, SIZE))
+    image[:, labels == 1] += 80
+    return np.clip(image, 0, 255).astype(np.uint8), labels
+
+
+@pytest.fixture
+def task(make_raster: Callable[..., Path]) -> tuple[Path, Path]:
+    image, labels = synthetic_task()
+    labels = labels.copy()
+    labels[:4, :4] = 255  # unlabelled corner: ignored
+    return make_raster(image, "image.tif"), make_raster(labels, "labels.tif", nodata=255)
+
+
+def small_config(image: Path, labels: Path, out: Path, **kw: object) -> TrainConfig:
+    base: dict[str, object] = dict(
+        sources=(TrainSource(str(image), str(labels)),), out_dir=str(out),
+        class_names=("background", "blob"), crop_size=32, batch_size=4, epochs=3,
+        steps_per_epoch=4, learning_rate=3e-3, seed=0, holdout=Holdout("right", 0.25),
+        encoder_name="tu-efficientnet_lite0",
+    )
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def test_tiny_training_reduces_loss_and_saves_loadable_model(task: tuple[Path, Path],
+                                                             tmp_path: Path) -> None:
+    image, labels = task
+    events = []
+    result = train(small_config(image, labels, tmp_path / "model"), progress=events.append)
+    steps = [e.loss for e in events if e.kind == "step"]
+    assert len(steps) == 12
+    assert np.mean(steps[-4:]) < np.mean(steps[:4])  # it learns
+    epochs = [e for e in events if e.kind == "epoch"]
+    assert len(epochs) == 3 and epochs[0].best and epochs[0].metrics is not None
+    assert 1 <= result.best_epoch <= 3
+
+    out = tmp_path / "model"
+    for name in ("config.json", "model.safetensors", "tileseg.json", "MODEL_CARD.md",
+                 "training.json"):
+        assert (out / name).is_file(), name
+    loaded = load_model(out)
+    meta = loaded.metadata
+    assert meta.class_names == ("background", "blob")
+    assert meta.dtype == "uint8" and meta.in_channels == 3 and meta.gsd == 10.0
+    with rasterio.open(image) as src:  # normalization comes from the training region's pixels
+        data = src.read(window=split_holdout(SIZE, SIZE, Holdout("right", 0.25))[0].window)
+    assert meta.normalization.mean == pytest.approx(data.reshape(3, -1).mean(1), rel=1e-3)
+    assert meta.normalization.std == pytest.approx(data.reshape(3, -1).std(1), rel=1e-3)
+    assert not loaded.module.training
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "Holdout metrics" in card and "mean IoU" in card
+    history = json.loads((out / "training.json").read_text())["history"]
+    assert len(history) == 3
+
+
+def test_trained_model_runs_in_predict(task: tuple[Path, Path], tmp_path: Path) -> None:
+    from tileseg.config import PredictConfig
+    from tileseg.predict import predict
+
+    image, labels = task
+    train(small_config(image, labels, tmp_path / "model", epochs=1, steps_per_epoch=2,
+                       save_dtype="float16"))
+    dst = tmp_path / "mask.tif"
+    predict(PredictConfig(src=str(image), dst=str(dst), model=str(tmp_path / "model"),
+                          tile_size=48, overlap=8, device="cpu"))
+    with rasterio.open(dst) as out:
+        mask = out.read(1)
+    assert mask.shape == (SIZE, SIZE)
+    assert set(np.unique(mask).tolist()) <= {0, 1}
+
+
+def test_pspnet_with_aux_loss_and_vector_labels(make_raster: Callable[..., Path],
+                                                tmp_path: Path) -> None:
+    image_arr, _ = synthetic_task(1)
+    image = make_raster(image_arr, "image.tif")
+    # two polygons in map coordinates (10 m pixels from x=500000, y=6000000)
+    feats = [
+        {"type": "Feature", "properties": {"kind": "blob"},
+         "geometry": {"type": "Polygon", "coordinates": [[
+             [500100, 5999900], [500400, 5999900], [500400, 5999600], [500100, 5999600],
+             [500100, 5999900]]]}},
+        {"type": "Feature", "properties": {"kind": "background"},
+         "geometry": {"type": "Polygon", "coordinates": [[
+             [500500, 5999500], [500900, 5999500], [500900, 5999100], [500500, 5999100],
+             [500500, 5999500]]]}},
+    ]
+    vec = tmp_path / "labels.geojson"
+    vec.write_text(json.dumps({"type": "FeatureCollection", "features": feats,
+                               "crs": {"type": "name",
+                                       "properties": {"name": "urn:ogc:def:crs:EPSG::32631"}}}))
+    result = train(small_config(image, vec, tmp_path / "psp", architecture="PSPNet", epochs=1,
+                                steps_per_epoch=2, holdout=Holdout("bottom", 0.3),
+                                sources=(TrainSource(str(image), str(vec),
+                                                     class_attribute="kind"),)))
+    assert result.recipe["loss"].endswith("PSPNet auxiliary loss x0.4")
+    assert load_model(tmp_path / "psp").architecture == "PSPNet"
+
+
+def test_crops_stay_out_of_the_holdout(make_raster: Callable[..., Path], tmp_path: Path) -> None:
+    image_arr, _ = synthetic_task()
+    labels = np.zeros((SIZE, SIZE), dtype=np.uint8)
+    labels[:, :SIZE // 4] = 2  # the holdout strip (left 25%) is the only place with class 2
+    cfg = TrainConfig(sources=(TrainSource(str(make_raster(image_arr, "i.tif")),
+                                           str(make_raster(labels, "l.tif"))),),
+                      out_dir=str(tmp_path / "m"), class_names=("a", "b", "c"), crop_size=32)
+    src = Source(cfg.sources[0], cfg)
+    train_region, val_region = split_holdout(SIZE, SIZE, cfg.holdout)
+    assert val_region.width == SIZE // 4 and train_region.col_off == SIZE // 4
+    coefficients = (np.ones(3, np.float32), np.zeros(3, np.float32))
+    sampler = CropSampler([src], [train_region], cfg, coefficients, np.random.default_rng(0))
+    for _ in range(40):
+        crop = sampler.sample()
+        assert crop.image.shape == (3, 32, 32) and crop.labels.shape == (32, 32)
+        assert 2 not in np.unique(crop.labels)
+        assert set(np.unique(crop.labels).tolist()) <= {0, IGNORE_INDEX}
+    src.close()
+
+
+def test_efficientnet_lite0_positional_remap(tmp_path: Path) -> None:
+    import timm
+
+    from tileseg.train.encoders import load_pretrained_encoder
+
+    # a lukemelas-style file: timm's tensors in order under other names
+    ref = timm.create_model("efficientnet_lite0", pretrained=False)
+    state = {(f"_t{i}.num_batches_tracked" if k.endswith("num_batches_tracked") else f"_t{i}"):
+             v.clone() + 0.5 for i, (k, v) in enumerate(ref.state_dict().items())}
+    path = tmp_path / "lite0.pth"
+    torch.save(state, path)
+    model = build_model(ModelSpec("DeepLabV3Plus", "tu-efficientnet_lite0", in_channels=3,
+                                  classes=2))
+    load_pretrained_encoder(model, "tu-efficientnet_lite0", path)
+    loaded = model.encoder.model.state_dict()
+    assert torch.equal(loaded["conv_stem.weight"], ref.state_dict()["conv_stem.weight"] + 0.5)
+    # five bands: the RGB stem is cycled and rescaled, as smp does
+    model5 = build_model(ModelSpec("DeepLabV3Plus", "tu-efficientnet_lite0", in_channels=5,
+                                   classes=2))
+    load_pretrained_encoder(model5, "tu-efficientnet_lite0", path)
+    stem = model5.encoder.model.conv_stem.weight
+    assert stem.shape[1] == 5
+    # a file that is not EfficientNet-Lite0 fails loudly
+    bad = dict(state)
+    bad[next(iter(bad))] = torch.zeros(1, 2, 3)
+    torch.save(bad, path)
+    with pytest.raises(ModelError, match="does not fit"):
+        load_pretrained_encoder(model, "tu-efficientnet_lite0", path)
+    torch.save(dict(list(state.items())[:-3]), path)
+    with pytest.raises(ModelError, match="tensors"):
+        load_pretrained_encoder(model, "tu-efficientnet_lite0", path)
+
+
+def test_real_efficientnet_lite0_weights_if_cached() -> None:
+    from tileseg.samples import fetch
+    from tileseg.train.encoders import load_pretrained_encoder
+
+    try:
+        path = fetch("efficientnet-lite0", download=False)
+    except FileNotFoundError:
+        pytest.skip("efficientnet-lite0 sample not cached (tileseg sample efficientnet-lite0)")
+    model = build_model(ModelSpec("DeepLabV3Plus", "tu-efficientnet_lite0", in_channels=3,
+                                  classes=2))
+    load_pretrained_encoder(model, "tu-efficientnet_lite0", path)
+
+
+# --- bad input through the CLI: one-line errors ------------------------------------------------
+
+
+def _cli_train(image: Path, labels: Path, out: Path, *extra: str) -> tuple[int, str]:
+    res = CliRunner().invoke(cli, ["train", str(image), str(labels), "--out", str(out),
+                                   "--classes", "background,blob", "--crop-size", "32",
+                                   "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2",
+                                   *extra])
+    return res.exit_code, res.output
+
+
+def test_cli_train_runs(task: tuple[Path, Path], tmp_path: Path) -> None:
+    image, labels = task
+    code, out = _cli_train(image, labels, tmp_path / "m")
+    assert code == 0, out
+    assert "holdout mIoU" in out
+    code, out = _cli_train(image, labels, tmp_path / "m")
+    assert code == 4 and "--overwrite" in out
+
+
+def test_cli_train_misaligned_labels(make_raster: Callable[..., Path], tmp_path: Path) -> None:
+    image_arr, labels = synthetic_task()
+    image = make_raster(image_arr, "image.tif")
+    shifted = make_raster(labels, "shifted.tif",
+                          transform=Affine(10.0, 0.0, 500050.0, 0.0, -10.0, 6000000.0))
+    code, out = _cli_train(image, shifted, tmp_path / "m")
+    assert code == 2 and "grid" in out and len(out.strip().splitlines()) == 1
+    other_crs = make_raster(labels, "crs.tif", crs="EPSG:32632")
+    code, out = _cli_train(image, other_crs, tmp_path / "m")
+    assert code == 2 and "CRS" in out and len(out.strip().splitlines()) == 1
+    small = make_raster(labels[:50], "small.tif")
+    code, out = _cli_train(image, small, tmp_path / "m")
+    assert code == 2 and "96x50" in out
+
+
+def test_cli_train_label_classes_beyond_count(make_raster: Callable[..., Path],
+                                              tmp_path: Path) -> None:
+    image_arr, labels = synthetic_task()
+    labels = labels.copy()
+    labels[10, 10] = 5
+    code, out = _cli_train(make_raster(image_arr, "image.tif"),
+                           make_raster(labels, "labels.tif"), tmp_path / "m")
+    assert code == 2 and "[5]" in out and "beyond the 2 configured classes" in out
+    assert len(out.strip().splitlines()) == 1
+
+
+def test_cli_train_unknown_class_attribute(make_raster: Callable[..., Path],
+                                           tmp_path: Path) -> None:
+    image_arr, _ = synthetic_task()
+    vec = tmp_path / "labels.geojson"
+    vec.write_text(json.dumps({"type": "FeatureCollection", "features": [
+        {"type": "Feature", "properties": {"kind": 1},
+         "geometry": {"type": "Point", "coordinates": [500100, 5999900]}}]}))
+    image = make_raster(image_arr, "image.tif")
+    code, out = _cli_train(image, vec, tmp_path / "m", "--class-attribute", "klass")
+    assert code == 2 and "no attribute 'klass'" in out and "kind" in out
+    code, out = _cli_train(image, vec, tmp_path / "m")
+    assert code == 2 and "--class-attribute" in out
+    vec.write_text(vec.read_text().replace('"kind": 1', '"kind": 7'))
+    code, out = _cli_train(image, vec, tmp_path / "m", "--class-attribute", "kind")
+    assert code == 2 and "class value 7" in out
+
+
+def test_cli_train_bad_options(task: tuple[Path, Path], tmp_path: Path) -> None:
+    image, labels = task
+    code, out = _cli_train(image, labels, tmp_path / "m", "--crop-size", "40")
+    assert code == 2 and "multiple of" in out
+    code, out = _cli_train(image, labels, tmp_path / "m", "--class-values", "1,2,3")
+    assert code == 2 and "class values" in out
+    code, out = _cli_train(image, labels, tmp_path / "m", "--holdout-fraction", "0.9")
+    assert code == 2 and "holdout fraction" in out
