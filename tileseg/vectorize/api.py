@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -84,7 +84,7 @@ class VectorizeConfig:
 class Polygons:
     """Vectorized components in map coordinates, one row per connected component."""
 
-    geometry: np.ndarray  # shapely MultiPolygons, valid
+    geometry: np.ndarray  # shapely Polygons or MultiPolygons (8-connected contacts), valid
     fields: dict[str, np.ndarray]  # class_id, class_name, pixels, area[, mean_probability]
     crs_wkt: str | None
     chunks: int
@@ -171,7 +171,7 @@ def polygonize(
     components = merge_pieces(grid, config.connectivity)
     del results, grid
     components = _filter_area(components, source, config)
-    geometry = components.geometry
+    geometry, components.geometry = components.geometry, np.empty(0, dtype=object)
     if config.simplify > 0 and len(geometry):
         # Every pixel corner becomes a vertex first, so neighbours share identical edges and
         # GEOS simplifies each shared edge once: borders stay shared, no gaps or overlaps.
@@ -179,7 +179,6 @@ def polygonize(
     geometry = _apply_affine(geometry, source)
     if dst_crs is not None and crs_wkt is not None:
         geometry, crs_wkt = _reproject(geometry, crs_wkt, dst_crs)
-    geometry = _to_multipolygons(geometry)
     fields: dict[str, np.ndarray] = {
         "class_id": components.class_id.astype(np.int32),
         "class_name": np.array([source.class_name(int(c)) for c in components.class_id],
@@ -311,7 +310,17 @@ def _apply_affine(geometry: np.ndarray, source: MaskSource) -> np.ndarray:
         col, row = xy[:, 0], xy[:, 1]
         return np.column_stack([t.a * col + t.b * row + t.c, t.d * col + t.e * row + t.f])
 
-    return shapely.transform(geometry, affine)
+    return _transform_in_place(geometry, affine)
+
+
+def _transform_in_place(geometry: np.ndarray,
+                        func: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    # set_coordinates rewrites the geometries we own instead of building a second copy of a
+    # million polygons; batches keep the temporary coordinate array small.
+    for start in range(0, len(geometry), 100_000):
+        part = geometry[start : start + 100_000]
+        shapely.set_coordinates(part, func(shapely.get_coordinates(part)))
+    return geometry
 
 
 def _parse_crs(text: str) -> Any:
@@ -335,12 +344,4 @@ def _reproject(geometry: np.ndarray, crs_wkt: str, dst_crs: Any) -> tuple[np.nda
         return np.column_stack([xs, ys])
 
     # Vertex by vertex: shared vertices stay shared, so the coverage stays seamless.
-    return shapely.transform(geometry, project), str(dst_crs.to_wkt())
-
-
-def _to_multipolygons(geometry: np.ndarray) -> np.ndarray:
-    # One geometry type per layer (8-connected components can be MultiPolygons anyway).
-    if not len(geometry):
-        return geometry
-    parts, index = shapely.get_parts(geometry, return_index=True)
-    return shapely.multipolygons(parts, indices=index)
+    return _transform_in_place(geometry, project), str(dst_crs.to_wkt())

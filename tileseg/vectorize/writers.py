@@ -53,6 +53,9 @@ def check_destination(path: str | os.PathLike[str], overwrite: bool) -> VectorFo
     return fmt
 
 
+BATCH = 100_000  # features encoded to WKB at a time, so the encoded copy stays small
+
+
 def write_layer(
     path: str | os.PathLike[str],
     geometry: np.ndarray,
@@ -61,7 +64,7 @@ def write_layer(
     *,
     overwrite: bool = False,
 ) -> None:
-    """Write ``geometry`` (shapely, MultiPolygon) with attribute ``fields`` to ``path``, atomically."""
+    """Write polygons with attribute ``fields`` to ``path`` as MultiPolygons, atomically."""
     fmt = check_destination(path, overwrite)
     dst = Path(path)
     tmp = dst.with_name(f".{dst.stem}.partial-{os.getpid()}{dst.suffix}")
@@ -82,11 +85,14 @@ def _write_ogr(tmp: Path, fmt: VectorFormat, layer: str, geometry: np.ndarray,
                fields: Mapping[str, np.ndarray], crs_wkt: str | None) -> None:
     import pyogrio.raw
 
-    pyogrio.raw.write(
-        str(tmp), geometry=shapely.to_wkb(geometry), field_data=list(fields.values()),
-        fields=list(fields), layer=layer, driver=_OGR_DRIVERS[fmt],
-        geometry_type="MultiPolygon", crs=crs_wkt,
-    )
+    for start in range(0, max(len(geometry), 1), BATCH):
+        part = slice(start, start + BATCH)
+        pyogrio.raw.write(
+            str(tmp), geometry=shapely.to_wkb(geometry[part]),
+            field_data=[values[part] for values in fields.values()], fields=list(fields),
+            layer=layer, driver=_OGR_DRIVERS[fmt], geometry_type="MultiPolygon",
+            promote_to_multi=True, crs=crs_wkt, append=start > 0,
+        )
 
 
 def _write_geoparquet(tmp: Path, geometry: np.ndarray, fields: Mapping[str, np.ndarray],
@@ -96,16 +102,31 @@ def _write_geoparquet(tmp: Path, geometry: np.ndarray, fields: Mapping[str, np.n
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns = {name: pa.array(values) for name, values in fields.items()}
-    columns["geometry"] = pa.array(shapely.to_wkb(geometry), type=pa.binary())
     column_meta: dict[str, object] = {"encoding": "WKB", "geometry_types": ["MultiPolygon"]}
     # Absent "crs" means OGC:CRS84 in GeoParquet; an unknown CRS must be an explicit null.
     column_meta["crs"] = _projjson(crs_wkt) if crs_wkt else None
     if len(geometry):
         column_meta["bbox"] = [float(v) for v in shapely.total_bounds(geometry)]
     geo = {"version": "1.1.0", "primary_column": "geometry", "columns": {"geometry": column_meta}}
-    table = pa.table(columns).replace_schema_metadata({"geo": json.dumps(geo)})
-    pq.write_table(table, tmp, compression="zstd")
+    schema = pa.schema([*(pa.field(name, pa.string() if values.dtype == object
+                                   else pa.from_numpy_dtype(values.dtype))
+                          for name, values in fields.items()),
+                        pa.field("geometry", pa.binary())], metadata={"geo": json.dumps(geo)})
+    with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for start in range(0, len(geometry), BATCH):
+            part = slice(start, start + BATCH)
+            columns = [pa.array(values[part]) for values in fields.values()]
+            columns.append(pa.array(shapely.to_wkb(_to_multipolygons(geometry[part])),
+                                    type=pa.binary()))
+            writer.write_batch(pa.record_batch(columns, schema=schema))
+
+
+def _to_multipolygons(geometry: np.ndarray) -> np.ndarray:
+    # One geometry type per layer (8-connected components can be MultiPolygons anyway).
+    if not len(geometry):
+        return geometry
+    parts, index = shapely.get_parts(geometry, return_index=True)
+    return shapely.multipolygons(parts, indices=index)
 
 
 def _projjson(crs_wkt: str) -> object:
