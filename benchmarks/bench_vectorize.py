@@ -127,28 +127,28 @@ def main() -> None:
     parser.add_argument("--whole-size", type=int, help="side for the whole-mask run "
                         "(default: --size); a smaller one keeps it feasible on small machines")
     parser.add_argument("--connectivity", type=int, choices=(4, 8), default=8)
-    parser.add_argument("--workdir", help="where the synthetic mask goes (default: a temp dir)")
+    parser.add_argument("--workdir", help="keep the synthetic masks here and reuse them on the "
+                        "next run (default: a temporary folder)")
     parser.add_argument("--child", dest="method", help=argparse.SUPPRESS)
     parser.add_argument("--mask", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.method:
         _child(args)
         return
-    with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(args.workdir or tmp)
         whole_size = args.whole_size or args.size
-        started = time.perf_counter()
-        big = Path(tmp) / "big.zarr"
-        make_mask(big, args.size)
-        print(f"mask {args.size} x {args.size} written in {time.perf_counter() - started:.0f} s",
-              file=sys.stderr)
         rows = []
         for method, size in (("chunked", args.size), ("chunked+parquet", args.size),
                              ("whole", whole_size)):
-            mask = big
-            if size != args.size:
-                mask = Path(tmp) / f"small{size}.zarr"
-                if not mask.exists():
-                    make_mask(mask, size)
+            mask = folder / f"bench-mask-{size}.zarr"
+            if not mask.exists():
+                started = time.perf_counter()
+                partial = mask.with_suffix(".partial")  # reused next time only once complete
+                make_mask(partial, size)
+                partial.rename(mask)
+                print(f"mask {size} x {size} written in {time.perf_counter() - started:.0f} s",
+                      file=sys.stderr)
             print(f"running {method} on {size} x {size}...", file=sys.stderr)
             rows.append((method, size, _measure(method, mask, size, args.connectivity)))
     header = (f"{'method':<16} {'size':>7} {'polygons':>10} {'seconds':>8} {'polygons/s':>11} "
