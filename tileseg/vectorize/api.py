@@ -171,6 +171,7 @@ def polygonize(
     components = merge_pieces(grid, config.connectivity)
     del results, grid
     components = _filter_area(components, source, config)
+    # Take the geometries over: from here on they are rewritten in place, never copied.
     geometry, components.geometry = components.geometry, np.empty(0, dtype=object)
     if config.simplify > 0 and len(geometry):
         # Every pixel corner becomes a vertex first, so neighbours share identical edges and
@@ -179,10 +180,11 @@ def polygonize(
     geometry = _apply_affine(geometry, source)
     if dst_crs is not None and crs_wkt is not None:
         geometry, crs_wkt = _reproject(geometry, crs_wkt, dst_crs)
+    ids, inverse = np.unique(components.class_id, return_inverse=True)
+    names = np.array([source.class_name(int(c)) for c in ids], dtype=object)
     fields: dict[str, np.ndarray] = {
         "class_id": components.class_id.astype(np.int32),
-        "class_name": np.array([source.class_name(int(c)) for c in components.class_id],
-                               dtype=object),
+        "class_name": names[inverse] if len(ids) else np.empty(0, dtype=object),
         "pixels": components.pixels,
         "area": components.pixels * _pixel_area(source),
     }
