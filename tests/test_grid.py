@@ -42,7 +42,7 @@ def test_tiles_have_fixed_size_contain_their_core_and_touch_the_raster(grid: Til
         assert tile.row_end <= grid.height + grid.stride + grid.halo_after
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(grids)
 def test_chunks_partition_and_safe_regions_are_untouched_by_other_chunks(grid: TileGrid) -> None:
     assert (_paint(grid, [grid.chunk(r, c) for r, c in grid.chunks()]) == 1).all()
