@@ -156,15 +156,23 @@ def _check_destination(config: PredictConfig, fmt: str) -> tuple[Path, Path]:
 
 
 def _fingerprint(config: PredictConfig, raster: RasterInfo, model_source: str) -> str:
-    """What must not change between a run and its --resume."""
-    stat = None if is_remote(raster.path) else os.stat(raster.path)
+    """What must not change between a run and its --resume.
+
+    The source's modification time is left out on purpose: repairing an unreadable block in
+    place must not lock the run out of resuming (its size and raster facts still must match).
+    """
+    size = None if is_remote(raster.path) else os.stat(raster.path).st_size
     weights = [p for p in Path(model_source).glob("*") if p.is_file()] if model_source else []
     return tokenize(
-        raster, None if stat is None else (stat.st_size, stat.st_mtime_ns),
+        raster, size,
         sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights),
         config.tile_size, config.overlap, config.chunk_size, config.blend, config.precision,
         config.probabilities, config.encoder_output_stride, config.decoder_atrous_rates,
     )
+
+
+def _source_mtime(raster: RasterInfo) -> int | None:
+    return None if is_remote(raster.path) else os.stat(raster.path).st_mtime_ns
 
 
 def predict(
@@ -222,14 +230,18 @@ def predict(
     if staging.exists():
         if config.resume:
             try:
-                previous = json.loads(run_file.read_text())["fingerprint"]
+                recorded = json.loads(run_file.read_text())
+                previous = recorded["fingerprint"]
             except (OSError, KeyError, json.JSONDecodeError):
-                previous = None
+                recorded, previous = {}, None
             if previous != fingerprint:
                 raise RunError(
                     f"{staging}: left by a run with other inputs or options; rerun with the same "
                     "ones, or pass --overwrite to start over"
                 )
+            if recorded.get("src_mtime_ns") != _source_mtime(raster):
+                logger.warning("%s changed since the interrupted run; finished chunks are kept "
+                               "as they were", raster.path)
         elif config.overwrite:
             shutil.rmtree(staging)
         else:
@@ -245,7 +257,8 @@ def predict(
         create_zarr(zarr_store, raster, model.metadata, chunk_size=grid.chunk_size,
                     probabilities=config.probabilities, source=raster.path)
         work.create()
-        run_file.write_text(json.dumps({"fingerprint": fingerprint, "src": raster.path}))
+        run_file.write_text(json.dumps({"fingerprint": fingerprint, "src": raster.path,
+                                        "src_mtime_ns": _source_mtime(raster)}))
     resumed_chunks = sum(1 for r, c in grid.chunks() if work.is_done(r, c))
 
     mask_dtype, nodata = mask_dtype_for(model.metadata.num_classes)
