@@ -136,11 +136,10 @@ class VectorLabels:
         return np.asarray(out, dtype=np.uint8)
 
     def read(self, window: Window, transform: Any) -> np.ndarray:
+        import shapely
         from rasterio.features import rasterize
         from rasterio.windows import bounds
         from rasterio.windows import transform as window_transform
-
-        import shapely
 
         height, width = int(window.height), int(window.width)
         left, bottom, right, top = bounds(window, transform)

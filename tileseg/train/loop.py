@@ -109,8 +109,9 @@ def _forward(model: nn.Module, aux: _AuxHead | None,
              x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     if aux is None:
         return model(x), None
-    features = model.encoder(x)
-    logits = model.segmentation_head(model.decoder(features))
+    smp_model: Any = model  # smp's encoder/decoder/segmentation_head are untyped attributes
+    features = smp_model.encoder(x)
+    logits = smp_model.segmentation_head(smp_model.decoder(features))
     return logits, aux(features[-2])
 
 
@@ -277,7 +278,8 @@ def _run(config: TrainConfig, sources: list[Source], out_dir: Path, device: torc
         load_pretrained_encoder(model, config.encoder_name, weights)
     aux = None
     if spec.architecture == "PSPNet" and config.aux_weight > 0:
-        aux = _AuxHead(model.encoder.out_channels[-2], config.num_classes)
+        encoder: Any = model.encoder
+        aux = _AuxHead(int(encoder.out_channels[-2]), config.num_classes)
     model.to(device)
     params = list(model.parameters()) + (list(aux.parameters()) if aux is not None else [])
     if aux is not None:
