@@ -113,6 +113,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="steps per epoch")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--crop-size", type=int, default=256)
+    parser.add_argument("--class-weighting", default="inverse-sqrt",
+                        choices=["none", "inverse-sqrt", "inverse"])
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-train", action="store_true",
@@ -138,7 +141,8 @@ def main() -> None:
         batch_size=args.batch_size,
         epochs=args.epochs,
         steps_per_epoch=args.steps,
-        learning_rate=1e-3,
+        learning_rate=args.lr,
+        class_weighting=args.class_weighting,
         device=args.device,
         seed=args.seed,
         save_dtype="float16",

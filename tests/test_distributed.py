@@ -256,3 +256,43 @@ def test_batch_on_the_cluster_with_one_bad_scene(scene, deeplab_dir, cluster, cl
     assert second.exit_code == 5
     rows = json.loads((tmp_path / "sum.json").read_text())["scenes"]
     assert [r["status"] for r in rows] == ["skipped", "failed", "skipped"]
+
+
+def test_workers_with_a_gpu_resource_run_one_infer_task_at_a_time(
+        scene, deeplab_dir, clean, tmp_path) -> None:
+    """``dask worker --resources GPU=1``: infer tasks request the GPU, so a worker with two
+    threads never runs two of them at once; finalize tasks need none. Outputs are unchanged."""
+    from tileseg.scheduler import gpu_workers
+
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=2,
+                                  resources={"GPU": 1}, dashboard_address=":0") as lc, \
+            distributed.Client(lc) as client:
+        assert gpu_workers(client) == 2
+        with distributed.get_task_stream(client) as stream:
+            result = predict(_config(scene, tmp_path / "mask.tif", deeplab_dir,
+                                     probabilities="uint8", zarr_path=str(tmp_path / "mask.zarr")),
+                             client=client)
+        tasks = stream.data
+    _assert_identical(_outputs(tmp_path / "mask.tif", tmp_path / "mask.zarr"), clean[1])
+    assert result.tiles_inferred == clean[0].tiles_inferred  # still exactly once
+
+    def spans(prefix: str) -> dict[str, list[tuple[float, float]]]:
+        out: dict[str, list[tuple[float, float]]] = {}
+        for t in tasks:
+            if str(t["key"]).startswith(f"('{prefix}"):
+                compute = next(s for s in t["startstops"] if s["action"] == "compute")
+                out.setdefault(t["worker"], []).append((compute["start"], compute["stop"]))
+        return out
+
+    infer = spans("tileseg-infer-")
+    assert sum(len(v) for v in infer.values()) == 25
+    for worker, intervals in infer.items():
+        intervals.sort()
+        busy = sum(stop - start for start, stop in intervals)
+        overlap = sum(max(0.0, stop - start) for (_, stop), (start, _) in
+                      zip(intervals, intervals[1:], strict=False))
+        # a worker timestamps a task's stop just after it frees the GPU, so back-to-back tasks
+        # may "overlap" by that bookkeeping gap; two tasks really at once overlap by most of
+        # their duration
+        assert overlap < 0.05 * busy, f"infer tasks ran concurrently on {worker}"
+    assert sum(len(v) for v in spans("tileseg-finalize-").values()) == 25

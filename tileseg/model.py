@@ -98,7 +98,8 @@ def save_model(model: nn.Module, directory: str | Path, metadata: ModelMetadata)
     path.mkdir(parents=True, exist_ok=True)
     if not hasattr(model, "save_pretrained"):
         raise ModelError("save_model needs an smp model (it has save_pretrained)")
-    model.save_pretrained(str(path))
+    smp_model: Any = model  # smp models add save_pretrained; nn.Module does not declare it
+    smp_model.save_pretrained(str(path))
     save_metadata(metadata, path)
     return path
 

@@ -183,12 +183,13 @@ def zarr_to_geotiff(
     }
     classes = facts["classes"]
     with rasterio.open(plain, "w", **profile) as out:
+        # before any pixel: libtiff cannot switch to a palette photometric once writing started
+        if dtype.itemsize <= 2:
+            out.write_colormap(1, _colormap(classes, nodata))
         for r0 in range(0, height, ch):
             for c0 in range(0, width, cw):
                 block = np.asarray(mask[r0 : r0 + ch, c0 : c0 + cw])
                 out.write(block, 1, window=Window(c0, r0, block.shape[1], block.shape[0]))
-        if dtype.itemsize <= 2:
-            out.write_colormap(1, _colormap(classes, nodata))
         out.update_tags(TILESEG_CLASSES=json.dumps(classes), TILESEG_SOURCE=facts.get("source", ""))
         out.set_band_description(1, "class")
         if not cog:

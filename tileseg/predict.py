@@ -36,6 +36,7 @@ from tileseg.outputs import (
 )
 from tileseg.progress import Progress, ProgressCallback
 from tileseg.raster import RasterInfo, is_remote, open_raster
+from tileseg.runlock import exclusive_run
 
 logger = logging.getLogger(__name__)
 
@@ -219,104 +220,108 @@ def predict(
     grid = plan.grid
     _check_device(config)
 
-    if config.resume and dst.exists() and not staging.exists():
-        logger.info("%s is already complete; nothing to resume", dst)
-        return PredictResult(str(dst), config.zarr_path, grid.num_tiles, 0, 0, grid.num_chunks,
-                             0.0, {"status": "already complete"})
-    fingerprint = _fingerprint(config, raster, model_source)
-    zarr_store = staging / "mosaic.zarr"
-    work = WorkDir(staging / "work")
-    run_file = staging / "run.json"
-    if staging.exists():
-        if config.resume:
-            try:
-                recorded = json.loads(run_file.read_text())
-                previous = recorded["fingerprint"]
-            except (OSError, KeyError, json.JSONDecodeError):
-                recorded, previous = {}, None
-            if previous != fingerprint:
-                raise RunError(
-                    f"{staging}: left by a run with other inputs or options; rerun with the same "
-                    "ones, or pass --overwrite to start over"
+    with exclusive_run(dst):
+        # checked again under the lock: a run that just finished may have published dst
+        _check_destination(config, fmt)
+        if config.resume and dst.exists() and not staging.exists():
+            logger.info("%s is already complete; nothing to resume", dst)
+            return PredictResult(str(dst), config.zarr_path, grid.num_tiles, 0, 0, grid.num_chunks,
+                                 0.0, {"status": "already complete"})
+        fingerprint = _fingerprint(config, raster, model_source)
+        zarr_store = staging / "mosaic.zarr"
+        work = WorkDir(staging / "work")
+        run_file = staging / "run.json"
+        if staging.exists():
+            if config.resume:
+                try:
+                    recorded = json.loads(run_file.read_text())
+                    previous = recorded["fingerprint"]
+                except (OSError, KeyError, json.JSONDecodeError):
+                    recorded, previous = {}, None
+                if previous != fingerprint:
+                    raise RunError(
+                        f"{staging}: left by a run with other inputs or options; rerun with the same "
+                        "ones, or pass --overwrite to start over"
+                    )
+                if recorded.get("src_mtime_ns") != _source_mtime(raster):
+                    logger.warning("%s changed since the interrupted run; finished chunks are kept "
+                                   "as they were", raster.path)
+            elif config.overwrite:
+                shutil.rmtree(staging)
+            else:
+                raise OutputError(
+                    f"{staging}: an interrupted run is in the way; pass --resume to continue it or "
+                    "--overwrite to start over"
                 )
-            if recorded.get("src_mtime_ns") != _source_mtime(raster):
-                logger.warning("%s changed since the interrupted run; finished chunks are kept "
-                               "as they were", raster.path)
-        elif config.overwrite:
-            shutil.rmtree(staging)
+        if not staging.exists():
+            if not has_valid_pixel(raster):
+                raise InputError(f"{raster.path}: every pixel is nodata; nothing to segment (check "
+                                 "--nodata or the file's mask)")
+            staging.mkdir()
+            create_zarr(zarr_store, raster, model.metadata, chunk_size=grid.chunk_size,
+                        probabilities=config.probabilities, source=raster.path)
+            work.create()
+            run_file.write_text(json.dumps({"fingerprint": fingerprint, "src": raster.path,
+                                            "src_mtime_ns": _source_mtime(raster)}))
+        resumed_chunks = sum(1 for r, c in grid.chunks() if work.is_done(r, c))
+
+        mask_dtype, nodata = mask_dtype_for(model.metadata.num_classes)
+        job = Job(
+            raster=raster, grid=grid, model=model_ref, num_classes=model.metadata.num_classes,
+            device=config.device, precision=config.precision, batch_size=config.batch_size,
+            blend=config.blend, compile_model=config.compile_model,
+            probabilities=config.probabilities, mask_dtype=mask_dtype.name, nodata=nodata,
+            work_dir=str(work.path.absolute()), zarr_path=str(zarr_store.absolute()),
+        )
+        mosaic = build_graph(job)
+        graph_built = time.perf_counter()
+        logger.info("%d tiles in %d chunks (%d already done); graph of %d tasks", grid.num_tiles,
+                    grid.num_chunks, resumed_chunks, len(mosaic.graph))
+
+        totals = {"tiles": 0, "skipped": 0, "done_tiles": 0}
+        tile_counts = {(r, c): len(grid.chunk_tiles_of(r, c)) for r, c in grid.chunks()}
+
+        def on_result(result: dict[str, Any], kind: str) -> None:
+            if kind == "infer":
+                totals["tiles"] += result["tiles"]
+                totals["skipped"] += result["skipped"]
+            else:
+                totals["done_tiles"] += tile_counts[tuple(result["chunk"])]  # type: ignore[index]
+                if progress is not None:
+                    progress(Progress(totals["done_tiles"], grid.num_tiles,
+                                      time.perf_counter() - graph_built))
+
+        from tileseg.scheduler import run_graph
+
+        run_graph(mosaic, config.scheduler, config.workers, on_result, client=client,
+                      device=config.device)
+        computed = time.perf_counter()
+
+        mark_zarr_complete(zarr_store, {"tiles": grid.num_tiles})
+        zarr_out = None
+        if fmt == "zarr":
+            _publish(zarr_store, dst)
+            zarr_out = str(dst)
         else:
-            raise OutputError(
-                f"{staging}: an interrupted run is in the way; pass --resume to continue it or "
-                "--overwrite to start over"
-            )
-    if not staging.exists():
-        if not has_valid_pixel(raster):
-            raise InputError(f"{raster.path}: every pixel is nodata; nothing to segment (check "
-                             "--nodata or the file's mask)")
-        staging.mkdir()
-        create_zarr(zarr_store, raster, model.metadata, chunk_size=grid.chunk_size,
-                    probabilities=config.probabilities, source=raster.path)
-        work.create()
-        run_file.write_text(json.dumps({"fingerprint": fingerprint, "src": raster.path,
-                                        "src_mtime_ns": _source_mtime(raster)}))
-    resumed_chunks = sum(1 for r, c in grid.chunks() if work.is_done(r, c))
+            tif_tmp = staging / ("output" + (dst.suffix or ".tif"))
+            zarr_to_geotiff(zarr_store, tif_tmp, cog=fmt == "cog", workdir=staging)
+            _publish(tif_tmp, dst)
+            if config.zarr_path:
+                _publish(zarr_store, Path(config.zarr_path))
+                zarr_out = config.zarr_path
+        shutil.rmtree(staging, ignore_errors=True)
+        finished = time.perf_counter()
 
-    mask_dtype, nodata = mask_dtype_for(model.metadata.num_classes)
-    job = Job(
-        raster=raster, grid=grid, model=model_ref, num_classes=model.metadata.num_classes,
-        device=config.device, precision=config.precision, batch_size=config.batch_size,
-        blend=config.blend, compile_model=config.compile_model,
-        probabilities=config.probabilities, mask_dtype=mask_dtype.name, nodata=nodata,
-        work_dir=str(work.path.absolute()), zarr_path=str(zarr_store.absolute()),
-    )
-    mosaic = build_graph(job)
-    graph_built = time.perf_counter()
-    logger.info("%d tiles in %d chunks (%d already done); graph of %d tasks", grid.num_tiles,
-                grid.num_chunks, resumed_chunks, len(mosaic.graph))
-
-    totals = {"tiles": 0, "skipped": 0, "done_tiles": 0}
-    tile_counts = {(r, c): len(grid.chunk_tiles_of(r, c)) for r, c in grid.chunks()}
-
-    def on_result(result: dict[str, Any], kind: str) -> None:
-        if kind == "infer":
-            totals["tiles"] += result["tiles"]
-            totals["skipped"] += result["skipped"]
-        else:
-            totals["done_tiles"] += tile_counts[tuple(result["chunk"])]  # type: ignore[index]
-            if progress is not None:
-                progress(Progress(totals["done_tiles"], grid.num_tiles,
-                                  time.perf_counter() - graph_built))
-
-    from tileseg.scheduler import run_graph
-
-    run_graph(mosaic, config.scheduler, config.workers, on_result, client=client)
-    computed = time.perf_counter()
-
-    mark_zarr_complete(zarr_store, {"tiles": grid.num_tiles})
-    zarr_out = None
-    if fmt == "zarr":
-        _publish(zarr_store, dst)
-        zarr_out = str(dst)
-    else:
-        tif_tmp = staging / ("output" + (dst.suffix or ".tif"))
-        zarr_to_geotiff(zarr_store, tif_tmp, cog=fmt == "cog", workdir=staging)
-        _publish(tif_tmp, dst)
-        if config.zarr_path:
-            _publish(zarr_store, Path(config.zarr_path))
-            zarr_out = config.zarr_path
-    shutil.rmtree(staging, ignore_errors=True)
-    finished = time.perf_counter()
-
-    seconds = finished - started
-    report = _report(config, plan, totals, started, graph_built, computed, finished,
-                     resumed_chunks, model_source or "<in-process model>", len(mosaic.graph))
-    result = PredictResult(str(dst), zarr_out, grid.num_tiles, totals["tiles"],
-                           totals["skipped"], grid.num_chunks, seconds, report)
-    if config.report:
-        Path(config.report).write_text(json.dumps(report, indent=2) + "\n")
-    if config.vectorize:
-        _vectorize(result, config)
-    return result
+        seconds = finished - started
+        report = _report(config, plan, totals, started, graph_built, computed, finished,
+                         resumed_chunks, model_source or "<in-process model>", len(mosaic.graph))
+        result = PredictResult(str(dst), zarr_out, grid.num_tiles, totals["tiles"],
+                               totals["skipped"], grid.num_chunks, seconds, report)
+        if config.report:
+            Path(config.report).write_text(json.dumps(report, indent=2) + "\n")
+        if config.vectorize:
+            _vectorize(result, config)
+        return result
 
 
 def _check_device(config: PredictConfig) -> None:

@@ -31,11 +31,17 @@ def run_graph(
     on_result: ResultCallback,
     *,
     client: Any = None,
+    device: str = "auto",
 ) -> None:
-    """Compute every infer and finalize task, calling ``on_result`` as each one finishes."""
+    """Compute every infer and finalize task, calling ``on_result`` as each one finishes.
+
+    On a cluster whose workers advertise a ``GPU`` resource (``dask worker --resources GPU=1``),
+    each infer task requests one GPU unless ``device`` is ``cpu``, so a worker runs one at a
+    time whatever its thread count; finalize tasks need no GPU and run beside them.
+    """
     address = scheduler_address(scheduler)
     if client is not None or address is not None:
-        _run_distributed(mosaic, address, on_result, client)
+        _run_distributed(mosaic, address, on_result, client, device)
     else:
         _run_local(mosaic, scheduler or os.environ.get(SCHEDULER_ENV) or "threads", workers,
                    on_result)
@@ -73,8 +79,18 @@ def _run_local(mosaic: MosaicGraph, scheduler: str, workers: int | None,
             raise ConfigError(f"--scheduler {scheduler!r}: use threads, sync or a cluster address")
 
 
+def gpu_workers(client: Any) -> int:
+    """How many of the cluster's workers advertise a ``GPU`` resource."""
+    try:
+        info = client.scheduler_info(n_workers=-1)  # newer versions list 5 workers by default
+    except TypeError:
+        info = client.scheduler_info()
+    return sum(1 for w in info.get("workers", {}).values()
+               if (w.get("resources") or {}).get("GPU", 0) >= 1)
+
+
 def _run_distributed(mosaic: MosaicGraph, address: str | None, on_result: ResultCallback,
-                     client: Any) -> None:
+                     client: Any, device: str = "auto") -> None:
     try:
         from distributed import Client, as_completed
     except ImportError as exc:  # pragma: no cover - distributed is a required dependency
@@ -88,8 +104,17 @@ def _run_distributed(mosaic: MosaicGraph, address: str | None, on_result: Result
                 f"cannot reach the dask scheduler at {address} ({exc}); start it or fix --scheduler"
             ) from exc
     try:
-        keys = mosaic.infer_keys + mosaic.finalize_keys
-        futures = client.get(mosaic.graph, keys, sync=False)
+        gpus = gpu_workers(client) if device != "cpu" else 0
+        if gpus:
+            logger.info("%d workers advertise a GPU: each infer task requests GPU=1", gpus)
+            # two submissions of one graph: the finalize tasks find their infer dependencies
+            # already on the scheduler (same deterministic keys) and reuse them
+            futures = client.get(mosaic.graph, mosaic.infer_keys, sync=False,
+                                 resources={"GPU": 1})
+            futures += client.get(mosaic.graph, mosaic.finalize_keys, sync=False)
+        else:
+            futures = client.get(mosaic.graph, mosaic.infer_keys + mosaic.finalize_keys,
+                                 sync=False)
         kinds = {f.key: _kind(f.key, mosaic) for f in futures}
         for future in as_completed(futures):
             try:

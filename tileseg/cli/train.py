@@ -111,6 +111,10 @@ class _Renderer:
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
 @click.option("--aux-weight", type=float, default=0.4, show_default=True,
               help="PSPNet auxiliary loss weight.")
+@click.option("--class-weighting", type=click.Choice(["none", "inverse-sqrt", "inverse"]),
+              default="none", show_default=True,
+              help="Loss weight per class from its training-pixel frequency (rare classes count "
+              "more; capped at 10x).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--no-amp", is_flag=True, help="No mixed precision on GPU.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -130,7 +134,7 @@ def command(image: str, labels: str, out_dir: str, classes: tuple[str, ...],
             encoder_weights: str, output_stride: str | None, crop_size: int,
             scale_range: tuple[float, float], flips: str, batch_size: int, epochs: int,
             steps_per_epoch: int, learning_rate: float, weight_decay: float, aux_weight: float,
-            device: str, no_amp: bool, seed: int, deterministic: bool, save_dtype: str,
+            class_weighting: str, device: str, no_amp: bool, seed: int, deterministic: bool, save_dtype: str,
             description: str, overwrite: bool, verbose: int, quiet: bool) -> None:
     """Train a segmentation model on IMAGE with LABELS (a label raster on the same grid, or a
     vector file with --class-attribute) and write a model directory that predict loads."""
@@ -154,6 +158,7 @@ def command(image: str, labels: str, out_dir: str, classes: tuple[str, ...],
         flips=flips,  # type: ignore[arg-type]
         batch_size=batch_size, epochs=epochs, steps_per_epoch=steps_per_epoch,
         learning_rate=learning_rate, weight_decay=weight_decay, aux_weight=aux_weight,
+        class_weighting=class_weighting,  # type: ignore[arg-type]
         device=device, amp=not no_amp, seed=seed, deterministic=deterministic,
         save_dtype=save_dtype,  # type: ignore[arg-type]
         description=description, overwrite=overwrite,

@@ -11,6 +11,7 @@ from tileseg.model import canonical_architecture
 HoldoutSide = Literal["left", "right", "top", "bottom"]
 Flips = Literal["none", "lr", "dihedral"]
 SaveDtype = Literal["float32", "float16"]
+ClassWeighting = Literal["none", "inverse-sqrt", "inverse"]
 IGNORE_INDEX = 255
 
 
@@ -76,6 +77,8 @@ class TrainConfig:
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     aux_weight: float = 0.4  # PSPNet auxiliary loss weight
+    # rare classes count more in the loss: weight ~ frequency^-0.5 (or ^-1), from training labels
+    class_weighting: ClassWeighting = "none"
     device: str = "auto"
     amp: bool = True  # mixed precision, on CUDA only
     seed: int | None = 0
@@ -116,6 +119,9 @@ class TrainConfig:
             raise ConfigError("learning rate must be positive")
         if self.flips not in ("none", "lr", "dihedral"):
             raise ConfigError(f"flips {self.flips!r}: choose none, lr or dihedral")
+        if self.class_weighting not in ("none", "inverse-sqrt", "inverse"):
+            raise ConfigError(f"class weighting {self.class_weighting!r}: choose none, "
+                              "inverse-sqrt or inverse")
         if self.save_dtype not in ("float32", "float16"):
             raise ConfigError(f"save dtype {self.save_dtype!r}: choose float32 or float16")
 

@@ -393,6 +393,33 @@ def band_statistics(sources: list[Source], regions: list[Region],
     return mean, std, total
 
 
+def class_frequencies(sources: list[Source], regions: list[Region], num_classes: int
+                      ) -> np.ndarray:
+    """Labelled pixels per class id over the training regions, read strip by strip."""
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for src, reg in zip(sources, regions, strict=True):
+        for row in range(reg.row_off, reg.row_off + reg.height, _STRIP):
+            h = min(_STRIP, reg.row_off + reg.height - row)
+            _, _, labels = src.read(Window(reg.col_off, row, reg.width, h))
+            ids = labels[labels < num_classes]
+            counts += np.bincount(ids, minlength=num_classes)[:num_classes]
+    return counts
+
+
+def class_weights(counts: np.ndarray, power: float, cap: float = 10.0) -> np.ndarray:
+    """Loss weight per class, ``(count / total) ** -power``, scaled so the labelled pixels'
+    mean weight is 1 and capped at ``cap`` times the smallest weight (a class with a handful
+    of pixels must not dominate); classes with no pixel get weight 0 (they never occur)."""
+    freq = counts / max(int(counts.sum()), 1)
+    weights = np.zeros(len(counts), dtype=np.float64)
+    seen = counts > 0
+    weights[seen] = freq[seen] ** -power
+    if seen.any():
+        weights[seen] = np.minimum(weights[seen], weights[seen].min() * cap)
+        weights /= float((weights * freq).sum())
+    return weights.astype(np.float32)
+
+
 def iter_tiles(region: Region, size: int) -> Iterator[Region]:
     """Non-overlapping tiles of at most ``size`` covering a region."""
     for row in range(region.row_off, region.row_off + region.height, size):

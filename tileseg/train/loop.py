@@ -28,6 +28,8 @@ from tileseg.train.data import (
     Region,
     Source,
     band_statistics,
+    class_frequencies,
+    class_weights,
     iter_tiles,
     split_holdout,
 )
@@ -115,14 +117,17 @@ def _forward(model: nn.Module, aux: _AuxHead | None,
     return logits, aux(features[-2])
 
 
-def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy on logits resized (bilinear) to the label size; ignored pixels skipped."""
+def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor,
+                      weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy on logits resized (bilinear) to the label size; ignored pixels skipped;
+    ``weight`` is an optional loss weight per class."""
     if logits.shape[-2:] != labels.shape[-2:]:
         logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear",
                                align_corners=False)
     if not (labels != IGNORE_INDEX).any():
         return logits.sum() * 0.0
-    return F.cross_entropy(logits.float(), labels.long(), ignore_index=IGNORE_INDEX)
+    return F.cross_entropy(logits.float(), labels.long(), weight=weight,
+                           ignore_index=IGNORE_INDEX)
 
 
 @torch.no_grad()
@@ -267,6 +272,16 @@ def _run(config: TrainConfig, sources: list[Source], out_dir: Path, device: torc
     logger.info("normalization from %d training pixels: mean %s std %s", train_pixels,
                 np.round(mean, 3).tolist(), np.round(std, 3).tolist())
 
+    counts = class_frequencies(sources, train_regions, config.num_classes)
+    weight: torch.Tensor | None = None
+    loss_weights: list[float] | None = None
+    if config.class_weighting != "none":
+        power = 0.5 if config.class_weighting == "inverse-sqrt" else 1.0
+        loss_weights = class_weights(counts, power).tolist()
+        weight = torch.tensor(loss_weights, dtype=torch.float32, device=device)
+        logger.info("class loss weights (%s): %s", config.class_weighting,
+                    [round(w, 3) for w in loss_weights])
+
     spec = ModelSpec(architecture=config.architecture, encoder_name=config.encoder_name,
                      in_channels=metadata.in_channels, classes=config.num_classes,
                      encoder_output_stride=config.encoder_output_stride)
@@ -317,9 +332,9 @@ def _run(config: TrainConfig, sources: list[Source], out_dir: Path, device: torc
             y = torch.from_numpy(labels).to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
                 logits, aux_logits = _forward(model, aux, x)
-                loss = segmentation_loss(logits, y)
+                loss = segmentation_loss(logits, y, weight)
                 if aux_logits is not None:
-                    loss = loss + config.aux_weight * segmentation_loss(aux_logits, y)
+                    loss = loss + config.aux_weight * segmentation_loss(aux_logits, y, weight)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -361,6 +376,9 @@ def _run(config: TrainConfig, sources: list[Source], out_dir: Path, device: torc
     model.load_state_dict(best_state)
     seconds = time.perf_counter() - start
     recipe = _recipe(config, spec, device, weights, train_regions, val_regions, sources)
+    recipe["class_pixels"] = counts.tolist()
+    if loss_weights is not None:
+        recipe["class_loss_weights"] = [round(w, 4) for w in loss_weights]
     result = TrainResult(out_dir=str(out_dir), best_epoch=best[1], metrics=best[2],
                          history=tuple(history), seconds=seconds, device=str(device),
                          train_pixels=train_pixels, val_pixels=val_pixels, recipe=recipe)
@@ -389,6 +407,8 @@ def _recipe(config: TrainConfig, spec: ModelSpec, device: torch.device, weights:
         "optimizer": f"AdamW lr {config.learning_rate} weight decay {config.weight_decay}, poly "
                      "0.9 schedule",
         "loss": "cross-entropy on logits resized to the label size, ignore index 255"
+                + ("" if config.class_weighting == "none" else
+                   f", class weights {config.class_weighting} frequency (capped 10x)")
                 + (f", PSPNet auxiliary loss x{config.aux_weight}"
                    if spec.architecture == "PSPNet" else ""),
         "amp": bool(config.amp and device.type == "cuda"),

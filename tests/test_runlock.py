@@ -1,0 +1,99 @@
+"""One run per destination: a second run is refused while the first holds the lock, and a killed
+holder never leaves a stale lock."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import rasterio
+from conftest import per_pixel_model, random_image
+
+from tileseg.config import PredictConfig
+from tileseg.errors import RunError
+from tileseg.predict import predict
+from tileseg.runlock import exclusive_run, lock_path_for
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from tileseg.runlock import exclusive_run
+with exclusive_run(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def _hold(dst: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(dst)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def _config(src: Path, dst: Path, **kw: object) -> PredictConfig:
+    return PredictConfig(src=str(src), dst=str(dst), tile_size=64, overlap=16, chunk_size=96,
+                         **kw)  # type: ignore[arg-type]
+
+
+def test_second_run_on_a_locked_destination_is_refused(make_raster, tmp_path: Path) -> None:
+    src = make_raster(random_image(3, 100, 120))
+    dst = tmp_path / "out.tif"
+    staging = tmp_path / "out.tif.partial"
+    staging.mkdir()
+    (staging / "run.json").write_text('{"fingerprint": "the other run"}')
+    holder = _hold(dst)
+    try:
+        with pytest.raises(RunError, match=r"another tileseg run \(pid \d+ on .+\) is writing"):
+            predict(_config(src, dst, overwrite=True), model=per_pixel_model(3, 4))
+        # the holder's staging was not touched, and nothing was published
+        assert (staging / "run.json").read_text() == '{"fingerprint": "the other run"}'
+        assert not dst.exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the kernel released the killed holder's lock: the next run goes ahead
+    result = predict(_config(src, dst, overwrite=True), model=per_pixel_model(3, 4))
+    with rasterio.open(result.dst) as out:
+        assert out.read(1).shape == (100, 120)
+    assert not lock_path_for(dst).exists()  # released and removed after the run
+
+
+def test_lock_is_released_when_the_run_fails(make_raster, tmp_path: Path) -> None:
+    src = make_raster(random_image(3, 60, 60))
+    dst = tmp_path / "out.tif"
+    with pytest.raises(RunError, match="other inputs"):
+        staging = tmp_path / "out.tif.partial"
+        staging.mkdir()
+        (staging / "run.json").write_text('{"fingerprint": "other"}')
+        predict(_config(src, dst, resume=True), model=per_pixel_model(3, 4))
+    assert not lock_path_for(dst).exists()
+    with exclusive_run(dst):  # free again
+        assert lock_path_for(dst).exists()
+
+
+def test_destination_published_while_waiting_is_not_clobbered(make_raster, tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """A run that passed the first existence check re-checks it once it holds the lock."""
+    import contextlib
+
+    import tileseg.predict as predict_module
+    from tileseg.errors import OutputError
+
+    src = make_raster(random_image(3, 60, 60))
+    dst = tmp_path / "out.tif"
+
+    @contextlib.contextmanager
+    def other_run_finishes_first(path: Path):  # type: ignore[no-untyped-def]
+        path.write_bytes(b"the other run's output")
+        with exclusive_run(path):
+            yield
+
+    monkeypatch.setattr(predict_module, "exclusive_run", other_run_finishes_first)
+    with pytest.raises(OutputError, match="--overwrite"):
+        predict(_config(src, dst), model=per_pixel_model(3, 4))
+    assert dst.read_bytes() == b"the other run's output"
+    assert not (tmp_path / "out.tif.partial").exists()

@@ -1,0 +1,92 @@
+"""One run per destination: an advisory lock file beside the output while a run writes it.
+
+Two runs writing the same destination (a cron job that fires while the previous one still
+runs, two people with ``--overwrite``) would delete or overwrite each other's staging. The lock
+is an ``flock`` on ``DST.lock``: the kernel releases it when the holding process ends, however it
+ends, so a crashed run never leaves a stale lock behind. The file is removed on release; a
+process that locked a file which was removed meanwhile retries on the new one.
+
+``flock`` is per host on most network filesystems: runs from different machines writing the same
+destination are not excluded (schedule such jobs so they cannot overlap).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from tileseg.errors import OutputError, RunError
+
+logger = logging.getLogger(__name__)
+
+LOCK_SUFFIX = ".lock"
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs are not excluded there
+    fcntl = None  # type: ignore[assignment]
+
+
+def lock_path_for(dst: Path) -> Path:
+    return dst.with_name(dst.name + LOCK_SUFFIX)
+
+
+@contextlib.contextmanager
+def exclusive_run(dst: Path) -> Iterator[None]:
+    """Hold the lock of ``dst`` for the ``with`` body; :class:`RunError` if another run holds it."""
+    if fcntl is None:
+        logger.debug("no fcntl on this platform: %s is not locked", dst)
+        yield
+        return
+    path = lock_path_for(dst)
+    fd = _acquire(path, dst)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)  # closing releases the flock
+
+
+def _acquire(path: Path, dst: Path) -> int:
+    for _ in range(10):
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot create the run lock ({exc.strerror}); check that "
+                              "the destination folder is writable") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read(fd)
+            os.close(fd)
+            raise RunError(
+                f"{dst}: another tileseg run ({holder}) is writing it; wait for that run to "
+                "finish or stop it, then run again"
+            ) from None
+        # the previous holder may have removed the file between our open and our flock
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                     "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode())
+            return fd
+        os.close(fd)
+    raise RunError(f"{path}: could not take the run lock; another run keeps replacing it")
+
+
+def _read(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {info['pid']} on {info['host']} since {info['since']}"
+    except (OSError, ValueError, KeyError):
+        return "unknown process"
