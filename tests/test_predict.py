@@ -166,3 +166,19 @@ def test_geotiff_has_colour_table_class_names_and_overviews(make_raster, tmp_pat
         assert "class 2" in out.tags()["TILESEG_CLASSES"]
         assert out.overviews(1) and out.profile["tiled"]
         assert out.profile["compress"] == "deflate"
+
+
+def test_corrupt_block_error_carries_gdals_reason(make_raster, tmp_path) -> None:
+    src = make_raster(random_image(1, 256, 256), block=64, compress="deflate")
+    with rasterio.open(src) as ds:
+        offset = int(ds.get_tag_item("BLOCK_OFFSET_1_1", "TIFF", bidx=1))
+        size = int(ds.get_tag_item("BLOCK_SIZE_1_1", "TIFF", bidx=1))
+    data = bytearray(src.read_bytes())
+    data[offset : offset + size] = b"\xff" * size
+    src.write_bytes(bytes(data))
+    with pytest.raises(RunError) as info:
+        predict(_config(src, tmp_path / "out.tif", chunk_size=128), model=per_pixel_model(1, 3))
+    message = str(info.value)
+    assert "\n" not in message and "See previous exception" not in message
+    assert "cannot read rows" in message and "Decoding error" in message
+    assert not (tmp_path / "out.tif").exists()

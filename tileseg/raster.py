@@ -58,6 +58,28 @@ class RasterInfo:
         return abs(self.affine.determinant)
 
 
+def gdal_message(exc: BaseException) -> str:
+    """GDAL's own words for a rasterio error, on one line.
+
+    rasterio raises "Read failed. See previous exception for details." with the GDAL errors
+    chained behind it; the user needs those (which block, which codec), outermost and root cause.
+    """
+    messages: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = " ".join(str(current).split())
+        if text and "see previous exception" not in text.lower() and text not in messages:
+            messages.append(text)
+        current = current.__cause__ or current.__context__
+    if not messages:
+        return " ".join(str(exc).split()) or type(exc).__name__
+    if len(messages) == 1:
+        return messages[0]
+    return f"{messages[0]}; {messages[-1]}"
+
+
 def open_raster(
     path: str | os.PathLike[str],
     *,
@@ -78,7 +100,7 @@ def open_raster(
                 return _describe(src, path, bands, nodata, allow_no_crs)
     except RasterioIOError as exc:
         raise InputError(
-            f"{path}: not a raster GDAL can read ({str(exc).splitlines()[0]}); pass a GeoTIFF/COG"
+            f"{path}: not a raster GDAL can read ({gdal_message(exc)}); pass a GeoTIFF/COG"
         ) from exc
 
 
@@ -183,7 +205,7 @@ class WindowReader:
         except RasterioIOError as exc:
             raise InputError(
                 f"{info.path}: cannot read rows {inside.row_off}-{inside.row_end}, cols "
-                f"{inside.col_off}-{inside.col_end} ({str(exc).splitlines()[0]}); the file may be "
+                f"{inside.col_off}-{inside.col_end} ({gdal_message(exc)}); the file may be "
                 "truncated or corrupt"
             ) from exc
         pad = (
