@@ -25,6 +25,7 @@ import json
 import logging
 from pathlib import Path
 
+import pyogrio
 import rasterio
 import shapely
 from rasterio.features import rasterize
@@ -72,6 +73,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop-size", type=int, default=256)
+    parser.add_argument("--class-weighting", default="inverse-sqrt",
+                        choices=["none", "inverse-sqrt", "inverse"],
+                        help="buildings are a small share of the pixels: weight them up")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -96,7 +100,8 @@ def main() -> None:
         class_colors=((0, 0, 0), (230, 60, 60)), background_class=0, holdout=HOLDOUT,
         band_names=("panchromatic",), encoder_weights="imagenet", crop_size=args.crop_size,
         batch_size=args.batch_size, epochs=args.epochs, steps_per_epoch=args.steps,
-        device=args.device, seed=args.seed, overwrite=True,
+        class_weighting=args.class_weighting, device=args.device, seed=args.seed,
+        overwrite=True,
         description="Demo building footprint model from one SpaceNet sample image (0.5 m pan).",
     ))
     log.info("trained in %.1f min; best epoch %d, holdout mIoU %.4f", result.seconds / 60,
@@ -105,7 +110,7 @@ def main() -> None:
     from tileseg.config import PredictConfig
     from tileseg.evaluate import EvaluateConfig, evaluate
     from tileseg.predict import predict
-    from tileseg.vectorize import VectorizeConfig, polygonize
+    from tileseg.vectorize import VectorizeConfig, vectorize
 
     mask = work / "buildings_mask.tif"
     predict(PredictConfig(src=image, dst=str(mask), model=str(model_dir), tile_size=256,
@@ -128,9 +133,12 @@ def main() -> None:
     log.info("holdout pixels: building IoU %s, mIoU %.4f", report.metrics.class_iou[1],
              report.metrics.mean_iou)
 
-    polys = polygonize(str(mask), VectorizeConfig(classes=(1,), min_area=20,
-                                                  connectivity=4))
-    predicted = [g for g in polys.geometry]
+    # the GIS deliverable: a GeoPackage, read back with pyogrio (not our own code) for scoring
+    gpkg = work / "buildings.gpkg"
+    vectorize(str(mask), str(gpkg), VectorizeConfig(classes=(1,), min_area=20, connectivity=4,
+                                                    overwrite=True))
+    predicted = list(shapely.from_wkb(pyogrio.raw.read(str(gpkg))[2]))
+    log.info("%d building polygons in %s", len(predicted), gpkg)
     x_split = (transform * (val.col_off, 0))[0]
 
     def in_holdout(g: shapely.Geometry) -> bool:
@@ -142,7 +150,8 @@ def main() -> None:
             [g for g in predicted if in_holdout(g)], [g for g in refs if in_holdout(g)])),
         "pixel_metrics_holdout": report.to_json(),
         "training": {"seconds": result.seconds, "best_epoch": result.best_epoch,
-                     "epochs": args.epochs, "steps_per_epoch": args.steps},
+                     "epochs": args.epochs, "steps_per_epoch": args.steps,
+                     "class_weighting": args.class_weighting},
     }
     (work / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     for name in ("whole image (train + holdout)", "holdout strip only"):

@@ -83,6 +83,9 @@ def test_tiny_training_reduces_loss_and_saves_loadable_model(task: tuple[Path, P
     assert "Holdout metrics" in card and "mean IoU" in card
     history = json.loads((out / "training.json").read_text())["history"]
     assert len(history) == 3
+    # the card says the score was selected on the holdout, and what the last epoch scored
+    assert "best of 3 epochs by holdout mIoU" in card
+    assert f"the last epoch scored {history[-1]['val_mean_iou']:.3f}" in card
 
 
 def test_class_weights_favour_rare_classes_with_unit_mean() -> None:

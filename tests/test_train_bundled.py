@@ -40,6 +40,16 @@ def test_bundled_model_card_reports_both_holdout_scores() -> None:
     assert 0.0 < training["baselines"]["random_forest"]["mean_iou"] <= 1.0
 
 
+def test_bundled_model_card_verdict_matches_its_numbers() -> None:
+    training = json.loads((BUNDLED / "training.json").read_text())
+    ours = training["holdout_metrics"]["mean_iou"]
+    forest = training["baselines"]["random_forest"]["mean_iou"]
+    card = (BUNDLED / "MODEL_CARD.md").read_text()
+    assert f"mIoU {ours:.3f} vs {forest:.3f}" in card
+    assert ("DeepLabv3+ beats the per-pixel random forest" in card) == (ours > forest)
+    assert ("does NOT beat" in card) == (ours <= forest)
+
+
 def test_predict_uses_the_bundled_model_by_default(make_raster: Callable[..., Path],
                                                    tmp_path: Path) -> None:
     from tileseg.config import PredictConfig

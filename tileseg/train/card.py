@@ -35,6 +35,26 @@ def metrics_table(metrics: Mapping[str, SegmentationMetrics], class_names: tuple
     return "\n".join(lines)
 
 
+def _selection_note(result: TrainResult) -> str:
+    """The best epoch was picked on the holdout it is scored on: say how optimistic that is."""
+    history = result.history
+    if len(history) < 2:
+        return ""
+    last = history[-1]
+    values = [h["val_mean_iou"] for h in history]
+    return (f"\nThe model is the best of {len(history)} epochs by holdout mIoU, so its holdout "
+            "score is the maximum over a noisy curve and somewhat optimistic: the last epoch "
+            f"scored {last['val_mean_iou']:.3f}, and the epochs ranged "
+            f"{min(values):.3f}-{max(values):.3f} "
+            f"(median of the second half {_median(values[len(values) // 2:]):.3f}).\n")
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def write_model_card(out_dir: str | Path, result: TrainResult, metadata: ModelMetadata, *,
                      baselines: Mapping[str, SegmentationMetrics] | None = None,
                      title: str | None = None, notes: str = "") -> Path:
@@ -90,7 +110,7 @@ Computed on {result.metrics.pixels} labelled holdout pixels (classes absent from
 and prediction are left out of the means).
 
 {metrics_table(all_metrics, metadata.class_names)}
-"""
+{_selection_note(result)}"""
     if notes:
         text += "\n" + notes.strip() + "\n"
     path = Path(out_dir) / CARD_FILENAME
