@@ -5,7 +5,9 @@ Steps:
    (``tileseg sample landsat-multiband`` / ``landcover-strata``) and the ImageNet
    EfficientNet-Lite0 weights (``tileseg sample efficientnet-lite0``);
 2. train DeepLabv3+ (tu-efficientnet_lite0, ImageNet init) on the right 75% of the image,
-   validating on the left 25% strip (never on random pixels of the training area);
+   validating on the left 25% strip (never on random pixels of the training area), with the
+   loss weighted by inverse square-root class frequency (the rare classes are a few hundred
+   pixels; unweighted, the network never predicts them and loses to the random forest);
 3. train the usual per-pixel baseline, a random forest on the same bands, same pixels, same
    holdout, and put both holdout scores in the model card;
 4. predict the whole scene with ``tileseg.predict`` and evaluate the holdout strip with
