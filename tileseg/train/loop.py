@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tileseg.errors import ConfigError, InputError, OutputError
+from tileseg.infer import resolve_device
 from tileseg.metadata import ClassInfo, ModelMetadata, Normalization, default_color
 from tileseg.metrics import SegmentationMetrics, compute_metrics, confusion_matrix
 from tileseg.model import ModelSpec, build_model, save_model
@@ -68,18 +69,6 @@ class TrainResult:
     train_pixels: int
     val_pixels: int
     recipe: dict[str, Any] = field(default_factory=dict)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu or cuda[:N]") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda but no CUDA device is available; use --device cpu")
-    return device
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
