@@ -14,8 +14,15 @@ Steps:
 
 Usage::
 
-    python examples/spacenet_buildings.py                       # about 15 min on 2 CPU cores
+    python examples/spacenet_buildings.py                       # about 8 min on 2 CPU cores
     python examples/spacenet_buildings.py --epochs 3 --steps 5  # smoke run
+
+Measured with the defaults (CPU, 8.1 min of training, seed 0): holdout pixel IoU of the building
+class 0.376 (mIoU 0.675); polygons at IoU >= 0.5: whole image precision 0.387, recall 0.279,
+F1 0.324 (12 of 43 footprints), holdout strip only 1 of 9 (F1 0.118). One 900x900 image with 43
+buildings is far too little data for a building detector: adjacent buildings merge into one
+polygon and the holdout's buildings are mostly missed or split. It shows the pipeline end to end,
+not a usable model.
 """
 
 from __future__ import annotations
@@ -69,13 +76,14 @@ def scores(tp: int, n_pred: int, n_ref: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", default="/tmp/tileseg-spacenet")
-    parser.add_argument("--epochs", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--crop-size", type=int, default=256)
-    parser.add_argument("--class-weighting", default="inverse-sqrt",
+    parser.add_argument("--class-weighting", default="none",
                         choices=["none", "inverse-sqrt", "inverse"],
-                        help="buildings are a small share of the pixels: weight them up")
+                        help="none by default: weighting the 4%% building pixels up made the "
+                        "model paint blobs that merge neighbouring buildings (polygon F1 0.03)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
