@@ -43,6 +43,7 @@ def test_predict_writes_cog_and_report(scene, deeplab_dir, tmp_path) -> None:
     facts = json.loads(report.read_text())
     assert facts["tiles_inferred"] == facts["tiles_total"] == 3 * 4
     assert facts["tiles_per_second"] > 0 and facts["peak_rss_mb"] > 0
+    assert 0 < facts["peak_rss_mb_compute"] <= facts["peak_rss_mb"]
     assert facts["km2_per_hour"] > 0
     with rasterio.open(dst) as out:
         assert out.shape == (140, 150)

@@ -296,6 +296,7 @@ def predict(
         run_graph(mosaic, config.scheduler, config.workers, on_result, client=client,
                       device=config.device)
         computed = time.perf_counter()
+        rss_compute = _peak_rss_mb()  # the peak so far: tiles, blending, Zarr chunks
 
         mark_zarr_complete(zarr_store, {"tiles": grid.num_tiles})
         zarr_out = None
@@ -314,7 +315,8 @@ def predict(
 
         seconds = finished - started
         report = _report(config, plan, totals, started, graph_built, computed, finished,
-                         resumed_chunks, model_source or "<in-process model>", len(mosaic.graph))
+                         resumed_chunks, model_source or "<in-process model>", len(mosaic.graph),
+                         rss_compute)
         result = PredictResult(str(dst), zarr_out, grid.num_tiles, totals["tiles"],
                                totals["skipped"], grid.num_chunks, seconds, report)
         if config.report:
@@ -371,7 +373,7 @@ def _peak_rss_mb() -> float:
 def _report(
     config: PredictConfig, plan: Plan, totals: dict[str, int], started: float,
     graph_built: float, computed: float, finished: float, resumed_chunks: int,
-    model_source: str, tasks: int,
+    model_source: str, tasks: int, rss_compute: float,
 ) -> dict[str, Any]:
     import torch
 
@@ -405,6 +407,7 @@ def _report(
         "precision": config.precision,
         "scheduler": config.scheduler or "threads",
         "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb_compute": rss_compute,  # before the GeoTIFF/COG pass
         "host": platform.node(),
     }
     if device is not None and device.type == "cuda":
