@@ -8,8 +8,11 @@ In one run, for one model, precision and batch size:
 
 GPU (as the issue asks):   python benchmarks/bench_predict.py --size 16384 --small 8192 \
                                --encoder resnet50 --precision bf16
-CPU (small, minutes):      python benchmarks/bench_predict.py --size 2048 --small 1024 \
-                               --encoder resnet18 --tile-size 256
+CPU (about 2 minutes):     python benchmarks/bench_predict.py --size 8192 --small 4096 \
+                               --encoder resnet18 --tile-size 256 --overlap 32 --batch-size 4
+
+The smaller raster must hold at least as many chunks (2048 px) as there are worker threads;
+otherwise fewer tasks run at once on it and the memory ratio measures concurrency, not size.
 """
 
 from __future__ import annotations
@@ -99,8 +102,9 @@ def run_predict(src: Path, model_dir: Path, dst: Path, args: argparse.Namespace,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=2048, help="large raster side (px)")
-    parser.add_argument("--small", type=int, default=1024, help="small raster side (px)")
+    parser.add_argument("--size", type=int, default=8192, help="large raster side (px)")
+    # at least as many chunks as worker threads, or the memory ratio measures concurrency
+    parser.add_argument("--small", type=int, default=4096, help="small raster side (px)")
     parser.add_argument("--encoder", default="resnet18")
     parser.add_argument("--classes", type=int, default=7)
     parser.add_argument("--tile-size", type=int, default=513)
