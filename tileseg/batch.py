@@ -38,7 +38,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tileseg.config import PredictConfig
-from tileseg.errors import ConfigError, InputError, InputNotFoundError, RunError, TilesegError
+from tileseg.errors import (
+    ConfigError,
+    InputError,
+    InputNotFoundError,
+    OutputError,
+    RunError,
+    TilesegError,
+)
 from tileseg.raster import is_remote
 
 logger = logging.getLogger(__name__)
@@ -582,4 +589,10 @@ def run_manifest(
     """
     config = config or BatchConfig(summary=default_summary_path(manifest))
     scenes = load_manifest(manifest, output_dir=config.output_dir, suffix=config.suffix)
+    if config.output_dir is not None:  # named for this batch: create it, as mkdir -p would
+        try:
+            Path(config.output_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"{config.output_dir}: cannot create the output folder "
+                              f"({exc.strerror}); choose a writable --output-dir") from exc
     return run_batch(scenes, config, client=client, on_scene=on_scene)
