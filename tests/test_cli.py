@@ -57,6 +57,33 @@ def test_info_shows_the_plan(scene, deeplab_dir) -> None:
     assert facts["plan"]["network input"] == "528 x 528"
 
 
+def test_info_names_the_crs_and_where_valid_pixels_come_from(make_raster, deeplab_dir,
+                                                             tmp_path) -> None:
+    from rasterio.crs import CRS
+
+    def facts(path: Path, *extra: str) -> dict[str, object]:
+        code, out = run("info", str(path), "--model", str(deeplab_dir), "--json", *extra)
+        assert code == 0, out
+        return json.loads(out)["raster"]
+
+    data = random_image(3, 60, 70)
+    plain = make_raster(data, "plain.tif", crs="EPSG:32633")
+    assert facts(plain)["crs"] == "EPSG:32633 (WGS 84 / UTM zone 33N)"
+    assert facts(plain)["valid pixels"] == "all (no nodata, no mask)"
+    assert facts(plain, "--nodata", "0")["valid pixels"] == "--nodata 0"
+    with_nodata = make_raster(data, "nodata.tif", nodata=255)
+    assert facts(with_nodata)["valid pixels"] == "nodata value 255 in the file"
+    masked = make_raster(data, "masked.tif")
+    with rasterio.open(masked, "r+") as ds:
+        ds.write_mask(np.full((60, 70), 255, dtype=np.uint8))
+    assert facts(masked)["valid pixels"] == "internal mask"
+    # a custom projection GDAL cannot match to any EPSG code keeps its own name
+    custom = CRS.from_proj4("+proj=tmerc +lat_0=0 +lon_0=13.7 +k=0.9991 +x_0=123 +y_0=0 "
+                            "+ellps=GRS80 +units=m +no_defs")
+    odd = make_raster(data, "odd.tif", crs=custom.to_wkt())
+    assert facts(odd)["crs"].endswith("(no EPSG code)")
+
+
 def test_help_has_examples() -> None:
     code, out = run("predict", "--help")
     assert code == 0 and "Examples:" in out and "--overlap" in out

@@ -3,15 +3,52 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
+from rasterio.enums import MaskFlags, Resampling
 
 from tileseg.config import PredictConfig
 from tileseg.predict import make_plan
 from tileseg.raster import RasterInfo
+
+
+def crs_label(wkt: str | None) -> str:
+    """``EPSG:32119 (NAD83 / North Carolina)``-style: the code when GDAL finds one, and the name."""
+    if not wkt:
+        return "none"
+    crs = rasterio.crs.CRS.from_wkt(wkt)
+    try:
+        epsg = crs.to_epsg(confidence_threshold=70)
+    except rasterio.errors.CRSError:
+        epsg = None
+    name = _wkt_name(wkt)
+    if epsg and name == "unnamed":  # e.g. a GeoTIFF that stores only the projection parameters
+        name = _wkt_name(rasterio.crs.CRS.from_epsg(epsg).to_wkt())
+    return f"EPSG:{epsg} ({name})" if epsg else f"{name} (no EPSG code)"
+
+
+def _wkt_name(wkt: str) -> str:
+    match = re.match(r'\s*\w+\[\s*"([^"]*)"', wkt)
+    return match.group(1) if match else "unnamed"
+
+
+def validity_label(raster: RasterInfo) -> str:
+    """Where the valid pixels come from: --nodata, the file's nodata value, its mask, or none."""
+    if raster.nodata is not None:
+        return f"--nodata {raster.nodata:g}"
+    with rasterio.open(raster.path) as src:
+        nodata = src.nodata
+        flags = [src.mask_flag_enums[i - 1] for i in raster.indexes]
+    if nodata is not None:
+        return f"nodata value {nodata:g} in the file"
+    if any(MaskFlags.alpha in f for f in flags):
+        return "alpha band"
+    if any(MaskFlags.per_dataset in f for f in flags):
+        return "internal mask"
+    return "all (no nodata, no mask)"
 
 
 def estimate_nodata_tiles(raster: RasterInfo, config: PredictConfig, tile_rows: int,
@@ -50,11 +87,11 @@ def describe(config: PredictConfig) -> dict[str, dict[str, Any]]:
             "size (h x w)": f"{raster.height} x {raster.width}",
             "bands read": ",".join(str(i) for i in raster.indexes),
             "dtype": raster.dtype,
-            "crs": (raster.crs_wkt or "none")[:60],
+            "crs": crs_label(raster.crs_wkt),
             "pixel size": f"{math.hypot(t.a, t.d):g} x {math.hypot(t.b, t.e):g}",
             "rotated": bool(t.b or t.d),
             "internal block": f"{raster.block_shape[0]} x {raster.block_shape[1]}",
-            "nodata/mask": raster.nodata if raster.nodata is not None else raster.has_mask,
+            "valid pixels": validity_label(raster),
         },
         "model": {
             "source": plan.model.source,
