@@ -269,6 +269,33 @@ def test_class_names_keep_drop_and_min_area(mask_zarr: Callable[..., Path],
     assert {"class_100", "class_25500"} <= set(plain.fields["class_name"])
 
 
+def test_default_leaves_out_the_background_by_name_not_by_id(
+        mask_tif: Callable[..., Path]) -> None:
+    mask = seam_mask()
+    present = set(np.unique(mask).tolist()) - {255}
+    assert 0 in present
+    # class 0 named background: left out
+    named = polygonize(mask_tif(mask), VectorizeConfig(scheduler="sync"))
+    assert set(named.fields["class_id"]) == present - {0}
+    # land cover: class 0 is "developed", and no class is background, so every class is mapped
+    landcover = [{"id": c["id"], "name": n, "color": c["color"]}
+                 for c, n in zip(CLASSES, ("developed", "water", "building", "forest"), strict=True)]
+    kept = polygonize(mask_tif(mask, classes=landcover), VectorizeConfig(scheduler="sync"))
+    assert set(kept.fields["class_id"]) == present
+    assert "developed" in set(kept.fields["class_name"])
+    # background may be any id: here 3 is "unlabelled"
+    odd = [*CLASSES[:3], {"id": 3, "name": "Unlabelled", "color": "#ffffff"}]
+    odd[0] = {"id": 0, "name": "road", "color": "#000000"}
+    moved = polygonize(mask_tif(mask, classes=odd), VectorizeConfig(scheduler="sync"))
+    assert set(moved.fields["class_id"]) == present - {3}
+    # a plain integer mask without class names: 0 is taken as background
+    plain = polygonize(mask_tif(mask, classes=None), VectorizeConfig(scheduler="sync"))
+    assert set(plain.fields["class_id"]) == present - {0}
+    placeholders = [{**c, "name": f"class_{c['id']}"} for c in CLASSES]  # model w/o metadata
+    unnamed = polygonize(mask_tif(mask, classes=placeholders), VectorizeConfig(scheduler="sync"))
+    assert set(unnamed.fields["class_id"]) == present - {0}
+
+
 def test_mean_probability_is_exact_across_chunks(mask_zarr: Callable[..., Path]) -> None:
     mask = seam_mask()
     rng = np.random.default_rng(3)

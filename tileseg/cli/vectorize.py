@@ -23,9 +23,11 @@ Examples:
 @click.argument("mask")
 @click.argument("dst")
 @click.option("--classes", callback=int_list,
-              help="Class ids to keep, e.g. 1,3 (default: every class but background 0).")
+              help="Class ids to keep, e.g. 1,3 (default: every class but the background).")
 @click.option("--drop", "drop_classes", callback=int_list,
-              help="Class ids to leave out (default: 0 unless --classes is given).")
+              help="Class ids to leave out. Default: the class named background (or "
+              "unlabelled, void, nodata) in the mask's metadata, none if no class has such a "
+              "name (land cover), or 0 for a plain integer mask without class names.")
 @click.option("--min-area", type=float, default=0.0, show_default=True,
               help="Drop polygons smaller than this (exact area, before simplifying).")
 @click.option("--min-area-unit", type=click.Choice(["pixels", "map"]), default="pixels",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,6 +27,10 @@ from tileseg.vectorize.writers import check_destination, write_layer
 
 logger = logging.getLogger(__name__)
 
+# class names that mean "not a thing to map": their polygons are left out by default
+BACKGROUND_NAMES = frozenset({"background", "unlabelled", "unlabeled", "void", "nodata",
+                              "no data", "none"})
+
 AreaUnit = Literal["pixels", "map"]
 
 
@@ -36,14 +40,18 @@ class VectorizeConfig:
 
     Examples
     --------
-    >>> VectorizeConfig(connectivity=8, min_area=4).drop
+    >>> VectorizeConfig().dropped({})                       # plain integer mask: 0 is background
     (0,)
-    >>> VectorizeConfig(classes=(0, 3)).drop
+    >>> VectorizeConfig().dropped({0: "background", 1: "building"})
+    (0,)
+    >>> VectorizeConfig().dropped({0: "developed", 1: "forest"})  # land cover: keep every class
+    ()
+    >>> VectorizeConfig(classes=(0, 3)).dropped({})
     ()
     """
 
     classes: tuple[int, ...] | None = None  # class ids to keep; None: every class present
-    drop_classes: tuple[int, ...] | None = None  # None: (0,) (background) unless classes is set
+    drop_classes: tuple[int, ...] | None = None  # None: the background class(es), see dropped()
     min_area: float = 0.0  # drop components smaller than this (exact area, before simplifying)
     min_area_unit: AreaUnit = "pixels"  # "pixels" or "map" (squared CRS units, e.g. m²)
     connectivity: Connectivity = 4  # 4: pixels sharing a side; 8: also a corner
@@ -72,12 +80,20 @@ class VectorizeConfig:
         if self.classes is not None and not self.classes:
             raise ConfigError("--classes is empty; list class ids such as --classes 1,2")
 
-    @property
-    def drop(self) -> tuple[int, ...]:
-        """Class ids dropped: as given, else background (0) unless ``classes`` lists what to keep."""
+    def dropped(self, class_names: Mapping[int, str]) -> tuple[int, ...]:
+        """Class ids left out: ``drop_classes`` when given; none when ``classes`` says what to
+        keep; else the background. A mask written by predict names its classes, so background is
+        the class called background (or unlabelled, void, ...), and a land-cover mask without one
+        keeps every class; a mask without real names (plain integers, or ``class_<id>``
+        placeholders) drops 0."""
         if self.drop_classes is not None:
             return self.drop_classes
-        return () if self.classes is not None else (0,)
+        if self.classes is not None:
+            return ()
+        if all(name == f"class_{cid}" for cid, name in class_names.items()):
+            return (0,)  # no names, or only the placeholders of a model without metadata
+        return tuple(sorted(cid for cid, name in class_names.items()
+                            if name.strip().lower() in BACKGROUND_NAMES))
 
 
 @dataclass(frozen=True)
@@ -219,7 +235,12 @@ def build_tasks(source: MaskSource, windows: Sequence[ChunkWindow],
     import dask
     from dask.base import tokenize
 
-    classes = ClassFilter(config.classes, config.drop, source.nodata)
+    dropped = config.dropped(source.class_names)
+    if dropped:
+        logger.info("leaving out class(es) %s (%s); --drop or --classes choose otherwise",
+                    ", ".join(map(str, dropped)),
+                    ", ".join(source.class_name(c) for c in dropped))
+    classes = ClassFilter(config.classes, dropped, source.nodata)
     stride = max(w.height * w.width for w in windows) + 1  # more than any chunk's label count
     probabilities = config.probabilities and source.has_probabilities
     stamp = os.stat(source.path).st_mtime_ns  # a rewritten mask must not reuse cached results
