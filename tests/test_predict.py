@@ -182,3 +182,41 @@ def test_corrupt_block_error_carries_gdals_reason(make_raster, tmp_path) -> None
     assert "\n" not in message and "See previous exception" not in message
     assert "cannot read rows" in message and "Decoding error" in message
     assert not (tmp_path / "out.tif").exists()
+
+
+def _vrt_of(src: Path, vrt: Path) -> Path:
+    """A plain VRT over every band of ``src`` (what gdalbuildvrt writes for one file)."""
+    with rasterio.open(src) as ds:
+        bands = "".join(
+            f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource>'
+            f'<SourceFilename relativeToVRT="0">{src}</SourceFilename>'
+            f"<SourceBand>{b}</SourceBand></SimpleSource></VRTRasterBand>"
+            for b in ds.indexes)
+        gt = ", ".join(str(v) for v in ds.transform.to_gdal())
+        vrt.write_text(f'<VRTDataset rasterXSize="{ds.width}" rasterYSize="{ds.height}">'
+                       f"<SRS>{ds.crs.to_wkt()}</SRS><GeoTransform>{gt}</GeoTransform>{bands}"
+                       "</VRTDataset>")
+    return vrt
+
+
+def test_resume_warns_when_a_vrt_source_changed(make_raster, tmp_path, caplog) -> None:
+    import os
+
+    src = make_raster(random_image(3, 260, 260))
+    vrt = _vrt_of(src, tmp_path / "scene.vrt")
+    calls = {"n": 0}
+
+    def stop(event: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    dst = tmp_path / "out.tif"
+    with pytest.raises(KeyboardInterrupt):
+        predict(_config(vrt, dst, workers=1), model=per_pixel_model(3, 4), progress=stop)
+    stat = os.stat(src)
+    os.utime(src, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the tile behind the VRT
+    with caplog.at_level("WARNING", logger="tileseg.predict"):
+        predict(_config(vrt, dst, resume=True), model=per_pixel_model(3, 4))
+    assert any("changed since the interrupted run" in r.getMessage() for r in caplog.records)
+    assert dst.exists()

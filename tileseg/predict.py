@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import rasterio
 from dask.base import tokenize
 
 from tileseg.config import PredictConfig
@@ -173,7 +174,17 @@ def _fingerprint(config: PredictConfig, raster: RasterInfo, model_source: str) -
 
 
 def _source_mtime(raster: RasterInfo) -> int | None:
-    return None if is_remote(raster.path) else os.stat(raster.path).st_mtime_ns
+    """Newest modification time of the files GDAL reads for the raster: the file itself and,
+    for a VRT or a raster with sidecars (.ovr, .msk), those too."""
+    if is_remote(raster.path):
+        return None
+    try:
+        with rasterio.open(raster.path) as src:
+            files = [f for f in src.files if not is_remote(f)] or [raster.path]
+    except rasterio.errors.RasterioIOError:
+        files = [raster.path]
+    times = [os.stat(f).st_mtime_ns for f in files if os.path.exists(f)]
+    return max(times) if times else None
 
 
 def predict(
