@@ -94,6 +94,26 @@ def test_evaluate_window(pair: tuple[Path, Path, np.ndarray, np.ndarray]) -> Non
                           confusion_matrix(sub_l - 1, sub_p, 3))
 
 
+def test_label_values_recorded_by_training_are_used(
+        pair: tuple[Path, Path, np.ndarray, np.ndarray]) -> None:
+    """A mask from a tileseg-trained model lists each class's training label value; evaluate
+    needs no --label-values for labels coded that way."""
+    import json
+
+    import rasterio
+
+    pred_path, label_path, pred, labels = pair
+    with rasterio.open(pred_path, "r+") as ds:
+        ds.update_tags(TILESEG_CLASSES=json.dumps(
+            [{"id": i, "name": n, "color": "#000000", "label_value": i + 1}
+             for i, n in enumerate(("a", "b", "c"))]))
+    report = evaluate(EvaluateConfig(str(pred_path), str(label_path)))
+    valid = labels != 0
+    assert np.array_equal(np.array(report.metrics.confusion),
+                          confusion_matrix(labels[valid] - 1, pred[valid], 3))
+    assert report.class_names == ("a", "b", "c")
+
+
 def test_cli_evaluate_table_and_json(pair: tuple[Path, Path, np.ndarray, np.ndarray]) -> None:
     pred_path, label_path, _, _ = pair
     runner = CliRunner()

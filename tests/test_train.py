@@ -73,6 +73,7 @@ def test_tiny_training_reduces_loss_and_saves_loadable_model(task: tuple[Path, P
     loaded = load_model(out)
     meta = loaded.metadata
     assert meta.class_names == ("background", "blob")
+    assert [c.label_value for c in meta.classes] == [0, 1]  # the label raster's values
     assert meta.dtype == "uint8" and meta.in_channels == 3 and meta.gsd == 10.0
     with rasterio.open(image) as src:  # normalization comes from the training region's pixels
         data = src.read(window=split_holdout(SIZE, SIZE, Holdout("right", 0.25))[0].window)

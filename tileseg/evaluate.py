@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 class EvaluateConfig:
     """What to compare.
 
-    ``label_values`` gives the label raster's value for each class id (default: the ids
+    ``label_values`` gives the label raster's value for each class id (default: the values the
+    mask's classes recorded from training, for models trained by tileseg, else the ids
     themselves). ``class_names`` default to the names ``predict`` wrote into the mask's
     ``TILESEG_CLASSES`` tag. ``window`` restricts scoring to ``(row_off, col_off, height, width)``,
     e.g. a training holdout strip.
@@ -74,14 +75,31 @@ class EvaluationReport:
         return format_table(self.metrics, self.class_names)
 
 
-def _classes_from_tags(src: Any) -> tuple[str, ...] | None:
+def _classes_from_tags(src: Any) -> list[dict[str, Any]] | None:
     text = src.tags().get("TILESEG_CLASSES")
     if not text:
         return None
     try:
-        return tuple(str(c["name"]) for c in json.loads(text))
+        classes = [dict(c) for c in json.loads(text)]
+        for c in classes:
+            c["name"] = str(c["name"])
+        return classes
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def _tagged_label_values(tagged: list[dict[str, Any]] | None, n: int) -> tuple[int, ...] | None:
+    """The training label values the mask's classes carry (models trained by tileseg record
+    them), when every class has one."""
+    if not tagged or len(tagged) != n:
+        return None
+    try:
+        values = tuple(int(c["label_value"]) for c in sorted(tagged, key=lambda c: int(c["id"])))
+    except (KeyError, TypeError, ValueError):
+        return None
+    if values != tuple(range(n)):
+        logger.info("label values from the mask's classes: %s", list(values))
+    return values
 
 
 def evaluate(config: EvaluateConfig) -> EvaluationReport:
@@ -104,7 +122,8 @@ def evaluate(config: EvaluateConfig) -> EvaluationReport:
         raise InputError(f"not a readable raster ({exc})") from exc
     with pred_src, label_src:
         check_aligned(pred_src, label_src)
-        names = config.class_names or _classes_from_tags(pred_src)
+        tagged = _classes_from_tags(pred_src)
+        names = config.class_names or (tuple(c["name"] for c in tagged) if tagged else None)
         n = config.num_classes or (len(names) if names else None)
         if n is None and config.label_values is not None:
             n = len(config.label_values)
@@ -115,7 +134,7 @@ def evaluate(config: EvaluateConfig) -> EvaluationReport:
             )
         if names is None or len(names) != n:
             names = tuple(f"class_{i}" for i in range(n))
-        values = config.label_values or tuple(range(n))
+        values = config.label_values or _tagged_label_values(tagged, n) or tuple(range(n))
         if len(values) != n:
             raise ConfigError(f"{len(values)} label values for {n} classes; give one per class")
         lookup = {int(v): i for i, v in enumerate(values)}

@@ -45,11 +45,14 @@ SUPPORTED_DTYPES = tuple(DEFAULT_SCALE)
 
 @dataclass(frozen=True)
 class ClassInfo:
-    """One output class: its id in the mask, a name and an RGB colour."""
+    """One output class: its id in the mask, a name, an RGB colour, and optionally the value the
+    class had in the label raster the model was trained on (so evaluation against such labels
+    needs no value mapping)."""
 
     id: int
     name: str
     color: tuple[int, int, int]
+    label_value: int | None = None
 
 
 @dataclass(frozen=True)
@@ -127,10 +130,7 @@ class ModelMetadata:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("is_default")
-        data["classes"] = [
-            {"id": c.id, "name": c.name, "color": "#{:02x}{:02x}{:02x}".format(*c.color)}
-            for c in self.classes
-        ]
+        data["classes"] = [class_json(c) for c in self.classes]
         return {"format": METADATA_FORMAT, **data}
 
     @classmethod
@@ -141,6 +141,7 @@ class ModelMetadata:
                     id=int(c["id"]),
                     name=str(c["name"]),
                     color=parse_color(c.get("color"), int(c["id"])),
+                    label_value=None if c.get("label_value") is None else int(c["label_value"]),
                 )
                 for c in data["classes"]
             )
@@ -197,6 +198,15 @@ def parse_color(value: Any, class_id: int) -> tuple[int, int, int]:
         return (int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16))
     r, g, b = (int(v) for v in value)
     return (r, g, b)
+
+
+def class_json(c: ClassInfo) -> dict[str, Any]:
+    """A class as stored in tileseg.json and in the masks' class lists."""
+    out: dict[str, Any] = {"id": c.id, "name": c.name,
+                           "color": "#{:02x}{:02x}{:02x}".format(*c.color)}
+    if c.label_value is not None:
+        out["label_value"] = c.label_value
+    return out
 
 
 def save_metadata(metadata: ModelMetadata, directory: str | Path) -> Path:

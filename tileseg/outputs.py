@@ -17,7 +17,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from tileseg.errors import OutputError
-from tileseg.metadata import ModelMetadata
+from tileseg.metadata import ModelMetadata, class_json
 from tileseg.raster import RasterInfo
 
 logger = logging.getLogger(__name__)
@@ -53,8 +53,7 @@ def mask_dtype_for(num_classes: int) -> tuple[np.dtype[Any], int]:
 
 
 def classes_json(metadata: ModelMetadata) -> list[dict[str, Any]]:
-    return [{"id": c.id, "name": c.name, "color": "#{:02x}{:02x}{:02x}".format(*c.color)}
-            for c in metadata.classes]
+    return [class_json(c) for c in metadata.classes]
 
 
 def _gdal_geotransform(t: Affine) -> str:

@@ -11,7 +11,8 @@ from tileseg.cli.options import int_list
 
 EPILOG = """\b
 Examples:
-  tileseg evaluate landcover.tif strata.tif --label-values 1,2,3,4,5,6,7
+  tileseg evaluate landcover.tif strata.tif    # label values from the model's training
+  tileseg evaluate mask.tif labels.tif --label-values 1,2,3,4,5,6,7
   tileseg evaluate mask.tif labels.tif --json > metrics.json
   tileseg evaluate mask.tif labels.tif --window 0,0,443,122
 """
@@ -28,7 +29,8 @@ def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
               help="Class names in id order (default: the names predict wrote into PRED).")
 @click.option("--num-classes", type=int, help="Number of classes when PRED has no class list.")
 @click.option("--label-values", callback=int_list,
-              help="Label raster value of each class id, e.g. 1,2,3 (default: the ids).")
+              help="Label raster value of each class id, e.g. 1,2,3 (default: the values PRED's "
+              "classes recorded from training, else the ids).")
 @click.option("--window", callback=int_list,
               help="Score only row_off,col_off,height,width (e.g. a holdout strip).")
 @click.option("--block-size", type=int, default=1024, show_default=True,

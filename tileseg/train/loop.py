@@ -176,8 +176,9 @@ def _metadata(config: TrainConfig, src: Source, mean: np.ndarray, std: np.ndarra
             src.transform.e):
         gsd = float(abs(src.transform.a))
     return ModelMetadata(
-        classes=tuple(ClassInfo(i, n, tuple(c)) for i, (n, c) in  # type: ignore[arg-type]
-                      enumerate(zip(config.class_names, colors, strict=True))),
+        classes=tuple(ClassInfo(i, n, tuple(c), label_value=v)  # type: ignore[arg-type]
+                      for i, (n, c, v) in enumerate(zip(config.class_names, colors,
+                                                        config.values, strict=True))),
         in_channels=len(src.indexes),
         bands=tuple(bands),
         dtype=src.dtype,
