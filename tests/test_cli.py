@@ -192,15 +192,19 @@ def test_invalid_option_values(scene, tmp_path, deeplab_dir, option, value, need
 def test_predict_then_vectorize_writes_polygons_gis_tools_read(scene, deeplab_dir, tmp_path) -> None:
     import pyogrio
 
-    gpkg = tmp_path / "mask.gpkg"
+    gpkg, report = tmp_path / "mask.gpkg", tmp_path / "run.json"
     code, out = run("predict", str(scene), str(tmp_path / "mask.tif"), "-m", str(deeplab_dir),
-                    "--tile-size", "64", "--overlap", "16", "--vectorize", str(gpkg), "-q")
+                    "--tile-size", "64", "--overlap", "16", "--vectorize", str(gpkg),
+                    "--report", str(report))
     assert code == 0, out
     with rasterio.open(tmp_path / "mask.tif") as mask:
         crs = mask.crs
     info = pyogrio.read_info(gpkg)
     assert rasterio.crs.CRS.from_user_input(info["crs"]) == crs
     assert info["features"] > 0 and "class_name" in list(info["fields"])
+    assert f"{gpkg}: {info['features']} polygons" in out  # the CLI says what it wrote
+    facts = json.loads(report.read_text())["vectorize"]
+    assert facts["features"] == info["features"] == sum(facts["features_per_class"].values())
 
 
 def test_vectorize_destination_is_checked_before_the_run(scene, deeplab_dir, tmp_path) -> None:

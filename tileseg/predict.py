@@ -11,7 +11,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import rasterio
 from dask.base import tokenize
@@ -38,6 +38,9 @@ from tileseg.outputs import (
 from tileseg.progress import Progress, ProgressCallback
 from tileseg.raster import RasterInfo, is_remote, open_raster
 from tileseg.runlock import exclusive_run
+
+if TYPE_CHECKING:
+    from tileseg.vectorize import VectorizeResult
 
 logger = logging.getLogger(__name__)
 
@@ -330,10 +333,14 @@ def predict(
                          rss_compute)
         result = PredictResult(str(dst), zarr_out, grid.num_tiles, totals["tiles"],
                                totals["skipped"], grid.num_chunks, seconds, report)
+        if config.vectorize:
+            polygons = _vectorize(result, config)
+            report["vectorize"] = {"dst": polygons.dst, "features": polygons.features,
+                                   "seconds": round(polygons.seconds, 3),
+                                   "features_per_class": {polygons.class_names.get(k, str(k)): v
+                                                          for k, v in polygons.counts.items()}}
         if config.report:
             Path(config.report).write_text(json.dumps(report, indent=2) + "\n")
-        if config.vectorize:
-            _vectorize(result, config)
         return result
 
 
@@ -363,7 +370,7 @@ def _publish(tmp: Path, dst: Path) -> None:
     os.replace(tmp, dst)
 
 
-def _vectorize(result: PredictResult, config: PredictConfig) -> None:
+def _vectorize(result: PredictResult, config: PredictConfig) -> VectorizeResult:
     try:
         from tileseg.vectorize import VectorizeConfig, vectorize
     except ImportError as exc:
@@ -371,7 +378,7 @@ def _vectorize(result: PredictResult, config: PredictConfig) -> None:
     assert config.vectorize is not None
     # The Zarr carries probabilities when asked for, so polygons get their mean probability.
     source = result.zarr_path or result.dst
-    vectorize(source, config.vectorize, VectorizeConfig(
+    return vectorize(source, config.vectorize, VectorizeConfig(
         overwrite=config.overwrite, allow_no_crs=config.allow_no_crs,
         scheduler=config.scheduler, workers=config.workers))
 

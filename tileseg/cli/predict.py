@@ -94,3 +94,6 @@ def command(src: str, dst: str, model: str | None, fmt: str | None, zarr_path: s
             f"({result.tiles_skipped_nodata} nodata tiles skipped) in {result.seconds:.1f} s, "
             f"{rate:.1f} tiles/s", err=True,
         )
+        polygons = result.report.get("vectorize")
+        if polygons:
+            click.echo(f"{polygons['dst']}: {polygons['features']} polygons", err=True)
