@@ -13,7 +13,7 @@ import rasterio
 from conftest import per_pixel_model, random_image
 
 from tileseg.config import PredictConfig
-from tileseg.errors import RunError
+from tileseg.errors import DestinationBusyError, RunError
 from tileseg.predict import predict
 from tileseg.runlock import exclusive_run, lock_path_for
 
@@ -47,8 +47,10 @@ def test_second_run_on_a_locked_destination_is_refused(make_raster, tmp_path: Pa
     (staging / "run.json").write_text('{"fingerprint": "the other run"}')
     holder = _hold(dst)
     try:
-        with pytest.raises(RunError, match=r"another tileseg run \(pid \d+ on .+\) is writing"):
+        with pytest.raises(DestinationBusyError,
+                           match=r"another tileseg run \(pid \d+ on .+\) is writing") as busy:
             predict(_config(src, dst, overwrite=True), model=per_pixel_model(3, 4))
+        assert busy.value.exit_code == 75
         # the holder's staging was not touched, and nothing was published
         assert (staging / "run.json").read_text() == '{"fingerprint": "the other run"}'
         assert not dst.exists()
@@ -97,3 +99,24 @@ def test_destination_published_while_waiting_is_not_clobbered(make_raster, tmp_p
         predict(_config(src, dst), model=per_pixel_model(3, 4))
     assert dst.read_bytes() == b"the other run's output"
     assert not (tmp_path / "out.tif.partial").exists()
+
+
+def test_cli_exit_75_with_one_line_while_another_run_writes(make_raster, deeplab_dir,
+                                                            tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tileseg.cli.main import cli
+
+    src = make_raster(random_image(3, 60, 60))
+    dst = tmp_path / "out.tif"
+    holder = _hold(dst)
+    try:
+        res = CliRunner().invoke(cli, ["predict", str(src), str(dst), "-m", str(deeplab_dir),
+                                       "--tile-size", "64", "--overlap", "16"])
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert res.exit_code == 75
+    lines = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert len(lines) == 1 and "another tileseg run" in lines[0] and str(dst) in lines[0]
+    assert "Traceback" not in res.output and not dst.exists()

@@ -49,6 +49,12 @@ class RunError(TilesegError, RuntimeError):
     exit_code = 5
 
 
+class DestinationBusyError(TilesegError, RuntimeError):
+    """Another run is writing the same destination now; try again once it has finished."""
+
+    exit_code = 75  # EX_TEMPFAIL: schedulers read it as "retry later"
+
+
 class DependencyError(TilesegError, ImportError):
     """An optional dependency needed by the requested feature is not installed."""
 

@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tileseg.errors import OutputError, RunError
+from tileseg.errors import DestinationBusyError, OutputError, RunError
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,8 @@ def lock_path_for(dst: Path) -> Path:
 
 @contextlib.contextmanager
 def exclusive_run(dst: Path) -> Iterator[None]:
-    """Hold the lock of ``dst`` for the ``with`` body; :class:`RunError` if another run holds it."""
+    """Hold the lock of ``dst`` for the ``with`` body; :class:`DestinationBusyError` (exit 75) if
+    another run holds it."""
     if fcntl is None:
         logger.debug("no fcntl on this platform: %s is not locked", dst)
         yield
@@ -66,7 +67,7 @@ def _acquire(path: Path, dst: Path) -> int:
         except BlockingIOError:
             holder = _read(fd)
             os.close(fd)
-            raise RunError(
+            raise DestinationBusyError(
                 f"{dst}: another tileseg run ({holder}) is writing it; wait for that run to "
                 "finish or stop it, then run again"
             ) from None
