@@ -73,3 +73,28 @@ def test_bf16_autocast_agrees_with_fp32(make_raster, deeplab_dir: Path, tmp_path
     assert runtime.autocast == torch.bfloat16
     assert not torch.equal(infer_chunk_logits(runtime, raster, grid, 0, 0).logit_sum,
                            infer_chunk_logits(reference, raster, grid, 0, 0).logit_sum)
+
+
+def test_no_georeferencing_warning_leaks_from_reader_threads(make_raster, tmp_path) -> None:
+    """A raster with neither CRS nor geotransform (--allow-no-crs): rasterio warns on every open;
+    tileseg's reader threads open it many times, and neither the warning nor a changed filter
+    list may escape them."""
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    src = make_raster(random_image(3, 200, 230), crs=None, transform=None)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with rasterio.open(src):
+            pass
+        assert any(issubclass(w.category, NotGeoreferencedWarning) for w in seen)  # it would
+        seen.clear()
+        before = list(warnings.filters)
+        predict(PredictConfig(str(src), str(tmp_path / "out.tif"), tile_size=48, overlap=8,
+                              chunk_size=48, workers=2, allow_no_crs=True),
+                model=per_pixel_model(3, 3))
+        assert list(warnings.filters) == before
+    leaked = [f"{w.filename}:{w.lineno}" for w in seen
+              if issubclass(w.category, NotGeoreferencedWarning)]
+    assert not leaked, leaked

@@ -12,7 +12,7 @@ from rasterio.enums import MaskFlags, Resampling
 
 from tileseg.config import PredictConfig
 from tileseg.predict import make_plan
-from tileseg.raster import RasterInfo
+from tileseg.raster import RasterInfo, open_dataset
 
 
 def crs_label(wkt: str | None) -> str:
@@ -39,7 +39,7 @@ def validity_label(raster: RasterInfo) -> str:
     """Where the valid pixels come from: --nodata, the file's nodata value, its mask, or none."""
     if raster.nodata is not None:
         return f"--nodata {raster.nodata:g}"
-    with rasterio.open(raster.path) as src:
+    with open_dataset(raster.path) as src:
         nodata = src.nodata
         flags = [src.mask_flag_enums[i - 1] for i in raster.indexes]
     if nodata is not None:
@@ -60,7 +60,7 @@ def estimate_nodata_tiles(raster: RasterInfo, config: PredictConfig, tile_rows: 
     # Sample each core with at least 8x8 mask pixels, but never read more than ~4 Mpixels.
     factor = max(1, min(stride // 8, math.ceil(math.sqrt(raster.height * raster.width / 4e6))))
     shape = (max(1, raster.height // factor), max(1, raster.width // factor))
-    with rasterio.open(raster.path) as src:
+    with open_dataset(raster.path) as src:
         masks = src.read_masks(raster.indexes, out_shape=(len(raster.indexes), *shape),
                                resampling=Resampling.nearest)
     valid = (masks != 0).all(axis=0)

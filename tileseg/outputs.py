@@ -18,7 +18,7 @@ from rasterio.windows import Window
 
 from tileseg.errors import OutputError
 from tileseg.metadata import ModelMetadata, class_json
-from tileseg.raster import RasterInfo
+from tileseg.raster import RasterInfo, open_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -181,7 +181,7 @@ def zarr_to_geotiff(
         "BIGTIFF": "IF_SAFER",
     }
     classes = facts["classes"]
-    with rasterio.open(plain, "w", **profile) as out:
+    with open_dataset(plain, "w", **profile) as out:  # quiet for --allow-no-crs rasters
         # before any pixel: libtiff cannot switch to a palette photometric once writing started
         if dtype.itemsize <= 2:
             out.write_colormap(1, _colormap(classes, nodata))

@@ -36,7 +36,7 @@ from tileseg.outputs import (
     zarr_to_geotiff,
 )
 from tileseg.progress import Progress, ProgressCallback
-from tileseg.raster import RasterInfo, is_remote, open_raster
+from tileseg.raster import RasterInfo, is_remote, open_dataset, open_raster
 from tileseg.runlock import exclusive_run
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ def _source_mtime(raster: RasterInfo) -> int | None:
     if is_remote(raster.path):
         return None
     try:
-        with rasterio.open(raster.path) as src:
+        with open_dataset(raster.path) as src:
             files = [f for f in src.files if not is_remote(f)] or [raster.path]
     except rasterio.errors.RasterioIOError:
         files = [raster.path]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,18 @@ class RasterInfo:
         return abs(self.affine.determinant)
 
 
+_WARNINGS_LOCK = threading.Lock()
+
+
+def open_dataset(path: str | os.PathLike[str], mode: str = "r", **profile: Any) -> Any:
+    """``rasterio.open`` without rasterio's NotGeoreferencedWarning (tileseg reports a missing CRS
+    itself, once). ``warnings.catch_warnings`` swaps process-wide state, so concurrent reader
+    threads take turns, or one thread's exit could restore filters under another."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(path, mode, **profile)
+
+
 def gdal_message(exc: BaseException) -> str:
     """GDAL's own words for a rasterio error, on one line.
 
@@ -94,10 +107,8 @@ def open_raster(
     if not is_remote(path) and Path(path).is_dir():
         raise InputError(f"{path}: is a directory, not a raster; pass a GeoTIFF or COG file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with rasterio.open(path) as src:
-                return _describe(src, path, bands, nodata, allow_no_crs)
+        with open_dataset(path) as src:
+            return _describe(src, path, bands, nodata, allow_no_crs)
     except RasterioIOError as exc:
         raise InputError(
             f"{path}: not a raster GDAL can read ({gdal_message(exc)}); pass a GeoTIFF/COG"
@@ -175,9 +186,7 @@ class WindowReader:
 
     def __init__(self, info: RasterInfo) -> None:
         self.info = info
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            self._src = rasterio.open(info.path)
+        self._src = open_dataset(info.path)
 
     def close(self) -> None:
         self._src.close()
