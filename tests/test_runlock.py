@@ -120,3 +120,17 @@ def test_cli_exit_75_with_one_line_while_another_run_writes(make_raster, deeplab
     lines = [line for line in res.output.splitlines() if line.startswith("Error:")]
     assert len(lines) == 1 and "another tileseg run" in lines[0] and str(dst) in lines[0]
     assert "Traceback" not in res.output and not dst.exists()
+
+
+def test_the_extra_zarr_output_is_locked_too(make_raster, tmp_path: Path) -> None:
+    src = make_raster(random_image(3, 60, 60))
+    store = tmp_path / "shared.zarr"
+    holder = _hold(store)  # another run writes its --zarr output here
+    try:
+        with pytest.raises(DestinationBusyError, match="shared.zarr"):
+            predict(_config(src, tmp_path / "mine.tif", zarr_path=str(store)),
+                    model=per_pixel_model(3, 4))
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert not (tmp_path / "mine.tif").exists() and not lock_path_for(tmp_path / "mine.tif").exists()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -234,7 +235,8 @@ def predict(
     grid = plan.grid
     _check_device(config)
 
-    with exclusive_run(dst):
+    with exclusive_run(dst), (exclusive_run(Path(config.zarr_path)) if config.zarr_path
+                              else contextlib.nullcontext()):
         # checked again under the lock: a run that just finished may have published dst
         _check_destination(config, fmt)
         if config.resume and dst.exists() and not staging.exists():
