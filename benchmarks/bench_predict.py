@@ -84,6 +84,40 @@ def model_only(model_dir: Path, args: argparse.Namespace) -> tuple[float, int, s
     return args.batches * rt.batch_size / seconds, rt.batch_size, str(rt.device)
 
 
+def input_only(src: Path, model_dir: Path, args: argparse.Namespace, batch: int,
+               decode_threads: str) -> float:
+    """Tiles/s one reader thread delivers (read, decode, cut, stack; no model): the ceiling of
+    the input side for one task. ``decode_threads`` is GDAL_NUM_THREADS for the reads."""
+    from tileseg.config import DEFAULT_CHUNK_SIZE
+    from tileseg.grid import TileGrid, chunk_tiles_for
+    from tileseg.infer import iter_batches
+    from tileseg.model import load_model
+    from tileseg.raster import WindowReader, open_raster
+
+    previous = os.environ.get("GDAL_NUM_THREADS")
+    os.environ["GDAL_NUM_THREADS"] = decode_threads
+    try:
+        raster = open_raster(src)
+        context = load_model(model_dir).context_size(args.tile_size)
+        stride = args.tile_size - args.overlap
+        grid = TileGrid(raster.height, raster.width, tile_size=args.tile_size,
+                        overlap=args.overlap, chunk_tiles=chunk_tiles_for(stride,
+                                                                          DEFAULT_CHUNK_SIZE))
+        tiles, skipped = 0, [0]
+        start = time.perf_counter()
+        for r, c in grid.chunks():
+            with WindowReader(raster) as reader:
+                for b in iter_batches(reader, grid, grid.chunk_tiles_of(r, c),
+                                      grid.chunk_extent(r, c), context, batch, False, skipped):
+                    tiles += len(b.offsets)
+        return tiles / (time.perf_counter() - start)
+    finally:
+        if previous is None:
+            os.environ.pop("GDAL_NUM_THREADS", None)
+        else:
+            os.environ["GDAL_NUM_THREADS"] = previous
+
+
 def run_predict(src: Path, model_dir: Path, dst: Path, args: argparse.Namespace,
                 batch_size: int) -> dict:
     """Run the CLI in a fresh process so its peak RSS is its own."""
@@ -132,6 +166,8 @@ def main() -> None:
         rasters[size] = path
 
     only, batch, device = model_only(model_dir, args)
+    read_mt = input_only(rasters[args.small], model_dir, args, batch, "ALL_CPUS")
+    read_1 = input_only(rasters[args.small], model_dir, args, batch, "1")
     # the same pipeline for both sizes (GeoTIFF/COG output), so the memory ratio compares like
     # with like
     small = run_predict(rasters[args.small], model_dir, work / "small.tif", args, batch)
@@ -143,6 +179,8 @@ def main() -> None:
         ("tile / overlap / net input", f"{args.tile_size} / {args.overlap} / "
                                        f"{large['tiling']['context']}"),
         ("model-only tiles/s", f"{only:.2f}"),
+        (f"input-only tiles/s, one reader ({args.small}^2; decode on all cores / one core)",
+         f"{read_mt:.1f} / {read_1:.1f}"),
         (f"end-to-end tiles/s ({args.size}^2, compute)", f"{large['tiles_per_second']:.2f}"),
         (f"end-to-end tiles/s ({args.size}^2, incl. COG)",
          f"{large['tiles_inferred'] / large['seconds']['total']:.2f}"),

@@ -62,6 +62,11 @@ class RasterInfo:
 _WARNINGS_LOCK = threading.Lock()
 
 
+def decode_threads() -> str:
+    """GDAL decoding threads per read: ``$GDAL_NUM_THREADS`` when set, else all cores."""
+    return os.environ.get("GDAL_NUM_THREADS", "ALL_CPUS")
+
+
 def open_dataset(path: str | os.PathLike[str], mode: str = "r", **profile: Any) -> Any:
     """``rasterio.open`` without rasterio's NotGeoreferencedWarning (tileseg reports a missing CRS
     itself, once). ``warnings.catch_warnings`` swaps process-wide state, so concurrent reader
@@ -186,7 +191,10 @@ class WindowReader:
 
     def __init__(self, info: RasterInfo) -> None:
         self.info = info
-        self._src = open_dataset(info.path)
+        # GDAL decodes the blocks of one read on several cores (GTiff/COG reads the setting when
+        # the dataset opens): one core decodes a deflate scene too slowly to keep a GPU busy
+        with rasterio.Env(GDAL_NUM_THREADS=decode_threads()):
+            self._src = open_dataset(info.path)
 
     def close(self) -> None:
         self._src.close()
