@@ -124,6 +124,27 @@ def test_scheduler_address_from_the_cli_and_environment(scene, deeplab_dir, clus
                                   clean[1]["tif_mask"])
 
 
+def test_scheduler_address_from_a_dask_config_file(scene, deeplab_dir, cluster, clean,
+                                                   tmp_path, monkeypatch) -> None:
+    """A platform sets ``tileseg: {scheduler: ...}`` once in a dask YAML file; jobs find it."""
+    import dask
+
+    address = cluster.scheduler.address
+    config_dir = tmp_path / "dask"
+    config_dir.mkdir()
+    (config_dir / "tileseg.yaml").write_text(f"tileseg:\n  scheduler: {address}\n")
+    monkeypatch.delenv("TILESEG_SCHEDULER", raising=False)
+    with dask.config.set(dask.config.collect(paths=[str(config_dir)], env={})):
+        result = predict(_config(scene, tmp_path / "m.tif", deeplab_dir))
+        assert result.report["scheduler"] == address
+        assert result.report["device"] == f"dask cluster {address}"
+    np.testing.assert_array_equal(_outputs(tmp_path / "m.tif")["tif_mask"],
+                                  clean[1]["tif_mask"])
+    # without the file: in-process again
+    local = predict(_config(scene, tmp_path / "l.tif", deeplab_dir))
+    assert local.report["scheduler"] == "threads"
+
+
 def test_killed_worker_process_the_job_finishes_identically(scene, deeplab_dir, clean,
                                                             tmp_path) -> None:
     killed: dict[str, object] = {}

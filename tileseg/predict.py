@@ -332,7 +332,7 @@ def predict(
         seconds = finished - started
         report = _report(config, plan, totals, started, graph_built, computed, finished,
                          resumed_chunks, model_source or "<in-process model>", len(mosaic.graph),
-                         rss_compute)
+                         rss_compute, _cluster_address(config, client))
         result = PredictResult(str(dst), zarr_out, grid.num_tiles, totals["tiles"],
                                totals["skipped"], grid.num_chunks, seconds, report)
         if config.vectorize:
@@ -385,6 +385,15 @@ def _vectorize(result: PredictResult, config: PredictConfig) -> VectorizeResult:
         scheduler=config.scheduler, workers=config.workers))
 
 
+def _cluster_address(config: PredictConfig, client: Any) -> str | None:
+    """Where the tasks ran: the given client's scheduler, the configured one, or None (here)."""
+    from tileseg.scheduler import scheduler_address
+
+    if client is not None:
+        return str(client.scheduler.address)
+    return scheduler_address(config.scheduler)
+
+
 def _peak_rss_mb() -> float:
     # ru_maxrss is in KiB on Linux.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -393,7 +402,7 @@ def _peak_rss_mb() -> float:
 def _report(
     config: PredictConfig, plan: Plan, totals: dict[str, int], started: float,
     graph_built: float, computed: float, finished: float, resumed_chunks: int,
-    model_source: str, tasks: int, rss_compute: float,
+    model_source: str, tasks: int, rss_compute: float, cluster: str | None,
 ) -> dict[str, Any]:
     import torch
 
@@ -402,7 +411,7 @@ def _report(
     raster = plan.raster
     seconds = finished - started
     compute_s = max(computed - graph_built, 1e-9)
-    device = resolve_device(config.device) if config.scheduler in (None, "threads", "sync") else None
+    device = resolve_device(config.device) if cluster is None else None
     area_km2 = raster.pixel_area * raster.height * raster.width / 1e6 if raster.crs_is_metric else None
     report: dict[str, Any] = {
         "src": raster.path,
@@ -423,9 +432,9 @@ def _report(
                     "write": finished - computed, "total": seconds},
         "tiles_per_second": totals["tiles"] / compute_s,
         "km2_per_hour": (area_km2 / seconds * 3600) if area_km2 else None,
-        "device": str(device) if device else f"dask cluster {config.scheduler}",
+        "device": str(device) if device else f"dask cluster {cluster}",
         "precision": config.precision,
-        "scheduler": config.scheduler or "threads",
+        "scheduler": cluster or config.scheduler or "threads",
         "peak_rss_mb": _peak_rss_mb(),
         "peak_rss_mb_compute": rss_compute,  # before the GeoTIFF/COG pass
         "host": platform.node(),

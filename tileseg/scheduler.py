@@ -14,14 +14,25 @@ logger = logging.getLogger(__name__)
 
 ResultCallback = Callable[[dict[str, Any], str], None]
 SCHEDULER_ENV = "TILESEG_SCHEDULER"
+DASK_CONFIG_KEY = "tileseg.scheduler"
 
 
 def scheduler_address(scheduler: str | None) -> str | None:
-    """A distributed scheduler address from the option or ``$TILESEG_SCHEDULER``, else None."""
-    value = scheduler or os.environ.get(SCHEDULER_ENV) or None
+    """A distributed scheduler address, else None (in-process). First of: the option,
+    ``$TILESEG_SCHEDULER``, and ``tileseg.scheduler`` in dask's configuration (a YAML file in
+    ``~/.config/dask/`` or ``$DASK_CONFIG``, or ``$DASK_TILESEG__SCHEDULER``), so a platform can
+    point every job at its cluster once."""
+    value = scheduler or os.environ.get(SCHEDULER_ENV) or _configured() or None
     if value in (None, "threads", "sync"):
         return None
     return value
+
+
+def _configured() -> str | None:
+    import dask
+
+    value = dask.config.get(DASK_CONFIG_KEY, default=None)
+    return str(value) if value else None
 
 
 def run_graph(

@@ -266,6 +266,10 @@ def compute_tasks(tasks: list[Any], scheduler: str | None, workers: int | None,
         if progress is not None:
             progress(Progress(done, total, time.perf_counter() - started, unit="chunks"))
 
+    if scheduler is None:  # $TILESEG_SCHEDULER or dask's tileseg.scheduler, as predict does
+        from tileseg.scheduler import scheduler_address
+
+        scheduler = scheduler_address(None)
     if scheduler is not None and "://" in scheduler:
         from distributed import Client, as_completed
 
