@@ -53,7 +53,8 @@ Examples:
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same job.")
 @click.option("--scheduler", envvar="TILESEG_SCHEDULER",
-              help="threads (default), sync, or a dask.distributed address (tcp://host:8786).")
+              help="threads, sync, or a dask.distributed address (tcp://host:8786). Default: "
+              "$TILESEG_SCHEDULER, else tileseg.scheduler in dask's config, else threads.")
 @click.option("--workers", type=int, help="Threads of the in-process scheduler (default 2).")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write a JSON run report here.")
 @click.option("--vectorize", help="Also write polygons here (.gpkg, .parquet, .geojson, .fgb).")

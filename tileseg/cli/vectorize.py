@@ -47,7 +47,8 @@ Examples:
               help="Chunk side in pixels (default: the Zarr chunks, or 2048 for GeoTIFF).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing DST.")
 @click.option("--scheduler", envvar="TILESEG_SCHEDULER",
-              help="threads (default), sync, or a dask.distributed address (tcp://host:8786).")
+              help="threads, sync, or a dask.distributed address (tcp://host:8786). Default: "
+              "$TILESEG_SCHEDULER, else tileseg.scheduler in dask's config, else threads.")
 @click.option("--workers", type=int, help="Threads of the in-process scheduler.")
 @verbosity_options
 @handle_errors
