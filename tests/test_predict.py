@@ -22,6 +22,19 @@ def _config(src: Path, dst: Path, **kw: object) -> PredictConfig:
     return PredictConfig(src=str(src), dst=str(dst), **base)  # type: ignore[arg-type]
 
 
+def _interrupt_after_two_chunks(src: Path, dst: Path) -> None:
+    """Run predict and stop it (Ctrl-C) once two chunks are done, leaving DST.partial."""
+    calls = {"n": 0}
+
+    def stop(event: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        predict(_config(src, dst, workers=1), model=per_pixel_model(3, 4), progress=stop)
+
+
 @pytest.mark.parametrize(
     ("dtype", "bands", "shape", "tile", "overlap"),
     [("uint8", 3, (101, 203), 64, 16), ("uint16", 4, (130, 77), 48, 7),
@@ -125,16 +138,8 @@ def test_interrupted_run_leaves_no_output_and_resume_completes_identically(make_
     src = make_raster(random_image(3, 260, 260))
     clean = predict(_config(src, tmp_path / "clean.tif"), model=per_pixel_model(3, 4))
 
-    calls = {"n": 0}
-
-    def stop_after_two(event: object) -> None:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-
     dst = tmp_path / "out.tif"
-    with pytest.raises(KeyboardInterrupt):
-        predict(_config(src, dst, workers=1), model=per_pixel_model(3, 4), progress=stop_after_two)
+    _interrupt_after_two_chunks(src, dst)
     assert not dst.exists()
     assert (tmp_path / "out.tif.partial").is_dir()
     with pytest.raises(Exception, match="--resume"):
@@ -204,16 +209,8 @@ def test_resume_warns_when_a_vrt_source_changed(make_raster, tmp_path, caplog) -
 
     src = make_raster(random_image(3, 260, 260))
     vrt = _vrt_of(src, tmp_path / "scene.vrt")
-    calls = {"n": 0}
-
-    def stop(event: object) -> None:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-
     dst = tmp_path / "out.tif"
-    with pytest.raises(KeyboardInterrupt):
-        predict(_config(vrt, dst, workers=1), model=per_pixel_model(3, 4), progress=stop)
+    _interrupt_after_two_chunks(vrt, dst)
     stat = os.stat(src)
     os.utime(src, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the tile behind the VRT
     with caplog.at_level("WARNING", logger="tileseg.predict"):
