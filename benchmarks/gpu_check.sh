@@ -2,7 +2,10 @@
 # The GPU measurements issues 2 and 3 ask for, in one command for the lent device machine, which
 # has torch but not rasterio/dask/zarr/smp. Prepare here, then run there (about 6-8 minutes):
 #
-#   ../shared/tools/device-wheels.sh pytest hypothesis iniconfig pluggy sortedcontainers packaging
+#   ../shared/tools/device-wheels.sh pytest hypothesis iniconfig pluggy sortedcontainers packaging \
+#     importlib_metadata zipp lazy-importer
+# (dask needs importlib_metadata and zipp, zarr needs lazy-importer; checked in a venv holding
+# only the device's packages plus these wheels, where the whole script ran on CPU)
 #   # device tool: command "bash benchmarks/gpu_check.sh", carry [".whl"], timeout_s 590
 #
 # It writes under $OUT (or /tmp/gpu-check): gpu.txt, tests.txt, bench_predict.md, bench_dask.md.
