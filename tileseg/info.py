@@ -16,18 +16,23 @@ from tileseg.raster import RasterInfo, open_dataset
 
 
 def crs_label(wkt: str | None) -> str:
-    """``EPSG:32119 (NAD83 / North Carolina)``-style: the code when GDAL finds one, and the name."""
+    """``EPSG:32633 (WGS 84 / UTM zone 33N)`` when the CRS is that EPSG definition; a near match
+    (same projection, datum not named, e.g. a GeoTIFF storing only parameters) says so."""
     if not wkt:
         return "none"
     crs = rasterio.crs.CRS.from_wkt(wkt)
-    try:
-        epsg = crs.to_epsg(confidence_threshold=70)
-    except rasterio.errors.CRSError:
-        epsg = None
     name = _wkt_name(wkt)
-    if epsg and name == "unnamed":  # e.g. a GeoTIFF that stores only the projection parameters
-        name = _wkt_name(rasterio.crs.CRS.from_epsg(epsg).to_wkt())
-    return f"EPSG:{epsg} ({name})" if epsg else f"{name} (no EPSG code)"
+    try:
+        exact = crs.to_epsg(confidence_threshold=100)
+        near = exact or crs.to_epsg(confidence_threshold=70)
+    except rasterio.errors.CRSError:
+        exact = near = None
+    if exact:
+        return f"EPSG:{exact} ({_wkt_name(rasterio.crs.CRS.from_epsg(exact).to_wkt())})"
+    if near:
+        return (f"{name}, close to EPSG:{near} "
+                f"({_wkt_name(rasterio.crs.CRS.from_epsg(near).to_wkt())})")
+    return f"{name} (no EPSG code)"
 
 
 def _wkt_name(wkt: str) -> str:
