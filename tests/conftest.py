@@ -89,6 +89,18 @@ class CountingModel(nn.Module):
         return self.conv(x)
 
 
+def interrupt_after(n: int) -> Callable[[object], None]:
+    """A progress callback that stops the run (as Ctrl-C would) at its ``n``-th call."""
+    calls = {"n": 0}
+
+    def stop(event: object) -> None:
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+
+    return stop
+
+
 def per_pixel_model(bands: int, classes: int, scale: float = 1.0, seed: int = 0) -> LoadedModel:
     return wrap_module(CountingModel(bands, classes, seed), metadata(classes, bands, scale))
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import random_image
+from conftest import interrupt_after, random_image
 
 from tileseg.batch import BatchConfig, load_manifest, run_batch, run_manifest
 from tileseg.cli.main import cli
@@ -177,15 +177,8 @@ def test_batch_resumes_an_interrupted_scene(scenes, tmp_path, deeplab_dir) -> No
     src = scenes[1]
     config = PredictConfig(str(src), str(out / f"{src.stem}_mask.tif"), model=str(deeplab_dir),
                            workers=1, **SMALL_DEFAULTS)  # type: ignore[arg-type]
-    calls = {"n": 0}
-
-    def stop_after_two(event: object) -> None:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        predict(config, progress=stop_after_two)
+        predict(config, progress=interrupt_after(2))
     assert (out / f"{src.stem}_mask.tif.partial").is_dir()
 
     manifest = tmp_path / "scenes.txt"

@@ -9,7 +9,7 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
-from conftest import CountingModel, per_pixel_model, random_image, untiled_mask
+from conftest import CountingModel, interrupt_after, per_pixel_model, random_image, untiled_mask
 
 from tileseg.config import PredictConfig
 from tileseg.errors import RunError
@@ -24,15 +24,9 @@ def _config(src: Path, dst: Path, **kw: object) -> PredictConfig:
 
 def _interrupt_after_two_chunks(src: Path, dst: Path) -> None:
     """Run predict and stop it (Ctrl-C) once two chunks are done, leaving DST.partial."""
-    calls = {"n": 0}
-
-    def stop(event: object) -> None:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        predict(_config(src, dst, workers=1), model=per_pixel_model(3, 4), progress=stop)
+        predict(_config(src, dst, workers=1), model=per_pixel_model(3, 4),
+                progress=interrupt_after(2))
 
 
 @pytest.mark.parametrize(
