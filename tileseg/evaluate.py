@@ -80,10 +80,7 @@ def _classes_from_tags(src: Any) -> list[dict[str, Any]] | None:
     if not text:
         return None
     try:
-        classes = [dict(c) for c in json.loads(text)]
-        for c in classes:
-            c["name"] = str(c["name"])
-        return classes
+        return [{**c, "name": str(c["name"])} for c in json.loads(text)]
     except (ValueError, KeyError, TypeError):
         return None
 

@@ -21,18 +21,15 @@ def crs_label(wkt: str | None) -> str:
     if not wkt:
         return "none"
     crs = rasterio.crs.CRS.from_wkt(wkt)
-    name = _wkt_name(wkt)
     try:
         exact = crs.to_epsg(confidence_threshold=100)
-        near = exact or crs.to_epsg(confidence_threshold=70)
+        epsg = exact or crs.to_epsg(confidence_threshold=70)
     except rasterio.errors.CRSError:
-        exact = near = None
-    if exact:
-        return f"EPSG:{exact} ({_wkt_name(rasterio.crs.CRS.from_epsg(exact).to_wkt())})"
-    if near:
-        return (f"{name}, close to EPSG:{near} "
-                f"({_wkt_name(rasterio.crs.CRS.from_epsg(near).to_wkt())})")
-    return f"{name} (no EPSG code)"
+        exact = epsg = None
+    if not epsg:
+        return f"{_wkt_name(wkt)} (no EPSG code)"
+    code = f"EPSG:{epsg} ({_wkt_name(rasterio.crs.CRS.from_epsg(epsg).to_wkt())})"
+    return code if exact else f"{_wkt_name(wkt)}, close to {code}"
 
 
 def _wkt_name(wkt: str) -> str:

@@ -67,10 +67,14 @@ def decode_threads() -> str:
     return os.environ.get("GDAL_NUM_THREADS", "ALL_CPUS")
 
 
-def open_dataset(path: str | os.PathLike[str], mode: str = "r", **profile: Any) -> Any:
+def open_dataset(path: str | os.PathLike[str], mode: str = "r", *, quiet: bool = True,
+                 **profile: Any) -> Any:
     """``rasterio.open`` without rasterio's NotGeoreferencedWarning (tileseg reports a missing CRS
     itself, once). ``warnings.catch_warnings`` swaps process-wide state, so concurrent reader
-    threads take turns, or one thread's exit could restore filters under another."""
+    threads take turns, or one thread's exit could restore filters under another; ``quiet=False``
+    (a raster known to be georeferenced, which cannot warn) skips that lock."""
+    if not quiet:
+        return rasterio.open(path, mode, **profile)
     with _WARNINGS_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         return rasterio.open(path, mode, **profile)
@@ -194,7 +198,8 @@ class WindowReader:
         # GDAL decodes the blocks of one read on several cores (GTiff/COG reads the setting when
         # the dataset opens): one core decodes a deflate scene too slowly to keep a GPU busy
         with rasterio.Env(GDAL_NUM_THREADS=decode_threads()):
-            self._src = open_dataset(info.path)
+            # every chunk task opens one: only an ungeoreferenced raster needs the warnings lock
+            self._src = open_dataset(info.path, quiet=info.crs_wkt is None)
 
     def close(self) -> None:
         self._src.close()
