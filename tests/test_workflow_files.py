@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflows.run_batch import parse_args
+from tileseg.workflows import parse_args
 
 WORKFLOWS = Path(__file__).parent.parent / "workflows"
 
 
 def _run_batch_argv(words: list[str]) -> list[str]:
-    i = words.index("workflows.run_batch")
+    i = words.index("tileseg.workflows")
     assert words[i - 1] == "-m"
     return words[i + 1:]
 
@@ -63,7 +63,7 @@ def test_kubernetes_manifests() -> None:
     config = kinds["ConfigMap"]["data"]
     env = {e["name"]: config[e["valueFrom"]["configMapKeyRef"]["key"]] for e in container["env"]}
     argv = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in container["args"]]
-    assert container["command"][-1] == "workflows.run_batch"
+    assert container["command"][-1] == "tileseg.workflows"
     args = parse_args(argv)
     assert args.scheduler == config["scheduler-address"] and args.manifest == config["manifest"]
     workers = [d for d in docs if d["kind"] == "Deployment"

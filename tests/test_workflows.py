@@ -1,4 +1,4 @@
-"""workflows/run_batch.py, the scheduled entry point: local worker processes, the lock that keeps
+"""tileseg/workflows.py, the scheduled entry point: local worker processes, the lock that keeps
 cron from starting a second run, and the dask-jobqueue Slurm path against stand-in sbatch/scancel
 commands that run each job script on this machine (real worker processes on loopback)."""
 
@@ -53,7 +53,7 @@ def _mask(path: Path) -> np.ndarray:
 
 def test_local_workers_run_the_manifest_and_the_lock_stops_a_second_run(
         manifest: Path, deeplab_dir: Path, tmp_path: Path) -> None:
-    from workflows.run_batch import EXIT_LOCKED, main
+    from tileseg.workflows import EXIT_LOCKED, main
 
     out, lock = tmp_path / "masks", tmp_path / "batch.lock"
     argv = [str(manifest), "-o", str(out), "--model", str(deeplab_dir), *OPTIONS,
@@ -80,7 +80,7 @@ def test_local_workers_run_the_manifest_and_the_lock_stops_a_second_run(
 def test_slurm_jobs_through_dask_jobqueue(manifest: Path, deeplab_dir: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("dask_jobqueue")
-    from workflows.run_batch import main
+    from tileseg.workflows import main
 
     jobs = tmp_path / "slurm"
     jobs.mkdir()

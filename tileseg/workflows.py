@@ -10,9 +10,9 @@ Exit codes: 0 every scene succeeded; 5 some failed (see the summary); 2 bad mani
 
 Examples
 --------
-    python -m workflows.run_batch scenes.yaml --scheduler tcp://head:8786 --lock /tmp/tb.lock
-    python -m workflows.run_batch scenes.txt -o masks/ --model models/landcover --local-workers 2
-    python -m workflows.run_batch scenes.csv --slurm-jobs 4 --slurm-gpu --slurm-queue gpu
+    python -m tileseg.workflows scenes.yaml --scheduler tcp://head:8786 --lock /tmp/tb.lock
+    python -m tileseg.workflows scenes.txt -o masks/ --model models/landcover --local-workers 2
+    python -m tileseg.workflows scenes.csv --slurm-jobs 4 --slurm-gpu --slurm-queue gpu
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ from tileseg.batch import BatchConfig, SceneResult, default_summary_path, run_ma
 from tileseg.errors import ConfigError, DependencyError, RunError, TilesegError
 from tileseg.scheduler import SCHEDULER_ENV
 
-logger = logging.getLogger("tileseg.workflows.run_batch")
+logger = logging.getLogger(__name__)
 
 EXIT_LOCKED = 75  # EX_TEMPFAIL
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="run_batch", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tileseg.workflows", description=__doc__.splitlines()[0])
     p.add_argument("manifest", help="text, CSV or YAML manifest of scenes")
     p.add_argument("-o", "--output-dir", help="folder for scenes without a dst")
     p.add_argument("--suffix", default="_mask.tif", help="destination name <stem><suffix>")

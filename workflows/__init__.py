@@ -1,1 +1,0 @@
-"""Ready-to-adapt job definitions for scheduled tileseg batch runs (see workflows/README.md)."""
