@@ -450,23 +450,13 @@ def run_batch(
 @contextmanager
 def _cluster(scheduler: str | None, client: Any) -> Iterator[Any]:
     """One client for the whole batch: workers keep their models loaded between scenes."""
-    from tileseg.scheduler import scheduler_address
+    from tileseg.execution import open_client, resolve_scheduler
 
-    address = scheduler_address(scheduler)
-    if client is not None or address is None:
+    if client is not None:
         yield client
         return
-    from distributed import Client
-
-    try:
-        own = Client(address, timeout="20s")
-    except (OSError, TimeoutError) as exc:
-        raise ConfigError(f"cannot reach the dask scheduler at {address} ({exc}); start it or "
-                          "fix --scheduler") from exc
-    try:
+    with open_client(resolve_scheduler(scheduler)) as own:
         yield own
-    finally:
-        own.close()
 
 
 def _run_scene(scene: Scene, config: BatchConfig, client: Any) -> SceneResult:

@@ -253,53 +253,31 @@ def build_tasks(source: MaskSource, windows: Sequence[ChunkWindow],
     ]
 
 
-def compute_tasks(tasks: list[Any], scheduler: str | None, workers: int | None,
+def compute_tasks(tasks: list[Any], scheduler: str | Any | None, workers: int | None,
                   progress: ProgressCallback | None) -> list[ChunkPieces]:
-    """Run the chunk tasks on ``scheduler`` (None: dask's default), reporting each finished one."""
-    import dask
-    from dask.callbacks import Callback
+    """Run the chunk tasks on ``scheduler`` (see :func:`tileseg.execution.resolve_scheduler`;
+    None: ``$TILESEG_SCHEDULER``, dask's ``tileseg.scheduler``, else threads), reporting each
+    finished one."""
+    from tileseg.execution import resolve_scheduler, run_graph
 
+    resolved = resolve_scheduler(scheduler)
     total, started = len(tasks), time.perf_counter()
+    index = {task.key: i for i, task in enumerate(tasks)}
+    graph: dict[Any, Any] = {}
+    for task in tasks:
+        graph.update(task.__dask_graph__())
+    results: list[Any] = [None] * total
     done = 0
 
-    def report() -> None:
+    def finished(key: Any, value: Any) -> None:
+        nonlocal done
+        results[index[key]] = value
+        done += 1
         if progress is not None:
             progress(Progress(done, total, time.perf_counter() - started, unit="chunks"))
 
-    if scheduler is None:  # $TILESEG_SCHEDULER or dask's tileseg.scheduler, as predict does
-        from tileseg.scheduler import scheduler_address
-
-        scheduler = scheduler_address(None)
-    if scheduler is not None and "://" in scheduler:
-        from distributed import Client, as_completed
-
-        with Client(scheduler, timeout="20s") as client:
-            futures = client.compute(tasks)
-            index = {f.key: i for i, f in enumerate(futures)}
-            results: list[Any] = [None] * total
-            for future in as_completed(futures):
-                results[index[future.key]] = future.result()
-                done += 1
-                report()
-            return results
-
-    class _Count(Callback):  # type: ignore[misc]
-        def _posttask(self, key: Any, *args: Any) -> None:
-            nonlocal done
-            if str(key).startswith("tileseg-vectorize-chunk-"):
-                done += 1
-                report()
-
-    kwargs: dict[str, Any] = {}
-    if scheduler is not None:
-        if scheduler not in ("threads", "sync", "synchronous", "processes"):
-            raise ConfigError(f"--scheduler {scheduler!r}: use threads, sync, processes or a "
-                              "cluster address such as tcp://host:8786")
-        kwargs["scheduler"] = scheduler
-    if workers is not None:
-        kwargs["num_workers"] = workers
-    with _Count():
-        return list(dask.compute(*tasks, **kwargs))
+    run_graph(graph, [(list(index), None)], resolved, on_result=finished, workers=workers)
+    return results
 
 
 def _check_crs(source: MaskSource, config: VectorizeConfig) -> str | None:
