@@ -92,6 +92,7 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
 
+    fetch("efficientnet-lite0")  # the ImageNet encoder weights: train never downloads
     image = str(fetch("spacenet-image"))
     footprints = fetch("spacenet-buildings")
     # the OSM attributes have no class field (building=yes everywhere): add one

