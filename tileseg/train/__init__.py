@@ -8,7 +8,8 @@ Modules: :mod:`~tileseg.train.config` (frozen configuration), :mod:`~tileseg.tra
 
 from tileseg.train.card import write_model_card
 from tileseg.train.config import IGNORE_INDEX, Holdout, TrainConfig, TrainSource
-from tileseg.train.loop import TrainEvent, TrainResult, train
+from tileseg.train.loop import TrainEvent, train
+from tileseg.train.result import TrainResult
 
 __all__ = [
     "IGNORE_INDEX",

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tileseg.metadata import ModelMetadata
 from tileseg.metrics import SegmentationMetrics
-
-if TYPE_CHECKING:
-    from tileseg.train.loop import TrainResult
+from tileseg.train.result import TrainResult
 
 CARD_FILENAME = "MODEL_CARD.md"
 

@@ -9,7 +9,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +23,7 @@ from tileseg.infer import resolve_device
 from tileseg.metadata import ClassInfo, ModelMetadata, Normalization, default_color
 from tileseg.metrics import SegmentationMetrics, compute_metrics, confusion_matrix
 from tileseg.model import ModelSpec, build_model, save_model
+from tileseg.train.card import write_model_card
 from tileseg.train.config import IGNORE_INDEX, TrainConfig
 from tileseg.train.data import (
     CropSampler,
@@ -34,6 +35,7 @@ from tileseg.train.data import (
     iter_tiles,
     split_holdout,
 )
+from tileseg.train.result import TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -54,21 +56,6 @@ class TrainEvent:
 
 
 TrainCallback = Callable[[TrainEvent], None]
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What a run produced: the model directory and the holdout metrics of its best epoch."""
-
-    out_dir: str
-    best_epoch: int
-    metrics: SegmentationMetrics
-    history: tuple[dict[str, float], ...]
-    seconds: float
-    device: str
-    train_pixels: int
-    val_pixels: int
-    recipe: dict[str, Any] = field(default_factory=dict)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -372,8 +359,6 @@ def _run(config: TrainConfig, sources: list[Source], out_dir: Path, device: torc
     result = TrainResult(out_dir=str(out_dir), best_epoch=best[1], metrics=best[2],
                          history=tuple(history), seconds=seconds, device=str(device),
                          train_pixels=train_pixels, val_pixels=val_pixels, recipe=recipe)
-    from tileseg.train.card import write_model_card
-
     (out_dir / "training.json").write_text(json.dumps(_training_json(result, metadata), indent=2)
                                            + "\n")
     write_model_card(out_dir, result, metadata)
