@@ -72,12 +72,16 @@ def open_dataset(path: str | os.PathLike[str], mode: str = "r", *, quiet: bool =
     """``rasterio.open`` without rasterio's NotGeoreferencedWarning (tileseg reports a missing CRS
     itself, once). ``warnings.catch_warnings`` swaps process-wide state, so concurrent reader
     threads take turns, or one thread's exit could restore filters under another; ``quiet=False``
-    (a raster known to be georeferenced, which cannot warn) skips that lock."""
-    if not quiet:
-        return rasterio.open(path, mode, **profile)
-    with _WARNINGS_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        return rasterio.open(path, mode, **profile)
+    (a raster known to be georeferenced, which cannot warn) skips that lock. Remote rasters
+    get the GDAL options of :func:`tileseg.remote.gdal_options` (the S3 endpoint override)."""
+    from tileseg.remote import gdal_options
+
+    with rasterio.Env(**gdal_options(str(path))):
+        if not quiet:
+            return rasterio.open(path, mode, **profile)
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path, mode, **profile)
 
 
 def gdal_message(exc: BaseException) -> str:
@@ -119,6 +123,11 @@ def open_raster(
         with open_dataset(path) as src:
             return _describe(src, path, bands, nodata, allow_no_crs)
     except RasterioIOError as exc:
+        if is_remote(path):
+            raise InputError(
+                f"{path}: cannot be read ({gdal_message(exc)}); check the URL, the credentials "
+                "(AWS_* variables or profile) and the endpoint (AWS_ENDPOINT_URL)"
+            ) from exc
         raise InputError(
             f"{path}: not a raster GDAL can read ({gdal_message(exc)}); pass a GeoTIFF/COG"
         ) from exc

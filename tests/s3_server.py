@@ -1,0 +1,150 @@
+"""A real S3 API server on loopback for tests and benchmarks, with a counting, delaying proxy.
+
+moto's server speaks the S3 REST API over real HTTP, so GDAL's ``/vsis3/``, boto3 and zarr all
+talk to it as they would to a store. The proxy in front of it counts requests and the bytes of
+each response body (what a reader really fetched) and can delay every response, to show how
+reads behave with network latency. Both listen on 127.0.0.1 only and stop when asked.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "tileseg-test",
+    "AWS_SECRET_ACCESS_KEY": "tileseg-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+
+
+@dataclass
+class Traffic:
+    """What went through the proxy: requests by method and body bytes sent back."""
+
+    requests: dict[str, int] = field(default_factory=dict)
+    bytes_out: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, method: str, nbytes: int) -> None:
+        with self.lock:
+            self.requests[method] = self.requests.get(method, 0) + 1
+            self.bytes_out += nbytes
+
+    def reset(self) -> None:
+        with self.lock:
+            self.requests.clear()
+            self.bytes_out = 0
+
+    @property
+    def gets(self) -> int:
+        return self.requests.get("GET", 0)
+
+
+class _Proxy(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, upstream: tuple[str, int], delay_s: float) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.upstream = upstream
+        self.delay_s = delay_s
+        self.traffic = Traffic()
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    server: _Proxy
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+        return
+
+    def _forward(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        upstream = http.client.HTTPConnection(*self.server.upstream, timeout=60)
+        try:
+            headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+            upstream.request(self.command, self.path, body=body, headers=headers)
+            response = upstream.getresponse()
+            payload = response.read()
+        finally:
+            upstream.close()
+        if self.server.delay_s:
+            time.sleep(self.server.delay_s)
+        self.server.traffic.add(self.command, len(payload))
+        self.send_response(response.status, response.reason)
+        for key, value in response.getheaders():
+            if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                self.send_header(key, value)
+        # a HEAD answer has no body but states the object's length, which readers need
+        length = response.getheader("Content-Length") if self.command == "HEAD" else None
+        self.send_header("Content-Length", length or str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
+
+
+@dataclass
+class S3Server:
+    """A running moto server and proxy: ``endpoint`` is what clients should use."""
+
+    endpoint: str
+    traffic: Traffic
+    env: dict[str, str]
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=self.env["AWS_ACCESS_KEY_ID"],
+                            aws_secret_access_key=self.env["AWS_SECRET_ACCESS_KEY"])
+
+
+@contextmanager
+def running_s3(delay_s: float = 0.0) -> Iterator[S3Server]:
+    """Start moto's S3 server and the proxy on loopback; stop both on exit."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    try:
+        port = moto._server.server_port  # port 0: the OS picked a free one
+        proxy = _Proxy(("127.0.0.1", port), delay_s)
+        thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+        thread.start()
+        try:
+            endpoint = f"http://127.0.0.1:{proxy.server_address[1]}"
+            yield S3Server(endpoint, proxy.traffic, dict(CREDENTIALS, AWS_ENDPOINT_URL=endpoint))
+        finally:
+            proxy.shutdown()
+            proxy.server_close()
+    finally:
+        moto.stop()
+
+
+@contextmanager
+def s3_environment(server: S3Server) -> Iterator[None]:
+    """The AWS variables that point SDKs and GDAL at ``server``, restored afterwards."""
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -1,0 +1,56 @@
+"""Rasters on object storage and web servers, read through GDAL's virtual file systems.
+
+``s3://``, ``gs://``, ``az://`` and ``http(s)://`` paths are opened by rasterio through GDAL's
+``/vsis3/``, ``/vsigs/``, ``/vsiaz/`` and ``/vsicurl/``, which read only the byte ranges of the
+internal blocks a window needs. Credentials, region and profile come from the usual AWS
+variables and files, which GDAL reads itself. What GDAL does not read is the endpoint override
+that the AWS SDKs and CLI take from ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``) for
+S3-compatible stores (MinIO, Ceph, a test server): it is translated here into GDAL's own
+options, with path-style addressing and ``http://`` endpoints honoured. Options a user set for
+GDAL explicitly always win.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import urlsplit
+
+S3_PREFIXES = ("s3://", "/vsis3/", "/vsis3_streaming/")
+
+
+def is_s3(path: str) -> bool:
+    return path.startswith(S3_PREFIXES)
+
+
+def s3_endpoint() -> str | None:
+    """The S3 endpoint override the AWS SDKs would use, or None for AWS itself."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def gdal_options(path: str) -> dict[str, str]:
+    """GDAL configuration options needed to open ``path`` the way the AWS SDKs would.
+
+    Examples
+    --------
+    With ``AWS_ENDPOINT_URL=http://127.0.0.1:9000`` set:
+
+    >>> gdal_options("s3://bucket/scene.tif")  # doctest: +SKIP
+    {'GDAL_DISABLE_READDIR_ON_OPEN': 'EMPTY_DIR', 'AWS_S3_ENDPOINT': '127.0.0.1:9000',
+     'AWS_HTTPS': 'NO', 'AWS_VIRTUAL_HOSTING': 'FALSE'}
+    """
+    from tileseg.raster import is_remote
+
+    options: dict[str, str] = {}
+    if not is_remote(path):
+        return options
+    # A COG is one object: listing its "folder" first is a wasted request (and a denied one
+    # on buckets that grant GetObject only).
+    options["GDAL_DISABLE_READDIR_ON_OPEN"] = "EMPTY_DIR"
+    endpoint = s3_endpoint() if is_s3(path) else None
+    if endpoint:
+        parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        options["AWS_S3_ENDPOINT"] = parts.netloc + parts.path.rstrip("/")
+        options["AWS_HTTPS"] = "NO" if parts.scheme == "http" else "YES"
+        # Custom endpoints rarely resolve bucket.host names: path-style, as the SDKs do there.
+        options["AWS_VIRTUAL_HOSTING"] = "FALSE"
+    return {k: v for k, v in options.items() if k not in os.environ}
