@@ -1,0 +1,115 @@
+"""tileseg.store against a real S3 API server (moto) on loopback: objects, uploads, the lease lock."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from s3_server import S3Server, running_s3, s3_environment
+
+from tileseg.errors import DestinationBusyError, OutputError
+from tileseg.store import (
+    StoreLocation,
+    StoreLock,
+    check_writable,
+    delete_prefix,
+    exists,
+    put_bytes,
+    read_bytes,
+    upload_file,
+)
+
+BUCKET = "tileseg-store-test"
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    with running_s3() as server, s3_environment(server):
+        server.client().create_bucket(Bucket=BUCKET)
+        yield server
+
+
+def loc(key: str) -> StoreLocation:
+    return StoreLocation.parse(f"s3://{BUCKET}/{key}")
+
+
+def test_urls_split_into_bucket_and_key() -> None:
+    where = StoreLocation.parse("s3://bucket/a/b/mask.zarr/")
+    assert (where.root, where.key) == ("s3://bucket", "a/b/mask.zarr")
+    assert where.child("zarr.json").url == "s3://bucket/a/b/mask.zarr/zarr.json"
+    with pytest.raises(OutputError, match="no bucket"):
+        StoreLocation.parse("s3:///key")
+
+
+def test_objects_round_trip_and_create_only_refuses_a_second_writer(s3: S3Server) -> None:
+    target = loc("objects/a.json")
+    put_bytes(target, b"one", create_only=True)
+    with pytest.raises(FileExistsError):
+        put_bytes(target, b"two", create_only=True)
+    assert read_bytes(target) == b"one"
+    put_bytes(target, b"three")
+    assert read_bytes(target) == b"three" and exists(target)
+    assert not exists(loc("objects/none.json"))
+
+
+def test_upload_then_delete_a_prefix(s3: S3Server, tmp_path: Path) -> None:
+    local = tmp_path / "big.bin"
+    local.write_bytes(bytes(range(256)) * 40_000)  # 10 MB: a multipart upload
+    for name in ("x/1.bin", "x/2.bin", "x/sub/3.bin"):
+        upload_file(local, loc(f"prefix/{name}"))
+    assert read_bytes(loc("prefix/x/sub/3.bin")) == local.read_bytes()
+    assert delete_prefix(loc("prefix/x")) == 3
+    assert not exists(loc("prefix/x/1.bin"))
+
+
+def test_a_missing_bucket_is_one_clear_error(s3: S3Server) -> None:
+    with pytest.raises(OutputError, match="no-such-bucket-9.*bucket does not exist"):
+        check_writable(StoreLocation.parse("s3://no-such-bucket-9/out/mask.zarr"))
+    check_writable(loc("out/mask.zarr"))  # and a good one passes, leaving nothing
+    assert not any(k.startswith("out/") for k in _keys(s3))
+
+
+def _keys(s3: S3Server) -> list[str]:
+    listing = s3.client().list_objects_v2(Bucket=BUCKET)
+    return [o["Key"] for o in listing.get("Contents", [])]
+
+
+def test_one_run_per_destination(s3: S3Server) -> None:
+    where = loc("locks/one.lock")
+    with StoreLock(where, lease_s=30) as first:
+        record = json.loads(read_bytes(where))
+        assert record["pid"] and record["host"] and record["token"] == first.token
+        with pytest.raises(DestinationBusyError, match="another tileseg run"):
+            StoreLock(where, lease_s=30).acquire()
+    assert not exists(where)  # released
+    with StoreLock(where, lease_s=30):  # and free again
+        pass
+
+
+def test_the_lease_is_renewed_while_the_run_goes_on(s3: S3Server) -> None:
+    where = loc("locks/renewed.lock")
+    with StoreLock(where, lease_s=0.9):
+        first = json.loads(read_bytes(where))["lease_expires"]
+        time.sleep(1.2)  # longer than the lease: only renewal keeps it
+        assert json.loads(read_bytes(where))["lease_expires"] > first
+        with pytest.raises(DestinationBusyError):
+            StoreLock(where, lease_s=0.9).acquire()
+
+
+def test_a_stale_lease_is_taken_over_and_the_old_holder_cannot_delete_it(s3: S3Server) -> None:
+    where = loc("locks/stale.lock")
+    dead = StoreLock(where, lease_s=0.3)
+    dead.acquire()
+    dead._stop.set()  # the holder dies: nobody renews
+    dead._thread.join()  # type: ignore[union-attr]
+    time.sleep(0.5)
+    taker = StoreLock(where, lease_s=30)
+    taker.acquire()
+    assert json.loads(read_bytes(where))["token"] == taker.token
+    dead.release()  # a late release from the old holder leaves the new lock alone
+    assert json.loads(read_bytes(where))["token"] == taker.token
+    taker.release()
+    assert not exists(where)

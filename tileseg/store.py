@@ -1,0 +1,248 @@
+"""Objects on a store (S3 and S3-compatible, GCS, Azure) for outputs, staging and locks.
+
+Built on obstore (the Rust ``object_store`` crate), chosen over fsspec/s3fs because it is one
+compact wheel with no aiobotocore stack, zarr v3 ships a store on top of it
+(``zarr.storage.ObjectStore``), and it exposes what a safe writer needs: create-only puts
+(``If-None-Match: *``) and puts conditional on an ETag (``If-Match``), which make a lock object
+possible without a shared file system. ``s3://``, ``gs://`` and ``az://`` URLs take the same
+path; credentials come from the usual environment variables and profiles, and
+``AWS_ENDPOINT_URL`` selects an S3-compatible endpoint (plain ``http://`` ones included).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from tileseg.errors import DependencyError, DestinationBusyError, OutputError
+
+logger = logging.getLogger(__name__)
+
+STORE_SCHEMES = ("s3://", "gs://", "az://", "abfs://", "azure://")
+DEFAULT_LEASE_S = 60.0
+
+
+def is_store_url(path: str) -> bool:
+    return path.startswith(STORE_SCHEMES)
+
+
+def _obstore() -> Any:
+    try:
+        import obstore
+    except ImportError as exc:
+        raise DependencyError("object-storage outputs need obstore; install it: "
+                              "pip install 'tileseg[cloud]'") from exc
+    return obstore
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """An object URL split into the store's root (scheme + bucket) and the key inside it."""
+
+    url: str
+    root: str
+    key: str
+
+    @classmethod
+    def parse(cls, url: str) -> StoreLocation:
+        if not is_store_url(url):
+            raise OutputError(f"{url}: not an object-store URL (s3://, gs://, az://)")
+        scheme, _, rest = url.partition("://")
+        bucket, _, key = rest.partition("/")
+        if not bucket:
+            raise OutputError(f"{url}: no bucket in the URL; use {scheme}://BUCKET/KEY")
+        return cls(url, f"{scheme}://{bucket}", key.strip("/"))
+
+    def child(self, name: str) -> StoreLocation:
+        key = f"{self.key}/{name}" if self.key else name
+        return StoreLocation(f"{self.root}/{key}", self.root, key)
+
+
+_STORES: dict[str, Any] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def open_store(root: str) -> Any:
+    """One obstore store per bucket and process (they are thread-safe and pool connections)."""
+    _obstore()
+    from obstore.store import from_url
+
+    with _STORES_LOCK:
+        if root not in _STORES:
+            options: dict[str, Any] = {}
+            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            if root.startswith("s3://") and endpoint and endpoint.startswith("http://"):
+                options["allow_http"] = True
+            _STORES[root] = from_url(root, client_options=options or None)  # type: ignore[arg-type]
+        return _STORES[root]
+
+
+def _describe_failure(location: StoreLocation, exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if "not found" in text.lower() and "bucket" in text.lower():
+        return f"{location.url}: the bucket does not exist; create it or fix the URL"
+    first = text.split(": <?xml")[0][:200]
+    return (f"{location.url}: the store refused or did not answer ({first}); check the URL, "
+            "the credentials and AWS_ENDPOINT_URL")
+
+
+def exists(location: StoreLocation) -> bool:
+    obstore = _obstore()
+    try:
+        obstore.head(open_store(location.root), location.key)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def read_bytes(location: StoreLocation) -> bytes:
+    obstore = _obstore()
+    return bytes(obstore.get(open_store(location.root), location.key).bytes())
+
+
+def put_bytes(location: StoreLocation, data: bytes, *, create_only: bool = False) -> str | None:
+    """Write one object (whole or not at all: a PUT is atomic); returns its ETag."""
+    obstore = _obstore()
+    try:
+        result = obstore.put(open_store(location.root), location.key, data,
+                             mode="create" if create_only else "overwrite")
+    except FileExistsError:
+        raise
+    except Exception as exc:
+        if type(exc).__name__ == "AlreadyExistsError":
+            raise FileExistsError(location.url) from exc
+        raise OutputError(_describe_failure(location, exc)) from exc
+    return result.get("e_tag") if isinstance(result, dict) else None
+
+
+def upload_file(local_path: str | os.PathLike[str], location: StoreLocation) -> None:
+    """Upload a finished local file; the object appears whole (multipart completes last)."""
+    obstore = _obstore()
+    try:
+        with open(local_path, "rb") as handle:
+            obstore.put(open_store(location.root), location.key, handle)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError) and not os.path.exists(local_path):
+            raise
+        raise OutputError(_describe_failure(location, exc)) from exc
+    except Exception as exc:
+        raise OutputError(_describe_failure(location, exc)) from exc
+
+
+def delete_prefix(location: StoreLocation) -> int:
+    """Delete every object under ``location/``; returns how many were removed."""
+    obstore = _obstore()
+    store = open_store(location.root)
+    paths = [meta["path"] for batch in obstore.list(store, prefix=location.key + "/")
+             for meta in batch]
+    if paths:
+        obstore.delete(store, paths)
+    return len(paths)
+
+
+def check_writable(location: StoreLocation) -> None:
+    """Fail before any work when the bucket is missing or refuses writes (one probe object)."""
+    probe = location.child(f".tileseg-probe-{uuid.uuid4().hex}")
+    put_bytes(probe, b"")
+    _obstore().delete(open_store(probe.root), probe.key)
+
+
+class StoreLock:
+    """One run per destination on a store: a lock object with a lease that the run renews.
+
+    The object is created with a create-only put, so of two runs starting together exactly one
+    succeeds. It holds the host, pid, start time and lease expiry. A run that finds an expired
+    lease (its holder was killed, or lost the network) takes the lock over with a put
+    conditional on the stale object's ETag, so two such runs cannot both take it. The holder
+    renews the lease from a background thread every third of its length, again conditional on
+    its own ETag: a holder that lost the lock to a takeover notices and says so.
+    """
+
+    def __init__(self, location: StoreLocation, *, lease_s: float = DEFAULT_LEASE_S) -> None:
+        self.location = location
+        self.lease_s = lease_s
+        self.token = uuid.uuid4().hex
+        self._etag: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.lost = False
+
+    def _record(self) -> bytes:
+        now = time.time()
+        return json.dumps({"tileseg_lock": 1, "host": platform.node(), "pid": os.getpid(),
+                           "token": self.token, "started": getattr(self, "_started", now),
+                           "lease_expires": now + self.lease_s}).encode()
+
+    def acquire(self) -> None:
+        obstore = _obstore()
+        store = open_store(self.location.root)
+        self._started = time.time()
+        try:
+            self._etag = put_bytes(self.location, self._record(), create_only=True)
+        except FileExistsError:
+            self._take_over_if_stale(obstore, store)
+        self._thread = threading.Thread(target=self._renew, name="tileseg-lease", daemon=True)
+        self._thread.start()
+
+    def _take_over_if_stale(self, obstore: Any, store: Any) -> None:
+        current = obstore.get(store, self.location.key)
+        etag = current.meta.get("e_tag")
+        try:
+            holder = json.loads(bytes(current.bytes()))
+        except ValueError:
+            holder = {}
+        if holder.get("lease_expires", 0) > time.time():
+            raise DestinationBusyError(
+                f"{self.location.url}: another tileseg run (pid {holder.get('pid')} on "
+                f"{holder.get('host')}) holds the lock; try again once it has finished")
+        logger.warning("%s: lease of pid %s on %s expired; taking the lock over",
+                       self.location.url, holder.get("pid"), holder.get("host"))
+        try:
+            result = obstore.put(store, self.location.key, self._record(), mode={"e_tag": etag})
+        except Exception as exc:  # another run took it first
+            raise DestinationBusyError(f"{self.location.url}: another tileseg run took the "
+                                       "expired lock first; try again later") from exc
+        self._etag = result.get("e_tag")
+
+    def _renew(self) -> None:
+        obstore = _obstore()
+        store = open_store(self.location.root)
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                result = obstore.put(store, self.location.key, self._record(),
+                                     mode={"e_tag": self._etag})
+                self._etag = result.get("e_tag")
+            except Exception as exc:  # noqa: BLE001 - reported, the run decides
+                self.lost = True
+                logger.error("%s: could not renew the lock's lease (%s); another run may take "
+                             "it over", self.location.url, exc)
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._etag is None or self.lost:
+            return
+        obstore = _obstore()
+        store = open_store(self.location.root)
+        try:
+            current = json.loads(bytes(obstore.get(store, self.location.key).bytes()))
+        except (FileNotFoundError, ValueError):
+            return
+        if current.get("token") == self.token:  # never delete a lock another run took over
+            obstore.delete(store, self.location.key)
+
+    def __enter__(self) -> StoreLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
