@@ -141,6 +141,14 @@ def test_dtype_the_model_was_not_trained_on(make_raster, tmp_path, deeplab_dir) 
     assert_clean_error(code, out, "uint16", "uint8")
 
 
+def test_a_lossy_cast_is_refused_with_the_reason(make_raster, tmp_path, deeplab_dir) -> None:
+    src = make_raster(random_image(3, 20, 20, dtype="float32"))  # the model takes uint8
+    code, out = run("predict", str(src), str(tmp_path / "o.tif"), "-m", str(deeplab_dir))
+    assert code == 3
+    assert_clean_error(code, out, "float32 values cannot be stored as uint8 without loss")
+    assert not list(tmp_path.glob("o.tif*"))
+
+
 def test_all_nodata_raster(make_raster, tmp_path, deeplab_dir) -> None:
     src = make_raster(np.zeros((3, 30, 30), dtype=np.uint8), nodata=0)
     code, out = run("predict", str(src), str(tmp_path / "o.tif"), "-m", str(deeplab_dir))

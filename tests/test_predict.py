@@ -9,10 +9,18 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
-from conftest import CountingModel, interrupt_after, per_pixel_model, random_image, untiled_mask
+from conftest import (
+    CountingModel,
+    interrupt_after,
+    metadata,
+    per_pixel_model,
+    random_image,
+    untiled_mask,
+)
 
 from tileseg.config import PredictConfig
 from tileseg.errors import RunError
+from tileseg.model import wrap_module
 from tileseg.predict import predict
 
 
@@ -45,6 +53,24 @@ def test_per_pixel_model_tiled_equals_untiled(make_raster, tmp_path, dtype, band
     with rasterio.open(result.dst) as out:
         mask = out.read(1)
     np.testing.assert_array_equal(mask, untiled_mask(model, data, scale))
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "uint16"])
+def test_a_lossless_cast_gives_the_mask_of_a_converted_raster(make_raster, tmp_path,
+                                                              dtype) -> None:
+    """A model trained on float32 takes integer rasters as if gdal_translate -ot Float32 had
+    converted them first."""
+    data = random_image(3, 70, 90, dtype=dtype, seed=3)
+    scale = 1 / 32 if dtype == "uint8" else 1e-3  # values spread over a few units
+    model = wrap_module(CountingModel(3, 5, seed=4), metadata(5, 3, scale=scale, dtype="float32"))
+    masks = []
+    for name, array in (("raw.tif", data), ("converted.tif", data.astype(np.float32))):
+        result = predict(_config(make_raster(array, name), tmp_path / f"{name}.mask.tif",
+                                 precision="fp32"), model=model)
+        with rasterio.open(result.dst) as out:
+            masks.append(out.read(1))
+    assert len(np.unique(masks[0])) >= 3  # several classes, so the comparison means something
+    np.testing.assert_array_equal(masks[0], masks[1])
 
 
 def test_every_tile_is_inferred_exactly_once(make_raster, tmp_path) -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import rasterio
 from dask.base import tokenize
 
@@ -101,10 +102,27 @@ def check_model_fits(model: LoadedModel, raster: RasterInfo) -> None:
             f"{','.join(str(i + 1) for i in range(meta.in_channels))})"
         )
     if meta.dtype is not None and meta.dtype != raster.dtype:
-        raise ModelError(
-            f"{raster.path}: dtype {raster.dtype} but the model was trained on {meta.dtype}; "
-            f"convert the raster (gdal_translate -ot) or use a model for {raster.dtype}"
-        )
+        reason = lossy_cast_reason(raster.dtype, meta.dtype)
+        if reason is not None:
+            raise ModelError(
+                f"{raster.path}: dtype {raster.dtype} but the model was trained on {meta.dtype}, "
+                f"and {reason}; use a model for {raster.dtype}, or convert the raster yourself "
+                "if you know its values fit (gdal_translate -ot)"
+            )
+        logger.info("%s: %s values are cast to %s (the model's dtype) on the fly; no value changes",
+                    raster.path, raster.dtype, meta.dtype)
+
+
+def lossy_cast_reason(src: str, dst: str) -> str | None:
+    """Why casting a ``src`` raster to a model's ``dst`` dtype would lose values, or None.
+
+    numpy's "safe" casting is the rule: every value of ``src`` (a nodata value included, being
+    one of them) is exactly a value of ``dst``. The tiles reach the model as float32 either way
+    (``infer``), so a safe cast feeds exactly what a raster converted beforehand would.
+    """
+    if np.can_cast(np.dtype(src), np.dtype(dst), casting="safe"):
+        return None
+    return f"{src} values cannot be stored as {dst} without loss"
 
 
 def make_plan(config: PredictConfig, model: LoadedModel | None = None) -> Plan:
