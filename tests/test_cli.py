@@ -233,3 +233,46 @@ def test_vectorize_destination_is_checked_before_the_run(scene, deeplab_dir, tmp
                     "--vectorize", str(tmp_path / "mask.shpx"))
     assert_clean_error(code, out)
     assert not list(tmp_path.glob("mask.tif*"))
+
+
+def test_predict_and_vectorize_without_a_destination(scene, deeplab_dir, tmp_path,
+                                                     monkeypatch) -> None:
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    small = ("-m", str(deeplab_dir), "--tile-size", "64", "--overlap", "16")
+    code, out = run("predict", str(scene), *small)
+    assert code == 0, out
+    assert "scene.mask.tif:" in out  # says where it wrote
+    with rasterio.open(here / "scene.mask.tif") as mask:
+        assert mask.shape == (140, 150)
+    code, out = run("predict", str(scene), *small)  # the default is no licence to replace
+    assert_clean_error(code, out, "scene.mask.tif", "--overwrite")
+    code, out = run("vectorize", "scene.mask.tif")
+    assert code == 0, out
+    assert (here / "scene.mask.gpkg").is_file() and "scene.mask.gpkg:" in out
+    assert sorted(p.name for p in here.iterdir()) == ["scene.mask.gpkg", "scene.mask.tif"]
+
+
+def test_the_source_is_never_a_destination(scene, deeplab_dir) -> None:
+    before = scene.read_bytes()
+    code, out = run("predict", str(scene), str(scene), "-m", str(deeplab_dir), "--overwrite")
+    assert_clean_error(code, out, "is the source")
+    assert scene.read_bytes() == before
+
+
+@pytest.mark.parametrize(("src", "mask"), [
+    ("scene.tif", "scene.mask.tif"),
+    ("/data/in/scene.vrt", "scene.mask.tif"),
+    ("s3://bucket/tiles/scene.tif", "scene.mask.tif"),
+    ("/vsicurl/https://host/a/scene.tif?token=x", "scene.mask.tif"),
+    ("noext", "noext.mask.tif"),
+])
+def test_default_names(src: str, mask: str) -> None:
+    from tileseg.naming import default_mask_path, default_polygons_path
+
+    assert default_mask_path(src) == mask
+    assert default_mask_path(src, "zarr") == mask.replace(".tif", ".zarr")
+    assert default_polygons_path(f"/elsewhere/{mask}") == mask.replace(".tif", ".gpkg")
+    assert default_polygons_path("mask.zarr") == "mask.gpkg"
+    assert default_polygons_path("mask.gpkg") == "mask.polygons.gpkg"  # a GeoPackage raster

@@ -29,6 +29,7 @@ from tileseg.errors import (
 )
 from tileseg.grid import TileGrid, chunk_tiles_for
 from tileseg.model import LoadedModel, load_model
+from tileseg.naming import check_not_source
 from tileseg.mosaic import Job, ModelRef, WorkDir, build_graph, register_model
 from tileseg.outputs import (
     create_zarr,
@@ -164,6 +165,7 @@ def _check_destination(config: PredictConfig, fmt: str) -> tuple[Path, Path]:
     if not os.access(parent, os.W_OK):
         raise OutputError(f"{dst}: folder {parent} is not writable; choose another destination")
     staging = dst.with_name(dst.name + STAGING_SUFFIX)
+    check_not_source(dst, config.src)
     if dst.exists() and not (config.overwrite or config.resume):
         raise OutputError(f"{dst}: already exists; pass --overwrite to replace it")
     if config.zarr_path and Path(config.zarr_path).exists() and not config.overwrite:

@@ -12,6 +12,7 @@ from tileseg.config import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZ
 
 EPILOG = """\b
 Examples:
+  tileseg predict scene.tif                      # writes scene.mask.tif here
   tileseg predict scene.tif landcover.tif
   tileseg predict scene.tif mask.zarr --model models/buildings --probabilities uint8
   tileseg predict s2.tif mask.tif --bands 4,3,2 --overlap 128 --report run.json
@@ -22,7 +23,7 @@ Examples:
 
 @click.command(epilog=EPILOG)
 @click.argument("src")
-@click.argument("dst")
+@click.argument("dst", required=False)
 @click.option("--model", "-m", help="Model directory (save_pretrained + tileseg.json). "
               "Default: the bundled land-cover model.")
 @click.option("--format", "fmt", type=click.Choice(["gtiff", "cog", "zarr"]),
@@ -60,17 +61,23 @@ Examples:
 @click.option("--vectorize", help="Also write polygons here (.gpkg, .parquet, .geojson, .fgb).")
 @verbosity_options
 @handle_errors
-def command(src: str, dst: str, model: str | None, fmt: str | None, zarr_path: str | None,
+def command(src: str, dst: str | None, model: str | None, fmt: str | None, zarr_path: str | None,
             bands: tuple[int, ...] | None, nodata: float | None, allow_no_crs: bool,
             tile_size: int, overlap: int, chunk_size: int, blend: str, device: str,
             batch_size: int | None, precision: str, compile_model: bool,
             output_stride: str | None, atrous_rates: tuple[int, ...] | None, probabilities: str,
             overwrite: bool, resume: bool, scheduler: str | None, workers: int | None,
             report: str | None, vectorize: str | None, verbose: int, quiet: bool) -> None:
-    """Segment SRC (any GDAL raster) into a class mask DST (GeoTIFF/COG or Zarr)."""
+    """Segment SRC (any GDAL raster) into a class mask DST (GeoTIFF/COG or Zarr).
+
+    DST defaults to SRC's name with .mask.tif (.mask.zarr for --format zarr) in the current
+    folder, e.g. scene.tif -> ./scene.mask.tif.
+    """
+    from tileseg.naming import default_mask_path
     from tileseg.predict import predict
 
     configure_logging(verbose, quiet)
+    dst = dst or default_mask_path(src, fmt)
     config = PredictConfig(
         src=src, dst=dst, model=model, format=fmt, zarr_path=zarr_path, bands=bands,
         nodata=nodata, allow_no_crs=allow_no_crs, tile_size=tile_size, overlap=overlap,
