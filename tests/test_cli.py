@@ -53,8 +53,29 @@ def test_info_shows_the_plan(scene, deeplab_dir) -> None:
     code, out = run("info", str(scene), "--model", str(deeplab_dir), "--json")
     assert code == 0, out
     facts = json.loads(out)
-    assert facts["plan"]["tiles to infer"] == 1
-    assert facts["plan"]["network input"] == "528 x 528"
+    assert facts["plan"]["tiles_to_infer"] == 1
+    assert facts["plan"]["network_input"] == [528, 528]
+    assert facts["raster"]["size"] == [140, 150] and facts["raster"]["pixel_size"] == [10.0, 10.0]
+    assert facts["warnings"] == []
+    # the batch size predict would pick on this machine, which has no GPU in CI
+    from tileseg.infer import default_batch_size, resolve_device
+
+    assert facts["plan"]["batch_size"] == default_batch_size(resolve_device("auto"), 528)
+
+
+def test_info_reports_a_model_that_does_not_fit_as_one_warning(make_raster, deeplab_dir) -> None:
+    src = make_raster(random_image(4, 60, 70))  # the model takes 3 bands
+    result = CliRunner().invoke(cli, ["info", str(src), "--model", str(deeplab_dir)])
+    assert result.exit_code == 0, result.output
+    assert "size                     60 x 70" in result.stdout
+    assert "tiles to infer" in result.stdout
+    warnings = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 1 and warnings[0].startswith("Warning: ") and "4 bands" in warnings[0]
+    code, out = run("info", str(src), "--model", str(deeplab_dir), "--json")
+    assert code == 0, out
+    facts = json.loads(out[out.index("{"):])
+    assert len(facts["warnings"]) == 1 and "--bands" in facts["warnings"][0]
+    assert facts["raster"]["bands"] == 4 and facts["plan"]["tiles"] == 1
 
 
 def test_info_names_the_crs_and_where_valid_pixels_come_from(make_raster, deeplab_dir,
@@ -69,14 +90,14 @@ def test_info_names_the_crs_and_where_valid_pixels_come_from(make_raster, deepla
     data = random_image(3, 60, 70)
     plain = make_raster(data, "plain.tif", crs="EPSG:32633")
     assert facts(plain)["crs"] == "EPSG:32633 (WGS 84 / UTM zone 33N)"
-    assert facts(plain)["valid pixels"] == "all (no nodata, no mask)"
-    assert facts(plain, "--nodata", "0")["valid pixels"] == "--nodata 0"
+    assert facts(plain)["valid_pixels"] == "all (no nodata, no mask)"
+    assert facts(plain, "--nodata", "0")["valid_pixels"] == "--nodata 0"
     with_nodata = make_raster(data, "nodata.tif", nodata=255)
-    assert facts(with_nodata)["valid pixels"] == "nodata value 255 in the file"
+    assert facts(with_nodata)["valid_pixels"] == "nodata value 255 in the file"
     masked = make_raster(data, "masked.tif")
     with rasterio.open(masked, "r+") as ds:
         ds.write_mask(np.full((60, 70), 255, dtype=np.uint8))
-    assert facts(masked)["valid pixels"] == "internal mask"
+    assert facts(masked)["valid_pixels"] == "internal mask"
     # a custom projection GDAL cannot match to any EPSG code keeps its own name
     custom = CRS.from_proj4("+proj=tmerc +lat_0=0 +lon_0=13.7 +k=0.9991 +x_0=123 +y_0=0 "
                             "+ellps=GRS80 +units=m +no_defs")

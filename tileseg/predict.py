@@ -126,13 +126,19 @@ def lossy_cast_reason(src: str, dst: str) -> str | None:
     return f"{src} values cannot be stored as {dst} without loss"
 
 
-def make_plan(config: PredictConfig, model: LoadedModel | None = None) -> Plan:
-    """Open the raster and model and build the tiling plan (reads no pixels)."""
+def make_plan(config: PredictConfig, model: LoadedModel | None = None, *,
+              check_fits: bool = True) -> Plan:
+    """Open the raster and model and build the tiling plan (reads no pixels).
+
+    ``check_fits=False`` plans even for a model that does not take the raster (``info`` reports
+    the mismatch instead of failing).
+    """
     raster = open_raster(config.src, bands=config.bands, nodata=config.nodata,
                          allow_no_crs=config.allow_no_crs)
     if model is None:
         model, _ = resolve_model(config, raster)
-    check_model_fits(model, raster)
+    if check_fits:
+        check_model_fits(model, raster)
     stride = config.tile_size - config.overlap
     grid = TileGrid(raster.height, raster.width, config.tile_size, config.overlap,
                     chunk_tiles_for(stride, config.chunk_size))
