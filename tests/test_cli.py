@@ -45,8 +45,30 @@ def test_predict_writes_cog_and_report(scene, deeplab_dir, tmp_path) -> None:
     assert facts["tiles_per_second"] > 0 and facts["peak_rss_mb"] > 0
     assert 0 < facts["peak_rss_mb_compute"] <= facts["peak_rss_mb"]
     assert facts["km2_per_hour"] > 0
+    # what ran, resolved: never "auto"
+    assert (facts["device"], facts["precision"], facts["batch_size"]) == ("cpu", "fp32", 4)
+    assert {"tileseg", "torch", "segmentation_models_pytorch", "gdal", "rasterio"} <= set(
+        k for k, v in facts["versions"].items() if v)
+    assert facts["tiles_reused"] == facts["chunks_resumed"] == 0
     with rasterio.open(dst) as out:
         assert out.shape == (140, 150)
+
+
+def test_summary_rate_is_the_tiles_over_the_time_printed_beside_it(scene, deeplab_dir,
+                                                                    tmp_path) -> None:
+    import re
+
+    result = CliRunner().invoke(cli, ["predict", str(scene), str(tmp_path / "m.tif"), "-m",
+                                      str(deeplab_dir), "--tile-size", "64", "--overlap", "16",
+                                      "--batch-size", "3", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    match = re.search(r"(\d+) tiles inferred in ([\d.]+) s \(([\d.]+) tiles/s on cpu, fp32, "
+                      r"batch 3\); ([\d.]+) s in all", line)
+    assert match, line
+    tiles, seconds, rate, total = (float(v) for v in match.groups())
+    assert tiles == 12 and seconds <= total
+    assert rate == pytest.approx(tiles / seconds, abs=0.051)
 
 
 def test_info_shows_the_plan(scene, deeplab_dir) -> None:

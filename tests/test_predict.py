@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -164,12 +165,29 @@ def test_interrupted_run_leaves_no_output_and_resume_completes_identically(make_
     assert (tmp_path / "out.tif.partial").is_dir()
     with pytest.raises(Exception, match="--resume"):
         predict(_config(src, dst), model=per_pixel_model(3, 4))
+    kept_chunks, kept_tiles = _work_left_by(dst)
     resumed = predict(_config(src, dst, resume=True), model=per_pixel_model(3, 4))
     assert 0 < resumed.tiles_inferred < clean.tiles_inferred
-    assert resumed.report["chunks_resumed"] >= 2
+    # the report counts what the interrupted run had done, and nothing is inferred twice
+    assert resumed.report["chunks_resumed"] == kept_chunks >= 2
+    assert resumed.report["tiles_reused"] == kept_tiles > 0
+    assert resumed.tiles_inferred + kept_tiles == clean.tiles_inferred
     assert not (tmp_path / "out.tif.partial").exists()
     with rasterio.open(clean.dst) as a, rasterio.open(dst) as b:
         np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+def _work_left_by(dst: Path) -> tuple[int, int]:
+    """Chunks an interrupted run finished or saved the logits of, and their inferred tiles, read
+    from its work folder (done records and saved pieces)."""
+    work = Path(f"{dst}.partial") / "work"
+    chunks: dict[str, int] = {}
+    for piece in (work / "pieces").glob("*.npz"):
+        with np.load(piece) as arrays:
+            chunks[piece.stem] = int(arrays["tiles"][0])
+    for done in (work / "done").iterdir():
+        chunks[done.name] = int(json.loads(done.read_text())["tiles"])
+    return len(chunks), sum(chunks.values())
 
 
 def test_resume_refuses_a_different_job(make_raster, tmp_path) -> None:

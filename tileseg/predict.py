@@ -320,18 +320,28 @@ def predict(
         logger.info("%d tiles in %d chunks (%d already done); graph of %d tasks", grid.num_tiles,
                     grid.num_chunks, resumed_chunks, len(mosaic.graph))
 
-        totals = {"tiles": 0, "skipped": 0, "done_tiles": 0}
         tile_counts = {(r, c): len(grid.chunk_tiles_of(r, c)) for r, c in grid.chunks()}
+        # tiles of chunks finished before: progress counts them, its rate does not
+        done_before = sum(tile_counts[(r, c)] for r, c in grid.chunks() if work.is_done(r, c))
+        totals = {"tiles": 0, "skipped": 0, "done_tiles": 0, "reused_chunks": 0,
+                  "reused_tiles": 0}
+        resolved: dict[str, set[Any]] = {"device": set(), "precision": set(), "batch_size": set()}
 
         def on_result(result: dict[str, Any], kind: str) -> None:
             if kind == "infer":
                 totals["tiles"] += result["tiles"]
                 totals["skipped"] += result["skipped"]
+                if result.get("reused"):
+                    totals["reused_chunks"] += 1
+                    totals["reused_tiles"] += result.get("reused_tiles", 0)
+                for key, values in resolved.items():  # what the workers really used
+                    if key in result:
+                        values.add(result[key])
             else:
                 totals["done_tiles"] += tile_counts[tuple(result["chunk"])]  # type: ignore[index]
                 if progress is not None:
                     progress(Progress(totals["done_tiles"], grid.num_tiles,
-                                      time.perf_counter() - graph_built))
+                                      time.perf_counter() - graph_built, start=done_before))
 
         from tileseg.scheduler import run_graph
 
@@ -357,7 +367,7 @@ def predict(
 
         seconds = finished - started
         report = _report(config, plan, totals, started, graph_built, computed, finished,
-                         resumed_chunks, model_source or "<in-process model>", len(mosaic.graph),
+                         resolved, model_source or "<in-process model>", len(mosaic.graph),
                          rss_compute, _cluster_address(config, client))
         result = PredictResult(str(dst), zarr_out, grid.num_tiles, totals["tiles"],
                                totals["skipped"], grid.num_chunks, seconds, report)
@@ -427,17 +437,15 @@ def _peak_rss_mb() -> float:
 
 def _report(
     config: PredictConfig, plan: Plan, totals: dict[str, int], started: float,
-    graph_built: float, computed: float, finished: float, resumed_chunks: int,
+    graph_built: float, computed: float, finished: float, resolved: dict[str, set[Any]],
     model_source: str, tasks: int, rss_compute: float, cluster: str | None,
 ) -> dict[str, Any]:
     import torch
 
-    from tileseg.infer import resolve_device
-
     raster = plan.raster
     seconds = finished - started
     compute_s = max(computed - graph_built, 1e-9)
-    device = resolve_device(config.device) if cluster is None else None
+    used = _resolved_settings(config, plan, resolved, cluster)
     area_km2 = raster.pixel_area * raster.height * raster.width / 1e6 if raster.crs_is_metric else None
     report: dict[str, Any] = {
         "src": raster.path,
@@ -451,21 +459,65 @@ def _report(
         "tiles_total": plan.grid.num_tiles,
         "tiles_inferred": totals["tiles"],
         "tiles_skipped_nodata": totals["skipped"],
+        # an interrupted run's work that this one kept instead of inferring again
+        "tiles_reused": totals["reused_tiles"],
         "chunks": plan.grid.num_chunks,
-        "chunks_resumed": resumed_chunks,
+        "chunks_resumed": totals["reused_chunks"],
         "tasks": tasks,
         "seconds": {"setup": graph_built - started, "compute": compute_s,
                     "write": finished - computed, "total": seconds},
-        "tiles_per_second": totals["tiles"] / compute_s,
+        "tiles_per_second": totals["tiles"] / compute_s,  # of seconds.compute
         "km2_per_hour": (area_km2 / seconds * 3600) if area_km2 else None,
-        "device": str(device) if device else f"dask cluster {cluster}",
-        "precision": config.precision,
+        **used,
         "scheduler": cluster or config.scheduler or "threads",
         "peak_rss_mb": _peak_rss_mb(),
         "peak_rss_mb_compute": rss_compute,  # before the GeoTIFF/COG pass
         "host": platform.node(),
+        "versions": _versions(),
     }
-    if device is not None and device.type == "cuda":
+    if cluster is None and used["device"] and used["device"].startswith("cuda"):
+        device = torch.device(used["device"])
         report["gpu"] = torch.cuda.get_device_name(device)
         report["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return report
+
+
+def _resolved_settings(config: PredictConfig, plan: Plan, resolved: dict[str, set[Any]],
+                       cluster: str | None) -> dict[str, Any]:
+    """Device, precision and batch size as the infer tasks resolved them (``auto`` never appears).
+
+    Several values (workers on different GPUs) are listed; a run that inferred nothing (all
+    reused) resolves them here, or reports None for a cluster, whose workers may differ.
+    """
+    from tileseg.infer import default_batch_size, precision_name, resolve_device, resolve_precision
+
+    if not resolved["device"] and cluster is None:
+        device = resolve_device(config.device)
+        return {"device": str(device),
+                "precision": precision_name(resolve_precision(config.precision, device)),
+                "batch_size": config.batch_size or default_batch_size(device, plan.context)}
+    out: dict[str, Any] = {}
+    for key, values in resolved.items():
+        ordered = sorted(values)
+        out[key] = None if not ordered else ordered[0] if len(ordered) == 1 else ordered
+    return out
+
+
+def _versions() -> dict[str, str | None]:
+    """Versions of what shaped the result, so a report says what produced it."""
+    from importlib import metadata
+
+    import torch
+
+    from tileseg import __version__
+
+    def dist(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"tileseg": __version__, "torch": torch.__version__,
+            "segmentation_models_pytorch": dist("segmentation-models-pytorch"),
+            "gdal": rasterio.__gdal_version__, "rasterio": rasterio.__version__,
+            "python": platform.python_version()}

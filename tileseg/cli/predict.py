@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from tileseg.blend import WINDOWS
@@ -9,6 +11,9 @@ from tileseg.cli.common import configure_logging, handle_errors, verbosity_optio
 from tileseg.cli.options import int_list
 from tileseg.cli.render import ProgressBar
 from tileseg.config import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, PredictConfig
+
+if TYPE_CHECKING:
+    from tileseg.predict import PredictResult
 
 EPILOG = """\b
 Examples:
@@ -96,12 +101,32 @@ def command(src: str, dst: str | None, model: str | None, fmt: str | None, zarr_
     finally:
         bar.close()
     if not quiet:
-        rate = result.report.get("tiles_per_second", 0.0)
-        click.echo(
-            f"{result.dst}: {result.tiles_inferred} tiles inferred "
-            f"({result.tiles_skipped_nodata} nodata tiles skipped) in {result.seconds:.1f} s, "
-            f"{rate:.1f} tiles/s", err=True,
-        )
+        click.echo(summary_line(result), err=True)
         polygons = result.report.get("vectorize")
         if polygons:
             click.echo(f"{polygons['dst']}: {polygons['features']} polygons", err=True)
+
+
+def summary_line(result: PredictResult) -> str:
+    """One line: what was written, the tiles, the inference time with the rate of exactly those
+    tiles over exactly that time, what ran them, and the whole run's time."""
+    report = result.report
+    if "seconds" not in report:  # nothing run (e.g. --resume of a finished output)
+        return f"{result.dst}: {report.get('status', 'done')}"
+    compute = report["seconds"]["compute"]
+    shown = f"{compute:.2f}" if compute < 10 else f"{compute:.1f}"
+    rate = result.tiles_inferred / float(shown) if float(shown) > 0 else 0.0
+    batch = report.get("batch_size")
+    ran_on = ", ".join(str(v) for v in (report.get("device"), report.get("precision"))
+                       if v is not None)
+    line = (f"{result.dst}: {result.tiles_inferred} tiles inferred in {shown} s "
+            f"({rate:.1f} tiles/s on {ran_on or 'the cluster'}"
+            f"{f', batch {batch}' if batch else ''})")
+    extra = []
+    if result.tiles_skipped_nodata:
+        extra.append(f"{result.tiles_skipped_nodata} nodata tiles skipped")
+    if report.get("tiles_reused"):
+        extra.append(f"{report['tiles_reused']} tiles of {report['chunks_resumed']} chunks "
+                     "reused from the interrupted run")
+    extra.append(f"{result.seconds:.1f} s in all")
+    return f"{line}; {'; '.join(extra)}"
