@@ -29,8 +29,8 @@ from tileseg.errors import (
 )
 from tileseg.grid import TileGrid, chunk_tiles_for
 from tileseg.model import LoadedModel, load_model
-from tileseg.naming import check_not_source
 from tileseg.mosaic import Job, ModelRef, WorkDir, build_graph, register_model
+from tileseg.naming import check_not_source
 from tileseg.outputs import (
     create_zarr,
     format_for,

@@ -34,7 +34,7 @@ def command(name: str | None, list_: bool, offline: bool, verbose: int, quiet: b
             click.echo(f"{'':<20} {sample.description}")
         return
     bar = ProgressBar(f"download {get_sample(name).requirement}", enabled=not quiet)
-    announced = []
+    announced: list[bool] = []
 
     def progress(event: Progress) -> None:
         if not announced and not quiet:  # once, terminal or not: a large download is no hang
