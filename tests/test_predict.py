@@ -23,6 +23,7 @@ from tileseg.config import PredictConfig
 from tileseg.errors import RunError
 from tileseg.model import wrap_module
 from tileseg.predict import predict
+from tileseg.progress import Progress
 
 
 def _config(src: Path, dst: Path, **kw: object) -> PredictConfig:
@@ -166,7 +167,12 @@ def test_interrupted_run_leaves_no_output_and_resume_completes_identically(make_
     with pytest.raises(Exception, match="--resume"):
         predict(_config(src, dst), model=per_pixel_model(3, 4))
     kept_chunks, kept_tiles = _work_left_by(dst)
-    resumed = predict(_config(src, dst, resume=True), model=per_pixel_model(3, 4))
+    events: list[Progress] = []
+    resumed = predict(_config(src, dst, resume=True), model=per_pixel_model(3, 4),
+                      progress=events.append)
+    # progress counts the chunks finished before, its rate leaves them out
+    assert events[-1].done == events[-1].total and 0 < events[0].start == events[-1].start
+    assert events[-1].rate == (events[-1].done - events[-1].start) / events[-1].elapsed
     assert 0 < resumed.tiles_inferred < clean.tiles_inferred
     # the report counts what the interrupted run had done, and nothing is inferred twice
     assert resumed.report["chunks_resumed"] == kept_chunks >= 2
