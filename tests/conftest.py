@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,19 @@ from torch import nn
 
 from tileseg.metadata import ClassInfo, ModelMetadata, Normalization
 from tileseg.model import LoadedModel, wrap_module
+
+SUITE_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "tileseg-tests"
+HOME_CACHE = Path.home() / ".cache" / "tileseg"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Samples and weights the tests fetch go to the suite's own cache folder, kept between runs
+    (or to $TILESEG_CACHE when set, as .ci/run does), never to the user's ~/.cache/tileseg.
+    Set here, before any test runs, so subprocesses and worker processes inherit it too."""
+    current = os.environ.get("TILESEG_CACHE")
+    if not current or Path(current).expanduser().resolve() == HOME_CACHE.resolve():
+        os.environ["TILESEG_CACHE"] = str(SUITE_CACHE)
+
 
 UTM = "EPSG:32631"
 NORTH_UP = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 6000000.0)

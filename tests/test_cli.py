@@ -45,16 +45,59 @@ def test_predict_writes_cog_and_report(scene, deeplab_dir, tmp_path) -> None:
     assert facts["tiles_per_second"] > 0 and facts["peak_rss_mb"] > 0
     assert 0 < facts["peak_rss_mb_compute"] <= facts["peak_rss_mb"]
     assert facts["km2_per_hour"] > 0
+    # what ran, resolved: never "auto"
+    assert (facts["device"], facts["precision"], facts["batch_size"]) == ("cpu", "fp32", 4)
+    assert {"tileseg", "torch", "segmentation_models_pytorch", "gdal", "rasterio"} <= set(
+        k for k, v in facts["versions"].items() if v)
+    assert facts["tiles_reused"] == facts["chunks_resumed"] == 0
     with rasterio.open(dst) as out:
         assert out.shape == (140, 150)
+
+
+def test_summary_rate_is_the_tiles_over_the_time_printed_beside_it(scene, deeplab_dir,
+                                                                    tmp_path) -> None:
+    import re
+
+    result = CliRunner().invoke(cli, ["predict", str(scene), str(tmp_path / "m.tif"), "-m",
+                                      str(deeplab_dir), "--tile-size", "64", "--overlap", "16",
+                                      "--batch-size", "3", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    match = re.search(r"(\d+) tiles inferred in ([\d.]+) s \(([\d.]+) tiles/s on cpu, fp32, "
+                      r"batch 3\); ([\d.]+) s in all", line)
+    assert match, line
+    tiles, seconds, rate, total = (float(v) for v in match.groups())
+    assert tiles == 12 and seconds <= total
+    assert rate == pytest.approx(tiles / seconds, abs=0.051)
 
 
 def test_info_shows_the_plan(scene, deeplab_dir) -> None:
     code, out = run("info", str(scene), "--model", str(deeplab_dir), "--json")
     assert code == 0, out
     facts = json.loads(out)
-    assert facts["plan"]["tiles to infer"] == 1
-    assert facts["plan"]["network input"] == "528 x 528"
+    assert facts["plan"]["tiles_to_infer"] == 1
+    assert facts["plan"]["network_input"] == [528, 528]
+    assert facts["raster"]["size"] == [140, 150] and facts["raster"]["pixel_size"] == [10.0, 10.0]
+    assert facts["warnings"] == []
+    # the batch size predict would pick on this machine, which has no GPU in CI
+    from tileseg.infer import default_batch_size, resolve_device
+
+    assert facts["plan"]["batch_size"] == default_batch_size(resolve_device("auto"), 528)
+
+
+def test_info_reports_a_model_that_does_not_fit_as_one_warning(make_raster, deeplab_dir) -> None:
+    src = make_raster(random_image(4, 60, 70))  # the model takes 3 bands
+    result = CliRunner().invoke(cli, ["info", str(src), "--model", str(deeplab_dir)])
+    assert result.exit_code == 0, result.output
+    assert "size                     60 x 70" in result.stdout
+    assert "tiles to infer" in result.stdout
+    warnings = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 1 and warnings[0].startswith("Warning: ") and "4 bands" in warnings[0]
+    code, out = run("info", str(src), "--model", str(deeplab_dir), "--json")
+    assert code == 0, out
+    facts = json.loads(out[out.index("{"):])
+    assert len(facts["warnings"]) == 1 and "--bands" in facts["warnings"][0]
+    assert facts["raster"]["bands"] == 4 and facts["plan"]["tiles"] == 1
 
 
 def test_info_names_the_crs_and_where_valid_pixels_come_from(make_raster, deeplab_dir,
@@ -69,14 +112,14 @@ def test_info_names_the_crs_and_where_valid_pixels_come_from(make_raster, deepla
     data = random_image(3, 60, 70)
     plain = make_raster(data, "plain.tif", crs="EPSG:32633")
     assert facts(plain)["crs"] == "EPSG:32633 (WGS 84 / UTM zone 33N)"
-    assert facts(plain)["valid pixels"] == "all (no nodata, no mask)"
-    assert facts(plain, "--nodata", "0")["valid pixels"] == "--nodata 0"
+    assert facts(plain)["valid_pixels"] == "all (no nodata, no mask)"
+    assert facts(plain, "--nodata", "0")["valid_pixels"] == "--nodata 0"
     with_nodata = make_raster(data, "nodata.tif", nodata=255)
-    assert facts(with_nodata)["valid pixels"] == "nodata value 255 in the file"
+    assert facts(with_nodata)["valid_pixels"] == "nodata value 255 in the file"
     masked = make_raster(data, "masked.tif")
     with rasterio.open(masked, "r+") as ds:
         ds.write_mask(np.full((60, 70), 255, dtype=np.uint8))
-    assert facts(masked)["valid pixels"] == "internal mask"
+    assert facts(masked)["valid_pixels"] == "internal mask"
     # a custom projection GDAL cannot match to any EPSG code keeps its own name
     custom = CRS.from_proj4("+proj=tmerc +lat_0=0 +lon_0=13.7 +k=0.9991 +x_0=123 +y_0=0 "
                             "+ellps=GRS80 +units=m +no_defs")
@@ -139,6 +182,14 @@ def test_dtype_the_model_was_not_trained_on(make_raster, tmp_path, deeplab_dir) 
     src = make_raster(random_image(3, 20, 20, dtype="uint16"))
     code, out = run("predict", str(src), str(tmp_path / "o.tif"), "-m", str(deeplab_dir))
     assert_clean_error(code, out, "uint16", "uint8")
+
+
+def test_a_lossy_cast_is_refused_with_the_reason(make_raster, tmp_path, deeplab_dir) -> None:
+    src = make_raster(random_image(3, 20, 20, dtype="float32"))  # the model takes uint8
+    code, out = run("predict", str(src), str(tmp_path / "o.tif"), "-m", str(deeplab_dir))
+    assert code == 3
+    assert_clean_error(code, out, "float32 values cannot be stored as uint8 without loss")
+    assert not list(tmp_path.glob("o.tif*"))
 
 
 def test_all_nodata_raster(make_raster, tmp_path, deeplab_dir) -> None:
@@ -225,3 +276,46 @@ def test_vectorize_destination_is_checked_before_the_run(scene, deeplab_dir, tmp
                     "--vectorize", str(tmp_path / "mask.shpx"))
     assert_clean_error(code, out)
     assert not list(tmp_path.glob("mask.tif*"))
+
+
+def test_predict_and_vectorize_without_a_destination(scene, deeplab_dir, tmp_path,
+                                                     monkeypatch) -> None:
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    small = ("-m", str(deeplab_dir), "--tile-size", "64", "--overlap", "16")
+    code, out = run("predict", str(scene), *small)
+    assert code == 0, out
+    assert "scene.mask.tif:" in out  # says where it wrote
+    with rasterio.open(here / "scene.mask.tif") as mask:
+        assert mask.shape == (140, 150)
+    code, out = run("predict", str(scene), *small)  # the default is no licence to replace
+    assert_clean_error(code, out, "scene.mask.tif", "--overwrite")
+    code, out = run("vectorize", "scene.mask.tif")
+    assert code == 0, out
+    assert (here / "scene.mask.gpkg").is_file() and "scene.mask.gpkg:" in out
+    assert sorted(p.name for p in here.iterdir()) == ["scene.mask.gpkg", "scene.mask.tif"]
+
+
+def test_the_source_is_never_a_destination(scene, deeplab_dir) -> None:
+    before = scene.read_bytes()
+    code, out = run("predict", str(scene), str(scene), "-m", str(deeplab_dir), "--overwrite")
+    assert_clean_error(code, out, "is the source")
+    assert scene.read_bytes() == before
+
+
+@pytest.mark.parametrize(("src", "mask"), [
+    ("scene.tif", "scene.mask.tif"),
+    ("/data/in/scene.vrt", "scene.mask.tif"),
+    ("s3://bucket/tiles/scene.tif", "scene.mask.tif"),
+    ("/vsicurl/https://host/a/scene.tif?token=x", "scene.mask.tif"),
+    ("noext", "noext.mask.tif"),
+])
+def test_default_names(src: str, mask: str) -> None:
+    from tileseg.naming import default_mask_path, default_polygons_path
+
+    assert default_mask_path(src) == mask
+    assert default_mask_path(src, "zarr") == mask.replace(".tif", ".zarr")
+    assert default_polygons_path(f"/elsewhere/{mask}") == mask.replace(".tif", ".gpkg")
+    assert default_polygons_path("mask.zarr") == "mask.gpkg"
+    assert default_polygons_path("mask.gpkg") == "mask.polygons.gpkg"  # a GeoPackage raster

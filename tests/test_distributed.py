@@ -137,7 +137,9 @@ def test_scheduler_address_from_a_dask_config_file(scene, deeplab_dir, cluster, 
     with dask.config.set(dask.config.collect(paths=[str(config_dir)], env={})):
         result = predict(_config(scene, tmp_path / "m.tif", deeplab_dir))
         assert result.report["scheduler"] == address
-        assert result.report["device"] == f"dask cluster {address}"
+        # what the workers resolved --device/--precision auto to, not "auto"
+        assert (result.report["device"], result.report["precision"]) == ("cpu", "fp32")
+        assert result.report["batch_size"] == 4
     np.testing.assert_array_equal(_outputs(tmp_path / "m.tif")["tif_mask"],
                                   clean[1]["tif_mask"])
     # without the file: in-process again

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,11 +10,20 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
-from conftest import CountingModel, interrupt_after, per_pixel_model, random_image, untiled_mask
+from conftest import (
+    CountingModel,
+    interrupt_after,
+    metadata,
+    per_pixel_model,
+    random_image,
+    untiled_mask,
+)
 
 from tileseg.config import PredictConfig
 from tileseg.errors import RunError
+from tileseg.model import wrap_module
 from tileseg.predict import predict
+from tileseg.progress import Progress
 
 
 def _config(src: Path, dst: Path, **kw: object) -> PredictConfig:
@@ -45,6 +55,24 @@ def test_per_pixel_model_tiled_equals_untiled(make_raster, tmp_path, dtype, band
     with rasterio.open(result.dst) as out:
         mask = out.read(1)
     np.testing.assert_array_equal(mask, untiled_mask(model, data, scale))
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int16", "uint16"])
+def test_a_lossless_cast_gives_the_mask_of_a_converted_raster(make_raster, tmp_path,
+                                                              dtype) -> None:
+    """A model trained on float32 takes integer rasters as if gdal_translate -ot Float32 had
+    converted them first."""
+    data = random_image(3, 70, 90, dtype=dtype, seed=3)
+    scale = 1 / 32 if dtype == "uint8" else 1e-3  # values spread over a few units
+    model = wrap_module(CountingModel(3, 5, seed=4), metadata(5, 3, scale=scale, dtype="float32"))
+    masks = []
+    for name, array in (("raw.tif", data), ("converted.tif", data.astype(np.float32))):
+        result = predict(_config(make_raster(array, name), tmp_path / f"{name}.mask.tif",
+                                 precision="fp32"), model=model)
+        with rasterio.open(result.dst) as out:
+            masks.append(out.read(1))
+    assert len(np.unique(masks[0])) >= 3  # several classes, so the comparison means something
+    np.testing.assert_array_equal(masks[0], masks[1])
 
 
 def test_every_tile_is_inferred_exactly_once(make_raster, tmp_path) -> None:
@@ -138,12 +166,34 @@ def test_interrupted_run_leaves_no_output_and_resume_completes_identically(make_
     assert (tmp_path / "out.tif.partial").is_dir()
     with pytest.raises(Exception, match="--resume"):
         predict(_config(src, dst), model=per_pixel_model(3, 4))
-    resumed = predict(_config(src, dst, resume=True), model=per_pixel_model(3, 4))
+    kept_chunks, kept_tiles = _work_left_by(dst)
+    events: list[Progress] = []
+    resumed = predict(_config(src, dst, resume=True), model=per_pixel_model(3, 4),
+                      progress=events.append)
+    # progress counts the chunks finished before, its rate leaves them out
+    assert events[-1].done == events[-1].total and 0 < events[0].start == events[-1].start
+    assert events[-1].rate == (events[-1].done - events[-1].start) / events[-1].elapsed
     assert 0 < resumed.tiles_inferred < clean.tiles_inferred
-    assert resumed.report["chunks_resumed"] >= 2
+    # the report counts what the interrupted run had done, and nothing is inferred twice
+    assert resumed.report["chunks_resumed"] == kept_chunks >= 2
+    assert resumed.report["tiles_reused"] == kept_tiles > 0
+    assert resumed.tiles_inferred + kept_tiles == clean.tiles_inferred
     assert not (tmp_path / "out.tif.partial").exists()
     with rasterio.open(clean.dst) as a, rasterio.open(dst) as b:
         np.testing.assert_array_equal(a.read(1), b.read(1))
+
+
+def _work_left_by(dst: Path) -> tuple[int, int]:
+    """Chunks an interrupted run finished or saved the logits of, and their inferred tiles, read
+    from its work folder (done records and saved pieces)."""
+    work = Path(f"{dst}.partial") / "work"
+    chunks: dict[str, int] = {}
+    for piece in (work / "pieces").glob("*.npz"):
+        with np.load(piece) as arrays:
+            chunks[piece.stem] = int(arrays["tiles"][0])
+    for done in (work / "done").iterdir():
+        chunks[done.name] = int(json.loads(done.read_text())["tiles"])
+    return len(chunks), sum(chunks.values())
 
 
 def test_resume_refuses_a_different_job(make_raster, tmp_path) -> None:

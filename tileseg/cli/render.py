@@ -37,9 +37,13 @@ class ProgressBar:
         frac = event.done / event.total if event.total else 1.0
         filled = int(frac * self.width)
         bar = "#" * filled + "-" * (self.width - filled)
+        if event.unit == "bytes":
+            done, total, rate, unit = event.done / 1e6, event.total / 1e6, event.rate / 1e6, "MB"
+            counts = f"{done:.1f}/{total:.1f} {unit}" if total else f"{done:.1f} {unit}"
+        else:
+            counts, rate, unit = f"{event.done}/{event.total} {event.unit}", event.rate, event.unit
         click.echo(
-            f"\r{self.label} [{bar}] {event.done}/{event.total} {event.unit} "
-            f"{event.rate:6.1f} {event.unit}/s ETA {_clock(event.eta)}",
+            f"\r{self.label} [{bar}] {counts} {rate:6.1f} {unit}/s ETA {_clock(event.eta)}",
             err=True, nl=False,
         )
         self._shown = True

@@ -12,6 +12,7 @@ from tileseg.cli.render import ProgressBar
 
 EPILOG = """\b
 Examples:
+  tileseg vectorize scene.mask.tif               # writes scene.mask.gpkg here
   tileseg vectorize mask.tif landcover.gpkg
   tileseg vectorize mask.zarr buildings.parquet --classes 3 --min-area 20 --connectivity 8
   tileseg vectorize mask.tif fields.fgb --min-area 500 --min-area-unit map --simplify 1
@@ -21,7 +22,7 @@ Examples:
 
 @click.command(epilog=EPILOG)
 @click.argument("mask")
-@click.argument("dst")
+@click.argument("dst", required=False)
 @click.option("--classes", callback=int_list,
               help="Class ids to keep, e.g. 1,3 (default: every class but the background).")
 @click.option("--drop", "drop_classes", callback=int_list,
@@ -52,23 +53,26 @@ Examples:
 @click.option("--workers", type=int, help="Threads of the in-process scheduler.")
 @verbosity_options
 @handle_errors
-def command(mask: str, dst: str, classes: tuple[int, ...] | None,
+def command(mask: str, dst: str | None, classes: tuple[int, ...] | None,
             drop_classes: tuple[int, ...] | None, min_area: float, min_area_unit: str,
             connectivity: str, simplify: float, to_crs: str | None, allow_no_crs: bool,
             no_probabilities: bool, chunk_size: int | None, overwrite: bool,
             scheduler: str | None, workers: int | None, verbose: int, quiet: bool) -> None:
     """Write the connected components of a class MASK (GeoTIFF or Zarr) as polygons to DST.
 
-    The format follows DST's extension: .gpkg, .parquet (GeoParquet), .geojson or .fgb. Each
+    The format follows DST's extension: .gpkg, .parquet (GeoParquet), .geojson or .fgb (default:
+    MASK's name with .gpkg in the current folder, e.g. scene.mask.tif -> ./scene.mask.gpkg). Each
     feature has class_id, class_name, pixels, area and, when the Zarr stores probabilities,
     mean_probability. Chunks are processed in parallel and joined exactly: the polygons equal
     those of vectorizing the whole mask at once.
     """
     from rasterio.errors import NotGeoreferencedWarning
 
+    from tileseg.naming import default_polygons_path
     from tileseg.vectorize import VectorizeConfig, vectorize
 
     configure_logging(verbose, quiet)
+    dst = dst or default_polygons_path(mask)
     # rasterio hides this warning for its in-memory label copies with catch_warnings, which is not
     # thread-safe, so it can leak from the dask threads; it never concerns the user's mask.
     warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)

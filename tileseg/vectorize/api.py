@@ -13,6 +13,7 @@ import numpy as np
 import shapely
 
 from tileseg.errors import ConfigError, InputError
+from tileseg.naming import check_not_source
 from tileseg.progress import Progress, ProgressCallback
 from tileseg.vectorize.merge import Components, merge_pieces
 from tileseg.vectorize.polygons import (
@@ -145,6 +146,7 @@ def vectorize(
     """
     config = config or VectorizeConfig()
     started = time.perf_counter()
+    check_not_source(dst, os.fspath(src))
     check_destination(dst, config.overwrite)  # fail before the (long) work, not after
     polygons = polygonize(src, config, progress=progress)
     write_layer(dst, polygons.geometry, polygons.fields, polygons.crs_wkt,
