@@ -39,6 +39,7 @@ from tileseg.outputs import (
 from tileseg.progress import Progress, ProgressCallback
 from tileseg.raster import RasterInfo, is_remote, open_dataset, open_raster
 from tileseg.runlock import exclusive_run
+from tileseg.styles import publish_raster_styles
 
 if TYPE_CHECKING:
     from tileseg.vectorize import VectorizeResult
@@ -322,6 +323,7 @@ def predict(
         else:
             tif_tmp = staging / ("output" + (dst.suffix or ".tif"))
             zarr_to_geotiff(zarr_store, tif_tmp, cog=fmt == "cog", workdir=staging)
+            publish_raster_styles(dst, model.metadata.classes, workdir=staging)  # before the mask
             _publish(tif_tmp, dst)
             if config.zarr_path:
                 _publish(zarr_store, Path(config.zarr_path))
