@@ -200,7 +200,7 @@ def _palette() -> tuple[tuple[int, int, int], ...]:
     grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
     luma = grid @ np.array([0.299, 0.587, 0.114])
     candidates = grid[(luma > 70) & (luma < 225)]
-    chosen = [tuple(int(v) for v in c) for c in _SEED_PALETTE]
+    chosen: list[tuple[int, int, int]] = list(_SEED_PALETTE)
     nearest = np.full(len(candidates), np.inf)
     for color in chosen:
         nearest = np.minimum(nearest, np.linalg.norm(candidates - np.asarray(color), axis=1))
