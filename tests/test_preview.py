@@ -15,6 +15,7 @@ from PIL import Image
 
 from tileseg.cli.main import cli
 from tileseg.config import PredictConfig
+from tileseg.errors import OutputError
 from tileseg.predict import predict
 from tileseg.preview import PreviewConfig, make_preview, stretch
 
@@ -155,3 +156,24 @@ def test_cli_preview_writes_beside_the_mask_and_refuses_a_non_mask(mask: Path,
     assert bad.exit_code == 2
     assert bad.output.startswith("Error: ") and "class mask" in bad.output
     assert len(bad.output.strip().splitlines()) == 1
+
+
+def test_predict_draws_a_preview_over_its_source(make_raster: Any, tmp_path: Path) -> None:
+    import json
+
+    src = make_raster(random_image(3, 150, 120), "scene.tif")
+    report = tmp_path / "run.json"
+    config = PredictConfig(str(src), str(tmp_path / "out.tif"), tile_size=64, overlap=16,
+                           chunk_size=96, preview=str(tmp_path / "out.png"), report=str(report))
+    predict(config, model=per_pixel_model(3, 4))
+    image = Image.open(tmp_path / "out.png")
+    assert image.format == "PNG" and max(image.size) <= 1024
+    written = json.loads(report.read_text())["preview"]
+    assert written["path"] == str(tmp_path / "out.png")
+    assert len(written["km2_per_class"]) >= 2 and all(v > 0 for v in written["km2_per_class"].values())
+    # checked before the run: an existing preview is not replaced without --overwrite
+    with pytest.raises(OutputError, match="already exists"):
+        predict(PredictConfig(str(src), str(tmp_path / "again.tif"),
+                              preview=str(tmp_path / "out.png")), model=per_pixel_model(3, 4))
+    assert not (tmp_path / "again.tif").exists()
+    assert "--preview" in CliRunner().invoke(cli, ["predict", "--help"]).output

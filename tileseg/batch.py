@@ -68,7 +68,7 @@ _ALIASES = {
     "zarr": "zarr_path",
     "compile": "compile_model",
 }
-_PATH_OPTIONS = ("model", "zarr_path", "vectorize")
+_PATH_OPTIONS = ("model", "zarr_path", "vectorize", "preview")
 _INT_OPTIONS = ("tile_size", "overlap", "chunk_size", "batch_size", "workers",
                 "encoder_output_stride")
 _BOOL_OPTIONS = ("allow_no_crs", "compile_model")

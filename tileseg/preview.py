@@ -95,6 +95,18 @@ class PreviewResult:
     approximate_area: bool  # pixel areas from a geographic CRS (on the WGS84 ellipsoid)
 
 
+def check_preview_destination(dst: str | os.PathLike[str], overwrite: bool = True) -> Path:
+    """Fail before any work when a preview cannot be written at ``dst``."""
+    out = Path(dst)
+    if out.suffix.lower() != ".png":
+        raise OutputError(f"{out}: a preview is a PNG; name it .png")
+    if not out.absolute().parent.is_dir():
+        raise OutputError(f"{out}: folder {out.absolute().parent} does not exist; create it first")
+    if out.exists() and not overwrite:
+        raise OutputError(f"{out}: already exists; pass --overwrite to replace it")
+    return out
+
+
 def make_preview(
     mask: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -106,11 +118,7 @@ def make_preview(
 
     config = config or PreviewConfig()
     mask_path = os.fspath(mask)
-    out = Path(dst)
-    if out.suffix.lower() != ".png":
-        raise OutputError(f"{out}: a preview is a PNG; name it .png")
-    if not out.parent.is_dir():
-        raise OutputError(f"{out.parent}: folder does not exist; create it first")
+    out = check_preview_destination(dst)
     view = _open_view(mask_path)
     legend_width = min(320, config.size // 3) if config.legend else 0
     map_h, map_w = fit_shape(view.height, view.width, config.size - legend_width, config.size)

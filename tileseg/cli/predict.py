@@ -58,6 +58,9 @@ Examples:
 @click.option("--workers", type=int, help="Threads of the in-process scheduler (default 2).")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write a JSON run report here.")
 @click.option("--vectorize", help="Also write polygons here (.gpkg, .parquet, .geojson, .fgb).")
+@click.option("--preview", type=click.Path(dir_okay=False),
+              help="Also draw a PNG quicklook here: the classes over SRC, with a legend of "
+              "class areas (see tileseg preview).")
 @verbosity_options
 @handle_errors
 def command(src: str, dst: str, model: str | None, fmt: str | None, zarr_path: str | None,
@@ -66,7 +69,8 @@ def command(src: str, dst: str, model: str | None, fmt: str | None, zarr_path: s
             batch_size: int | None, precision: str, compile_model: bool,
             output_stride: str | None, atrous_rates: tuple[int, ...] | None, probabilities: str,
             overwrite: bool, resume: bool, scheduler: str | None, workers: int | None,
-            report: str | None, vectorize: str | None, verbose: int, quiet: bool) -> None:
+            report: str | None, vectorize: str | None, preview: str | None, verbose: int,
+            quiet: bool) -> None:
     """Segment SRC (any GDAL raster) into a class mask DST (GeoTIFF/COG or Zarr)."""
     from tileseg.predict import predict
 
@@ -81,7 +85,7 @@ def command(src: str, dst: str, model: str | None, fmt: str | None, zarr_path: s
         decoder_atrous_rates=atrous_rates,
         probabilities=probabilities,  # type: ignore[arg-type]
         overwrite=overwrite, resume=resume, scheduler=scheduler, workers=workers,
-        report=report, vectorize=vectorize,
+        report=report, vectorize=vectorize, preview=preview,
     )
     bar = ProgressBar("predict", enabled=not quiet)
     try:
@@ -98,3 +102,5 @@ def command(src: str, dst: str, model: str | None, fmt: str | None, zarr_path: s
         polygons = result.report.get("vectorize")
         if polygons:
             click.echo(f"{polygons['dst']}: {polygons['features']} polygons", err=True)
+        if result.report.get("preview"):
+            click.echo(f"{result.report['preview']['path']}: preview", err=True)
