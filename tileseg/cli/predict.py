@@ -26,7 +26,11 @@ Examples:
 @click.option("--model", "-m", help="Model directory (save_pretrained + tileseg.json). "
               "Default: the bundled land-cover model.")
 @click.option("--format", "fmt", type=click.Choice(["gtiff", "cog", "zarr"]),
-              help="Output format; default from DST's extension (.tif: COG, .zarr: Zarr).")
+              help="Output format; default from DST's extension (.tif: cog, .gtiff: gtiff, "
+              ".zarr: zarr). cog: a Cloud-Optimized GeoTIFF, overviews and tile index at the "
+              "front for HTTP range reads (web viewers, /vsicurl/), made by one extra copy "
+              "pass; gtiff: the same tiled, compressed GeoTIFF with internal overviews, written "
+              "in place without that copy (local disks, quicker); zarr: a Zarr v3 store.")
 @click.option("--zarr", "zarr_path", help="Also keep the Zarr mosaic here (GeoTIFF outputs).")
 @click.option("--bands", callback=int_list, help="1-based bands to read, e.g. 4,3,2.")
 @click.option("--nodata", type=float, help="Nodata value, overriding the file's.")
