@@ -11,9 +11,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 from click.testing import CliRunner
-from conftest import random_image
+from conftest import NORTH_UP, UTM, random_image
 from PIL import Image
 
 from tileseg.cli.main import cli
@@ -71,26 +72,37 @@ class _Page(HTMLParser):
             self.rows[-1]["text"] += data
 
 
-def _run_batch(tmp_path: Path, make_raster: Any, model_dir: Path) -> tuple[Path, list[Path]]:
-    scenes = [make_raster(random_image(3, 90 + 20 * i, 110, seed=i), name=f"s{i}.tif")
-              for i in range(2)]
-    (tmp_path / "bad.tif").write_bytes(b"not a raster")
-    manifest = tmp_path / "scenes.txt"
-    manifest.write_text("s0.tif\nbad.tif\ns1.tif\n")
-    result = CliRunner().invoke(cli, ["batch", str(manifest), "-o", str(tmp_path / "out"),
-                                      "--model", str(model_dir), *SMALL])
+@pytest.fixture(scope="module")
+def batch_page(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Path:
+    """One batch of two real scenes and a broken one; returns its HTML page (shared: a run
+    costs seconds)."""
+    folder = tmp_path_factory.mktemp("batch")
+    for i in range(2):
+        data = random_image(3, 90 + 20 * i, 110, seed=i)
+        with rasterio.open(folder / f"s{i}.tif", "w", driver="GTiff", height=data.shape[1],
+                           width=data.shape[2], count=3, dtype="uint8", crs=UTM,
+                           transform=NORTH_UP) as dst:
+            dst.write(data)
+    (folder / "bad.tif").write_bytes(b"not a raster")
+    (folder / "scenes.txt").write_text("s0.tif\nbad.tif\ns1.tif\n")
+    result = CliRunner().invoke(cli, _batch_args(folder, model_dir))
     assert result.exit_code == 5, result.output  # the bad scene fails, the others run
-    return tmp_path / "scenes.summary.html", scenes
+    return folder / "scenes.summary.html"
 
 
-def test_batch_writes_an_html_page_with_thumbnails_status_and_areas(
-        make_raster: Any, tmp_path: Path, model_dir: Path) -> None:
-    page_path, scenes = _run_batch(tmp_path, make_raster, model_dir)
+def _batch_args(folder: Path, model_dir: Path) -> list[str]:
+    return ["batch", str(folder / "scenes.txt"), "-o", str(folder / "out"), "--model",
+            str(model_dir), *SMALL]
+
+
+def test_batch_writes_an_html_page_with_thumbnails_status_and_areas(batch_page: Path,
+                                                                     model_dir: Path) -> None:
+    page_path, folder = batch_page, batch_page.parent
     page = _Page()
     page.feed(page_path.read_text(encoding="utf-8"))
     assert page.title == "tileseg batch: scenes.summary"
     assert [r["status"] for r in page.rows] == ["succeeded", "failed", "succeeded"]
-    summary = json.loads((tmp_path / "scenes.summary.json").read_text())["scenes"]
+    summary = json.loads((folder / "scenes.summary.json").read_text())["scenes"]
     for row, record in zip(page.rows, summary, strict=True):
         assert record["src"] in row["text"] and record["dst"] in row["text"]
         if row["status"] == "failed":
@@ -109,10 +121,9 @@ def test_batch_writes_an_html_page_with_thumbnails_status_and_areas(
         assert row["swatches"] and all("background:#" in s for s in row["swatches"])
 
     # rerun: skipped scenes keep their pictures (reused, not redrawn), the page is rewritten
-    thumbs = sorted((tmp_path / "scenes.summary.previews").glob("*.png"))
+    thumbs = sorted((folder / "scenes.summary.previews").glob("*.png"))
     stamps = [p.stat().st_mtime_ns for p in thumbs]
-    CliRunner().invoke(cli, ["batch", str(tmp_path / "scenes.txt"), "-o", str(tmp_path / "out"),
-                             "--model", str(model_dir), *SMALL])
+    CliRunner().invoke(cli, _batch_args(folder, model_dir))
     again = _Page()
     again.feed(page_path.read_text(encoding="utf-8"))
     assert [r["status"] for r in again.rows] == ["skipped", "failed", "skipped"]
@@ -122,9 +133,9 @@ def test_batch_writes_an_html_page_with_thumbnails_status_and_areas(
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (apt-get install "
                     "chromium); the page is still parsed by the test above")
-def test_the_html_page_renders_its_thumbnails_in_a_real_browser(
-        make_raster: Any, tmp_path: Path, model_dir: Path) -> None:
-    page_path, _ = _run_batch(tmp_path, make_raster, model_dir)
+def test_the_html_page_renders_its_thumbnails_in_a_real_browser(batch_page: Path,
+                                                                tmp_path: Path) -> None:
+    page_path = batch_page
     shot = tmp_path / "shot.png"
     assert CHROMIUM is not None
     subprocess.run(
