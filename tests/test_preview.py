@@ -177,3 +177,13 @@ def test_predict_draws_a_preview_over_its_source(make_raster: Any, tmp_path: Pat
                               preview=str(tmp_path / "out.png")), model=per_pixel_model(3, 4))
     assert not (tmp_path / "again.tif").exists()
     assert "--preview" in CliRunner().invoke(cli, ["predict", "--help"]).output
+
+
+def test_any_integer_class_ids_are_drawn_and_counted(make_raster: Any, tmp_path: Path) -> None:
+    data = np.full((40, 60), 4_000_000_000, np.uint32)
+    data[:, :15] = 7
+    path = make_raster(data, "ids.tif")
+    result = make_preview(path, tmp_path / "ids.png", PreviewConfig(size=128))
+    assert [(a.id, a.pixels) for a in result.areas] == [(7, 600), (4_000_000_000, 1800)]
+    signed = make_raster(np.where(data == 7, -1, 3).astype(np.int16), "signed.tif")
+    assert [a.id for a in make_preview(signed, tmp_path / "s.png").areas] == [-1, 3]

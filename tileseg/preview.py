@@ -133,11 +133,11 @@ def make_preview(
     rgb[:] = _NODATA_RGB
     if config.over:
         rgb = render_source(config.over, view, (map_h, map_w), config.bands)
-    palette = np.zeros((int(classes_view.max(initial=0)) + 1, 3), np.uint8)
-    for c in legend:
-        if c.id < len(palette):
-            palette[c.id] = c.color
-    coloured = palette[np.where(valid, classes_view, 0)]
+    # Through the distinct values, not a table indexed by class id: ids may be large (uint32).
+    ids, inverse = np.unique(classes_view, return_inverse=True)
+    colours = {c.id: c.color for c in legend}
+    table = np.array([colours.get(int(v), _NODATA_RGB) for v in ids], np.uint8).reshape(-1, 3)
+    coloured = table[inverse.reshape(classes_view.shape)]
     alpha = config.opacity if config.over else 1.0
     blend = (alpha * coloured + (1.0 - alpha) * rgb).round().astype(np.uint8)
     rgb[valid] = blend[valid]
@@ -260,24 +260,31 @@ def _count(view: _MaskView, decimated: np.ndarray, valid: np.ndarray,
     """
     row_weight = _row_weights(view)
     if method == "estimate":
-        values = decimated[valid].astype(np.int64)
         rows = np.nonzero(valid)[0]
         full_rows = ((rows + 0.5) * view.height / decimated.shape[0]).astype(np.int64)
-        weights = row_weight[np.minimum(full_rows, view.height - 1)]
-        sums = np.bincount(values, weights=weights)
         scale = view.height * view.width / decimated.size
-        return {int(v): float(n * scale) for v, n in enumerate(sums) if n > 0}
+        sums = _weighted_counts(decimated[valid], row_weight[np.minimum(full_rows,
+                                                                        view.height - 1)])
+        return {v: n * scale for v, n in sums.items()}
     totals: dict[int, float] = {}
     for row_off, block in view.blocks():
         ok = block != view.nodata if view.nodata is not None else np.ones(block.shape, bool)
-        values = block[ok].astype(np.int64)
-        if not len(values):
-            continue
         rows = row_off + np.nonzero(ok)[0]
-        sums = np.bincount(values, weights=row_weight[rows])
-        for v in np.nonzero(sums)[0]:
-            totals[int(v)] = totals.get(int(v), 0.0) + float(sums[v])
+        for v, n in _weighted_counts(block[ok], row_weight[rows]).items():
+            totals[v] = totals.get(v, 0.0) + n
     return totals
+
+
+def _weighted_counts(values: np.ndarray, weights: np.ndarray) -> dict[int, float]:
+    """Sum of ``weights`` per distinct value (any integer ids, negative or huge)."""
+    if not len(values):
+        return {}
+    if values.dtype.kind == "u" and values.dtype.itemsize <= 2:  # masks from predict: direct
+        sums = np.bincount(values, weights=weights)
+        return {int(v): float(sums[v]) for v in np.nonzero(sums)[0]}
+    ids, inverse = np.unique(values, return_inverse=True)
+    sums = np.bincount(inverse.ravel(), weights=weights, minlength=len(ids))
+    return {int(v): float(n) for v, n in zip(ids, sums, strict=True) if n > 0}
 
 
 def _row_weights(view: _MaskView) -> np.ndarray:
