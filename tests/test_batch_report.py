@@ -152,3 +152,14 @@ def test_the_html_page_renders_its_thumbnails_in_a_real_browser(batch_page: Path
     # The thumbnails (hundreds of pixels of class colour each) were loaded from their relative
     # paths and drawn; the legend swatches alone would be 11x11 px per class and scene.
     assert max(count(RED), count(GREEN), count(BLUE)) > 5000
+
+
+def test_a_manifest_can_ask_each_scene_for_its_own_preview(tmp_path: Path) -> None:
+    from tileseg.batch import load_manifest
+
+    manifest = tmp_path / "scenes.yaml"
+    manifest.write_text("- {src: a.tif, dst: out/a_mask.tif, preview: true}\n"
+                        "- {src: b.tif, dst: out/b_mask.zarr, preview: pics/b.png}\n")
+    a, b = load_manifest(manifest)
+    assert a.options["preview"] == str(tmp_path / "out" / "a_mask.png")
+    assert b.options["preview"] == str(tmp_path / "pics" / "b.png")

@@ -365,6 +365,8 @@ def _option(manifest: Path, where: str, key: str, value: Any, base: Path, dst: s
             return str(Path(dst).with_suffix(".gpkg"))
         if value is False or str(value).lower() == "false":
             return None
+    if key == "preview" and (value is True or str(value).lower() == "true"):
+        return str(Path(dst).with_suffix(".png"))  # preview: true -> beside the mask
     if key in _PATH_OPTIONS:
         return _resolve(str(value), base)
     if not isinstance(value, str):

@@ -30,6 +30,7 @@ from rasterio.enums import ColorInterp, Resampling
 
 from tileseg.errors import ConfigError, InputError, InputNotFoundError, OutputError
 from tileseg.metadata import ClassInfo
+from tileseg.raster import is_remote
 from tileseg.styles import legend_for, mask_legend
 
 logger = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ def _zarr_mask(path: str) -> Any:
 
 
 def _open_view(path: str) -> _MaskView:
-    if not os.path.exists(path) and not path.startswith("/vsi"):
+    if not is_remote(path) and not os.path.exists(path):
         raise InputNotFoundError(f"{path}: no such file or directory; check the mask path")
     if os.path.isdir(path):
         try:
@@ -359,7 +360,7 @@ def render_source(path: str, view: _MaskView, shape: tuple[int, int],
     """The source raster as 8-bit RGB on the mask's grid at ``shape``, 2-98 percentile stretch."""
     from rasterio.vrt import WarpedVRT
 
-    if not os.path.exists(path) and not path.startswith("/vsi"):
+    if not is_remote(path) and not os.path.exists(path):
         raise InputNotFoundError(f"{path}: no such file; check --over")
     try:
         src = rasterio.open(path)
