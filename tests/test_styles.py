@@ -207,3 +207,50 @@ def test_pam_xml_escapes_names_and_fills_gaps() -> None:
     assert [c.text or "" for c in band.iter("Category")] == ["a & b", "", "<c>"]
     rows = [[f.text for f in r.iter("F")] for r in band.iter("Row")]
     assert rows == [["0", "a & b", "1", "2", "3", None], ["2", "<c>", "4", "5", "6", "9"]]
+
+
+_QGIS_SCRIPT = """
+import json, sys
+from qgis.core import QgsApplication, QgsRasterLayer, QgsVectorLayer
+app = QgsApplication([], False)
+app.initQgis()
+raster = QgsRasterLayer(sys.argv[1], "mask")
+vector = QgsVectorLayer(sys.argv[2] + "|layername=polygons", "polygons", "ogr")
+r, v = raster.renderer(), vector.renderer()
+print(json.dumps({
+    "raster": [r.type(), [[c.value, c.label, c.color.name()] for c in r.classes()]],
+    "vector": [v.type(), v.classAttribute(),
+               [[c.value(), c.label(), c.symbol().color().name()] for c in v.categories()]],
+}))
+app.exitQgis()
+"""
+
+
+def _system_qgis() -> str | None:
+    """A Python that imports QGIS (Debian's python3-qgis lives outside virtual environments)."""
+    for python in ("/usr/bin/python3", shutil.which("python3")):
+        if python and subprocess.run([python, "-c", "import qgis.core"],
+                                     capture_output=True).returncode == 0:
+            return python
+    return None
+
+
+@pytest.mark.slow
+def test_qgis_itself_applies_both_styles(make_raster, tmp_path) -> None:
+    python = _system_qgis()
+    if python is None:
+        pytest.skip("QGIS is not installed (apt-get install python3-qgis); the styles are still "
+                    "parsed by the tests above")
+    mask = _predict(make_raster, tmp_path)
+    vectorize(mask, tmp_path / "polygons.gpkg")
+    out = subprocess.run([python, "-c", _QGIS_SCRIPT, str(mask), str(tmp_path / "polygons.gpkg")],
+                         capture_output=True, text=True, timeout=120,
+                         env={**{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+                              "QT_QPA_PLATFORM": "offscreen"})
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    expected = [[i, name, "#{:02x}{:02x}{:02x}".format(*rgb)] for i, name, rgb in CLASSES]
+    # without the .qml QGIS would list all 256 colour-table entries, labelled by number
+    assert seen["raster"] == ["paletted", expected]
+    # without layer_styles QGIS would draw every polygon in one random colour
+    assert seen["vector"][:2] == ["categorizedSymbol", "class_id"]
+    assert [[int(v), label, colour] for v, label, colour in seen["vector"][2]] == expected
