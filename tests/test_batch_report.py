@@ -31,8 +31,9 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A DeepLabV3+ whose head has no bias, so its mask holds more than one class."""
     torch.manual_seed(0)
     module = build_model(ModelSpec(encoder_name="resnet18", in_channels=3, classes=3))
+    head: Any = module.segmentation_head
     with torch.no_grad():
-        module.segmentation_head[0].bias.zero_()
+        head[0].bias.zero_()
     path = tmp_path_factory.mktemp("models") / "coloured"
     meta = ModelMetadata(
         classes=(ClassInfo(0, "roof", RED), ClassInfo(1, "grass", GREEN),

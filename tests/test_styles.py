@@ -66,7 +66,7 @@ def gdal_categories_and_rat(path: Path) -> tuple[list[str], list[tuple[str, int]
         band = lib.GDALGetRasterBand(ds, 1)
         lib.GDALGetMetadata(ds, None)  # as any client does first; the GTiff driver loads PAM lazily
         names_p = lib.GDALGetRasterCategoryNames(band)
-        names = []
+        names: list[str] = []
         while names_p and names_p[len(names)] is not None:
             names.append(names_p[len(names)].decode())
         rat = lib.GDALGetDefaultRAT(band)
