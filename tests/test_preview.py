@@ -187,3 +187,18 @@ def test_any_integer_class_ids_are_drawn_and_counted(make_raster: Any, tmp_path:
     assert [(a.id, a.pixels) for a in result.areas] == [(7, 600), (4_000_000_000, 1800)]
     signed = make_raster(np.where(data == 7, -1, 3).astype(np.int16), "signed.tif")
     assert [a.id for a in make_preview(signed, tmp_path / "s.png").areas] == [-1, 3]
+
+
+def test_a_legend_with_more_classes_than_fit_lists_the_largest(make_raster: Any,
+                                                                tmp_path: Path) -> None:
+    data = np.zeros((200, 200), np.uint8)
+    data[:, :] = np.arange(200)[None, :] % 40  # 40 classes of 5 columns each...
+    data[:100] = 39  # ...and one of them much larger
+    path = make_raster(data, "many.tif")
+    result = make_preview(path, tmp_path / "many.png", PreviewConfig(size=300))
+    rgb = np.asarray(Image.open(result.path).convert("RGB"))
+    assert max(rgb.shape[:2]) <= 300 and len(result.areas) == 40
+    legend = _colours(Image.fromarray(rgb[:, result.map_shape[1]:]))
+    largest = next(a for a in result.areas if a.id == 39)
+    assert largest.color in legend  # its swatch is shown
+    assert sum(a.color in legend for a in result.areas) < 40  # not all 40 fit in 300 px

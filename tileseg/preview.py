@@ -428,7 +428,9 @@ def _with_legend(picture: Any, areas: Sequence[ClassArea], width: int, config: P
     font = _font(13)
     unit = "km2"  # Pillow's bundled fonts have no superscript two
     line = 18
-    shown = sorted(areas, key=lambda a: -a.pixels)[:_MAX_LEGEND_ROWS]
+    # The largest classes that fit (title, "+N more" and 16 px margins aside), listed by id.
+    fits = max(1, (config.size - 16 - 3 * line) // (2 * line))
+    shown = sorted(areas, key=lambda a: -a.pixels)[:min(fits, _MAX_LEGEND_ROWS)]
     shown.sort(key=lambda a: a.id)
     hidden = len(areas) - len(shown)
     lines = 2 * len(shown) + 2 + (1 if hidden else 0)  # title, a name and an area per class
