@@ -114,7 +114,13 @@ def make_preview(
     config: PreviewConfig | None = None,
 ) -> PreviewResult:
     """Draw ``mask`` (GeoTIFF/COG or Zarr from ``predict``, or any single-band class raster) as a
-    PNG at ``dst``, written to a temporary name and renamed, with a legend of class areas."""
+    PNG at ``dst``, written to a temporary name and renamed, with a legend of class areas.
+
+    Examples
+    --------
+    >>> make_preview("mask.tif", "mask.png", PreviewConfig(size=512)).areas[0].name  # doctest: +SKIP
+    'developed'
+    """
     from PIL import Image
 
     config = config or PreviewConfig()
@@ -122,7 +128,8 @@ def make_preview(
     out = check_preview_destination(dst)
     view = _open_view(mask_path)
     legend_width = min(320, config.size // 3) if config.legend else 0
-    map_h, map_w = fit_shape(view.height, view.width, config.size - legend_width, config.size)
+    map_h, map_w = fit_shape(view.height, view.width, max_height=config.size,
+                             max_width=config.size - legend_width)
     classes_view = view.read_decimated(map_h, map_w)
     valid = classes_view != view.nodata if view.nodata is not None else np.ones_like(
         classes_view, dtype=bool)
@@ -157,8 +164,8 @@ def make_preview(
                          (view.height, view.width), areas, config.areas, approximate)
 
 
-def fit_shape(height: int, width: int, max_width: int, max_height: int) -> tuple[int, int]:
-    """``(height, width)`` scaled to fit ``max_width`` x ``max_height``, aspect kept (up or down)."""
+def fit_shape(height: int, width: int, *, max_height: int, max_width: int) -> tuple[int, int]:
+    """``(height, width)`` scaled to fit ``max_height`` x ``max_width``, aspect kept (up or down)."""
     scale = min(max_width / width, max_height / height)
     return max(1, min(max_height, round(height * scale))), max(1, min(max_width,
                                                                        round(width * scale)))
@@ -439,8 +446,12 @@ def _with_legend(picture: Any, areas: Sequence[ClassArea], width: int, config: P
     canvas.paste(picture, (0, 0))
     draw = ImageDraw.Draw(canvas)
     x, y = picture.width + 10, 8
-    title = f"class areas ({config.areas})" if areas and areas[0].km2 is not None else (
-        "class shares (no map units)")
+    if not areas:
+        title = "no class pixels (all nodata)"
+    elif areas[0].km2 is None:
+        title = "class shares (no map units)"
+    else:
+        title = f"class areas ({config.areas})"
     draw.text((x, y), title, fill=(0, 0, 0), font=font)
     y += line + 4
     for area in shown:
