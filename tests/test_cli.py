@@ -294,7 +294,8 @@ def test_predict_and_vectorize_without_a_destination(scene, deeplab_dir, tmp_pat
     code, out = run("vectorize", "scene.mask.tif")
     assert code == 0, out
     assert (here / "scene.mask.gpkg").is_file() and "scene.mask.gpkg:" in out
-    assert sorted(p.name for p in here.iterdir()) == ["scene.mask.gpkg", "scene.mask.tif"]
+    assert sorted(p.name for p in here.iterdir()) == [
+        "scene.mask.gpkg", "scene.mask.qml", "scene.mask.tif", "scene.mask.tif.aux.xml"]
 
 
 def test_the_source_is_never_a_destination(scene, deeplab_dir) -> None:

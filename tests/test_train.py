@@ -74,6 +74,8 @@ def test_tiny_training_reduces_loss_and_saves_loadable_model(task: tuple[Path, P
     meta = loaded.metadata
     assert meta.class_names == ("background", "blob")
     assert [c.label_value for c in meta.classes] == [0, 1]  # the label raster's values
+    # no --colors and no colour table in the labels: distinct defaults, class 0 not black
+    assert meta.classes[0].color != (0, 0, 0) and meta.classes[0].color != meta.classes[1].color
     assert meta.dtype == "uint8" and meta.in_channels == 3 and meta.gsd == 10.0
     with rasterio.open(image) as src:  # normalization comes from the training region's pixels
         data = src.read(window=split_holdout(SIZE, SIZE, Holdout("right", 0.25))[0].window)
@@ -101,6 +103,41 @@ def test_class_weights_favour_rare_classes_with_unit_mean() -> None:
     assert float((w * counts).sum() / counts.sum()) == pytest.approx(1.0, rel=1e-5)
     inverse = class_weights(counts, power=1.0)
     assert inverse[1] / inverse[0] == pytest.approx(10, rel=1e-5)
+
+
+def test_default_class_colours_are_distinct_and_never_black_or_white() -> None:
+    from tileseg.metadata import ModelMetadata, default_color
+
+    def min_distance(n: int) -> float:
+        rgb = np.array([default_color(i) for i in range(n)], dtype=float)
+        d = np.linalg.norm(rgb[:, None] - rgb[None], axis=-1)
+        return float(d[~np.eye(n, dtype=bool)].min())
+
+    assert min_distance(32) >= 70  # clearly different on a map up to 32 classes
+    assert min_distance(256) >= 30  # and never identical up to 256
+    luma = np.array([default_color(i) for i in range(256)]) @ np.array([0.299, 0.587, 0.114])
+    assert luma.min() > 60 and luma.max() < 230  # black reads as nodata, white as empty
+    # a model without tileseg.json gets the same colours
+    assert ModelMetadata.default(3, 3, "uint8").classes[0].color == default_color(0)
+
+
+def test_train_takes_class_colours_from_the_labels_colour_table(
+        task: tuple[Path, Path], tmp_path: Path) -> None:
+    image, labels = task
+    with rasterio.open(labels) as src:
+        profile, data = src.profile, src.read()
+    coloured = tmp_path / "coloured_labels.tif"
+    with rasterio.open(coloured, "w", **profile) as dst:
+        dst.write_colormap(1, {0: (0, 0, 0, 255), 1: (250, 200, 10, 255), 255: (0, 0, 0, 0)})
+        dst.write(data)  # the colour table goes in before any pixel (libtiff's palette rule)
+    train(small_config(image, coloured, tmp_path / "model", epochs=1, steps_per_epoch=1))
+    meta = load_model(tmp_path / "model").metadata
+    # the labels' own legend wins over the defaults, black background included
+    assert [c.color for c in meta.classes] == [(0, 0, 0), (250, 200, 10)]
+    train(small_config(image, coloured, tmp_path / "given", epochs=1, steps_per_epoch=1,
+                       class_colors=((1, 2, 3), (4, 5, 6))))
+    assert [c.color for c in load_model(tmp_path / "given").metadata.classes] == [(1, 2, 3),
+                                                                                  (4, 5, 6)]
 
 
 def test_class_weighting_counts_training_pixels_only(task: tuple[Path, Path],

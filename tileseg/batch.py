@@ -18,7 +18,8 @@ directory.
 Running is idempotent: a scene whose destination exists with no ``.partial`` staging folder beside
 it is skipped, a scene with a staging folder is resumed, and a failing scene is recorded and does
 not stop the others. A summary (JSON, plus a CSV beside it) says what happened to each scene, so
-rerunning the same command processes exactly the failed or missing scenes.
+rerunning the same command processes exactly the failed or missing scenes; an HTML page beside
+it shows each scene with its preview and class areas (:mod:`tileseg.batch_report`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from tileseg.batch_report import ScenePicture, html_path, render_html, scene_picture
 from tileseg.config import PredictConfig
 from tileseg.errors import (
     ConfigError,
@@ -68,7 +70,7 @@ _ALIASES = {
     "zarr": "zarr_path",
     "compile": "compile_model",
 }
-_PATH_OPTIONS = ("model", "zarr_path", "vectorize")
+_PATH_OPTIONS = ("model", "zarr_path", "vectorize", "preview")
 _INT_OPTIONS = ("tile_size", "overlap", "chunk_size", "batch_size", "workers",
                 "encoder_output_stride")
 _BOOL_OPTIONS = ("allow_no_crs", "compile_model")
@@ -156,6 +158,7 @@ class BatchConfig:
     scheduler: str | None = None  # None/"threads"/"sync" or a dask.distributed address
     summary: str | None = None  # summary path: JSON (.json) and CSV (.csv) side by side
     concurrent_scenes: int = 1  # scenes in flight at once (useful on a big cluster)
+    previews: bool = True  # thumbnails + class areas in the summary's HTML page
 
     def __post_init__(self) -> None:
         if self.concurrent_scenes < 1:
@@ -362,6 +365,8 @@ def _option(manifest: Path, where: str, key: str, value: Any, base: Path, dst: s
             return str(Path(dst).with_suffix(".gpkg"))
         if value is False or str(value).lower() == "false":
             return None
+    if key == "preview" and (value is True or str(value).lower() == "true"):
+        return str(Path(dst).with_suffix(".png"))  # preview: true -> beside the mask
     if key in _PATH_OPTIONS:
         return _resolve(str(value), base)
     if not isinstance(value, str):
@@ -421,14 +426,18 @@ def run_batch(
     config = config or BatchConfig()
     started = time.perf_counter()
     results: dict[int, SceneResult] = {}
+    pictures: dict[int, ScenePicture | None] = {}
     lock = threading.Lock()
 
     def run_one(index: int, scene: Scene, shared_client: Any) -> None:
         outcome = _run_scene(scene, config, shared_client)
+        if config.summary and config.previews and outcome.ok and Path(scene.dst).exists():
+            pictures[index] = scene_picture(scene.dst, index, config.summary)
         with lock:
             results[index] = outcome
             if config.summary:  # rewrite as we go: a killed batch still leaves a summary
-                _write_summary(config.summary, scenes, results, time.perf_counter() - started)
+                _write_summary(config.summary, scenes, results, time.perf_counter() - started,
+                               pictures)
         if on_scene is not None:
             on_scene(scene, outcome)
 
@@ -442,7 +451,7 @@ def run_batch(
                     future.result()
     seconds = time.perf_counter() - started
     if config.summary:
-        _write_summary(config.summary, scenes, results, seconds)
+        _write_summary(config.summary, scenes, results, seconds, pictures)
     ordered = tuple(results[i] for i in range(len(scenes)))
     return BatchResult(ordered, seconds, config.summary)
 
@@ -515,7 +524,7 @@ def summary_csv_path(summary: str | os.PathLike[str]) -> Path:
 
 
 def _write_summary(path: str, scenes: list[Scene], results: dict[int, SceneResult],
-                   seconds: float) -> None:
+                   seconds: float, pictures: dict[int, ScenePicture | None] | None = None) -> None:
     rows = []
     for i, scene in enumerate(scenes):
         rows.append(asdict(results[i]) if i in results else
@@ -541,6 +550,8 @@ def _write_summary(path: str, scenes: list[Scene], results: dict[int, SceneResul
     for row in rows:
         writer.writerow({**row, "seconds": f"{row['seconds']:.3f}"})
     _atomic_write(summary_csv_path(target), "".join(lines))
+    _atomic_write(html_path(json_path), render_html(f"tileseg batch: {json_path.stem}", doc,
+                                                    pictures or {}))
 
 
 class _ListWriter:

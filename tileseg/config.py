@@ -51,6 +51,7 @@ class PredictConfig:
     workers: int | None = None  # threads of the in-process scheduler
     report: str | None = None  # write a JSON run report here
     vectorize: str | None = None  # also write polygons here (GPKG, GeoParquet, ...)
+    preview: str | None = None  # also draw a PNG quicklook here (tileseg.preview)
 
     def __post_init__(self) -> None:
         if self.tile_size < 16:

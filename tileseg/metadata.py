@@ -8,6 +8,7 @@ A model directory holds smp's ``config.json`` + ``model.safetensors`` and, optio
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -23,12 +24,15 @@ logger = logging.getLogger(__name__)
 METADATA_FILENAME = "tileseg.json"
 METADATA_FORMAT = "tileseg-model/1"
 
-# Fallback colours (RGB) for classes that come without one; chosen to be distinct on a map.
-_PALETTE = [
-    (0, 0, 0), (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-    (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-    (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
-]
+# Fallback colours (RGB) for classes that come without one. The first nine are matplotlib's
+# "tab10" (its grey left out); the rest are picked greedily, each as far as possible (in RGB) from
+# all before it, among colours neither near black (black reads as nodata) nor near white (reads as
+# empty). Pairwise RGB distance stays >= 76 up to 32 classes, >= 33 up to 256.
+_SEED_PALETTE = (
+    (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+    (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207),
+)
+PALETTE_SIZE = 256  # beyond this many classes the colours repeat
 
 # Defaults used when a model has no tileseg.json: bring every dtype roughly into [0, 1].
 DEFAULT_SCALE = {
@@ -184,7 +188,27 @@ def _as_list(value: Any) -> list[Any]:
 
 
 def default_color(class_id: int) -> tuple[int, int, int]:
-    return _PALETTE[class_id % len(_PALETTE)]
+    """The fallback colour of a class: distinct from its neighbours' and never black or white."""
+    return _palette()[class_id % PALETTE_SIZE]
+
+
+@functools.cache
+def _palette() -> tuple[tuple[int, int, int], ...]:
+    # Prefix-stable (class i's colour does not depend on how many classes a model has), and cheap
+    # enough to compute on first use: 256 steps over ~4,000 candidate colours.
+    levels = np.linspace(0, 255, 18).round()
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
+    luma = grid @ np.array([0.299, 0.587, 0.114])
+    candidates = grid[(luma > 70) & (luma < 225)]
+    chosen: list[tuple[int, int, int]] = list(_SEED_PALETTE)
+    nearest = np.full(len(candidates), np.inf)
+    for color in chosen:
+        nearest = np.minimum(nearest, np.linalg.norm(candidates - np.asarray(color), axis=1))
+    while len(chosen) < PALETTE_SIZE:
+        pick = candidates[int(nearest.argmax())]
+        chosen.append((int(pick[0]), int(pick[1]), int(pick[2])))
+        nearest = np.minimum(nearest, np.linalg.norm(candidates - pick, axis=1))
+    return tuple(chosen)
 
 
 def parse_color(value: Any, class_id: int) -> tuple[int, int, int]:

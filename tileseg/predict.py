@@ -41,6 +41,7 @@ from tileseg.outputs import (
 from tileseg.progress import Progress, ProgressCallback
 from tileseg.raster import RasterInfo, is_remote, open_dataset, open_raster
 from tileseg.runlock import exclusive_run
+from tileseg.styles import publish_raster_styles
 
 if TYPE_CHECKING:
     from tileseg.vectorize import VectorizeResult
@@ -184,6 +185,10 @@ def _check_destination(config: PredictConfig, fmt: str) -> tuple[Path, Path]:
             raise OutputError(f"{config.vectorize}: already exists; pass --overwrite to replace it")
     if fmt == "zarr" and config.zarr_path:
         raise OutputError("--zarr is for GeoTIFF destinations; the destination is already Zarr")
+    if config.preview:
+        from tileseg.preview import check_preview_destination
+
+        check_preview_destination(config.preview, config.overwrite)
     return dst, staging
 
 
@@ -358,6 +363,7 @@ def predict(
         else:
             tif_tmp = staging / ("output" + (dst.suffix or ".tif"))
             zarr_to_geotiff(zarr_store, tif_tmp, cog=fmt == "cog", workdir=staging)
+            publish_raster_styles(dst, model.metadata.classes, workdir=staging)  # before the mask
             _publish(tif_tmp, dst)
             if config.zarr_path:
                 _publish(zarr_store, Path(config.zarr_path))
@@ -377,6 +383,8 @@ def predict(
                                    "seconds": round(polygons.seconds, 3),
                                    "features_per_class": {polygons.class_names.get(k, str(k)): v
                                                           for k, v in polygons.counts.items()}}
+        if config.preview:
+            report["preview"] = _preview(result, config)
         if config.report:
             Path(config.report).write_text(json.dumps(report, indent=2) + "\n")
         return result
@@ -419,6 +427,17 @@ def _vectorize(result: PredictResult, config: PredictConfig) -> VectorizeResult:
     return vectorize(source, config.vectorize, VectorizeConfig(
         overwrite=config.overwrite, allow_no_crs=config.allow_no_crs,
         scheduler=config.scheduler, workers=config.workers))
+
+
+def _preview(result: PredictResult, config: PredictConfig) -> dict[str, Any]:
+    """Draw the published mask over its source; what the report says about it."""
+    from tileseg.preview import PreviewConfig, make_preview
+
+    assert config.preview is not None
+    bands = config.bands if config.bands and len(config.bands) == 3 else None  # e.g. 4,3,2
+    drawn = make_preview(result.dst, config.preview, PreviewConfig(over=config.src, bands=bands))
+    return {"path": drawn.path, "km2_per_class": {a.name: None if a.km2 is None else
+                                                  round(a.km2, 4) for a in drawn.areas}}
 
 
 def _cluster_address(config: PredictConfig, client: Any) -> str | None:

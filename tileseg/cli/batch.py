@@ -25,6 +25,8 @@ Manifests (relative paths are relative to the manifest's folder):
 \b
 Complete outputs are skipped, interrupted ones resumed, failures recorded in the summary and
 retried by running the same command again. Exit code 0 only if every scene succeeded.
+Beside the JSON/CSV summary, SUMMARY.html shows every scene with a thumbnail (in
+SUMMARY.previews/), its status, tiles, time and area per class.
 """
 
 
@@ -51,14 +53,16 @@ retried by running the same command again. Exit code 0 only if every scene succe
 @click.option("--workers", type=int, help="Threads of the in-process scheduler.")
 @click.option("--concurrent-scenes", type=int, default=1, show_default=True,
               help="Scenes in flight at once (keeps a big cluster busy between scenes).")
+@click.option("--no-previews", is_flag=True,
+              help="Skip the scenes' thumbnails and class areas on the summary's HTML page.")
 @verbosity_options
 @handle_errors
 def command(manifest: str, output_dir: str | None, suffix: str, summary: str | None,
             model: str | None, bands: tuple[int, ...] | None, tile_size: int | None,
             overlap: int | None, chunk_size: int | None, blend: str | None, device: str | None,
             batch_size: int | None, precision: str | None, probabilities: str | None,
-            scheduler: str | None, workers: int | None, concurrent_scenes: int, verbose: int,
-            quiet: bool) -> None:
+            scheduler: str | None, workers: int | None, concurrent_scenes: int,
+            no_previews: bool, verbose: int, quiet: bool) -> None:
     """Segment every scene listed in MANIFEST (text, CSV or YAML), idempotently."""
     from tileseg.batch import BatchConfig, SceneResult, default_summary_path, run_manifest
 
@@ -72,7 +76,7 @@ def command(manifest: str, output_dir: str | None, suffix: str, summary: str | N
     }
     config = BatchConfig(output_dir=output_dir, suffix=suffix, defaults=defaults,
                          scheduler=scheduler, summary=summary or default_summary_path(manifest),
-                         concurrent_scenes=concurrent_scenes)
+                         concurrent_scenes=concurrent_scenes, previews=not no_previews)
 
     def echo(scene: object, result: SceneResult) -> None:
         if quiet:
@@ -86,5 +90,5 @@ def command(manifest: str, output_dir: str | None, suffix: str, summary: str | N
     if not quiet:
         counts = ", ".join(f"{n} {status}" for status, n in result.counts().items() if n)
         click.echo(f"{len(result.scenes)} scenes: {counts} in {result.seconds:.1f} s; "
-                   f"summary {result.summary}", err=True)
+                   f"summary {result.summary} (and .csv, .html)", err=True)
     result.raise_for_failures()

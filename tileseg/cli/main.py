@@ -14,6 +14,7 @@ _COMMANDS = {
     "predict": "tileseg.cli.predict",
     "info": "tileseg.cli.info",
     "vectorize": "tileseg.cli.vectorize",
+    "preview": "tileseg.cli.preview",
     "batch": "tileseg.cli.batch",
     "train": "tileseg.cli.train",
     "evaluate": "tileseg.cli.evaluate",

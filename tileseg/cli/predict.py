@@ -32,7 +32,11 @@ Examples:
 @click.option("--model", "-m", help="Model directory (save_pretrained + tileseg.json). "
               "Default: the bundled land-cover model.")
 @click.option("--format", "fmt", type=click.Choice(["gtiff", "cog", "zarr"]),
-              help="Output format; default from DST's extension (.tif: COG, .zarr: Zarr).")
+              help="Output format; default from DST's extension (.tif: cog, .gtiff: gtiff, "
+              ".zarr: zarr). cog: a Cloud-Optimized GeoTIFF, overviews and tile index at the "
+              "front for HTTP range reads (web viewers, /vsicurl/), made by one extra copy "
+              "pass; gtiff: the same tiled, compressed GeoTIFF with internal overviews, written "
+              "in place without that copy (local disks, quicker); zarr: a Zarr v3 store.")
 @click.option("--zarr", "zarr_path", help="Also keep the Zarr mosaic here (GeoTIFF outputs).")
 @click.option("--bands", callback=int_list, help="1-based bands to read, e.g. 4,3,2.")
 @click.option("--nodata", type=float, help="Nodata value, overriding the file's.")
@@ -64,6 +68,9 @@ Examples:
 @click.option("--workers", type=int, help="Threads of the in-process scheduler (default 2).")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write a JSON run report here.")
 @click.option("--vectorize", help="Also write polygons here (.gpkg, .parquet, .geojson, .fgb).")
+@click.option("--preview", type=click.Path(dir_okay=False),
+              help="Also draw a PNG quicklook here: the classes over SRC, with a legend of "
+              "class areas (see tileseg preview).")
 @verbosity_options
 @handle_errors
 def command(src: str, dst: str | None, model: str | None, fmt: str | None, zarr_path: str | None,
@@ -72,7 +79,8 @@ def command(src: str, dst: str | None, model: str | None, fmt: str | None, zarr_
             batch_size: int | None, precision: str, compile_model: bool,
             output_stride: str | None, atrous_rates: tuple[int, ...] | None, probabilities: str,
             overwrite: bool, resume: bool, scheduler: str | None, workers: int | None,
-            report: str | None, vectorize: str | None, verbose: int, quiet: bool) -> None:
+            report: str | None, vectorize: str | None, preview: str | None, verbose: int,
+            quiet: bool) -> None:
     """Segment SRC (any GDAL raster) into a class mask DST (GeoTIFF/COG or Zarr).
 
     DST defaults to SRC's name with .mask.tif (.mask.zarr for --format zarr) in the current
@@ -93,7 +101,7 @@ def command(src: str, dst: str | None, model: str | None, fmt: str | None, zarr_
         decoder_atrous_rates=atrous_rates,
         probabilities=probabilities,  # type: ignore[arg-type]
         overwrite=overwrite, resume=resume, scheduler=scheduler, workers=workers,
-        report=report, vectorize=vectorize,
+        report=report, vectorize=vectorize, preview=preview,
     )
     bar = ProgressBar("predict", enabled=not quiet)
     try:
@@ -105,6 +113,8 @@ def command(src: str, dst: str | None, model: str | None, fmt: str | None, zarr_
         polygons = result.report.get("vectorize")
         if polygons:
             click.echo(f"{polygons['dst']}: {polygons['features']} polygons", err=True)
+        if result.report.get("preview"):
+            click.echo(f"{result.report['preview']['path']}: preview", err=True)
 
 
 def summary_line(result: PredictResult) -> str:

@@ -230,6 +230,20 @@ class Source:
                     "add classes with --classes/--class-values or set those pixels to nodata"
                 )
 
+    def label_colors(self, values: tuple[int, ...]) -> tuple[tuple[int, int, int], ...] | None:
+        """The colour of each class value in the label raster's colour table, or None when it has
+        none (or one that gives every class the same colour, i.e. no real legend)."""
+        if self.label is None:
+            return None
+        try:
+            cmap = self.label.colormap(1)
+        except ValueError:  # rasterio: no colour table
+            return None
+        colors = tuple(tuple(int(v) for v in cmap.get(value, (0, 0, 0))[:3]) for value in values)
+        if len(set(colors)) < 2:
+            return None
+        return colors  # type: ignore[return-value]
+
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Read ``(image float32 (bands, h, w), valid bool (h, w), class ids uint8 (h, w))``."""
         image = self.image.read(self.indexes, window=window).astype(np.float32)

@@ -154,8 +154,21 @@ def _encoder_weights_path(config: TrainConfig) -> str | None:
     return config.encoder_weights
 
 
-def _metadata(config: TrainConfig, src: Source, mean: np.ndarray, std: np.ndarray) -> ModelMetadata:
-    colors = config.class_colors or tuple(default_color(i) for i in range(config.num_classes))
+def _class_colors(config: TrainConfig, sources: list[Source]) -> tuple[tuple[int, int, int], ...]:
+    """``--colors`` when given, else the labels' own colour table, else distinct defaults."""
+    if config.class_colors:
+        return config.class_colors
+    for source in sources:
+        colors = source.label_colors(config.values)
+        if colors is not None:
+            logger.info("class colours from the colour table of %s", source.spec.labels)
+            return colors
+    return tuple(default_color(i) for i in range(config.num_classes))
+
+
+def _metadata(config: TrainConfig, src: Source, mean: np.ndarray, std: np.ndarray,
+              colors: tuple[tuple[int, int, int], ...] | None = None) -> ModelMetadata:
+    colors = colors or _class_colors(config, [src])
     bands = config.band_names or tuple(
         (src.image.descriptions[i - 1] or f"band_{i}") for i in src.indexes)
     gsd = None
@@ -244,7 +257,7 @@ def _run(config: TrainConfig, sources: list[Source], out_dir: Path, device: torc
                              "small; use a smaller --holdout-fraction or separate --val rasters")
 
     mean, std, train_pixels = band_statistics(sources, train_regions)
-    metadata = _metadata(config, sources[0], mean, std)
+    metadata = _metadata(config, sources[0], mean, std, _class_colors(config, sources))
     coefficients = metadata.normalization.coefficients(metadata.in_channels)
     logger.info("normalization from %d training pixels: mean %s std %s", train_pixels,
                 np.round(mean, 3).tolist(), np.round(std, 3).tolist())

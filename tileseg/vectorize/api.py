@@ -15,6 +15,7 @@ import shapely
 from tileseg.errors import ConfigError, InputError
 from tileseg.naming import check_not_source
 from tileseg.progress import Progress, ProgressCallback
+from tileseg.styles import legend_for, mask_legend
 from tileseg.vectorize.merge import Components, merge_pieces
 from tileseg.vectorize.polygons import (
     ChunkPieces,
@@ -149,8 +150,11 @@ def vectorize(
     check_not_source(dst, os.fspath(src))
     check_destination(dst, config.overwrite)  # fail before the (long) work, not after
     polygons = polygonize(src, config, progress=progress)
+    # QGIS colours a GeoPackage by class on opening: the mask's palette, defaults for the rest
+    style = legend_for(mask_legend(src.path if isinstance(src, MaskSource) else src),
+                       polygons.fields["class_id"])
     write_layer(dst, polygons.geometry, polygons.fields, polygons.crs_wkt,
-                overwrite=config.overwrite)
+                overwrite=config.overwrite, style=style)
     ids, counts = np.unique(polygons.fields["class_id"], return_counts=True)
     names = dict(zip(polygons.fields["class_id"].tolist(), polygons.fields["class_name"].tolist(),
                      strict=True))

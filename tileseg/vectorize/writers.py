@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping
+import sqlite3
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +18,8 @@ import numpy as np
 import shapely
 
 from tileseg.errors import OutputError
+from tileseg.metadata import ClassInfo
+from tileseg.styles import add_layer_style
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +66,13 @@ def write_layer(
     crs_wkt: str | None,
     *,
     overwrite: bool = False,
+    style: Sequence[ClassInfo] = (),
 ) -> None:
-    """Write polygons with attribute ``fields`` to ``path`` as MultiPolygons, atomically."""
+    """Write polygons with attribute ``fields`` to ``path`` as MultiPolygons, atomically.
+
+    A GeoPackage also gets ``style`` (the classes' names and colours) as its default QGIS layer
+    style, written before the rename like the features.
+    """
     fmt = check_destination(path, overwrite)
     dst = Path(path)
     tmp = dst.with_name(f".{dst.stem}.partial-{os.getpid()}{dst.suffix}")
@@ -73,8 +81,10 @@ def write_layer(
             _write_geoparquet(tmp, geometry, fields, crs_wkt)
         else:
             _write_ogr(tmp, fmt, dst.stem, geometry, fields, crs_wkt)
+            if fmt == "gpkg":
+                add_layer_style(tmp, dst.stem, style)
         os.replace(tmp, dst)
-    except OSError as exc:
+    except (OSError, sqlite3.Error) as exc:
         raise OutputError(f"{dst}: cannot write ({exc}); check the folder and free space") from exc
     finally:
         for leftover in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-journal", "-wal", "-shm"))):
