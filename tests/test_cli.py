@@ -54,7 +54,8 @@ def test_info_shows_the_plan(scene, deeplab_dir) -> None:
     assert code == 0, out
     facts = json.loads(out)
     assert facts["plan"]["tiles to infer"] == 1
-    assert facts["plan"]["network input"] == "528 x 528"
+    # the 513 px default tile is clamped to the 140 x 150 raster (+ overlap 64): 214 -> 224
+    assert facts["plan"]["network input"] == "224 x 224"
 
 
 def test_info_names_the_crs_and_where_valid_pixels_come_from(make_raster, deeplab_dir,

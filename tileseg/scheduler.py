@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tileseg.errors import ConfigError, RunError, TilesegError
@@ -25,7 +27,38 @@ def scheduler_address(scheduler: str | None) -> str | None:
     value = scheduler or os.environ.get(SCHEDULER_ENV) or _configured() or None
     if value in (None, "threads", "sync"):
         return None
+    if not _ADDRESS.match(value):
+        raise ConfigError(f"--scheduler {value!r}: use threads, sync or a dask.distributed "
+                          "address (tcp://host:8786)")
     return value
+
+
+# scheme://anything, or host:port (distributed's default scheme is tcp)
+_ADDRESS = re.compile(r"^([a-z][a-z0-9+.-]*://.+|[^\s/:]+:\d+)$")
+
+
+@contextlib.contextmanager
+def cluster_client(address: str | None, client: Any = None) -> Iterator[Any]:
+    """The client to run on: ``client`` if given, else one opened to ``address`` for the
+    ``with`` body (None when both are None: in-process). Opened before any work, so an
+    unreachable scheduler is one :class:`ConfigError` (exit 2) with nothing written."""
+    if client is not None or address is None:
+        yield client
+        return
+    try:
+        from distributed import Client
+    except ImportError as exc:  # pragma: no cover - distributed is a required dependency
+        raise ConfigError("dask.distributed is not installed; pip install distributed") from exc
+    try:
+        own = Client(address, timeout="20s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot reach the dask scheduler at {address} ({exc}); start it or fix --scheduler"
+        ) from exc
+    try:
+        yield own
+    finally:
+        own.close()
 
 
 def _configured() -> str | None:
@@ -102,40 +135,32 @@ def gpu_workers(client: Any) -> int:
 
 def _run_distributed(mosaic: MosaicGraph, address: str | None, on_result: ResultCallback,
                      client: Any, device: str = "auto") -> None:
-    try:
-        from distributed import Client, as_completed
-    except ImportError as exc:  # pragma: no cover - distributed is a required dependency
-        raise ConfigError("dask.distributed is not installed; pip install distributed") from exc
-    own_client = client is None
-    if own_client:
+    with cluster_client(address, client) as client:
+        _submit_and_wait(mosaic, on_result, client, device)
+
+
+def _submit_and_wait(mosaic: MosaicGraph, on_result: ResultCallback, client: Any,
+                     device: str) -> None:
+    from distributed import as_completed
+
+    gpus = gpu_workers(client) if device != "cpu" else 0
+    if gpus:
+        logger.info("%d workers advertise a GPU: each infer task requests GPU=1", gpus)
+        # two submissions of one graph: the finalize tasks find their infer dependencies
+        # already on the scheduler (same deterministic keys) and reuse them
+        futures = client.get(mosaic.graph, mosaic.infer_keys, sync=False,
+                             resources={"GPU": 1})
+        futures += client.get(mosaic.graph, mosaic.finalize_keys, sync=False)
+    else:
+        futures = client.get(mosaic.graph, mosaic.infer_keys + mosaic.finalize_keys,
+                             sync=False)
+    kinds = {f.key: _kind(f.key, mosaic) for f in futures}
+    for future in as_completed(futures):
         try:
-            client = Client(address, timeout="20s")
-        except (OSError, TimeoutError) as exc:
-            raise ConfigError(
-                f"cannot reach the dask scheduler at {address} ({exc}); start it or fix --scheduler"
-            ) from exc
-    try:
-        gpus = gpu_workers(client) if device != "cpu" else 0
-        if gpus:
-            logger.info("%d workers advertise a GPU: each infer task requests GPU=1", gpus)
-            # two submissions of one graph: the finalize tasks find their infer dependencies
-            # already on the scheduler (same deterministic keys) and reuse them
-            futures = client.get(mosaic.graph, mosaic.infer_keys, sync=False,
-                                 resources={"GPU": 1})
-            futures += client.get(mosaic.graph, mosaic.finalize_keys, sync=False)
-        else:
-            futures = client.get(mosaic.graph, mosaic.infer_keys + mosaic.finalize_keys,
-                                 sync=False)
-        kinds = {f.key: _kind(f.key, mosaic) for f in futures}
-        for future in as_completed(futures):
-            try:
-                result = future.result()
-            except TilesegError:
-                raise
-            except Exception as exc:
-                raise RunError(f"task {future.key} failed on the cluster: {exc}; rerun with "
-                               "--resume once fixed") from exc
-            on_result(result, kinds[future.key] or "")
-    finally:
-        if own_client:
-            client.close()
+            result = future.result()
+        except TilesegError:
+            raise
+        except Exception as exc:
+            raise RunError(f"task {future.key} failed on the cluster: {exc}; rerun with "
+                           "--resume once fixed") from exc
+        on_result(result, kinds[future.key] or "")
