@@ -450,23 +450,10 @@ def run_batch(
 @contextmanager
 def _cluster(scheduler: str | None, client: Any) -> Iterator[Any]:
     """One client for the whole batch: workers keep their models loaded between scenes."""
-    from tileseg.scheduler import scheduler_address
+    from tileseg.scheduler import cluster_client, scheduler_address
 
-    address = scheduler_address(scheduler)
-    if client is not None or address is None:
-        yield client
-        return
-    from distributed import Client
-
-    try:
-        own = Client(address, timeout="20s")
-    except (OSError, TimeoutError) as exc:
-        raise ConfigError(f"cannot reach the dask scheduler at {address} ({exc}); start it or "
-                          "fix --scheduler") from exc
-    try:
+    with cluster_client(scheduler_address(scheduler), client) as own:
         yield own
-    finally:
-        own.close()
 
 
 def _run_scene(scene: Scene, config: BatchConfig, client: Any) -> SceneResult:

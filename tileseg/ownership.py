@@ -17,6 +17,7 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tileseg.errors import OutputError
 
@@ -88,7 +89,7 @@ def recorded_fingerprint(path: str | os.PathLike[str]) -> str | None:
     """The run fingerprint a finished mask records (GeoTIFF tag or Zarr attribute), else None."""
     p = Path(path)
     if p.is_dir():
-        meta = _read_json(p / "zarr.json")
+        meta: Any = _read_json(p / "zarr.json")
         try:
             value = meta["attributes"][ZARR_ATTRIBUTE].get("fingerprint")
         except (KeyError, TypeError, AttributeError):

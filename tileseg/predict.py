@@ -30,9 +30,9 @@ from tileseg.errors import (
     TilesegError,
 )
 from tileseg.grid import TileGrid, chunk_tiles_for
+from tileseg.memory import check_memory
 from tileseg.model import LoadedModel, load_model
 from tileseg.mosaic import Job, ModelRef, WorkDir, build_graph, register_model
-from tileseg.memory import check_memory
 from tileseg.outputs import (
     create_zarr,
     format_for,

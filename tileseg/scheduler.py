@@ -17,6 +17,7 @@ logger = logging.getLogger(__name__)
 ResultCallback = Callable[[dict[str, Any], str], None]
 SCHEDULER_ENV = "TILESEG_SCHEDULER"
 DASK_CONFIG_KEY = "tileseg.scheduler"
+CONNECT_TIMEOUT_KEY = "tileseg.connect-timeout"  # how long to try reaching a scheduler (20s)
 
 
 def scheduler_address(scheduler: str | None) -> str | None:
@@ -49,8 +50,10 @@ def cluster_client(address: str | None, client: Any = None) -> Iterator[Any]:
         from distributed import Client
     except ImportError as exc:  # pragma: no cover - distributed is a required dependency
         raise ConfigError("dask.distributed is not installed; pip install distributed") from exc
+    import dask
+
     try:
-        own = Client(address, timeout="20s")
+        own = Client(address, timeout=dask.config.get(CONNECT_TIMEOUT_KEY, default="20s"))
     except (OSError, TimeoutError, ValueError) as exc:
         raise ConfigError(
             f"cannot reach the dask scheduler at {address} ({exc}); start it or fix --scheduler"
