@@ -387,3 +387,20 @@ def test_library_errors_keep_their_builtin_bases() -> None:
     assert issubclass(DamagedInputError, InputError) and issubclass(DamagedInputError, RunError)
     assert DamagedInputError("x").exit_code == 2
     assert issubclass(OutputError, OSError)
+
+
+def test_batch_manifest_outputs_may_not_overlap_sources_or_each_other(tmp_path) -> None:
+    from tileseg.batch import load_manifest
+
+    for name in ("a.tif", "b.tif"):
+        (tmp_path / name).write_bytes(b"scene")
+    manifest = tmp_path / "scenes.yaml"
+    manifest.write_text("- {src: a.tif, dst: out/a_mask.tif}\n- {src: b.tif, dst: a.tif}\n")
+    with pytest.raises(InputError, match=r"scene 1 src .*a.tif and scene 2 dst .*same file"):
+        load_manifest(manifest)
+    manifest.write_text("- {src: a.tif, dst: out.zarr}\n- {src: b.tif, dst: b_mask.tif, "
+                        "zarr: out.zarr/b.zarr}\n")
+    with pytest.raises(InputError, match="inside"):
+        load_manifest(manifest)
+    manifest.write_text("- {src: a.tif, dst: a_mask.tif}\n- {src: a.tif, dst: a_mask2.tif}\n")
+    assert len(load_manifest(manifest)) == 2  # one source read twice is fine
