@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tileseg.config import PredictConfig
+from tileseg.destination import check_distinct_paths
 from tileseg.errors import (
     ConfigError,
     InputError,
@@ -46,7 +47,6 @@ from tileseg.errors import (
     RunError,
     TilesegError,
 )
-from tileseg.destination import check_distinct_paths
 from tileseg.raster import is_remote
 from tileseg.staging import staging_path_for
 
