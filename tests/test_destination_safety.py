@@ -170,6 +170,18 @@ def test_overwrite_keeps_what_tileseg_did_not_write(scene, deeplab_dir, tmp_path
     assert not Path(f"{dst}.partial").exists()
 
 
+def test_overwrite_keeps_a_symbolic_link_and_its_target(scene, deeplab_dir, tmp_path) -> None:
+    (tmp_path / "archive").mkdir()
+    target = tmp_path / "archive" / "mask.tif"
+    assert run(*predict_args(scene, target, deeplab_dir))[0] == 0  # tileseg's, behind a link
+    link = tmp_path / "latest.tif"
+    link.symlink_to(target)
+    before = snapshot(tmp_path)
+    code, out = run(*predict_args(scene, link, deeplab_dir, "--overwrite"))
+    one_line_error(code, out, 4, str(link), "symbolic link")
+    assert snapshot(tmp_path) == before and link.is_symlink()
+
+
 def test_overwrite_replaces_tileseg_outputs(scene, deeplab_dir, tmp_path) -> None:
     tif, store, report = tmp_path / "m.tif", tmp_path / "m.zarr", tmp_path / "r.json"
     args = predict_args(scene, tif, deeplab_dir, "--zarr", str(store), "--report", str(report))

@@ -112,7 +112,10 @@ def remove_owned(path: str | os.PathLike[str], what: str = "output") -> None:
 
 def check_replaceable(path: Path, what: str = "output") -> None:
     """Refuse (exit 4) to replace an existing ``path`` that tileseg did not write."""
-    if (path.exists() or path.is_symlink()) and not is_tileseg_output(path):
+    if path.is_symlink():
+        raise OutputError(f"{path}: is a symbolic link; tileseg does not replace links or what "
+                          f"they point to; remove it or choose another {what}")
+    if path.exists() and not is_tileseg_output(path):
         raise OutputError(
             f"{path}: exists and was not written by tileseg (no tileseg {_mark(path)}), so "
             f"--overwrite does not replace it; move it away or choose another {what}"
