@@ -156,10 +156,9 @@ def has_valid_pixel(raster: RasterInfo) -> bool:
 def _check_paths(config: PredictConfig) -> None:
     """Every path the run reads or writes, pairwise: none the same file as, or inside, another
     (exit 2), so no output can replace an input, before anything is written."""
-    model_dir = config.model if config.model is not None else None
     check_distinct_paths(
         {"SRC": raster_files(config.src), "DST": config.dst, "--zarr": config.zarr_path,
-         "--vectorize": config.vectorize, "--report": config.report, "--model": model_dir},
+         "--vectorize": config.vectorize, "--report": config.report, "--model": config.model},
         read_only=("SRC", "--model"),
     )
 
@@ -185,13 +184,12 @@ def _check_outputs(config: PredictConfig, fmt: str, staging: LocalStaging) -> No
         if Path(config.vectorize).exists() and not config.overwrite:
             raise OutputError(f"{config.vectorize}: already exists; pass --overwrite to replace it")
     if config.report:
-        _check_report(config)
+        _check_report(Path(config.report), config)
 
 
-def _check_report(config: PredictConfig) -> None:
-    assert config.report is not None
-    check_output_folder(config.report, "--report path")
-    report = Path(config.report)
+def _check_report(report: Path, config: PredictConfig) -> None:
+    """``--report`` replaces only a tileseg report, and only with --overwrite (or --resume)."""
+    check_output_folder(report, "--report path")
     if report.exists() or report.is_symlink():
         if not (config.overwrite or config.resume):
             raise OutputError(f"{report}: already exists; pass --overwrite to replace it")
@@ -369,7 +367,7 @@ def predict(
                                    "features_per_class": {polygons.class_names.get(k, str(k)): v
                                                           for k, v in polygons.counts.items()}}
         if config.report:
-            _check_report(config)  # again: the run took a while
+            _check_report(Path(config.report), config)  # again: the run took a while
             write_text_atomic(config.report, json.dumps(report, indent=2) + "\n")
         return result
 
