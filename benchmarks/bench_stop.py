@@ -59,7 +59,7 @@ def main() -> None:
             src = root / f"scene{side}.tif"
             if not src.exists():
                 make_raster(src, side)
-            report = root / "clean.json"
+            report = root / f"clean{side}.json"
             clean = predict_args(src, root / f"clean{side}.tif", model, tile, overlap, chunk)
             subprocess.run([*clean, "--report", str(report)], check=True)
             facts = json.loads(report.read_text())

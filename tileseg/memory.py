@@ -95,7 +95,10 @@ def check_memory(config: PredictConfig, plan: Plan) -> None:
     tasks = 1 if config.scheduler == "sync" else (config.workers or 2)
     estimate = estimate_memory(plan, batch, tasks)
     if device.type == "cuda":
-        free = int(torch.cuda.mem_get_info(device)[0])
+        try:
+            free = int(torch.cuda.mem_get_info(device)[0])
+        except RuntimeError:  # a driver that cannot tell: the run finds out itself
+            free = 0
         where = f"free on {device}"
     else:
         free = available_memory() or 0
