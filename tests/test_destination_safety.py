@@ -194,6 +194,30 @@ def test_overwrite_replaces_tileseg_outputs(scene, deeplab_dir, tmp_path) -> Non
     assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob(".*"))
 
 
+def test_overwrite_keeps_a_foreign_folder_where_staging_would_go(scene, deeplab_dir,
+                                                                 tmp_path) -> None:
+    folder = tmp_path / "m.tif.partial"  # not left by tileseg: no run.json
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    code, out = run(*predict_args(scene, tmp_path / "m.tif", deeplab_dir, "--overwrite"))
+    one_line_error(code, out, 4, str(folder), "not written by tileseg")
+    assert snapshot(tmp_path) == before and not is_tileseg_output(folder)
+
+
+def test_overwrite_restarts_an_interrupted_run(scene, deeplab_dir, tmp_path) -> None:
+    from conftest import interrupt_after
+
+    dst = tmp_path / "m.tif"
+    with pytest.raises(KeyboardInterrupt):
+        predict(PredictConfig(str(scene), str(dst), tile_size=64, overlap=16, chunk_size=48,
+                              workers=1), model=per_pixel_model(3, 4), progress=interrupt_after(2))
+    assert is_tileseg_output(Path(f"{dst}.partial"))  # its own staging: --overwrite may delete it
+    code, out = run(*predict_args(scene, dst, deeplab_dir, "--overwrite"))
+    assert code == 0, out
+    assert not Path(f"{dst}.partial").exists() and is_tileseg_output(dst)
+
+
 def test_overwrite_keeps_a_foreign_zarr_destination(scene, deeplab_dir, tmp_path) -> None:
     store = tmp_path / "keep.zarr"
     store.mkdir()

@@ -22,7 +22,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tileseg.errors import OutputError, RunError
 from tileseg.ownership import check_replaceable, is_tileseg_staging, recorded_fingerprint
@@ -36,6 +36,25 @@ STAGING_SUFFIX = ".partial"
 def staging_path_for(dst: str | os.PathLike[str]) -> Path:
     dst = Path(dst)
     return dst.with_name(dst.name + STAGING_SUFFIX)
+
+
+class Staging(Protocol):
+    """The steps of a run's output life cycle; :class:`LocalStaging` writes to local disk, an
+    object-store implementation would stage under a prefix and publish by copy + marker."""
+
+    def check(self, *, overwrite: bool, resume: bool) -> None: ...
+
+    def lock(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def finished(self, fingerprint: str) -> bool: ...
+
+    def prepare(self, fingerprint: str, *, resume: bool, overwrite: bool,
+                facts: dict[str, Any], create: Callable[[LocalStaging], None],
+                on_resume: Callable[[dict[str, Any]], None] | None = None) -> bool: ...
+
+    def publish(self, built: Path, zarr_too: bool) -> None: ...
+
+    def discard(self) -> None: ...
 
 
 @dataclass(frozen=True)
