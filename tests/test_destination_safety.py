@@ -334,22 +334,38 @@ def test_truncated_input_found_mid_run_is_a_damaged_input(make_raster, deeplab_d
     assert "--resume" in line  # after repairing the file, the finished chunks are kept
 
 
-def test_vrt_with_a_missing_source_is_a_damaged_input(make_raster, deeplab_dir,
-                                                      tmp_path) -> None:
-    with rasterio.open(make_raster(random_image(3, 140, 150), name="left.tif")) as ds:
+def _vrt_over(source: Path, like: Path, vrt: Path) -> Path:
+    """A VRT of ``like``'s size and georeferencing whose three bands read ``source``."""
+    with rasterio.open(like) as ds:
         crs, gt = ds.crs.to_wkt(), ", ".join(str(v) for v in ds.transform.to_gdal())
+        h, w = ds.height, ds.width
     bands = "".join(
         f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource>'
-        f'<SourceFilename relativeToVRT="0">{tmp_path / "gone.tif"}</SourceFilename>'
-        f"<SourceBand>{b}</SourceBand><SrcRect xOff='0' yOff='0' xSize='150' ySize='140'/>"
-        f"<DstRect xOff='0' yOff='0' xSize='150' ySize='140'/></SimpleSource></VRTRasterBand>"
+        f'<SourceFilename relativeToVRT="0">{source}</SourceFilename>'
+        f"<SourceBand>{b}</SourceBand><SrcRect xOff='0' yOff='0' xSize='{w}' ySize='{h}'/>"
+        f"<DstRect xOff='0' yOff='0' xSize='{w}' ySize='{h}'/></SimpleSource></VRTRasterBand>"
         for b in (1, 2, 3))
-    vrt = tmp_path / "scene.vrt"
-    vrt.write_text(f'<VRTDataset rasterXSize="150" rasterYSize="140"><SRS>{crs}</SRS>'
+    vrt.write_text(f'<VRTDataset rasterXSize="{w}" rasterYSize="{h}"><SRS>{crs}</SRS>'
                    f"<GeoTransform>{gt}</GeoTransform>{bands}</VRTDataset>")
+    return vrt
+
+
+def test_vrt_with_a_missing_source_is_a_damaged_input(make_raster, deeplab_dir,
+                                                      tmp_path) -> None:
+    like = make_raster(random_image(3, 140, 150), name="left.tif")
+    vrt = _vrt_over(tmp_path / "gone.tif", like, tmp_path / "scene.vrt")
     code, out = run(*predict_args(vrt, tmp_path / "m.tif", deeplab_dir))
     one_line_error(code, out, 2, str(vrt), "damaged")
     assert not (tmp_path / "m.tif").exists()
+
+
+def test_dst_on_a_file_the_vrt_reads_is_refused(make_raster, deeplab_dir, tmp_path) -> None:
+    source = make_raster(random_image(3, 140, 150), name="tile.tif")
+    vrt = _vrt_over(source, source, tmp_path / "scene.vrt")
+    before = snapshot(tmp_path)
+    code, out = run(*predict_args(vrt, source, deeplab_dir, "--overwrite"))
+    one_line_error(code, out, 2, "same file", "tile.tif")
+    assert snapshot(tmp_path) == before
 
 
 @pytest.fixture(scope="module")
