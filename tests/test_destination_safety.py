@@ -456,3 +456,14 @@ def test_batch_manifest_outputs_may_not_overlap_sources_or_each_other(tmp_path) 
         load_manifest(manifest)
     manifest.write_text("- {src: a.tif, dst: a_mask.tif}\n- {src: a.tif, dst: a_mask2.tif}\n")
     assert len(load_manifest(manifest)) == 2  # one source read twice is fine
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path) -> None:
+    from tileseg.destination import write_text_atomic
+
+    report = tmp_path / "run.json"
+    write_text_atomic(report, '{"tileseg_report": 1}\n')
+    with pytest.raises(UnicodeEncodeError):
+        write_text_atomic(report, "half \udc80 written")  # fails part-way through encoding
+    assert report.read_text() == '{"tileseg_report": 1}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temporary left behind
