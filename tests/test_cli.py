@@ -76,13 +76,14 @@ def test_info_shows_the_plan(scene, deeplab_dir) -> None:
     assert code == 0, out
     facts = json.loads(out)
     assert facts["plan"]["tiles_to_infer"] == 1
-    assert facts["plan"]["network_input"] == [528, 528]
+    # the 513 px default tile is clamped to the 140 x 150 raster (+ overlap 64): 214 -> 224
+    assert facts["plan"]["network_input"] == [224, 224]
     assert facts["raster"]["size"] == [140, 150] and facts["raster"]["pixel_size"] == [10.0, 10.0]
     assert facts["warnings"] == []
     # the batch size predict would pick on this machine, which has no GPU in CI
     from tileseg.infer import default_batch_size, resolve_device
 
-    assert facts["plan"]["batch_size"] == default_batch_size(resolve_device("auto"), 528)
+    assert facts["plan"]["batch_size"] == default_batch_size(resolve_device("auto"), 224)
 
 
 def test_info_reports_a_model_that_does_not_fit_as_one_warning(make_raster, deeplab_dir) -> None:
@@ -301,7 +302,8 @@ def test_predict_and_vectorize_without_a_destination(scene, deeplab_dir, tmp_pat
 def test_the_source_is_never_a_destination(scene, deeplab_dir) -> None:
     before = scene.read_bytes()
     code, out = run("predict", str(scene), str(scene), "-m", str(deeplab_dir), "--overwrite")
-    assert_clean_error(code, out, "is the source")
+    assert_clean_error(code, out, "are the same file")
+    assert code == 2
     assert scene.read_bytes() == before
 
 

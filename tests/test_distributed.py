@@ -234,10 +234,10 @@ def test_unreadable_block_names_chunk_and_source_then_resume_redoes_the_rest(
     args = ["predict", str(src), str(dst), "-m", str(deeplab_dir), *SMALL_ARGS,
             "--scheduler", cluster.scheduler.address]
     failed = CliRunner().invoke(cli, args)
-    assert failed.exit_code == 5
+    assert failed.exit_code == 2  # a damaged input is a bad input, not a failed run (issue 10)
     message = failed.output.strip().splitlines()[-1]
     assert message.startswith(f"Error: {src}: chunk (")
-    assert "cannot read rows" in message and "--resume" in message
+    assert "cannot read rows" in message and "damaged" in message and "--resume" in message
     assert "Decoding error" in message  # GDAL's own reason, not "See previous exception"
     assert not dst.exists() and Path(f"{dst}.partial").is_dir()
 

@@ -82,7 +82,7 @@ def test_destination_published_while_waiting_is_not_clobbered(make_raster, tmp_p
     """A run that passed the first existence check re-checks it once it holds the lock."""
     import contextlib
 
-    import tileseg.predict as predict_module
+    import tileseg.staging as staging_module
     from tileseg.errors import OutputError
 
     src = make_raster(random_image(3, 60, 60))
@@ -94,7 +94,7 @@ def test_destination_published_while_waiting_is_not_clobbered(make_raster, tmp_p
         with exclusive_run(path):
             yield
 
-    monkeypatch.setattr(predict_module, "exclusive_run", other_run_finishes_first)
+    monkeypatch.setattr(staging_module, "exclusive_run", other_run_finishes_first)
     with pytest.raises(OutputError, match="--overwrite"):
         predict(_config(src, dst), model=per_pixel_model(3, 4))
     assert dst.read_bytes() == b"the other run's output"

@@ -117,16 +117,16 @@ def test_mask_has_gdal_categories_rat_and_a_qgis_palette(make_raster, tmp_path, 
 
 
 def test_styles_are_in_place_when_the_mask_appears(make_raster, tmp_path, monkeypatch) -> None:
-    import tileseg.predict as predict_module
+    from tileseg.staging import LocalStaging
 
     seen: dict[str, bool] = {}
-    publish = predict_module._publish
+    replace = LocalStaging._replace
 
-    def spy(tmp: Path, dst: Path) -> None:
+    def spy(self: LocalStaging, tmp: Path, dst: Path) -> None:
         seen.update({p.name: p.exists() for p in sidecar_paths(dst)})
-        publish(tmp, dst)
+        replace(self, tmp, dst)
 
-    monkeypatch.setattr(predict_module, "_publish", spy)
+    monkeypatch.setattr(LocalStaging, "_replace", spy)
     _predict(make_raster, tmp_path)
     assert seen == {"out.tif.aux.xml": True, "out.qml": True}
 

@@ -40,6 +40,7 @@ from typing import Any, Literal
 
 from tileseg.batch_report import ScenePicture, html_path, render_html, scene_picture
 from tileseg.config import PredictConfig
+from tileseg.destination import check_distinct_paths
 from tileseg.errors import (
     ConfigError,
     InputError,
@@ -49,6 +50,7 @@ from tileseg.errors import (
     TilesegError,
 )
 from tileseg.raster import is_remote
+from tileseg.staging import staging_path_for
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +58,6 @@ SceneStatus = Literal["succeeded", "resumed", "skipped", "failed", "pending"]  #
 ManifestFormat = Literal["text", "csv", "yaml"]
 
 DEFAULT_SUFFIX = "_mask.tif"
-STAGING_SUFFIX = ".partial"  # as tileseg.predict.STAGING_SUFFIX (not imported: keeps this light)
 
 # Per-scene options a manifest may set: PredictConfig fields, minus what the batch itself owns.
 _BATCH_OWNED = {"src", "dst", "resume", "overwrite", "scheduler", "report"}
@@ -87,8 +88,7 @@ class Scene:
 
     @property
     def staging(self) -> Path:
-        dst = Path(self.dst)
-        return dst.with_name(dst.name + STAGING_SUFFIX)
+        return staging_path_for(self.dst)
 
     def config(self, defaults: dict[str, Any], **extra: Any) -> PredictConfig:
         """The scene's PredictConfig: batch defaults, overridden by the scene's own options."""
@@ -225,7 +225,24 @@ def load_manifest(
             raise InputError(f"{manifest}: {seen[key]} and {scene.src} both write {scene.dst}; "
                              "give each scene its own dst")
         seen[key] = scene.src
+    _check_scene_paths(manifest, scenes)
     return scenes
+
+
+def _check_scene_paths(manifest: Path, scenes: list[Scene]) -> None:
+    """No scene writes onto, or into, any scene's source or another scene's outputs."""
+    named: dict[str, str | None] = {}
+    sources = []
+    for n, scene in enumerate(scenes, 1):
+        named[f"scene {n} src"] = scene.src
+        sources.append(f"scene {n} src")
+        named[f"scene {n} dst"] = scene.dst
+        named[f"scene {n} zarr"] = scene.options.get("zarr_path")
+        named[f"scene {n} vectorize"] = scene.options.get("vectorize")
+    try:
+        check_distinct_paths(named, read_only=sources)
+    except ConfigError as exc:
+        raise InputError(f"{manifest}: {exc}") from None
 
 
 Row = tuple[str, dict[str, Any]]  # (where in the manifest, raw fields)

@@ -14,6 +14,10 @@ ProbabilityMode = Literal["none", "uint8", "float16"]
 DEFAULT_TILE_SIZE = 513
 DEFAULT_OVERLAP = 64
 DEFAULT_CHUNK_SIZE = 2048
+# A DeepLabV3+ needs about 0.6 GB of activations per 528 px tile in bf16: a 16384 px tile needs
+# some 580 GB, beyond any single device. Larger values are typing mistakes; smaller ones larger
+# than the raster are clamped to it (see tileseg.predict.make_plan).
+MAX_TILE_SIZE = 16384
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,9 @@ class PredictConfig:
     def __post_init__(self) -> None:
         if self.tile_size < 16:
             raise ConfigError(f"--tile-size must be at least 16, got {self.tile_size}")
+        if self.tile_size > MAX_TILE_SIZE:
+            raise ConfigError(f"--tile-size must be at most {MAX_TILE_SIZE}, got "
+                              f"{self.tile_size}; 512 to 2048 suit most models and devices")
         if not 0 <= self.overlap < self.tile_size:
             raise ConfigError(
                 f"--overlap must be between 0 and {self.tile_size - 1}, got {self.overlap}")
@@ -76,5 +83,9 @@ class PredictConfig:
             raise ConfigError("--bands takes 1-based band numbers, e.g. --bands 3,2,1")
         if self.encoder_output_stride not in (None, 8, 16):
             raise ConfigError("--output-stride must be 8 or 16")
+        rates = self.decoder_atrous_rates
+        if rates is not None and (not rates or min(rates) < 1):
+            raise ConfigError(f"--atrous-rates takes positive dilation rates, e.g. 6,12,18; got "
+                              f"{','.join(str(r) for r in rates)}")
         if self.resume and self.overwrite:
             raise ConfigError("--resume and --overwrite contradict each other; pick one")

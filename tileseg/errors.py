@@ -49,6 +49,14 @@ class RunError(TilesegError, RuntimeError):
     exit_code = 5
 
 
+class DamagedInputError(InputError, RunError):
+    """An input that opened fine but fails to read part-way (truncated, corrupt block, a VRT
+    source gone): a bad input (exit 2), not a failed run, though finished chunks stay resumable
+    once the file is repaired."""
+
+    exit_code = 2
+
+
 class DestinationBusyError(TilesegError, RuntimeError):
     """Another run is writing the same destination now; try again once it has finished."""
 

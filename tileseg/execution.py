@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 
 SCHEDULER_ENV = "TILESEG_SCHEDULER"
 DASK_CONFIG_KEY = "tileseg.scheduler"
-CLIENT_TIMEOUT = "20s"
+CONNECT_TIMEOUT_KEY = "tileseg.connect-timeout"  # dask config: how long to try a scheduler
+DEFAULT_CONNECT_TIMEOUT = "20s"
 
 SchedulerKind = Literal["threads", "sync", "processes", "distributed", "callable"]
 LOCAL_NAMES: dict[str, SchedulerKind] = {
@@ -59,7 +60,10 @@ def scheduler_address(scheduler: str | None) -> str | None:
     value = configured_scheduler(scheduler)
     if value is None or value.lower() in LOCAL_NAMES:
         return None
-    return value
+    if not _looks_like_address(value.strip()):
+        raise ConfigError(f"scheduler {value!r}: not a scheduler; use threads, sync or a "
+                          "dask.distributed address such as tcp://host:8786")
+    return value.strip()
 
 
 def configured_scheduler(scheduler: str | None) -> str | None:
@@ -152,10 +156,11 @@ def _distributed() -> Any:
 
 
 @contextmanager
-def open_client(scheduler: Scheduler, timeout: str = CLIENT_TIMEOUT) -> Iterator[Any]:
+def open_client(scheduler: Scheduler, timeout: str | None = None) -> Iterator[Any]:
     """Yield a ``distributed.Client`` for a distributed scheduler (None for a local one).
 
     A client the caller passed in is used as it is and left open; one opened here is closed.
+    ``timeout`` defaults to dask's ``tileseg.connect-timeout`` setting, else 20 s.
     """
     if not scheduler.is_distributed:
         yield None
@@ -164,6 +169,10 @@ def open_client(scheduler: Scheduler, timeout: str = CLIENT_TIMEOUT) -> Iterator
         yield scheduler.client
         return
     distributed = _distributed()
+    if timeout is None:
+        import dask
+
+        timeout = str(dask.config.get(CONNECT_TIMEOUT_KEY, default=DEFAULT_CONNECT_TIMEOUT))
     try:
         client = distributed.Client(scheduler.address, timeout=timeout)
     except (OSError, TimeoutError, ValueError) as exc:
@@ -175,7 +184,7 @@ def open_client(scheduler: Scheduler, timeout: str = CLIENT_TIMEOUT) -> Iterator
         client.close()
 
 
-def check_reachable(scheduler: Scheduler, timeout: str = CLIENT_TIMEOUT) -> None:
+def check_reachable(scheduler: Scheduler, timeout: str | None = None) -> None:
     """Fail now (before any output exists) when a cluster address does not answer."""
     if scheduler.is_distributed and scheduler.client is None:
         with open_client(scheduler, timeout):

@@ -12,7 +12,7 @@ from rasterio.enums import MaskFlags, Resampling
 
 from tileseg.config import PredictConfig
 from tileseg.errors import ModelError
-from tileseg.predict import check_model_fits, make_plan
+from tileseg.predict import check_model_fits, clamped_tile_size, make_plan
 from tileseg.raster import RasterInfo, open_dataset
 
 
@@ -59,7 +59,7 @@ def estimate_nodata_tiles(raster: RasterInfo, config: PredictConfig, tile_rows: 
     """Tiles whose core is all nodata, from a decimated read of the mask (overviews if any)."""
     if not raster.has_mask:
         return 0
-    stride = config.tile_size - config.overlap
+    stride = clamped_tile_size(config, raster) - config.overlap  # as the plan's grid
     # Sample each core with at least 8x8 mask pixels, but never read more than ~4 Mpixels.
     factor = max(1, min(stride // 8, math.ceil(math.sqrt(raster.height * raster.width / 4e6))))
     shape = (max(1, raster.height // factor), max(1, raster.width // factor))

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from dask.base import tokenize
 
-from tileseg.errors import InputError, RunError, TilesegError
+from tileseg.errors import DamagedInputError, InputError, RunError, TilesegError
 from tileseg.grid import Rect, TileGrid
 from tileseg.infer import Runtime, blend_to_mask, infer_chunk_logits, make_runtime
 from tileseg.model import LoadedModel, cached, load_model
@@ -163,12 +163,20 @@ def _spill_key(row: int, col: int) -> str:
 def _chunk_error(job: Job, row: int, col: int, exc: Exception) -> RunError:
     """The error of a failed chunk, naming it and the source; its cause goes to the log only.
 
+    A read failure (an :class:`InputError` from the reader) means the raster itself is damaged:
+    a :class:`DamagedInputError` (exit 2), where rerunning alone cannot help. Anything else is a
+    :class:`RunError` (exit 5). Either way the finished chunks stay for ``--resume``.
+
     No cause or context is attached on purpose: rasterio's ``CPLE_*`` errors in a chain cannot be
     unpickled (tblib sets ``args``, a read-only property there), and distributed then hands the
     client a bare ``Exception`` instead of this ``RunError``.
     """
     logger.debug("chunk (%d, %d) of %s failed", row, col, job.raster.path, exc_info=exc)
     detail = str(exc).removeprefix(f"{job.raster.path}: ")
+    if isinstance(exc, InputError):
+        return DamagedInputError(
+            f"{job.raster.path}: chunk ({row}, {col}): {detail}; repair or replace the file, "
+            "then rerun with --resume to keep the finished chunks")
     return RunError(f"{job.raster.path}: chunk ({row}, {col}) failed: {detail}; fix the cause "
                     "and rerun with --resume")
 

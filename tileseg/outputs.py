@@ -189,7 +189,10 @@ def zarr_to_geotiff(
             for c0 in range(0, width, cw):
                 block = np.asarray(mask[r0 : r0 + ch, c0 : c0 + cw])
                 out.write(block, 1, window=Window(c0, r0, block.shape[1], block.shape[0]))
-        out.update_tags(TILESEG_CLASSES=json.dumps(classes), TILESEG_SOURCE=facts.get("source", ""))
+        tags = {"TILESEG_CLASSES": json.dumps(classes), "TILESEG_SOURCE": facts.get("source", "")}
+        if facts.get("fingerprint"):  # what produced the mask: --resume refuses another job's
+            tags["TILESEG_FINGERPRINT"] = facts["fingerprint"]
+        out.update_tags(**tags)
         out.set_band_description(1, "class")
         if not cog:
             factors = _overview_factors(height, width)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import platform
 import resource
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,18 +17,23 @@ import rasterio
 from dask.base import tokenize
 
 from tileseg.config import PredictConfig
+from tileseg.destination import (
+    check_distinct_paths,
+    check_output_folder,
+    raster_files,
+    write_text_atomic,
+)
 from tileseg.errors import (
     ConfigError,
     InputError,
     ModelError,
     OutputError,
-    RunError,
     TilesegError,
 )
 from tileseg.grid import TileGrid, chunk_tiles_for
+from tileseg.memory import check_memory
 from tileseg.model import LoadedModel, load_model
 from tileseg.mosaic import Job, ModelRef, WorkDir, build_graph, register_model
-from tileseg.naming import check_not_source
 from tileseg.outputs import (
     create_zarr,
     format_for,
@@ -38,9 +41,10 @@ from tileseg.outputs import (
     mask_dtype_for,
     zarr_to_geotiff,
 )
+from tileseg.ownership import REPORT_MARKER, REPORT_VERSION, check_replaceable
 from tileseg.progress import Progress, ProgressCallback
 from tileseg.raster import RasterInfo, is_remote, open_dataset, open_raster
-from tileseg.runlock import exclusive_run
+from tileseg.staging import STAGING_SUFFIX, LocalStaging  # noqa: F401 (STAGING_SUFFIX: re-exported)
 from tileseg.styles import publish_raster_styles
 
 if TYPE_CHECKING:
@@ -49,7 +53,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BUNDLED_MODEL = Path(__file__).parent / "models" / "landcover"
-STAGING_SUFFIX = ".partial"
 
 
 @dataclass(frozen=True)
@@ -140,10 +143,23 @@ def make_plan(config: PredictConfig, model: LoadedModel | None = None, *,
         model, _ = resolve_model(config, raster)
     if check_fits:
         check_model_fits(model, raster)
-    stride = config.tile_size - config.overlap
-    grid = TileGrid(raster.height, raster.width, config.tile_size, config.overlap,
+    tile_size = clamped_tile_size(config, raster)
+    stride = tile_size - config.overlap
+    grid = TileGrid(raster.height, raster.width, tile_size, config.overlap,
                     chunk_tiles_for(stride, config.chunk_size))
-    return Plan(raster, model, grid, model.context_size(config.tile_size))
+    return Plan(raster, model, grid, model.context_size(tile_size))
+
+
+def clamped_tile_size(config: PredictConfig, raster: RasterInfo) -> int:
+    """``config.tile_size``, or less when one tile core would cover the whole raster anyway: a
+    4096 px tile over a 50 x 70 raster would infer 16 million reflected pixels for 3,500 real
+    ones. The grid keeps one tile either way."""
+    largest = max(raster.height, raster.width) + config.overlap
+    if config.tile_size > largest:
+        logger.info("--tile-size %d is larger than the raster (%d x %d): using %d",
+                    config.tile_size, raster.height, raster.width, largest)
+        return largest
+    return config.tile_size
 
 
 def has_valid_pixel(raster: RasterInfo) -> bool:
@@ -162,34 +178,51 @@ def has_valid_pixel(raster: RasterInfo) -> bool:
     return False
 
 
-def _check_destination(config: PredictConfig, fmt: str) -> tuple[Path, Path]:
-    dst = Path(config.dst)
+def _check_paths(config: PredictConfig) -> None:
+    """Every path the run reads or writes, pairwise: none the same file as, or inside, another
+    (exit 2), so no output can replace an input, before anything is written."""
+    check_distinct_paths(
+        {"SRC": raster_files(config.src), "DST": config.dst, "--zarr": config.zarr_path,
+         "--vectorize": config.vectorize, "--report": config.report, "--model": config.model},
+        read_only=("SRC", "--model"),
+    )
+
+
+def _check_outputs(config: PredictConfig, fmt: str, staging: LocalStaging) -> None:
+    """Every destination can be written, and what exists there may be replaced (exit 4)."""
     if is_remote(config.dst):
         raise OutputError(f"{config.dst}: remote outputs are not supported; write locally and copy")
-    parent = dst.absolute().parent
-    if not parent.is_dir():
-        raise OutputError(f"{dst}: folder {parent} does not exist; create it first")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"{dst}: folder {parent} is not writable; choose another destination")
-    staging = dst.with_name(dst.name + STAGING_SUFFIX)
-    check_not_source(dst, config.src)
-    if dst.exists() and not (config.overwrite or config.resume):
-        raise OutputError(f"{dst}: already exists; pass --overwrite to replace it")
-    if config.zarr_path and Path(config.zarr_path).exists() and not config.overwrite:
-        raise OutputError(f"{config.zarr_path}: already exists; pass --overwrite to replace it")
+    check_output_folder(config.dst, "destination")
+    if fmt == "zarr" and config.zarr_path:
+        raise ConfigError("--zarr is for GeoTIFF destinations; the destination is already Zarr")
+    if config.probabilities != "none" and fmt != "zarr" and not config.zarr_path:
+        raise ConfigError(f"--probabilities {config.probabilities} is stored in the Zarr mosaic "
+                          "only; add --zarr PATH to keep it, or write DST as .zarr")
+    if config.zarr_path:
+        check_output_folder(config.zarr_path, "--zarr path")
+    staging.check(overwrite=config.overwrite, resume=config.resume)
     if config.vectorize:
         from tileseg.vectorize import format_for as vector_format_for
 
         vector_format_for(config.vectorize)
+        check_output_folder(config.vectorize, "--vectorize path")
         if Path(config.vectorize).exists() and not config.overwrite:
             raise OutputError(f"{config.vectorize}: already exists; pass --overwrite to replace it")
-    if fmt == "zarr" and config.zarr_path:
-        raise OutputError("--zarr is for GeoTIFF destinations; the destination is already Zarr")
     if config.preview:
         from tileseg.preview import check_preview_destination
 
         check_preview_destination(config.preview, config.overwrite)
-    return dst, staging
+    if config.report:
+        _check_report(Path(config.report), config)
+
+
+def _check_report(report: Path, config: PredictConfig) -> None:
+    """``--report`` replaces only a tileseg report, and only with --overwrite (or --resume)."""
+    check_output_folder(report, "--report path")
+    if report.exists() or report.is_symlink():
+        if not (config.overwrite or config.resume):
+            raise OutputError(f"{report}: already exists; pass --overwrite to replace it")
+        check_replaceable(report, "--report path")
 
 
 def _fingerprint(config: PredictConfig, raster: RasterInfo, model_source: str) -> str:
@@ -251,7 +284,10 @@ def predict(
     """
     started = time.perf_counter()
     fmt = format_for(config.dst, config.format)
-    dst, staging = _check_destination(config, fmt)
+    _check_paths(config)
+    dst = Path(config.dst)
+    staging = LocalStaging(dst, Path(config.zarr_path) if config.zarr_path else None)
+    _check_outputs(config, fmt, staging)
     raster = open_raster(config.src, bands=config.bands, nodata=config.nodata,
                          allow_no_crs=config.allow_no_crs)
     if model is not None:
@@ -265,51 +301,40 @@ def predict(
     plan = make_plan(config, model)
     grid = plan.grid
     _check_device(config)
+    from tileseg.scheduler import cluster_client, scheduler_address
 
-    with exclusive_run(dst), (exclusive_run(Path(config.zarr_path)) if config.zarr_path
-                              else contextlib.nullcontext()):
+    address = scheduler_address(config.scheduler)
+    if client is None and address is None:
+        check_memory(config, plan)
+    fingerprint = _fingerprint(config, raster, model_source)
+
+    # the cluster is reached before anything is written: unreachable is exit 2, nothing staged
+    with cluster_client(address, client) as run_client, staging.lock():
         # checked again under the lock: a run that just finished may have published dst
-        _check_destination(config, fmt)
-        if config.resume and dst.exists() and not staging.exists():
+        _check_outputs(config, fmt, staging)
+        if config.resume and staging.finished(fingerprint):
             logger.info("%s is already complete; nothing to resume", dst)
             return PredictResult(str(dst), config.zarr_path, grid.num_tiles, 0, 0, grid.num_chunks,
                                  0.0, {"status": "already complete"})
-        fingerprint = _fingerprint(config, raster, model_source)
-        zarr_store = staging / "mosaic.zarr"
-        work = WorkDir(staging / "work")
-        run_file = staging / "run.json"
-        if staging.exists():
-            if config.resume:
-                try:
-                    recorded = json.loads(run_file.read_text())
-                    previous = recorded["fingerprint"]
-                except (OSError, KeyError, json.JSONDecodeError):
-                    recorded, previous = {}, None
-                if previous != fingerprint:
-                    raise RunError(
-                        f"{staging}: left by a run with other inputs or options; rerun with the same "
-                        "ones, or pass --overwrite to start over"
-                    )
-                if recorded.get("src_mtime_ns") != _source_mtime(raster):
-                    logger.warning("%s changed since the interrupted run; finished chunks are kept "
-                                   "as they were", raster.path)
-            elif config.overwrite:
-                shutil.rmtree(staging)
-            else:
-                raise OutputError(
-                    f"{staging}: an interrupted run is in the way; pass --resume to continue it or "
-                    "--overwrite to start over"
-                )
-        if not staging.exists():
-            if not has_valid_pixel(raster):
-                raise InputError(f"{raster.path}: every pixel is nodata; nothing to segment (check "
-                                 "--nodata or the file's mask)")
-            staging.mkdir()
-            create_zarr(zarr_store, raster, model.metadata, chunk_size=grid.chunk_size,
+        if not staging.path.exists() and not has_valid_pixel(raster):
+            raise InputError(f"{raster.path}: every pixel is nodata; nothing to segment (check "
+                             "--nodata or the file's mask)")
+
+        def create(stage: LocalStaging) -> None:
+            create_zarr(stage.zarr_store, raster, model.metadata, chunk_size=grid.chunk_size,
                         probabilities=config.probabilities, source=raster.path)
-            work.create()
-            run_file.write_text(json.dumps({"fingerprint": fingerprint, "src": raster.path,
-                                            "src_mtime_ns": _source_mtime(raster)}))
+            WorkDir(stage.work_path).create()
+
+        def on_resume(recorded: dict[str, Any]) -> None:
+            if recorded.get("src_mtime_ns") != _source_mtime(raster):
+                logger.warning("%s changed since the interrupted run; finished chunks are kept "
+                               "as they were", raster.path)
+
+        staging.prepare(fingerprint, resume=config.resume, overwrite=config.overwrite,
+                        facts={"src": raster.path, "src_mtime_ns": _source_mtime(raster)},
+                        create=create, on_resume=on_resume)
+        work = WorkDir(staging.work_path)
+        zarr_store = staging.zarr_store
         resumed_chunks = sum(1 for r, c in grid.chunks() if work.is_done(r, c))
 
         mask_dtype, nodata = mask_dtype_for(model.metadata.num_classes)
@@ -350,31 +375,30 @@ def predict(
 
         from tileseg.scheduler import run_graph
 
-        run_graph(mosaic, config.scheduler, config.workers, on_result, client=client,
-                      device=config.device)
+        run_graph(mosaic, config.scheduler, config.workers, on_result, client=run_client,
+                  device=config.device)
         computed = time.perf_counter()
         rss_compute = _peak_rss_mb()  # the peak so far: tiles, blending, Zarr chunks
 
-        mark_zarr_complete(zarr_store, {"tiles": grid.num_tiles})
+        # the fingerprint travels into the published output: a later --resume compares it
+        mark_zarr_complete(zarr_store, {"tiles": grid.num_tiles, "fingerprint": fingerprint})
         zarr_out = None
         if fmt == "zarr":
-            _publish(zarr_store, dst)
+            staging.publish(zarr_store, zarr_too=False)
             zarr_out = str(dst)
         else:
-            tif_tmp = staging / ("output" + (dst.suffix or ".tif"))
-            zarr_to_geotiff(zarr_store, tif_tmp, cog=fmt == "cog", workdir=staging)
-            publish_raster_styles(dst, model.metadata.classes, workdir=staging)  # before the mask
-            _publish(tif_tmp, dst)
-            if config.zarr_path:
-                _publish(zarr_store, Path(config.zarr_path))
-                zarr_out = config.zarr_path
-        shutil.rmtree(staging, ignore_errors=True)
+            tif_tmp = staging.path / ("output" + (dst.suffix or ".tif"))
+            zarr_to_geotiff(zarr_store, tif_tmp, cog=fmt == "cog", workdir=staging.path)
+            # the styles are in place before the mask: a complete mask always has them
+            publish_raster_styles(dst, model.metadata.classes, workdir=staging.path)
+            staging.publish(tif_tmp, zarr_too=config.zarr_path is not None)
+            zarr_out = config.zarr_path
         finished = time.perf_counter()
 
         seconds = finished - started
         report = _report(config, plan, totals, started, graph_built, computed, finished,
                          resolved, model_source or "<in-process model>", len(mosaic.graph),
-                         rss_compute, _cluster_address(config, client))
+                         rss_compute, _cluster_address(config, run_client))
         result = PredictResult(str(dst), zarr_out, grid.num_tiles, totals["tiles"],
                                totals["skipped"], grid.num_chunks, seconds, report)
         if config.vectorize:
@@ -386,7 +410,8 @@ def predict(
         if config.preview:
             report["preview"] = _preview(result, config)
         if config.report:
-            Path(config.report).write_text(json.dumps(report, indent=2) + "\n")
+            _check_report(Path(config.report), config)  # again: the run took a while
+            write_text_atomic(config.report, json.dumps(report, indent=2) + "\n")
         return result
 
 
@@ -404,16 +429,6 @@ def _check_device(config: PredictConfig) -> None:
             torch.device(config.device)
         except RuntimeError as exc:
             raise ConfigError(f"--device {config.device!r} is not a torch device") from exc
-
-
-def _publish(tmp: Path, dst: Path) -> None:
-    """Move a finished output into place; the old one is removed only now (after success)."""
-    if dst.exists():
-        if dst.is_dir():
-            shutil.rmtree(dst)
-        else:
-            dst.unlink()
-    os.replace(tmp, dst)
 
 
 def _vectorize(result: PredictResult, config: PredictConfig) -> VectorizeResult:
@@ -467,12 +482,13 @@ def _report(
     used = _resolved_settings(config, plan, resolved, cluster)
     area_km2 = raster.pixel_area * raster.height * raster.width / 1e6 if raster.crs_is_metric else None
     report: dict[str, Any] = {
+        REPORT_MARKER: REPORT_VERSION,  # what lets --overwrite replace this file later
         "src": raster.path,
         "dst": config.dst,
         "model": model_source,
         "raster": {"height": raster.height, "width": raster.width, "bands": len(raster.indexes),
                    "dtype": raster.dtype},
-        "tiling": {"tile_size": config.tile_size, "overlap": config.overlap,
+        "tiling": {"tile_size": plan.grid.tile_size, "overlap": config.overlap,
                    "context": plan.context, "chunk_size": plan.grid.chunk_size,
                    "blend": config.blend},
         "tiles_total": plan.grid.num_tiles,

@@ -285,8 +285,8 @@ class WindowReader:
         except RasterioIOError as exc:
             raise InputError(
                 f"{info.path}: cannot read rows {inside.row_off}-{inside.row_end}, cols "
-                f"{inside.col_off}-{inside.col_end} ({gdal_message(exc)}); the file may be "
-                "truncated or corrupt"
+                f"{inside.col_off}-{inside.col_end} ({gdal_message(exc)}): the file is damaged "
+                "(truncated, corrupt, or a source it refers to is missing)"
             ) from exc
         pad = (
             (inside.row_off - rect.row_off, rect.row_end - inside.row_end),

@@ -7,8 +7,9 @@ tasks, and that infer tasks hold a GPU on clusters whose workers advertise one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from tileseg.execution import (
@@ -22,8 +23,8 @@ from tileseg.execution import (
 from tileseg.execution import run_graph as run_tasks
 from tileseg.mosaic import MosaicGraph
 
-__all__ = ["SCHEDULER_ENV", "gpu_workers", "resolve_mosaic_scheduler", "run_graph",
-           "scheduler_address"]
+__all__ = ["SCHEDULER_ENV", "cluster_client", "gpu_workers", "resolve_mosaic_scheduler",
+           "run_graph", "scheduler_address"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,19 @@ def resolve_mosaic_scheduler(scheduler: str | Any | None) -> Scheduler:
     per-worker model caching.
     """
     return resolve_scheduler(scheduler, allow=("threads", "sync", "distributed", "callable"))
+
+
+@contextlib.contextmanager
+def cluster_client(address: str | None, client: Any = None) -> Iterator[Any]:
+    """The client to run on: ``client`` if given, else one opened to ``address`` for the
+    ``with`` body (None when both are None: in-process). Opened before any work, so an
+    unreachable scheduler is one :class:`~tileseg.errors.ConfigError` (exit 2) with nothing
+    written."""
+    if client is not None or address is None:
+        yield client
+        return
+    with open_client(resolve_scheduler(address)) as own:
+        yield own
 
 
 def run_graph(

@@ -1,0 +1,149 @@
+"""Checks on the paths a command reads and writes, made before anything is written.
+
+Two paths are *the same file* when they resolve to the same real path (``..``, symlinks) or, both
+existing, to the same inode (hard links); one lies *inside* another when its real path is below
+the other's. Either is a mistake that could make an output replace an input (``predict s.tif
+s.tif --overwrite``), or the deletion of an old output take an input with it (``predict
+p.zarr/small.tif p.zarr --overwrite``), so it is refused with :class:`~tileseg.errors.ConfigError`
+(exit 2) before any work.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from tileseg.errors import ConfigError, OutputError
+from tileseg.raster import is_remote
+
+PathLike = str | os.PathLike[str]
+NamedPaths = Mapping[str, PathLike | Iterable[PathLike] | None]
+
+
+def _real(path: PathLike) -> Path:
+    # realpath resolves the links of the part that exists and keeps the rest as written
+    return Path(os.path.realpath(os.path.abspath(os.fspath(path))))
+
+
+def _entries(paths: NamedPaths) -> list[tuple[str, Path, Path]]:
+    out = []
+    for name, value in paths.items():
+        if value is None:
+            continue
+        items = [value] if isinstance(value, str | os.PathLike) else list(value)
+        for item in items:
+            if item is None or is_remote(os.fspath(item)):
+                continue
+            out.append((name, Path(item), _real(item)))
+    return out
+
+
+def check_distinct_paths(paths: NamedPaths, *, read_only: Iterable[str] = ()) -> None:
+    """Refuse paths that are the same file or lie one inside another.
+
+    Linear in the number of paths (a batch manifest may list thousands): each path is looked up,
+    with its parent folders, among those already seen.
+
+    Parameters
+    ----------
+    paths
+        What each path is (as the user knows it: ``"SRC"``, ``"--zarr"``) mapped to one path, a
+        list of paths (a raster and its sidecar files) or None (not used). Remote URLs are skipped.
+    read_only
+        Names that are only read: two of them may overlap (nothing is written there).
+
+    Raises
+    ------
+    ConfigError
+        Naming both paths and the one to change.
+
+    Examples
+    --------
+    >>> check_distinct_paths({"SRC": "scene.tif", "DST": "scene.tif"})
+    Traceback (most recent call last):
+    ...
+    tileseg.errors.ConfigError: SRC scene.tif and DST scene.tif are the same file; choose another DST
+    """
+    inputs = set(read_only)
+    by_real: dict[Path, tuple[str, Path]] = {}
+    by_inode: dict[tuple[int, int], tuple[str, Path]] = {}
+
+    def clash(seen: tuple[str, Path], name: str, path: Path) -> bool:
+        return seen[0] != name and not (seen[0] in inputs and name in inputs)
+
+    def refuse(first: tuple[str, Path], name: str, path: Path, relation: str) -> ConfigError:
+        change = name if name not in inputs else first[0]
+        if relation == "same":
+            return ConfigError(f"{first[0]} {first[1]} and {name} {path} are the same file; "
+                               f"choose another {change}")
+        inner, outer = (first, (name, path)) if relation == "first inside" else ((name, path), first)
+        return ConfigError(f"{inner[0]} {inner[1]} lies inside {outer[0]} {outer[1]}; choose "
+                           f"another {change}")
+
+    entries = _entries(paths)
+    for name, path, real in entries:
+        seen = by_real.get(real)
+        if seen is not None and clash(seen, name, path):
+            raise refuse(seen, name, path, "same")
+        try:
+            st = os.stat(real)
+        except OSError:
+            st = None
+        if st is not None:
+            seen = by_inode.get((st.st_dev, st.st_ino))
+            if seen is not None and clash(seen, name, path):
+                raise refuse(seen, name, path, "same")
+        for parent in real.parents:  # this path inside one seen before
+            seen = by_real.get(parent)
+            if seen is not None and clash(seen, name, path):
+                raise refuse(seen, name, path, "second inside")
+        by_real.setdefault(real, (name, path))
+        if st is not None:
+            by_inode.setdefault((st.st_dev, st.st_ino), (name, path))
+    # one seen before inside this path: look every path's parents up among the later ones
+    for name, path, real in entries:
+        for parent in real.parents:
+            seen = by_real.get(parent)
+            if seen is not None and clash(seen, name, path):
+                raise refuse((name, path), seen[0], seen[1], "first inside")
+
+
+def check_output_folder(path: PathLike, what: str = "output") -> None:
+    """The folder that will hold ``path`` exists and is writable (:class:`OutputError`, exit 4)."""
+    if is_remote(os.fspath(path)):
+        raise OutputError(f"{path}: remote outputs are not supported; write locally and copy")
+    parent = Path(path).absolute().parent
+    if not parent.is_dir():
+        raise OutputError(f"{path}: folder {parent} does not exist; create it first or choose "
+                          f"another {what}")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{path}: folder {parent} is not writable; choose another {what}")
+
+
+def raster_files(path: PathLike) -> list[str]:
+    """The local files GDAL reads for a raster: the file itself, a VRT's sources, sidecars."""
+    name = os.fspath(path)
+    if is_remote(name):
+        return []
+    try:
+        from tileseg.raster import open_dataset
+
+        with open_dataset(name) as src:
+            files = [f for f in src.files if not is_remote(f)]
+    except Exception:  # unreadable: open_raster says why, later
+        files = []
+    return [name, *[f for f in files if f != name]]
+
+
+def write_text_atomic(path: PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary name and a rename: a reader never sees half
+    a file, and an interrupted write leaves the old one."""
+    final = Path(path)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

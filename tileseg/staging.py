@@ -1,0 +1,207 @@
+"""Where a run writes before its output is complete, and how the output is put in place.
+
+A run stages everything in ``DST.partial`` beside the destination (the Zarr mosaic, per-chunk
+work files, ``run.json`` with the run fingerprint) and publishes only when every chunk is done,
+by rename, so nothing at ``DST`` ever looks complete before it is. :class:`LocalStaging` is the
+local-disk implementation of the four steps every run goes through:
+
+``check``    before any work: the destinations may be written (existing ones only with
+             ``--overwrite``/``--resume``, and only when tileseg wrote them).
+``lock``     one run per destination (:mod:`tileseg.runlock`).
+``prepare``  start a fresh staging folder, or continue one with ``--resume`` (same fingerprint).
+``publish``  move the finished outputs into place, replacing only tileseg's own files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from tileseg.errors import OutputError, RunError
+from tileseg.ownership import check_replaceable, is_tileseg_staging, recorded_fingerprint
+from tileseg.runlock import exclusive_run
+
+logger = logging.getLogger(__name__)
+
+STAGING_SUFFIX = ".partial"
+
+
+def staging_path_for(dst: str | os.PathLike[str]) -> Path:
+    dst = Path(dst)
+    return dst.with_name(dst.name + STAGING_SUFFIX)
+
+
+class Staging(Protocol):
+    """The steps of a run's output life cycle; :class:`LocalStaging` writes to local disk, an
+    object-store implementation would stage under a prefix and publish by copy + marker."""
+
+    def check(self, *, overwrite: bool, resume: bool) -> None: ...
+
+    def lock(self) -> contextlib.AbstractContextManager[None]: ...
+
+    def finished(self, fingerprint: str) -> bool: ...
+
+    def prepare(self, fingerprint: str, *, resume: bool, overwrite: bool,
+                facts: dict[str, Any], create: Callable[[LocalStaging], None],
+                on_resume: Callable[[dict[str, Any]], None] | None = None) -> bool: ...
+
+    def publish(self, built: Path, zarr_too: bool) -> None: ...
+
+    def discard(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class LocalStaging:
+    """Staging of one run on the local filesystem (see the module docstring).
+
+    Parameters
+    ----------
+    dst
+        The destination (GeoTIFF/COG file or Zarr store).
+    zarr_path
+        Where the Zarr mosaic is also kept, for a GeoTIFF destination.
+    """
+
+    dst: Path
+    zarr_path: Path | None = None
+
+    @property
+    def path(self) -> Path:
+        return staging_path_for(self.dst)
+
+    @property
+    def zarr_store(self) -> Path:
+        return self.path / "mosaic.zarr"
+
+    @property
+    def work_path(self) -> Path:
+        return self.path / "work"
+
+    @property
+    def run_file(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        return (self.dst,) if self.zarr_path is None else (self.dst, self.zarr_path)
+
+    # -- check -------------------------------------------------------------------------------
+    def check(self, *, overwrite: bool, resume: bool) -> None:
+        """What already exists at the destinations may be replaced; :class:`OutputError` if not."""
+        for out in self.outputs:
+            if not (out.exists() or out.is_symlink()):
+                continue
+            if not (overwrite or resume):
+                raise OutputError(f"{out}: already exists; pass --overwrite to replace it")
+            check_replaceable(out, "destination")
+        if overwrite and self.path.exists() and not is_tileseg_staging(self.path):
+            empty = self.path.is_dir() and not any(self.path.iterdir())
+            if not empty:
+                raise OutputError(
+                    f"{self.path}: is in the way of this run's staging folder and was not written "
+                    "by tileseg (no run.json); move it away or choose another destination")
+
+    # -- lock --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold every destination's run lock (exit 75 while another run writes one)."""
+        with contextlib.ExitStack() as stack:
+            for out in self.outputs:
+                stack.enter_context(exclusive_run(out))
+            yield
+
+    # -- resume ------------------------------------------------------------------------------
+    def finished(self, fingerprint: str) -> bool:
+        """For ``--resume``: True when the destination is already published by this same job;
+        :class:`OutputError` when it holds another job's output (or one that recorded none)."""
+        if self.path.exists() or not self.dst.exists():
+            return False
+        if recorded_fingerprint(self.dst) != fingerprint:
+            raise OutputError(
+                f"{self.dst}: already holds a finished mask made from other inputs or options "
+                "(or by a tileseg too old to record them), so --resume cannot continue it; pass "
+                "--overwrite to replace it, or choose another destination")
+        return True
+
+    def prepare(self, fingerprint: str, *, resume: bool, overwrite: bool,
+                facts: dict[str, Any], create: Callable[[LocalStaging], None],
+                on_resume: Callable[[dict[str, Any]], None] | None = None) -> bool:
+        """Make the staging folder ready; True when an interrupted run is continued.
+
+        ``create`` fills a fresh folder (the Zarr store, the work folders); ``facts`` are stored
+        with the fingerprint in ``run.json`` and handed back to ``on_resume`` on a resume.
+        """
+        if self.path.exists():
+            if resume:
+                try:
+                    recorded = json.loads(self.run_file.read_text())
+                    previous = recorded["fingerprint"]
+                except (OSError, KeyError, TypeError, json.JSONDecodeError):
+                    recorded, previous = {}, None
+                if previous != fingerprint:
+                    raise RunError(
+                        f"{self.path}: left by a run with other inputs or options; rerun with the "
+                        "same ones, or pass --overwrite to start over"
+                    )
+                if on_resume is not None:
+                    on_resume(recorded)
+                return True
+            if not overwrite:
+                raise OutputError(
+                    f"{self.path}: an interrupted run is in the way; pass --resume to continue it "
+                    "or --overwrite to start over"
+                )
+            self.check(overwrite=True, resume=False)  # again, under the lock
+            shutil.rmtree(self.path)
+        self.path.mkdir()
+        create(self)
+        self._write_json(self.run_file, {"fingerprint": fingerprint, **facts})
+        return False
+
+    # -- publish -----------------------------------------------------------------------------
+    def publish(self, built: Path, zarr_too: bool) -> None:
+        """Move ``built`` (a file or store inside the staging folder) to ``dst`` and, when
+        ``zarr_too``, the staged Zarr mosaic to ``zarr_path``; then remove the staging folder.
+
+        An existing destination is checked again (a run that finished meanwhile, a user who put
+        something there) and replaced only if tileseg wrote it.
+        """
+        self._replace(built, self.dst)
+        if zarr_too and self.zarr_path is not None:
+            self._replace(self.zarr_store, self.zarr_path)
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def discard(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def _replace(self, tmp: Path, dst: Path) -> None:
+        if not (dst.exists() or dst.is_symlink()):
+            os.replace(tmp, dst)
+            return
+        check_replaceable(dst, "destination")
+        if not dst.is_dir() and not tmp.is_dir():
+            os.replace(tmp, dst)  # one atomic step: readers see the old file or the new one
+            return
+        # A directory cannot be swapped in one step: park the old output inside the staging
+        # folder (same filesystem), so an interruption between the two renames leaves it with
+        # the staging folder, never deleted before the new one is in place.
+        parked = self.path / f"replaced-{dst.name}"
+        os.replace(dst, parked)
+        os.replace(tmp, dst)
+        if parked.is_dir():
+            shutil.rmtree(parked)
+        else:
+            parked.unlink()
+
+    @staticmethod
+    def _write_json(path: Path, data: dict[str, Any]) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
