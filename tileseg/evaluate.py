@@ -149,6 +149,10 @@ def evaluate(config: EvaluateConfig) -> EvaluationReport:
                 win = Window(col, row, min(step, col_off + width - col),
                              min(step, row_off + height - row))
                 cm += _score_window(pred_src, label_src, win, lookup, n, config)
+    if not cm.any():
+        where = f" in --window {config.window}" if config.window is not None else ""
+        raise InputError(f"{config.labels}: no pixel{where} is valid in both rasters (the labels"
+                         " or the mask are nodata everywhere); nothing to score")
     metrics = compute_metrics(cm)
     logger.info("evaluated %d pixels: mIoU %.4f", metrics.pixels, metrics.mean_iou)
     return EvaluationReport(config.predicted, config.labels, tuple(names), metrics)

@@ -385,7 +385,9 @@ def _vectorize(result: PredictResult, config: PredictConfig) -> VectorizeResult:
     try:
         from tileseg.vectorize import VectorizeConfig, vectorize
     except ImportError as exc:
-        raise TilesegError(f"--vectorize is unavailable ({exc})") from exc
+        from tileseg.deps import missing_dependency
+
+        raise missing_dependency(exc, "--vectorize") from exc
     assert config.vectorize is not None
     # The Zarr carries probabilities when asked for, so polygons get their mean probability.
     source = result.zarr_path or result.dst

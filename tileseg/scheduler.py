@@ -104,8 +104,10 @@ def _run_distributed(mosaic: MosaicGraph, address: str | None, on_result: Result
                      client: Any, device: str = "auto") -> None:
     try:
         from distributed import Client, as_completed
-    except ImportError as exc:  # pragma: no cover - distributed is a required dependency
-        raise ConfigError("dask.distributed is not installed; pip install distributed") from exc
+    except ImportError as exc:
+        from tileseg.deps import missing_dependency
+
+        raise missing_dependency(exc, "a cluster --scheduler") from exc
     own_client = client is None
     if own_client:
         try:

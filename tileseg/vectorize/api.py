@@ -286,7 +286,10 @@ def compute_tasks(tasks: list[Any], scheduler: str | None, workers: int | None,
 
         scheduler = scheduler_address(None)
     if scheduler is not None and "://" in scheduler:
-        from distributed import Client, as_completed
+        from tileseg.deps import require
+
+        distributed = require("distributed", "a cluster --scheduler")
+        Client, as_completed = distributed.Client, distributed.as_completed
 
         with Client(scheduler, timeout="20s") as client:
             futures = client.compute(tasks)

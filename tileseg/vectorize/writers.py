@@ -197,6 +197,10 @@ def write_layer(
     lets a later ``overwrite`` prove the file is tileseg's.
     """
     fmt = check_destination(path, overwrite)
+    from tileseg.deps import require
+
+    # before the temporary file exists: a missing writer is exit 6 with nothing left behind
+    require("pyarrow.parquet" if fmt == "parquet" else "pyogrio.raw", f"{fmt} output")
     dst = Path(path)
     tmp = partial_path(dst)
     text = json.dumps({**default_marker(), **(marker or {})})
