@@ -278,8 +278,9 @@ def test_every_model_metadata_error_names_the_file(scene, deeplab_dir, tmp_path)
 
 
 def test_too_few_bands_never_suggests_impossible_bands(make_raster, tmp_path) -> None:
-    from tileseg.model import ModelSpec, build_model, save_model
     from conftest import metadata
+
+    from tileseg.model import ModelSpec, build_model, save_model
 
     five = tmp_path / "five"
     save_model(build_model(ModelSpec(encoder_name="resnet18", in_channels=5, classes=2)), five,

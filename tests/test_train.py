@@ -276,7 +276,7 @@ def test_cli_train_misaligned_labels(make_raster: Callable[..., Path], tmp_path:
     assert code == 2 and "CRS" in out and len(out.strip().splitlines()) == 1
     small = make_raster(labels[:50], "small.tif")
     code, out = _cli_train(image, small, tmp_path / "m")
-    assert code == 2 and "96x50" in out
+    assert code == 2 and "50 x 96 (height x width)" in out
 
 
 def test_cli_train_label_classes_beyond_count(make_raster: Callable[..., Path],

@@ -30,8 +30,9 @@ def missing_dependency(exc: ImportError, feature: str = "") -> DependencyError:
 
     Examples
     --------
-    >>> str(missing_dependency(ModuleNotFoundError("x", name="pyarrow.parquet"), "GeoParquet"))
-    "GeoParquet needs the Python package 'pyarrow', which is not installed or does not import; install it with: python -m pip install pyarrow"
+    >>> error = missing_dependency(ModuleNotFoundError("x", name="pyarrow.parquet"), "GeoParquet")
+    >>> error.exit_code, str(error).split("; ")[1]
+    (6, 'install it with: python -m pip install pyarrow')
     """
     if not exc.name:
         return DependencyError(f"a dependency does not import ({exc}); reinstall tileseg with "

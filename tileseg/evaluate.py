@@ -139,7 +139,7 @@ def evaluate(config: EvaluateConfig) -> EvaluationReport:
             row_off, col_off, height, width = config.window
             if row_off + height > pred_src.height or col_off + width > pred_src.width:
                 raise ConfigError(f"--window {config.window} exceeds the "
-                                  f"{pred_src.height}x{pred_src.width} raster")
+                                  f"{pred_src.height} x {pred_src.width} (height x width) raster")
         else:
             row_off, col_off, height, width = 0, 0, pred_src.height, pred_src.width
         cm = np.zeros((n, n), dtype=np.int64)

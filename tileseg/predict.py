@@ -24,7 +24,6 @@ from tileseg.errors import (
     ModelError,
     OutputError,
     RunError,
-    TilesegError,
 )
 from tileseg.grid import TileGrid, chunk_tiles_for
 from tileseg.model import LoadedModel, load_model, warn_once

@@ -40,7 +40,6 @@ def _compact(exc: click.UsageError) -> click.UsageError:
     if isinstance(exc, _UsageError | click.exceptions.NoArgsIsHelpError):
         return exc  # already compact, or help asked for by giving no arguments
     short = _UsageError(exc.format_message(), exc.ctx)
-    short.exit_code = exc.exit_code
     return short
 
 

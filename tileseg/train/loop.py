@@ -290,8 +290,9 @@ def _run(config: TrainConfig, sources: list[Source], out_dir: Path, device: torc
         val_regions = [v for _, v in splits]
     for s, reg in zip(sources, train_regions, strict=True):
         if min(reg.height, reg.width) < 16:
-            raise InputError(f"{s.spec.image}: training region {reg.height}x{reg.width} is too "
-                             "small; use a smaller --holdout-fraction or separate --val rasters")
+            raise InputError(f"{s.spec.image}: training region {reg.height} x {reg.width} "
+                             "(height x width) is too small; use a smaller --holdout-fraction "
+                             "or separate --val rasters")
 
     mean, std, train_pixels = band_statistics(sources, train_regions)
     metadata = _metadata(config, sources[0], mean, std)
