@@ -348,6 +348,21 @@ def test_no_metadata_warning_once_per_process(scene, deeplab_dir, tmp_path, capl
     assert sum("no tileseg.json" in r.getMessage() for r in caplog.records) == 1
 
 
+def test_default_model_warning_once_per_process(scene, caplog, monkeypatch) -> None:
+    monkeypatch.setattr("tileseg.model._WARNED", set())  # as in a fresh process
+    from tileseg.config import PredictConfig
+    from tileseg.predict import BUNDLED_MODEL, resolve_model
+    from tileseg.raster import open_raster
+
+    if not (BUNDLED_MODEL / "config.json").is_file():
+        pytest.skip("no bundled model in this install")
+    raster = open_raster(str(scene))
+    with caplog.at_level("WARNING", logger="tileseg.predict"):
+        for _ in range(2):
+            resolve_model(PredictConfig(src=str(scene), dst="o.tif"), raster)
+    assert sum("bundled land-cover model" in r.getMessage() for r in caplog.records) == 1
+
+
 def test_non_utf8_file_names_are_one_clear_line(scene, tmp_path, deeplab_dir) -> None:
     import os
     import shutil
