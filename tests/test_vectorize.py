@@ -573,7 +573,9 @@ def test_partials_of_dead_runs_are_removed_and_live_ones_kept(
     from tileseg.runlock import exclusive_run
 
     src, dead = mask_tif(seam_mask()), _dead_pid()
-    own = [tmp_path / f".out.partial-{dead}.gpkg", tmp_path / f".out.partial-{dead}.gpkg-journal"]
+    # partials of the destination itself are stale once its lock is ours, whatever their pid
+    own = [tmp_path / f".out.partial-{dead}.gpkg", tmp_path / f".out.partial-{dead}.gpkg-journal",
+           tmp_path / f".out.partial-{os.getppid()}.gpkg-wal"]
     other_dead = tmp_path / f".other.partial-{dead}.fgb"
     other_alive = tmp_path / f".alive.partial-{os.getppid()}.gpkg"  # its process still runs
     other_locked = tmp_path / f".busy.partial-{dead}.gpkg"  # its destination is locked

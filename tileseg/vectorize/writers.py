@@ -42,7 +42,7 @@ _EXTENSIONS: dict[str, VectorFormat] = {
 _OGR_DRIVERS = {"gpkg": "GPKG", "geojson": "GeoJSON", "fgb": "FlatGeobuf"}
 MARKER_KEY = "tileseg"  # GeoParquet key-value metadata and GeoJSON foreign member
 OGR_MARKER_KEY = "TILESEG"  # GDAL metadata item (GeoPackage dataset, FlatGeobuf layer)
-_PARTIAL = re.compile(r"^\.(?P<stem>.+)\.partial-(?P<pid>\d+)(?P<suffix>\.[^.]+)"
+_PARTIAL = re.compile(r"^\.(?P<stem>.+)\.partial-(?P<pid>\d+)(?P<suffix>\.[A-Za-z0-9]+)"
                       r"(?:-journal|-wal|-shm)?$")
 
 
