@@ -152,6 +152,8 @@ CASES: list[Case] = [
     Case("vectorize-bad-crs", "vectorize mask.tif out.gpkg --to-crs EPSG:999999", 2),
     Case("vectorize-min-area-negative", "vectorize mask.tif out.gpkg --min-area -1", 2),
     Case("vectorize-simplify-negative", "vectorize mask.tif out.gpkg --simplify -1", 2),
+    Case("vectorize-min-area-nan", "vectorize mask.tif out.gpkg --min-area nan", 2),
+    Case("vectorize-simplify-inf", "vectorize mask.tif out.gpkg --simplify inf", 2),
     Case("vectorize-connectivity-6", "vectorize mask.tif out.gpkg --connectivity 6", 2),
     Case("vectorize-classes-letters", "vectorize mask.tif out.gpkg --classes a", 2),
     Case("vectorize-chunk-size-0", "vectorize mask.tif out.gpkg --chunk-size 0", 2),

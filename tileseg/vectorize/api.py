@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -73,11 +74,11 @@ class VectorizeConfig:
     def __post_init__(self) -> None:
         if self.connectivity not in (4, 8):
             raise ConfigError(f"--connectivity must be 4 or 8, got {self.connectivity}")
-        if self.min_area < 0:
+        if not 0 <= self.min_area < math.inf:  # NaN fails too: it would drop every polygon
             raise ConfigError(f"--min-area must be zero or positive, got {self.min_area}")
         if self.min_area_unit not in ("pixels", "map"):
             raise ConfigError(f"--min-area-unit {self.min_area_unit!r}: choose pixels or map")
-        if self.simplify < 0:
+        if not 0 <= self.simplify < math.inf:
             raise ConfigError(f"--simplify must be zero or positive, got {self.simplify}")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ConfigError(f"--chunk-size must be positive, got {self.chunk_size}")
