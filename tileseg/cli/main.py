@@ -39,8 +39,7 @@ class _UsageError(click.UsageError):
 def _compact(exc: click.UsageError) -> click.UsageError:
     if isinstance(exc, _UsageError | click.exceptions.NoArgsIsHelpError):
         return exc  # already compact, or help asked for by giving no arguments
-    short = _UsageError(exc.format_message(), exc.ctx)
-    return short
+    return _UsageError(exc.format_message(), exc.ctx)
 
 
 class _LazyGroup(click.Group):
