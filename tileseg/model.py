@@ -101,7 +101,23 @@ def save_model(model: nn.Module, directory: str | Path, metadata: ModelMetadata)
     smp_model: Any = model  # smp models add save_pretrained; nn.Module does not declare it
     smp_model.save_pretrained(str(path))
     save_metadata(metadata, path)
+    weights = path / "model.safetensors"
+    if weights.is_file():
+        readable_like_others(weights)
     return path
+
+
+def readable_like_others(path: Path) -> None:
+    """Give ``path`` the permissions a newly created file gets (0666 less the umask).
+
+    safetensors writes through a private temporary file (0600): dask workers running as another
+    user could not read the weights although they read every other file of the model folder.
+    """
+    import os
+
+    umask = os.umask(0)  # the only portable way to read it; restored at once
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
 
 @dataclass(frozen=True)

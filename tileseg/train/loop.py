@@ -22,7 +22,7 @@ from tileseg.errors import ConfigError, InputError, OutputError
 from tileseg.infer import resolve_device
 from tileseg.metadata import ClassInfo, ModelMetadata, Normalization, default_color
 from tileseg.metrics import SegmentationMetrics, compute_metrics, confusion_matrix
-from tileseg.model import ModelSpec, build_model, save_model
+from tileseg.model import ModelSpec, build_model, readable_like_others, save_model
 from tileseg.train.config import IGNORE_INDEX, TrainConfig
 from tileseg.train.data import (
     CropSampler,
@@ -200,17 +200,7 @@ def _save(model: nn.Module, out_dir: Path, metadata: ModelMetadata, save_dtype: 
         state = load_file(str(path))
         half = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
         save_file(half, str(path), metadata={"format": "pt"})
-    # safetensors writes 0600 through a temporary file; dask workers running as another user
-    # must read the weights like every other file of the folder (umask decides, as for those)
-    path.chmod(0o666 & ~_umask())
-
-
-def _umask() -> int:
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+        readable_like_others(path)  # save_file writes 0600 too
 
 
 def train(config: TrainConfig, progress: TrainCallback | None = None) -> TrainResult:
