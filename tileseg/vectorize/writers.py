@@ -163,13 +163,11 @@ def _unlink(path: Path, removed: list[Path]) -> None:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True  # someone else's process
     except OSError:
-        return True
+        return True  # EPERM: it exists, as another user's process
     return True
 
 
