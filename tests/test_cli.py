@@ -322,3 +322,189 @@ def test_default_names(src: str, mask: str) -> None:
     assert default_polygons_path(f"/elsewhere/{mask}") == mask.replace(".tif", ".gpkg")
     assert default_polygons_path("mask.zarr") == "mask.gpkg"
     assert default_polygons_path("mask.gpkg") == "mask.polygons.gpkg"  # a GeoPackage raster
+
+
+# --- one line means one; exit codes that mean something ---------------------------------------
+
+
+def run_split(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "Infinity", "-Infinity", "0"])
+def test_model_with_a_bad_std_is_refused_naming_the_file(scene, deeplab_dir, tmp_path,
+                                                         value) -> None:
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(deeplab_dir, model)
+    meta = json.loads((model / "tileseg.json").read_text())
+    meta["normalization"]["std"] = [1.0, float(value), 1.0]
+    (model / "tileseg.json").write_text(json.dumps(meta))  # json writes NaN/Infinity literals
+    code, out, err = run_split("predict", str(scene), str(tmp_path / "o.tif"), "-m", str(model))
+    assert code == 3 and "Traceback" not in out + err, err
+    assert len(err.strip().splitlines()) == 1 and str(model / "tileseg.json") in err, err
+    assert "std" in err
+    assert not list(tmp_path.glob("o.tif*"))
+
+
+def test_every_model_metadata_error_names_the_file(scene, deeplab_dir, tmp_path) -> None:
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(deeplab_dir, model)
+    meta = json.loads((model / "tileseg.json").read_text())
+    cases = {
+        "ids": {**meta, "classes": [{**c, "id": c["id"] + 1} for c in meta["classes"]]},
+        "bands": {**meta, "bands": ["a", "b"]},
+        "norm length": {**meta, "normalization": {**meta["normalization"], "mean": [0, 0]}},
+        "dtype": {**meta, "dtype": "complex64"},
+    }
+    for name, data in cases.items():
+        (model / "tileseg.json").write_text(json.dumps(data))
+        code, _, err = run_split("info", str(scene), "-m", str(model))
+        assert code == 3 and str(model / "tileseg.json") in err, (name, err)
+        assert len(err.strip().splitlines()) == 1, (name, err)
+    (model / "tileseg.json").write_text(json.dumps(meta))
+    config = json.loads((model / "config.json").read_text())
+    del config["encoder_name"]
+    (model / "config.json").write_text(json.dumps(config))
+    code, _, err = run_split("info", str(scene), "-m", str(model))
+    assert code == 3 and str(model / "config.json") in err and "Traceback" not in err, err
+
+
+def test_too_few_bands_never_suggests_impossible_bands(make_raster, tmp_path) -> None:
+    from conftest import metadata
+
+    from tileseg.model import ModelSpec, build_model, save_model
+
+    five = tmp_path / "five"
+    save_model(build_model(ModelSpec(encoder_name="resnet18", in_channels=5, classes=2)), five,
+               metadata(2, 5, dtype="uint8"))
+    three = make_raster(random_image(3, 40, 40))
+    code, _, err = run_split("predict", str(three), str(tmp_path / "o.tif"), "-m", str(five))
+    assert code == 3 and "too few bands" in err and "--bands 1,2,3,4,5" not in err, err
+    seven = make_raster(random_image(7, 40, 40), "seven.tif")
+    code, _, err = run_split("predict", str(seven), str(tmp_path / "o.tif"), "-m", str(five))
+    assert code == 3 and "--bands 1,2,3,4,5" in err and "7 bands" in err, err
+
+
+@pytest.mark.parametrize("args", [
+    ["predict", "a.tif", "b.tif", "--bands", "a,b,c"],
+    ["predict", "a.tif", "b.tif", "--tile-size", "big"],
+    ["predict"],  # SRC missing (DST has a default)
+    ["predict", "a.tif", "b.tif", "--no-such-option"],
+    ["vectorize", "m.tif", "o.gpkg", "--connectivity", "6"],
+    ["bogus-command"],
+])
+def test_usage_errors_are_the_error_and_a_help_hint(args) -> None:
+    code, out, err = run_split(*args)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 2 and not out, err
+    assert lines[0].startswith("Error: ") and "--help" in lines[1] and "Usage:" not in err
+
+
+def test_gdal_and_proj_messages_stay_off_stderr(make_raster, tmp_path, capfd) -> None:
+    mask = make_raster(np.ones((20, 20), np.uint8), "mask.tif")
+    code, out, err = run_split("vectorize", str(mask), str(tmp_path / "o.gpkg"), "--to-crs",
+                               "EPSG:999999")
+    native = capfd.readouterr().err  # what GDAL/PROJ print straight to file descriptor 2
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--to-crs" in err
+    assert "PROJ" not in native and "ERROR 1" not in native, native
+
+
+def test_library_warnings_are_one_log_line_shown_with_v() -> None:
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    from tileseg.cli.common import configure_logging
+
+    with warnings.catch_warnings(), CliRunner().isolation() as (_, _, err):
+        warnings.simplefilter("always")
+        configure_logging(0, False)
+        warnings.warn("dataset has no geotransform", NotGeoreferencedWarning, stacklevel=1)
+        assert err.getvalue() == b""  # a third-party warning: not on its own
+        configure_logging(1, False)
+        warnings.warn("dataset has no geotransform", NotGeoreferencedWarning, stacklevel=1)
+        assert len(err.getvalue().decode().strip().splitlines()) == 1  # one line with -v
+
+
+def test_no_metadata_warning_once_per_process(scene, deeplab_dir, tmp_path, caplog) -> None:
+    import shutil
+
+    from tileseg.model import load_model
+
+    bare = tmp_path / "bare"
+    shutil.copytree(deeplab_dir, bare)
+    (bare / "tileseg.json").unlink()
+    with caplog.at_level("WARNING", logger="tileseg.model"):
+        for _ in range(3):
+            load_model(bare, raster_dtype="uint8")
+    assert sum("no tileseg.json" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_default_model_warning_once_per_process(scene, caplog, monkeypatch) -> None:
+    monkeypatch.setattr("tileseg.model._WARNED", set())  # as in a fresh process
+    from tileseg.config import PredictConfig
+    from tileseg.predict import BUNDLED_MODEL, resolve_model
+    from tileseg.raster import open_raster
+
+    if not (BUNDLED_MODEL / "config.json").is_file():
+        pytest.skip("no bundled model in this install")
+    raster = open_raster(str(scene))
+    with caplog.at_level("WARNING", logger="tileseg.predict"):
+        for _ in range(2):
+            resolve_model(PredictConfig(src=str(scene), dst="o.tif"), raster)
+    assert sum("bundled land-cover model" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_non_utf8_file_names_are_one_clear_line(scene, tmp_path, deeplab_dir) -> None:
+    import os
+    import shutil
+
+    odd = os.fsdecode(os.fsencode(str(tmp_path)) + b"/sc\xffne.tif")
+    shutil.copy(scene, odd)
+    for args in (["info", odd, "-m", str(deeplab_dir)],
+                 ["predict", odd, str(tmp_path / "o.tif"), "-m", str(deeplab_dir)],
+                 ["predict", str(scene), odd[:-4] + "_mask.tif", "-m", str(deeplab_dir)],
+                 ["vectorize", odd, str(tmp_path / "o.gpkg")]):
+        code, out, err = run_split(*args)
+        assert code == 2 and "UTF-8" in err and "\\xff" in err, err
+        assert len(err.strip().splitlines()) <= 2 and "Traceback" not in out + err
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix != ".tif") == []
+
+
+@pytest.mark.parametrize(("module", "args_for"), [
+    ("pyarrow", lambda t, mask: ["vectorize", str(mask), str(t / "o.parquet")]),
+    ("pyogrio", lambda t, mask: ["vectorize", str(mask), str(t / "o.gpkg")]),
+    ("scipy", lambda t, mask: ["vectorize", str(mask), str(t / "o.gpkg")]),
+    ("zarr", lambda t, mask: ["vectorize", str(t / "m.zarr"), str(t / "o.gpkg")]),
+    ("distributed", lambda t, mask: ["vectorize", str(mask), str(t / "o.gpkg"), "--scheduler",
+                                     "tcp://127.0.0.1:1"]),
+])
+def test_a_missing_dependency_is_exit_6_naming_the_package(make_raster, tmp_path, monkeypatch,
+                                                           module, args_for) -> None:
+    import sys
+
+    mask = make_raster(np.ones((20, 20), np.uint8), "mask.tif")
+    (tmp_path / "m.zarr").mkdir()
+    (tmp_path / "m.zarr" / "zarr.json").write_text("{}")
+    # the import fails as it does when the package is not installed
+    monkeypatch.setitem(sys.modules, module, None)
+    for name in [n for n in sys.modules if n.startswith(("tileseg.vectorize", f"{module}."))]:
+        monkeypatch.delitem(sys.modules, name)
+    code, out, err = run_split(*args_for(tmp_path, mask))
+    assert code == 6, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in out + err
+    assert f"'{module}'" in err and f"pip install {module}" in err
+    assert not list(tmp_path.glob("*o.*")) and not list(tmp_path.glob(".o.*"))
+
+
+def test_dependency_names_map_to_what_pip_installs() -> None:
+    from tileseg.deps import missing_dependency
+
+    error = missing_dependency(ModuleNotFoundError("no", name="dask_jobqueue"), "--slurm-jobs")
+    assert error.exit_code == 6 and "pip install dask-jobqueue" in str(error)
+    assert "pip install pyyaml" in str(missing_dependency(ModuleNotFoundError(name="yaml")))

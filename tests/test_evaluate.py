@@ -149,3 +149,19 @@ def test_cli_evaluate_bad_inputs(make_raster: Callable[..., Path],
     assert res.exit_code == 2 and "--classes" in res.output
     res = runner.invoke(cli, ["evaluate", str(pred_path), "missing.tif", "--num-classes", "3"])
     assert res.exit_code == 2 and "missing.tif" in res.output
+
+
+def test_labels_with_no_valid_pixel_are_an_error(make_raster: Callable[..., Path],
+                                                 pair: tuple[Path, Path, np.ndarray, np.ndarray]
+                                                 ) -> None:
+    pred_path, _, pred, labels = pair
+    empty = make_raster(np.zeros_like(labels), "empty.tif", nodata=0)
+    res = CliRunner().invoke(cli, ["evaluate", str(pred_path), str(empty), "--num-classes", "3",
+                                   "--label-values", "1,2,3"])
+    assert res.exit_code == 2 and "no pixel" in res.stderr, res.output
+    assert "mIoU" not in res.output and "mean IoU" not in res.output
+    assert len(res.stderr.strip().splitlines()) == 1
+    # a window on the nodata rows only
+    res = CliRunner().invoke(cli, ["evaluate", str(pred_path), str(pair[1]), "--num-classes",
+                                   "3", "--label-values", "1,2,3", "--window", "0,0,3,70"])
+    assert res.exit_code == 2 and "no pixel" in res.stderr, res.output

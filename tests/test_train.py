@@ -313,7 +313,7 @@ def test_cli_train_misaligned_labels(make_raster: Callable[..., Path], tmp_path:
     assert code == 2 and "CRS" in out and len(out.strip().splitlines()) == 1
     small = make_raster(labels[:50], "small.tif")
     code, out = _cli_train(image, small, tmp_path / "m")
-    assert code == 2 and "50x96 (height x width)" in out
+    assert code == 2 and "50 x 96 (height x width)" in out
 
 
 def test_cli_train_label_classes_beyond_count(make_raster: Callable[..., Path],
@@ -352,3 +352,58 @@ def test_cli_train_bad_options(task: tuple[Path, Path], tmp_path: Path) -> None:
     assert code == 2 and "class values" in out
     code, out = _cli_train(image, labels, tmp_path / "m", "--holdout-fraction", "0.9")
     assert code == 2 and "holdout fraction" in out
+
+
+# --- never a model card from nothing; outputs like the other files ---------------------------
+
+
+def test_all_nodata_labels_are_an_error_not_a_model(make_raster: Callable[..., Path],
+                                                    tmp_path: Path) -> None:
+    image_arr, labels = synthetic_task()
+    image = make_raster(image_arr, "image.tif")
+    empty = make_raster(np.full_like(labels, 255), "empty.tif", nodata=255)
+    code, out = _cli_train(image, empty, tmp_path / "m")
+    assert code == 2 and "no labelled pixel" in out and len(out.strip().splitlines()) == 1
+    assert not (tmp_path / "m").exists()
+    # labels only in the training part: the holdout strip has nothing to score
+    half = labels.copy()
+    half[:, SIZE * 3 // 4 - 8:] = 255
+    right = make_raster(half, "half.tif", nodata=255)
+    code, out = _cli_train(image, right, tmp_path / "m", "--holdout-side", "right")
+    assert code == 2 and "holdout" in out and "no labelled pixel" in out, out
+    assert not (tmp_path / "m").exists()
+
+
+def test_train_out_that_is_a_file_or_a_foreign_folder(task: tuple[Path, Path],
+                                                      tmp_path: Path) -> None:
+    image, labels = task
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    for extra in ((), ("--overwrite",)):
+        code, out = _cli_train(image, labels, notes, *extra)
+        assert code == 4 and "not a folder" in out and len(out.strip().splitlines()) == 1, out
+        assert notes.read_text() == "mine"
+    documents = tmp_path / "documents"
+    documents.mkdir()
+    (documents / "config.json").write_text("{}")
+    code, out = _cli_train(image, labels, documents, "--overwrite")
+    assert code == 4 and "not a model folder tileseg wrote" in out, out
+    assert (documents / "config.json").read_text() == "{}"
+
+
+def test_weights_have_the_same_permissions_as_the_other_files(task: tuple[Path, Path],
+                                                              tmp_path: Path) -> None:
+    import os
+
+    image, labels = task
+    old = os.umask(0o022)
+    try:
+        for dtype in ("float32", "float16"):
+            out = tmp_path / dtype
+            train(small_config(image, labels, out, epochs=1, steps_per_epoch=1,
+                               save_dtype=dtype))
+            modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+            assert modes["model.safetensors"] == modes["training.json"] == 0o644, modes
+            assert set(modes.values()) == {0o644}, modes
+    finally:
+        os.umask(old)

@@ -398,7 +398,9 @@ def test_ogr_formats_read_back(tmp_path: Path, mask_zarr: Callable[..., Path], e
     dst = tmp_path / f"polygons{ext}"
     result = vectorize(src, dst, VectorizeConfig(connectivity=8, chunk_size=5))
     frame = gpd.read_file(dst)  # pyogrio engine: GDAL's own drivers, not our code
-    assert ProjCRS.from_user_input(frame.crs) == ProjCRS.from_user_input(CRS)
+    # GeoJSON is WGS 84 lon/lat (RFC 7946); the other formats keep the mask's CRS
+    expected = ProjCRS.from_user_input("EPSG:4326" if ext == ".geojson" else CRS)
+    assert ProjCRS.from_user_input(frame.crs) == expected
     assert list(frame.columns) == ["class_id", "class_name", "pixels", "area",
                                    "mean_probability", "geometry"]
     assert len(frame) == result.features == count_components(mask, 8)
@@ -406,7 +408,8 @@ def test_ogr_formats_read_back(tmp_path: Path, mask_zarr: Callable[..., Path], e
     assert dict(zip(frame["class_id"], frame["class_name"], strict=True)) == {
         1: "water", 2: "building", 3: "forest"}
     assert set(frame.geom_type) == {"MultiPolygon"} and frame.is_valid.all()
-    np.testing.assert_allclose(frame["area"], frame.area)
+    # area is in the mask CRS's units whatever the layer's CRS (GeoJSON rounds to 1e-9 degrees)
+    np.testing.assert_allclose(frame["area"], frame.to_crs(CRS).area, rtol=1e-4)
     assert frame["mean_probability"].between(0, 1).all()
 
 
@@ -513,3 +516,172 @@ def test_all_background_gives_an_empty_layer(tmp_path: Path, mask_tif: Callable[
     dst = tmp_path / "empty.gpkg"
     result = vectorize(mask_tif(np.zeros((20, 30), np.uint8)), dst, VectorizeConfig())
     assert result.features == 0 and pyogrio.read_info(dst)["features"] == 0
+
+
+# --------------------------------------------------------------------------- never lose data
+
+
+def test_class_ids_beyond_int32_read_back_exactly(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+    import pyogrio
+
+    mask = np.zeros((12, 12), np.uint32)
+    mask[2:5, 2:5] = 3_000_000_000  # beyond int32: stored wrapped around, it read -1294967296
+    mask[7:10, 7:10] = 7
+    src = write_tif(tmp_path / "ids.tif", mask, nodata=None, classes=None)
+    for name in ("ids.gpkg", "ids.parquet", "ids.fgb"):
+        vectorize(src, tmp_path / name, VectorizeConfig(scheduler="sync"))
+    for name in ("ids.gpkg", "ids.fgb"):
+        frame = pyogrio.read_dataframe(tmp_path / name)
+        assert sorted(frame["class_id"].tolist()) == [7, 3_000_000_000], name
+        assert dict(zip(frame["class_id"], frame["class_name"], strict=True))[
+            3_000_000_000] == "class_3000000000"
+    table = pq.read_table(tmp_path / "ids.parquet")
+    assert sorted(table["class_id"].to_pylist()) == [7, 3_000_000_000]
+
+
+def test_second_run_to_the_same_destination_is_refused(tmp_path: Path,
+                                                      mask_tif: Callable[..., Path]) -> None:
+    from tileseg.errors import DestinationBusyError
+    from tileseg.runlock import exclusive_run
+
+    src, dst = mask_tif(seam_mask()), tmp_path / "out.gpkg"
+    with exclusive_run(dst):  # another run is writing dst (flock: a second open conflicts)
+        with pytest.raises(DestinationBusyError, match="another tileseg run"):
+            vectorize(src, dst, VectorizeConfig(scheduler="sync"))
+        result = _run(str(src), str(dst))
+        assert result.exit_code == 75, result.output  # type: ignore[attr-defined]
+        assert len(result.stderr.strip().splitlines()) == 1  # type: ignore[attr-defined]
+        assert not dst.exists()
+    vectorize(src, dst, VectorizeConfig(scheduler="sync"))  # the lock went with its holder
+    assert dst.exists() and not (tmp_path / "out.gpkg.lock").exists()
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_partials_of_dead_runs_are_removed_and_live_ones_kept(
+        tmp_path: Path, mask_tif: Callable[..., Path]) -> None:
+    import os
+
+    from tileseg.runlock import exclusive_run
+
+    src, dead = mask_tif(seam_mask()), _dead_pid()
+    # partials of the destination itself are stale once its lock is ours, whatever their pid
+    own = [tmp_path / f".out.partial-{dead}.gpkg", tmp_path / f".out.partial-{dead}.gpkg-journal",
+           tmp_path / f".out.partial-{os.getppid()}.gpkg-wal"]
+    other_dead = tmp_path / f".other.partial-{dead}.fgb"
+    other_alive = tmp_path / f".alive.partial-{os.getppid()}.gpkg"  # its process still runs
+    other_locked = tmp_path / f".busy.partial-{dead}.gpkg"  # its destination is locked
+    user_file = tmp_path / ".notes.partial.gpkg"  # not our pattern
+    for path in (*own, other_dead, other_alive, other_locked, user_file):
+        path.write_bytes(b"x" * 100)
+    with exclusive_run(tmp_path / "busy.gpkg"):
+        vectorize(src, tmp_path / "out.gpkg", VectorizeConfig(scheduler="sync"))
+    assert not any(p.exists() for p in (*own, other_dead))
+    assert other_alive.exists() and other_locked.exists() and user_file.exists()
+
+
+def test_a_killed_run_leaves_a_partial_the_next_run_removes(tmp_path: Path,
+                                                            mask_tif: Callable[..., Path]) -> None:
+    import subprocess
+    import sys
+
+    src, dst = mask_tif(seam_mask()), tmp_path / "out.gpkg"
+    # kill -9 right after the first batch of features reached the partial file
+    script = (
+        "import os, signal, pyogrio.raw\n"
+        "from tileseg.vectorize import vectorize, VectorizeConfig\n"
+        "real = pyogrio.raw.write\n"
+        "def write(*a, **k):\n"
+        "    real(*a, **k)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "pyogrio.raw.write = write\n"
+        f"vectorize({str(src)!r}, {str(dst)!r}, VectorizeConfig(scheduler='sync'))\n"
+    )
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert child.returncode == -9, child.stderr
+    left = [p.name for p in tmp_path.glob(".out.partial-*")]
+    assert left and not dst.exists()
+    vectorize(src, dst, VectorizeConfig(scheduler="sync"))
+    assert not list(tmp_path.glob(".out.partial-*")) and dst.exists()
+
+
+def _user_layer(path: Path) -> None:
+    """A polygon layer some other tool wrote (no tileseg marker)."""
+    import geopandas as gpd
+
+    frame = gpd.GeoDataFrame({"name": ["field"]}, geometry=[shapely.box(0, 0, 1, 1)],
+                             crs="EPSG:4326")
+    if path.suffix == ".parquet":
+        frame.to_parquet(path)
+    else:
+        frame.to_file(path)
+
+
+@pytest.mark.parametrize("ext", [".gpkg", ".parquet", ".geojson", ".fgb"])
+def test_overwrite_replaces_only_a_layer_tileseg_wrote(tmp_path: Path,
+                                                      mask_tif: Callable[..., Path],
+                                                      ext: str) -> None:
+    from tileseg.errors import OutputError
+    from tileseg.vectorize.writers import read_marker
+
+    src = mask_tif(seam_mask())
+    theirs, ours = tmp_path / f"theirs{ext}", tmp_path / f"ours{ext}"
+    _user_layer(theirs)
+    before = theirs.read_bytes()
+    with pytest.raises(OutputError, match="not a polygon layer tileseg wrote"):
+        vectorize(src, theirs, VectorizeConfig(scheduler="sync", overwrite=True))
+    result = _run(str(src), str(theirs), "--overwrite")
+    assert result.exit_code == 4, result.output  # type: ignore[attr-defined]
+    assert len(result.stderr.strip().splitlines()) == 1  # type: ignore[attr-defined]
+    assert theirs.read_bytes() == before
+    vectorize(src, ours, VectorizeConfig(scheduler="sync"))
+    assert read_marker(ours) == {"writer": "tileseg", "version": read_marker(ours)["version"],
+                                 "mask": str(src)}
+    vectorize(src, ours, VectorizeConfig(scheduler="sync", overwrite=True, classes=(1,)))
+    import geopandas as gpd
+
+    frame = gpd.read_parquet(ours) if ext == ".parquet" else gpd.read_file(ours)
+    assert set(frame["class_id"]) == {1}  # replaced
+
+
+def test_geojson_is_lon_lat_even_for_a_crs_without_epsg_code(tmp_path: Path) -> None:
+    import pyogrio
+    from pyproj import CRS as ProjCRS
+    from pyproj import Transformer
+    from rasterio.crs import CRS as RioCRS
+
+    # NC state plane by its parameters only (no EPSG code), as in the README's Landsat sample
+    custom = RioCRS.from_proj4("+proj=lcc +lat_0=33.75 +lon_0=-79 +lat_1=36.1666666666667 "
+                               "+lat_2=34.3333333333333 +x_0=609601.22 +y_0=0 +ellps=GRS80 "
+                               "+towgs84=0,0,0,0,0,0,0 +units=m +no_defs")
+    assert custom.to_epsg(confidence_threshold=100) is None
+    transform = Affine(30.0, 0.0, 600000.0, 0.0, -30.0, 100000.0)
+    mask = np.zeros((20, 20), np.uint8)
+    mask[5:15, 5:15] = 1
+    src = write_tif(tmp_path / "nc.tif", mask, crs=custom.to_wkt(), transform=transform)
+    dst = tmp_path / "nc.geojson"
+    vectorize(src, dst, VectorizeConfig(scheduler="sync"))
+    frame = pyogrio.read_dataframe(dst)
+    assert ProjCRS.from_user_input(frame.crs) == ProjCRS.from_user_input("EPSG:4326")
+    assert '"crs"' not in dst.read_text()[:300]  # RFC 7946: lon/lat, no crs member
+    lon, lat = frame.geometry.iloc[0].centroid.coords[0]
+    centre_x, centre_y = transform @ (10, 10)
+    expected = Transformer.from_crs(ProjCRS.from_wkt(custom.to_wkt()), "EPSG:4326",
+                                    always_xy=True).transform(centre_x, centre_y)
+    assert lon == pytest.approx(expected[0], abs=1e-6) and lat == pytest.approx(expected[1],
+                                                                               abs=1e-6)
+    assert -80 < lon < -78 and 33 < lat < 36  # North Carolina, not state-plane metres
+    assert frame["area"].iloc[0] == pytest.approx(100 * 900)  # area stays in the mask's m²
+    # --to-crs still decides when given
+    utm = tmp_path / "utm.geojson"
+    vectorize(src, utm, VectorizeConfig(scheduler="sync", to_crs="EPSG:32617"))
+    assert pyogrio.read_info(utm)["crs"] == "EPSG:32617"
+    assert "OGC:CRS84" in _run("--help").output  # type: ignore[attr-defined]

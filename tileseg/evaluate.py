@@ -139,7 +139,7 @@ def evaluate(config: EvaluateConfig) -> EvaluationReport:
             row_off, col_off, height, width = config.window
             if row_off + height > pred_src.height or col_off + width > pred_src.width:
                 raise ConfigError(f"--window {config.window} exceeds the "
-                                  f"{pred_src.height}x{pred_src.width} raster")
+                                  f"{pred_src.height} x {pred_src.width} (height x width) raster")
         else:
             row_off, col_off, height, width = 0, 0, pred_src.height, pred_src.width
         cm = np.zeros((n, n), dtype=np.int64)
@@ -149,6 +149,10 @@ def evaluate(config: EvaluateConfig) -> EvaluationReport:
                 win = Window(col, row, min(step, col_off + width - col),
                              min(step, row_off + height - row))
                 cm += _score_window(pred_src, label_src, win, lookup, n, config)
+    if not cm.any():
+        where = f" in --window {config.window}" if config.window is not None else ""
+        raise InputError(f"{config.labels}: no pixel{where} is valid in both rasters (the labels"
+                         " or the mask are nodata everywhere); nothing to score")
     metrics = compute_metrics(cm)
     logger.info("evaluated %d pixels: mIoU %.4f", metrics.pixels, metrics.mean_iou)
     return EvaluationReport(config.predicted, config.labels, tuple(names), metrics)

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tileseg.errors import ConfigError, DependencyError, RunError, TilesegError
+from tileseg.errors import ConfigError, RunError, TilesegError
 
 logger = logging.getLogger(__name__)
 
@@ -147,12 +147,9 @@ def _choices(allow: Sequence[SchedulerKind]) -> str:
 
 
 def _distributed() -> Any:
-    try:
-        import distributed
-    except ImportError as exc:
-        raise DependencyError("the dask.distributed package is needed for a cluster scheduler; "
-                              "install it: pip install distributed") from exc
-    return distributed
+    from tileseg.deps import require
+
+    return require("distributed", "a cluster scheduler")
 
 
 @contextmanager

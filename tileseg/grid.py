@@ -99,7 +99,7 @@ class TileGrid:
 
     def __post_init__(self) -> None:
         if self.height < 1 or self.width < 1:
-            raise ConfigError(f"raster size {self.height}x{self.width} is empty")
+            raise ConfigError(f"raster size {self.height} x {self.width} (height x width) is empty")
         if self.tile_size < 1:
             raise ConfigError(f"--tile-size must be at least 1, got {self.tile_size}")
         if not 0 <= self.overlap < self.tile_size:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,8 +71,14 @@ class Normalization:
 
     def __post_init__(self) -> None:
         for name in ("scale", "offset", "mean", "std"):
-            if len(getattr(self, name)) == 0:
+            values = getattr(self, name)
+            if len(values) == 0:
                 raise ModelError(f"normalization.{name} is empty; give one value per band")
+            # a NaN or infinite coefficient turns every probability into NaN without an error
+            bad = [v for v in values if not math.isfinite(v)]
+            if bad:
+                raise ModelError(f"normalization.{name} contains {bad[0]}; every value must be a "
+                                 "finite number")
         if any(s == 0 for s in self.std):
             raise ModelError("normalization.std contains 0; every std must be non-zero")
 
@@ -122,6 +129,7 @@ class ModelMetadata:
             )
         if self.dtype is not None and self.dtype not in SUPPORTED_DTYPES:
             raise ModelError(f"metadata dtype {self.dtype!r} is not one of {SUPPORTED_DTYPES}")
+        self.normalization.coefficients(self.in_channels)  # one value (or one per band) each
 
     @property
     def num_classes(self) -> int:
@@ -163,8 +171,10 @@ class ModelMetadata:
                 description=str(data.get("description", "")),
                 tile_size=int(data.get("tile_size", 513)),
             )
-        except ModelError:
-            raise
+        except ModelError as exc:
+            if str(exc).startswith(source):
+                raise
+            raise ModelError(f"{source}: {exc}; fix or remove it") from exc
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"{source}: invalid tileseg metadata ({exc}); fix or remove it") from exc
 
@@ -246,7 +256,7 @@ def load_metadata(directory: str | Path) -> ModelMetadata | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
         raise ModelError(f"{path}: not valid JSON ({exc}); fix or remove it") from exc
     return ModelMetadata.from_json(data, source=str(path))

@@ -101,7 +101,23 @@ def save_model(model: nn.Module, directory: str | Path, metadata: ModelMetadata)
     smp_model: Any = model  # smp models add save_pretrained; nn.Module does not declare it
     smp_model.save_pretrained(str(path))
     save_metadata(metadata, path)
+    weights = path / "model.safetensors"
+    if weights.is_file():
+        readable_like_others(weights)
     return path
+
+
+def readable_like_others(path: Path) -> None:
+    """Give ``path`` the permissions a newly created file gets (0666 less the umask).
+
+    safetensors writes through a private temporary file (0600): dask workers running as another
+    user could not read the weights although they read every other file of the model folder.
+    """
+    import os
+
+    umask = os.umask(0)  # the only portable way to read it; restored at once
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
 
 
 @dataclass(frozen=True)
@@ -122,8 +138,8 @@ class LoadedModel:
 def _read_config(directory: Path) -> dict[str, Any]:
     config_path = directory / "config.json"
     try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
         raise ModelError(f"{config_path}: not valid JSON ({exc}); re-save the model") from exc
     if not isinstance(config, dict) or "_model_class" not in config:
         raise ModelError(
@@ -246,22 +262,7 @@ def load_model(
     metadata = load_metadata(meta_dir)
 
     if config is not None:
-        arch = canonical_architecture(str(config.pop("_model_class")))
-        for key in ("encoder_weights",):
-            config.pop(key, None)
-        known = {"encoder_name", "in_channels", "classes", "encoder_output_stride",
-                 "decoder_atrous_rates"}
-        spec = ModelSpec(
-            architecture=arch,
-            encoder_name=config.pop("encoder_name"),
-            in_channels=int(config.pop("in_channels", 3)),
-            classes=int(config.pop("classes", 1)),
-            encoder_output_stride=config.pop("encoder_output_stride", None),
-            decoder_atrous_rates=(
-                tuple(config["decoder_atrous_rates"]) if "decoder_atrous_rates" in config else None
-            ),
-            extra={k: v for k, v in config.items() if k not in known and not k.startswith("_")},
-        )
+        spec = _spec_from_config(config, path / "config.json")
     elif spec is None:
         raise ModelError(
             f"{path}: a bare weights file needs the architecture; pass a save_pretrained "
@@ -277,7 +278,10 @@ def load_model(
             raise ModelError("output stride and atrous rates apply to DeepLab models only")
         spec = replace(spec, **overrides)
 
-    module = build_model(spec)
+    try:
+        module = build_model(spec)
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from exc
     state = _read_state_dict(weights)
     try:
         module.load_state_dict(state, strict=True)
@@ -287,7 +291,8 @@ def load_model(
                          f"{spec.encoder_name} ({first})") from exc
 
     if metadata is None:
-        logger.warning(
+        warn_once(
+            logger, str(path.resolve()),
             "%s has no tileseg.json: classes are numbered, normalization scales %s input by %s; "
             "add metadata (tileseg.metadata.save_metadata) for real class names and scaling",
             path, raster_dtype or "float32", "the dtype default",
@@ -306,6 +311,44 @@ def load_model(
         architecture=spec.architecture,
         divisor=_divisor(module),
     )
+
+
+def _spec_from_config(config: dict[str, Any], config_path: Path) -> ModelSpec:
+    """The :class:`ModelSpec` smp's ``config.json`` describes; a :class:`ModelError` naming the
+    file for anything missing or malformed."""
+    known = {"encoder_name", "in_channels", "classes", "encoder_output_stride",
+             "decoder_atrous_rates"}
+    try:
+        rates = config.get("decoder_atrous_rates")
+        return ModelSpec(
+            architecture=canonical_architecture(str(config["_model_class"])),
+            encoder_name=str(config["encoder_name"]),
+            in_channels=int(config.get("in_channels", 3)),
+            classes=int(config.get("classes", 1)),
+            encoder_output_stride=config.get("encoder_output_stride"),
+            decoder_atrous_rates=None if rates is None else tuple(int(r) for r in rates),
+            extra={k: v for k, v in config.items()
+                   if k not in known and k != "encoder_weights" and not k.startswith("_")},
+        )
+    except ModelError as exc:
+        raise ModelError(f"{config_path}: {exc}") from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{config_path}: invalid smp config ({type(exc).__name__}: {exc}); "
+                         "re-save the model with model.save_pretrained(dir)") from exc
+
+
+_WARNED: set[tuple[str, str]] = set()
+_WARNED_LOCK = threading.Lock()
+
+
+def warn_once(log: logging.Logger, key: str, message: str, *args: Any) -> None:
+    """Log a warning once per process for ``key`` (a model loaded by each batch scene or each
+    worker thread would otherwise repeat it)."""
+    with _WARNED_LOCK:
+        if (key, message) in _WARNED:
+            return
+        _WARNED.add((key, message))
+    log.warning(message, *args)
 
 
 _CACHE: dict[tuple[Any, ...], Any] = {}

@@ -28,11 +28,10 @@ from tileseg.errors import (
     InputError,
     ModelError,
     OutputError,
-    TilesegError,
 )
 from tileseg.grid import TileGrid, chunk_tiles_for
 from tileseg.memory import check_memory
-from tileseg.model import LoadedModel, load_model
+from tileseg.model import LoadedModel, load_model, warn_once
 from tileseg.mosaic import Job, ModelRef, WorkDir, build_graph, register_model
 from tileseg.outputs import (
     create_zarr,
@@ -89,7 +88,8 @@ def resolve_model(config: PredictConfig, raster: RasterInfo) -> tuple[LoadedMode
         if not (BUNDLED_MODEL / "config.json").is_file():
             raise ModelError("no --model given and no bundled model is installed; pass --model DIR")
         path = str(BUNDLED_MODEL)
-        logger.warning(
+        warn_once(
+            logger, "bundled-model",
             "no --model given: using the bundled land-cover model (Landsat, 7 classes; see "
             "tileseg/models/landcover/MODEL_CARD.md); it suits 30 m Landsat-like scenes only"
         )
@@ -101,10 +101,18 @@ def resolve_model(config: PredictConfig, raster: RasterInfo) -> tuple[LoadedMode
 def check_model_fits(model: LoadedModel, raster: RasterInfo) -> None:
     meta = model.metadata
     if meta.in_channels != len(raster.indexes):
+        if raster.count < meta.in_channels:
+            # no --bands can help: suggest only what is possible
+            raise ModelError(
+                f"{raster.path}: has {raster.count} band{'s' if raster.count > 1 else ''} but "
+                f"the model takes {meta.in_channels}; the raster has too few bands for this "
+                f"model: use a model trained on {raster.count}-band input"
+            )
+        selected = "" if len(raster.indexes) == raster.count else " selected"
         raise ModelError(
-            f"{raster.path}: has {len(raster.indexes)} bands (selected) but the model takes "
-            f"{meta.in_channels}; choose bands with --bands (e.g. --bands "
-            f"{','.join(str(i + 1) for i in range(meta.in_channels))})"
+            f"{raster.path}: has {len(raster.indexes)} bands{selected} but the model takes "
+            f"{meta.in_channels}; choose {meta.in_channels} of its {raster.count} bands with "
+            f"--bands (e.g. --bands {','.join(str(i + 1) for i in range(meta.in_channels))})"
         )
     if meta.dtype is not None and meta.dtype != raster.dtype:
         reason = lossy_cast_reason(raster.dtype, meta.dtype)
@@ -435,7 +443,9 @@ def _vectorize(result: PredictResult, config: PredictConfig) -> VectorizeResult:
     try:
         from tileseg.vectorize import VectorizeConfig, vectorize
     except ImportError as exc:
-        raise TilesegError(f"--vectorize is unavailable ({exc})") from exc
+        from tileseg.deps import missing_dependency
+
+        raise missing_dependency(exc, "--vectorize") from exc
     assert config.vectorize is not None
     # The Zarr carries probabilities when asked for, so polygons get their mean probability.
     source = result.zarr_path or result.dst

@@ -198,8 +198,8 @@ def check_aligned(image: Any, label: Any) -> None:
     name = label.name
     if (label.height, label.width) != (image.height, image.width):
         raise InputError(
-            f"{name}: label raster is {label.height}x{label.width} (height x width) but the "
-            f"image {image.name} is {image.height}x{image.width}; resample the labels onto the "
+            f"{name}: label raster is {label.height} x {label.width} (height x width) but the "
+            f"image {image.name} is {image.height} x {image.width}; resample the labels onto the "
             "image grid (gdalwarp -te ... -ts ...)"
         )
     if not label.transform.almost_equals(image.transform, precision=abs(image.transform.a) * 1e-3):

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from tileseg.errors import DependencyError, DestinationBusyError, OutputError
+from tileseg.errors import DestinationBusyError, OutputError
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +34,9 @@ def is_store_url(path: str) -> bool:
 
 
 def _obstore() -> Any:
-    try:
-        import obstore
-    except ImportError as exc:
-        raise DependencyError("object-storage outputs need obstore; install it: "
-                              "pip install 'tileseg[cloud]'") from exc
-    return obstore
+    from tileseg.deps import require
+
+    return require("obstore", "object storage (pip install 'tileseg[cloud]')")
 
 
 @dataclass(frozen=True)

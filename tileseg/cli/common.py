@@ -5,17 +5,28 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import click
 
-from tileseg.errors import TilesegError
+import tileseg
+from tileseg.errors import InputError, TilesegError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+logger = logging.getLogger("tileseg.cli")
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(tileseg.__file__)) + os.sep
+
+# Libraries that talk through logging or warnings about things tileseg already checks or that are
+# not the user's business (GDAL's notices, pyogrio's driver remarks, dask's shutdown chatter):
+# shown with -v, never on their own.
+_CHATTY = ("rasterio", "pyogrio", "fiona", "distributed", "fsspec", "urllib3", "numcodecs", "zarr")
 
 
 def configure_logging(verbose: int, quiet: bool) -> None:
@@ -29,8 +40,18 @@ def configure_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(
         level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
     )
-    # GDAL/rasterio chatter is not the user's business unless asked for.
-    logging.getLogger("rasterio").setLevel(max(level, logging.WARNING))
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.CRITICAL)
+    # A Python warning prints two lines (where it was raised, and the source line); as a log
+    # record it is one, and one from a library shows only with -v.
+    warnings.showwarning = _log_warning
+
+
+def _log_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+    text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
+    own = os.path.abspath(filename).startswith(_PACKAGE_DIR)
+    logger.log(logging.WARNING if own else logging.INFO, "%s: %s", category.__name__, text)
 
 
 class Terminated(KeyboardInterrupt):
@@ -56,9 +77,17 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def printable(text: str) -> str:
+    """``text`` with file names that are not valid UTF-8 shown as ``\\xff`` escapes, so a message
+    naming such a file prints instead of raising UnicodeEncodeError."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def handle_errors(func: F) -> F:
     """Turn a TilesegError into ``Error: message`` on stderr and its exit code; no traceback.
 
+    A missing dependency becomes a DependencyError (exit 6) naming the package, and a file name
+    GDAL cannot take (not valid UTF-8) an input error, whichever library call found it.
     Ctrl-C exits 130 and SIGTERM 143 (128 + the signal), each with one line.
     """
 
@@ -68,8 +97,19 @@ def handle_errors(func: F) -> F:
             with _sigterm_as_interrupt():
                 return func(*args, **kwargs)
         except TilesegError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(exc.exit_code)
+            _fail(exc)
+        except ImportError as exc:
+            if (exc.name or "").split(".")[0] == "tileseg":
+                raise  # a broken install of tileseg itself: the traceback is the report
+            from tileseg.deps import missing_dependency
+
+            _fail(missing_dependency(exc))
+        except UnicodeEncodeError as exc:
+            if "surrogates" not in str(exc):
+                raise
+            bad = exc.object[exc.start : exc.end] if isinstance(exc.object, str) else ""
+            _fail(InputError(f"a file name is not valid UTF-8 (it contains {printable(bad)}); "
+                             "GDAL needs UTF-8 file names: rename the file"))
         except KeyboardInterrupt as exc:
             stopped = "Terminated (SIGTERM)" if isinstance(exc, Terminated) else "Interrupted"
             click.echo(f"{stopped}; the output was not completed (use --resume to continue).",
@@ -77,6 +117,11 @@ def handle_errors(func: F) -> F:
             sys.exit(143 if isinstance(exc, Terminated) else 130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _fail(exc: TilesegError) -> None:
+    click.echo(f"Error: {printable(str(exc))}", err=True)
+    sys.exit(exc.exit_code)
 
 
 def verbosity_options(func: F) -> F:

@@ -39,14 +39,17 @@ Examples:
               help="Simplify tolerance in pixels; the whole coverage is simplified together so "
               "neighbours keep a shared border (0: exact pixel edges).")
 @click.option("--to-crs", help="Reproject the polygons, e.g. EPSG:4326 (area stays in the "
-              "mask's CRS units).")
+              "mask's CRS units). Default: the mask's CRS, except GeoJSON, which is written in "
+              "OGC:CRS84 longitude/latitude as RFC 7946 requires.")
 @click.option("--allow-no-crs", is_flag=True,
               help="Accept a mask without CRS (polygons in its transform units).")
 @click.option("--no-probabilities", is_flag=True,
               help="Skip mean_probability even when the Zarr mask stores probabilities.")
 @click.option("--chunk-size", type=int,
               help="Chunk side in pixels (default: the Zarr chunks, or 2048 for GeoTIFF).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing DST.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing DST, only if tileseg wrote it (any other file stays: "
+              "exit 4).")
 @click.option("--scheduler", envvar="TILESEG_SCHEDULER",
               help="threads, sync, or a dask.distributed address (tcp://host:8786). Default: "
               "$TILESEG_SCHEDULER, else tileseg.scheduler in dask's config, else threads.")
@@ -63,7 +66,8 @@ def command(mask: str, dst: str | None, classes: tuple[int, ...] | None,
     The format follows DST's extension: .gpkg, .parquet (GeoParquet), .geojson or .fgb (default:
     MASK's name with .gpkg in the current folder, e.g. scene.mask.tif -> ./scene.mask.gpkg). Each
     feature has class_id, class_name, pixels, area and, when the Zarr stores probabilities,
-    mean_probability. Chunks are processed in parallel and joined exactly: the polygons equal
+    mean_probability. The layer is in the mask's CRS; GeoJSON in OGC:CRS84 (lon/lat) unless
+    --to-crs is given. Chunks are processed in parallel and joined exactly: the polygons equal
     those of vectorizing the whole mask at once.
     """
     from rasterio.errors import NotGeoreferencedWarning

@@ -61,7 +61,8 @@ def write_model_card(out_dir: str | Path, result: TrainResult, metadata: ModelMe
     classes = "\n".join(f"| {c.id} | {c.name} | #{c.color[0]:02x}{c.color[1]:02x}{c.color[2]:02x}"
                         f" | {r['class_values'][c.id]} |" for c in metadata.classes)
     sources = "\n".join(
-        f"- `{s['image']}` ({s['size'][1]}x{s['size'][0]} px, bands {s['bands']}, "
+        f"- `{s['image']}` ({s['size'][0]} x {s['size'][1]} px, height x width; bands "
+        f"{s['bands']}, "
         f"CRS {s['crs'] or 'none'}) with labels `{s['labels']}`"
         + (f" (attribute `{s['class_attribute']}`)" if s["class_attribute"] else "")
         for s in r["sources"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from tileseg.errors import ConfigError
+from tileseg.errors import ConfigError, ModelError
 from tileseg.model import canonical_architecture
 
 HoldoutSide = Literal["left", "right", "top", "bottom"]
@@ -88,7 +88,10 @@ class TrainConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "architecture", canonical_architecture(self.architecture))
+        try:
+            object.__setattr__(self, "architecture", canonical_architecture(self.architecture))
+        except ModelError as exc:  # an option value here, not a broken model file
+            raise ConfigError(f"--architecture: {exc}") from None
         if not self.sources:
             raise ConfigError("give at least one training image with its labels")
         n = len(self.class_names)

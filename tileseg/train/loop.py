@@ -22,7 +22,7 @@ from tileseg.errors import ConfigError, InputError, OutputError
 from tileseg.infer import resolve_device
 from tileseg.metadata import ClassInfo, ModelMetadata, Normalization, default_color
 from tileseg.metrics import SegmentationMetrics, compute_metrics, confusion_matrix
-from tileseg.model import ModelSpec, build_model, save_model
+from tileseg.model import ModelSpec, build_model, readable_like_others, save_model
 from tileseg.train.card import write_model_card
 from tileseg.train.config import IGNORE_INDEX, TrainConfig
 from tileseg.train.data import (
@@ -193,14 +193,14 @@ def _metadata(config: TrainConfig, src: Source, mean: np.ndarray, std: np.ndarra
 
 def _save(model: nn.Module, out_dir: Path, metadata: ModelMetadata, save_dtype: str) -> None:
     save_model(model, out_dir, metadata)
+    path = out_dir / "model.safetensors"
     if save_dtype == "float16":
         from safetensors.torch import load_file, save_file
 
-        path = out_dir / "model.safetensors"
         state = load_file(str(path))
         half = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
         save_file(half, str(path), metadata={"format": "pt"})
-        path.chmod(0o644)
+        readable_like_others(path)  # save_file writes 0600 too
 
 
 def train(config: TrainConfig, progress: TrainCallback | None = None) -> TrainResult:
@@ -219,9 +219,7 @@ def train(config: TrainConfig, progress: TrainCallback | None = None) -> TrainRe
     """
     start = time.perf_counter()
     out_dir = Path(config.out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not config.overwrite:
-        raise OutputError(f"{out_dir}: exists and is not empty; choose another --out or pass "
-                          "--overwrite")
+    check_out_dir(out_dir, config.overwrite)
     device = resolve_device(config.device)
     if config.seed is not None:
         seed_everything(config.seed, config.deterministic)
@@ -233,6 +231,35 @@ def train(config: TrainConfig, progress: TrainCallback | None = None) -> TrainRe
     finally:
         for s in sources:
             s.close()
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse a model folder that would lose someone's files: a file, a non-empty folder without
+    ``overwrite``, or (even with it) a folder that is not a model folder tileseg wrote."""
+    from tileseg.metadata import METADATA_FILENAME
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir}: is a file, not a folder; --out names the model folder to "
+                          "write: choose another path")
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise OutputError(f"{out_dir}: exists and is not empty; choose another --out or pass "
+                          "--overwrite")
+    if not (out_dir / METADATA_FILENAME).is_file():
+        raise OutputError(f"{out_dir}: not a model folder tileseg wrote (no {METADATA_FILENAME}),"
+                          " so --overwrite leaves it; choose another --out")
+
+
+def _labelled_pixels(sources: list[Source], regions: list[Region], num_classes: int,
+                     what: str) -> np.ndarray:
+    counts = class_frequencies(sources, regions, num_classes)
+    if counts.sum() == 0:
+        names = ", ".join(sorted({s.spec.labels for s in sources}))
+        raise InputError(f"{names}: {what} has no labelled pixel (every label there is nodata "
+                         "or unlabelled); check the labels' nodata value, --class-values and "
+                         "the holdout")
+    return counts
 
 
 def _run(config: TrainConfig, sources: list[Source], out_dir: Path, device: torch.device,
@@ -253,8 +280,9 @@ def _run(config: TrainConfig, sources: list[Source], out_dir: Path, device: torc
         val_regions = [v for _, v in splits]
     for s, reg in zip(sources, train_regions, strict=True):
         if min(reg.height, reg.width) < 16:
-            raise InputError(f"{s.spec.image}: training region {reg.height}x{reg.width} is too "
-                             "small; use a smaller --holdout-fraction or separate --val rasters")
+            raise InputError(f"{s.spec.image}: training region {reg.height} x {reg.width} "
+                             "(height x width) is too small; use a smaller --holdout-fraction "
+                             "or separate --val rasters")
 
     mean, std, train_pixels = band_statistics(sources, train_regions)
     metadata = _metadata(config, sources[0], mean, std, _class_colors(config, sources))
@@ -262,7 +290,12 @@ def _run(config: TrainConfig, sources: list[Source], out_dir: Path, device: torc
     logger.info("normalization from %d training pixels: mean %s std %s", train_pixels,
                 np.round(mean, 3).tolist(), np.round(std, 3).tolist())
 
-    counts = class_frequencies(sources, train_regions, config.num_classes)
+    counts = _labelled_pixels(sources, train_regions, config.num_classes, "the training area")
+    # a model card claiming mIoU 0.000 from 0 pixels would be a lie: check the holdout up front
+    _labelled_pixels(val_sources, val_regions, config.num_classes,
+                     "the validation area" if config.val_sources else
+                     f"the holdout strip ({config.holdout.side} "
+                     f"{config.holdout.fraction:.0%})")
     weight: torch.Tensor | None = None
     loss_weights: list[float] | None = None
     if config.class_weighting != "none":

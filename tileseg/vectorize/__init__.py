@@ -8,15 +8,17 @@ from tileseg.vectorize.api import (
     vectorize,
 )
 from tileseg.vectorize.source import MaskSource, open_mask
-from tileseg.vectorize.writers import format_for
+from tileseg.vectorize.writers import check_destination, format_for, read_marker
 
 __all__ = [
     "MaskSource",
     "Polygons",
     "VectorizeConfig",
     "VectorizeResult",
+    "check_destination",
     "format_for",
     "open_mask",
     "polygonize",
+    "read_marker",
     "vectorize",
 ]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -25,7 +27,7 @@ from tileseg.vectorize.polygons import (
     vectorize_chunk,
 )
 from tileseg.vectorize.source import MaskSource, open_mask
-from tileseg.vectorize.writers import check_destination, write_layer
+from tileseg.vectorize.writers import check_destination, remove_stale_partials, write_layer
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,9 @@ BACKGROUND_NAMES = frozenset({"background", "unlabelled", "unlabeled", "void", "
                               "no data", "none"})
 
 AreaUnit = Literal["pixels", "map"]
+
+# RFC 7946: GeoJSON is WGS 84 longitude/latitude; other CRSs only by prior arrangement
+GEOJSON_CRS = "OGC:CRS84"
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,9 @@ class VectorizeConfig:
     min_area_unit: AreaUnit = "pixels"  # "pixels" or "map" (squared CRS units, e.g. m²)
     connectivity: Connectivity = 4  # 4: pixels sharing a side; 8: also a corner
     simplify: float = 0.0  # coverage simplification tolerance in pixels; 0: exact pixel edges
-    to_crs: str | None = None  # reproject the polygons (EPSG code, WKT, PROJ string)
+    # reproject the polygons (EPSG code, WKT, PROJ string); None: the mask's CRS, except GeoJSON,
+    # which is written in OGC:CRS84 (lon/lat) as RFC 7946 requires
+    to_crs: str | None = None
     allow_no_crs: bool = False  # accept a mask without CRS; polygons then in transform units
     probabilities: bool = True  # add mean_probability when the Zarr mask stores probabilities
     chunk_size: int | None = None  # chunk side in pixels; None: the Zarr chunks / 2048 for GDAL
@@ -69,11 +76,11 @@ class VectorizeConfig:
     def __post_init__(self) -> None:
         if self.connectivity not in (4, 8):
             raise ConfigError(f"--connectivity must be 4 or 8, got {self.connectivity}")
-        if self.min_area < 0:
+        if not 0 <= self.min_area < math.inf:  # NaN fails too: it would drop every polygon
             raise ConfigError(f"--min-area must be zero or positive, got {self.min_area}")
         if self.min_area_unit not in ("pixels", "map"):
             raise ConfigError(f"--min-area-unit {self.min_area_unit!r}: choose pixels or map")
-        if self.simplify < 0:
+        if not 0 <= self.simplify < math.inf:
             raise ConfigError(f"--simplify must be zero or positive, got {self.simplify}")
         if self.chunk_size is not None and self.chunk_size < 1:
             raise ConfigError(f"--chunk-size must be positive, got {self.chunk_size}")
@@ -126,7 +133,7 @@ class VectorizeResult:
 
 
 def vectorize(
-    src: str | os.PathLike[str],
+    src: str | os.PathLike[str] | MaskSource,
     dst: str | os.PathLike[str],
     config: VectorizeConfig | None = None,
     *,
@@ -145,16 +152,24 @@ def vectorize(
     ...           VectorizeConfig(classes=(3,), min_area=20, connectivity=8))  # doctest: +SKIP
     VectorizeResult(dst='buildings.gpkg', features=1812, ...)
     """
+    from tileseg.runlock import exclusive_run
+
     config = config or VectorizeConfig()
     started = time.perf_counter()
-    check_not_source(dst, os.fspath(src))
-    check_destination(dst, config.overwrite)  # fail before the (long) work, not after
-    polygons = polygonize(src, config, progress=progress)
-    # QGIS colours a GeoPackage by class on opening: the mask's palette, defaults for the rest
-    style = legend_for(mask_legend(src.path if isinstance(src, MaskSource) else src),
-                       polygons.fields["class_id"])
-    write_layer(dst, polygons.geometry, polygons.fields, polygons.crs_wkt,
-                overwrite=config.overwrite, style=style)
+    if not isinstance(src, MaskSource):
+        check_not_source(dst, os.fspath(src))
+    fmt = check_destination(dst, config.overwrite)  # fail before the (long) work, not after
+    source = src if isinstance(src, MaskSource) else open_mask(src)
+    if fmt == "geojson" and config.to_crs is None and source.crs_wkt:
+        config = replace(config, to_crs=GEOJSON_CRS)
+    # One run per destination: a second one stops (exit 75) instead of racing for the rename.
+    with exclusive_run(Path(dst)):
+        remove_stale_partials(Path(dst))
+        polygons = polygonize(source, config, progress=progress)
+        # QGIS colours a GeoPackage by class on opening: the mask's palette, defaults for the rest
+        style = legend_for(mask_legend(source.path), polygons.fields["class_id"])
+        write_layer(dst, polygons.geometry, polygons.fields, polygons.crs_wkt,
+                    overwrite=config.overwrite, style=style, marker={"mask": source.path})
     ids, counts = np.unique(polygons.fields["class_id"], return_counts=True)
     names = dict(zip(polygons.fields["class_id"].tolist(), polygons.fields["class_name"].tolist(),
                      strict=True))
@@ -205,7 +220,8 @@ def polygonize(
     ids, inverse = np.unique(components.class_id, return_inverse=True)
     names = np.array([source.class_name(int(c)) for c in ids], dtype=object)
     fields: dict[str, np.ndarray] = {
-        "class_id": components.class_id.astype(np.int32),
+        # int64: uint32/int64 masks hold ids beyond int32 (3e9 must not come back negative)
+        "class_id": components.class_id.astype(np.int64),
         "class_name": names[inverse] if len(ids) else np.empty(0, dtype=object),
         "pixels": components.pixels,
         "area": components.pixels * _pixel_area(source),
@@ -335,11 +351,13 @@ def _transform_in_place(geometry: np.ndarray,
 
 
 def _parse_crs(text: str) -> Any:
+    import rasterio
     from rasterio.crs import CRS
     from rasterio.errors import CRSError
 
     try:
-        return CRS.from_user_input(text)
+        with rasterio.Env():  # GDAL/PROJ errors go to logging here, not straight to stderr
+            return CRS.from_user_input(text)
     except (CRSError, ValueError):
         raise ConfigError(f"--to-crs {text!r}: not a CRS GDAL knows; use e.g. EPSG:4326") from None
 

@@ -144,7 +144,7 @@ def _open_zarr(path: str) -> MaskSource:
     mask = _zarr_array(path, "mask", root)
     dtype = np.dtype(mask.dtype)
     if dtype.kind not in "ui" or len(mask.shape) != 2:
-        raise InputError(f"{path}: 'mask' is {dtype.name} {tuple(mask.shape)}; expected a 2-D "
+        raise InputError(f"{path}: 'mask' is {dtype.name} with shape {tuple(mask.shape)}; expected a 2-D "
                          "integer array of class ids")
     has_probs = "probabilities" in root
     scale = 1.0

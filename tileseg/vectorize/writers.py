@@ -1,23 +1,36 @@
 """Writing polygon layers: GeoPackage, GeoParquet, GeoJSON, FlatGeobuf, chosen by extension.
 
-Every format is written to a temporary name next to the destination and renamed into place only
-when complete, so a crash never leaves a file that looks finished.
+Every format is written to a temporary name next to the destination (``.NAME.partial-PID.EXT``)
+and renamed into place only when complete, so a crash never leaves a file that looks finished;
+a later run to the same folder removes the partial files of runs that died.
+
+Every layer carries a marker saying tileseg wrote it, so ``--overwrite`` replaces only such a
+layer, never a user's file that happens to have the destination's name:
+
+* GeoPackage: dataset metadata item ``TILESEG`` (GDAL metadata, in ``gpkg_metadata``)
+* FlatGeobuf: layer metadata item ``TILESEG`` (in the header's metadata)
+* GeoParquet: file key-value metadata ``tileseg``
+* GeoJSON: a ``"tileseg"`` foreign member of the FeatureCollection (RFC 7946, section 6.1)
+
+Each holds JSON: ``{"writer": "tileseg", "version": ..., "mask": ...}``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import shapely
 
-from tileseg.errors import OutputError
+from tileseg.errors import DestinationBusyError, OutputError
 from tileseg.metadata import ClassInfo
 from tileseg.styles import add_layer_style
 
@@ -30,6 +43,10 @@ _EXTENSIONS: dict[str, VectorFormat] = {
     ".json": "geojson", ".fgb": "fgb",
 }
 _OGR_DRIVERS = {"gpkg": "GPKG", "geojson": "GeoJSON", "fgb": "FlatGeobuf"}
+MARKER_KEY = "tileseg"  # GeoParquet key-value metadata and GeoJSON foreign member
+OGR_MARKER_KEY = "TILESEG"  # GDAL metadata item (GeoPackage dataset, FlatGeobuf layer)
+_PARTIAL = re.compile(r"^\.(?P<stem>.+)\.partial-(?P<pid>\d+)(?P<suffix>\.[A-Za-z0-9]+)"
+                      r"(?:-journal|-wal|-shm)?$")
 
 
 def format_for(path: str | os.PathLike[str]) -> VectorFormat:
@@ -44,16 +61,123 @@ def format_for(path: str | os.PathLike[str]) -> VectorFormat:
 
 
 def check_destination(path: str | os.PathLike[str], overwrite: bool) -> VectorFormat:
-    """Validate ``path`` before any work: known format, writable folder, not in the way."""
+    """Validate ``path`` before any work: known format, writable folder, not in the way.
+
+    An existing file is replaced only with ``overwrite`` and only when tileseg wrote it (it
+    carries the marker, see the module docstring); anything else stays, with an
+    :class:`OutputError` (exit 4).
+    """
     fmt = format_for(path)
     dst = Path(path)
     if dst.is_dir():
         raise OutputError(f"{dst}: is a directory; pass a file name such as polygons.gpkg")
     if dst.exists() and not overwrite:
         raise OutputError(f"{dst}: already exists; pass --overwrite to replace it")
+    if dst.exists() and read_marker(dst) is None:
+        raise OutputError(f"{dst}: exists and is not a polygon layer tileseg wrote (no tileseg "
+                          "marker), so --overwrite leaves it; choose another DST or remove it")
     if not dst.parent.is_dir():
         raise OutputError(f"{dst.parent}: folder does not exist; create it first")
     return fmt
+
+
+def read_marker(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The marker tileseg stored in the layer at ``path``, or None (not tileseg's, unreadable)."""
+    try:
+        fmt = format_for(path)
+    except OutputError:
+        return None
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            text: Any = (pq.read_schema(path).metadata or {}).get(MARKER_KEY.encode())
+        elif fmt == "geojson":
+            text = _geojson_member(Path(path), MARKER_KEY)
+        else:
+            import pyogrio
+
+            info = pyogrio.read_info(os.fspath(path))
+            where = "dataset_metadata" if fmt == "gpkg" else "layer_metadata"
+            text = (info.get(where) or {}).get(OGR_MARKER_KEY)
+        marker = json.loads(text) if text else None
+    except Exception:  # not a layer at all, or damaged: in any case not provably ours
+        return None
+    return marker if isinstance(marker, dict) and marker.get("writer") == "tileseg" else None
+
+
+def _geojson_member(path: Path, key: str) -> str | None:
+    # GDAL writes foreign members right after "type": read the head, never the whole file.
+    with path.open("rb") as f:
+        head = f.read(65536).decode("utf-8", "replace")
+    if '"FeatureCollection"' not in head[:200]:
+        return None
+    for line in head.splitlines()[:8]:
+        line = line.strip()
+        if line.startswith(f'"{key}":'):
+            return line[len(key) + 3 :].rstrip(",").strip()
+    return None
+
+
+def partial_path(dst: Path, pid: int | None = None) -> Path:
+    """The hidden name ``dst`` is written under until it is complete."""
+    return dst.with_name(f".{dst.stem}.partial-{os.getpid() if pid is None else pid}{dst.suffix}")
+
+
+def remove_stale_partials(dst: Path) -> list[Path]:
+    """Remove partial layers in ``dst``'s folder left by runs that died (kill -9, power loss).
+
+    Call it holding ``dst``'s run lock: every partial of ``dst`` itself is then stale. A partial of
+    another destination goes only when its process is gone and nobody holds that destination's
+    lock. Returns the removed paths.
+    """
+    from tileseg.runlock import exclusive_run
+
+    removed: list[Path] = []
+    folder = dst.parent if str(dst.parent) else Path(".")
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        match = _PARTIAL.match(name)
+        if match is None or int(match["pid"]) == os.getpid():
+            continue
+        path = folder / name
+        target = folder / f"{match['stem']}{match['suffix']}"
+        if target.name == dst.name:
+            _unlink(path, removed)
+            continue
+        if _alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(DestinationBusyError, OutputError), exclusive_run(target):
+            _unlink(path, removed)
+    if removed:
+        logger.info("removed %d partial file(s) of interrupted runs: %s", len(removed),
+                    ", ".join(p.name for p in removed))
+    return removed
+
+
+def _unlink(path: Path, removed: list[Path]) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+        removed.append(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # EPERM: it exists, as another user's process
+    return True
+
+
+def default_marker() -> dict[str, Any]:
+    from tileseg import __version__
+
+    return {"writer": "tileseg", "version": __version__}
 
 
 BATCH = 100_000  # features encoded to WKB at a time, so the encoded copy stays small
@@ -67,20 +191,28 @@ def write_layer(
     *,
     overwrite: bool = False,
     style: Sequence[ClassInfo] = (),
+    marker: Mapping[str, Any] | None = None,
 ) -> None:
     """Write polygons with attribute ``fields`` to ``path`` as MultiPolygons, atomically.
 
     A GeoPackage also gets ``style`` (the classes' names and colours) as its default QGIS layer
-    style, written before the rename like the features.
+    style, written before the rename like the features. ``marker`` (default: writer and
+    version) is stored as the module docstring says; it is what lets a later ``overwrite``
+    prove the file is tileseg's.
     """
     fmt = check_destination(path, overwrite)
+    from tileseg.deps import require
+
+    # before the temporary file exists: a missing writer is exit 6 with nothing left behind
+    require("pyarrow.parquet" if fmt == "parquet" else "pyogrio.raw", f"{fmt} output")
     dst = Path(path)
-    tmp = dst.with_name(f".{dst.stem}.partial-{os.getpid()}{dst.suffix}")
+    tmp = partial_path(dst)
+    text = json.dumps({**default_marker(), **(marker or {})})
     try:
         if fmt == "parquet":
-            _write_geoparquet(tmp, geometry, fields, crs_wkt)
+            _write_geoparquet(tmp, geometry, fields, crs_wkt, text)
         else:
-            _write_ogr(tmp, fmt, dst.stem, geometry, fields, crs_wkt)
+            _write_ogr(tmp, fmt, dst.stem, geometry, fields, crs_wkt, text)
             if fmt == "gpkg":
                 add_layer_style(tmp, dst.stem, style)
         os.replace(tmp, dst)
@@ -92,9 +224,22 @@ def write_layer(
 
 
 def _write_ogr(tmp: Path, fmt: VectorFormat, layer: str, geometry: np.ndarray,
-               fields: Mapping[str, np.ndarray], crs_wkt: str | None) -> None:
+               fields: Mapping[str, np.ndarray], crs_wkt: str | None, marker: str) -> None:
     import pyogrio.raw
 
+    options: dict[str, Any] = {}
+    if fmt == "gpkg":
+        options["dataset_metadata"] = {OGR_MARKER_KEY: marker}
+    elif fmt == "fgb":
+        options["layer_metadata"] = {OGR_MARKER_KEY: marker}
+    else:
+        layer_options = {"FOREIGN_MEMBERS_COLLECTION": json.dumps({MARKER_KEY: json.loads(marker)})}
+        if crs_wkt and is_wgs84_lonlat(crs_wkt):
+            # RFC 7946: no "crs" member, exterior rings counterclockwise; 9 decimals (0.1 mm)
+            # rather than GDAL's 7 (1 cm) keep the pixel edges of centimetre imagery in place
+            layer_options["RFC7946"] = "YES"
+            layer_options["COORDINATE_PRECISION"] = "9"
+        options["layer_options"] = layer_options
     for start in range(0, max(len(geometry), 1), BATCH):
         part = slice(start, start + BATCH)
         pyogrio.raw.write(
@@ -102,11 +247,20 @@ def _write_ogr(tmp: Path, fmt: VectorFormat, layer: str, geometry: np.ndarray,
             field_data=[values[part] for values in fields.values()], fields=list(fields),
             layer=layer, driver=_OGR_DRIVERS[fmt], geometry_type="MultiPolygon",
             promote_to_multi=True, crs=crs_wkt, append=start > 0,
+            **(options if start == 0 else {}),
         )
 
 
+def is_wgs84_lonlat(crs_wkt: str) -> bool:
+    """True for WGS 84 longitude/latitude (OGC:CRS84, or EPSG:4326 in GIS axis order)."""
+    from rasterio.crs import CRS
+
+    crs = CRS.from_wkt(crs_wkt)
+    return crs.to_string() == "OGC:CRS84" or crs.to_epsg() == 4326
+
+
 def _write_geoparquet(tmp: Path, geometry: np.ndarray, fields: Mapping[str, np.ndarray],
-                      crs_wkt: str | None) -> None:
+                      crs_wkt: str | None, marker: str) -> None:
     # pyogrio's bundled GDAL has no Parquet driver, so write GeoParquet 1.1 with pyarrow:
     # WKB geometry column plus the "geo" file metadata (CRS as PROJJSON, bbox, geometry types).
     import pyarrow as pa
@@ -121,7 +275,8 @@ def _write_geoparquet(tmp: Path, geometry: np.ndarray, fields: Mapping[str, np.n
     schema = pa.schema([*(pa.field(name, pa.string() if values.dtype == object
                                    else pa.from_numpy_dtype(values.dtype))
                           for name, values in fields.items()),
-                        pa.field("geometry", pa.binary())], metadata={"geo": json.dumps(geo)})
+                        pa.field("geometry", pa.binary())],
+                       metadata={"geo": json.dumps(geo), MARKER_KEY: marker})
     with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
         for start in range(0, len(geometry), BATCH):
             part = slice(start, start + BATCH)

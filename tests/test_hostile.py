@@ -1,0 +1,428 @@
+"""Hostile input over every command: each row is (id, command line, exit code).
+
+Every case runs in-process through click's CliRunner, in a fresh working folder copied from
+shared session fixtures (rasters, masks, labels, a user's files and folders), with the model
+directories shared read-only. For every case:
+
+* the exit code is the row's;
+* stderr has at most two lines (the error and, for usage errors, a --help hint), counting what
+  GDAL/PROJ print straight to file descriptor 2;
+* no traceback anywhere, and no exception escaped the command;
+* every file that existed before (working folder and models) still exists with the same
+  checksum, unless the row names it as one the command may replace.
+
+Adding a case is one line in ``CASES``. ``{model}``-style placeholders name shared model
+directories (see ``models``); every other path is relative to the working folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from affine import Affine
+from click.testing import CliRunner
+from conftest import NORTH_UP, UTM, random_image
+
+from tileseg.cli.main import cli
+
+# rasterio warns for its in-memory copies with catch_warnings, which leaks across threads.
+pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    argv: str  # shell syntax; $'\xff' style is not needed: see NON_UTF8
+    code: int
+    may_change: tuple[str, ...] = ()  # pre-existing files this command may replace
+
+
+NON_UTF8 = os.fsdecode(b"sc\xffne.tif")  # a name GDAL cannot take (not valid UTF-8)
+M = "-m {model}"
+FAST = "--tile-size 64 --overlap 16"
+TRAIN = "--classes bg,water,forest --crop-size 32 --epochs 1 --steps-per-epoch 1 --batch-size 2"
+
+CASES: list[Case] = [
+    # ---- predict: inputs
+    Case("predict-missing-src", f"predict missing.tif out.tif {M}", 2),
+    Case("predict-text-file", f"predict notes.txt out.tif {M}", 2),
+    Case("predict-fake-tif", f"predict fake.tif out.tif {M}", 2),
+    Case("predict-empty-file", f"predict empty.tif out.tif {M}", 2),
+    Case("predict-folder-as-src", f"predict documents out.tif {M}", 2),
+    Case("predict-no-crs", f"predict nocrs.tif out.tif {M}", 2),
+    Case("predict-all-nodata", f"predict allnodata.tif out.tif {M}", 2),
+    Case("predict-non-utf8-src", f"predict {NON_UTF8} out.tif {M}", 2),
+    Case("predict-non-utf8-dst", f"predict rgb.tif {NON_UTF8} {M}", 2),
+    # ---- predict: raster vs model
+    Case("predict-7-bands", f"predict seven.tif out.tif {M}", 3),
+    Case("predict-1-band", f"predict gray.tif out.tif {M}", 3),
+    Case("predict-uint16-for-uint8-model", f"predict rgb16.tif out.tif {M}", 3),
+    Case("predict-float-for-uint8-model", f"predict float.tif out.tif {M}", 3),
+    Case("predict-bands-two", f"predict rgb.tif out.tif {M} --bands 1,2", 3),
+    Case("predict-bands-letters", f"predict rgb.tif out.tif {M} --bands a,b,c", 2),
+    Case("predict-bands-zero", f"predict rgb.tif out.tif {M} --bands 0,1,2", 2),
+    Case("predict-bands-beyond", f"predict rgb.tif out.tif {M} --bands 1,2,9", 2),
+    Case("predict-bands-empty-item", f"predict rgb.tif out.tif {M} --bands 1,,2", 2),
+    # ---- predict: options
+    Case("predict-tile-size-4", f"predict rgb.tif out.tif {M} --tile-size 4", 2),
+    Case("predict-tile-size-word", f"predict rgb.tif out.tif {M} --tile-size big", 2),
+    Case("predict-overlap-too-big", f"predict rgb.tif out.tif {M} --overlap 600", 2),
+    Case("predict-overlap-negative", f"predict rgb.tif out.tif {M} --overlap -1", 2),
+    Case("predict-batch-size-0", f"predict rgb.tif out.tif {M} --batch-size 0", 2),
+    Case("predict-chunk-size-0", f"predict rgb.tif out.tif {M} --chunk-size 0", 2),
+    Case("predict-workers-0", f"predict rgb.tif out.tif {M} --workers 0", 2),
+    Case("predict-device-tpu", f"predict rgb.tif out.tif {M} --device tpu", 2),
+    Case("predict-precision-fp8", f"predict rgb.tif out.tif {M} --precision fp8", 2),
+    Case("predict-blend-unknown", f"predict rgb.tif out.tif {M} --blend cosine", 2),
+    Case("predict-format-png", f"predict rgb.tif out.tif {M} --format png", 2),
+    Case("predict-output-stride-4", f"predict rgb.tif out.tif {M} --output-stride 4", 2),
+    Case("predict-probabilities-bad", f"predict rgb.tif out.tif {M} --probabilities int", 2),
+    Case("predict-unknown-option", f"predict rgb.tif out.tif {M} --frobnicate", 2),
+    Case("predict-no-arguments", f"predict {M}", 2),
+    Case("predict-no-args", "predict", 2),
+    # ---- predict: destinations
+    Case("predict-dst-jpg", f"predict rgb.tif out.jpg {M}", 4),
+    Case("predict-dst-folder-missing", f"predict rgb.tif nodir/out.tif {M}", 4),
+    Case("predict-dst-user-file", f"predict rgb.tif precious.tif {M}", 4),
+    Case("predict-dst-user-folder", f"predict rgb.tif documents {M} --format zarr", 4),
+    Case("predict-zarr-dst-with-zarr", f"predict rgb.tif out.zarr {M} --zarr also.zarr", 2),
+    Case("predict-vectorize-user-file", f"predict rgb.tif out.tif {M} --vectorize precious.gpkg", 4),
+    Case("predict-vectorize-bad-ext", f"predict rgb.tif out.tif {M} --vectorize out.shpx", 4),
+    Case("predict-zarr-user-folder", f"predict rgb.tif out.tif {M} --zarr documents", 4),
+    # ---- predict: paths against each other, and what --overwrite may replace (issue 10, 1-3, 5)
+    Case("predict-dst-is-src", f"predict rgb.tif rgb.tif {M} --overwrite", 2),
+    Case("predict-zarr-is-src", f"predict rgb.tif out.tif {M} --zarr rgb.tif --overwrite", 2),
+    Case("predict-zarr-is-dst", f"predict rgb.tif out.tif {M} --zarr out.tif", 2),
+    Case("predict-report-is-src", f"predict rgb.tif out.tif {M} --report rgb.tif --overwrite", 2),
+    Case("predict-report-is-dst", f"predict rgb.tif out.tif {M} --report out.tif", 2),
+    Case("predict-vectorize-is-src", f"predict rgb.tif out.tif {M} --vectorize rgb.tif", 2),
+    Case("predict-model-is-dst", f"predict rgb.tif documents {M} -m documents --format zarr", 2),
+    Case("predict-overwrite-user-tif", f"predict rgb.tif precious.tif {M} --overwrite", 4),
+    Case("predict-overwrite-user-folder",
+         f"predict rgb.tif documents {M} --format zarr --overwrite", 4),
+    Case("predict-overwrite-zarr-user-folder",
+         f"predict rgb.tif out.tif {M} --zarr documents --overwrite", 4),
+    Case("predict-report-user-file", f"predict rgb.tif out.tif {M} --report notes.txt", 4),
+    Case("predict-report-user-file-overwrite",
+         f"predict rgb.tif out.tif {M} --report notes.txt --overwrite", 4),
+    Case("predict-report-folder-missing", f"predict rgb.tif out.tif {M} --report nodir/r.json", 4),
+    Case("predict-resume-nothing-to-resume-user-file",
+         f"predict rgb.tif precious.tif {M} --resume", 4),
+    # ---- predict: options that could only fail inside a task, refused before staging
+    Case("predict-atrous-negative", f"predict rgb.tif out.tif {M} --atrous-rates 0,-1,2", 2),
+    Case("predict-tile-size-huge", f"predict rgb.tif out.tif {M} --tile-size 100000000", 2),
+    Case("predict-scheduler-bogus", f"predict rgb.tif out.tif {M} --scheduler bogus", 2),
+    Case("predict-probabilities-tif-no-zarr",
+         f"predict rgb.tif out.tif {M} --probabilities uint8", 2),
+    Case("predict-vectorize-folder-missing",
+         f"predict rgb.tif out.tif {M} --vectorize nodir/p.gpkg", 4),
+    # ---- predict: models
+    Case("predict-model-missing", "predict rgb.tif out.tif -m nomodel", 2),
+    Case("predict-model-user-folder", "predict rgb.tif out.tif -m documents", 3),
+    Case("predict-model-nan-std", "predict rgb.tif out.tif -m {nan_std}", 3),
+    Case("predict-model-inf-std", "predict rgb.tif out.tif -m {inf_std}", 3),
+    Case("predict-model-zero-std", "predict rgb.tif out.tif -m {zero_std}", 3),
+    Case("predict-model-bad-json", "predict rgb.tif out.tif -m {bad_json}", 3),
+    Case("predict-model-binary-json", "predict rgb.tif out.tif -m {binary_json}", 3),
+    Case("predict-model-no-weights", "predict rgb.tif out.tif -m {no_weights}", 3),
+    Case("predict-model-corrupt", "predict rgb.tif out.tif -m {corrupt}", 3),
+    Case("predict-model-pickled", "predict rgb.tif out.tif -m {pickled}", 3),
+    Case("predict-model-config-no-encoder", "predict rgb.tif out.tif -m {no_encoder}", 3),
+    Case("predict-ok", f"predict rgb.tif out.tif {M} {FAST} -q", 0),
+    Case("predict-ok-no-metadata", f"predict rgb.tif out.tif -m {{bare}} {FAST} -q", 0),
+    # ---- info
+    Case("info-ok", f"info rgb.tif {M}", 0),
+    Case("info-json", f"info rgb.tif {M} --json", 0),
+    Case("info-missing", f"info missing.tif {M}", 2),
+    Case("info-fake-tif", f"info fake.tif {M}", 2),
+    Case("info-non-utf8", f"info {NON_UTF8} {M}", 2),
+    Case("info-no-crs", f"info nocrs.tif {M}", 2),
+    Case("info-no-crs-allowed", f"info nocrs.tif {M} --allow-no-crs", 0),
+    Case("info-bands-letters", f"info rgb.tif {M} --bands x", 2),
+    Case("info-1-band", f"info gray.tif {M}", 0),  # facts, and the misfit as one warning
+    Case("info-model-nan-std", "info rgb.tif -m {nan_std}", 3),
+    Case("info-tile-size-0", f"info rgb.tif {M} --tile-size 0", 2),
+    Case("info-overlap-too-big", f"info rgb.tif {M} --overlap 1000", 2),
+    # ---- vectorize
+    Case("vectorize-gpkg", "vectorize mask.tif out.gpkg -q", 0),
+    Case("vectorize-geojson", "vectorize mask.tif out.geojson -q", 0),
+    Case("vectorize-parquet", "vectorize mask.tif out.parquet -q", 0),
+    Case("vectorize-fgb", "vectorize mask.tif out.fgb -q", 0),
+    Case("vectorize-uint32-ids", "vectorize mask32.tif out.gpkg -q", 0),
+    Case("vectorize-overwrite-own-layer", "vectorize mask.tif ours.gpkg --overwrite -q", 0,
+         ("ours.gpkg",)),
+    Case("vectorize-missing", "vectorize missing.tif out.gpkg", 2),
+    Case("vectorize-fake-tif", "vectorize fake.tif out.gpkg", 2),
+    Case("vectorize-multiband", "vectorize rgb.tif out.gpkg", 2),
+    Case("vectorize-float-mask", "vectorize fmask.tif out.gpkg", 2),
+    Case("vectorize-no-crs", "vectorize nocrs_mask.tif out.gpkg", 2),
+    Case("vectorize-non-utf8", f"vectorize {NON_UTF8} out.gpkg", 2),
+    Case("vectorize-user-file", "vectorize mask.tif precious.gpkg", 4),
+    Case("vectorize-overwrite-user-file", "vectorize mask.tif precious.gpkg --overwrite", 4),
+    Case("vectorize-overwrite-user-geojson", "vectorize mask.tif precious.geojson --overwrite", 4),
+    Case("vectorize-overwrite-user-parquet", "vectorize mask.tif precious.parquet --overwrite", 4),
+    Case("vectorize-overwrite-folder", "vectorize mask.tif folder.gpkg --overwrite", 4),
+    Case("vectorize-overwrite-src", "vectorize mask.tif mask.tif --overwrite", 4),
+    Case("vectorize-unknown-format", "vectorize mask.tif out.shp", 4),
+    Case("vectorize-folder-missing", "vectorize mask.tif nodir/out.gpkg", 4),
+    Case("vectorize-bad-crs", "vectorize mask.tif out.gpkg --to-crs EPSG:999999", 2),
+    Case("vectorize-min-area-negative", "vectorize mask.tif out.gpkg --min-area -1", 2),
+    Case("vectorize-simplify-negative", "vectorize mask.tif out.gpkg --simplify -1", 2),
+    Case("vectorize-min-area-nan", "vectorize mask.tif out.gpkg --min-area nan", 2),
+    Case("vectorize-simplify-inf", "vectorize mask.tif out.gpkg --simplify inf", 2),
+    Case("vectorize-connectivity-6", "vectorize mask.tif out.gpkg --connectivity 6", 2),
+    Case("vectorize-classes-letters", "vectorize mask.tif out.gpkg --classes a", 2),
+    Case("vectorize-chunk-size-0", "vectorize mask.tif out.gpkg --chunk-size 0", 2),
+    Case("vectorize-scheduler-bogus", "vectorize mask.tif out.gpkg --scheduler bogus", 2),
+    # ---- evaluate
+    Case("evaluate-ok", "evaluate mask.tif labels.tif", 0),
+    Case("evaluate-json", "evaluate mask.tif labels.tif --json", 0),
+    Case("evaluate-all-nodata-labels", "evaluate mask.tif nolabels.tif", 2),
+    Case("evaluate-missing-pred", "evaluate missing.tif labels.tif", 2),
+    Case("evaluate-missing-labels", "evaluate mask.tif missing.tif", 2),
+    Case("evaluate-fake-labels", "evaluate mask.tif fake.tif", 2),
+    Case("evaluate-misaligned", "evaluate mask.tif shifted.tif", 2),
+    Case("evaluate-no-class-list", "evaluate labels.tif labels.tif", 2),
+    Case("evaluate-window-three-numbers", "evaluate mask.tif labels.tif --window 0,0,5", 2),
+    Case("evaluate-window-outside", "evaluate mask.tif labels.tif --window 0,0,500,500", 2),
+    Case("evaluate-block-size-1", "evaluate mask.tif labels.tif --block-size 1", 2),
+    Case("evaluate-label-values-twice", "evaluate mask.tif labels.tif --label-values 1,1,2", 2),
+    Case("evaluate-undeclared-label", "evaluate mask.tif labels.tif --label-values 5,6,7", 2),
+    # ---- train
+    Case("train-out-is-a-file", f"train rgb.tif labels.tif -o notes.txt {TRAIN}", 4),
+    Case("train-out-is-a-file-overwrite",
+         f"train rgb.tif labels.tif -o notes.txt {TRAIN} --overwrite", 4),
+    Case("train-out-user-folder", f"train rgb.tif labels.tif -o documents {TRAIN}", 4),
+    Case("train-out-user-folder-overwrite",
+         f"train rgb.tif labels.tif -o documents {TRAIN} --overwrite", 4),
+    Case("train-all-nodata-labels", f"train rgb.tif nolabels.tif -o m {TRAIN}", 2),
+    Case("train-misaligned", f"train rgb.tif shifted.tif -o m {TRAIN}", 2),
+    Case("train-missing-image", f"train missing.tif labels.tif -o m {TRAIN}", 2),
+    Case("train-one-class", "train rgb.tif labels.tif -o m --classes bg", 2),
+    Case("train-crop-8", f"train rgb.tif labels.tif -o m {TRAIN} --crop-size 8", 2),
+    Case("train-holdout-0.9", f"train rgb.tif labels.tif -o m {TRAIN} --holdout-fraction 0.9", 2),
+    Case("train-class-values-count", f"train rgb.tif labels.tif -o m {TRAIN} --class-values 1", 2),
+    Case("train-colors-bad", f"train rgb.tif labels.tif -o m {TRAIN} --colors red,blue", 2),
+    Case("train-scale-range-bad", f"train rgb.tif labels.tif -o m {TRAIN} --scale-range 2", 2),
+    Case("train-architecture-unknown",
+         f"train rgb.tif labels.tif -o m {TRAIN} --architecture unet", 2),
+    Case("train-no-out", "train rgb.tif labels.tif --classes a,b", 2),
+    Case("train-ok", f"train rgb.tif labels.tif -o m {TRAIN} -q", 0),
+    # ---- batch
+    Case("batch-missing-manifest", "batch nothing.txt -o masks", 2),
+    Case("batch-bad-yaml", "batch bad.yaml", 2),
+    Case("batch-bad-csv", "batch bad.csv", 2),
+    Case("batch-empty-manifest", "batch empty.txt -o masks", 2),
+    Case("batch-text-without-output-dir", "batch scenes.txt", 2),
+    Case("batch-bands-letters", "batch scenes.txt -o masks --bands a", 2),
+    Case("batch-missing-scene", f"batch scenes.txt -o masks {M} -q", 5),
+    # ---- sample and the group
+    Case("sample-list", "sample --list", 0),
+    Case("sample-unknown", "sample no-such-sample", 2),
+    Case("sample-offline-not-cached", "sample rmnp-rgb --offline", 2),
+    Case("no-such-command", "segment rgb.tif", 2),
+    Case("version", "--version", 0),
+]
+
+
+# --------------------------------------------------------------------------- shared fixtures
+
+
+def _write(path: Path, data: np.ndarray, *, crs: str | None = UTM,
+           transform: Affine = NORTH_UP, nodata: float | None = None,
+           tags: dict[str, str] | None = None) -> None:
+    if data.ndim == 2:
+        data = data[None]
+    with rasterio.open(path, "w", driver="GTiff", height=data.shape[1], width=data.shape[2],
+                       count=data.shape[0], dtype=data.dtype.name, crs=crs,
+                       transform=transform, nodata=nodata) as dst:
+        dst.write(data)
+        if tags:
+            dst.update_tags(**tags)
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The working folder's starting content: small rasters, masks, labels, a user's files."""
+    import geopandas as gpd
+    import shapely
+
+    root = tmp_path_factory.mktemp("hostile") / "assets"
+    root.mkdir()
+    image = random_image(3, 60, 70)
+    _write(root / "rgb.tif", image)
+    _write(root / "rgb16.tif", random_image(3, 60, 70, "uint16"))
+    _write(root / "float.tif", random_image(3, 60, 70, "float32"))
+    _write(root / "gray.tif", image[:1])
+    _write(root / "seven.tif", random_image(7, 60, 70))
+    _write(root / "nocrs.tif", image, crs=None)
+    _write(root / "allnodata.tif", np.zeros_like(image), nodata=0)
+    classes = json.dumps([{"id": i, "name": n, "color": "#000000"}
+                          for i, n in enumerate(("background", "water", "forest"))])
+    rng = np.random.default_rng(3)
+    mask = (rng.random((60, 70)) * 3).astype(np.uint8)
+    _write(root / "mask.tif", mask, nodata=255, tags={"TILESEG_CLASSES": classes})
+    _write(root / "nocrs_mask.tif", mask, crs=None, nodata=255)
+    _write(root / "fmask.tif", mask.astype(np.float32))
+    big_ids = np.zeros((60, 70), np.uint32)
+    big_ids[10:20, 10:20] = 3_000_000_000
+    _write(root / "mask32.tif", big_ids)
+    labels = mask.copy()
+    labels[:5] = 255
+    _write(root / "labels.tif", labels, nodata=255)
+    _write(root / "nolabels.tif", np.full_like(labels, 255), nodata=255)
+    _write(root / "shifted.tif", labels, nodata=255,
+           transform=Affine(10.0, 0.0, 500050.0, 0.0, -10.0, 6000000.0))
+    (root / "notes.txt").write_text("my notes\n")
+    (root / "fake.tif").write_text("not a raster\n")
+    (root / "empty.tif").write_bytes(b"")
+    (root / "precious.tif").write_bytes(b"precious")
+    (root / "documents").mkdir()
+    (root / "documents" / "report.txt").write_text("quarterly report\n")
+    (root / "folder.gpkg").mkdir()
+    (root / "folder.gpkg" / "inside.txt").write_text("a folder named like a layer\n")
+    theirs = gpd.GeoDataFrame({"name": ["field"]}, geometry=[shapely.box(0, 0, 1, 1)],
+                              crs="EPSG:4326")
+    theirs.to_file(root / "precious.gpkg")
+    theirs.to_file(root / "precious.geojson")
+    theirs.to_parquet(root / "precious.parquet")
+    from tileseg.vectorize import VectorizeConfig, vectorize
+
+    vectorize(root / "mask.tif", root / "ours.gpkg", VectorizeConfig(scheduler="sync"))
+    (root / "scenes.txt").write_text("missing.tif\n")
+    (root / "empty.txt").write_text("# nothing here\n")
+    (root / "bad.yaml").write_text("scenes: [unclosed\n")
+    (root / "bad.csv").write_text("foo,bar\n1,2\n")
+    (root / "cache").mkdir()  # an empty sample cache: nothing is fetched in these tests
+    return root
+
+
+@pytest.fixture(scope="session")
+def models(deeplab_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Model directories by placeholder name: the good one and broken variants."""
+    root = tmp_path_factory.mktemp("hostile-models")
+    meta = json.loads((deeplab_dir / "tileseg.json").read_text())
+
+    def variant(name: str, **files: str | bytes | None) -> Path:
+        path = root / name
+        path.mkdir()
+        for original in deeplab_dir.iterdir():
+            if original.suffix == ".safetensors":  # 45 MB: shared, not copied ten times
+                (path / original.name).symlink_to(original)
+            else:
+                shutil.copy(original, path / original.name)
+        for filename, content in files.items():
+            target = path / filename.replace("_", ".", 1)
+            target.unlink(missing_ok=True)  # never write through the shared weights' link
+            if isinstance(content, bytes):
+                target.write_bytes(content)
+            elif content is not None:
+                target.write_text(content)
+        return path
+
+    def with_std(value: float) -> str:
+        return json.dumps({**meta, "normalization": {**meta["normalization"],
+                                                     "std": [1.0, value, 1.0]}})
+
+    config = json.loads((deeplab_dir / "config.json").read_text())
+    config.pop("encoder_name")
+    pickled = root / "pickled.pt"
+    torch.save({"model": torch.nn.Conv2d(3, 3, 1)}, pickled)
+    return {
+        "model": deeplab_dir,
+        "nan_std": variant("nan_std", tileseg_json=with_std(float("nan"))),
+        "inf_std": variant("inf_std", tileseg_json=with_std(float("inf"))),
+        "zero_std": variant("zero_std", tileseg_json=with_std(0.0)),
+        "bad_json": variant("bad_json", tileseg_json="{not json"),
+        "binary_json": variant("binary_json", tileseg_json=b"\xff\xfe\x00garbage"),
+        "no_weights": variant("no_weights", model_safetensors=None),
+        "corrupt": variant("corrupt", model_safetensors=b"\x00garbage" * 10),
+        "no_encoder": variant("no_encoder", config_json=json.dumps(config)),
+        "bare": variant("bare", tileseg_json=None),
+        "pickled": pickled,
+    }
+
+
+def _checksums(*folders: Path) -> dict[str, str]:
+    sums = {}
+    for folder in folders:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file() and str(path.resolve()) not in sums:
+                sums[str(path.resolve())] = hashlib.blake2b(path.read_bytes(),
+                                                            digest_size=16).hexdigest()
+    return sums
+
+
+def _signatures(*folders: Path) -> dict[str, tuple[int, int, int]]:
+    # the shared models are hundreds of MB: per case, size/mtime/inode (any write changes
+    # them); their content is checksummed once over the whole table (test_models_unchanged)
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_ino)
+            for folder in folders for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="session")
+def model_checksums(models: dict[str, Path]) -> dict[str, str]:
+    return _checksums(*{p.parent for p in models.values()})
+
+
+@pytest.fixture
+def workdir(assets: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    work = tmp_path / "work"
+    shutil.copytree(assets, work, symlinks=True)
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("TILESEG_CACHE", str(work / "cache"))
+    monkeypatch.delenv("TILESEG_SCHEDULER", raising=False)
+    yield work
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_hostile_input(case: Case, workdir: Path, models: dict[str, Path],
+                       model_checksums: dict[str, str],
+                       capfd: pytest.CaptureFixture[str]) -> None:
+    argv = [arg.format(**{k: str(v) for k, v in models.items()})
+            for arg in shlex.split(case.argv)]
+    model_folders = {p.parent for p in models.values()}
+    before, models_before = _checksums(workdir), _signatures(*model_folders)
+    capfd.readouterr()
+    result = CliRunner().invoke(cli, argv)
+    native = capfd.readouterr()  # what C libraries wrote straight to file descriptors 1 and 2
+    stderr = result.stderr + native.err
+    everything = result.output + native.out + native.err
+    assert result.exit_code == case.code, (result.exit_code, everything)
+    escaped = result.exception
+    assert escaped is None or isinstance(escaped, SystemExit), repr(escaped)
+    assert "Traceback" not in everything, everything
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) <= 2, stderr
+    if case.code != 0:
+        assert lines and lines[0].startswith("Error: "), stderr
+    after = _checksums(workdir)
+    changed = sorted(path for path, digest in before.items()
+                     if after.get(path) != digest
+                     and os.path.relpath(path, workdir.resolve()) not in case.may_change)
+    assert not changed, f"changed or removed: {changed}"
+    models_after = _signatures(*model_folders)
+    assert all(models_after.get(p) == s for p, s in models_before.items()), "a model changed"
+
+
+def test_models_unchanged_after_the_table(models: dict[str, Path],
+                                          model_checksums: dict[str, str]) -> None:
+    # runs after the table (same module, defined later): the shared models' content is intact
+    assert _checksums(*{p.parent for p in models.values()}) == model_checksums
+
+
+def test_the_table_covers_every_command() -> None:
+    commands = {shlex.split(c.argv)[0] for c in CASES}
+    assert {"predict", "info", "vectorize", "evaluate", "train", "batch", "sample"} <= commands
+    assert len(CASES) >= 80 and len({c.id for c in CASES}) == len(CASES)
