@@ -26,7 +26,7 @@ from tileseg.errors import (
     RunError,
     TilesegError,
 )
-from tileseg.grid import TileGrid, chunk_tiles_for
+from tileseg.grid import TileGrid, aligned_overlap, chunk_tiles_for
 from tileseg.model import LoadedModel, load_model
 from tileseg.mosaic import Job, ModelRef, WorkDir, build_graph, register_model
 from tileseg.outputs import (
@@ -114,9 +114,12 @@ def make_plan(config: PredictConfig, model: LoadedModel | None = None) -> Plan:
     if model is None:
         model, _ = resolve_model(config, raster)
     check_model_fits(model, raster)
-    stride = config.tile_size - config.overlap
-    grid = TileGrid(raster.height, raster.width, config.tile_size, config.overlap,
-                    chunk_tiles_for(stride, config.chunk_size))
+    # The tile step is rounded down to the model's input multiple so every network input
+    # window sits on the phase a whole-raster pass would use (see tileseg.grid).
+    overlap = aligned_overlap(config.tile_size, config.overlap, model.divisor)
+    stride = config.tile_size - overlap
+    grid = TileGrid(raster.height, raster.width, config.tile_size, overlap,
+                    chunk_tiles_for(stride, config.chunk_size), divisor=model.divisor)
     return Plan(raster, model, grid, model.context_size(config.tile_size))
 
 
@@ -288,6 +291,7 @@ def predict(
             blend=config.blend, compile_model=config.compile_model,
             probabilities=config.probabilities, mask_dtype=mask_dtype.name, nodata=nodata,
             work_dir=str(work.path.absolute()), zarr_path=str(zarr_store.absolute()),
+            engine=config.engine,
         )
         mosaic = build_graph(job)
         graph_built = time.perf_counter()
@@ -295,12 +299,15 @@ def predict(
                     grid.num_chunks, resumed_chunks, len(mosaic.graph))
 
         totals = {"tiles": 0, "skipped": 0, "done_tiles": 0}
+        engines: set[str] = set()  # as the workers resolved --engine
         tile_counts = {(r, c): len(grid.chunk_tiles_of(r, c)) for r, c in grid.chunks()}
 
         def on_result(result: dict[str, Any], kind: str) -> None:
             if kind == "infer":
                 totals["tiles"] += result["tiles"]
                 totals["skipped"] += result["skipped"]
+                if "engine" in result:
+                    engines.add(result["engine"])
             else:
                 totals["done_tiles"] += tile_counts[tuple(result["chunk"])]  # type: ignore[index]
                 if progress is not None:
@@ -333,6 +340,7 @@ def predict(
         report = _report(config, plan, totals, started, graph_built, computed, finished,
                          resumed_chunks, model_source or "<in-process model>", len(mosaic.graph),
                          rss_compute, _cluster_address(config, client))
+        report["engine"] = ",".join(sorted(engines)) or config.engine
         result = PredictResult(str(dst), zarr_out, grid.num_tiles, totals["tiles"],
                                totals["skipped"], grid.num_chunks, seconds, report)
         if config.vectorize:
@@ -419,8 +427,8 @@ def _report(
         "model": model_source,
         "raster": {"height": raster.height, "width": raster.width, "bands": len(raster.indexes),
                    "dtype": raster.dtype},
-        "tiling": {"tile_size": config.tile_size, "overlap": config.overlap,
-                   "context": plan.context, "chunk_size": plan.grid.chunk_size,
+        "tiling": {"tile_size": config.tile_size, "overlap": plan.grid.overlap,
+                   "overlap_requested": config.overlap, "context": plan.context, "chunk_size": plan.grid.chunk_size,
                    "blend": config.blend},
         "tiles_total": plan.grid.num_tiles,
         "tiles_inferred": totals["tiles"],
