@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -47,12 +48,12 @@ def worker_cores() -> int:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
-    try:
-        from distributed import get_worker
-
-        cores = min(cores, int(get_worker().state.nthreads))
-    except (ImportError, ValueError, AttributeError):  # not inside a dask worker
-        pass
+    distributed = sys.modules.get("distributed")  # a dask worker has imported it already
+    if distributed is not None:
+        try:
+            cores = min(cores, int(distributed.get_worker().state.nthreads))
+        except (ValueError, AttributeError):  # not inside a dask worker
+            pass
     return max(1, cores)
 
 

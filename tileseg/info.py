@@ -11,6 +11,8 @@ import rasterio
 from rasterio.enums import MaskFlags, Resampling
 
 from tileseg.config import PredictConfig
+from tileseg.grid import TileGrid
+from tileseg.infer import default_batch_size, resolve_device
 from tileseg.predict import make_plan
 from tileseg.raster import RasterInfo, open_dataset
 
@@ -53,12 +55,11 @@ def validity_label(raster: RasterInfo) -> str:
     return "all (no nodata, no mask)"
 
 
-def estimate_nodata_tiles(raster: RasterInfo, config: PredictConfig, tile_rows: int,
-                          tile_cols: int) -> int | None:
+def estimate_nodata_tiles(raster: RasterInfo, grid: TileGrid) -> set[tuple[int, int]]:
     """Tiles whose core is all nodata, from a decimated read of the mask (overviews if any)."""
     if not raster.has_mask:
-        return 0
-    stride = config.tile_size - config.overlap
+        return set()
+    stride = grid.stride
     # Sample each core with at least 8x8 mask pixels, but never read more than ~4 Mpixels.
     factor = max(1, min(stride // 8, math.ceil(math.sqrt(raster.height * raster.width / 4e6))))
     shape = (max(1, raster.height // factor), max(1, raster.width // factor))
@@ -66,23 +67,34 @@ def estimate_nodata_tiles(raster: RasterInfo, config: PredictConfig, tile_rows: 
         masks = src.read_masks(raster.indexes, out_shape=(len(raster.indexes), *shape),
                                resampling=Resampling.nearest)
     valid = (masks != 0).all(axis=0)
-    count = 0
-    for r in range(tile_rows):
-        for c in range(tile_cols):
-            block = valid[r * stride // factor : (r + 1) * stride // factor + 1,
-                          c * stride // factor : (c + 1) * stride // factor + 1]
-            if block.size and not np.any(block):
-                count += 1
-    return count
+    empty = set()
+    for r, c in grid.tiles():
+        block = valid[r * stride // factor : (r + 1) * stride // factor + 1,
+                      c * stride // factor : (c + 1) * stride // factor + 1]
+        if block.size and not np.any(block):
+            empty.add((r, c))
+    return empty
+
+
+def count_batches(grid: TileGrid, skipped: set[tuple[int, int]], batch_size: int) -> int:
+    """Batches predict runs: each chunk task batches its own tiles, so a chunk's last batch
+    is usually a partial one."""
+    total = 0
+    for row, col in grid.chunks():
+        tiles = sum(1 for t in grid.chunk_tiles_of(row, col) if t not in skipped)
+        total += math.ceil(tiles / batch_size)
+    return total
 
 
 def describe(config: PredictConfig) -> dict[str, dict[str, Any]]:
     plan = make_plan(config)
     raster, grid = plan.raster, plan.grid
     t = raster.affine
-    nodata_tiles = estimate_nodata_tiles(raster, config, grid.tile_rows, grid.tile_cols)
-    to_infer = grid.num_tiles - (nodata_tiles or 0)
-    batch = config.batch_size or 16
+    skipped = estimate_nodata_tiles(raster, grid)
+    nodata_tiles = len(skipped)
+    to_infer = grid.num_tiles - nodata_tiles
+    # the batch size predict would use on this machine (4 on a CPU, from memory on a GPU)
+    batch = config.batch_size or default_batch_size(resolve_device(config.device), plan.context)
     return {
         "raster": {
             "path": raster.path,
@@ -103,12 +115,15 @@ def describe(config: PredictConfig) -> dict[str, dict[str, Any]]:
         },
         "plan": {
             "tile size": grid.tile_size,
-            "overlap": grid.overlap,
+            "overlap": grid.overlap,  # at least --overlap: the step is on the model's grid
+            "overlap requested": config.overlap,
+            "tile step": f"{grid.stride} (a multiple of the model's input multiple {grid.divisor})",
             "network input": f"{plan.context} x {plan.context}",
             "tiles (rows x cols)": f"{grid.num_tiles} ({grid.tile_rows} x {grid.tile_cols})",
             "nodata tiles skipped": nodata_tiles,
             "tiles to infer": to_infer,
-            "batches": math.ceil(to_infer / batch),
+            "batch size": batch,
+            "batches": count_batches(grid, skipped, batch),
             "chunks": f"{grid.num_chunks} of {grid.chunk_size} px",
             "megapixels inferred": round(to_infer * plan.context**2 / 1e6, 1),
             "overhead vs raster": round(to_infer * plan.context**2 / (raster.height * raster.width), 2),

@@ -358,11 +358,14 @@ def _check_device(config: PredictConfig) -> None:
     """Fail before anything is written: locally the device must exist, remotely parse."""
     import torch
 
+    from tileseg.engine import resolve_engine
     from tileseg.infer import resolve_device, resolve_precision
     from tileseg.scheduler import scheduler_address
 
     if scheduler_address(config.scheduler) is None:
-        resolve_precision(config.precision, resolve_device(config.device))
+        device = resolve_device(config.device)
+        autocast = resolve_precision(config.precision, device)
+        resolve_engine(config.engine, device, autocast=autocast, compile_model=config.compile_model)
     elif config.device != "auto":
         try:
             torch.device(config.device)

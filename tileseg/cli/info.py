@@ -20,13 +20,13 @@ from tileseg.config import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZ
 @click.option("--tile-size", type=int, default=DEFAULT_TILE_SIZE, show_default=True)
 @click.option("--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True)
 @click.option("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, show_default=True)
-@click.option("--batch-size", type=int, default=16, show_default=True,
-              help="Batch size to count batches with.")
+@click.option("--batch-size", type=int,
+              help="Batch size to count batches with (default: predict's, 4 on a CPU).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @verbosity_options
 @handle_errors
 def command(src: str, model: str | None, bands: tuple[int, ...] | None, nodata: float | None,
-            allow_no_crs: bool, tile_size: int, overlap: int, chunk_size: int, batch_size: int,
+            allow_no_crs: bool, tile_size: int, overlap: int, chunk_size: int, batch_size: int | None,
             as_json: bool, verbose: int, quiet: bool) -> None:
     """Show SRC's facts and how predict would tile it.
 
