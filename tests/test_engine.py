@@ -199,3 +199,14 @@ def test_auto_picks_onnxruntime_on_the_cpu_for_model_directories_only() -> None:
     assert engine.resolve_engine("auto", cpu, from_directory=False) == "torch"
     assert engine.resolve_engine("auto", cpu, autocast=torch.bfloat16) == "torch"
     assert engine.resolve_engine("auto", torch.device("cuda")) == "torch"
+
+
+def test_manifest_scenes_choose_their_engine(tmp_path: Path) -> None:
+    from tileseg.batch import load_manifest
+
+    manifest = tmp_path / "scenes.yaml"
+    manifest.write_text("defaults: {engine: onnxruntime}\n"
+                        "scenes:\n  - {src: a.tif, dst: a.tif}\n"
+                        "  - {src: b.tif, dst: b.tif, engine: torch}\n")
+    a, b = load_manifest(manifest)
+    assert a.config({}).engine == "onnxruntime" and b.config({}).engine == "torch"
