@@ -206,7 +206,7 @@ def test_manifest_scenes_choose_their_engine(tmp_path: Path) -> None:
 
     manifest = tmp_path / "scenes.yaml"
     manifest.write_text("defaults: {engine: onnxruntime}\n"
-                        "scenes:\n  - {src: a.tif, dst: a.tif}\n"
-                        "  - {src: b.tif, dst: b.tif, engine: torch}\n")
+                        "scenes:\n  - {src: a.tif, dst: a_mask.tif}\n"
+                        "  - {src: b.tif, dst: b_mask.tif, engine: torch}\n")
     a, b = load_manifest(manifest)
     assert a.config({}).engine == "onnxruntime" and b.config({}).engine == "torch"

@@ -341,6 +341,11 @@ def predict(
                          resumed_chunks, model_source or "<in-process model>", len(mosaic.graph),
                          rss_compute, _cluster_address(config, client))
         report["engine"] = ",".join(sorted(engines)) or config.engine
+        if report["scheduler"] in ("threads", "sync"):
+            from tileseg.scheduler import default_workers
+
+            report["workers"] = 1 if report["scheduler"] == "sync" else (
+                config.workers or default_workers(config.device))
         result = PredictResult(str(dst), zarr_out, grid.num_tiles, totals["tiles"],
                                totals["skipped"], grid.num_chunks, seconds, report)
         if config.vectorize:

@@ -54,8 +54,21 @@ def run_graph(
     if client is not None or address is not None:
         _run_distributed(mosaic, address, on_result, client, device)
     else:
-        _run_local(mosaic, scheduler or os.environ.get(SCHEDULER_ENV) or "threads", workers,
-                   on_result)
+        _run_local(mosaic, scheduler or os.environ.get(SCHEDULER_ENV) or "threads",
+                   workers or default_workers(device), on_result)
+
+
+def default_workers(device: str) -> int:
+    """Threads of the in-process scheduler when ``--workers`` is not given.
+
+    On a GPU, 2: one chunk task feeds the card while the other reads, blends and writes. On a
+    CPU, 1: a forward pass already uses every core, reading runs in the task's prefetch thread,
+    and a second task in flight only holds another chunk's buffers (measured with
+    ``benchmarks/bench_engine.py``: as fast or faster, about 10% less peak memory).
+    """
+    from tileseg.infer import resolve_device
+
+    return 2 if resolve_device(device).type == "cuda" else 1
 
 
 def _kind(key: Any, mosaic: MosaicGraph) -> str | None:
