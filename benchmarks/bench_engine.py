@@ -10,13 +10,17 @@ Models: smp DeepLabV3+ resnet18 (random weights, 6 classes, bands 3,2,1) and the
 EfficientNet-Lite0 DeepLabV3+ (5 bands, 7 classes). Raster: the landsat-multiband sample mirrored
 to SIZE x SIZE (float32, deflate, 256-px blocks). Tiles 513/64 (step 448, input 528), batch 4.
 
-Variants (end to end):
+Variants (end to end; ``--workers 1``, the CPU default, unless named):
   torch          eager PyTorch, channels-last on the CPU (the torch engine's default)
   torch-nchw     eager PyTorch, contiguous NCHW
   onnxruntime    the exported model on ONNX Runtime's CPU provider (``--engine auto`` on a CPU)
-  *-w1           the same with ``--workers 1`` (others: 2, one forward pass at a time)
+  *-w2           the same with ``--workers 2`` (one forward pass at a time per process)
   torch-before   eager NCHW, ``--workers 2`` with two forward passes at once: tileseg before
                  this change
+
+End to end = the report's compute phase (tiles/s while chunks are inferred, blended and written
+to Zarr: reading, the model, blending); "total s" adds setup (model load, ONNX Runtime session)
+and the COG pass.
 
     python benchmarks/bench_engine.py [--size 2048] [--repeats 2] [--models resnet18,landcover]
 """
@@ -37,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve()
-E2E_VARIANTS = ("torch", "torch-nchw", "onnxruntime", "torch-w1", "onnxruntime-w1",
+E2E_VARIANTS = ("torch", "torch-nchw", "onnxruntime", "torch-w2", "onnxruntime-w2",
                 "torch-before")
 MODEL_VARIANTS = ("torch", "torch-nchw", "onnxruntime")
 
@@ -55,7 +59,7 @@ def _apply_variant(variant: str) -> tuple[str, int]:
     if variant == "torch-before":
         infer.CPU_FORWARD_LOCK = contextlib.nullcontext()  # type: ignore[attr-defined,assignment]
     engine = "onnxruntime" if variant.startswith("onnxruntime") else "torch"
-    workers = 1 if variant.endswith("-w1") else 2
+    workers = 2 if variant.endswith("-w2") or variant == "torch-before" else 1
     return engine, workers
 
 
@@ -71,9 +75,9 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                                bands=tuple(spec["bands"]) if spec["bands"] else None,
                                chunk_size=spec["chunk_size"], batch_size=spec["batch_size"],
                                engine=engine, workers=workers, overwrite=True)  # type: ignore[arg-type]
-        started = time.perf_counter()
         result = predict(config)
-        return {"tiles_per_s": result.tiles_inferred / (time.perf_counter() - started),
+        return {"tiles_per_s": result.report["tiles_per_second"],
+                "total_s": result.report["seconds"]["total"],
                 "tiles": result.tiles_inferred, "engine": result.report["engine"],
                 "rss_mb": _peak_rss_mb()}
     from tileseg.infer import make_runtime
@@ -189,29 +193,30 @@ def main() -> None:
                 results.setdefault((name, "e2e", variant), []).append(run_child(spec))
                 r = results[(name, "e2e", variant)][-1]
                 print(f"rep {rep + 1} {name} {variant}: {r['tiles_per_s']:.2f} tiles/s, "
-                      f"{r['rss_mb']:.0f} MB", file=sys.stderr, flush=True)
+                      f"{r['total_s']:.1f} s, {r['rss_mb']:.0f} MB", file=sys.stderr, flush=True)
 
     print(f"CPU: {os.cpu_count()} cores, torch threads = cores; raster {args.size}x{args.size}, "
           f"chunk {args.chunk_size}, batch {args.batch_size}, {args.repeats} repeats (median), "
           f"load average at the end {os.getloadavg()[0]:.1f}")
     for name in models:
         med = {key[1:]: (statistics.median(r["tiles_per_s"] for r in runs),
-                         statistics.median(r["rss_mb"] for r in runs))
+                         statistics.median(r["rss_mb"] for r in runs),
+                         statistics.median(r.get("total_s", 0.0) for r in runs))
                for key, runs in results.items() if key[0] == name}
         base_model = med[("model", "torch-nchw")][0]
-        base_e2e, base_rss = med[("e2e", "torch-nchw")] if ("e2e", "torch-nchw") in med else (
+        base_e2e, base_rss, _ = med[("e2e", "torch-nchw")] if ("e2e", "torch-nchw") in med else (
             med[("e2e", "torch")])
         tiles = results[(name, "e2e", e2e_variants[0])][0]["tiles"]
         print(f"\n### {name} ({tiles} tiles end to end; ONNX export once: {exports[name]:.1f} s)\n")
         print("| variant | model-only tiles/s | vs eager NCHW | end-to-end tiles/s | "
-              "vs eager NCHW | peak RSS MB (e2e) | vs eager NCHW |")
-        print("|---|---|---|---|---|---|---|")
+              "vs eager NCHW | total s | peak RSS MB (e2e) | vs eager NCHW |")
+        print("|---|---|---|---|---|---|---|---|")
         for variant in dict.fromkeys((*MODEL_VARIANTS, *e2e_variants)):
             mo = med.get(("model", variant))
             e2e = med.get(("e2e", variant))
             cells = [f"{mo[0]:.2f}", f"{mo[0] / base_model:.2f}x"] if mo else ["", ""]
-            cells += ([f"{e2e[0]:.2f}", f"{e2e[0] / base_e2e:.2f}x", f"{e2e[1]:.0f}",
-                       f"{e2e[1] / base_rss:.2f}x"] if e2e else ["", "", "", ""])
+            cells += ([f"{e2e[0]:.2f}", f"{e2e[0] / base_e2e:.2f}x", f"{e2e[2]:.1f}",
+                       f"{e2e[1]:.0f}", f"{e2e[1] / base_rss:.2f}x"] if e2e else [""] * 5)
             print(f"| {variant} | " + " | ".join(cells) + " |")
 
 

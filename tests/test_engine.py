@@ -10,6 +10,7 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
+from conftest import metadata, random_image
 from torch import nn
 
 from tileseg import engine
@@ -19,8 +20,6 @@ from tileseg.errors import DependencyError, ModelError
 from tileseg.infer import make_runtime
 from tileseg.model import ModelSpec, build_model, clear_cache, load_model, save_model, wrap_module
 from tileseg.predict import BUNDLED_MODEL, predict
-
-from conftest import metadata, random_image
 
 pytest.importorskip("onnxruntime")
 

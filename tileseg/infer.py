@@ -94,10 +94,11 @@ class Runtime:
     onnx: OnnxForward | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.threads is not None and torch.get_num_threads() != self.threads:
+            # torch's pool follows the worker's cores too (normalizing, blending)
+            torch.set_num_threads(self.threads)
         if self.onnx is not None:
             return self.onnx(x)
-        if self.threads is not None and torch.get_num_threads() != self.threads:
-            torch.set_num_threads(self.threads)  # per process; cheap when already set
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
                              enabled=self.autocast is not None):
             out: Any = self.model.module(x)

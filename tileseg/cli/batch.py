@@ -59,8 +59,8 @@ def command(manifest: str, output_dir: str | None, suffix: str, summary: str | N
             model: str | None, bands: tuple[int, ...] | None, tile_size: int | None,
             overlap: int | None, chunk_size: int | None, blend: str | None, device: str | None,
             batch_size: int | None, precision: str | None, probabilities: str | None,
-            engine: str | None, scheduler: str | None, workers: int | None, concurrent_scenes: int, verbose: int,
-            quiet: bool) -> None:
+            engine: str | None, scheduler: str | None, workers: int | None,
+            concurrent_scenes: int, verbose: int, quiet: bool) -> None:
     """Segment every scene listed in MANIFEST (text, CSV or YAML), idempotently."""
     from tileseg.batch import BatchConfig, SceneResult, default_summary_path, run_manifest
 
