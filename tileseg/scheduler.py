@@ -63,8 +63,8 @@ def default_workers(device: str) -> int:
 
     On a GPU, 2: one chunk task feeds the card while the other reads, blends and writes. On a
     CPU, 1: a forward pass already uses every core, reading runs in the task's prefetch thread,
-    and a second task in flight only holds another chunk's buffers (measured with
-    ``benchmarks/bench_engine.py``: as fast or faster, about 10% less peak memory).
+    and a second task in flight mostly holds another chunk's buffers (``benchmarks/bench_engine.py``:
+    2 was 1-12% faster at 1024-px chunks but no faster at 2048, for 9-26% more peak memory).
     """
     from tileseg.infer import resolve_device
 
