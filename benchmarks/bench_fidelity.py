@@ -121,7 +121,7 @@ def random_model(path: Path, bands: int, src: str) -> Path:
     # subtract each class's median logit: every class then wins somewhere
     bias = -np.median(logits.reshape(6, -1), axis=1)
     with torch.no_grad():
-        module.segmentation_head[0].bias.add_(torch.from_numpy(bias).float())  # type: ignore[index]
+        module.segmentation_head[0].bias.add_(torch.from_numpy(bias).float())  # type: ignore[index,union-attr]
     save_model(module, path, meta)
     return path
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,7 @@ pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture
-def onnx_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+def onnx_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, int]]:
     """An empty export cache, and a count of the exports made."""
     monkeypatch.setattr(engine, "onnx_cache_dir", lambda: tmp_path / "onnx-cache")
     counts = {"exports": 0}
@@ -80,7 +81,7 @@ class ConstantModel(nn.Module):
         self.head = nn.Conv2d(bands, classes, 1)
         with torch.no_grad():
             self.head.weight.zero_()
-            self.head.bias.copy_(torch.linspace(-1.0, 1.0, classes).roll(1))
+            self.head.bias.copy_(torch.linspace(-1.0, 1.0, classes).roll(1))  # type: ignore[union-attr]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x)
@@ -119,7 +120,7 @@ def test_export_is_cached_and_redone_when_the_weights_change(
     changed = tmp_path / "changed"
     model = load_model(deeplab_dir)
     with torch.no_grad():
-        model.module.segmentation_head[0].bias.add_(1.0)  # type: ignore[index]
+        model.module.segmentation_head[0].bias.add_(1.0)  # type: ignore[index,union-attr]
     save_model(model.module, changed, model.metadata)
     retrained = _runtime(changed)
     assert onnx_cache["exports"] == 2
