@@ -66,7 +66,8 @@ def model_only(model_dir: Path, args: argparse.Namespace) -> tuple[float, int, s
 
     rt = make_runtime(load_model(model_dir), device=args.device, precision=args.precision,
                       batch_size=args.batch_size, tile_size=args.tile_size, overlap=args.overlap,
-                      blend="hann", compile_model=args.compile)
+                      blend="hann", compile_model=args.compile, engine=args.engine,
+                      from_directory=True)
     x = torch.randn(rt.batch_size, 3, rt.context, rt.context, device=rt.device)
     if rt.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -81,7 +82,7 @@ def model_only(model_dir: Path, args: argparse.Namespace) -> tuple[float, int, s
         if rt.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - start
-    return args.batches * rt.batch_size / seconds, rt.batch_size, str(rt.device)
+    return args.batches * rt.batch_size / seconds, rt.batch_size, f"{rt.device} ({rt.engine})"
 
 
 def input_only(src: Path, model_dir: Path, args: argparse.Namespace, batch: int,
@@ -126,6 +127,7 @@ def run_predict(src: Path, model_dir: Path, dst: Path, args: argparse.Namespace,
            "--model", str(model_dir), "--tile-size", str(args.tile_size),
            "--overlap", str(args.overlap), "--precision", args.precision,
            "--batch-size", str(batch_size), "--device", args.device, "--report", str(report),
+           "--engine", args.engine,
            "--overwrite", "-q"]
     if args.compile:
         cmd.append("--compile")
@@ -137,6 +139,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=8192, help="large raster side (px)")
+    parser.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime"],
+                        help="inference engine, the same for model-only and end to end")
     # at least as many chunks as worker threads, or the memory ratio measures concurrency
     parser.add_argument("--small", type=int, default=4096, help="small raster side (px)")
     parser.add_argument("--encoder", default="resnet18")

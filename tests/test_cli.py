@@ -101,6 +101,19 @@ def test_info_reports_a_model_that_does_not_fit_as_one_warning(make_raster, deep
     assert facts["raster"]["bands"] == 4 and facts["plan"]["tiles"] == 1
 
 
+def test_info_counts_batches_per_chunk_as_predict_runs_them() -> None:
+    from tileseg.grid import TileGrid, aligned_overlap
+    from tileseg.info import count_batches
+
+    # 4096² at 513/64: 100 tiles in 2x2 chunks of 5x5 tiles; each chunk batches its own 25
+    # tiles, 7 batches of 4: 28 batches, where 100 tiles / 16 per batch would say 7
+    grid = TileGrid(4096, 4096, 513, aligned_overlap(513, 64, 16), chunk_tiles=5, divisor=16)
+    assert (grid.num_tiles, grid.num_chunks) == (100, 4)
+    assert count_batches(grid, set(), 4) == 28
+    # nodata tiles are skipped inside their chunk: 25 - 5 = 20 tiles fill exactly 5 batches
+    assert count_batches(grid, {(0, c) for c in range(5)}, 4) == 5 + 7 * 3
+
+
 def test_info_names_the_crs_and_where_valid_pixels_come_from(make_raster, deeplab_dir,
                                                              tmp_path) -> None:
     from rasterio.crs import CRS

@@ -49,9 +49,11 @@ def _write(path: Path, data: np.ndarray, *, nodata: float | None = None, block: 
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """400 x 400 (81 tiles, 25 chunks); its top 60 rows are nodata, so some tiles are skipped."""
+    """400 x 400 (81 tiles, 25 chunks); its top 70 rows are nodata, so the first tile row (rows
+    0-63: on the model's 16-px grid the 64-px tiles have their 16-px halo after the core) is
+    skipped."""
     data = random_image(3, 400, 400, seed=3)
-    data[:, :60] = 0
+    data[:, :70] = 0
     return _write(tmp_path_factory.mktemp("scene") / "scene.tif", data, nodata=0)
 
 

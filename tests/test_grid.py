@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tileseg.grid import Rect, TileGrid
+from tileseg.errors import ConfigError
+from tileseg.grid import Rect, TileGrid, aligned_overlap
 
+# divisor 1: any overlap; > 1: a network's input multiple, the step rounded to it
 grids = st.builds(
-    lambda h, w, t, o_frac, k: TileGrid(h, w, t, int(o_frac * (t - 1)), k),
+    lambda h, w, t, o_frac, k, d: TileGrid(h, w, t, aligned_overlap(t, int(o_frac * (t - 1)), d),
+                                           k, divisor=d),
     st.integers(1, 300), st.integers(1, 300), st.integers(2, 96), st.floats(0, 0.9),
-    st.integers(1, 4),
+    st.integers(1, 4), st.sampled_from([1, 1, 2, 8, 16]),
 )
 
 
@@ -64,6 +68,35 @@ def test_chunks_partition_and_safe_regions_are_untouched_by_other_chunks(grid: T
         spill = grid.chunk_spill(r, c)
         inside = extent.intersection(grid.raster)
         assert sum(s.size for s in spill) + safe.size == inside.size
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(16, 700), st.floats(0, 0.9), st.sampled_from([1, 2, 8, 16, 32]),
+       st.integers(0, 3), st.integers(0, 3))
+def test_context_windows_sit_on_the_whole_raster_phase(
+    tile: int, o_frac: float, divisor: int, row: int, col: int
+) -> None:
+    requested = int(o_frac * (tile - 1))
+    grid = TileGrid(5000, 5000, tile, aligned_overlap(tile, requested, divisor), divisor=divisor)
+    assert grid.overlap >= requested and grid.context % divisor == 0
+    assert grid.overlap - requested < divisor  # the step is rounded down, never by more
+    context, tile_rect = grid.context_window(row, col), grid.tile(row, col)
+    assert context.height == context.width == grid.context
+    assert context.intersection(tile_rect) == tile_rect  # the tile lies inside its context
+    assert grid.pad_before >= 0 and grid.pad_after >= 0
+    if grid.stride >= divisor:
+        # the same phase as a whole-raster pass, which starts at pixel 0
+        assert context.row_off % divisor == 0 and context.col_off % divisor == 0
+
+
+def test_default_tiles_step_on_a_16_px_grid_with_a_centred_halo() -> None:
+    grid = TileGrid(4096, 4096, 513, aligned_overlap(513, 64, 16), chunk_tiles=5, divisor=16)
+    assert (grid.stride, grid.overlap, grid.halo_before, grid.pad_before) == (448, 65, 32, 0)
+    assert [grid.context_window(r, 0).row_off for r in range(3)] == [-32, 416, 864]
+    # without a divisor nothing moves: 513/64 keeps its 449-px step
+    assert TileGrid(4096, 4096).stride == 449
+    with pytest.raises(ConfigError, match="overlap 65"):
+        TileGrid(4096, 4096, 513, 64, divisor=16)
 
 
 def test_odd_and_tiny_sizes() -> None:

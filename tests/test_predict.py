@@ -143,12 +143,13 @@ def test_deeplab_at_513_uses_real_neighbours_and_crops(make_raster, tmp_path, de
     result = predict(PredictConfig(str(src), str(tmp_path / "out.tif"), model=str(deeplab_dir),
                                    overlap=0, chunk_size=4096), model=model)
     assert result.tiles_inferred == 4
-    # The first tile's logits come from the 528 window of real pixels (7 before, 8 after is
-    # padding only past the raster edge): reproduce it directly.
-    ctx = np.pad(data[:, :520, :520], ((0, 0), (8, 0), (8, 0)), mode="reflect")
+    # Overlap 0 becomes 1 (step 512, on the model's 16-px grid). The first tile's logits come
+    # from the 528 window of real pixels that starts at the raster's origin, exactly what a
+    # whole-raster pass sees there; the tile is its first 513 rows and columns.
+    ctx = data[:, :528, :528]
     with torch.no_grad():
         x = torch.from_numpy(ctx.astype(np.float32) / 255)[None]
-        expected = model.module(x)[0, :, 7 : 7 + 513, 7 : 7 + 513].argmax(0).numpy()
+        expected = model.module(x)[0, :, :513, :513].argmax(0).numpy()
     with rasterio.open(result.dst) as out:
         mask = out.read(1)
     # overlap 0 + hann: the top-left core is that tile alone

@@ -17,36 +17,35 @@ import numpy as np
 BlendName = Literal["hann", "gaussian", "triangular", "uniform", "center"]
 
 
-def _hann(size: int, overlap: int) -> np.ndarray:
+def _hann(size: int, overlap: int, before: int) -> np.ndarray:
     # Sampled at pixel centres, so the end samples are small but never zero.
     x = (np.arange(size) + 0.5) / size
     return np.sin(np.pi * x) ** 2
 
 
-def _gaussian(size: int, overlap: int) -> np.ndarray:
+def _gaussian(size: int, overlap: int, before: int) -> np.ndarray:
     x = np.arange(size) - (size - 1) / 2
     sigma = size / 8
     return np.exp(-0.5 * (x / sigma) ** 2)
 
 
-def _triangular(size: int, overlap: int) -> np.ndarray:
+def _triangular(size: int, overlap: int, before: int) -> np.ndarray:
     x = (np.arange(size) + 0.5) / size
     return 1.0 - np.abs(2.0 * x - 1.0)
 
 
-def _uniform(size: int, overlap: int) -> np.ndarray:
+def _uniform(size: int, overlap: int, before: int) -> np.ndarray:
     return np.ones(size)
 
 
-def _center(size: int, overlap: int) -> np.ndarray:
+def _center(size: int, overlap: int, before: int) -> np.ndarray:
     # Keep only the core: each pixel then comes from exactly one tile (no blending at all).
     w = np.zeros(size)
-    before = overlap // 2
     w[before : size - (overlap - before)] = 1.0
     return w
 
 
-WINDOWS: dict[str, Callable[[int, int], np.ndarray]] = {
+WINDOWS: dict[str, Callable[[int, int, int], np.ndarray]] = {
     "hann": _hann,
     "gaussian": _gaussian,
     "triangular": _triangular,
@@ -56,7 +55,7 @@ WINDOWS: dict[str, Callable[[int, int], np.ndarray]] = {
 DEFAULT_BLEND: BlendName = "hann"
 
 
-def window_1d(name: str, size: int, overlap: int = 0) -> np.ndarray:
+def window_1d(name: str, size: int, overlap: int = 0, halo_before: int | None = None) -> np.ndarray:
     try:
         fn = WINDOWS[name]
     except KeyError:
@@ -65,11 +64,15 @@ def window_1d(name: str, size: int, overlap: int = 0) -> np.ndarray:
         raise ConfigError(
             f"unknown blend window {name!r}; choose one of {', '.join(WINDOWS)}"
         ) from None
-    return fn(size, overlap).astype(np.float64)
+    before = overlap // 2 if halo_before is None else halo_before
+    return fn(size, overlap, before).astype(np.float64)
 
 
-def weight_window(name: str, size: int, overlap: int = 0) -> np.ndarray:
+def weight_window(name: str, size: int, overlap: int = 0, halo_before: int | None = None) -> np.ndarray:
     """2-D ``(size, size)`` float32 weight window, the outer product of the 1-D window.
+
+    ``halo_before`` is where the core starts in the tile (default: half the overlap); only the
+    ``center`` window uses it.
 
     Examples
     --------
@@ -77,5 +80,5 @@ def weight_window(name: str, size: int, overlap: int = 0) -> np.ndarray:
     >>> w.shape, bool((w > 0).all())
     ((5, 5), True)
     """
-    w = window_1d(name, size, overlap)
+    w = window_1d(name, size, overlap, halo_before)
     return np.outer(w, w).astype(np.float32)

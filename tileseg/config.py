@@ -9,6 +9,7 @@ from tileseg.blend import DEFAULT_BLEND, WINDOWS
 from tileseg.errors import ConfigError
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Engine = Literal["auto", "torch", "onnxruntime"]
 ProbabilityMode = Literal["none", "uint8", "float16"]
 
 DEFAULT_TILE_SIZE = 513
@@ -56,6 +57,7 @@ class PredictConfig:
     report: str | None = None  # write a JSON run report here
     vectorize: str | None = None  # also write polygons here (GPKG, GeoParquet, ...)
     preview: str | None = None  # also draw a PNG quicklook here (tileseg.preview)
+    engine: Engine = "auto"  # auto: ONNX Runtime on the CPU when installed, else torch
 
     def __post_init__(self) -> None:
         if self.tile_size < 16:
@@ -76,6 +78,8 @@ class PredictConfig:
             raise ConfigError(f"--blend {self.blend!r}: choose one of {', '.join(WINDOWS)}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"--precision {self.precision!r}: choose auto, fp32, bf16 or fp16")
+        if self.engine not in ("auto", "torch", "onnxruntime"):
+            raise ConfigError(f"--engine {self.engine!r}: choose auto, torch or onnxruntime")
         if self.probabilities not in ("none", "uint8", "float16"):
             raise ConfigError(
                 f"--probabilities {self.probabilities!r}: choose none, uint8 or float16")

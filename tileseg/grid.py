@@ -6,6 +6,13 @@ partition it exactly. A *tile* is a core grown by a *halo* (``halo_before`` abov
 and bottom edges may reach past the raster; those pixels are explicit padding (reflected), never
 real data, and never written. Tiles are grouped into square *chunks* of ``chunk_tiles`` cores per
 side; a chunk is the unit of dask work and of Zarr storage.
+
+The network sees a *context* window around each tile: the tile grown to the next multiple of
+the model's ``divisor`` (its input multiple, e.g. 16 for an encoder that downsamples by 16).
+Such a network is not shift-invariant: moving its input by a pixel that is not a multiple of
+the divisor changes what every stride-2 layer samples. So when ``divisor > 1`` the stride must be
+a multiple of the divisor (see :func:`aligned_overlap`) and every context window starts on the
+divisor grid, at the phase a single whole-raster pass would use (origin 0).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 from tileseg.errors import ConfigError
 
@@ -89,6 +97,12 @@ class TileGrid:
     (449, 3, 4)
     >>> grid.tile(0, 0)
     Rect(row_off=-32, col_off=-32, height=513, width=513)
+
+    On a network's divisor grid (``overlap`` from :func:`aligned_overlap`):
+
+    >>> grid = TileGrid(1000, 1500, 513, aligned_overlap(513, 64, 16), divisor=16)
+    >>> grid.stride, grid.overlap, grid.context, grid.context_window(1, 1)
+    (448, 65, 528, Rect(row_off=416, col_off=416, height=528, width=528))
     """
 
     height: int
@@ -96,6 +110,7 @@ class TileGrid:
     tile_size: int = 513
     overlap: int = 64
     chunk_tiles: int = 4
+    divisor: int = 1  # the network's input multiple; > 1 puts context windows on its grid
 
     def __post_init__(self) -> None:
         if self.height < 1 or self.width < 1:
@@ -109,19 +124,44 @@ class TileGrid:
             )
         if self.chunk_tiles < 1:
             raise ConfigError(f"chunk must hold at least one tile, got {self.chunk_tiles}")
+        if self.divisor < 1:
+            raise ConfigError(f"divisor must be at least 1, got {self.divisor}")
+        if self.stride >= self.divisor and self.stride % self.divisor:
+            raise ConfigError(
+                f"tile step {self.stride} is not a multiple of the model's input multiple "
+                f"{self.divisor}; use overlap {aligned_overlap(self.tile_size, self.overlap, self.divisor)}"
+            )
 
     # -- tiles -------------------------------------------------------------------------------
     @property
     def stride(self) -> int:
         return self.tile_size - self.overlap
 
-    @property
+    @cached_property
     def halo_before(self) -> int:
-        return self.overlap // 2
+        """Halo above/left of the core: half the overlap, or the nearest value that lets the
+        context window start on the divisor grid (``halo_before + pad_before`` a multiple of it)."""
+        spare = self.context - self.tile_size
+        return min(range(self.overlap + 1),
+                   key=lambda h: (-h % self.divisor > spare, abs(2 * h - self.overlap), h))
 
     @property
     def halo_after(self) -> int:
         return self.overlap - self.halo_before
+
+    @property
+    def context(self) -> int:
+        """Network input size: the tile size rounded up to a multiple of the divisor."""
+        return -(-self.tile_size // self.divisor) * self.divisor
+
+    @property
+    def pad_before(self) -> int:
+        """Context pixels above/left of the tile (real neighbours; reflection past the raster)."""
+        return -self.halo_before % self.divisor
+
+    @property
+    def pad_after(self) -> int:
+        return self.context - self.tile_size - self.pad_before
 
     @property
     def tile_rows(self) -> int:
@@ -149,6 +189,11 @@ class TileGrid:
         s = self.stride
         return Rect(row * s - self.halo_before, col * s - self.halo_before,
                     self.tile_size, self.tile_size)
+
+    def context_window(self, row: int, col: int) -> Rect:
+        """The network input window around tile ``(row, col)``; its origin is a multiple of the
+        divisor, the phase at which a whole-raster pass would see the same pixels."""
+        return self.tile(row, col).grow(self.pad_before, self.pad_after)
 
     def tiles(self) -> Iterator[tuple[int, int]]:
         for row in range(self.tile_rows):
@@ -224,6 +269,19 @@ class TileGrid:
             for c in range(max(col - 1, 0), min(col + 2, self.chunk_cols)):
                 out.append((r, c))
         return out
+
+
+def aligned_overlap(tile_size: int, overlap: int, divisor: int) -> int:
+    """The overlap to use so the tile step is a multiple of ``divisor``: at least ``overlap``,
+    with the step ``tile_size - overlap`` rounded down to the divisor (513/64/16 -> 65, step 448).
+
+    A step below one divisor keeps ``overlap`` (such tiles cannot all be aligned).
+
+    >>> aligned_overlap(513, 64, 16), aligned_overlap(512, 64, 16), aligned_overlap(513, 64, 1)
+    (65, 64, 64)
+    """
+    step = (tile_size - overlap) // divisor * divisor
+    return tile_size - step if step > 0 else overlap
 
 
 def chunk_tiles_for(stride: int, chunk_size: int) -> int:

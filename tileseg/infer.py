@@ -2,11 +2,14 @@
 
 Reading and decoding happen in a prefetch thread that fills (pinned, on CUDA) host batches
 while the device works on the previous batch; host-to-device copies are non-blocking. Only the
-blended result of a chunk leaves the device.
+blended result of a chunk leaves the device. On the CPU a process runs one forward pass at a
+time with all the cores the worker may use (see :mod:`tileseg.engine`), by eager PyTorch or by
+ONNX Runtime.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -18,7 +21,8 @@ import numpy as np
 import torch
 
 from tileseg.blend import weight_window
-from tileseg.errors import ConfigError
+from tileseg.engine import CPU_FORWARD_LOCK, OnnxForward, ensure_onnx, resolve_engine, worker_cores
+from tileseg.errors import ConfigError, ModelError
 from tileseg.grid import Rect, TileGrid
 from tileseg.model import LoadedModel
 from tileseg.raster import RasterInfo, WindowReader
@@ -27,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 T = TypeVar("T")
+
+# channels-last memory format for the torch engine on the CPU (always on a GPU): measured with
+# benchmarks/bench_engine.py, see README.
+CPU_CHANNELS_LAST = True
 
 
 def resolve_device(device: str) -> torch.device:
@@ -89,6 +97,9 @@ class Runtime:
     window: torch.Tensor  # (tile, tile) blend weights
     channels_last: bool
     lock: threading.Lock
+    engine: str = "torch"  # "torch" or "onnxruntime"
+    threads: int | None = None  # CPU intra-op threads (None on a GPU)
+    onnx: OnnxForward | None = None
 
     def resolved(self) -> dict[str, Any]:
         """The device, precision and batch size this runtime really uses (``auto`` resolved)."""
@@ -96,6 +107,11 @@ class Runtime:
                 "batch_size": self.batch_size}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.threads is not None and torch.get_num_threads() != self.threads:
+            # torch's pool follows the worker's cores too (normalizing, blending)
+            torch.set_num_threads(self.threads)
+        if self.onnx is not None:
+            return self.onnx(x)
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
                              enabled=self.autocast is not None):
             out: Any = self.model.module(x)
@@ -114,12 +130,34 @@ def make_runtime(
     overlap: int,
     blend: str,
     compile_model: bool = False,
+    engine: str = "torch",
+    halo_before: int | None = None,
+    from_directory: bool = False,
 ) -> Runtime:
+    """Place ``model`` for inference: device, precision, engine, threads and blend window.
+
+    ``halo_before`` is where each tile's core starts (see :class:`~tileseg.grid.TileGrid`);
+    ``from_directory`` says the model was loaded from files (``auto`` may then export it).
+    """
     dev = resolve_device(device)
     autocast = resolve_precision(precision, dev)
     context = model.context_size(tile_size)
+    chosen = resolve_engine(engine, dev, autocast=autocast, compile_model=compile_model,
+                            from_directory=from_directory)
+    threads = worker_cores() if dev.type == "cpu" else None
+    onnx = None
+    if chosen == "onnxruntime":
+        try:
+            path = ensure_onnx(model.module.cpu(), context, model.metadata.in_channels,
+                               model.architecture)
+            onnx = OnnxForward(path, threads or 1)
+        except ModelError as exc:
+            if engine != "auto":
+                raise
+            logger.warning("%s; running it with torch instead", exc)
+            chosen = "torch"
     module = model.module.to(dev).eval()
-    channels_last = dev.type == "cuda"
+    channels_last = dev.type == "cuda" or (chosen == "torch" and CPU_CHANNELS_LAST)
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     if compile_model:
@@ -135,10 +173,21 @@ def make_runtime(
         context=context,
         norm_a=torch.from_numpy(a).to(dev)[None, :, None, None],
         norm_b=torch.from_numpy(b).to(dev)[None, :, None, None],
-        window=torch.from_numpy(weight_window(blend, tile_size, overlap)).to(dev),
+        window=torch.from_numpy(weight_window(blend, tile_size, overlap, halo_before)).to(dev),
         channels_last=channels_last,
         lock=threading.Lock(),
+        engine=chosen,
+        threads=threads,
+        onnx=onnx,
     )
+
+
+def context_pad(grid: TileGrid, context: int) -> int:
+    """Context pixels above/left of each tile: the grid's, which puts the network input on the
+    model's divisor grid; centred for a grid planned without the model (``divisor=1``)."""
+    if grid.context == context:
+        return grid.pad_before
+    return (context - grid.tile_size) // 2
 
 
 @dataclass
@@ -172,7 +221,7 @@ def iter_batches(
 ) -> Iterator[HostBatch]:
     """Read one strip per tile row (GDAL's block cache absorbs the rows strips share)."""
     size = grid.tile_size
-    pad = (context - size) // 2
+    pad = context_pad(grid, context)
     rows: dict[int, list[int]] = {}
     for r, c in tiles:
         rows.setdefault(r, []).append(c)
@@ -191,7 +240,7 @@ def iter_batches(
     for r, cols in rows.items():
         first, last = grid.tile(r, cols[0]), grid.tile(r, cols[-1])
         strip = Rect.from_bounds(first.row_off, first.col_off, last.row_end, last.col_end)
-        strip = strip.grow(pad, context - size - pad)
+        strip = strip.grow(pad, context - size - pad)  # the context windows' rows
         data, valid = reader.read(strip)
         for c in cols:
             tile = grid.tile(r, c)
@@ -265,7 +314,9 @@ def infer_chunk_logits(
     classes = runtime.model.metadata.num_classes
     dev = runtime.device
     size = grid.tile_size
-    pad = (runtime.context - size) // 2
+    pad = context_pad(grid, runtime.context)
+    # a CPU forward pass already uses every core the worker may use: one at a time per process
+    forward_lock = CPU_FORWARD_LOCK if dev.type == "cpu" else contextlib.nullcontext()
     logit_sum = torch.zeros((classes, extent.height, extent.width), dtype=torch.float32, device=dev)
     weight_sum = torch.zeros((extent.height, extent.width), dtype=torch.float32, device=dev)
     tiles = grid.chunk_tiles_of(row, col)
@@ -284,7 +335,8 @@ def infer_chunk_logits(
             x = torch.where(valid[:, None], x, torch.zeros((), device=dev))
             if runtime.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            logits = runtime.forward(x)[:, :, pad : pad + size, pad : pad + size]
+            with forward_lock:
+                logits = runtime.forward(x)[:, :, pad : pad + size, pad : pad + size]
             weights = runtime.window[None] * valid[:, pad : pad + size, pad : pad + size]
             for k, (r, c) in enumerate(batch.offsets):
                 logit_sum[:, r : r + size, c : c + size] += logits[k] * weights[k]

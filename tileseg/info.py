@@ -12,7 +12,8 @@ from rasterio.enums import MaskFlags, Resampling
 
 from tileseg.config import PredictConfig
 from tileseg.errors import ModelError
-from tileseg.predict import check_model_fits, clamped_tile_size, make_plan
+from tileseg.grid import TileGrid
+from tileseg.predict import check_model_fits, make_plan
 from tileseg.raster import RasterInfo, open_dataset
 
 
@@ -54,12 +55,11 @@ def validity_label(raster: RasterInfo) -> str:
     return "all (no nodata, no mask)"
 
 
-def estimate_nodata_tiles(raster: RasterInfo, config: PredictConfig, tile_rows: int,
-                          tile_cols: int) -> int | None:
+def estimate_nodata_tiles(raster: RasterInfo, grid: TileGrid) -> set[tuple[int, int]]:
     """Tiles whose core is all nodata, from a decimated read of the mask (overviews if any)."""
     if not raster.has_mask:
-        return 0
-    stride = clamped_tile_size(config, raster) - config.overlap  # as the plan's grid
+        return set()
+    stride = grid.stride
     # Sample each core with at least 8x8 mask pixels, but never read more than ~4 Mpixels.
     factor = max(1, min(stride // 8, math.ceil(math.sqrt(raster.height * raster.width / 4e6))))
     shape = (max(1, raster.height // factor), max(1, raster.width // factor))
@@ -67,14 +67,23 @@ def estimate_nodata_tiles(raster: RasterInfo, config: PredictConfig, tile_rows: 
         masks = src.read_masks(raster.indexes, out_shape=(len(raster.indexes), *shape),
                                resampling=Resampling.nearest)
     valid = (masks != 0).all(axis=0)
-    count = 0
-    for r in range(tile_rows):
-        for c in range(tile_cols):
-            block = valid[r * stride // factor : (r + 1) * stride // factor + 1,
-                          c * stride // factor : (c + 1) * stride // factor + 1]
-            if block.size and not np.any(block):
-                count += 1
-    return count
+    empty = set()
+    for r, c in grid.tiles():
+        block = valid[r * stride // factor : (r + 1) * stride // factor + 1,
+                      c * stride // factor : (c + 1) * stride // factor + 1]
+        if block.size and not np.any(block):
+            empty.add((r, c))
+    return empty
+
+
+def count_batches(grid: TileGrid, skipped: set[tuple[int, int]], batch_size: int) -> int:
+    """Batches predict runs: each chunk task batches its own tiles, so a chunk's last batch
+    is usually a partial one."""
+    total = 0
+    for row, col in grid.chunks():
+        tiles = sum(1 for t in grid.chunk_tiles_of(row, col) if t not in skipped)
+        total += math.ceil(tiles / batch_size)
+    return total
 
 
 def describe(config: PredictConfig) -> dict[str, Any]:
@@ -94,8 +103,9 @@ def describe(config: PredictConfig) -> dict[str, Any]:
     except ModelError as exc:
         warnings.append(str(exc))
     t = raster.affine
-    nodata_tiles = estimate_nodata_tiles(raster, config, grid.tile_rows, grid.tile_cols)
-    to_infer = grid.num_tiles - (nodata_tiles or 0)
+    skipped = estimate_nodata_tiles(raster, grid)
+    nodata_tiles = len(skipped)
+    to_infer = grid.num_tiles - nodata_tiles
     # the batch predict would use here (the --device default, auto)
     batch = config.batch_size or default_batch_size(resolve_device(config.device), plan.context)
     meta = plan.model.metadata
@@ -121,14 +131,16 @@ def describe(config: PredictConfig) -> dict[str, Any]:
         },
         "plan": {
             "tile_size": grid.tile_size,
-            "overlap": grid.overlap,
+            "overlap": grid.overlap,  # at least the one asked for: the step is on the model's grid
+            "overlap_requested": config.overlap,
+            "tile_step": grid.stride,
             "network_input": [plan.context, plan.context],
             "tiles": grid.num_tiles,
             "tile_grid": [grid.tile_rows, grid.tile_cols],
             "nodata_tiles_skipped": nodata_tiles,
             "tiles_to_infer": to_infer,
             "batch_size": batch,
-            "batches": math.ceil(to_infer / batch),
+            "batches": count_batches(grid, skipped, batch),
             "chunks": grid.num_chunks,
             "chunk_size": grid.chunk_size,
             "megapixels_inferred": round(to_infer * plan.context**2 / 1e6, 1),

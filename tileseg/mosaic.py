@@ -94,15 +94,17 @@ class Job:
     nodata: int
     work_dir: str
     zarr_path: str
+    engine: str = "auto"
 
     def runtime(self) -> Runtime:
         key = ("runtime", self.model, self.raster.dtype, self.device, self.precision,
-               self.batch_size, self.grid.tile_size, self.grid.overlap, self.blend,
-               self.compile_model)
+               self.batch_size, self.grid.tile_size, self.grid.overlap, self.grid.halo_before,
+               self.blend, self.compile_model, self.engine)
         return cached(key, lambda: make_runtime(
             self.model.load(self.raster.dtype), device=self.device, precision=self.precision,
             batch_size=self.batch_size, tile_size=self.grid.tile_size, overlap=self.grid.overlap,
-            blend=self.blend, compile_model=self.compile_model))
+            blend=self.blend, compile_model=self.compile_model, engine=self.engine,
+            halo_before=self.grid.halo_before, from_directory=self.model.path is not None))
 
     @property
     def token(self) -> str:
@@ -228,7 +230,8 @@ def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
         torch.cuda.empty_cache() if torch.cuda.memory_reserved() > 8e9 else None
     logger.debug("chunk (%d, %d): %d tiles inferred", row, col, int(arrays["tiles"][0]))
     return {"chunk": (row, col), "tiles": int(arrays["tiles"][0]),
-            "skipped": int(arrays["tiles"][1]), "reused": False, **runtime.resolved()}
+            "skipped": int(arrays["tiles"][1]), "reused": False, **runtime.resolved(),
+            "engine": runtime.engine}
 
 
 def _saved_tile_counts(work: WorkDir, row: int, col: int) -> tuple[int, int]:

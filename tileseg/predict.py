@@ -29,7 +29,7 @@ from tileseg.errors import (
     ModelError,
     OutputError,
 )
-from tileseg.grid import TileGrid, chunk_tiles_for
+from tileseg.grid import TileGrid, aligned_overlap, chunk_tiles_for
 from tileseg.memory import check_memory
 from tileseg.model import LoadedModel, load_model, warn_once
 from tileseg.mosaic import Job, ModelRef, WorkDir, build_graph, register_model
@@ -151,18 +151,22 @@ def make_plan(config: PredictConfig, model: LoadedModel | None = None, *,
         model, _ = resolve_model(config, raster)
     if check_fits:
         check_model_fits(model, raster)
-    tile_size = clamped_tile_size(config, raster)
-    stride = tile_size - config.overlap
-    grid = TileGrid(raster.height, raster.width, tile_size, config.overlap,
-                    chunk_tiles_for(stride, config.chunk_size))
+    tile_size = clamped_tile_size(config, raster, model.divisor)
+    # The tile step is rounded down to the model's input multiple so every network input
+    # window sits on the phase a whole-raster pass would use (see tileseg.grid).
+    overlap = aligned_overlap(tile_size, config.overlap, model.divisor)
+    stride = tile_size - overlap
+    grid = TileGrid(raster.height, raster.width, tile_size, overlap,
+                    chunk_tiles_for(stride, config.chunk_size), divisor=model.divisor)
     return Plan(raster, model, grid, model.context_size(tile_size))
 
 
-def clamped_tile_size(config: PredictConfig, raster: RasterInfo) -> int:
+def clamped_tile_size(config: PredictConfig, raster: RasterInfo, divisor: int = 1) -> int:
     """``config.tile_size``, or less when one tile core would cover the whole raster anyway: a
     4096 px tile over a 50 x 70 raster would infer 16 million reflected pixels for 3,500 real
-    ones. The grid keeps one tile either way."""
-    largest = max(raster.height, raster.width) + config.overlap
+    ones. The grid keeps one tile either way: the core is the raster's longest side rounded up
+    to the model's ``divisor``, so the aligned step still covers it."""
+    largest = -(-max(raster.height, raster.width) // divisor) * divisor + config.overlap
     if config.tile_size > largest:
         logger.info("--tile-size %d is larger than the raster (%d x %d): using %d",
                     config.tile_size, raster.height, raster.width, largest)
@@ -352,12 +356,14 @@ def predict(
             blend=config.blend, compile_model=config.compile_model,
             probabilities=config.probabilities, mask_dtype=mask_dtype.name, nodata=nodata,
             work_dir=str(work.path.absolute()), zarr_path=str(zarr_store.absolute()),
+            engine=config.engine,
         )
         mosaic = build_graph(job)
         graph_built = time.perf_counter()
         logger.info("%d tiles in %d chunks (%d already done); graph of %d tasks", grid.num_tiles,
                     grid.num_chunks, resumed_chunks, len(mosaic.graph))
 
+        engines: set[str] = set()  # as the workers resolved --engine
         tile_counts = {(r, c): len(grid.chunk_tiles_of(r, c)) for r, c in grid.chunks()}
         # tiles of chunks finished before: progress counts them, its rate does not
         done_before = sum(tile_counts[(r, c)] for r, c in grid.chunks() if work.is_done(r, c))
@@ -375,6 +381,8 @@ def predict(
                 for key, values in resolved.items():  # what the workers really used
                     if key in result:
                         values.add(result[key])
+                if "engine" in result:
+                    engines.add(result["engine"])
             else:
                 totals["done_tiles"] += tile_counts[tuple(result["chunk"])]  # type: ignore[index]
                 if progress is not None:
@@ -407,6 +415,12 @@ def predict(
         report = _report(config, plan, totals, started, graph_built, computed, finished,
                          resolved, model_source or "<in-process model>", len(mosaic.graph),
                          rss_compute, _cluster_address(config, run_client))
+        report["engine"] = ",".join(sorted(engines)) or config.engine
+        if report["scheduler"] in ("threads", "sync"):
+            from tileseg.scheduler import default_workers
+
+            report["workers"] = 1 if report["scheduler"] == "sync" else (
+                config.workers or default_workers(config.device))
         result = PredictResult(str(dst), zarr_out, grid.num_tiles, totals["tiles"],
                                totals["skipped"], grid.num_chunks, seconds, report)
         if config.vectorize:
@@ -427,11 +441,14 @@ def _check_device(config: PredictConfig) -> None:
     """Fail before anything is written: locally the device must exist, remotely parse."""
     import torch
 
+    from tileseg.engine import resolve_engine
     from tileseg.infer import resolve_device, resolve_precision
     from tileseg.scheduler import scheduler_address
 
     if scheduler_address(config.scheduler) is None:
-        resolve_precision(config.precision, resolve_device(config.device))
+        device = resolve_device(config.device)
+        autocast = resolve_precision(config.precision, device)
+        resolve_engine(config.engine, device, autocast=autocast, compile_model=config.compile_model)
     elif config.device != "auto":
         try:
             torch.device(config.device)
@@ -498,8 +515,9 @@ def _report(
         "model": model_source,
         "raster": {"height": raster.height, "width": raster.width, "bands": len(raster.indexes),
                    "dtype": raster.dtype},
-        "tiling": {"tile_size": plan.grid.tile_size, "overlap": config.overlap,
-                   "context": plan.context, "chunk_size": plan.grid.chunk_size,
+        "tiling": {"tile_size": plan.grid.tile_size, "overlap": plan.grid.overlap,
+                   "overlap_requested": config.overlap, "context": plan.context,
+                   "chunk_size": plan.grid.chunk_size,
                    "blend": config.blend},
         "tiles_total": plan.grid.num_tiles,
         "tiles_inferred": totals["tiles"],

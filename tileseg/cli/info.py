@@ -21,7 +21,7 @@ from tileseg.config import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZ
 @click.option("--overlap", type=int, default=DEFAULT_OVERLAP, show_default=True)
 @click.option("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, show_default=True)
 @click.option("--batch-size", type=int,
-              help="Batch size to count batches with (default: predict's, 4 on CPU).")
+              help="Batch size to count batches with (default: predict's, 4 on a CPU).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print JSON: snake_case keys, numbers as numbers, sizes as [height, width].")
 @verbosity_options

@@ -55,6 +55,9 @@ Examples:
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
               show_default=True, help="auto: bf16 autocast on GPU, fp32 on CPU.")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model.")
+@click.option("--engine", type=click.Choice(["auto", "torch", "onnxruntime"]), default="auto",
+              show_default=True, help="auto: ONNX Runtime on the CPU when installed "
+              "(pip install 'tileseg[cpu]'), else torch; torch on a GPU.")
 @click.option("--output-stride", type=click.Choice(["8", "16"]),
               help="Run a DeepLab model at this output stride.")
 @click.option("--atrous-rates", callback=int_list, help="DeepLab atrous rates, e.g. 6,12,18.")
@@ -76,7 +79,7 @@ Examples:
 def command(src: str, dst: str | None, model: str | None, fmt: str | None, zarr_path: str | None,
             bands: tuple[int, ...] | None, nodata: float | None, allow_no_crs: bool,
             tile_size: int, overlap: int, chunk_size: int, blend: str, device: str,
-            batch_size: int | None, precision: str, compile_model: bool,
+            batch_size: int | None, precision: str, compile_model: bool, engine: str,
             output_stride: str | None, atrous_rates: tuple[int, ...] | None, probabilities: str,
             overwrite: bool, resume: bool, scheduler: str | None, workers: int | None,
             report: str | None, vectorize: str | None, preview: str | None, verbose: int,
@@ -102,6 +105,7 @@ def command(src: str, dst: str | None, model: str | None, fmt: str | None, zarr_
         probabilities=probabilities,  # type: ignore[arg-type]
         overwrite=overwrite, resume=resume, scheduler=scheduler, workers=workers,
         report=report, vectorize=vectorize, preview=preview,
+        engine=engine,  # type: ignore[arg-type]
     )
     bar = ProgressBar("predict", enabled=not quiet)
     try:

@@ -1,0 +1,211 @@
+"""Inference engines: eager PyTorch, or the same network exported to ONNX and run by ONNX Runtime.
+
+On a CPU, ONNX Runtime runs an smp DeepLab about twice as fast as eager PyTorch (it fuses
+batch norms and activations into the convolutions and picks tuned kernels), with the same argmax.
+The export is automatic and cached: the first run writes ``<cache>/onnx/<key>.onnx`` (the cache
+of :func:`tileseg.samples.cache_dir`), keyed by everything that changes the graph (weights and
+structure, network input size, bands, opset, torch and tileseg versions); later runs load it.
+Exporting traces the model locally and needs no network.
+
+Threads: a process runs one CPU forward pass at a time (:data:`CPU_FORWARD_LOCK`), with as many
+intra-op threads as the cores the worker may use (:func:`worker_cores`), so ``--workers`` threads
+and a dask worker's ``--nthreads`` share those cores instead of multiplying them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+import tileseg
+from tileseg.errors import ConfigError, DependencyError, ModelError
+
+logger = logging.getLogger(__name__)
+
+EngineName = Literal["auto", "torch", "onnxruntime"]
+ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime")
+OPSET = 17
+INSTALL_HINT = 'pip install "tileseg[cpu]" (or: pip install onnxruntime onnx)'
+
+# One CPU forward pass at a time per process: it already uses every core the worker may use,
+# and two at once only add memory (two sets of activations) for no speed.
+CPU_FORWARD_LOCK = threading.Lock()
+
+
+def worker_cores() -> int:
+    """Cores this process may use: its CPU affinity, or a dask worker's ``nthreads`` if fewer."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    distributed = sys.modules.get("distributed")  # a dask worker has imported it already
+    if distributed is not None:
+        try:
+            cores = min(cores, int(distributed.get_worker().state.nthreads))
+        except (ValueError, AttributeError):  # not inside a dask worker
+            pass
+    return max(1, cores)
+
+
+def _import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime
+
+
+def onnxruntime_available() -> bool:
+    return _import_onnxruntime() is not None
+
+
+def resolve_engine(
+    engine: str,
+    device: torch.device,
+    *,
+    autocast: torch.dtype | None = None,
+    compile_model: bool = False,
+    from_directory: bool = True,
+) -> str:
+    """The engine a run uses: ``torch`` or ``onnxruntime``.
+
+    ``auto`` picks ONNX Runtime for a model directory on the CPU in fp32 when it is installed,
+    and torch otherwise: on a GPU, with ``--compile`` or bf16 autocast, and for an ``nn.Module``
+    object handed to ``predict()`` (arbitrary Python, run as it is).
+    """
+    if engine not in ENGINES:
+        raise ConfigError(f"--engine {engine!r}: choose auto, torch or onnxruntime")
+    if engine == "torch":
+        return "torch"
+    if engine == "auto":
+        usable = (device.type == "cpu" and autocast is None and not compile_model
+                  and from_directory)
+        return "onnxruntime" if usable and onnxruntime_available() else "torch"
+    if device.type != "cpu":
+        raise ConfigError(f"--engine onnxruntime runs on the CPU; use --engine torch on {device}")
+    if autocast is not None:
+        raise ConfigError("--engine onnxruntime runs in fp32; use --precision fp32 (or auto) "
+                          "or --engine torch for bf16")
+    if compile_model:
+        raise ConfigError("--compile is for the torch engine; drop it or use --engine torch")
+    if not onnxruntime_available():
+        raise DependencyError(f"--engine onnxruntime needs ONNX Runtime: {INSTALL_HINT}")
+    return "onnxruntime"
+
+
+def model_key(module: nn.Module, context: int, bands: int) -> str:
+    """A hash of what the exported graph depends on: weights, structure, input size, versions."""
+    h = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    # The structure (dilations, output stride, atrous rates) is in the module's repr.
+    h.update(repr(module).encode())
+    h.update(f"{context}|{bands}|{OPSET}|{torch.__version__}|{tileseg.__version__}".encode())
+    return h.hexdigest()[:24]
+
+
+def onnx_cache_dir() -> Path:
+    from tileseg.samples import cache_dir
+
+    return cache_dir() / "onnx"
+
+
+def export_onnx(module: nn.Module, path: Path, context: int, bands: int) -> None:
+    """Export ``module`` (fp32, CPU) with a dynamic batch axis to ``path``, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.onnx")
+    dummy = torch.zeros((1, bands, context, context))
+    try:
+        with warnings.catch_warnings():
+            # the TorchScript exporter is deprecated in favour of the dynamo one, which needs
+            # onnxscript and handles smp's models no better; its tracer warnings are noise here
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                module, (dummy,), str(tmp), dynamo=False, opset_version=OPSET,
+                input_names=["x"], output_names=["logits"],
+                dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+            )
+        os.replace(tmp, path)  # concurrent workers never see a half-written file
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def ensure_onnx(module: nn.Module, context: int, bands: int, architecture: str) -> Path:
+    """The cached ONNX file of ``module`` at this input size; exported first if missing."""
+    path = onnx_cache_dir() / f"{architecture}-{context}px-{bands}b-{model_key(module, context, bands)}.onnx"
+    if path.is_file():
+        logger.debug("using cached ONNX export %s", path)
+        return path
+    if _import_onnx() is None:
+        raise DependencyError(f"exporting the model for ONNX Runtime needs the onnx package: "
+                              f"{INSTALL_HINT}")
+    logger.info("exporting the model to ONNX (once per model and input size): %s", path)
+    was_training = module.training
+    try:
+        module.eval()
+        export_onnx(module, path, context, bands)
+    except Exception as exc:
+        raise ModelError(_export_failure(architecture, context, exc)) from exc
+    finally:
+        module.train(was_training)
+    return path
+
+
+def _import_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError:
+        return None
+    return onnx
+
+
+def _export_failure(architecture: str, context: int, exc: Exception) -> str:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    if "adaptive_avg_pool2d" in reason:
+        return (f"{architecture} cannot run on the onnxruntime engine at a network input of "
+                f"{context} px (its pyramid pooling needs an input that is a multiple of 48); use "
+                "--engine torch, or a --tile-size whose input is a multiple of 48 (e.g. 513 -> 528)")
+    return (f"{architecture} cannot be exported for the onnxruntime engine ({reason[:200]}); "
+            "use --engine torch")
+
+
+class OnnxForward:
+    """Runs an exported model with ONNX Runtime's CPU provider; torch tensors in and out."""
+
+    def __init__(self, path: Path, threads: int) -> None:
+        ort = _import_onnxruntime()
+        if ort is None:
+            raise DependencyError(f"--engine onnxruntime needs ONNX Runtime: {INSTALL_HINT}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle pool threads sleep instead of spinning, so the prefetch thread that reads and
+        # decodes the next batch gets the cores between forward passes.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(path), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # a corrupt or foreign file in the cache
+            raise ModelError(f"{path}: ONNX Runtime cannot load this export ({exc}); delete it "
+                             "to export again, or use --engine torch") from exc
+        self.path = path
+        self.threads = threads
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        (out,) = self.session.run(["logits"], {"x": array})
+        return torch.from_numpy(out)
