@@ -7,72 +7,33 @@ blended result of a chunk leaves the device.
 
 from __future__ import annotations
 
+import copy
 import logging
 import queue
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from tileseg.blend import weight_window
-from tileseg.errors import ConfigError
+from tileseg.device import (  # noqa: F401  (re-exported: older imports)
+    CPU_BATCH_SIZE,
+    Precision,
+    default_batch_size,
+    precision_name,
+    resolve_device,
+    resolve_precision,
+)
 from tileseg.grid import Rect, TileGrid
 from tileseg.model import LoadedModel
 from tileseg.raster import RasterInfo, WindowReader
 
 logger = logging.getLogger(__name__)
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
 T = TypeVar("T")
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1)") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
-    return dev
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for full fp32."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise ConfigError("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
-        return torch.float16
-    raise ConfigError(f"--precision {precision!r}: choose auto, fp32, bf16 or fp16")
-
-
-def precision_name(autocast: torch.dtype | None) -> str:
-    """``fp32``, ``bf16`` or ``fp16``: what ``--precision auto`` resolved to."""
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(autocast, "fp32")  # type: ignore[arg-type]
-
-
-CPU_BATCH_SIZE = 4
-
-
-def default_batch_size(device: torch.device, context: int) -> int:
-    """A batch that keeps a GPU busy without running out of memory."""
-    if device.type != "cuda":
-        return CPU_BATCH_SIZE
-    total = torch.cuda.get_device_properties(device).total_memory
-    # About 0.6 GB of activations per 528x528 tile for a resnet50 DeepLabv3+ in bf16, measured
-    # conservatively; stay within half of the card.
-    per_tile = 0.6e9 * (context / 528) ** 2
-    return int(max(1, min(64, total * 0.5 // per_tile)))
 
 
 @dataclass
@@ -88,7 +49,6 @@ class Runtime:
     norm_b: torch.Tensor
     window: torch.Tensor  # (tile, tile) blend weights
     channels_last: bool
-    lock: threading.Lock
 
     def resolved(self) -> dict[str, Any]:
         """The device, precision and batch size this runtime really uses (``auto`` resolved)."""
@@ -114,12 +74,22 @@ def make_runtime(
     overlap: int,
     blend: str,
     compile_model: bool = False,
+    owned: bool = False,
 ) -> Runtime:
+    """Place ``model`` on the device with everything each batch needs.
+
+    ``owned=False`` (a caller's model) leaves ``model.module`` as it was: it is copied before
+    being moved, switched to eval mode or converted to channels-last, unless it already is
+    on the device in eval mode and needs no conversion.
+    """
     dev = resolve_device(device)
     autocast = resolve_precision(precision, dev)
     context = model.context_size(tile_size)
-    module = model.module.to(dev).eval()
     channels_last = dev.type == "cuda"
+    module = model.module
+    if not owned and not _usable_as_is(module, dev, channels_last):
+        module = copy.deepcopy(module)
+    module = module.to(dev).eval()
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     if compile_model:
@@ -137,8 +107,12 @@ def make_runtime(
         norm_b=torch.from_numpy(b).to(dev)[None, :, None, None],
         window=torch.from_numpy(weight_window(blend, tile_size, overlap)).to(dev),
         channels_last=channels_last,
-        lock=threading.Lock(),
     )
+
+
+def _usable_as_is(module: torch.nn.Module, device: torch.device, channels_last: bool) -> bool:
+    on_device = all(t.device == device for t in [*module.parameters(), *module.buffers()])
+    return on_device and not module.training and not channels_last
 
 
 @dataclass

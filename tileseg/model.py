@@ -12,9 +12,10 @@ import json
 import logging
 import pickle
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -24,7 +25,8 @@ from tileseg.metadata import ModelMetadata, load_metadata, save_metadata
 
 logger = logging.getLogger(__name__)
 
-Architecture = Literal["DeepLabV3Plus", "DeepLabV3", "PSPNet"]
+T = TypeVar("T")
+
 ARCHITECTURES: tuple[str, ...] = ("DeepLabV3Plus", "DeepLabV3", "PSPNet")
 _ALIASES = {
     "deeplabv3plus": "DeepLabV3Plus",
@@ -120,9 +122,12 @@ def readable_like_others(path: Path) -> None:
     path.chmod(0o666 & ~umask)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LoadedModel:
-    """An eval-mode model with what tileseg needs to feed it."""
+    """An eval-mode model with what tileseg needs to feed it.
+
+    Compared and hashed by identity: two loads of one directory are two models.
+    """
 
     module: nn.Module
     metadata: ModelMetadata
@@ -352,17 +357,33 @@ def warn_once(log: logging.Logger, key: str, message: str, *args: Any) -> None:
 
 
 _CACHE: dict[tuple[Any, ...], Any] = {}
-_CACHE_LOCK = threading.Lock()
+_CACHE_LOCK = threading.Lock()  # guards the dicts only, never held while a factory runs
+_KEY_LOCKS: dict[tuple[Any, ...], threading.Lock] = {}
 
 
-def cached(key: tuple[Any, ...], factory: Any) -> Any:
-    """Process-wide cache so each worker process loads a model once and keeps it."""
+def cached(key: tuple[Any, ...], factory: Callable[[], T]) -> T:
+    """Process-wide cache so each worker process loads a model once and keeps it.
+
+    Threads asking for the same key wait for one ``factory()`` call; threads asking for other
+    keys (another model, another scene) are not held up by it.
+    """
     with _CACHE_LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = factory()
-        return _CACHE[key]
+        if key in _CACHE:
+            return _CACHE[key]  # type: ignore[no-any-return]
+        key_lock = _KEY_LOCKS.setdefault(key, threading.Lock())
+    with key_lock:
+        with _CACHE_LOCK:
+            if key in _CACHE:
+                return _CACHE[key]  # type: ignore[no-any-return]
+        value = factory()
+        with _CACHE_LOCK:
+            _CACHE[key] = value
+            _KEY_LOCKS.pop(key, None)
+        return value
 
 
-def clear_cache() -> None:
+def forget_cached(stale: Callable[[tuple[Any, ...]], bool]) -> None:
+    """Drop the cached values whose key ``stale`` says is gone (e.g. a released model)."""
     with _CACHE_LOCK:
-        _CACHE.clear()
+        for key in [k for k in _CACHE if stale(k)]:
+            del _CACHE[key]

@@ -78,10 +78,6 @@ class Plan:
     context: int
 
 
-def default_model_path() -> Path:
-    return BUNDLED_MODEL
-
-
 def resolve_model(config: PredictConfig, raster: RasterInfo) -> tuple[LoadedModel, str]:
     path = config.model
     if path is None:
@@ -427,7 +423,7 @@ def _check_device(config: PredictConfig) -> None:
     """Fail before anything is written: locally the device must exist, remotely parse."""
     import torch
 
-    from tileseg.infer import resolve_device, resolve_precision
+    from tileseg.device import resolve_device, resolve_precision
     from tileseg.scheduler import scheduler_address
 
     if scheduler_address(config.scheduler) is None:
@@ -534,7 +530,7 @@ def _resolved_settings(config: PredictConfig, plan: Plan, resolved: dict[str, se
     Several values (workers on different GPUs) are listed; a run that inferred nothing (all
     reused) resolves them here, or reports None for a cluster, whose workers may differ.
     """
-    from tileseg.infer import default_batch_size, precision_name, resolve_device, resolve_precision
+    from tileseg.device import default_batch_size, precision_name, resolve_device, resolve_precision
 
     if not resolved["device"] and cluster is None:
         device = resolve_device(config.device)

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tileseg.device import resolve_device
 from tileseg.errors import ConfigError, InputError, OutputError
-from tileseg.infer import resolve_device
 from tileseg.metadata import ClassInfo, ModelMetadata, Normalization, default_color
 from tileseg.metrics import SegmentationMetrics, compute_metrics, confusion_matrix
 from tileseg.model import ModelSpec, build_model, readable_like_others, save_model
