@@ -142,9 +142,11 @@ def iter_batches(
     context: int,
     batch_size: int,
     pin: bool,
-    skipped: list[int],
 ) -> Iterator[HostBatch]:
-    """Read one strip per tile row (GDAL's block cache absorbs the rows strips share)."""
+    """Read one strip per tile row (GDAL's block cache absorbs the rows strips share).
+
+    Tiles without a valid pixel in their core are left out of the batches.
+    """
     size = grid.tile_size
     pad = (context - size) // 2
     rows: dict[int, list[int]] = {}
@@ -172,7 +174,6 @@ def iter_batches(
             x0 = tile.col_off - first.col_off
             tile_valid = valid[:, x0 : x0 + context]
             if not tile_valid[pad : pad + size, pad : pad + size].any():
-                skipped[0] += 1
                 continue
             pending.append((
                 data[:, :, x0 : x0 + context],
@@ -243,11 +244,10 @@ def infer_chunk_logits(
     logit_sum = torch.zeros((classes, extent.height, extent.width), dtype=torch.float32, device=dev)
     weight_sum = torch.zeros((extent.height, extent.width), dtype=torch.float32, device=dev)
     tiles = grid.chunk_tiles_of(row, col)
-    skipped = [0]
     done = 0
     with WindowReader(raster) as reader, torch.inference_mode():
         batches = iter_batches(reader, grid, tiles, extent, runtime.context, runtime.batch_size,
-                               dev.type == "cuda", skipped)
+                               dev.type == "cuda")
         for batch in prefetch(batches):
             x = batch.data.to(dev, non_blocking=True)
             valid = batch.valid.to(dev, non_blocking=True)
@@ -264,7 +264,8 @@ def infer_chunk_logits(
                 logit_sum[:, r : r + size, c : c + size] += logits[k] * weights[k]
                 weight_sum[r : r + size, c : c + size] += weights[k]
             done += len(batch.offsets)
-    return ChunkLogits(extent, logit_sum, weight_sum, done, skipped[0])
+    # every tile is either in a batch or skipped for having no valid pixel in its core
+    return ChunkLogits(extent, logit_sum, weight_sum, done, len(tiles) - done)
 
 
 def blend_to_mask(
