@@ -8,7 +8,6 @@ per-class IoU and the confusion matrix).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from tileseg import mask as mask_format
 from tileseg.errors import ConfigError, InputError, InputNotFoundError
 from tileseg.metrics import SegmentationMetrics, compute_metrics, confusion_matrix, format_table
 
@@ -76,12 +76,9 @@ class EvaluationReport:
 
 
 def _classes_from_tags(src: Any) -> list[dict[str, Any]] | None:
-    text = src.tags().get("TILESEG_CLASSES")
-    if not text:
-        return None
     try:
-        return [{**c, "name": str(c["name"])} for c in json.loads(text)]
-    except (ValueError, KeyError, TypeError):
+        return mask_format.classes_from_tags(src.tags())
+    except ValueError:
         return None
 
 

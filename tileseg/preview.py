@@ -28,6 +28,7 @@ import rasterio
 from affine import Affine
 from rasterio.enums import ColorInterp, Resampling
 
+from tileseg import mask as mask_format
 from tileseg.errors import ConfigError, InputError, InputNotFoundError, OutputError
 from tileseg.metadata import ClassInfo
 from tileseg.raster import is_remote
@@ -232,7 +233,7 @@ def _open_view(path: str) -> _MaskView:
             import zarr
 
             root: Any = zarr.open_group(path, mode="r")
-            facts: dict[str, Any] = dict(root.attrs["tileseg"])
+            facts: dict[str, Any] = dict(root.attrs[mask_format.ZARR_ATTRIBUTE])
             shape = root["mask"].shape
         except Exception as exc:  # zarr raises several unrelated types for a broken store
             raise InputError(f"{path}: not a tileseg Zarr mask ({exc}); pass a mask written by "

@@ -245,7 +245,8 @@ def chunk_windows(source: MaskSource,
     rows = list(range(0, source.height, ch))
     cols = list(range(0, source.width, cw))
     windows = [
-        ChunkWindow(i * len(cols) + j, r, c, min(ch, source.height - r), min(cw, source.width - c))
+        ChunkWindow(r, c, min(ch, source.height - r), min(cw, source.width - c),
+                    index=i * len(cols) + j)
         for i, r in enumerate(rows) for j, c in enumerate(cols)
     ]
     return windows, (len(rows), len(cols))
