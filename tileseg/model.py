@@ -254,18 +254,33 @@ def load_model(
     >>> model.metadata.class_names                       # doctest: +SKIP
     """
     path = Path(path)
+    config, weights, meta_dir = _locate(path)
+    stored = load_metadata(meta_dir)
+    spec = _resolve_spec(path, config, spec, encoder_output_stride, decoder_atrous_rates)
+    module = _build_with_weights(path, spec, weights)
+    metadata = _checked_metadata(path, stored, spec, raster_dtype)
+    module.eval()
+    return LoadedModel(module=module, metadata=metadata, source=str(path),
+                       architecture=spec.architecture, divisor=_divisor(module))
+
+
+def _locate(path: Path) -> tuple[dict[str, Any] | None, Path, Path]:
+    """The smp config (None for a bare weights file), the weights file and the metadata folder."""
     if not path.exists():
         raise InputNotFoundError(f"{path}: model not found; pass --model DIR (a save_pretrained dir)")
-    if path.is_dir():
-        config = _read_config(path) if (path / "config.json").is_file() else None
-        weights = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), None)
-        if weights is None:
-            raise ModelError(f"{path}: no model.safetensors in the directory; save with save_pretrained")
-        meta_dir: Path = path
-    else:
-        config, weights, meta_dir = None, path, path.parent
-    metadata = load_metadata(meta_dir)
+    if not path.is_dir():
+        return None, path, path.parent
+    config = _read_config(path) if (path / "config.json").is_file() else None
+    weights = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), None)
+    if weights is None:
+        raise ModelError(f"{path}: no model.safetensors in the directory; save with save_pretrained")
+    return config, weights, path
 
+
+def _resolve_spec(path: Path, config: dict[str, Any] | None, spec: ModelSpec | None,
+                  encoder_output_stride: int | None,
+                  decoder_atrous_rates: tuple[int, ...] | None) -> ModelSpec:
+    """What to build: the directory's config (else the caller's spec), with the overrides."""
     if config is not None:
         spec = _spec_from_config(config, path / "config.json")
     elif spec is None:
@@ -278,11 +293,14 @@ def load_model(
         overrides["encoder_output_stride"] = encoder_output_stride
     if decoder_atrous_rates is not None:
         overrides["decoder_atrous_rates"] = tuple(decoder_atrous_rates)
-    if overrides:
-        if spec.architecture == "PSPNet":
-            raise ModelError("output stride and atrous rates apply to DeepLab models only")
-        spec = replace(spec, **overrides)
+    if not overrides:
+        return spec
+    if spec.architecture == "PSPNet":
+        raise ModelError("output stride and atrous rates apply to DeepLab models only")
+    return replace(spec, **overrides)
 
+
+def _build_with_weights(path: Path, spec: ModelSpec, weights: Path) -> nn.Module:
     try:
         module = build_model(spec)
     except ModelError as exc:
@@ -294,7 +312,12 @@ def load_model(
         first = str(exc).splitlines()[0]
         raise ModelError(f"{weights}: weights do not match {spec.architecture}/"
                          f"{spec.encoder_name} ({first})") from exc
+    return module
 
+
+def _checked_metadata(path: Path, metadata: ModelMetadata | None, spec: ModelSpec,
+                      raster_dtype: str | None) -> ModelMetadata:
+    """The model's tileseg.json, checked against its weights; numbered defaults without one."""
     if metadata is None:
         warn_once(
             logger, str(path.resolve()),
@@ -302,20 +325,13 @@ def load_model(
             "add metadata (tileseg.metadata.save_metadata) for real class names and scaling",
             path, raster_dtype or "float32", "the dtype default",
         )
-        metadata = ModelMetadata.default(spec.classes, spec.in_channels, raster_dtype)
-    elif metadata.num_classes != spec.classes or metadata.in_channels != spec.in_channels:
+        return ModelMetadata.default(spec.classes, spec.in_channels, raster_dtype)
+    if metadata.num_classes != spec.classes or metadata.in_channels != spec.in_channels:
         raise ModelError(
             f"{path}: tileseg.json says {metadata.num_classes} classes/{metadata.in_channels} bands "
             f"but the weights have {spec.classes}/{spec.in_channels}; fix tileseg.json"
         )
-    module.eval()
-    return LoadedModel(
-        module=module,
-        metadata=metadata,
-        source=str(path),
-        architecture=spec.architecture,
-        divisor=_divisor(module),
-    )
+    return metadata
 
 
 def _spec_from_config(config: dict[str, Any], config_path: Path) -> ModelSpec:
