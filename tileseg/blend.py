@@ -14,6 +14,8 @@ from typing import Literal
 
 import numpy as np
 
+from tileseg.grid import split_halo
+
 BlendName = Literal["hann", "gaussian", "triangular", "uniform", "center"]
 
 
@@ -41,8 +43,8 @@ def _uniform(size: int, overlap: int) -> np.ndarray:
 def _center(size: int, overlap: int) -> np.ndarray:
     # Keep only the core: each pixel then comes from exactly one tile (no blending at all).
     w = np.zeros(size)
-    before = overlap // 2
-    w[before : size - (overlap - before)] = 1.0
+    before, after = split_halo(overlap)
+    w[before : size - after] = 1.0
     return w
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from tileseg.blend import DEFAULT_BLEND, WINDOWS
+from tileseg.blend import DEFAULT_BLEND, WINDOWS, BlendName
 from tileseg.errors import ConfigError
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 ProbabilityMode = Literal["none", "uint8", "float16"]
+OutputFormat = Literal["gtiff", "cog", "zarr"]
 
 DEFAULT_TILE_SIZE = 513
 DEFAULT_OVERLAP = 64
@@ -18,6 +19,28 @@ DEFAULT_CHUNK_SIZE = 2048
 # some 580 GB, beyond any single device. Larger values are typing mistakes; smaller ones larger
 # than the raster are clamped to it (see tileseg.predict.make_plan).
 MAX_TILE_SIZE = 16384
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    """How the raster is cut and blended; the grid (:class:`tileseg.grid.TileGrid`) derives
+    the stride and halo from it."""
+
+    tile_size: int = DEFAULT_TILE_SIZE
+    overlap: int = DEFAULT_OVERLAP
+    chunk_size: int = DEFAULT_CHUNK_SIZE  # pixels per chunk side, rounded to whole cores
+    blend: BlendName = DEFAULT_BLEND
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how the model runs; ``auto`` values resolve on the process running the tasks
+    (:mod:`tileseg.device`)."""
+
+    device: str = "auto"
+    precision: Precision = "auto"
+    batch_size: int | None = None
+    compile_model: bool = False
 
 
 @dataclass(frozen=True)
@@ -33,7 +56,7 @@ class PredictConfig:
     src: str
     dst: str
     model: str | None = None  # model directory; None: the bundled default model
-    format: str | None = None  # gtiff, cog or zarr; None: from dst's extension
+    format: OutputFormat | None = None  # None: from dst's extension
     zarr_path: str | None = None  # also keep the Zarr mosaic here when dst is a GeoTIFF
     bands: tuple[int, ...] | None = None  # 1-based, as rasterio
     nodata: float | None = None  # overrides the file's nodata
@@ -41,7 +64,7 @@ class PredictConfig:
     tile_size: int = DEFAULT_TILE_SIZE
     overlap: int = DEFAULT_OVERLAP
     chunk_size: int = DEFAULT_CHUNK_SIZE  # rounded to a whole number of tile cores
-    blend: str = DEFAULT_BLEND
+    blend: BlendName = DEFAULT_BLEND
     device: str = "auto"
     batch_size: int | None = None  # None: chosen from the device's memory
     precision: Precision = "auto"
@@ -56,6 +79,14 @@ class PredictConfig:
     report: str | None = None  # write a JSON run report here
     vectorize: str | None = None  # also write polygons here (GPKG, GeoParquet, ...)
     preview: str | None = None  # also draw a PNG quicklook here (tileseg.preview)
+
+    @property
+    def tiling(self) -> TilingConfig:
+        return TilingConfig(self.tile_size, self.overlap, self.chunk_size, self.blend)
+
+    @property
+    def runtime(self) -> RuntimeConfig:
+        return RuntimeConfig(self.device, self.precision, self.batch_size, self.compile_model)
 
     def __post_init__(self) -> None:
         if self.tile_size < 16:

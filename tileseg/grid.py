@@ -10,6 +10,7 @@ side; a chunk is the unit of dask work and of Zarr storage.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,6 +79,12 @@ class Rect:
         return [b for b in bands if not b.empty]
 
 
+def split_halo(overlap: int) -> tuple[int, int]:
+    """The halo above/left and below/right of a core: ``overlap`` split, the odd pixel after."""
+    before = overlap // 2
+    return before, overlap - before
+
+
 @dataclass(frozen=True)
 class TileGrid:
     """The tiling plan of one raster.
@@ -117,11 +124,18 @@ class TileGrid:
 
     @property
     def halo_before(self) -> int:
-        return self.overlap // 2
+        return split_halo(self.overlap)[0]
 
     @property
     def halo_after(self) -> int:
-        return self.overlap - self.halo_before
+        return split_halo(self.overlap)[1]
+
+    @classmethod
+    def for_raster(cls, height: int, width: int, tile_size: int, overlap: int,
+                   chunk_size: int) -> TileGrid:
+        """The grid whose chunks are close to ``chunk_size`` pixels (whole cores, at least one)."""
+        one = cls(height, width, tile_size, overlap, chunk_tiles=1)
+        return dataclasses.replace(one, chunk_tiles=chunk_tiles_for(one.stride, chunk_size))
 
     @property
     def tile_rows(self) -> int:

@@ -7,7 +7,7 @@ import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -16,13 +16,13 @@ from affine import Affine
 from rasterio.windows import Window
 
 from tileseg import mask as mask_format
+from tileseg.config import OutputFormat
 from tileseg.errors import OutputError
 from tileseg.metadata import ModelMetadata
 from tileseg.raster import RasterInfo, open_dataset
 
 logger = logging.getLogger(__name__)
 
-OutputFormat = Literal["gtiff", "cog", "zarr"]
 _EXTENSIONS: dict[str, OutputFormat] = {
     ".tif": "cog", ".tiff": "cog", ".gtiff": "gtiff", ".zarr": "zarr",
 }

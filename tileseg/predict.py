@@ -27,7 +27,7 @@ from tileseg.errors import (
     ModelError,
     OutputError,
 )
-from tileseg.grid import TileGrid, chunk_tiles_for
+from tileseg.grid import TileGrid
 from tileseg.memory import check_memory
 from tileseg.model import LoadedModel, load_model, warn_once
 from tileseg.mosaic import Job, ModelRef, WorkDir, build_graph, register_model
@@ -151,9 +151,8 @@ def make_plan(config: PredictConfig, model: LoadedModel | None = None, *,
     if check_fits:
         check_model_fits(model, raster)
     tile_size = clamped_tile_size(config, raster)
-    stride = tile_size - config.overlap
-    grid = TileGrid(raster.height, raster.width, tile_size, config.overlap,
-                    chunk_tiles_for(stride, config.chunk_size))
+    grid = TileGrid.for_raster(raster.height, raster.width, tile_size, config.overlap,
+                               config.chunk_size)
     return Plan(raster, model, grid, model.context_size(tile_size))
 
 
@@ -373,11 +372,12 @@ def _job(config: PredictConfig, plan: Plan, staging: LocalStaging) -> Job:
     """What every task of the run gets: small, picklable settings and paths."""
     assert plan.model_ref is not None
     mask_dtype, nodata = mask_dtype_for(plan.model.metadata.num_classes)
+    runtime = config.runtime
     return Job(
         raster=plan.raster, grid=plan.grid, model=plan.model_ref,
-        num_classes=plan.model.metadata.num_classes, device=config.device,
-        precision=config.precision, batch_size=config.batch_size, blend=config.blend,
-        compile_model=config.compile_model, probabilities=config.probabilities,
+        num_classes=plan.model.metadata.num_classes, device=runtime.device,
+        precision=runtime.precision, batch_size=runtime.batch_size, blend=config.blend,
+        compile_model=runtime.compile_model, probabilities=config.probabilities,
         mask_dtype=mask_dtype.name, nodata=nodata,
         work_dir=str(WorkDir(staging.work_path).path.absolute()),
         zarr_path=str(staging.zarr_store.absolute()),

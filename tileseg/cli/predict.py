@@ -6,11 +6,19 @@ from typing import TYPE_CHECKING
 
 import click
 
-from tileseg.blend import WINDOWS
+from tileseg.blend import WINDOWS, BlendName
 from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
 from tileseg.cli.options import int_list
 from tileseg.cli.render import ProgressBar
-from tileseg.config import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, PredictConfig
+from tileseg.config import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE_SIZE,
+    OutputFormat,
+    Precision,
+    PredictConfig,
+    ProbabilityMode,
+)
 
 if TYPE_CHECKING:
     from tileseg.predict import PredictResult
@@ -73,11 +81,13 @@ Examples:
               "class areas (see tileseg preview).")
 @verbosity_options
 @handle_errors
-def command(src: str, dst: str | None, model: str | None, fmt: str | None, zarr_path: str | None,
+def command(src: str, dst: str | None, model: str | None, fmt: OutputFormat | None,
+            zarr_path: str | None,
             bands: tuple[int, ...] | None, nodata: float | None, allow_no_crs: bool,
-            tile_size: int, overlap: int, chunk_size: int, blend: str, device: str,
-            batch_size: int | None, precision: str, compile_model: bool,
-            output_stride: str | None, atrous_rates: tuple[int, ...] | None, probabilities: str,
+            tile_size: int, overlap: int, chunk_size: int, blend: BlendName, device: str,
+            batch_size: int | None, precision: Precision, compile_model: bool,
+            output_stride: str | None, atrous_rates: tuple[int, ...] | None,
+            probabilities: ProbabilityMode,
             overwrite: bool, resume: bool, scheduler: str | None, workers: int | None,
             report: str | None, vectorize: str | None, preview: str | None, verbose: int,
             quiet: bool) -> None:
@@ -95,11 +105,11 @@ def command(src: str, dst: str | None, model: str | None, fmt: str | None, zarr_
         src=src, dst=dst, model=model, format=fmt, zarr_path=zarr_path, bands=bands,
         nodata=nodata, allow_no_crs=allow_no_crs, tile_size=tile_size, overlap=overlap,
         chunk_size=chunk_size, blend=blend, device=device, batch_size=batch_size,
-        precision=precision,  # type: ignore[arg-type]
+        precision=precision,
         compile_model=compile_model,
         encoder_output_stride=int(output_stride) if output_stride else None,
         decoder_atrous_rates=atrous_rates,
-        probabilities=probabilities,  # type: ignore[arg-type]
+        probabilities=probabilities,
         overwrite=overwrite, resume=resume, scheduler=scheduler, workers=workers,
         report=report, vectorize=vectorize, preview=preview,
     )
