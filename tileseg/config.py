@@ -90,33 +90,38 @@ class PredictConfig:
 
     def __post_init__(self) -> None:
         if self.tile_size < 16:
-            raise ConfigError(f"--tile-size must be at least 16, got {self.tile_size}")
+            raise ConfigError(f"tile_size must be at least 16, got {self.tile_size}", params=("tile_size",))
         if self.tile_size > MAX_TILE_SIZE:
-            raise ConfigError(f"--tile-size must be at most {MAX_TILE_SIZE}, got "
-                              f"{self.tile_size}; 512 to 2048 suit most models and devices")
+            raise ConfigError(f"tile_size must be at most {MAX_TILE_SIZE}, got "
+                              f"{self.tile_size}; 512 to 2048 suit most models and devices",
+                              params=("tile_size",))
         if not 0 <= self.overlap < self.tile_size:
             raise ConfigError(
-                f"--overlap must be between 0 and {self.tile_size - 1}, got {self.overlap}")
+                f"overlap must be between 0 and {self.tile_size - 1}, got {self.overlap}",
+                params=("overlap",))
         if self.chunk_size < 1:
-            raise ConfigError(f"--chunk-size must be positive, got {self.chunk_size}")
+            raise ConfigError(f"chunk_size must be positive, got {self.chunk_size}", params=("chunk_size",))
         if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}", params=("batch_size",))
         if self.workers is not None and self.workers < 1:
-            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+            raise ConfigError(f"workers must be at least 1, got {self.workers}", params=("workers",))
         if self.blend not in WINDOWS:
-            raise ConfigError(f"--blend {self.blend!r}: choose one of {', '.join(WINDOWS)}")
+            raise ConfigError(f"blend {self.blend!r}: choose one of {', '.join(WINDOWS)}", params=("blend",))
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ConfigError(f"--precision {self.precision!r}: choose auto, fp32, bf16 or fp16")
+            raise ConfigError(f"precision {self.precision!r}: choose auto, fp32, bf16 or fp16",
+                              params=("precision",))
         if self.probabilities not in ("none", "uint8", "float16"):
             raise ConfigError(
-                f"--probabilities {self.probabilities!r}: choose none, uint8 or float16")
+                f"probabilities {self.probabilities!r}: choose none, uint8 or float16",
+                params=("probabilities",))
         if self.bands is not None and (not self.bands or min(self.bands) < 1):
-            raise ConfigError("--bands takes 1-based band numbers, e.g. --bands 3,2,1")
+            raise ConfigError("bands takes 1-based band numbers, e.g. bands 3,2,1", params=("bands",))
         if self.encoder_output_stride not in (None, 8, 16):
-            raise ConfigError("--output-stride must be 8 or 16")
+            raise ConfigError("encoder_output_stride must be 8 or 16", params=("encoder_output_stride",))
         rates = self.decoder_atrous_rates
         if rates is not None and (not rates or min(rates) < 1):
-            raise ConfigError(f"--atrous-rates takes positive dilation rates, e.g. 6,12,18; got "
-                              f"{','.join(str(r) for r in rates)}")
+            raise ConfigError(f"decoder_atrous_rates takes positive dilation rates, e.g. 6,12,18; got "
+                              f"{','.join(str(r) for r in rates)}", params=("decoder_atrous_rates",))
         if self.resume and self.overwrite:
-            raise ConfigError("--resume and --overwrite contradict each other; pick one")
+            raise ConfigError("resume and overwrite contradict each other; pick one",
+                              params=("resume", "overwrite"))

@@ -34,9 +34,11 @@ def resolve_device(device: str) -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as exc:
-        raise ConfigError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1)") from exc
+        raise ConfigError(f"device {device!r} is not a torch device (cpu, cuda, cuda:1)",
+                          params=("device",)) from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
+        raise ConfigError("device cuda asked for, but no CUDA GPU is visible; use device cpu",
+                          params=("device",))
     return dev
 
 
@@ -51,9 +53,10 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         return torch.bfloat16
     if precision == "fp16":
         if device.type != "cuda":
-            raise ConfigError("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+            raise ConfigError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU",
+                              params=("precision",))
         return torch.float16
-    raise ConfigError(f"--precision {precision!r}: choose auto, fp32, bf16 or fp16")
+    raise ConfigError(f"precision {precision!r}: choose auto, fp32, bf16 or fp16", params=("precision",))
 
 
 def precision_name(autocast: torch.dtype | None) -> str:

@@ -108,12 +108,12 @@ class TileGrid:
         if self.height < 1 or self.width < 1:
             raise ConfigError(f"raster size {self.height} x {self.width} (height x width) is empty")
         if self.tile_size < 1:
-            raise ConfigError(f"--tile-size must be at least 1, got {self.tile_size}")
+            raise ConfigError(f"tile_size must be at least 1, got {self.tile_size}", params=("tile_size",))
         if not 0 <= self.overlap < self.tile_size:
             raise ConfigError(
-                f"--overlap must be between 0 and tile size - 1 ({self.tile_size - 1}), "
-                f"got {self.overlap}"
-            )
+                f"overlap must be between 0 and tile size - 1 ({self.tile_size - 1}), "
+                f"got {self.overlap}",
+                params=("overlap",))
         if self.chunk_tiles < 1:
             raise ConfigError(f"chunk must hold at least one tile, got {self.chunk_tiles}")
 

@@ -32,7 +32,7 @@ def format_for(path: str, explicit: str | None) -> OutputFormat:
     """The output format: ``explicit`` when given, else from the file extension."""
     if explicit:
         if explicit not in ("gtiff", "cog", "zarr"):
-            raise OutputError(f"--format {explicit!r}: choose gtiff, cog or zarr")
+            raise OutputError(f"format {explicit!r}: choose gtiff, cog or zarr", params=("format",))
         return explicit  # type: ignore[return-value]
     ext = Path(path.rstrip("/")).suffix.lower()
     if ext not in _EXTENSIONS:

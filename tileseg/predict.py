@@ -200,10 +200,12 @@ def _check_outputs(config: PredictConfig, fmt: str, staging: LocalStaging) -> No
         raise OutputError(f"{config.dst}: remote outputs are not supported; write locally and copy")
     check_output_folder(config.dst, "destination")
     if fmt == "zarr" and config.zarr_path:
-        raise ConfigError("--zarr is for GeoTIFF destinations; the destination is already Zarr")
+        raise ConfigError("zarr_path is for GeoTIFF destinations; the destination is already Zarr",
+                          params=("zarr_path",))
     if config.probabilities != "none" and fmt != "zarr" and not config.zarr_path:
-        raise ConfigError(f"--probabilities {config.probabilities} is stored in the Zarr mosaic "
-                          "only; add --zarr PATH to keep it, or write DST as .zarr")
+        raise ConfigError(f"probabilities {config.probabilities} is stored in the Zarr mosaic "
+                          "only; add zarr_path PATH to keep it, or write DST as .zarr",
+                          params=("probabilities", "zarr_path"))
     if config.zarr_path:
         check_output_folder(config.zarr_path, "--zarr path")
     staging.check(overwrite=config.overwrite, resume=config.resume)
@@ -430,7 +432,7 @@ def _check_device(config: PredictConfig) -> None:
         try:
             torch.device(config.device)
         except RuntimeError as exc:
-            raise ConfigError(f"--device {config.device!r} is not a torch device") from exc
+            raise ConfigError(f"device {config.device!r} is not a torch device", params=("device",)) from exc
 
 
 def _vectorize(result: PredictResult, config: PredictConfig) -> VectorizeResult:

@@ -8,7 +8,7 @@ import click
 
 from tileseg.blend import WINDOWS
 from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
-from tileseg.cli.options import int_list
+from tileseg.cli.options import int_list, scheduler_option
 
 EPILOG = """\b
 Examples:
@@ -48,7 +48,7 @@ SUMMARY.previews/), its status, tiles, time and area per class.
 @click.option("--batch-size", type=int, help="Tiles per batch.")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]))
 @click.option("--probabilities", type=click.Choice(["none", "uint8", "float16"]))
-@click.option("--scheduler", envvar="TILESEG_SCHEDULER",
+@scheduler_option(
               help="threads (default), sync, or a dask.distributed address shared by all scenes.")
 @click.option("--workers", type=int, help="Threads of the in-process scheduler.")
 @click.option("--concurrent-scenes", type=int, default=1, show_default=True,

@@ -8,7 +8,7 @@ import click
 
 from tileseg.blend import WINDOWS, BlendName
 from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
-from tileseg.cli.options import int_list
+from tileseg.cli.options import int_list, overwrite_option, scheduler_option
 from tileseg.cli.render import ProgressBar
 from tileseg.config import (
     DEFAULT_CHUNK_SIZE,
@@ -68,11 +68,9 @@ Examples:
 @click.option("--atrous-rates", callback=int_list, help="DeepLab atrous rates, e.g. 6,12,18.")
 @click.option("--probabilities", type=click.Choice(["none", "uint8", "float16"]), default="none",
               show_default=True, help="Also store per-class probabilities in the Zarr.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@overwrite_option()
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same job.")
-@click.option("--scheduler", envvar="TILESEG_SCHEDULER",
-              help="threads, sync, or a dask.distributed address (tcp://host:8786). Default: "
-              "$TILESEG_SCHEDULER, else tileseg.scheduler in dask's config, else threads.")
+@scheduler_option()
 @click.option("--workers", type=int, help="Threads of the in-process scheduler (default 2).")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write a JSON run report here.")
 @click.option("--vectorize", help="Also write polygons here (.gpkg, .parquet, .geojson, .fgb).")
