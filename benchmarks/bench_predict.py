@@ -104,12 +104,12 @@ def input_only(src: Path, model_dir: Path, args: argparse.Namespace, batch: int,
         grid = TileGrid(raster.height, raster.width, tile_size=args.tile_size,
                         overlap=args.overlap, chunk_tiles=chunk_tiles_for(stride,
                                                                           DEFAULT_CHUNK_SIZE))
-        tiles, skipped = 0, [0]
+        tiles = 0
         start = time.perf_counter()
         for r, c in grid.chunks():
             with WindowReader(raster) as reader:
                 for b in iter_batches(reader, grid, grid.chunk_tiles_of(r, c),
-                                      grid.chunk_extent(r, c), context, batch, False, skipped):
+                                      grid.chunk_extent(r, c), context, batch, False):
                     tiles += len(b.offsets)
         return tiles / (time.perf_counter() - start)
     finally:

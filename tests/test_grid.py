@@ -112,3 +112,18 @@ def test_rect_subtract_returns_disjoint_bands() -> None:
     bands = outer.subtract(Rect(2, 3, 4, 4))
     assert sum(b.size for b in bands) == 100 - 16
     assert outer.subtract(Rect(20, 20, 1, 1)) == [outer]
+
+
+def test_for_raster_rounds_chunks_to_whole_cores_and_halos_split_once() -> None:
+    from tileseg.blend import window_1d
+    from tileseg.config import PredictConfig
+    from tileseg.grid import split_halo
+
+    config = PredictConfig("a.tif", "b.tif", tile_size=100, overlap=21, chunk_size=500)
+    t = config.tiling
+    grid = TileGrid.for_raster(1000, 900, t.tile_size, t.overlap, t.chunk_size)
+    assert (grid.stride, grid.chunk_tiles) == (79, 6)  # round(500 / 79)
+    assert (grid.halo_before, grid.halo_after) == split_halo(21) == (10, 11)
+    center = window_1d("center", 100, 21)
+    assert center[:10].sum() == 0 and center[10:89].all() and center[89:].sum() == 0
+    assert config.runtime.device == "auto" and config.runtime.precision == "auto"

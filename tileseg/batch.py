@@ -48,6 +48,7 @@ from tileseg.errors import (
     OutputError,
     RunError,
     TilesegError,
+    flagged_message,
 )
 from tileseg.raster import is_remote
 from tileseg.staging import staging_path_for
@@ -165,7 +166,8 @@ class BatchConfig:
             raise ConfigError(
                 f"--concurrent-scenes must be at least 1, got {self.concurrent_scenes}")
         if not self.suffix or "/" in self.suffix:
-            raise ConfigError(f"--suffix {self.suffix!r}: give a file name ending, e.g. _mask.tif")
+            raise ConfigError(f"suffix {self.suffix!r}: give a file name ending, e.g. _mask.tif",
+                              params=("suffix",))
         unknown = sorted(set(self.defaults) - set(SCENE_OPTIONS))
         if unknown:
             raise ConfigError(f"unknown batch default option(s) {', '.join(unknown)}")
@@ -341,8 +343,8 @@ def _scene(manifest: Path, where: str, row: dict[str, Any], base: Path, out_dir:
     scene = Scene(src, dst, options)
     try:
         scene.config({})
-    except TilesegError as exc:  # option values out of range: say where
-        raise InputError(f"{manifest}: {where}: {exc}") from exc
+    except TilesegError as exc:  # option values out of range: say where, as manifest options
+        raise InputError(f"{manifest}: {where}: {flagged_message(exc)}") from exc
     return scene
 
 
@@ -509,7 +511,7 @@ def _run_scene(scene: Scene, config: BatchConfig, client: Any) -> SceneResult:
     except TilesegError as exc:
         logger.info("scene failed: %s", exc)  # the result (and summary) carry the message
         return SceneResult(scene.src, scene.dst, "failed", seconds=time.perf_counter() - started,
-                           error=str(exc))
+                           error=flagged_message(exc))
     except Exception as exc:  # a bug or an unexpected library error: record it, go on
         logger.exception("%s: unexpected error", scene.src)
         return SceneResult(scene.src, scene.dst, "failed", seconds=time.perf_counter() - started,

@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from tileseg.blend import DEFAULT_BLEND, WINDOWS
+from tileseg.blend import DEFAULT_BLEND, WINDOWS, BlendName
 from tileseg.errors import ConfigError
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Engine = Literal["auto", "torch", "onnxruntime"]
 ProbabilityMode = Literal["none", "uint8", "float16"]
+OutputFormat = Literal["gtiff", "cog", "zarr"]
 
 DEFAULT_TILE_SIZE = 513
 DEFAULT_OVERLAP = 64
@@ -19,6 +20,29 @@ DEFAULT_CHUNK_SIZE = 2048
 # some 580 GB, beyond any single device. Larger values are typing mistakes; smaller ones larger
 # than the raster are clamped to it (see tileseg.predict.make_plan).
 MAX_TILE_SIZE = 16384
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    """How the raster is cut and blended; the grid (:class:`tileseg.grid.TileGrid`) derives
+    the stride and halo from it."""
+
+    tile_size: int = DEFAULT_TILE_SIZE
+    overlap: int = DEFAULT_OVERLAP
+    chunk_size: int = DEFAULT_CHUNK_SIZE  # pixels per chunk side, rounded to whole cores
+    blend: BlendName = DEFAULT_BLEND
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where and how the model runs; ``auto`` values resolve on the process running the tasks
+    (:mod:`tileseg.device`)."""
+
+    device: str = "auto"
+    precision: Precision = "auto"
+    batch_size: int | None = None
+    compile_model: bool = False
+    engine: Engine = "auto"
 
 
 @dataclass(frozen=True)
@@ -34,7 +58,7 @@ class PredictConfig:
     src: str
     dst: str
     model: str | None = None  # model directory; None: the bundled default model
-    format: str | None = None  # gtiff, cog or zarr; None: from dst's extension
+    format: OutputFormat | None = None  # None: from dst's extension
     zarr_path: str | None = None  # also keep the Zarr mosaic here when dst is a GeoTIFF
     bands: tuple[int, ...] | None = None  # 1-based, as rasterio
     nodata: float | None = None  # overrides the file's nodata
@@ -42,7 +66,7 @@ class PredictConfig:
     tile_size: int = DEFAULT_TILE_SIZE
     overlap: int = DEFAULT_OVERLAP
     chunk_size: int = DEFAULT_CHUNK_SIZE  # rounded to a whole number of tile cores
-    blend: str = DEFAULT_BLEND
+    blend: BlendName = DEFAULT_BLEND
     device: str = "auto"
     batch_size: int | None = None  # None: chosen from the device's memory
     precision: Precision = "auto"
@@ -59,37 +83,52 @@ class PredictConfig:
     preview: str | None = None  # also draw a PNG quicklook here (tileseg.preview)
     engine: Engine = "auto"  # auto: ONNX Runtime on the CPU when installed, else torch
 
+    @property
+    def tiling(self) -> TilingConfig:
+        return TilingConfig(self.tile_size, self.overlap, self.chunk_size, self.blend)
+
+    @property
+    def runtime(self) -> RuntimeConfig:
+        return RuntimeConfig(self.device, self.precision, self.batch_size, self.compile_model,
+                             self.engine)
+
     def __post_init__(self) -> None:
         if self.tile_size < 16:
-            raise ConfigError(f"--tile-size must be at least 16, got {self.tile_size}")
+            raise ConfigError(f"tile_size must be at least 16, got {self.tile_size}", params=("tile_size",))
         if self.tile_size > MAX_TILE_SIZE:
-            raise ConfigError(f"--tile-size must be at most {MAX_TILE_SIZE}, got "
-                              f"{self.tile_size}; 512 to 2048 suit most models and devices")
+            raise ConfigError(f"tile_size must be at most {MAX_TILE_SIZE}, got "
+                              f"{self.tile_size}; 512 to 2048 suit most models and devices",
+                              params=("tile_size",))
         if not 0 <= self.overlap < self.tile_size:
             raise ConfigError(
-                f"--overlap must be between 0 and {self.tile_size - 1}, got {self.overlap}")
+                f"overlap must be between 0 and {self.tile_size - 1}, got {self.overlap}",
+                params=("overlap",))
         if self.chunk_size < 1:
-            raise ConfigError(f"--chunk-size must be positive, got {self.chunk_size}")
+            raise ConfigError(f"chunk_size must be positive, got {self.chunk_size}", params=("chunk_size",))
         if self.batch_size is not None and self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}", params=("batch_size",))
         if self.workers is not None and self.workers < 1:
-            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+            raise ConfigError(f"workers must be at least 1, got {self.workers}", params=("workers",))
         if self.blend not in WINDOWS:
-            raise ConfigError(f"--blend {self.blend!r}: choose one of {', '.join(WINDOWS)}")
+            raise ConfigError(f"blend {self.blend!r}: choose one of {', '.join(WINDOWS)}", params=("blend",))
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ConfigError(f"--precision {self.precision!r}: choose auto, fp32, bf16 or fp16")
+            raise ConfigError(f"precision {self.precision!r}: choose auto, fp32, bf16 or fp16",
+                              params=("precision",))
         if self.engine not in ("auto", "torch", "onnxruntime"):
-            raise ConfigError(f"--engine {self.engine!r}: choose auto, torch or onnxruntime")
+            raise ConfigError(f"engine {self.engine!r}: choose auto, torch or onnxruntime",
+                              params=("engine",))
         if self.probabilities not in ("none", "uint8", "float16"):
             raise ConfigError(
-                f"--probabilities {self.probabilities!r}: choose none, uint8 or float16")
+                f"probabilities {self.probabilities!r}: choose none, uint8 or float16",
+                params=("probabilities",))
         if self.bands is not None and (not self.bands or min(self.bands) < 1):
-            raise ConfigError("--bands takes 1-based band numbers, e.g. --bands 3,2,1")
+            raise ConfigError("bands takes 1-based band numbers, e.g. bands 3,2,1", params=("bands",))
         if self.encoder_output_stride not in (None, 8, 16):
-            raise ConfigError("--output-stride must be 8 or 16")
+            raise ConfigError("encoder_output_stride must be 8 or 16", params=("encoder_output_stride",))
         rates = self.decoder_atrous_rates
         if rates is not None and (not rates or min(rates) < 1):
-            raise ConfigError(f"--atrous-rates takes positive dilation rates, e.g. 6,12,18; got "
-                              f"{','.join(str(r) for r in rates)}")
+            raise ConfigError(f"decoder_atrous_rates takes positive dilation rates, e.g. 6,12,18; got "
+                              f"{','.join(str(r) for r in rates)}", params=("decoder_atrous_rates",))
         if self.resume and self.overwrite:
-            raise ConfigError("--resume and --overwrite contradict each other; pick one")
+            raise ConfigError("resume and overwrite contradict each other; pick one",
+                              params=("resume", "overwrite"))

@@ -69,7 +69,7 @@ def check_distinct_paths(paths: NamedPaths, *, read_only: Iterable[str] = ()) ->
     by_real: dict[Path, tuple[str, Path]] = {}
     by_inode: dict[tuple[int, int], tuple[str, Path]] = {}
 
-    def clash(seen: tuple[str, Path], name: str, path: Path) -> bool:
+    def clash(seen: tuple[str, Path], name: str) -> bool:
         return seen[0] != name and not (seen[0] in inputs and name in inputs)
 
     def refuse(first: tuple[str, Path], name: str, path: Path, relation: str) -> ConfigError:
@@ -84,7 +84,7 @@ def check_distinct_paths(paths: NamedPaths, *, read_only: Iterable[str] = ()) ->
     entries = _entries(paths)
     for name, path, real in entries:
         seen = by_real.get(real)
-        if seen is not None and clash(seen, name, path):
+        if seen is not None and clash(seen, name):
             raise refuse(seen, name, path, "same")
         try:
             st = os.stat(real)
@@ -92,11 +92,11 @@ def check_distinct_paths(paths: NamedPaths, *, read_only: Iterable[str] = ()) ->
             st = None
         if st is not None:
             seen = by_inode.get((st.st_dev, st.st_ino))
-            if seen is not None and clash(seen, name, path):
+            if seen is not None and clash(seen, name):
                 raise refuse(seen, name, path, "same")
         for parent in real.parents:  # this path inside one seen before
             seen = by_real.get(parent)
-            if seen is not None and clash(seen, name, path):
+            if seen is not None and clash(seen, name):
                 raise refuse(seen, name, path, "second inside")
         by_real.setdefault(real, (name, path))
         if st is not None:
@@ -105,7 +105,7 @@ def check_distinct_paths(paths: NamedPaths, *, read_only: Iterable[str] = ()) ->
     for name, path, real in entries:
         for parent in real.parents:
             seen = by_real.get(parent)
-            if seen is not None and clash(seen, name, path):
+            if seen is not None and clash(seen, name):
                 raise refuse((name, path), seen[0], seen[1], "first inside")
 
 

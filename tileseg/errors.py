@@ -6,11 +6,46 @@ that matches it, so library callers can catch either. Messages are one line and 
 
 from __future__ import annotations
 
+import re
+
 
 class TilesegError(Exception):
-    """Base class of every tileseg error; its message is shown to the user as it is."""
+    """Base class of every tileseg error; its message is shown to the user as it is.
+
+    ``params`` lists the parameters (Python names, e.g. ``tile_size``) the message names; the
+    CLI shows each as its command-line flag (``--tile-size``), a library caller as it is.
+    """
 
     exit_code: int = 1
+    params: tuple[str, ...] = ()
+
+    def __init__(self, message: str = "", *, params: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.params = tuple(params)
+
+
+# Parameters whose command-line flag is not ``--`` plus the name with dashes.
+_FLAG_NAMES = {
+    "zarr_path": "--zarr",
+    "encoder_output_stride": "--output-stride",
+    "decoder_atrous_rates": "--atrous-rates",
+    "learning_rate": "--lr",
+}
+
+
+def flag_for(param: str) -> str:
+    """The command-line flag (and batch manifest option) of a library parameter:
+    ``tile_size`` -> ``--tile-size``."""
+    return _FLAG_NAMES.get(param, "--" + param.replace("_", "-"))
+
+
+def flagged_message(exc: TilesegError) -> str:
+    """``exc``'s message with the parameters it names written as the flags that set them, for
+    the CLI and for batch manifests, whose options are the flags."""
+    message = str(exc)
+    for param in exc.params:
+        message = re.sub(rf"(?<![\w-]){re.escape(param)}(?![\w-])", flag_for(param), message)
+    return message
 
 
 class InputError(TilesegError, ValueError):

@@ -8,7 +8,6 @@ per-class IoU and the confusion matrix).
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
+from tileseg import mask as mask_format
 from tileseg.errors import ConfigError, InputError, InputNotFoundError
 from tileseg.metrics import SegmentationMetrics, compute_metrics, confusion_matrix, format_table
 
@@ -45,7 +45,7 @@ class EvaluateConfig:
 
     def __post_init__(self) -> None:
         if self.block_size < 16:
-            raise ConfigError("--block-size must be at least 16")
+            raise ConfigError("block_size must be at least 16", params=("block_size",))
         if self.class_names is not None and self.num_classes is not None and len(
                 self.class_names) != self.num_classes:
             raise ConfigError(f"{len(self.class_names)} class names for {self.num_classes} "
@@ -55,7 +55,8 @@ class EvaluateConfig:
             raise ConfigError("label values must be distinct")
         if self.window is not None and (len(self.window) != 4 or min(self.window[2:]) < 1
                                         or min(self.window[:2]) < 0):
-            raise ConfigError("--window takes row_off,col_off,height,width with positive sizes")
+            raise ConfigError("window takes row_off,col_off,height,width with positive sizes",
+                              params=("window",))
 
 
 @dataclass(frozen=True)
@@ -76,12 +77,9 @@ class EvaluationReport:
 
 
 def _classes_from_tags(src: Any) -> list[dict[str, Any]] | None:
-    text = src.tags().get("TILESEG_CLASSES")
-    if not text:
-        return None
     try:
-        return [{**c, "name": str(c["name"])} for c in json.loads(text)]
-    except (ValueError, KeyError, TypeError):
+        return mask_format.classes_from_tags(src.tags())
+    except ValueError:
         return None
 
 
@@ -138,8 +136,9 @@ def evaluate(config: EvaluateConfig) -> EvaluationReport:
         if config.window is not None:
             row_off, col_off, height, width = config.window
             if row_off + height > pred_src.height or col_off + width > pred_src.width:
-                raise ConfigError(f"--window {config.window} exceeds the "
-                                  f"{pred_src.height} x {pred_src.width} (height x width) raster")
+                raise ConfigError(f"window {config.window} exceeds the "
+                                  f"{pred_src.height} x {pred_src.width} (height x width) raster",
+                                  params=("window",))
         else:
             row_off, col_off, height, width = 0, 0, pred_src.height, pred_src.width
         cm = np.zeros((n, n), dtype=np.int64)

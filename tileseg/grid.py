@@ -17,6 +17,7 @@ divisor grid, at the phase a single whole-raster pass would use (origin 0).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,6 +87,12 @@ class Rect:
         return [b for b in bands if not b.empty]
 
 
+def split_halo(overlap: int) -> tuple[int, int]:
+    """The halo above/left and below/right of a core: ``overlap`` split, the odd pixel after."""
+    before = overlap // 2
+    return before, overlap - before
+
+
 @dataclass(frozen=True)
 class TileGrid:
     """The tiling plan of one raster.
@@ -116,12 +123,12 @@ class TileGrid:
         if self.height < 1 or self.width < 1:
             raise ConfigError(f"raster size {self.height} x {self.width} (height x width) is empty")
         if self.tile_size < 1:
-            raise ConfigError(f"--tile-size must be at least 1, got {self.tile_size}")
+            raise ConfigError(f"tile_size must be at least 1, got {self.tile_size}", params=("tile_size",))
         if not 0 <= self.overlap < self.tile_size:
             raise ConfigError(
-                f"--overlap must be between 0 and tile size - 1 ({self.tile_size - 1}), "
-                f"got {self.overlap}"
-            )
+                f"overlap must be between 0 and tile size - 1 ({self.tile_size - 1}), "
+                f"got {self.overlap}",
+                params=("overlap",))
         if self.chunk_tiles < 1:
             raise ConfigError(f"chunk must hold at least one tile, got {self.chunk_tiles}")
         if self.divisor < 1:
@@ -148,6 +155,13 @@ class TileGrid:
     @property
     def halo_after(self) -> int:
         return self.overlap - self.halo_before
+
+    @classmethod
+    def for_raster(cls, height: int, width: int, tile_size: int, overlap: int,
+                   chunk_size: int, divisor: int = 1) -> TileGrid:
+        """The grid whose chunks are close to ``chunk_size`` pixels (whole cores, at least one)."""
+        one = cls(height, width, tile_size, overlap, chunk_tiles=1, divisor=divisor)
+        return dataclasses.replace(one, chunk_tiles=chunk_tiles_for(one.stride, chunk_size))
 
     @property
     def context(self) -> int:

@@ -10,77 +10,39 @@ ONNX Runtime.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import queue
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from tileseg.blend import weight_window
+from tileseg.device import (  # noqa: F401  (re-exported: older imports)
+    CPU_BATCH_SIZE,
+    Precision,
+    default_batch_size,
+    precision_name,
+    resolve_device,
+    resolve_precision,
+)
 from tileseg.engine import CPU_FORWARD_LOCK, OnnxForward, ensure_onnx, resolve_engine, worker_cores
-from tileseg.errors import ConfigError, ModelError
+from tileseg.errors import ModelError
 from tileseg.grid import Rect, TileGrid
 from tileseg.model import LoadedModel
 from tileseg.raster import RasterInfo, WindowReader
 
 logger = logging.getLogger(__name__)
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
 T = TypeVar("T")
 
 # channels-last memory format for the torch engine on the CPU (always on a GPU): measured with
 # benchmarks/bench_engine.py, see README.
 CPU_CHANNELS_LAST = True
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as exc:
-        raise ConfigError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1)") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda asked for, but no CUDA GPU is visible; use --device cpu")
-    return dev
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for full fp32."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise ConfigError("--precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
-        return torch.float16
-    raise ConfigError(f"--precision {precision!r}: choose auto, fp32, bf16 or fp16")
-
-
-def precision_name(autocast: torch.dtype | None) -> str:
-    """``fp32``, ``bf16`` or ``fp16``: what ``--precision auto`` resolved to."""
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(autocast, "fp32")  # type: ignore[arg-type]
-
-
-CPU_BATCH_SIZE = 4
-
-
-def default_batch_size(device: torch.device, context: int) -> int:
-    """A batch that keeps a GPU busy without running out of memory."""
-    if device.type != "cuda":
-        return CPU_BATCH_SIZE
-    total = torch.cuda.get_device_properties(device).total_memory
-    # About 0.6 GB of activations per 528x528 tile for a resnet50 DeepLabv3+ in bf16, measured
-    # conservatively; stay within half of the card.
-    per_tile = 0.6e9 * (context / 528) ** 2
-    return int(max(1, min(64, total * 0.5 // per_tile)))
 
 
 @dataclass
@@ -96,7 +58,6 @@ class Runtime:
     norm_b: torch.Tensor
     window: torch.Tensor  # (tile, tile) blend weights
     channels_last: bool
-    lock: threading.Lock
     engine: str = "torch"  # "torch" or "onnxruntime"
     threads: int | None = None  # CPU intra-op threads (None on a GPU)
     onnx: OnnxForward | None = None
@@ -133,11 +94,15 @@ def make_runtime(
     engine: str = "torch",
     halo_before: int | None = None,
     from_directory: bool = False,
+    owned: bool = False,
 ) -> Runtime:
     """Place ``model`` for inference: device, precision, engine, threads and blend window.
 
     ``halo_before`` is where each tile's core starts (see :class:`~tileseg.grid.TileGrid`);
     ``from_directory`` says the model was loaded from files (``auto`` may then export it).
+    ``owned=False`` (a caller's model) leaves ``model.module`` as it was: it is copied before
+    being moved, switched to eval mode or converted to channels-last, unless it already is
+    on the device in eval mode and needs no conversion.
     """
     dev = resolve_device(device)
     autocast = resolve_precision(precision, dev)
@@ -148,7 +113,8 @@ def make_runtime(
     onnx = None
     if chosen == "onnxruntime":
         try:
-            path = ensure_onnx(model.module.cpu(), context, model.metadata.in_channels,
+            exported = model.module if owned else copy.deepcopy(model.module)
+            path = ensure_onnx(exported.cpu(), context, model.metadata.in_channels,
                                model.architecture)
             onnx = OnnxForward(path, threads or 1)
         except ModelError as exc:
@@ -156,8 +122,13 @@ def make_runtime(
                 raise
             logger.warning("%s; running it with torch instead", exc)
             chosen = "torch"
-    module = model.module.to(dev).eval()
-    channels_last = dev.type == "cuda" or (chosen == "torch" and CPU_CHANNELS_LAST)
+    # channels-last on the CPU only for a model the runtime owns: converting a caller's module
+    # would mean copying it (the caller keeps the object it passed, as it was)
+    channels_last = dev.type == "cuda" or (chosen == "torch" and CPU_CHANNELS_LAST and owned)
+    module = model.module
+    if not owned and not _usable_as_is(module, dev, channels_last):
+        module = copy.deepcopy(module)
+    module = module.to(dev).eval()
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     if compile_model:
@@ -175,7 +146,6 @@ def make_runtime(
         norm_b=torch.from_numpy(b).to(dev)[None, :, None, None],
         window=torch.from_numpy(weight_window(blend, tile_size, overlap, halo_before)).to(dev),
         channels_last=channels_last,
-        lock=threading.Lock(),
         engine=chosen,
         threads=threads,
         onnx=onnx,
@@ -188,6 +158,11 @@ def context_pad(grid: TileGrid, context: int) -> int:
     if grid.context == context:
         return grid.pad_before
     return (context - grid.tile_size) // 2
+
+
+def _usable_as_is(module: torch.nn.Module, device: torch.device, channels_last: bool) -> bool:
+    on_device = all(t.device == device for t in [*module.parameters(), *module.buffers()])
+    return on_device and not module.training and not channels_last
 
 
 @dataclass
@@ -217,9 +192,11 @@ def iter_batches(
     context: int,
     batch_size: int,
     pin: bool,
-    skipped: list[int],
 ) -> Iterator[HostBatch]:
-    """Read one strip per tile row (GDAL's block cache absorbs the rows strips share)."""
+    """Read one strip per tile row (GDAL's block cache absorbs the rows strips share).
+
+    Tiles without a valid pixel in their core are left out of the batches.
+    """
     size = grid.tile_size
     pad = context_pad(grid, context)
     rows: dict[int, list[int]] = {}
@@ -247,7 +224,6 @@ def iter_batches(
             x0 = tile.col_off - first.col_off
             tile_valid = valid[:, x0 : x0 + context]
             if not tile_valid[pad : pad + size, pad : pad + size].any():
-                skipped[0] += 1
                 continue
             pending.append((
                 data[:, :, x0 : x0 + context],
@@ -320,11 +296,10 @@ def infer_chunk_logits(
     logit_sum = torch.zeros((classes, extent.height, extent.width), dtype=torch.float32, device=dev)
     weight_sum = torch.zeros((extent.height, extent.width), dtype=torch.float32, device=dev)
     tiles = grid.chunk_tiles_of(row, col)
-    skipped = [0]
     done = 0
     with WindowReader(raster) as reader, torch.inference_mode():
         batches = iter_batches(reader, grid, tiles, extent, runtime.context, runtime.batch_size,
-                               dev.type == "cuda", skipped)
+                               dev.type == "cuda")
         for batch in prefetch(batches):
             x = batch.data.to(dev, non_blocking=True)
             valid = batch.valid.to(dev, non_blocking=True)
@@ -342,7 +317,8 @@ def infer_chunk_logits(
                 logit_sum[:, r : r + size, c : c + size] += logits[k] * weights[k]
                 weight_sum[r : r + size, c : c + size] += weights[k]
             done += len(batch.offsets)
-    return ChunkLogits(extent, logit_sum, weight_sum, done, skipped[0])
+    # every tile is either in a batch or skipped for having no valid pixel in its core
+    return ChunkLogits(extent, logit_sum, weight_sum, done, len(tiles) - done)
 
 
 def blend_to_mask(

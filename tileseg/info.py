@@ -93,7 +93,7 @@ def describe(config: PredictConfig) -> dict[str, Any]:
     does not take the raster (band count, lossy dtype) is not an error here: its reason is in
     ``warnings``, and the raster facts and plan are still given.
     """
-    from tileseg.infer import default_batch_size, resolve_device
+    from tileseg.device import default_batch_size, resolve_device
 
     plan = make_plan(config, check_fits=False)
     raster, grid = plan.raster, plan.grid

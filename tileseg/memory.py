@@ -88,7 +88,7 @@ def check_memory(config: PredictConfig, plan: Plan) -> None:
     memory of its device: host memory on the CPU, the card's free memory on CUDA."""
     import torch
 
-    from tileseg.infer import default_batch_size, resolve_device
+    from tileseg.device import default_batch_size, resolve_device
 
     device = resolve_device(config.device)
     batch = config.batch_size or default_batch_size(device, plan.context)

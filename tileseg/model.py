@@ -12,9 +12,10 @@ import json
 import logging
 import pickle
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -24,7 +25,8 @@ from tileseg.metadata import ModelMetadata, load_metadata, save_metadata
 
 logger = logging.getLogger(__name__)
 
-Architecture = Literal["DeepLabV3Plus", "DeepLabV3", "PSPNet"]
+T = TypeVar("T")
+
 ARCHITECTURES: tuple[str, ...] = ("DeepLabV3Plus", "DeepLabV3", "PSPNet")
 _ALIASES = {
     "deeplabv3plus": "DeepLabV3Plus",
@@ -120,9 +122,12 @@ def readable_like_others(path: Path) -> None:
     path.chmod(0o666 & ~umask)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LoadedModel:
-    """An eval-mode model with what tileseg needs to feed it."""
+    """An eval-mode model with what tileseg needs to feed it.
+
+    Compared and hashed by identity: two loads of one directory are two models.
+    """
 
     module: nn.Module
     metadata: ModelMetadata
@@ -249,18 +254,33 @@ def load_model(
     >>> model.metadata.class_names                       # doctest: +SKIP
     """
     path = Path(path)
+    config, weights, meta_dir = _locate(path)
+    stored = load_metadata(meta_dir)
+    spec = _resolve_spec(path, config, spec, encoder_output_stride, decoder_atrous_rates)
+    module = _build_with_weights(path, spec, weights)
+    metadata = _checked_metadata(path, stored, spec, raster_dtype)
+    module.eval()
+    return LoadedModel(module=module, metadata=metadata, source=str(path),
+                       architecture=spec.architecture, divisor=_divisor(module))
+
+
+def _locate(path: Path) -> tuple[dict[str, Any] | None, Path, Path]:
+    """The smp config (None for a bare weights file), the weights file and the metadata folder."""
     if not path.exists():
         raise InputNotFoundError(f"{path}: model not found; pass --model DIR (a save_pretrained dir)")
-    if path.is_dir():
-        config = _read_config(path) if (path / "config.json").is_file() else None
-        weights = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), None)
-        if weights is None:
-            raise ModelError(f"{path}: no model.safetensors in the directory; save with save_pretrained")
-        meta_dir: Path = path
-    else:
-        config, weights, meta_dir = None, path, path.parent
-    metadata = load_metadata(meta_dir)
+    if not path.is_dir():
+        return None, path, path.parent
+    config = _read_config(path) if (path / "config.json").is_file() else None
+    weights = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), None)
+    if weights is None:
+        raise ModelError(f"{path}: no model.safetensors in the directory; save with save_pretrained")
+    return config, weights, path
 
+
+def _resolve_spec(path: Path, config: dict[str, Any] | None, spec: ModelSpec | None,
+                  encoder_output_stride: int | None,
+                  decoder_atrous_rates: tuple[int, ...] | None) -> ModelSpec:
+    """What to build: the directory's config (else the caller's spec), with the overrides."""
     if config is not None:
         spec = _spec_from_config(config, path / "config.json")
     elif spec is None:
@@ -273,11 +293,14 @@ def load_model(
         overrides["encoder_output_stride"] = encoder_output_stride
     if decoder_atrous_rates is not None:
         overrides["decoder_atrous_rates"] = tuple(decoder_atrous_rates)
-    if overrides:
-        if spec.architecture == "PSPNet":
-            raise ModelError("output stride and atrous rates apply to DeepLab models only")
-        spec = replace(spec, **overrides)
+    if not overrides:
+        return spec
+    if spec.architecture == "PSPNet":
+        raise ModelError("output stride and atrous rates apply to DeepLab models only")
+    return replace(spec, **overrides)
 
+
+def _build_with_weights(path: Path, spec: ModelSpec, weights: Path) -> nn.Module:
     try:
         module = build_model(spec)
     except ModelError as exc:
@@ -289,7 +312,12 @@ def load_model(
         first = str(exc).splitlines()[0]
         raise ModelError(f"{weights}: weights do not match {spec.architecture}/"
                          f"{spec.encoder_name} ({first})") from exc
+    return module
 
+
+def _checked_metadata(path: Path, metadata: ModelMetadata | None, spec: ModelSpec,
+                      raster_dtype: str | None) -> ModelMetadata:
+    """The model's tileseg.json, checked against its weights; numbered defaults without one."""
     if metadata is None:
         warn_once(
             logger, str(path.resolve()),
@@ -297,20 +325,13 @@ def load_model(
             "add metadata (tileseg.metadata.save_metadata) for real class names and scaling",
             path, raster_dtype or "float32", "the dtype default",
         )
-        metadata = ModelMetadata.default(spec.classes, spec.in_channels, raster_dtype)
-    elif metadata.num_classes != spec.classes or metadata.in_channels != spec.in_channels:
+        return ModelMetadata.default(spec.classes, spec.in_channels, raster_dtype)
+    if metadata.num_classes != spec.classes or metadata.in_channels != spec.in_channels:
         raise ModelError(
             f"{path}: tileseg.json says {metadata.num_classes} classes/{metadata.in_channels} bands "
             f"but the weights have {spec.classes}/{spec.in_channels}; fix tileseg.json"
         )
-    module.eval()
-    return LoadedModel(
-        module=module,
-        metadata=metadata,
-        source=str(path),
-        architecture=spec.architecture,
-        divisor=_divisor(module),
-    )
+    return metadata
 
 
 def _spec_from_config(config: dict[str, Any], config_path: Path) -> ModelSpec:
@@ -352,17 +373,39 @@ def warn_once(log: logging.Logger, key: str, message: str, *args: Any) -> None:
 
 
 _CACHE: dict[tuple[Any, ...], Any] = {}
-_CACHE_LOCK = threading.Lock()
+_CACHE_LOCK = threading.Lock()  # guards the dicts only, never held while a factory runs
+_KEY_LOCKS: dict[tuple[Any, ...], threading.Lock] = {}
 
 
-def cached(key: tuple[Any, ...], factory: Any) -> Any:
-    """Process-wide cache so each worker process loads a model once and keeps it."""
+def cached(key: tuple[Any, ...], factory: Callable[[], T]) -> T:
+    """Process-wide cache so each worker process loads a model once and keeps it.
+
+    Threads asking for the same key wait for one ``factory()`` call; threads asking for other
+    keys (another model, another scene) are not held up by it.
+    """
     with _CACHE_LOCK:
-        if key not in _CACHE:
-            _CACHE[key] = factory()
-        return _CACHE[key]
+        if key in _CACHE:
+            return _CACHE[key]  # type: ignore[no-any-return]
+        key_lock = _KEY_LOCKS.setdefault(key, threading.Lock())
+    with key_lock:
+        with _CACHE_LOCK:
+            if key in _CACHE:
+                return _CACHE[key]  # type: ignore[no-any-return]
+        value = factory()
+        with _CACHE_LOCK:
+            _CACHE[key] = value
+            _KEY_LOCKS.pop(key, None)
+        return value
+
+
+def forget_cached(stale: Callable[[tuple[Any, ...]], bool]) -> None:
+    """Drop the cached values whose key ``stale`` says is gone (e.g. a released model)."""
+    with _CACHE_LOCK:
+        for key in [k for k in _CACHE if stale(k)]:
+            del _CACHE[key]
 
 
 def clear_cache() -> None:
-    with _CACHE_LOCK:
-        _CACHE.clear()
+    """Drop every cached model and runtime of this process (tests and long-lived services
+    that reload a changed model directory use it)."""
+    forget_cached(lambda key: True)

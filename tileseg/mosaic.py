@@ -22,34 +22,46 @@ import json
 import logging
 import os
 import threading
+import uuid
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from dask.base import tokenize
 
+from tileseg.config import ProbabilityMode
 from tileseg.errors import DamagedInputError, InputError, RunError, TilesegError
 from tileseg.grid import Rect, TileGrid
 from tileseg.infer import Runtime, blend_to_mask, infer_chunk_logits, make_runtime
-from tileseg.model import LoadedModel, cached, load_model
+from tileseg.model import LoadedModel, cached, forget_cached, load_model
 from tileseg.raster import RasterInfo
 
 logger = logging.getLogger(__name__)
 
-ProbabilityMode = Literal["none", "uint8", "float16"]
-
 # Models handed to predict() as objects live here, keyed by a token, so jobs stay small and
 # picklable; a worker process that lacks the key must load the model from its path instead.
-_IN_PROCESS_MODELS: dict[str, LoadedModel] = {}
+# Weak on both sides: once the caller drops a model, its entry and its cached runtime go too.
+_IN_PROCESS_MODELS: weakref.WeakValueDictionary[str, LoadedModel] = weakref.WeakValueDictionary()
+_IN_PROCESS_KEYS: weakref.WeakKeyDictionary[LoadedModel, str] = weakref.WeakKeyDictionary()
 _IN_PROCESS_LOCK = threading.Lock()
 
 
 def register_model(model: LoadedModel) -> str:
-    key = f"in-process-{id(model)}"
+    """The registry key of ``model`` (the same key each time for one object)."""
     with _IN_PROCESS_LOCK:
-        _IN_PROCESS_MODELS[key] = model
+        key = _IN_PROCESS_KEYS.get(model)
+        if key is None:
+            # Not id(model): an id is reused once its object is freed, and would find the
+            # runtime cached for the previous model.
+            key = f"in-process-{uuid.uuid4().hex}"
+            _IN_PROCESS_KEYS[model] = key
+            _IN_PROCESS_MODELS[key] = model
+        live = set(_IN_PROCESS_MODELS.keys())
+    forget_cached(lambda k: isinstance(k[1], ModelRef) and k[1].key is not None
+                  and k[1].key not in live)
     return key
 
 
@@ -104,7 +116,9 @@ class Job:
             self.model.load(self.raster.dtype), device=self.device, precision=self.precision,
             batch_size=self.batch_size, tile_size=self.grid.tile_size, overlap=self.grid.overlap,
             blend=self.blend, compile_model=self.compile_model, engine=self.engine,
-            halo_before=self.grid.halo_before, from_directory=self.model.path is not None))
+            halo_before=self.grid.halo_before, from_directory=self.model.path is not None,
+            # a model loaded from a path is the runtime's own; a caller's object is copied
+            owned=self.model.path is not None))
 
     @property
     def token(self) -> str:

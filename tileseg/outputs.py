@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -16,13 +15,14 @@ import rasterio.shutil
 from affine import Affine
 from rasterio.windows import Window
 
+from tileseg import mask as mask_format
+from tileseg.config import OutputFormat
 from tileseg.errors import OutputError
-from tileseg.metadata import ModelMetadata, class_json
+from tileseg.metadata import ModelMetadata
 from tileseg.raster import RasterInfo, open_dataset
 
 logger = logging.getLogger(__name__)
 
-OutputFormat = Literal["gtiff", "cog", "zarr"]
 _EXTENSIONS: dict[str, OutputFormat] = {
     ".tif": "cog", ".tiff": "cog", ".gtiff": "gtiff", ".zarr": "zarr",
 }
@@ -32,7 +32,7 @@ def format_for(path: str, explicit: str | None) -> OutputFormat:
     """The output format: ``explicit`` when given, else from the file extension."""
     if explicit:
         if explicit not in ("gtiff", "cog", "zarr"):
-            raise OutputError(f"--format {explicit!r}: choose gtiff, cog or zarr")
+            raise OutputError(f"format {explicit!r}: choose gtiff, cog or zarr", params=("format",))
         return explicit  # type: ignore[return-value]
     ext = Path(path.rstrip("/")).suffix.lower()
     if ext not in _EXTENSIONS:
@@ -50,10 +50,6 @@ def mask_dtype_for(num_classes: int) -> tuple[np.dtype[Any], int]:
         if num_classes <= info.max:  # ids 0..n-1, and info.max left for nodata
             return np.dtype(dtype), int(info.max)
     raise OutputError(f"{num_classes} classes do not fit a uint32 mask")
-
-
-def classes_json(metadata: ModelMetadata) -> list[dict[str, Any]]:
-    return [class_json(c) for c in metadata.classes]
 
 
 def _gdal_geotransform(t: Affine) -> str:
@@ -81,17 +77,9 @@ def create_zarr(
     mask_dtype, nodata = mask_dtype_for(metadata.num_classes)
     transform = raster.affine
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
-    root.attrs["tileseg"] = {
-        "version": 1,
-        "complete": False,
-        "crs_wkt": raster.crs_wkt,
-        "transform": list(transform)[:6],
-        "height": raster.height,
-        "width": raster.width,
-        "nodata": nodata,
-        "classes": classes_json(metadata),
-        "source": source,
-    }
+    mask_format.write_facts(root, mask_format.zarr_facts(
+        crs_wkt=raster.crs_wkt, transform=list(transform), height=raster.height,
+        width=raster.width, nodata=nodata, classes=metadata.classes, source=source))
     chunks = (min(chunk_size, raster.height), min(chunk_size, raster.width))
     grid_mapping = "spatial_ref"
     mask = root.create_array(
@@ -139,10 +127,7 @@ def mark_zarr_complete(path: str | os.PathLike[str], extra: dict[str, Any]) -> N
     import zarr
 
     root: Any = zarr.open_group(str(path), mode="r+")
-    attrs: dict[str, Any] = dict(root.attrs["tileseg"])
-    attrs.update(extra)
-    attrs["complete"] = True
-    root.attrs["tileseg"] = attrs
+    mask_format.mark_complete(root, extra)
     # Consolidated metadata lets xarray open the store with one read; zarr warns that it is not
     # (yet) in the v3 spec, which is known and harmless here.
     with warnings.catch_warnings():
@@ -165,7 +150,7 @@ def zarr_to_geotiff(
     import zarr
 
     root: Any = zarr.open_group(str(zarr_path), mode="r")
-    facts: dict[str, Any] = dict(root.attrs["tileseg"])
+    facts = mask_format.read_facts(root) or {}
     mask = root["mask"]
     height, width = mask.shape
     ch, cw = mask.chunks
@@ -184,15 +169,12 @@ def zarr_to_geotiff(
     with open_dataset(plain, "w", **profile) as out:  # quiet for --allow-no-crs rasters
         # before any pixel: libtiff cannot switch to a palette photometric once writing started
         if dtype.itemsize <= 2:
-            out.write_colormap(1, _colormap(classes, nodata))
+            out.write_colormap(1, mask_format.colormap(classes, nodata))
         for r0 in range(0, height, ch):
             for c0 in range(0, width, cw):
                 block = np.asarray(mask[r0 : r0 + ch, c0 : c0 + cw])
                 out.write(block, 1, window=Window(c0, r0, block.shape[1], block.shape[0]))
-        tags = {"TILESEG_CLASSES": json.dumps(classes), "TILESEG_SOURCE": facts.get("source", "")}
-        if facts.get("fingerprint"):  # what produced the mask: --resume refuses another job's
-            tags["TILESEG_FINGERPRINT"] = facts["fingerprint"]
-        out.update_tags(**tags)
+        out.update_tags(**mask_format.geotiff_tags(facts))
         out.set_band_description(1, "class")
         if not cog:
             factors = _overview_factors(height, width)
@@ -207,16 +189,6 @@ def zarr_to_geotiff(
         plain.unlink()
     else:
         shutil.move(str(plain), str(dst))
-
-
-def _colormap(classes: list[dict[str, Any]], nodata: int) -> dict[int, tuple[int, int, int, int]]:
-    cmap: dict[int, tuple[int, int, int, int]] = {}
-    for c in classes:
-        text = str(c["color"]).lstrip("#")
-        cmap[int(c["id"])] = (int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16), 255)
-    if nodata <= 65535:
-        cmap[nodata] = (0, 0, 0, 0)
-    return cmap
 
 
 def _overview_factors(height: int, width: int) -> list[int]:

@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from tileseg.errors import OutputError
+from tileseg.mask import CLASSES_TAG, FINGERPRINT_TAG, ZARR_ATTRIBUTE
 
 logger = logging.getLogger(__name__)
 
 REPORT_MARKER = "tileseg_report"  # a report's own mark: {"tileseg_report": 1, ...}
 REPORT_VERSION = 1
-TIFF_TAG = "TILESEG_CLASSES"  # written on every GeoTIFF/COG mask
-FINGERPRINT_TAG = "TILESEG_FINGERPRINT"  # what produced the mask (see tileseg.predict)
-ZARR_ATTRIBUTE = "tileseg"
+TIFF_TAG = CLASSES_TAG  # written on every GeoTIFF/COG mask
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _MAX_REPORT_BYTES = 1 << 20  # a run report is a few kB; a bigger JSON file is someone else's

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
-import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +27,7 @@ from tileseg.errors import (
     ModelError,
     OutputError,
 )
-from tileseg.grid import TileGrid, aligned_overlap, chunk_tiles_for
+from tileseg.grid import TileGrid, aligned_overlap
 from tileseg.memory import check_memory
 from tileseg.model import LoadedModel, load_model, warn_once
 from tileseg.mosaic import Job, ModelRef, WorkDir, build_graph, register_model
@@ -40,9 +38,11 @@ from tileseg.outputs import (
     mask_dtype_for,
     zarr_to_geotiff,
 )
-from tileseg.ownership import REPORT_MARKER, REPORT_VERSION, check_replaceable
-from tileseg.progress import Progress, ProgressCallback
+from tileseg.ownership import check_replaceable
+from tileseg.progress import ProgressCallback
 from tileseg.raster import RasterInfo, is_remote, open_dataset, open_raster
+from tileseg.run_report import RunReport, Tally, Timings, peak_rss_mb
+from tileseg.scheduler import cluster_client, run_graph, scheduler_address
 from tileseg.staging import STAGING_SUFFIX, LocalStaging  # noqa: F401 (STAGING_SUFFIX: re-exported)
 from tileseg.styles import publish_raster_styles
 
@@ -76,10 +76,8 @@ class Plan:
     model: LoadedModel
     grid: TileGrid
     context: int
-
-
-def default_model_path() -> Path:
-    return BUNDLED_MODEL
+    model_ref: ModelRef | None = None  # how the tasks get the model (set by predict)
+    model_source: str = ""  # the model directory; "" for a caller's model object
 
 
 def resolve_model(config: PredictConfig, raster: RasterInfo) -> tuple[LoadedModel, str]:
@@ -139,14 +137,15 @@ def lossy_cast_reason(src: str, dst: str) -> str | None:
 
 
 def make_plan(config: PredictConfig, model: LoadedModel | None = None, *,
-              check_fits: bool = True) -> Plan:
+              check_fits: bool = True, raster: RasterInfo | None = None) -> Plan:
     """Open the raster and model and build the tiling plan (reads no pixels).
 
     ``check_fits=False`` plans even for a model that does not take the raster (``info`` reports
-    the mismatch instead of failing).
+    the mismatch instead of failing). ``raster``: the raster already opened from ``config``.
     """
-    raster = open_raster(config.src, bands=config.bands, nodata=config.nodata,
-                         allow_no_crs=config.allow_no_crs)
+    if raster is None:
+        raster = open_raster(config.src, bands=config.bands, nodata=config.nodata,
+                             allow_no_crs=config.allow_no_crs)
     if model is None:
         model, _ = resolve_model(config, raster)
     if check_fits:
@@ -155,9 +154,8 @@ def make_plan(config: PredictConfig, model: LoadedModel | None = None, *,
     # The tile step is rounded down to the model's input multiple so every network input
     # window sits on the phase a whole-raster pass would use (see tileseg.grid).
     overlap = aligned_overlap(tile_size, config.overlap, model.divisor)
-    stride = tile_size - overlap
-    grid = TileGrid(raster.height, raster.width, tile_size, overlap,
-                    chunk_tiles_for(stride, config.chunk_size), divisor=model.divisor)
+    grid = TileGrid.for_raster(raster.height, raster.width, tile_size, overlap,
+                               config.chunk_size, divisor=model.divisor)
     return Plan(raster, model, grid, model.context_size(tile_size))
 
 
@@ -206,10 +204,12 @@ def _check_outputs(config: PredictConfig, fmt: str, staging: LocalStaging) -> No
         raise OutputError(f"{config.dst}: remote outputs are not supported; write locally and copy")
     check_output_folder(config.dst, "destination")
     if fmt == "zarr" and config.zarr_path:
-        raise ConfigError("--zarr is for GeoTIFF destinations; the destination is already Zarr")
+        raise ConfigError("zarr_path is for GeoTIFF destinations; the destination is already Zarr",
+                          params=("zarr_path",))
     if config.probabilities != "none" and fmt != "zarr" and not config.zarr_path:
-        raise ConfigError(f"--probabilities {config.probabilities} is stored in the Zarr mosaic "
-                          "only; add --zarr PATH to keep it, or write DST as .zarr")
+        raise ConfigError(f"probabilities {config.probabilities} is stored in the Zarr mosaic "
+                          "only; add zarr_path PATH to keep it, or write DST as .zarr",
+                          params=("probabilities", "zarr_path"))
     if config.zarr_path:
         check_output_folder(config.zarr_path, "--zarr path")
     staging.check(overwrite=config.overwrite, resume=config.resume)
@@ -297,152 +297,138 @@ def predict(
     started = time.perf_counter()
     fmt = format_for(config.dst, config.format)
     _check_paths(config)
-    dst = Path(config.dst)
-    staging = LocalStaging(dst, Path(config.zarr_path) if config.zarr_path else None)
+    staging = LocalStaging(Path(config.dst), Path(config.zarr_path) if config.zarr_path else None)
     _check_outputs(config, fmt, staging)
-    raster = open_raster(config.src, bands=config.bands, nodata=config.nodata,
-                         allow_no_crs=config.allow_no_crs)
-    if model is not None:
-        model_ref = ModelRef(key=register_model(model))
-        model_source = ""
-    else:
-        model, model_source = resolve_model(config, raster)
-        model_ref = ModelRef(path=str(Path(model_source).absolute()),
-                             encoder_output_stride=config.encoder_output_stride,
-                             decoder_atrous_rates=config.decoder_atrous_rates)
-    plan = make_plan(config, model)
-    grid = plan.grid
-    _check_device(config)
-    from tileseg.scheduler import cluster_client, scheduler_address
-
+    plan = _plan_run(config, model)
     address = scheduler_address(config.scheduler)
     if client is None and address is None:
         check_memory(config, plan)
-    fingerprint = _fingerprint(config, raster, model_source)
+    fingerprint = _fingerprint(config, plan.raster, plan.model_source)
 
     # the cluster is reached before anything is written: unreachable is exit 2, nothing staged
     with cluster_client(address, client) as run_client, staging.lock():
         # checked again under the lock: a run that just finished may have published dst
         _check_outputs(config, fmt, staging)
         if config.resume and staging.finished(fingerprint):
-            logger.info("%s is already complete; nothing to resume", dst)
-            return PredictResult(str(dst), config.zarr_path, grid.num_tiles, 0, 0, grid.num_chunks,
-                                 0.0, {"status": "already complete"})
-        if not staging.path.exists() and not has_valid_pixel(raster):
-            raise InputError(f"{raster.path}: every pixel is nodata; nothing to segment (check "
-                             "--nodata or the file's mask)")
-
-        def create(stage: LocalStaging) -> None:
-            create_zarr(stage.zarr_store, raster, model.metadata, chunk_size=grid.chunk_size,
-                        probabilities=config.probabilities, source=raster.path)
-            WorkDir(stage.work_path).create()
-
-        def on_resume(recorded: dict[str, Any]) -> None:
-            if recorded.get("src_mtime_ns") != _source_mtime(raster):
-                logger.warning("%s changed since the interrupted run; finished chunks are kept "
-                               "as they were", raster.path)
-
-        staging.prepare(fingerprint, resume=config.resume, overwrite=config.overwrite,
-                        facts={"src": raster.path, "src_mtime_ns": _source_mtime(raster)},
-                        create=create, on_resume=on_resume)
-        work = WorkDir(staging.work_path)
-        zarr_store = staging.zarr_store
-        resumed_chunks = sum(1 for r, c in grid.chunks() if work.is_done(r, c))
-
-        mask_dtype, nodata = mask_dtype_for(model.metadata.num_classes)
-        job = Job(
-            raster=raster, grid=grid, model=model_ref, num_classes=model.metadata.num_classes,
-            device=config.device, precision=config.precision, batch_size=config.batch_size,
-            blend=config.blend, compile_model=config.compile_model,
-            probabilities=config.probabilities, mask_dtype=mask_dtype.name, nodata=nodata,
-            work_dir=str(work.path.absolute()), zarr_path=str(zarr_store.absolute()),
-            engine=config.engine,
-        )
-        mosaic = build_graph(job)
-        graph_built = time.perf_counter()
-        logger.info("%d tiles in %d chunks (%d already done); graph of %d tasks", grid.num_tiles,
-                    grid.num_chunks, resumed_chunks, len(mosaic.graph))
-
-        engines: set[str] = set()  # as the workers resolved --engine
-        tile_counts = {(r, c): len(grid.chunk_tiles_of(r, c)) for r, c in grid.chunks()}
-        # tiles of chunks finished before: progress counts them, its rate does not
-        done_before = sum(tile_counts[(r, c)] for r, c in grid.chunks() if work.is_done(r, c))
-        totals = {"tiles": 0, "skipped": 0, "done_tiles": 0, "reused_chunks": 0,
-                  "reused_tiles": 0}
-        resolved: dict[str, set[Any]] = {"device": set(), "precision": set(), "batch_size": set()}
-
-        def on_result(result: dict[str, Any], kind: str) -> None:
-            if kind == "infer":
-                totals["tiles"] += result["tiles"]
-                totals["skipped"] += result["skipped"]
-                if result.get("reused"):
-                    totals["reused_chunks"] += 1
-                    totals["reused_tiles"] += result.get("reused_tiles", 0)
-                for key, values in resolved.items():  # what the workers really used
-                    if key in result:
-                        values.add(result[key])
-                if "engine" in result:
-                    engines.add(result["engine"])
-            else:
-                totals["done_tiles"] += tile_counts[tuple(result["chunk"])]  # type: ignore[index]
-                if progress is not None:
-                    progress(Progress(totals["done_tiles"], grid.num_tiles,
-                                      time.perf_counter() - graph_built, start=done_before))
-
-        from tileseg.scheduler import run_graph
-
-        run_graph(mosaic, config.scheduler, config.workers, on_result, client=run_client,
+            logger.info("%s is already complete; nothing to resume", config.dst)
+            return PredictResult(config.dst, config.zarr_path, plan.grid.num_tiles, 0, 0,
+                                 plan.grid.num_chunks, 0.0, {"status": "already complete"})
+        _stage(config, plan, staging, fingerprint)
+        mosaic = build_graph(_job(config, plan, staging))
+        timings = Timings(started, graph_built=time.perf_counter())
+        tally = Tally.for_run(plan, WorkDir(staging.work_path), progress, timings.graph_built)
+        logger.info("%d tiles in %d chunks (%d already done); graph of %d tasks",
+                    plan.grid.num_tiles, plan.grid.num_chunks, tally.chunks_done_before,
+                    len(mosaic.graph))
+        run_graph(mosaic, config.scheduler, config.workers, tally.on_result, client=run_client,
                   device=config.device)
-        computed = time.perf_counter()
-        rss_compute = _peak_rss_mb()  # the peak so far: tiles, blending, Zarr chunks
-
-        # the fingerprint travels into the published output: a later --resume compares it
-        mark_zarr_complete(zarr_store, {"tiles": grid.num_tiles, "fingerprint": fingerprint})
-        zarr_out = None
-        if fmt == "zarr":
-            staging.publish(zarr_store, zarr_too=False)
-            zarr_out = str(dst)
-        else:
-            tif_tmp = staging.path / ("output" + (dst.suffix or ".tif"))
-            zarr_to_geotiff(zarr_store, tif_tmp, cog=fmt == "cog", workdir=staging.path)
-            # the styles are in place before the mask: a complete mask always has them
-            publish_raster_styles(dst, model.metadata.classes, workdir=staging.path)
-            staging.publish(tif_tmp, zarr_too=config.zarr_path is not None)
-            zarr_out = config.zarr_path
-        finished = time.perf_counter()
-
-        seconds = finished - started
-        report = _report(config, plan, totals, started, graph_built, computed, finished,
-                         resolved, model_source or "<in-process model>", len(mosaic.graph),
-                         rss_compute, _cluster_address(config, run_client))
-        report["engine"] = ",".join(sorted(engines)) or config.engine
-        if report["scheduler"] in ("threads", "sync"):
-            from tileseg.scheduler import default_workers
-
-            report["workers"] = 1 if report["scheduler"] == "sync" else (
-                config.workers or default_workers(config.device))
-        result = PredictResult(str(dst), zarr_out, grid.num_tiles, totals["tiles"],
-                               totals["skipped"], grid.num_chunks, seconds, report)
-        if config.vectorize:
-            polygons = _vectorize(result, config)
-            report["vectorize"] = {"dst": polygons.dst, "features": polygons.features,
-                                   "seconds": round(polygons.seconds, 3),
-                                   "features_per_class": {polygons.class_names.get(k, str(k)): v
-                                                          for k, v in polygons.counts.items()}}
-        if config.preview:
-            report["preview"] = _preview(result, config)
-        if config.report:
-            _check_report(Path(config.report), config)  # again: the run took a while
-            write_text_atomic(config.report, json.dumps(report, indent=2) + "\n")
+        timings.computed, timings.rss_compute_mb = time.perf_counter(), peak_rss_mb()
+        zarr_out = _publish(config, plan, fmt, staging, fingerprint)
+        timings.finished = time.perf_counter()
+        report = RunReport(config, plan, tally, timings,
+                           plan.model_source or "<in-process model>", len(mosaic.graph),
+                           _cluster_address(config, run_client)).to_json()
+        result = PredictResult(config.dst, zarr_out, plan.grid.num_tiles, tally.tiles,
+                               tally.skipped, plan.grid.num_chunks,
+                               timings.finished - timings.started, report)
+        _follow_ups(result, config)
         return result
+
+
+def _plan_run(config: PredictConfig, model: LoadedModel | None) -> Plan:
+    """The run's plan: the raster opened once, the model loaded (or registered, for a caller's
+    object) and checked against it, the tiling, and the device checked."""
+    raster = open_raster(config.src, bands=config.bands, nodata=config.nodata,
+                         allow_no_crs=config.allow_no_crs)
+    if model is not None:
+        ref, source = ModelRef(key=register_model(model)), ""
+    else:
+        model, source = resolve_model(config, raster)
+        ref = ModelRef(path=str(Path(source).absolute()),
+                       encoder_output_stride=config.encoder_output_stride,
+                       decoder_atrous_rates=config.decoder_atrous_rates)
+    plan = replace(make_plan(config, model, raster=raster), model_ref=ref, model_source=source)
+    _check_device(config)
+    return plan
+
+
+def _stage(config: PredictConfig, plan: Plan, staging: LocalStaging, fingerprint: str) -> None:
+    """Create (or, resuming, reopen) the staged Zarr store and work folder of the run."""
+    raster = plan.raster
+    if not staging.path.exists() and not has_valid_pixel(raster):
+        raise InputError(f"{raster.path}: every pixel is nodata; nothing to segment (check "
+                         "--nodata or the file's mask)")
+
+    def create(stage: LocalStaging) -> None:
+        create_zarr(stage.zarr_store, raster, plan.model.metadata, chunk_size=plan.grid.chunk_size,
+                    probabilities=config.probabilities, source=raster.path)
+        WorkDir(stage.work_path).create()
+
+    def on_resume(recorded: dict[str, Any]) -> None:
+        if recorded.get("src_mtime_ns") != _source_mtime(raster):
+            logger.warning("%s changed since the interrupted run; finished chunks are kept "
+                           "as they were", raster.path)
+
+    staging.prepare(fingerprint, resume=config.resume, overwrite=config.overwrite,
+                    facts={"src": raster.path, "src_mtime_ns": _source_mtime(raster)},
+                    create=create, on_resume=on_resume)
+
+
+def _job(config: PredictConfig, plan: Plan, staging: LocalStaging) -> Job:
+    """What every task of the run gets: small, picklable settings and paths."""
+    assert plan.model_ref is not None
+    mask_dtype, nodata = mask_dtype_for(plan.model.metadata.num_classes)
+    runtime = config.runtime
+    return Job(
+        raster=plan.raster, grid=plan.grid, model=plan.model_ref,
+        num_classes=plan.model.metadata.num_classes, device=runtime.device,
+        precision=runtime.precision, batch_size=runtime.batch_size, blend=config.blend,
+        compile_model=runtime.compile_model, probabilities=config.probabilities,
+        mask_dtype=mask_dtype.name, nodata=nodata,
+        work_dir=str(WorkDir(staging.work_path).path.absolute()),
+        zarr_path=str(staging.zarr_store.absolute()), engine=runtime.engine,
+    )
+
+
+def _publish(config: PredictConfig, plan: Plan, fmt: str, staging: LocalStaging,
+             fingerprint: str) -> str | None:
+    """Mark the Zarr complete and move the outputs into place; the Zarr path kept, if any."""
+    zarr_store, dst = staging.zarr_store, Path(config.dst)
+    # the fingerprint travels into the published output: a later --resume compares it
+    mark_zarr_complete(zarr_store, {"tiles": plan.grid.num_tiles, "fingerprint": fingerprint})
+    if fmt == "zarr":
+        staging.publish(zarr_store, zarr_too=False)
+        return str(dst)
+    tif_tmp = staging.path / ("output" + (dst.suffix or ".tif"))
+    zarr_to_geotiff(zarr_store, tif_tmp, cog=fmt == "cog", workdir=staging.path)
+    # the styles are in place before the mask: a complete mask always has them
+    publish_raster_styles(dst, plan.model.metadata.classes, workdir=staging.path)
+    staging.publish(tif_tmp, zarr_too=config.zarr_path is not None)
+    return config.zarr_path
+
+
+def _follow_ups(result: PredictResult, config: PredictConfig) -> None:
+    """Polygons, a preview and the report file, each when asked for (the report last)."""
+    report = result.report
+    if config.vectorize:
+        polygons = _vectorize(result, config)
+        report["vectorize"] = {"dst": polygons.dst, "features": polygons.features,
+                               "seconds": round(polygons.seconds, 3),
+                               "features_per_class": {polygons.class_names.get(k, str(k)): v
+                                                      for k, v in polygons.counts.items()}}
+    if config.preview:
+        report["preview"] = _preview(result, config)
+    if config.report:
+        _check_report(Path(config.report), config)  # again: the run took a while
+        write_text_atomic(config.report, json.dumps(report, indent=2) + "\n")
 
 
 def _check_device(config: PredictConfig) -> None:
     """Fail before anything is written: locally the device must exist, remotely parse."""
     import torch
 
+    from tileseg.device import resolve_device, resolve_precision
     from tileseg.engine import resolve_engine
-    from tileseg.infer import resolve_device, resolve_precision
     from tileseg.scheduler import scheduler_address
 
     if scheduler_address(config.scheduler) is None:
@@ -453,7 +439,7 @@ def _check_device(config: PredictConfig) -> None:
         try:
             torch.device(config.device)
         except RuntimeError as exc:
-            raise ConfigError(f"--device {config.device!r} is not a torch device") from exc
+            raise ConfigError(f"device {config.device!r} is not a torch device", params=("device",)) from exc
 
 
 def _vectorize(result: PredictResult, config: PredictConfig) -> VectorizeResult:
@@ -489,98 +475,3 @@ def _cluster_address(config: PredictConfig, client: Any) -> str | None:
     if client is not None:
         return str(client.scheduler.address)
     return scheduler_address(config.scheduler)
-
-
-def _peak_rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _report(
-    config: PredictConfig, plan: Plan, totals: dict[str, int], started: float,
-    graph_built: float, computed: float, finished: float, resolved: dict[str, set[Any]],
-    model_source: str, tasks: int, rss_compute: float, cluster: str | None,
-) -> dict[str, Any]:
-    import torch
-
-    raster = plan.raster
-    seconds = finished - started
-    compute_s = max(computed - graph_built, 1e-9)
-    used = _resolved_settings(config, plan, resolved, cluster)
-    area_km2 = raster.pixel_area * raster.height * raster.width / 1e6 if raster.crs_is_metric else None
-    report: dict[str, Any] = {
-        REPORT_MARKER: REPORT_VERSION,  # what lets --overwrite replace this file later
-        "src": raster.path,
-        "dst": config.dst,
-        "model": model_source,
-        "raster": {"height": raster.height, "width": raster.width, "bands": len(raster.indexes),
-                   "dtype": raster.dtype},
-        "tiling": {"tile_size": plan.grid.tile_size, "overlap": plan.grid.overlap,
-                   "overlap_requested": config.overlap, "context": plan.context,
-                   "chunk_size": plan.grid.chunk_size,
-                   "blend": config.blend},
-        "tiles_total": plan.grid.num_tiles,
-        "tiles_inferred": totals["tiles"],
-        "tiles_skipped_nodata": totals["skipped"],
-        # an interrupted run's work that this one kept instead of inferring again
-        "tiles_reused": totals["reused_tiles"],
-        "chunks": plan.grid.num_chunks,
-        "chunks_resumed": totals["reused_chunks"],
-        "tasks": tasks,
-        "seconds": {"setup": graph_built - started, "compute": compute_s,
-                    "write": finished - computed, "total": seconds},
-        "tiles_per_second": totals["tiles"] / compute_s,  # of seconds.compute
-        "km2_per_hour": (area_km2 / seconds * 3600) if area_km2 else None,
-        **used,
-        "scheduler": cluster or config.scheduler or "threads",
-        "peak_rss_mb": _peak_rss_mb(),
-        "peak_rss_mb_compute": rss_compute,  # before the GeoTIFF/COG pass
-        "host": platform.node(),
-        "versions": _versions(),
-    }
-    if cluster is None and used["device"] and used["device"].startswith("cuda"):
-        device = torch.device(used["device"])
-        report["gpu"] = torch.cuda.get_device_name(device)
-        report["peak_gpu_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    return report
-
-
-def _resolved_settings(config: PredictConfig, plan: Plan, resolved: dict[str, set[Any]],
-                       cluster: str | None) -> dict[str, Any]:
-    """Device, precision and batch size as the infer tasks resolved them (``auto`` never appears).
-
-    Several values (workers on different GPUs) are listed; a run that inferred nothing (all
-    reused) resolves them here, or reports None for a cluster, whose workers may differ.
-    """
-    from tileseg.infer import default_batch_size, precision_name, resolve_device, resolve_precision
-
-    if not resolved["device"] and cluster is None:
-        device = resolve_device(config.device)
-        return {"device": str(device),
-                "precision": precision_name(resolve_precision(config.precision, device)),
-                "batch_size": config.batch_size or default_batch_size(device, plan.context)}
-    out: dict[str, Any] = {}
-    for key, values in resolved.items():
-        ordered = sorted(values)
-        out[key] = None if not ordered else ordered[0] if len(ordered) == 1 else ordered
-    return out
-
-
-def _versions() -> dict[str, str | None]:
-    """Versions of what shaped the result, so a report says what produced it."""
-    from importlib import metadata
-
-    import torch
-
-    from tileseg import __version__
-
-    def dist(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {"tileseg": __version__, "torch": torch.__version__,
-            "segmentation_models_pytorch": dist("segmentation-models-pytorch"),
-            "gdal": rasterio.__gdal_version__, "rasterio": rasterio.__version__,
-            "python": platform.python_version()}

@@ -28,6 +28,7 @@ import rasterio
 from affine import Affine
 from rasterio.enums import ColorInterp, Resampling
 
+from tileseg import mask as mask_format
 from tileseg.errors import ConfigError, InputError, InputNotFoundError, OutputError
 from tileseg.metadata import ClassInfo
 from tileseg.raster import is_remote
@@ -60,14 +61,15 @@ class PreviewConfig:
 
     def __post_init__(self) -> None:
         if not 64 <= self.size <= 16384:
-            raise ConfigError(f"--size {self.size}: give a picture size from 64 to 16384 pixels")
+            raise ConfigError(f"size {self.size}: give a picture side from 64 to 16384 pixels",
+                              params=("size",))
         if not 0.0 <= self.opacity <= 1.0:
-            raise ConfigError(f"--opacity {self.opacity}: give a value from 0 to 1")
+            raise ConfigError(f"opacity {self.opacity}: give a value from 0 to 1", params=("opacity",))
         if self.areas not in ("exact", "estimate"):
             raise ConfigError(f"areas {self.areas!r}: choose exact or estimate")
         if self.bands is not None and (len(self.bands) not in (1, 3) or min(self.bands) < 1):
-            raise ConfigError("--bands takes one band (grey) or three (red,green,blue), 1-based, "
-                              "e.g. --bands 3,2,1")
+            raise ConfigError("bands takes one band (grey) or three (red,green,blue), 1-based, "
+                              "e.g. bands 3,2,1", params=("bands",))
 
 
 @dataclass(frozen=True)
@@ -232,7 +234,7 @@ def _open_view(path: str) -> _MaskView:
             import zarr
 
             root: Any = zarr.open_group(path, mode="r")
-            facts: dict[str, Any] = dict(root.attrs["tileseg"])
+            facts: dict[str, Any] = dict(root.attrs[mask_format.ZARR_ATTRIBUTE])
             shape = root["mask"].shape
         except Exception as exc:  # zarr raises several unrelated types for a broken store
             raise InputError(f"{path}: not a tileseg Zarr mask ({exc}); pass a mask written by "

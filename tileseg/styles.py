@@ -19,7 +19,6 @@ itself is renamed into place, so a published mask always has its styles.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import sqlite3
@@ -30,7 +29,8 @@ from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
-from tileseg.metadata import ClassInfo, default_color, parse_color
+from tileseg import mask as mask_format
+from tileseg.metadata import ClassInfo, default_color
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +45,8 @@ _GFU_GENERIC, _GFU_NAME, _GFU_MINMAX, _GFU_RED, _GFU_GREEN, _GFU_BLUE = 0, 2, 5,
 
 
 def classes_from_json(items: Iterable[dict[str, Any]]) -> tuple[ClassInfo, ...]:
-    """Classes as stored in ``TILESEG_CLASSES`` and Zarr attributes (``id``, ``name``, ``color``)."""
-    out = []
-    for c in items:
-        cid = int(c["id"])
-        label = c.get("label_value")
-        out.append(ClassInfo(cid, str(c["name"]), parse_color(c.get("color"), cid),
-                             None if label is None else int(label)))
-    return tuple(out)
+    """Classes as stored in ``TILESEG_CLASSES`` and Zarr attributes (see :mod:`tileseg.mask`)."""
+    return mask_format.class_infos(items)
 
 
 def mask_legend(path: str | os.PathLike[str]) -> tuple[ClassInfo, ...]:
@@ -66,17 +60,17 @@ def mask_legend(path: str | os.PathLike[str]) -> tuple[ClassInfo, ...]:
     if os.path.isdir(path):  # a Zarr mask: the group attribute holds the classes
         import zarr
 
-        facts: Any = zarr.open_group(path, mode="r").attrs.get("tileseg") or {}
+        facts = mask_format.read_facts(zarr.open_group(path, mode="r")) or {}
         return classes_from_json(facts.get("classes", []))
     import rasterio
 
     with rasterio.open(path) as src:
-        tag = src.tags().get("TILESEG_CLASSES")
-        if tag:
-            try:
-                return classes_from_json(json.loads(tag))
-            except (ValueError, TypeError, KeyError):
-                logger.warning("%s: unreadable TILESEG_CLASSES tag; using its colour table", path)
+        try:
+            tagged = mask_format.classes_from_tags(src.tags())
+            if tagged is not None:
+                return classes_from_json(tagged)
+        except ValueError as exc:
+            logger.warning("%s: %s; using its colour table", path, exc)
         try:
             cmap = src.colormap(1)
         except ValueError:  # no colour table

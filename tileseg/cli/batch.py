@@ -8,7 +8,7 @@ import click
 
 from tileseg.blend import WINDOWS
 from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
-from tileseg.cli.options import int_list
+from tileseg.cli.options import int_list, scheduler_option
 
 EPILOG = """\b
 Examples:
@@ -50,7 +50,7 @@ SUMMARY.previews/), its status, tiles, time and area per class.
 @click.option("--probabilities", type=click.Choice(["none", "uint8", "float16"]))
 @click.option("--engine", type=click.Choice(["auto", "torch", "onnxruntime"]),
               help="Default inference engine (auto: ONNX Runtime on the CPU when installed).")
-@click.option("--scheduler", envvar="TILESEG_SCHEDULER",
+@scheduler_option(
               help="threads (default), sync, or a dask.distributed address shared by all scenes.")
 @click.option("--workers", type=int, help="Threads of the in-process scheduler.")
 @click.option("--concurrent-scenes", type=int, default=1, show_default=True,

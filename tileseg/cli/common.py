@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import click
 
 import tileseg
+from tileseg.cli.options import cli_message, verbosity_options  # noqa: F401 (re-exported)
 from tileseg.errors import InputError, TilesegError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -120,11 +121,7 @@ def handle_errors(func: F) -> F:
 
 
 def _fail(exc: TilesegError) -> None:
-    click.echo(f"Error: {printable(str(exc))}", err=True)
+    click.echo(f"Error: {printable(cli_message(exc))}", err=True)
     sys.exit(exc.exit_code)
 
 
-def verbosity_options(func: F) -> F:
-    func = click.option("-q", "--quiet", is_flag=True, help="Only print errors.")(func)
-    func = click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")(func)
-    return func

@@ -6,11 +6,19 @@ from typing import TYPE_CHECKING
 
 import click
 
-from tileseg.blend import WINDOWS
+from tileseg.blend import WINDOWS, BlendName
 from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
-from tileseg.cli.options import int_list
+from tileseg.cli.options import int_list, overwrite_option, scheduler_option
 from tileseg.cli.render import ProgressBar
-from tileseg.config import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZE, PredictConfig
+from tileseg.config import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_OVERLAP,
+    DEFAULT_TILE_SIZE,
+    OutputFormat,
+    Precision,
+    PredictConfig,
+    ProbabilityMode,
+)
 
 if TYPE_CHECKING:
     from tileseg.predict import PredictResult
@@ -63,11 +71,9 @@ Examples:
 @click.option("--atrous-rates", callback=int_list, help="DeepLab atrous rates, e.g. 6,12,18.")
 @click.option("--probabilities", type=click.Choice(["none", "uint8", "float16"]), default="none",
               show_default=True, help="Also store per-class probabilities in the Zarr.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@overwrite_option()
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same job.")
-@click.option("--scheduler", envvar="TILESEG_SCHEDULER",
-              help="threads, sync, or a dask.distributed address (tcp://host:8786). Default: "
-              "$TILESEG_SCHEDULER, else tileseg.scheduler in dask's config, else threads.")
+@scheduler_option()
 @click.option("--workers", type=int, help="Threads of the in-process scheduler (default 2).")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write a JSON run report here.")
 @click.option("--vectorize", help="Also write polygons here (.gpkg, .parquet, .geojson, .fgb).")
@@ -76,11 +82,13 @@ Examples:
               "class areas (see tileseg preview).")
 @verbosity_options
 @handle_errors
-def command(src: str, dst: str | None, model: str | None, fmt: str | None, zarr_path: str | None,
+def command(src: str, dst: str | None, model: str | None, fmt: OutputFormat | None,
+            zarr_path: str | None,
             bands: tuple[int, ...] | None, nodata: float | None, allow_no_crs: bool,
-            tile_size: int, overlap: int, chunk_size: int, blend: str, device: str,
-            batch_size: int | None, precision: str, compile_model: bool, engine: str,
-            output_stride: str | None, atrous_rates: tuple[int, ...] | None, probabilities: str,
+            tile_size: int, overlap: int, chunk_size: int, blend: BlendName, device: str,
+            batch_size: int | None, precision: Precision, compile_model: bool, engine: str,
+            output_stride: str | None, atrous_rates: tuple[int, ...] | None,
+            probabilities: ProbabilityMode,
             overwrite: bool, resume: bool, scheduler: str | None, workers: int | None,
             report: str | None, vectorize: str | None, preview: str | None, verbose: int,
             quiet: bool) -> None:
@@ -98,11 +106,11 @@ def command(src: str, dst: str | None, model: str | None, fmt: str | None, zarr_
         src=src, dst=dst, model=model, format=fmt, zarr_path=zarr_path, bands=bands,
         nodata=nodata, allow_no_crs=allow_no_crs, tile_size=tile_size, overlap=overlap,
         chunk_size=chunk_size, blend=blend, device=device, batch_size=batch_size,
-        precision=precision,  # type: ignore[arg-type]
+        precision=precision,
         compile_model=compile_model,
         encoder_output_stride=int(output_stride) if output_stride else None,
         decoder_atrous_rates=atrous_rates,
-        probabilities=probabilities,  # type: ignore[arg-type]
+        probabilities=probabilities,
         overwrite=overwrite, resume=resume, scheduler=scheduler, workers=workers,
         report=report, vectorize=vectorize, preview=preview,
         engine=engine,  # type: ignore[arg-type]

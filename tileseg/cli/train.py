@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
-from tileseg.cli.options import int_list
+from tileseg.cli.options import int_list, overwrite_option
 
 EPILOG = """\b
 Examples:
@@ -122,7 +122,7 @@ class _Renderer:
 @click.option("--save-dtype", type=click.Choice(["float32", "float16"]), default="float32",
               show_default=True, help="Dtype of the stored weights.")
 @click.option("--description", default="", help="Model description stored in metadata.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing model directory.")
+@overwrite_option("Replace an existing model directory.")
 @verbosity_options
 @handle_errors
 def command(image: str, labels: str, out_dir: str, classes: tuple[str, ...],

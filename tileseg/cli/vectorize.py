@@ -7,7 +7,7 @@ import warnings
 import click
 
 from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
-from tileseg.cli.options import int_list
+from tileseg.cli.options import int_list, overwrite_option, scheduler_option
 from tileseg.cli.render import ProgressBar
 
 EPILOG = """\b
@@ -47,12 +47,10 @@ Examples:
               help="Skip mean_probability even when the Zarr mask stores probabilities.")
 @click.option("--chunk-size", type=int,
               help="Chunk side in pixels (default: the Zarr chunks, or 2048 for GeoTIFF).")
-@click.option("--overwrite", is_flag=True,
+@overwrite_option(
               help="Replace an existing DST, only if tileseg wrote it (any other file stays: "
               "exit 4).")
-@click.option("--scheduler", envvar="TILESEG_SCHEDULER",
-              help="threads, sync, or a dask.distributed address (tcp://host:8786). Default: "
-              "$TILESEG_SCHEDULER, else tileseg.scheduler in dask's config, else threads.")
+@scheduler_option()
 @click.option("--workers", type=int, help="Threads of the in-process scheduler.")
 @verbosity_options
 @handle_errors

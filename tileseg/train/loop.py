@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tileseg.device import resolve_device
 from tileseg.errors import ConfigError, InputError, OutputError
-from tileseg.infer import resolve_device
 from tileseg.metadata import ClassInfo, ModelMetadata, Normalization, default_color
 from tileseg.metrics import SegmentationMetrics, compute_metrics, confusion_matrix
 from tileseg.model import ModelSpec, build_model, readable_like_others, save_model
@@ -262,13 +262,117 @@ def _labelled_pixels(sources: list[Source], regions: list[Region], num_classes: 
     return counts
 
 
+@dataclass
+class _Network:
+    """The model being trained, its optional PSPNet auxiliary head and its input divisor."""
+
+    spec: ModelSpec
+    model: nn.Module
+    aux: _AuxHead | None
+    encoder_weights: str | None  # the ImageNet weights file the encoder started from
+    divisor: int
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.model.parameters()) + (
+            list(self.aux.parameters()) if self.aux is not None else [])
+
+    def train(self) -> None:
+        self.model.train()
+        if self.aux is not None:
+            self.aux.train()
+
+
+@dataclass
+class _Optimization:
+    """AdamW with DeepLab's poly schedule, and mixed precision on CUDA."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    use_amp: bool
+    amp_dtype: torch.dtype
+
+
 def _run(config: TrainConfig, sources: list[Source], out_dir: Path, device: torch.device,
          rng: np.random.Generator, start: float, progress: TrainCallback | None) -> TrainResult:
+    _check_sources_match(sources)
+    val_sources, train_regions, val_regions = _regions(config, sources)
+    mean, std, train_pixels = band_statistics(sources, train_regions)
+    metadata = _metadata(config, sources[0], mean, std, _class_colors(config, sources))
+    coefficients = metadata.normalization.coefficients(metadata.in_channels)
+    logger.info("normalization from %d training pixels: mean %s std %s", train_pixels,
+                np.round(mean, 3).tolist(), np.round(std, 3).tolist())
+    counts = _labelled_pixels(sources, train_regions, config.num_classes, "the training area")
+    # a model card claiming mIoU 0.000 from 0 pixels would be a lie: check the holdout up front
+    _labelled_pixels(val_sources, val_regions, config.num_classes,
+                     "the validation area" if config.val_sources else
+                     f"the holdout strip ({config.holdout.side} "
+                     f"{config.holdout.fraction:.0%})")
+    loss_weights = _loss_weights(config, counts)
+    weight = (None if loss_weights is None
+              else torch.tensor(loss_weights, dtype=torch.float32, device=device))
+    net = _network(config, metadata, device)
+    opt = _optimization(config, net, device)
+    _check_crop_size(config, net)
+    sampler = CropSampler(sources, train_regions, config, coefficients, rng)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    best: tuple[float, int, SegmentationMetrics] | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, float]] = []
+    for epoch in range(1, config.epochs + 1):
+        losses = _train_epoch(config, net, opt, sampler, weight, device, epoch, start, progress)
+        cm = validate(net.model, val_sources, val_regions, coefficients, config.num_classes,
+                      config.crop_size, net.divisor, device)
+        metrics = compute_metrics(cm)
+        improved = best is None or metrics.mean_iou > best[0]
+        record = {"epoch": epoch, "loss": float(np.mean(losses)),
+                  "val_mean_iou": metrics.mean_iou, "val_pixel_accuracy": metrics.pixel_accuracy,
+                  "lr": float(opt.scheduler.get_last_lr()[0]),
+                  "seconds": time.perf_counter() - start}
+        history.append(record)
+        logger.info("epoch %d/%d loss %.4f holdout mIoU %.4f pixel acc %.4f%s", epoch,
+                    config.epochs, record["loss"], metrics.mean_iou, metrics.pixel_accuracy,
+                    " (best)" if improved else "")
+        if improved:
+            best = (metrics.mean_iou, epoch, metrics)
+            best_state = copy.deepcopy({k: v.detach().cpu()
+                                        for k, v in net.model.state_dict().items()})
+            # checkpoint of the best validation epoch so far: an interrupted run keeps it
+            _save(net.model, out_dir, metadata, config.save_dtype)
+        if progress is not None:
+            progress(TrainEvent("epoch", epoch, config.epochs, config.steps_per_epoch,
+                                config.steps_per_epoch, record["loss"],
+                                time.perf_counter() - start, metrics, improved))
+    if val_sources is not sources:
+        for s in val_sources:
+            s.close()
+    assert best is not None and best_state is not None  # epochs >= 1 (checked in TrainConfig)
+    net.model.load_state_dict(best_state)
+    recipe = _recipe(config, net.spec, device, net.encoder_weights, train_regions, val_regions,
+                     sources)
+    recipe["class_pixels"] = counts.tolist()
+    if loss_weights is not None:
+        recipe["class_loss_weights"] = [round(w, 4) for w in loss_weights]
+    result = TrainResult(out_dir=str(out_dir), best_epoch=best[1], metrics=best[2],
+                         history=tuple(history), seconds=time.perf_counter() - start,
+                         device=str(device), train_pixels=train_pixels,
+                         val_pixels=sum(r.area for r in val_regions), recipe=recipe)
+    _write_records(out_dir, result, metadata)
+    return result
+
+
+def _check_sources_match(sources: list[Source]) -> None:
     bands = {len(s.indexes) for s in sources}
     dtypes = {s.dtype for s in sources}
     if len(bands) != 1 or len(dtypes) != 1:
         raise InputError("training images differ in band count or dtype "
                          f"({sorted(bands)}, {sorted(dtypes)}); select matching --bands")
+
+
+def _regions(config: TrainConfig, sources: list[Source]
+             ) -> tuple[list[Source], list[Region], list[Region]]:
+    """The validation sources, and the training and validation regions of each source."""
     if config.val_sources:
         val_sources = [Source(s, config) for s in config.val_sources]
         train_regions = [Region(0, 0, s.height, s.width) for s in sources]
@@ -283,28 +387,21 @@ def _run(config: TrainConfig, sources: list[Source], out_dir: Path, device: torc
             raise InputError(f"{s.spec.image}: training region {reg.height} x {reg.width} "
                              "(height x width) is too small; use a smaller --holdout-fraction "
                              "or separate --val rasters")
+    return val_sources, train_regions, val_regions
 
-    mean, std, train_pixels = band_statistics(sources, train_regions)
-    metadata = _metadata(config, sources[0], mean, std, _class_colors(config, sources))
-    coefficients = metadata.normalization.coefficients(metadata.in_channels)
-    logger.info("normalization from %d training pixels: mean %s std %s", train_pixels,
-                np.round(mean, 3).tolist(), np.round(std, 3).tolist())
 
-    counts = _labelled_pixels(sources, train_regions, config.num_classes, "the training area")
-    # a model card claiming mIoU 0.000 from 0 pixels would be a lie: check the holdout up front
-    _labelled_pixels(val_sources, val_regions, config.num_classes,
-                     "the validation area" if config.val_sources else
-                     f"the holdout strip ({config.holdout.side} "
-                     f"{config.holdout.fraction:.0%})")
-    weight: torch.Tensor | None = None
-    loss_weights: list[float] | None = None
-    if config.class_weighting != "none":
-        power = 0.5 if config.class_weighting == "inverse-sqrt" else 1.0
-        loss_weights = class_weights(counts, power).tolist()
-        weight = torch.tensor(loss_weights, dtype=torch.float32, device=device)
-        logger.info("class loss weights (%s): %s", config.class_weighting,
-                    [round(w, 3) for w in loss_weights])
+def _loss_weights(config: TrainConfig, counts: np.ndarray) -> list[float] | None:
+    if config.class_weighting == "none":
+        return None
+    power = 0.5 if config.class_weighting == "inverse-sqrt" else 1.0
+    weights: list[float] = class_weights(counts, power).tolist()
+    logger.info("class loss weights (%s): %s", config.class_weighting,
+                [round(w, 3) for w in weights])
+    return weights
 
+
+def _network(config: TrainConfig, metadata: ModelMetadata, device: torch.device) -> _Network:
+    """The model to train (encoder from ImageNet weights when given), on the device."""
     spec = ModelSpec(architecture=config.architecture, encoder_name=config.encoder_name,
                      in_channels=metadata.in_channels, classes=config.num_classes,
                      encoder_output_stride=config.encoder_output_stride)
@@ -319,10 +416,15 @@ def _run(config: TrainConfig, sources: list[Source], out_dir: Path, device: torc
         encoder: Any = model.encoder
         aux = _AuxHead(int(encoder.out_channels[-2]), config.num_classes)
     model.to(device)
-    params = list(model.parameters()) + (list(aux.parameters()) if aux is not None else [])
     if aux is not None:
         aux.to(device)
-    optimizer = torch.optim.AdamW(params, lr=config.learning_rate,
+    divisor = int(getattr(model.encoder, "output_stride", 32)) if getattr(
+        model, "requires_divisible_input_shape", True) else 1
+    return _Network(spec, model, aux, weights, divisor)
+
+
+def _optimization(config: TrainConfig, net: _Network, device: torch.device) -> _Optimization:
+    optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
     total_steps = config.epochs * config.steps_per_epoch
     # DeepLab's "poly" schedule: lr * (1 - step/total)^0.9
@@ -331,84 +433,52 @@ def _run(config: TrainConfig, sources: list[Source], out_dir: Path, device: torc
     use_amp = config.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    divisor = int(getattr(model.encoder, "output_stride", 32)) if getattr(
-        model, "requires_divisible_input_shape", True) else 1
-    if config.crop_size % divisor:
-        raise ConfigError(f"crop size {config.crop_size} must be a multiple of {divisor} for "
-                          f"{spec.architecture}/{spec.encoder_name}; try "
-                          f"{config.crop_size // divisor * divisor or divisor}")
-    sampler = CropSampler(sources, train_regions, config, coefficients, rng)
+    return _Optimization(optimizer, scheduler, scaler, use_amp, amp_dtype)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    best: tuple[float, int, SegmentationMetrics] | None = None
-    best_state: dict[str, torch.Tensor] | None = None
-    history: list[dict[str, float]] = []
-    val_pixels = sum(r.area for r in val_regions)
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        if aux is not None:
-            aux.train()
-        losses = []
-        for step in range(1, config.steps_per_epoch + 1):
-            images, labels = sampler.batch(config.batch_size)
-            x = torch.from_numpy(images).to(device, non_blocking=True)
-            y = torch.from_numpy(labels).to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                logits, aux_logits = _forward(model, aux, x)
-                loss = segmentation_loss(logits, y, weight)
-                if aux_logits is not None:
-                    loss = loss + config.aux_weight * segmentation_loss(aux_logits, y, weight)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise InputError("the training loss is not finite; lower --lr or check the "
-                                 "image for extreme values")
-            losses.append(value)
-            if progress is not None:
-                progress(TrainEvent("step", epoch, config.epochs, step, config.steps_per_epoch,
-                                    value, time.perf_counter() - start))
-        cm = validate(model, val_sources, val_regions, coefficients, config.num_classes,
-                      config.crop_size, divisor, device)
-        metrics = compute_metrics(cm)
-        improved = best is None or metrics.mean_iou > best[0]
-        record = {"epoch": epoch, "loss": float(np.mean(losses)),
-                  "val_mean_iou": metrics.mean_iou, "val_pixel_accuracy": metrics.pixel_accuracy,
-                  "lr": float(scheduler.get_last_lr()[0]),
-                  "seconds": time.perf_counter() - start}
-        history.append(record)
-        logger.info("epoch %d/%d loss %.4f holdout mIoU %.4f pixel acc %.4f%s", epoch,
-                    config.epochs, record["loss"], metrics.mean_iou, metrics.pixel_accuracy,
-                    " (best)" if improved else "")
-        if improved:
-            best = (metrics.mean_iou, epoch, metrics)
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-            # checkpoint of the best validation epoch so far: an interrupted run keeps it
-            _save(model, out_dir, metadata, config.save_dtype)
+
+def _check_crop_size(config: TrainConfig, net: _Network) -> None:
+    if config.crop_size % net.divisor:
+        raise ConfigError(f"crop size {config.crop_size} must be a multiple of {net.divisor} for "
+                          f"{net.spec.architecture}/{net.spec.encoder_name}; try "
+                          f"{config.crop_size // net.divisor * net.divisor or net.divisor}")
+
+
+def _train_epoch(config: TrainConfig, net: _Network, opt: _Optimization, sampler: CropSampler,
+                 weight: torch.Tensor | None, device: torch.device, epoch: int, start: float,
+                 progress: TrainCallback | None) -> list[float]:
+    """One epoch of optimizer steps; the loss of each step."""
+    net.train()
+    losses = []
+    for step in range(1, config.steps_per_epoch + 1):
+        images, labels = sampler.batch(config.batch_size)
+        x = torch.from_numpy(images).to(device, non_blocking=True)
+        y = torch.from_numpy(labels).to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=opt.amp_dtype, enabled=opt.use_amp):
+            logits, aux_logits = _forward(net.model, net.aux, x)
+            loss = segmentation_loss(logits, y, weight)
+            if aux_logits is not None:
+                loss = loss + config.aux_weight * segmentation_loss(aux_logits, y, weight)
+        opt.optimizer.zero_grad(set_to_none=True)
+        opt.scaler.scale(loss).backward()
+        opt.scaler.step(opt.optimizer)
+        opt.scaler.update()
+        opt.scheduler.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise InputError("the training loss is not finite; lower --lr or check the "
+                             "image for extreme values")
+        losses.append(value)
         if progress is not None:
-            progress(TrainEvent("epoch", epoch, config.epochs, config.steps_per_epoch,
-                                config.steps_per_epoch, record["loss"],
-                                time.perf_counter() - start, metrics, improved))
-    if val_sources is not sources:
-        for s in val_sources:
-            s.close()
-    assert best is not None and best_state is not None  # epochs >= 1 (checked in TrainConfig)
-    model.load_state_dict(best_state)
-    seconds = time.perf_counter() - start
-    recipe = _recipe(config, spec, device, weights, train_regions, val_regions, sources)
-    recipe["class_pixels"] = counts.tolist()
-    if loss_weights is not None:
-        recipe["class_loss_weights"] = [round(w, 4) for w in loss_weights]
-    result = TrainResult(out_dir=str(out_dir), best_epoch=best[1], metrics=best[2],
-                         history=tuple(history), seconds=seconds, device=str(device),
-                         train_pixels=train_pixels, val_pixels=val_pixels, recipe=recipe)
+            progress(TrainEvent("step", epoch, config.epochs, step, config.steps_per_epoch,
+                                value, time.perf_counter() - start))
+    return losses
+
+
+def _write_records(out_dir: Path, result: TrainResult, metadata: ModelMetadata) -> None:
+    """``training.json`` and ``MODEL_CARD.md`` beside the saved weights."""
     (out_dir / "training.json").write_text(json.dumps(_training_json(result, metadata), indent=2)
                                            + "\n")
     write_model_card(out_dir, result, metadata)
-    return result
 
 
 def _recipe(config: TrainConfig, spec: ModelSpec, device: torch.device, weights: str | None,

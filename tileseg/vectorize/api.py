@@ -75,19 +75,21 @@ class VectorizeConfig:
 
     def __post_init__(self) -> None:
         if self.connectivity not in (4, 8):
-            raise ConfigError(f"--connectivity must be 4 or 8, got {self.connectivity}")
+            raise ConfigError(f"connectivity must be 4 or 8, got {self.connectivity}",
+                              params=("connectivity",))
         if not 0 <= self.min_area < math.inf:  # NaN fails too: it would drop every polygon
-            raise ConfigError(f"--min-area must be zero or positive, got {self.min_area}")
+            raise ConfigError(f"min_area must be zero or positive, got {self.min_area}", params=("min_area",))
         if self.min_area_unit not in ("pixels", "map"):
-            raise ConfigError(f"--min-area-unit {self.min_area_unit!r}: choose pixels or map")
+            raise ConfigError(f"min_area_unit {self.min_area_unit!r}: choose pixels or map",
+                              params=("min_area_unit",))
         if not 0 <= self.simplify < math.inf:
-            raise ConfigError(f"--simplify must be zero or positive, got {self.simplify}")
+            raise ConfigError(f"simplify must be zero or positive, got {self.simplify}", params=("simplify",))
         if self.chunk_size is not None and self.chunk_size < 1:
-            raise ConfigError(f"--chunk-size must be positive, got {self.chunk_size}")
+            raise ConfigError(f"chunk_size must be positive, got {self.chunk_size}", params=("chunk_size",))
         if self.workers is not None and self.workers < 1:
-            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+            raise ConfigError(f"workers must be at least 1, got {self.workers}", params=("workers",))
         if self.classes is not None and not self.classes:
-            raise ConfigError("--classes is empty; list class ids such as --classes 1,2")
+            raise ConfigError("classes is empty; list class ids such as classes 1,2", params=("classes",))
 
     def dropped(self, class_names: Mapping[int, str]) -> tuple[int, ...]:
         """Class ids left out: ``drop_classes`` when given; none when ``classes`` says what to
@@ -245,7 +247,8 @@ def chunk_windows(source: MaskSource,
     rows = list(range(0, source.height, ch))
     cols = list(range(0, source.width, cw))
     windows = [
-        ChunkWindow(i * len(cols) + j, r, c, min(ch, source.height - r), min(cw, source.width - c))
+        ChunkWindow(r, c, min(ch, source.height - r), min(cw, source.width - c),
+                    index=i * len(cols) + j)
         for i, r in enumerate(rows) for j, c in enumerate(cols)
     ]
     return windows, (len(rows), len(cols))
@@ -359,7 +362,8 @@ def _parse_crs(text: str) -> Any:
         with rasterio.Env():  # GDAL/PROJ errors go to logging here, not straight to stderr
             return CRS.from_user_input(text)
     except (CRSError, ValueError):
-        raise ConfigError(f"--to-crs {text!r}: not a CRS GDAL knows; use e.g. EPSG:4326") from None
+        raise ConfigError(f"to_crs {text!r}: not a CRS GDAL knows; use e.g. EPSG:4326",
+                          params=("to_crs",)) from None
 
 
 def _reproject(geometry: np.ndarray, crs_wkt: str, dst_crs: Any) -> tuple[np.ndarray, str]:

@@ -17,20 +17,18 @@ import shapely
 from affine import Affine
 from scipy import ndimage
 
+from tileseg.grid import Rect
 from tileseg.vectorize.source import MaskSource
 
 Connectivity = Literal[4, 8]
 
 
-@dataclass(frozen=True)
-class ChunkWindow:
-    """Where a chunk lies in the mask, and its linear index in the chunk grid."""
+@dataclass(frozen=True, order=True)
+class ChunkWindow(Rect):
+    """Where a chunk lies in the mask (a :class:`~tileseg.grid.Rect`), plus its linear index in
+    the chunk grid, which numbers the chunk's polygon ids (``gid``)."""
 
-    index: int
-    row_off: int
-    col_off: int
-    height: int
-    width: int
+    index: int = 0
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ read opens the file again, so dask tasks on threads or remote workers each use t
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 
+from tileseg import mask as mask_format
 from tileseg.errors import InputError, InputNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def _open_gdal(path: str) -> MaskSource:
             raise InputError(f"{path}: band 1 is {dtype.name}; a class mask must hold integer "
                              "class ids (round or classify it first)")
         nodata = None if src.nodata is None else int(src.nodata)
-        classes = _classes_from_tag(path, src.tags().get("TILESEG_CLASSES"))
+        classes = _classes_from_tags(path, src.tags())
         block_h, block_w = src.block_shapes[0]
         return MaskSource(
             path=path, kind="gtiff", height=src.height, width=src.width, dtype=dtype.name,
@@ -116,13 +116,11 @@ def _aligned(size: int, block_h: int, block_w: int) -> tuple[int, int]:
                  (max(1, size // block_h) * block_h, max(1, size // block_w) * block_w))
 
 
-def _classes_from_tag(path: str, tag: str | None) -> dict[int, str]:
-    if not tag:
-        return {}
+def _classes_from_tags(path: str, tags: dict[str, str]) -> dict[int, str]:
     try:
-        return {int(c["id"]): str(c["name"]) for c in json.loads(tag)}
-    except (ValueError, TypeError, KeyError):
-        logger.warning("%s: unreadable TILESEG_CLASSES tag; naming classes class_<id>", path)
+        return mask_format.class_names(mask_format.classes_from_tags(tags) or [])
+    except ValueError as exc:
+        logger.warning("%s: %s; naming classes class_<id>", path, exc)
         return {}
 
 
@@ -134,8 +132,8 @@ def _open_zarr(path: str) -> MaskSource:
     except Exception as exc:  # zarr raises several unrelated types for a broken store
         raise InputError(f"{path}: not a readable Zarr group ({exc}); pass a mask written by "
                          "predict") from None
-    facts: Any = root.attrs.get("tileseg")
-    if not isinstance(facts, dict) or "mask" not in root:
+    facts = mask_format.read_facts(root)
+    if facts is None or "mask" not in root:
         raise InputError(f"{path}: not a tileseg Zarr mask (no 'tileseg' attribute or 'mask' "
                          "array); write it with tileseg predict")
     if facts.get("complete") is not True:
@@ -158,7 +156,7 @@ def _open_zarr(path: str) -> MaskSource:
         path=str(Path(path)), kind="zarr", height=int(mask.shape[0]), width=int(mask.shape[1]),
         dtype=dtype.name, nodata=None if nodata is None else int(nodata),
         transform=Affine(*facts["transform"][:6]), crs_wkt=facts.get("crs_wkt") or None,
-        class_names={int(c["id"]): str(c["name"]) for c in facts.get("classes", [])},
+        class_names=mask_format.class_names(facts.get("classes", [])),
         chunks=(int(mask.chunks[0]), int(mask.chunks[1])), has_probabilities=has_probs,
         probability_scale=scale,
     )

@@ -1,0 +1,36 @@
+"""raster: windows past the edges are reflected, validity follows nodata and NaN."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tileseg.errors import InputError
+from tileseg.grid import Rect
+from tileseg.raster import WindowReader, open_raster
+
+
+def test_window_past_the_edge_is_reflected(make_raster) -> None:
+    data = np.arange(2 * 6 * 7, dtype=np.uint16).reshape(2, 6, 7)
+    info = open_raster(make_raster(data))
+    with WindowReader(info) as reader:
+        out, valid = reader.read(Rect(-2, -1, 6, 9))
+    expected = np.pad(data, ((0, 0), (2, 0), (1, 1)), mode="reflect")[:, :6, :9]
+    np.testing.assert_array_equal(out, expected)
+    assert valid.all() and out.dtype == np.uint16
+
+
+def test_nodata_and_nan_pixels_are_not_valid(make_raster) -> None:
+    data = np.ones((1, 5, 5), dtype=np.float32)
+    data[0, 1, 1] = -9
+    data[0, 3, 4] = np.nan
+    info = open_raster(make_raster(data, nodata=-9))
+    with WindowReader(info) as reader:
+        _, valid = reader.read(Rect(0, 0, 5, 5))
+    assert not valid[1, 1] and not valid[3, 4] and valid.sum() == 23
+
+
+def test_a_window_outside_the_raster_is_an_input_error(make_raster) -> None:
+    info = open_raster(make_raster(np.zeros((1, 4, 4), np.uint8)))
+    with WindowReader(info) as reader, pytest.raises(InputError, match="outside the raster"):
+        reader.read(Rect(10, 10, 2, 2))
