@@ -18,6 +18,7 @@ does nothing. Task results are small dicts, so the scheduler never holds arrays.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from tileseg.grid import Rect, TileGrid
 from tileseg.infer import Runtime, blend_to_mask, infer_chunk_logits, make_runtime
 from tileseg.model import LoadedModel, cached, load_model
 from tileseg.raster import RasterInfo
+from tileseg.store import zarr_store
 
 logger = logging.getLogger(__name__)
 
@@ -110,12 +112,18 @@ class Job:
 
 
 class WorkDir:
-    """Per-chunk files of a run: saved interiors and spills, and done markers."""
+    """Per-chunk files of a run on a local (or shared) disk: saved interiors and spills, and
+    done markers. :class:`StoreWorkDir` keeps the same records as objects on a store."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.pieces = self.path / "pieces"
         self.done = self.path / "done"
+
+    @property
+    def location(self) -> str:
+        """Where every worker finds this work directory."""
+        return str(self.path.absolute())
 
     def create(self) -> None:
         self.pieces.mkdir(parents=True, exist_ok=True)
@@ -146,6 +154,9 @@ class WorkDir:
         except FileNotFoundError:
             raise RunError(f"{path}: missing intermediate chunk file; rerun with --resume") from None
 
+    def remove_piece(self, row: int, col: int) -> None:
+        self.piece_path(row, col).unlink(missing_ok=True)
+
     def mark_done(self, row: int, col: int, info: dict[str, Any]) -> None:
         final = self.done_path(row, col)
         tmp = final.with_name(final.name + ".tmp")
@@ -154,6 +165,80 @@ class WorkDir:
 
     def read_done(self, row: int, col: int) -> dict[str, Any]:
         return dict(json.loads(self.done_path(row, col).read_text()))
+
+
+class StoreWorkDir:
+    """The records of :class:`WorkDir` as objects under a store prefix, so workers that share
+    no disk share the run. A PUT is atomic (an object appears whole or not at all), which is
+    what the local temporary-name-and-rename gives; a done marker is written last."""
+
+    def __init__(self, url: str) -> None:
+        from tileseg.store import StoreLocation
+
+        self.root = StoreLocation.parse(url)
+
+    @property
+    def location(self) -> str:
+        return self.root.url
+
+    def create(self) -> None:
+        """Nothing to do: a prefix exists as soon as an object is written under it."""
+
+    def _piece(self, row: int, col: int) -> Any:
+        return self.root.child(f"pieces/r{row}_c{col}.npz")
+
+    def _done(self, row: int, col: int) -> Any:
+        return self.root.child(f"done/r{row}_c{col}")
+
+    def has_piece(self, row: int, col: int) -> bool:
+        from tileseg.store import exists
+
+        return exists(self._piece(row, col))
+
+    def is_done(self, row: int, col: int) -> bool:
+        from tileseg.store import exists
+
+        return exists(self._done(row, col))
+
+    def save_piece(self, row: int, col: int, arrays: dict[str, np.ndarray]) -> None:
+        from tileseg.store import put_bytes
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]
+        put_bytes(self._piece(row, col), buffer.getvalue())
+
+    def load_piece(self, row: int, col: int) -> Any:
+        from tileseg.store import read_bytes
+
+        where = self._piece(row, col)
+        try:
+            return np.load(io.BytesIO(read_bytes(where)))
+        except FileNotFoundError:
+            raise RunError(f"{where.url}: missing intermediate chunk object; rerun with "
+                           "--resume") from None
+
+    def remove_piece(self, row: int, col: int) -> None:
+        from tileseg.store import delete
+
+        delete(self._piece(row, col))
+
+    def mark_done(self, row: int, col: int, info: dict[str, Any]) -> None:
+        from tileseg.store import put_bytes
+
+        put_bytes(self._done(row, col), json.dumps(info).encode())
+
+    def read_done(self, row: int, col: int) -> dict[str, Any]:
+        from tileseg.store import read_bytes
+
+        return dict(json.loads(read_bytes(self._done(row, col))))
+
+
+def open_work_dir(location: str | os.PathLike[str]) -> WorkDir | StoreWorkDir:
+    """The work directory at ``location``: a store URL gives a :class:`StoreWorkDir`."""
+    from tileseg.store import is_store_url
+
+    text = str(location)
+    return StoreWorkDir(text) if is_store_url(text) else WorkDir(text)
 
 
 def _spill_key(row: int, col: int) -> str:
@@ -183,7 +268,7 @@ def _chunk_error(job: Job, row: int, col: int, exc: Exception) -> RunError:
 
 def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
     """Infer chunk ``(row, col)`` and save its interior and spill. Returns a small summary."""
-    work = WorkDir(job.work_dir)
+    work = open_work_dir(job.work_dir)
     grid = job.grid
     if work.has_piece(row, col) or all(work.is_done(r, c) for r, c in grid.neighbours(row, col)):
         tiles, skipped = _saved_tile_counts(work, row, col)
@@ -231,7 +316,7 @@ def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
             "skipped": int(arrays["tiles"][1]), "reused": False, **runtime.resolved()}
 
 
-def _saved_tile_counts(work: WorkDir, row: int, col: int) -> tuple[int, int]:
+def _saved_tile_counts(work: WorkDir | StoreWorkDir, row: int, col: int) -> tuple[int, int]:
     """Tiles inferred and skipped by an earlier run of chunk ``(row, col)``: from its saved
     piece or, once that is cleaned up (only after the chunk is done), from its done record."""
     try:
@@ -251,7 +336,7 @@ def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any
     """Combine the spills landing on chunk ``(row, col)`` and write the chunk to Zarr."""
     import zarr
 
-    work = WorkDir(job.work_dir)
+    work = open_work_dir(job.work_dir)
     grid = job.grid
     chunk = grid.chunk(row, col)
     if work.is_done(row, col):
@@ -293,20 +378,21 @@ def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any
             if probs is not None and p is not None:
                 probs[:, rs, cs] = p
     region = (slice(chunk.row_off, chunk.row_end), slice(chunk.col_off, chunk.col_end))
-    zarr.open_array(f"{job.zarr_path}/mask", mode="r+")[region] = mask
+    store = zarr_store(job.zarr_path)
+    zarr.open_array(store, path="mask", mode="r+")[region] = mask
     if probs is not None:
-        zarr.open_array(f"{job.zarr_path}/probabilities", mode="r+")[(slice(None), *region)] = probs
+        zarr.open_array(store, path="probabilities", mode="r+")[(slice(None), *region)] = probs
     info = {"tiles": tiles, "skipped": skipped}
     work.mark_done(row, col, info)
     _cleanup(work, grid, row, col)
     return {"chunk": (row, col), "reused": False, **info}
 
 
-def _cleanup(work: WorkDir, grid: TileGrid, row: int, col: int) -> None:
+def _cleanup(work: WorkDir | StoreWorkDir, grid: TileGrid, row: int, col: int) -> None:
     """Delete spills no unfinished chunk needs any more, so scratch space stays bounded."""
     for nr, nc in grid.neighbours(row, col):
         if all(work.is_done(r, c) for r, c in grid.neighbours(nr, nc)):
-            work.piece_path(nr, nc).unlink(missing_ok=True)
+            work.remove_piece(nr, nc)
 
 
 @dataclass(frozen=True)

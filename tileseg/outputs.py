@@ -19,6 +19,7 @@ from rasterio.windows import Window
 from tileseg.errors import OutputError
 from tileseg.metadata import ModelMetadata, class_json
 from tileseg.raster import RasterInfo, open_dataset
+from tileseg.store import zarr_store
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ def create_zarr(
 
     mask_dtype, nodata = mask_dtype_for(metadata.num_classes)
     transform = raster.affine
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    root = zarr.open_group(zarr_store(path), mode="w", zarr_format=3)
     root.attrs["tileseg"] = {
         "version": 1,
         "complete": False,
@@ -138,7 +139,8 @@ def create_zarr(
 def mark_zarr_complete(path: str | os.PathLike[str], extra: dict[str, Any]) -> None:
     import zarr
 
-    root: Any = zarr.open_group(str(path), mode="r+")
+    store = zarr_store(path)
+    root: Any = zarr.open_group(store, mode="r+")
     attrs: dict[str, Any] = dict(root.attrs["tileseg"])
     attrs.update(extra)
     attrs["complete"] = True
@@ -147,7 +149,7 @@ def mark_zarr_complete(path: str | os.PathLike[str], extra: dict[str, Any]) -> N
     # (yet) in the v3 spec, which is known and harmless here.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(str(path))
+        zarr.consolidate_metadata(store)
 
 
 def zarr_to_geotiff(
@@ -164,7 +166,7 @@ def zarr_to_geotiff(
     """
     import zarr
 
-    root: Any = zarr.open_group(str(zarr_path), mode="r")
+    root: Any = zarr.open_group(zarr_store(zarr_path, read_only=True), mode="r")
     facts: dict[str, Any] = dict(root.attrs["tileseg"])
     mask = root["mask"]
     height, width = mask.shape

@@ -32,7 +32,7 @@ from tileseg.errors import (
 from tileseg.grid import TileGrid, chunk_tiles_for
 from tileseg.memory import check_memory
 from tileseg.model import LoadedModel, load_model, warn_once
-from tileseg.mosaic import Job, ModelRef, WorkDir, build_graph, register_model
+from tileseg.mosaic import Job, ModelRef, build_graph, open_work_dir, register_model
 from tileseg.outputs import (
     create_zarr,
     format_for,
@@ -43,7 +43,8 @@ from tileseg.outputs import (
 from tileseg.ownership import REPORT_MARKER, REPORT_VERSION, check_replaceable
 from tileseg.progress import Progress, ProgressCallback
 from tileseg.raster import RasterInfo, is_remote, open_dataset, open_raster
-from tileseg.staging import STAGING_SUFFIX, LocalStaging  # noqa: F401 (STAGING_SUFFIX: re-exported)
+from tileseg.staging import STAGING_SUFFIX, LocalStaging, Staging  # noqa: F401 (re-exported)
+from tileseg.store import is_store_url
 from tileseg.styles import publish_raster_styles
 
 if TYPE_CHECKING:
@@ -196,17 +197,39 @@ def _check_paths(config: PredictConfig) -> None:
     )
 
 
-def _check_outputs(config: PredictConfig, fmt: str, staging: LocalStaging) -> None:
+def _staging_for(config: PredictConfig, fmt: str) -> Staging:
+    """Local staging beside DST, or staging on the object store DST names."""
+    if not is_store_url(config.dst):
+        if config.zarr_path and is_store_url(config.zarr_path):
+            raise ConfigError(f"--zarr {config.zarr_path}: on a store while DST is local; write "
+                              "both to the store or both locally")
+        return LocalStaging(Path(config.dst), Path(config.zarr_path) if config.zarr_path else None)
+    from tileseg.store_staging import StoreStaging
+
+    if config.zarr_path and not is_store_url(config.zarr_path):
+        raise ConfigError(f"--zarr {config.zarr_path}: local while DST is on a store; give a "
+                          "store URL for --zarr too")
+    for option, value in (("--vectorize", config.vectorize), ("--preview", config.preview)):
+        if value:
+            raise ConfigError(f"{option} is not supported yet with a DST on object storage; "
+                              f"run it afterwards on a local copy of {config.dst}")
+    return StoreStaging(config.dst, config.zarr_path, zarr_dst=fmt == "zarr")
+
+
+def _check_outputs(config: PredictConfig, fmt: str, staging: Staging) -> None:
     """Every destination can be written, and what exists there may be replaced (exit 4)."""
-    if is_remote(config.dst):
-        raise OutputError(f"{config.dst}: remote outputs are not supported; write locally and copy")
-    check_output_folder(config.dst, "destination")
+    on_store = is_store_url(config.dst)
+    if is_remote(config.dst) and not on_store:
+        raise OutputError(f"{config.dst}: only s3://, gs:// and az:// outputs are supported; "
+                          "write locally and copy")
+    if not on_store:
+        check_output_folder(config.dst, "destination")
     if fmt == "zarr" and config.zarr_path:
         raise ConfigError("--zarr is for GeoTIFF destinations; the destination is already Zarr")
     if config.probabilities != "none" and fmt != "zarr" and not config.zarr_path:
         raise ConfigError(f"--probabilities {config.probabilities} is stored in the Zarr mosaic "
                           "only; add --zarr PATH to keep it, or write DST as .zarr")
-    if config.zarr_path:
+    if config.zarr_path and not on_store:
         check_output_folder(config.zarr_path, "--zarr path")
     staging.check(overwrite=config.overwrite, resume=config.resume)
     if config.vectorize:
@@ -293,8 +316,8 @@ def predict(
     started = time.perf_counter()
     fmt = format_for(config.dst, config.format)
     _check_paths(config)
-    dst = Path(config.dst)
-    staging = LocalStaging(dst, Path(config.zarr_path) if config.zarr_path else None)
+    staging = _staging_for(config, fmt)
+    dst = str(staging.dst)
     _check_outputs(config, fmt, staging)
     raster = open_raster(config.src, bands=config.bands, nodata=config.nodata,
                          allow_no_crs=config.allow_no_crs)
@@ -324,14 +347,14 @@ def predict(
             logger.info("%s is already complete; nothing to resume", dst)
             return PredictResult(str(dst), config.zarr_path, grid.num_tiles, 0, 0, grid.num_chunks,
                                  0.0, {"status": "already complete"})
-        if not staging.path.exists() and not has_valid_pixel(raster):
+        if not staging.in_progress() and not has_valid_pixel(raster):
             raise InputError(f"{raster.path}: every pixel is nodata; nothing to segment (check "
                              "--nodata or the file's mask)")
 
-        def create(stage: LocalStaging) -> None:
+        def create(stage: Staging) -> None:
             create_zarr(stage.zarr_store, raster, model.metadata, chunk_size=grid.chunk_size,
                         probabilities=config.probabilities, source=raster.path)
-            WorkDir(stage.work_path).create()
+            open_work_dir(stage.work_path).create()
 
         def on_resume(recorded: dict[str, Any]) -> None:
             if recorded.get("src_mtime_ns") != _source_mtime(raster):
@@ -341,7 +364,7 @@ def predict(
         staging.prepare(fingerprint, resume=config.resume, overwrite=config.overwrite,
                         facts={"src": raster.path, "src_mtime_ns": _source_mtime(raster)},
                         create=create, on_resume=on_resume)
-        work = WorkDir(staging.work_path)
+        work = open_work_dir(staging.work_path)
         zarr_store = staging.zarr_store
         resumed_chunks = sum(1 for r, c in grid.chunks() if work.is_done(r, c))
 
@@ -351,7 +374,8 @@ def predict(
             device=config.device, precision=config.precision, batch_size=config.batch_size,
             blend=config.blend, compile_model=config.compile_model,
             probabilities=config.probabilities, mask_dtype=mask_dtype.name, nodata=nodata,
-            work_dir=str(work.path.absolute()), zarr_path=str(zarr_store.absolute()),
+            work_dir=work.location,
+            zarr_path=zarr_store if isinstance(zarr_store, str) else str(zarr_store.absolute()),
         )
         mosaic = build_graph(job)
         graph_built = time.perf_counter()
@@ -395,10 +419,12 @@ def predict(
             staging.publish(zarr_store, zarr_too=False)
             zarr_out = str(dst)
         else:
-            tif_tmp = staging.path / ("output" + (dst.suffix or ".tif"))
-            zarr_to_geotiff(zarr_store, tif_tmp, cog=fmt == "cog", workdir=staging.path)
+            scratch = staging.scratch()
+            tif_tmp = scratch / ("output" + (Path(dst).suffix or ".tif"))
+            zarr_to_geotiff(zarr_store, tif_tmp, cog=fmt == "cog", workdir=scratch)
             # the styles are in place before the mask: a complete mask always has them
-            publish_raster_styles(dst, model.metadata.classes, workdir=staging.path)
+            if not is_store_url(dst):  # on a store: no sidecars (yet)
+                publish_raster_styles(dst, model.metadata.classes, workdir=scratch)
             staging.publish(tif_tmp, zarr_too=config.zarr_path is not None)
             zarr_out = config.zarr_path
         finished = time.perf_counter()

@@ -67,7 +67,8 @@ _STORES_LOCK = threading.Lock()
 
 
 def open_store(root: str) -> Any:
-    """One obstore store per bucket and process (they are thread-safe and pool connections)."""
+    """One obstore store per bucket (or prefix URL) and process (they are thread-safe and pool
+    connections)."""
     _obstore()
     from obstore.store import from_url
 
@@ -79,6 +80,39 @@ def open_store(root: str) -> Any:
                 options["allow_http"] = True
             _STORES[root] = from_url(root, client_options=options or None)  # type: ignore[arg-type]
         return _STORES[root]
+
+
+def zarr_store(path: str | os.PathLike[str], *, read_only: bool = False) -> Any:
+    """What zarr opens for ``path``: a local path as it is, a store URL as zarr's obstore-backed
+    :class:`zarr.storage.ObjectStore` rooted at the URL's key (so array paths stay relative)."""
+    text = str(path)
+    if not is_store_url(text):
+        return text
+    from zarr.storage import ObjectStore
+
+    return ObjectStore(open_store(text.rstrip("/")), read_only=read_only)
+
+
+def any_under(location: StoreLocation) -> bool:
+    """True when at least one object lies under ``location/``."""
+    obstore = _obstore()
+    try:
+        for batch in obstore.list(open_store(location.root), prefix=location.key + "/",
+                                  chunk_size=1):
+            if batch:
+                return True
+    except Exception as exc:
+        raise OutputError(_describe_failure(location, exc)) from exc
+    return False
+
+
+def delete(location: StoreLocation) -> None:
+    """Delete one object (nothing happens when it is absent)."""
+    obstore = _obstore()
+    try:
+        obstore.delete(open_store(location.root), location.key)
+    except FileNotFoundError:
+        pass
 
 
 def _describe_failure(location: StoreLocation, exc: BaseException) -> str:
