@@ -152,3 +152,14 @@ def test_overwrite_replaces_tileseg_own_zarr_on_s3(s3: S3Server, scene) -> None:
     np.testing.assert_array_equal(mask, expected)
     assert attrs["complete"] is True
     json.dumps(attrs)  # plain JSON, as the local store
+
+
+def test_unreachable_endpoint_is_one_line_exit_2(s3: S3Server, scene, deeplab_dir: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    src, _ = scene
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    code, output = _cli(["predict", str(src), "s3://unreachable-bucket/out.zarr",
+                         "--model", str(deeplab_dir)])
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, output
+    assert "s3://unreachable-bucket/out.zarr: the store refused or did not answer" in lines[0]

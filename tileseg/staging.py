@@ -43,6 +43,9 @@ class Staging(Protocol):
     :class:`tileseg.store_staging.StoreStaging` stages under a prefix on an object store."""
 
     @property
+    def dst(self) -> Any: ...
+
+    @property
     def zarr_store(self) -> Any: ...
 
     @property

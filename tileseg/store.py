@@ -181,7 +181,10 @@ def delete_prefix(location: StoreLocation) -> int:
 def check_writable(location: StoreLocation) -> None:
     """Fail before any work when the bucket is missing or refuses writes (one probe object)."""
     probe = location.child(f".tileseg-probe-{uuid.uuid4().hex}")
-    put_bytes(probe, b"")
+    try:
+        put_bytes(probe, b"")
+    except OutputError as exc:  # name what the user asked for, not the probe
+        raise OutputError(_describe_failure(location, exc.__cause__ or exc)) from None
     _obstore().delete(open_store(probe.root), probe.key)
 
 
