@@ -163,3 +163,74 @@ def test_unreachable_endpoint_is_one_line_exit_2(s3: S3Server, scene, deeplab_di
     lines = [line for line in output.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, output
     assert "s3://unreachable-bucket/out.zarr: the store refused or did not answer" in lines[0]
+
+
+# -- a cluster whose workers share no disk ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def several_class_deeplab(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight DeepLabV3+ whose head bias is shifted so its mask has several classes
+    (as in test_destination_safety; unshifted it predicts one class almost everywhere)."""
+    import torch
+    from conftest import metadata
+
+    from tileseg.model import ModelSpec, build_model, save_model
+
+    torch.manual_seed(0)
+    module = build_model(ModelSpec(encoder_name="resnet18", in_channels=3, classes=3)).eval()
+    x = torch.from_numpy(random_image(3, 256, 256, seed=5).astype(np.float32) / 255)[None]
+    with torch.no_grad():
+        module.segmentation_head[0].bias -= module(x)[0].mean((1, 2))
+    path = tmp_path_factory.mktemp("models") / "several"
+    save_model(module, path, metadata(3, 3, scale=1 / 255, dtype="uint8"))
+    return path
+
+
+def _files(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_cluster_workers_share_only_the_store(s3: S3Server, make_raster, several_class_deeplab,
+                                              tmp_path: Path) -> None:
+    distributed = pytest.importorskip("distributed")
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    src = make_raster(random_image(3, 260, 300, seed=5), block=64)
+    model = str(several_class_deeplab)
+    local = predict(PredictConfig(str(src), str(tmp_path / "local.tif"), model=model,
+                                  tile_size=96, overlap=16, chunk_size=128))
+    with rasterio.open(local.dst) as out:
+        expected = out.read(1)
+    assert len(np.unique(expected)) >= 2
+    folders = [tmp_path / f"worker{i}" for i in range(2)]
+    for folder in folders:
+        (folder / "tmp").mkdir(parents=True)
+    workers = {i: {"cls": Nanny, "options": {"nthreads": 1, "local_directory": str(folder),
+                                             "env": {"TMPDIR": str(folder / "tmp")}}}
+               for i, folder in enumerate(folders)}
+    scheduler = {"cls": Scheduler, "options": {"dashboard_address": ":0"}}
+    before = _files(tmp_path)
+    url = f"s3://{BUCKET}/cluster/out.zarr"
+    with SpecCluster(workers=workers, scheduler=scheduler) as cluster, \
+            distributed.Client(cluster) as client:
+        def own_folder() -> str:  # each worker works in a folder of its own: cwd and temp files
+            import os
+            import tempfile
+
+            os.chdir(Path(os.environ["TMPDIR"]).parent)
+            tempfile.tempdir = None  # read TMPDIR again
+            return os.getcwd()
+
+        cwds = client.run(own_folder)
+        assert sorted(cwds.values()) == sorted(str(f) for f in folders)
+        result = predict(PredictConfig(str(src), url, model=model, tile_size=96, overlap=16,
+                                       chunk_size=128), client=client)
+    mask, attrs = _store_mask(url)
+    np.testing.assert_array_equal(mask, expected)
+    assert attrs["complete"] is True
+    assert result.tiles_inferred == local.tiles_inferred == result.tiles_total  # each once
+    # nothing of the run on any local disk: no spill, marker, Zarr chunk or staging folder
+    written = _files(tmp_path) - before
+    assert not [f for f in written if f.endswith((".npz", ".json")) or ".zarr" in f
+                or ".partial" in f], written
+    assert not [k for k in _keys(s3, "cluster/") if not k.startswith("cluster/out.zarr/")]
