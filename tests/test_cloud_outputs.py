@@ -234,3 +234,20 @@ def test_cluster_workers_share_only_the_store(s3: S3Server, make_raster, several
     assert not [f for f in written if f.endswith((".npz", ".json")) or ".zarr" in f
                 or ".partial" in f], written
     assert not [k for k in _keys(s3, "cluster/") if not k.startswith("cluster/out.zarr/")]
+
+
+def test_report_on_s3_is_written_once_and_a_foreign_one_kept(s3: S3Server, scene) -> None:
+    src, _ = scene
+    url = f"s3://{BUCKET}/report/out.zarr"
+    report = f"s3://{BUCKET}/report/run.json"
+    predict(_config(src, url, report=report), model=per_pixel_model(3, 4))
+    body = json.loads(s3.client().get_object(Bucket=BUCKET, Key="report/run.json")["Body"].read())
+    assert body["tileseg_report"] == 1 and body["dst"] == url and body["tiles_total"] > 0
+    foreign = f"s3://{BUCKET}/report/notes.json"
+    put_bytes(StoreLocation.parse(foreign), b'{"mine": true}')
+    with pytest.raises(Exception, match="not written by tileseg") as caught:
+        predict(_config(src, url, report=foreign, overwrite=True), model=per_pixel_model(3, 4))
+    assert getattr(caught.value, "exit_code", None) == 4
+    notes = s3.client().get_object(Bucket=BUCKET, Key="report/notes.json")["Body"].read()
+    assert notes == b'{"mine": true}'
+    assert _store_mask(url)[1]["complete"] is True  # refused before anything was replaced

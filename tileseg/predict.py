@@ -244,11 +244,17 @@ def _check_outputs(config: PredictConfig, fmt: str, staging: Staging) -> None:
 
         check_preview_destination(config.preview, config.overwrite)
     if config.report:
-        _check_report(Path(config.report), config)
+        _check_report(config.report, config)
 
 
-def _check_report(report: Path, config: PredictConfig) -> None:
+def _check_report(path: str, config: PredictConfig) -> None:
     """``--report`` replaces only a tileseg report, and only with --overwrite (or --resume)."""
+    if is_store_url(path):
+        from tileseg.store_staging import check_report_object
+
+        check_report_object(path, replace=config.overwrite or config.resume)
+        return
+    report = Path(path)
     check_output_folder(report, "--report path")
     if report.exists() or report.is_symlink():
         if not (config.overwrite or config.resume):
@@ -444,8 +450,14 @@ def predict(
         if config.preview:
             report["preview"] = _preview(result, config)
         if config.report:
-            _check_report(Path(config.report), config)  # again: the run took a while
-            write_text_atomic(config.report, json.dumps(report, indent=2) + "\n")
+            _check_report(config.report, config)  # again: the run took a while
+            text = json.dumps(report, indent=2) + "\n"
+            if is_store_url(config.report):
+                from tileseg.store_staging import write_report_object
+
+                write_report_object(config.report, text)
+            else:
+                write_text_atomic(config.report, text)
         return result
 
 

@@ -32,7 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from tileseg.errors import ConfigError, OutputError, RunError
-from tileseg.ownership import FINGERPRINT_TAG, TIFF_TAG, ZARR_ATTRIBUTE
+from tileseg.ownership import (
+    FINGERPRINT_TAG,
+    REPORT_MARKER,
+    REPORT_VERSION,
+    TIFF_TAG,
+    ZARR_ATTRIBUTE,
+)
 from tileseg.staging import STAGING_SUFFIX
 from tileseg.store import (
     StoreLocation,
@@ -246,3 +252,30 @@ class StoreStaging:
         while self._scratch:
             shutil.rmtree(self._scratch.pop(), ignore_errors=True)
 
+
+
+def check_report_object(url: str, *, replace: bool) -> None:
+    """``--report`` on a store: the store answers, and an existing object is replaced only when
+    ``replace`` (--overwrite/--resume) and only when it is a tileseg report."""
+    where = StoreLocation.parse(url)
+    try:
+        check_writable(where)
+    except OutputError as exc:
+        raise ConfigError(str(exc)) from None
+    if not exists(where):
+        return
+    if not replace:
+        raise OutputError(f"{url}: already exists; pass --overwrite to replace it")
+    try:
+        data = json.loads(read_bytes(where))
+    except (FileNotFoundError, ValueError):
+        data = None
+    if not (isinstance(data, dict) and data.get(REPORT_MARKER) == REPORT_VERSION):
+        raise OutputError(f"{url}: exists and was not written by tileseg (no tileseg report "
+                          "marker), so --overwrite does not replace it; move it away or choose "
+                          "another --report path")
+
+
+def write_report_object(url: str, text: str) -> None:
+    """One PUT: the report object appears whole or not at all."""
+    put_bytes(StoreLocation.parse(url), text.encode("utf-8"))
