@@ -251,3 +251,15 @@ def test_report_on_s3_is_written_once_and_a_foreign_one_kept(s3: S3Server, scene
     notes = s3.client().get_object(Bucket=BUCKET, Key="report/notes.json")["Body"].read()
     assert notes == b'{"mine": true}'
     assert _store_mask(url)[1]["complete"] is True  # refused before anything was replaced
+
+
+def test_cog_on_s3_resume_when_finished_and_overwrite_read_its_tag(s3: S3Server, scene) -> None:
+    src, _ = scene
+    url = f"s3://{BUCKET}/cog-again/out.tif"
+    predict(_config(src, url), model=per_pixel_model(3, 4))
+    again = predict(_config(src, url, resume=True), model=per_pixel_model(3, 4))
+    assert again.report == {"status": "already complete"}  # its fingerprint tag, read via GDAL
+    other = predict(_config(src, url, overwrite=True, overlap=8), model=per_pixel_model(3, 4))
+    assert other.tiles_inferred > 0  # tileseg's own COG replaced (its TILESEG_CLASSES tag)
+    with pytest.raises(Exception, match="other inputs or options"):
+        predict(_config(src, url, resume=True), model=per_pixel_model(3, 4))

@@ -164,10 +164,15 @@ class StoreStaging:
 
     @staticmethod
     def _tiff_tags(out: str) -> dict[str, str]:
+        import rasterio
+
         from tileseg.raster import open_dataset
 
+        scheme, _, rest = out.partition("://")
+        vsi = {"s3": "/vsis3/", "gs": "/vsigs/"}.get(scheme, "/vsiaz/") + rest
         try:
-            with open_dataset(out) as src:
+            # not from GDAL's cache: the object may have been replaced since it was last read
+            with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=vsi), open_dataset(out) as src:
                 return dict(src.tags())
         except Exception:  # not readable as a raster: not ours either
             logger.debug("cannot read tags of %s", out, exc_info=True)
