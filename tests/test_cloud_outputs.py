@@ -263,3 +263,21 @@ def test_cog_on_s3_resume_when_finished_and_overwrite_read_its_tag(s3: S3Server,
     assert other.tiles_inferred > 0  # tileseg's own COG replaced (its TILESEG_CLASSES tag)
     with pytest.raises(Exception, match="other inputs or options"):
         predict(_config(src, url, resume=True), model=per_pixel_model(3, 4))
+
+
+def test_kubernetes_s3_job_shares_no_volume_and_its_arguments_parse(monkeypatch) -> None:
+    import yaml
+
+    path = Path(__file__).parents[1] / "workflows" / "kubernetes" / "predict-s3-job.yaml"
+    (job,) = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    spec = job["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert "volumes" not in spec and "volumeMounts" not in container
+    assert container["command"] == ["tileseg", "predict"]
+    seen: dict[str, PredictConfig] = {}
+    monkeypatch.setattr("tileseg.predict.predict",
+                        lambda config, **kw: seen.setdefault("config", config))
+    code, output = _cli(["predict", *container["args"]])
+    config = seen["config"]
+    assert config.src.startswith("s3://") and config.dst.startswith("s3://"), output
+    assert config.report.startswith("s3://") and config.resume
