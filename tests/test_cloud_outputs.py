@@ -281,3 +281,20 @@ def test_kubernetes_s3_job_shares_no_volume_and_its_arguments_parse(monkeypatch)
     config = seen["config"]
     assert config.src.startswith("s3://") and config.dst.startswith("s3://"), output
     assert config.report.startswith("s3://") and config.resume
+
+
+def test_a_run_that_lost_its_lock_does_not_publish(s3: S3Server, scene, monkeypatch) -> None:
+    src, _ = scene
+    url = f"s3://{BUCKET}/lost/out.tif"
+    acquire = StoreLock.acquire
+
+    def acquire_then_lose(self: StoreLock) -> None:  # as if a renewal had failed
+        acquire(self)
+        self.lost = True
+
+    monkeypatch.setattr(StoreLock, "acquire", acquire_then_lose)
+    with pytest.raises(Exception, match="lost its lock") as caught:
+        predict(_config(src, url), model=per_pixel_model(3, 4))
+    assert getattr(caught.value, "exit_code", None) == 5
+    keys = _keys(s3, "lost/")
+    assert "lost/out.tif" not in keys and any(".partial/" in k for k in keys)  # resumable

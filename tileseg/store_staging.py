@@ -74,6 +74,7 @@ class StoreStaging:
     zarr_path: str | None = None
     zarr_dst: bool = False
     _scratch: list[Path] = field(default_factory=list, compare=False, repr=False)
+    _locks: list[StoreLock] = field(default_factory=list, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.zarr_dst and self.zarr_path:
@@ -184,8 +185,13 @@ class StoreStaging:
         """Hold a lease lock object beside every destination (exit 75 while another run does)."""
         with contextlib.ExitStack() as stack:
             for out in self.outputs:
-                stack.enter_context(StoreLock(StoreLocation.parse(out.rstrip("/") + ".lock")))
-            yield
+                held = StoreLock(StoreLocation.parse(out.rstrip("/") + ".lock"))
+                stack.enter_context(held)
+                self._locks.append(held)
+            try:
+                yield
+            finally:
+                self._locks.clear()
 
     # -- resume ------------------------------------------------------------------------------
     def finished(self, fingerprint: str) -> bool:
@@ -242,6 +248,10 @@ class StoreStaging:
     def publish(self, built: Path | str, zarr_too: bool) -> None:
         """Upload a built GeoTIFF/COG (one PUT or one multipart upload that completes last) to
         ``dst``; a Zarr is already in place. Then delete the staging prefix."""
+        lost = [held.location.url for held in self._locks if held.lost]
+        if lost:  # another run may have taken over: publishing now could mix two runs
+            raise RunError(f"{lost[0]}: this run lost its lock (the lease could not be renewed); "
+                           "rerun with --resume once the store answers again")
         if isinstance(built, Path):
             if self._exists(self.dst):
                 self._check_replaceable(self.dst)  # a user may have put something there meanwhile
