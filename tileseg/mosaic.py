@@ -166,6 +166,19 @@ class WorkDir:
     def read_done(self, row: int, col: int) -> dict[str, Any]:
         return dict(json.loads(self.done_path(row, col).read_text()))
 
+    def done_chunks(self) -> set[tuple[int, int]]:
+        """Every chunk marked done, in one directory listing."""
+        return _parse_done(p.name for p in self.done.iterdir()) if self.done.is_dir() else set()
+
+
+def _parse_done(names: Any) -> set[tuple[int, int]]:
+    done = set()
+    for name in names:
+        row, _, col = name.partition("_c")
+        if row.startswith("r") and row[1:].isdigit() and col.isdigit():
+            done.add((int(row[1:]), int(col)))
+    return done
+
 
 class StoreWorkDir:
     """The records of :class:`WorkDir` as objects under a store prefix, so workers that share
@@ -231,6 +244,12 @@ class StoreWorkDir:
         from tileseg.store import read_bytes
 
         return dict(json.loads(read_bytes(self._done(row, col))))
+
+    def done_chunks(self) -> set[tuple[int, int]]:
+        """Every chunk marked done, in one listing (instead of a HEAD request per chunk)."""
+        from tileseg.store import list_names
+
+        return _parse_done(list_names(self.root.child("done")))
 
 
 def open_work_dir(location: str | os.PathLike[str]) -> WorkDir | StoreWorkDir:
@@ -390,8 +409,9 @@ def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any
 
 def _cleanup(work: WorkDir | StoreWorkDir, grid: TileGrid, row: int, col: int) -> None:
     """Delete spills no unfinished chunk needs any more, so scratch space stays bounded."""
+    done = work.done_chunks()
     for nr, nc in grid.neighbours(row, col):
-        if all(work.is_done(r, c) for r, c in grid.neighbours(nr, nc)):
+        if all((r, c) in done for r, c in grid.neighbours(nr, nc)):
             work.remove_piece(nr, nc)
 
 

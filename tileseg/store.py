@@ -72,14 +72,15 @@ def open_store(root: str) -> Any:
     _obstore()
     from obstore.store import from_url
 
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    key = f"{root} {endpoint}"  # a changed endpoint (another server) is another store
     with _STORES_LOCK:
-        if root not in _STORES:
+        if key not in _STORES:
             options: dict[str, Any] = {}
-            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
             if root.startswith("s3://") and endpoint and endpoint.startswith("http://"):
                 options["allow_http"] = True
-            _STORES[root] = from_url(root, client_options=options or None)  # type: ignore[arg-type]
-        return _STORES[root]
+            _STORES[key] = from_url(root, client_options=options or None)  # type: ignore[arg-type]
+        return _STORES[key]
 
 
 def zarr_store(path: str | os.PathLike[str], *, read_only: bool = False) -> Any:
@@ -104,6 +105,15 @@ def any_under(location: StoreLocation) -> bool:
     except Exception as exc:
         raise OutputError(_describe_failure(location, exc)) from exc
     return False
+
+
+def list_names(location: StoreLocation) -> list[str]:
+    """The names of the objects directly or deeper under ``location/``, relative to it."""
+    obstore = _obstore()
+    prefix = location.key + "/"
+    return [meta["path"][len(prefix):] for batch in obstore.list(open_store(location.root),
+                                                                 prefix=prefix)
+            for meta in batch]
 
 
 def delete(location: StoreLocation) -> None:
