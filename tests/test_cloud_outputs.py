@@ -298,3 +298,38 @@ def test_a_run_that_lost_its_lock_does_not_publish(s3: S3Server, scene, monkeypa
     assert getattr(caught.value, "exit_code", None) == 5
     keys = _keys(s3, "lost/")
     assert "lost/out.tif" not in keys and any(".partial/" in k for k in keys)  # resumable
+
+
+def test_killed_worker_the_s3_run_finishes_identically(s3: S3Server, make_raster,
+                                                       several_class_deeplab,
+                                                       tmp_path: Path) -> None:
+    import os
+    import signal
+
+    distributed = pytest.importorskip("distributed")
+    src = make_raster(random_image(3, 260, 300, seed=5), block=64)
+    model = str(several_class_deeplab)
+    settings = dict(model=model, tile_size=96, overlap=16, chunk_size=128)
+    local = predict(PredictConfig(str(src), str(tmp_path / "local.tif"), **settings))  # type: ignore[arg-type]
+    url = f"s3://{BUCKET}/killed/out.tif"
+    killed: dict[str, int] = {}
+    with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
+                                  dashboard_address=":0") as lc, distributed.Client(lc) as client:
+        pids = client.run(os.getpid)
+
+        def kill_one_worker(progress: object) -> None:
+            if not killed:  # after the first chunk is written: the run is in full swing
+                pid = sorted(pids.values())[0]
+                os.kill(pid, signal.SIGKILL)
+                killed["done"] = progress.done  # type: ignore[attr-defined]
+
+        result = predict(PredictConfig(str(src), url, **settings), client=client,  # type: ignore[arg-type]
+                         progress=kill_one_worker)
+    assert killed and killed["done"] < result.tiles_total
+    fetched = tmp_path / "fetched.tif"
+    fetched.write_bytes(s3.client().get_object(Bucket=BUCKET, Key="killed/out.tif")["Body"].read())
+    with rasterio.open(fetched) as out, rasterio.open(local.dst) as ref:
+        np.testing.assert_array_equal(out.read(1), ref.read(1))
+    # saved spills are reused, never inferred twice: the count can only fall short
+    assert result.tiles_inferred <= result.tiles_total
+    assert _keys(s3, "killed/") == ["killed/out.tif"]
