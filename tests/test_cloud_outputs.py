@@ -333,3 +333,20 @@ def test_killed_worker_the_s3_run_finishes_identically(s3: S3Server, make_raster
     # saved spills are reused, never inferred twice: the count can only fall short
     assert result.tiles_inferred <= result.tiles_total
     assert _keys(s3, "killed/") == ["killed/out.tif"]
+
+
+def test_cog_with_zarr_on_s3_keeps_both(s3: S3Server, scene) -> None:
+    src, expected = scene
+    url, zarr_url = f"s3://{BUCKET}/both/out.tif", f"s3://{BUCKET}/both/out.zarr"
+    result = predict(_config(src, url, zarr_path=zarr_url, probabilities="uint8"),
+                     model=per_pixel_model(3, 4))
+    assert result.zarr_path == zarr_url
+    mask, attrs = _store_mask(zarr_url)
+    np.testing.assert_array_equal(mask, expected)
+    assert attrs["complete"] is True
+    root = zarr.open_group(zarr_store(zarr_url, read_only=True), mode="r")
+    assert root["probabilities"].shape == (4, *expected.shape)
+    keys = _keys(s3, "both/")
+    assert "both/out.tif" in keys and not [k for k in keys if ".partial/" in k or ".lock" in k]
+    with pytest.raises(Exception, match="both to the store or both locally"):
+        predict(_config(src, "local.tif", zarr_path=zarr_url), model=per_pixel_model(3, 4))
