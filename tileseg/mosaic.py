@@ -10,8 +10,9 @@ Two tasks per chunk:
 ``finalize``  once the chunk and its neighbours have been inferred, sums the spill that lands on
               the chunk's border, normalizes it, and writes the whole chunk into the Zarr store.
 
-Everything a task produces goes to disk (atomically: temporary name, then rename) and is
-recorded there, which is what makes ``--resume`` and retries after a lost worker cheap: an infer
+Everything a task produces goes to the work directory (atomically: temporary name, then rename
+on a disk; one PUT under a prefix on an object store, :class:`StoreWorkDir`) and is recorded
+there, which is what makes ``--resume`` and retries after a lost worker cheap: an infer
 task whose spill is already saved does nothing, and a finalize task whose chunk is marked done
 does nothing. Task results are small dicts, so the scheduler never holds arrays.
 """
