@@ -190,6 +190,7 @@ def _files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_cluster_workers_share_only_the_store(s3: S3Server, make_raster, several_class_deeplab,
                                               tmp_path: Path) -> None:
     distributed = pytest.importorskip("distributed")
@@ -300,6 +301,7 @@ def test_a_run_that_lost_its_lock_does_not_publish(s3: S3Server, scene, monkeypa
     assert "lost/out.tif" not in keys and any(".partial/" in k for k in keys)  # resumable
 
 
+@pytest.mark.slow
 def test_killed_worker_the_s3_run_finishes_identically(s3: S3Server, make_raster,
                                                        several_class_deeplab,
                                                        tmp_path: Path) -> None:
