@@ -28,21 +28,25 @@ CREDENTIALS = {
 
 @dataclass
 class Traffic:
-    """What went through the proxy: requests by method and body bytes sent back."""
+    """What went through the proxy: requests by method, body bytes sent back (``bytes_out``) and
+    body bytes received (``bytes_in``: what clients uploaded)."""
 
     requests: dict[str, int] = field(default_factory=dict)
     bytes_out: int = 0
+    bytes_in: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, method: str, nbytes: int) -> None:
+    def add(self, method: str, nbytes: int, nbytes_in: int = 0) -> None:
         with self.lock:
             self.requests[method] = self.requests.get(method, 0) + 1
             self.bytes_out += nbytes
+            self.bytes_in += nbytes_in
 
     def reset(self) -> None:
         with self.lock:
             self.requests.clear()
             self.bytes_out = 0
+            self.bytes_in = 0
 
     @property
     def gets(self) -> int:
@@ -79,7 +83,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             upstream.close()
         if self.server.delay_s:
             time.sleep(self.server.delay_s)
-        self.server.traffic.add(self.command, len(payload))
+        self.server.traffic.add(self.command, len(payload), len(body or b""))
         self.send_response(response.status, response.reason)
         for key, value in response.getheaders():
             if key.lower() not in ("transfer-encoding", "connection", "content-length"):

@@ -10,14 +10,16 @@ Two tasks per chunk:
 ``finalize``  once the chunk and its neighbours have been inferred, sums the spill that lands on
               the chunk's border, normalizes it, and writes the whole chunk into the Zarr store.
 
-Everything a task produces goes to disk (atomically: temporary name, then rename) and is
-recorded there, which is what makes ``--resume`` and retries after a lost worker cheap: an infer
+Everything a task produces goes to the work directory (atomically: temporary name, then rename
+on a disk; one PUT under a prefix on an object store, :class:`StoreWorkDir`) and is recorded
+there, which is what makes ``--resume`` and retries after a lost worker cheap: an infer
 task whose spill is already saved does nothing, and a finalize task whose chunk is marked done
 does nothing. Task results are small dicts, so the scheduler never holds arrays.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -38,6 +40,7 @@ from tileseg.grid import Rect, TileGrid
 from tileseg.infer import Runtime, blend_to_mask, infer_chunk_logits, make_runtime
 from tileseg.model import LoadedModel, cached, forget_cached, load_model
 from tileseg.raster import RasterInfo
+from tileseg.store import zarr_store
 
 logger = logging.getLogger(__name__)
 
@@ -126,12 +129,18 @@ class Job:
 
 
 class WorkDir:
-    """Per-chunk files of a run: saved interiors and spills, and done markers."""
+    """Per-chunk files of a run on a local (or shared) disk: saved interiors and spills, and
+    done markers. :class:`StoreWorkDir` keeps the same records as objects on a store."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.pieces = self.path / "pieces"
         self.done = self.path / "done"
+
+    @property
+    def location(self) -> str:
+        """Where every worker finds this work directory."""
+        return str(self.path.absolute())
 
     def create(self) -> None:
         self.pieces.mkdir(parents=True, exist_ok=True)
@@ -162,6 +171,9 @@ class WorkDir:
         except FileNotFoundError:
             raise RunError(f"{path}: missing intermediate chunk file; rerun with --resume") from None
 
+    def remove_piece(self, row: int, col: int) -> None:
+        self.piece_path(row, col).unlink(missing_ok=True)
+
     def mark_done(self, row: int, col: int, info: dict[str, Any]) -> None:
         final = self.done_path(row, col)
         tmp = final.with_name(final.name + ".tmp")
@@ -170,6 +182,99 @@ class WorkDir:
 
     def read_done(self, row: int, col: int) -> dict[str, Any]:
         return dict(json.loads(self.done_path(row, col).read_text()))
+
+    def done_chunks(self) -> set[tuple[int, int]]:
+        """Every chunk marked done, in one directory listing."""
+        return _parse_done(p.name for p in self.done.iterdir()) if self.done.is_dir() else set()
+
+
+def _parse_done(names: Any) -> set[tuple[int, int]]:
+    done = set()
+    for name in names:
+        row, _, col = name.partition("_c")
+        if row.startswith("r") and row[1:].isdigit() and col.isdigit():
+            done.add((int(row[1:]), int(col)))
+    return done
+
+
+class StoreWorkDir:
+    """The records of :class:`WorkDir` as objects under a store prefix, so workers that share
+    no disk share the run. A PUT is atomic (an object appears whole or not at all), which is
+    what the local temporary-name-and-rename gives; a done marker is written last."""
+
+    def __init__(self, url: str) -> None:
+        from tileseg.store import StoreLocation
+
+        self.root = StoreLocation.parse(url)
+
+    @property
+    def location(self) -> str:
+        return self.root.url
+
+    def create(self) -> None:
+        """Nothing to do: a prefix exists as soon as an object is written under it."""
+
+    def _piece(self, row: int, col: int) -> Any:
+        return self.root.child(f"pieces/r{row}_c{col}.npz")
+
+    def _done(self, row: int, col: int) -> Any:
+        return self.root.child(f"done/r{row}_c{col}")
+
+    def has_piece(self, row: int, col: int) -> bool:
+        from tileseg.store import exists
+
+        return exists(self._piece(row, col))
+
+    def is_done(self, row: int, col: int) -> bool:
+        from tileseg.store import exists
+
+        return exists(self._done(row, col))
+
+    def save_piece(self, row: int, col: int, arrays: dict[str, np.ndarray]) -> None:
+        from tileseg.store import put_bytes
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)  # type: ignore[arg-type]
+        put_bytes(self._piece(row, col), buffer.getvalue())
+
+    def load_piece(self, row: int, col: int) -> Any:
+        from tileseg.store import read_bytes
+
+        where = self._piece(row, col)
+        try:
+            return np.load(io.BytesIO(read_bytes(where)))
+        except FileNotFoundError:
+            raise RunError(f"{where.url}: missing intermediate chunk object; rerun with "
+                           "--resume") from None
+
+    def remove_piece(self, row: int, col: int) -> None:
+        from tileseg.store import delete
+
+        delete(self._piece(row, col))
+
+    def mark_done(self, row: int, col: int, info: dict[str, Any]) -> None:
+        from tileseg.store import put_bytes
+
+        put_bytes(self._done(row, col), json.dumps(info).encode())
+
+    def read_done(self, row: int, col: int) -> dict[str, Any]:
+        from tileseg.store import read_bytes
+
+        return dict(json.loads(read_bytes(self._done(row, col))))
+
+    def done_chunks(self) -> set[tuple[int, int]]:
+        """Every chunk marked done, in one listing (instead of a HEAD request per chunk)."""
+        from tileseg.store import list_names
+
+        return _parse_done(list_names(self.root.child("done")))
+
+
+def open_work_dir(location: str | os.PathLike[str]) -> WorkDir | StoreWorkDir:
+    """The work directory at ``location``: a store URL gives a :class:`StoreWorkDir`."""
+    from tileseg.store import is_store_url
+
+    text = str(location)
+    return StoreWorkDir(text) if is_store_url(text) else WorkDir(text)
 
 
 def _spill_key(row: int, col: int) -> str:
@@ -199,7 +304,7 @@ def _chunk_error(job: Job, row: int, col: int, exc: Exception) -> RunError:
 
 def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
     """Infer chunk ``(row, col)`` and save its interior and spill. Returns a small summary."""
-    work = WorkDir(job.work_dir)
+    work = open_work_dir(job.work_dir)
     grid = job.grid
     if work.has_piece(row, col) or all(work.is_done(r, c) for r, c in grid.neighbours(row, col)):
         tiles, skipped = _saved_tile_counts(work, row, col)
@@ -248,7 +353,7 @@ def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
             "engine": runtime.engine}
 
 
-def _saved_tile_counts(work: WorkDir, row: int, col: int) -> tuple[int, int]:
+def _saved_tile_counts(work: WorkDir | StoreWorkDir, row: int, col: int) -> tuple[int, int]:
     """Tiles inferred and skipped by an earlier run of chunk ``(row, col)``: from its saved
     piece or, once that is cleaned up (only after the chunk is done), from its done record."""
     try:
@@ -268,7 +373,7 @@ def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any
     """Combine the spills landing on chunk ``(row, col)`` and write the chunk to Zarr."""
     import zarr
 
-    work = WorkDir(job.work_dir)
+    work = open_work_dir(job.work_dir)
     grid = job.grid
     chunk = grid.chunk(row, col)
     if work.is_done(row, col):
@@ -310,20 +415,22 @@ def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any
             if probs is not None and p is not None:
                 probs[:, rs, cs] = p
     region = (slice(chunk.row_off, chunk.row_end), slice(chunk.col_off, chunk.col_end))
-    zarr.open_array(f"{job.zarr_path}/mask", mode="r+")[region] = mask
+    store = zarr_store(job.zarr_path)
+    zarr.open_array(store, path="mask", mode="r+")[region] = mask
     if probs is not None:
-        zarr.open_array(f"{job.zarr_path}/probabilities", mode="r+")[(slice(None), *region)] = probs
+        zarr.open_array(store, path="probabilities", mode="r+")[(slice(None), *region)] = probs
     info = {"tiles": tiles, "skipped": skipped}
     work.mark_done(row, col, info)
     _cleanup(work, grid, row, col)
     return {"chunk": (row, col), "reused": False, **info}
 
 
-def _cleanup(work: WorkDir, grid: TileGrid, row: int, col: int) -> None:
+def _cleanup(work: WorkDir | StoreWorkDir, grid: TileGrid, row: int, col: int) -> None:
     """Delete spills no unfinished chunk needs any more, so scratch space stays bounded."""
+    done = work.done_chunks()
     for nr, nc in grid.neighbours(row, col):
-        if all(work.is_done(r, c) for r, c in grid.neighbours(nr, nc)):
-            work.piece_path(nr, nc).unlink(missing_ok=True)
+        if all((r, c) in done for r, c in grid.neighbours(nr, nc)):
+            work.remove_piece(nr, nc)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from tileseg.config import OutputFormat
 from tileseg.errors import OutputError
 from tileseg.metadata import ModelMetadata
 from tileseg.raster import RasterInfo, open_dataset
+from tileseg.store import zarr_store
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def create_zarr(
 
     mask_dtype, nodata = mask_dtype_for(metadata.num_classes)
     transform = raster.affine
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    root = zarr.open_group(zarr_store(path), mode="w", zarr_format=3)
     mask_format.write_facts(root, mask_format.zarr_facts(
         crs_wkt=raster.crs_wkt, transform=list(transform), height=raster.height,
         width=raster.width, nodata=nodata, classes=metadata.classes, source=source))
@@ -126,13 +127,14 @@ def create_zarr(
 def mark_zarr_complete(path: str | os.PathLike[str], extra: dict[str, Any]) -> None:
     import zarr
 
-    root: Any = zarr.open_group(str(path), mode="r+")
+    store = zarr_store(path)
+    root: Any = zarr.open_group(store, mode="r+")
     mask_format.mark_complete(root, extra)
     # Consolidated metadata lets xarray open the store with one read; zarr warns that it is not
     # (yet) in the v3 spec, which is known and harmless here.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        zarr.consolidate_metadata(str(path))
+        zarr.consolidate_metadata(store)
 
 
 def zarr_to_geotiff(
@@ -149,7 +151,7 @@ def zarr_to_geotiff(
     """
     import zarr
 
-    root: Any = zarr.open_group(str(zarr_path), mode="r")
+    root: Any = zarr.open_group(zarr_store(zarr_path, read_only=True), mode="r")
     facts = mask_format.read_facts(root) or {}
     mask = root["mask"]
     height, width = mask.shape

@@ -30,7 +30,7 @@ from tileseg.errors import (
 from tileseg.grid import TileGrid, aligned_overlap
 from tileseg.memory import check_memory
 from tileseg.model import LoadedModel, load_model, warn_once
-from tileseg.mosaic import Job, ModelRef, WorkDir, build_graph, register_model
+from tileseg.mosaic import Job, ModelRef, build_graph, open_work_dir, register_model
 from tileseg.outputs import (
     create_zarr,
     format_for,
@@ -43,7 +43,8 @@ from tileseg.progress import ProgressCallback
 from tileseg.raster import RasterInfo, is_remote, open_dataset, open_raster
 from tileseg.run_report import RunReport, Tally, Timings, peak_rss_mb
 from tileseg.scheduler import cluster_client, run_graph, scheduler_address
-from tileseg.staging import STAGING_SUFFIX, LocalStaging  # noqa: F401 (STAGING_SUFFIX: re-exported)
+from tileseg.staging import STAGING_SUFFIX, LocalStaging, Staging  # noqa: F401 (re-exported)
+from tileseg.store import is_store_url
 from tileseg.styles import publish_raster_styles
 
 if TYPE_CHECKING:
@@ -198,11 +199,33 @@ def _check_paths(config: PredictConfig) -> None:
     )
 
 
-def _check_outputs(config: PredictConfig, fmt: str, staging: LocalStaging) -> None:
+def _staging_for(config: PredictConfig, fmt: str) -> Staging:
+    """Local staging beside DST, or staging on the object store DST names."""
+    if not is_store_url(config.dst):
+        if config.zarr_path and is_store_url(config.zarr_path):
+            raise ConfigError(f"--zarr {config.zarr_path}: on a store while DST is local; write "
+                              "both to the store or both locally")
+        return LocalStaging(Path(config.dst), Path(config.zarr_path) if config.zarr_path else None)
+    from tileseg.store_staging import StoreStaging
+
+    if config.zarr_path and not is_store_url(config.zarr_path):
+        raise ConfigError(f"--zarr {config.zarr_path}: local while DST is on a store; give a "
+                          "store URL for --zarr too")
+    for option, value in (("--vectorize", config.vectorize), ("--preview", config.preview)):
+        if value:
+            raise ConfigError(f"{option} is not supported yet with a DST on object storage; "
+                              f"run it afterwards on a local copy of {config.dst}")
+    return StoreStaging(config.dst, config.zarr_path, zarr_dst=fmt == "zarr")
+
+
+def _check_outputs(config: PredictConfig, fmt: str, staging: Staging) -> None:
     """Every destination can be written, and what exists there may be replaced (exit 4)."""
-    if is_remote(config.dst):
-        raise OutputError(f"{config.dst}: remote outputs are not supported; write locally and copy")
-    check_output_folder(config.dst, "destination")
+    on_store = is_store_url(config.dst)
+    if is_remote(config.dst) and not on_store:
+        raise OutputError(f"{config.dst}: only s3://, gs:// and az:// outputs are supported; "
+                          "write locally and copy")
+    if not on_store:
+        check_output_folder(config.dst, "destination")
     if fmt == "zarr" and config.zarr_path:
         raise ConfigError("zarr_path is for GeoTIFF destinations; the destination is already Zarr",
                           params=("zarr_path",))
@@ -210,7 +233,7 @@ def _check_outputs(config: PredictConfig, fmt: str, staging: LocalStaging) -> No
         raise ConfigError(f"probabilities {config.probabilities} is stored in the Zarr mosaic "
                           "only; add zarr_path PATH to keep it, or write DST as .zarr",
                           params=("probabilities", "zarr_path"))
-    if config.zarr_path:
+    if config.zarr_path and not on_store:
         check_output_folder(config.zarr_path, "--zarr path")
     staging.check(overwrite=config.overwrite, resume=config.resume)
     if config.vectorize:
@@ -225,11 +248,17 @@ def _check_outputs(config: PredictConfig, fmt: str, staging: LocalStaging) -> No
 
         check_preview_destination(config.preview, config.overwrite)
     if config.report:
-        _check_report(Path(config.report), config)
+        _check_report(config.report, config)
 
 
-def _check_report(report: Path, config: PredictConfig) -> None:
+def _check_report(path: str, config: PredictConfig) -> None:
     """``--report`` replaces only a tileseg report, and only with --overwrite (or --resume)."""
+    if is_store_url(path):
+        from tileseg.store_staging import check_report_object
+
+        check_report_object(path, replace=config.overwrite or config.resume)
+        return
+    report = Path(path)
     check_output_folder(report, "--report path")
     if report.exists() or report.is_symlink():
         if not (config.overwrite or config.resume):
@@ -297,7 +326,7 @@ def predict(
     started = time.perf_counter()
     fmt = format_for(config.dst, config.format)
     _check_paths(config)
-    staging = LocalStaging(Path(config.dst), Path(config.zarr_path) if config.zarr_path else None)
+    staging = _staging_for(config, fmt)
     _check_outputs(config, fmt, staging)
     plan = _plan_run(config, model)
     address = scheduler_address(config.scheduler)
@@ -316,7 +345,8 @@ def predict(
         _stage(config, plan, staging, fingerprint)
         mosaic = build_graph(_job(config, plan, staging))
         timings = Timings(started, graph_built=time.perf_counter())
-        tally = Tally.for_run(plan, WorkDir(staging.work_path), progress, timings.graph_built)
+        tally = Tally.for_run(plan, open_work_dir(staging.work_path), progress,
+                              timings.graph_built)
         logger.info("%d tiles in %d chunks (%d already done); graph of %d tasks",
                     plan.grid.num_tiles, plan.grid.num_chunks, tally.chunks_done_before,
                     len(mosaic.graph))
@@ -352,17 +382,17 @@ def _plan_run(config: PredictConfig, model: LoadedModel | None) -> Plan:
     return plan
 
 
-def _stage(config: PredictConfig, plan: Plan, staging: LocalStaging, fingerprint: str) -> None:
+def _stage(config: PredictConfig, plan: Plan, staging: Staging, fingerprint: str) -> None:
     """Create (or, resuming, reopen) the staged Zarr store and work folder of the run."""
     raster = plan.raster
-    if not staging.path.exists() and not has_valid_pixel(raster):
+    if not staging.in_progress() and not has_valid_pixel(raster):
         raise InputError(f"{raster.path}: every pixel is nodata; nothing to segment (check "
                          "--nodata or the file's mask)")
 
-    def create(stage: LocalStaging) -> None:
+    def create(stage: Staging) -> None:
         create_zarr(stage.zarr_store, raster, plan.model.metadata, chunk_size=plan.grid.chunk_size,
                     probabilities=config.probabilities, source=raster.path)
-        WorkDir(stage.work_path).create()
+        open_work_dir(stage.work_path).create()
 
     def on_resume(recorded: dict[str, Any]) -> None:
         if recorded.get("src_mtime_ns") != _source_mtime(raster):
@@ -374,7 +404,7 @@ def _stage(config: PredictConfig, plan: Plan, staging: LocalStaging, fingerprint
                     create=create, on_resume=on_resume)
 
 
-def _job(config: PredictConfig, plan: Plan, staging: LocalStaging) -> Job:
+def _job(config: PredictConfig, plan: Plan, staging: Staging) -> Job:
     """What every task of the run gets: small, picklable settings and paths."""
     assert plan.model_ref is not None
     mask_dtype, nodata = mask_dtype_for(plan.model.metadata.num_classes)
@@ -385,24 +415,28 @@ def _job(config: PredictConfig, plan: Plan, staging: LocalStaging) -> Job:
         precision=runtime.precision, batch_size=runtime.batch_size, blend=config.blend,
         compile_model=runtime.compile_model, probabilities=config.probabilities,
         mask_dtype=mask_dtype.name, nodata=nodata,
-        work_dir=str(WorkDir(staging.work_path).path.absolute()),
-        zarr_path=str(staging.zarr_store.absolute()), engine=runtime.engine,
+        work_dir=open_work_dir(staging.work_path).location,
+        zarr_path=(zarr_store if isinstance(zarr_store := staging.zarr_store, str)
+                   else str(zarr_store.absolute())),
+        engine=runtime.engine,
     )
 
 
-def _publish(config: PredictConfig, plan: Plan, fmt: str, staging: LocalStaging,
+def _publish(config: PredictConfig, plan: Plan, fmt: str, staging: Staging,
              fingerprint: str) -> str | None:
     """Mark the Zarr complete and move the outputs into place; the Zarr path kept, if any."""
-    zarr_store, dst = staging.zarr_store, Path(config.dst)
+    zarr_store, dst = staging.zarr_store, config.dst
     # the fingerprint travels into the published output: a later --resume compares it
     mark_zarr_complete(zarr_store, {"tiles": plan.grid.num_tiles, "fingerprint": fingerprint})
     if fmt == "zarr":
         staging.publish(zarr_store, zarr_too=False)
         return str(dst)
-    tif_tmp = staging.path / ("output" + (dst.suffix or ".tif"))
-    zarr_to_geotiff(zarr_store, tif_tmp, cog=fmt == "cog", workdir=staging.path)
+    scratch = staging.scratch()
+    tif_tmp = scratch / ("output" + (Path(dst).suffix or ".tif"))
+    zarr_to_geotiff(zarr_store, tif_tmp, cog=fmt == "cog", workdir=scratch)
     # the styles are in place before the mask: a complete mask always has them
-    publish_raster_styles(dst, plan.model.metadata.classes, workdir=staging.path)
+    if not is_store_url(dst):  # on a store: no sidecars (yet)
+        publish_raster_styles(Path(dst), plan.model.metadata.classes, workdir=scratch)
     staging.publish(tif_tmp, zarr_too=config.zarr_path is not None)
     return config.zarr_path
 
@@ -419,8 +453,14 @@ def _follow_ups(result: PredictResult, config: PredictConfig) -> None:
     if config.preview:
         report["preview"] = _preview(result, config)
     if config.report:
-        _check_report(Path(config.report), config)  # again: the run took a while
-        write_text_atomic(config.report, json.dumps(report, indent=2) + "\n")
+        _check_report(config.report, config)  # again: the run took a while
+        text = json.dumps(report, indent=2) + "\n"
+        if is_store_url(config.report):
+            from tileseg.store_staging import write_report_object
+
+            write_report_object(config.report, text)
+        else:
+            write_text_atomic(config.report, text)
 
 
 def _check_device(config: PredictConfig) -> None:

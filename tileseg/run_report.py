@@ -15,7 +15,7 @@ from tileseg.progress import Progress, ProgressCallback
 
 if TYPE_CHECKING:
     from tileseg.config import PredictConfig
-    from tileseg.mosaic import WorkDir
+    from tileseg.mosaic import StoreWorkDir, WorkDir
     from tileseg.predict import Plan
 
 RESOLVED_KEYS = ("device", "precision", "batch_size")
@@ -40,7 +40,7 @@ class Tally:
     engines: set[str] = field(default_factory=set)  # as the workers resolved --engine
 
     @classmethod
-    def for_run(cls, plan: Plan, work: WorkDir, progress: ProgressCallback | None,
+    def for_run(cls, plan: Plan, work: WorkDir | StoreWorkDir, progress: ProgressCallback | None,
                 clock_start: float) -> Tally:
         grid = plan.grid
         counts = {(r, c): len(grid.chunk_tiles_of(r, c)) for r, c in grid.chunks()}

@@ -39,8 +39,21 @@ def staging_path_for(dst: str | os.PathLike[str]) -> Path:
 
 
 class Staging(Protocol):
-    """The steps of a run's output life cycle; :class:`LocalStaging` writes to local disk, an
-    object-store implementation would stage under a prefix and publish by copy + marker."""
+    """The steps of a run's output life cycle; :class:`LocalStaging` writes to local disk,
+    :class:`tileseg.store_staging.StoreStaging` stages under a prefix on an object store."""
+
+    @property
+    def dst(self) -> Any: ...
+
+    @property
+    def zarr_store(self) -> Any: ...
+
+    @property
+    def work_path(self) -> Any: ...
+
+    def in_progress(self) -> bool: ...
+
+    def scratch(self) -> Path: ...
 
     def check(self, *, overwrite: bool, resume: bool) -> None: ...
 
@@ -49,7 +62,7 @@ class Staging(Protocol):
     def finished(self, fingerprint: str) -> bool: ...
 
     def prepare(self, fingerprint: str, *, resume: bool, overwrite: bool,
-                facts: dict[str, Any], create: Callable[[LocalStaging], None],
+                facts: dict[str, Any], create: Callable[[Any], None],
                 on_resume: Callable[[dict[str, Any]], None] | None = None) -> bool: ...
 
     def publish(self, built: Path, zarr_too: bool) -> None: ...
@@ -91,6 +104,14 @@ class LocalStaging:
     @property
     def outputs(self) -> tuple[Path, ...]:
         return (self.dst,) if self.zarr_path is None else (self.dst, self.zarr_path)
+
+    def in_progress(self) -> bool:
+        """True when an interrupted run left its staging folder."""
+        return self.path.exists()
+
+    def scratch(self) -> Path:
+        """Where a GeoTIFF is built before its rename (same filesystem as ``dst``)."""
+        return self.path
 
     # -- check -------------------------------------------------------------------------------
     def check(self, *, overwrite: bool, resume: bool) -> None:

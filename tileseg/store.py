@@ -67,18 +67,62 @@ _STORES_LOCK = threading.Lock()
 
 
 def open_store(root: str) -> Any:
-    """One obstore store per bucket and process (they are thread-safe and pool connections)."""
+    """One obstore store per bucket (or prefix URL) and process (they are thread-safe and pool
+    connections)."""
     _obstore()
     from obstore.store import from_url
 
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    key = f"{root} {endpoint}"  # a changed endpoint (another server) is another store
     with _STORES_LOCK:
-        if root not in _STORES:
+        if key not in _STORES:
             options: dict[str, Any] = {}
-            endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
             if root.startswith("s3://") and endpoint and endpoint.startswith("http://"):
                 options["allow_http"] = True
-            _STORES[root] = from_url(root, client_options=options or None)  # type: ignore[arg-type]
-        return _STORES[root]
+            _STORES[key] = from_url(root, client_options=options or None)  # type: ignore[arg-type]
+        return _STORES[key]
+
+
+def zarr_store(path: str | os.PathLike[str], *, read_only: bool = False) -> Any:
+    """What zarr opens for ``path``: a local path as it is, a store URL as zarr's obstore-backed
+    :class:`zarr.storage.ObjectStore` rooted at the URL's key (so array paths stay relative)."""
+    text = str(path)
+    if not is_store_url(text):
+        return text
+    from zarr.storage import ObjectStore
+
+    return ObjectStore(open_store(text.rstrip("/")), read_only=read_only)
+
+
+def any_under(location: StoreLocation) -> bool:
+    """True when at least one object lies under ``location/``."""
+    obstore = _obstore()
+    try:
+        for batch in obstore.list(open_store(location.root), prefix=location.key + "/",
+                                  chunk_size=1):
+            if batch:
+                return True
+    except Exception as exc:
+        raise OutputError(_describe_failure(location, exc)) from exc
+    return False
+
+
+def list_names(location: StoreLocation) -> list[str]:
+    """The names of the objects directly or deeper under ``location/``, relative to it."""
+    obstore = _obstore()
+    prefix = location.key + "/"
+    return [meta["path"][len(prefix):] for batch in obstore.list(open_store(location.root),
+                                                                 prefix=prefix)
+            for meta in batch]
+
+
+def delete(location: StoreLocation) -> None:
+    """Delete one object (nothing happens when it is absent)."""
+    obstore = _obstore()
+    try:
+        obstore.delete(open_store(location.root), location.key)
+    except FileNotFoundError:
+        pass
 
 
 def _describe_failure(location: StoreLocation, exc: BaseException) -> str:
@@ -147,7 +191,10 @@ def delete_prefix(location: StoreLocation) -> int:
 def check_writable(location: StoreLocation) -> None:
     """Fail before any work when the bucket is missing or refuses writes (one probe object)."""
     probe = location.child(f".tileseg-probe-{uuid.uuid4().hex}")
-    put_bytes(probe, b"")
+    try:
+        put_bytes(probe, b"")
+    except OutputError as exc:  # name what the user asked for, not the probe
+        raise OutputError(_describe_failure(location, exc.__cause__ or exc)) from None
     _obstore().delete(open_store(probe.root), probe.key)
 
 
