@@ -27,7 +27,7 @@ from bench_remote import make_cog, make_model  # noqa: E402
 from s3_server import running_s3, s3_environment  # noqa: E402
 
 from tileseg.config import PredictConfig  # noqa: E402
-from tileseg.predict import predict  # noqa: E402
+from tileseg.pipeline import predict  # noqa: E402
 
 BUCKET = "tileseg-bench-out"
 

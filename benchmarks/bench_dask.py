@@ -90,7 +90,7 @@ def make_inputs(folder: Path, size: int) -> tuple[Path, Path]:
 def timed_predict(src: Path, model: Path, dst: Path, args: argparse.Namespace,
                   client: Any = None, workers: int | None = None) -> tuple[float, int]:
     from tileseg.config import PredictConfig
-    from tileseg.predict import predict
+    from tileseg.pipeline import predict
 
     config = PredictConfig(str(src), str(dst), model=str(model), tile_size=args.tile_size,
                            overlap=args.overlap, chunk_size=args.chunk_size, device=args.device,

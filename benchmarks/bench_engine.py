@@ -67,7 +67,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from tileseg.config import PredictConfig
-    from tileseg.predict import predict
+    from tileseg.pipeline import predict
 
     engine, workers = _apply_variant(spec["variant"])
     if spec["kind"] == "e2e":
@@ -116,7 +116,7 @@ def prepare(work: Path, size: int) -> dict[str, dict[str, Any]]:
 
     from tileseg.metadata import ModelMetadata, Normalization
     from tileseg.model import ModelSpec, build_model, save_model
-    from tileseg.predict import BUNDLED_MODEL
+    from tileseg.pipeline import BUNDLED_MODEL
     from tileseg.samples import fetch
 
     with rasterio.open(fetch("landsat-multiband")) as src:

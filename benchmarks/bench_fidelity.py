@@ -31,11 +31,11 @@ import numpy as np
 import rasterio
 import torch
 
-import tileseg.predict as predict_module
+import tileseg.pipeline as predict_module
 from tileseg.config import PredictConfig
 from tileseg.grid import TileGrid
 from tileseg.model import LoadedModel, ModelSpec, build_model, load_model, save_model
-from tileseg.predict import BUNDLED_MODEL, predict
+from tileseg.pipeline import BUNDLED_MODEL, predict
 from tileseg.raster import WindowReader, open_raster
 from tileseg.samples import fetch
 

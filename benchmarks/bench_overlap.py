@@ -23,7 +23,7 @@ import zarr
 
 from tileseg.config import PredictConfig
 from tileseg.model import LoadedModel, ModelSpec, build_model, load_model, wrap_module
-from tileseg.predict import predict
+from tileseg.pipeline import predict
 from tileseg.raster import WindowReader, open_raster
 
 

@@ -38,7 +38,7 @@ from s3_server import running_s3, s3_environment  # noqa: E402
 from tileseg.config import PredictConfig  # noqa: E402
 from tileseg.metadata import ClassInfo, ModelMetadata, Normalization  # noqa: E402
 from tileseg.model import LoadedModel, ModelSpec, build_model, wrap_module  # noqa: E402
-from tileseg.predict import predict  # noqa: E402
+from tileseg.pipeline import predict  # noqa: E402
 
 BUCKET = "tileseg-bench"
 

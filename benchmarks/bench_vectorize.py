@@ -5,8 +5,8 @@ about a million objects at 20,000 x 20,000, many of them across chunk borders), 
 tileseg Zarr, then runs each method in its own process and prints polygons/s, Mpix/s and peak RSS.
 
 * whole-mask: the full mask in RAM, ``rasterio.features.shapes`` + shapely (the reference).
-* chunked: :func:`tileseg.vectorize.polygonize` (threads scheduler), and the same plus writing
-  GeoParquet with :func:`tileseg.vectorize.vectorize`.
+* chunked: :func:`tileseg.vectorization.polygonize` (threads scheduler), and the same plus writing
+  GeoParquet with :func:`tileseg.vectorization.vectorize`.
 
 Usage::
 
@@ -74,7 +74,7 @@ def run_whole(path: Path, size: int, connectivity: int) -> dict[str, float]:
     import zarr
     from affine import Affine
 
-    from tileseg.vectorize.polygons import shapes_to_polygons
+    from tileseg.vectorization.polygons import shapes_to_polygons
 
     started = time.perf_counter()
     mask = np.asarray(zarr.open_array(str(path / "mask"), mode="r")[:size, :size])
@@ -89,7 +89,7 @@ def run_whole(path: Path, size: int, connectivity: int) -> dict[str, float]:
 
 
 def run_chunked(path: Path, connectivity: int, write: bool) -> dict[str, float]:
-    from tileseg.vectorize import VectorizeConfig, polygonize, vectorize
+    from tileseg.vectorization import VectorizeConfig, polygonize, vectorize
 
     config = VectorizeConfig(connectivity=connectivity, workers=2)  # type: ignore[arg-type]
     started = time.perf_counter()

@@ -7,8 +7,8 @@ footprints. The right 25% of the image is held out: training crops never touch i
 Steps:
 1. train DeepLabv3+ (EfficientNet-Lite0, ImageNet init; the 1-band stem sums the RGB filters)
    with the footprints rasterized on the fly (class attribute, background class 0);
-2. ``tileseg.predict`` the whole image; ``tileseg.evaluate`` the pixel metrics on the holdout;
-3. ``tileseg.vectorize`` the building class and compare polygons with the reference footprints:
+2. ``tileseg.pipeline`` the whole image; ``tileseg.evaluation`` the pixel metrics on the holdout;
+3. ``tileseg.vectorization`` the building class and compare polygons with the reference footprints:
    one-to-one greedy matching by IoU, a match needs IoU >= 0.5 (the SpaceNet rule), giving
    polygon precision, recall and F1 over the holdout strip and over the whole image.
 
@@ -38,8 +38,8 @@ import shapely
 from rasterio.features import rasterize
 
 from tileseg.samples import fetch
-from tileseg.train import Holdout, TrainConfig, TrainSource, train
-from tileseg.train.data import split_holdout
+from tileseg.training import Holdout, TrainConfig, TrainSource, train
+from tileseg.training.data import split_holdout
 
 HOLDOUT = Holdout(side="right", fraction=0.25)
 
@@ -117,9 +117,9 @@ def main() -> None:
              result.best_epoch, result.metrics.mean_iou)
 
     from tileseg.config import PredictConfig
-    from tileseg.evaluate import EvaluateConfig, evaluate
-    from tileseg.predict import predict
-    from tileseg.vectorize import VectorizeConfig, vectorize
+    from tileseg.evaluation import EvaluateConfig, evaluate
+    from tileseg.pipeline import predict
+    from tileseg.vectorization import VectorizeConfig, vectorize
 
     mask = work / "buildings_mask.tif"
     predict(PredictConfig(src=image, dst=str(mask), model=str(model_dir), tile_size=256,

@@ -10,8 +10,8 @@ Steps:
    pixels; unweighted, the network never predicts them and loses to the random forest);
 3. train the usual per-pixel baseline, a random forest on the same bands, same pixels, same
    holdout, and put both holdout scores in the model card;
-4. predict the whole scene with ``tileseg.predict`` and evaluate the holdout strip with
-   ``tileseg.evaluate`` (streamed), then vectorize the mask when ``tileseg.vectorize`` exists.
+4. predict the whole scene with ``tileseg.pipeline`` and evaluate the holdout strip with
+   ``tileseg.evaluation`` (streamed), then vectorize the mask when ``tileseg.vectorization`` exists.
 
 Usage (CPU: 15-20 minutes on 2 idle cores, much longer on a busy machine; GPU: minutes)::
 
@@ -38,8 +38,8 @@ import rasterio
 from tileseg.metadata import load_metadata
 from tileseg.metrics import SegmentationMetrics, compute_metrics, confusion_matrix
 from tileseg.samples import cache_dir, fetch
-from tileseg.train import Holdout, TrainConfig, TrainResult, TrainSource, train, write_model_card
-from tileseg.train.data import split_holdout
+from tileseg.training import Holdout, TrainConfig, TrainResult, TrainSource, train, write_model_card
+from tileseg.training.data import split_holdout
 
 CLASS_NAMES = ("developed", "agriculture", "herbaceous", "shrubland", "forest", "water",
                "sediment")
@@ -61,7 +61,7 @@ NOTES = """## CRS note
 EPSG:32119, NAD83 / North Carolina) while `strata.tif` is EPSG:3358 (NAD83(HARN) / North
 Carolina). The grids (size, transform) are identical and the two definitions place the image
 corners at the same coordinates (difference 0 m), so tileseg treats them as the same CRS
-(`tileseg.train.data.check_aligned`: rasterio's CRS equality, else corners within 1/100 pixel).
+(`tileseg.training.data.check_aligned`: rasterio's CRS equality, else corners within 1/100 pixel).
 
 ## Intended use and limits
 - Intended: demos and tests of the tileseg pipeline on Landsat 7/8-like 5-band scenes
@@ -222,8 +222,8 @@ def _predict_and_evaluate(model_dir: Path, image: str, labels: str, work: Path,
                           log: logging.Logger) -> None:
     """Whole-scene prediction, holdout evaluation from the written mask, polygons."""
     from tileseg.config import PredictConfig
-    from tileseg.evaluate import EvaluateConfig, evaluate
-    from tileseg.predict import predict
+    from tileseg.evaluation import EvaluateConfig, evaluate
+    from tileseg.pipeline import predict
 
     work.mkdir(parents=True, exist_ok=True)
     mask = work / "landcover_mask.tif"
@@ -237,7 +237,7 @@ def _predict_and_evaluate(model_dir: Path, image: str, labels: str, work: Path,
         window=(val_region.row_off, val_region.col_off, val_region.height, val_region.width)))
     log.info("evaluate on the written mask, holdout strip: mIoU %.4f pixel accuracy %.4f",
              report.metrics.mean_iou, report.metrics.pixel_accuracy)
-    from tileseg.vectorize import VectorizeConfig, vectorize
+    from tileseg.vectorization import VectorizeConfig, vectorize
 
     polygons = work / "landcover.gpkg"
     # keep every class (land cover has no background), drop specks under 4 pixels

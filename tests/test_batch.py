@@ -15,7 +15,7 @@ from tileseg.batch import BatchConfig, load_manifest, run_batch, run_manifest
 from tileseg.cli.main import cli
 from tileseg.config import PredictConfig
 from tileseg.errors import InputError, InputNotFoundError
-from tileseg.predict import predict
+from tileseg.pipeline import predict
 
 SMALL = ["--tile-size", "64", "--overlap", "16", "--chunk-size", "96"]
 SMALL_DEFAULTS = {"tile_size": 64, "overlap": 16, "chunk_size": 96}

@@ -461,13 +461,13 @@ def test_no_metadata_warning_once_per_process(scene, deeplab_dir, tmp_path, capl
 def test_default_model_warning_once_per_process(scene, caplog, monkeypatch) -> None:
     monkeypatch.setattr("tileseg.model._WARNED", set())  # as in a fresh process
     from tileseg.config import PredictConfig
-    from tileseg.predict import BUNDLED_MODEL, resolve_model
+    from tileseg.pipeline import BUNDLED_MODEL, resolve_model
     from tileseg.raster import open_raster
 
     if not (BUNDLED_MODEL / "config.json").is_file():
         pytest.skip("no bundled model in this install")
     raster = open_raster(str(scene))
-    with caplog.at_level("WARNING", logger="tileseg.predict"):
+    with caplog.at_level("WARNING", logger="tileseg.pipeline"):
         for _ in range(2):
             resolve_model(PredictConfig(src=str(scene), dst="o.tif"), raster)
     assert sum("bundled land-cover model" in r.getMessage() for r in caplog.records) == 1
@@ -506,7 +506,7 @@ def test_a_missing_dependency_is_exit_6_naming_the_package(make_raster, tmp_path
     (tmp_path / "m.zarr" / "zarr.json").write_text("{}")
     # the import fails as it does when the package is not installed
     monkeypatch.setitem(sys.modules, module, None)
-    for name in [n for n in sys.modules if n.startswith(("tileseg.vectorize", f"{module}."))]:
+    for name in [n for n in sys.modules if n.startswith(("tileseg.vectorization", f"{module}."))]:
         monkeypatch.delitem(sys.modules, name)
     code, out, err = run_split(*args_for(tmp_path, mask))
     assert code == 6, err

@@ -17,7 +17,7 @@ from s3_server import S3Server, running_s3, s3_environment
 
 from tileseg.config import PredictConfig
 from tileseg.errors import DestinationBusyError
-from tileseg.predict import predict
+from tileseg.pipeline import predict
 from tileseg.store import StoreLocation, StoreLock, put_bytes, zarr_store
 
 BUCKET = "tileseg-cloud-out"
@@ -276,7 +276,7 @@ def test_kubernetes_s3_job_shares_no_volume_and_its_arguments_parse(monkeypatch)
     assert "volumes" not in spec and "volumeMounts" not in container
     assert container["command"] == ["tileseg", "predict"]
     seen: dict[str, PredictConfig] = {}
-    monkeypatch.setattr("tileseg.predict.predict",
+    monkeypatch.setattr("tileseg.pipeline.predict",
                         lambda config, **kw: seen.setdefault("config", config))
     code, output = _cli(["predict", *container["args"]])
     config = seen["config"]

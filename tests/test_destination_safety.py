@@ -24,7 +24,7 @@ from tileseg.config import PredictConfig
 from tileseg.destination import check_distinct_paths
 from tileseg.errors import ConfigError, InputError, OutputError
 from tileseg.ownership import is_tileseg_output
-from tileseg.predict import predict
+from tileseg.pipeline import predict
 
 SMALL = ["--tile-size", "64", "--overlap", "16", "--chunk-size", "96"]
 

@@ -15,7 +15,7 @@ from tileseg.config import PredictConfig
 from tileseg.grid import TileGrid
 from tileseg.infer import infer_chunk_logits, make_runtime
 from tileseg.model import load_model
-from tileseg.predict import predict
+from tileseg.pipeline import predict
 from tileseg.raster import open_raster
 
 

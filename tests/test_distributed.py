@@ -25,7 +25,7 @@ from conftest import random_image
 
 from tileseg.cli.main import cli
 from tileseg.config import PredictConfig
-from tileseg.predict import PredictResult, predict
+from tileseg.pipeline import PredictResult, predict
 
 distributed = pytest.importorskip("distributed")
 

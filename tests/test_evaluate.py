@@ -12,7 +12,7 @@ from affine import Affine
 from click.testing import CliRunner
 
 from tileseg.cli.main import cli
-from tileseg.evaluate import EvaluateConfig, evaluate
+from tileseg.evaluation import EvaluateConfig, evaluate
 from tileseg.metrics import compute_metrics, confusion_matrix, format_table
 
 

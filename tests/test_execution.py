@@ -83,14 +83,14 @@ def test_polygonizing_a_mask_never_imports_torch(tmp_path: Path) -> None:
         import sys
         import numpy as np, rasterio
         from affine import Affine
-        import tileseg.vectorize
-        assert "torch" not in sys.modules, "import tileseg.vectorize loaded torch"
+        import tileseg.vectorization
+        assert "torch" not in sys.modules, "import tileseg.vectorization loaded torch"
         mask = np.zeros((64, 64), "uint8"); mask[8:30, 8:30] = 1; mask[40:, 40:] = 2
         with rasterio.open({str(tmp_path / 'm.tif')!r}, "w", driver="GTiff", height=64, width=64,
                            count=1, dtype="uint8", crs="EPSG:32631",
                            transform=Affine(10, 0, 500000, 0, -10, 6000000)) as dst:
             dst.write(mask, 1)
-        result = tileseg.vectorize.vectorize({str(tmp_path / 'm.tif')!r},
+        result = tileseg.vectorization.vectorize({str(tmp_path / 'm.tif')!r},
                                              {str(tmp_path / 'm.gpkg')!r})
         assert result.features == 2, result.features
         assert "torch" not in sys.modules, "vectorize() loaded torch"

@@ -297,7 +297,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     theirs.to_file(root / "precious.gpkg")
     theirs.to_file(root / "precious.geojson")
     theirs.to_parquet(root / "precious.parquet")
-    from tileseg.vectorize import VectorizeConfig, vectorize
+    from tileseg.vectorization import VectorizeConfig, vectorize
 
     vectorize(root / "mask.tif", root / "ours.gpkg", VectorizeConfig(scheduler="sync"))
     (root / "scenes.txt").write_text("missing.tif\n")

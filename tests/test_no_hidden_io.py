@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tileseg.errors import InputNotFoundError
-from tileseg.train import Holdout, TrainConfig, TrainSource, train
+from tileseg.training import Holdout, TrainConfig, TrainSource, train
 
 
 def test_train_never_downloads_imagenet_weights(make_raster: Callable[..., Path], tmp_path: Path,

@@ -14,7 +14,7 @@ from tileseg import mask as mask_format
 from tileseg.outputs import create_zarr, mark_zarr_complete, mask_dtype_for, zarr_to_geotiff
 from tileseg.raster import open_raster
 from tileseg.styles import mask_legend
-from tileseg.vectorize.source import open_mask
+from tileseg.vectorization.source import open_mask
 
 
 def test_mask_dtype_leaves_room_for_nodata() -> None:

@@ -22,7 +22,7 @@ from conftest import (
 from tileseg.config import PredictConfig
 from tileseg.errors import RunError
 from tileseg.model import wrap_module
-from tileseg.predict import predict
+from tileseg.pipeline import predict
 from tileseg.progress import Progress
 
 
@@ -258,7 +258,7 @@ def test_resume_warns_when_a_vrt_source_changed(make_raster, tmp_path, caplog) -
     _interrupt_after_two_chunks(vrt, dst)
     stat = os.stat(src)
     os.utime(src, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the tile behind the VRT
-    with caplog.at_level("WARNING", logger="tileseg.predict"):
+    with caplog.at_level("WARNING", logger="tileseg.pipeline"):
         predict(_config(vrt, dst, resume=True), model=per_pixel_model(3, 4))
     assert any("changed since the interrupted run" in r.getMessage() for r in caplog.records)
     assert dst.exists()

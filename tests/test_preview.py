@@ -16,7 +16,7 @@ from PIL import Image
 from tileseg.cli.main import cli
 from tileseg.config import PredictConfig
 from tileseg.errors import OutputError
-from tileseg.predict import predict
+from tileseg.pipeline import predict
 from tileseg.preview import PreviewConfig, make_preview, stretch
 
 COLOURS = {i: (10 * i, 20 * i, 30 * i) for i in range(4)}  # conftest's per_pixel_model palette

@@ -20,7 +20,7 @@ from s3_server import S3Server, running_s3, s3_environment
 from tileseg.cli.main import cli
 from tileseg.config import PredictConfig
 from tileseg.errors import InputError
-from tileseg.predict import predict
+from tileseg.pipeline import predict
 from tileseg.raster import open_raster
 
 BUCKET = "tileseg-scenes"

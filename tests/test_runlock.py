@@ -14,7 +14,7 @@ from conftest import per_pixel_model, random_image
 
 from tileseg.config import PredictConfig
 from tileseg.errors import DestinationBusyError, RunError
-from tileseg.predict import predict
+from tileseg.pipeline import predict
 from tileseg.runlock import exclusive_run, lock_path_for
 
 HOLDER = """

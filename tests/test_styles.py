@@ -26,9 +26,9 @@ from conftest import interrupt_after, per_pixel_model, random_image
 
 from tileseg.config import PredictConfig
 from tileseg.metadata import ClassInfo
-from tileseg.predict import predict
+from tileseg.pipeline import predict
 from tileseg.styles import is_tileseg_qml, pam_xml, sidecar_paths
-from tileseg.vectorize import vectorize
+from tileseg.vectorization import vectorize
 
 # conftest's per_pixel_model: class i is "class i" coloured (10i, 20i, 30i)
 CLASSES = [(i, f"class {i}", (10 * i, 20 * i, 30 * i)) for i in range(4)]

@@ -16,8 +16,8 @@ from click.testing import CliRunner
 from tileseg.cli.main import cli
 from tileseg.errors import ModelError
 from tileseg.model import ModelSpec, build_model, load_model
-from tileseg.train import IGNORE_INDEX, Holdout, TrainConfig, TrainSource, train
-from tileseg.train.data import CropSampler, Source, split_holdout
+from tileseg.training import IGNORE_INDEX, Holdout, TrainConfig, TrainSource, train
+from tileseg.training.data import CropSampler, Source, split_holdout
 
 SIZE = 96
 
@@ -92,7 +92,7 @@ def test_tiny_training_reduces_loss_and_saves_loadable_model(task: tuple[Path, P
 
 
 def test_class_weights_favour_rare_classes_with_unit_mean() -> None:
-    from tileseg.train.data import class_weights
+    from tileseg.training.data import class_weights
 
     counts = np.array([9000, 900, 90, 0, 10])
     w = class_weights(counts, power=0.5)
@@ -158,7 +158,7 @@ def test_class_weighting_counts_training_pixels_only(task: tuple[Path, Path],
 
 def test_trained_model_runs_in_predict(task: tuple[Path, Path], tmp_path: Path) -> None:
     from tileseg.config import PredictConfig
-    from tileseg.predict import predict
+    from tileseg.pipeline import predict
 
     image, labels = task
     train(small_config(image, labels, tmp_path / "model", epochs=1, steps_per_epoch=2,
@@ -222,7 +222,7 @@ def test_crops_stay_out_of_the_holdout(make_raster: Callable[..., Path], tmp_pat
 def test_efficientnet_lite0_positional_remap(tmp_path: Path) -> None:
     import timm
 
-    from tileseg.train.encoders import load_pretrained_encoder
+    from tileseg.training.encoders import load_pretrained_encoder
 
     # a lukemelas-style file: timm's tensors in order under other names
     ref = timm.create_model("efficientnet_lite0", pretrained=False)
@@ -255,7 +255,7 @@ def test_efficientnet_lite0_positional_remap(tmp_path: Path) -> None:
 def test_real_efficientnet_lite0_weights_load_strictly() -> None:
     """The registry's ImageNet file: every encoder tensor comes from it, values unchanged."""
     from tileseg.samples import SampleError, fetch
-    from tileseg.train.encoders import load_pretrained_encoder, remap_efficientnet_lite0
+    from tileseg.training.encoders import load_pretrained_encoder, remap_efficientnet_lite0
 
     try:
         path = fetch("efficientnet-lite0")

@@ -53,7 +53,7 @@ def test_bundled_model_card_verdict_matches_its_numbers() -> None:
 def test_predict_uses_the_bundled_model_by_default(make_raster: Callable[..., Path],
                                                    tmp_path: Path) -> None:
     from tileseg.config import PredictConfig
-    from tileseg.predict import predict
+    from tileseg.pipeline import predict
 
     rng = np.random.default_rng(0)
     scene = rng.normal(75, 15, (5, 80, 96)).astype(np.float32)  # Landsat-like DN range

@@ -20,7 +20,7 @@ from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
 from tileseg.errors import ConfigError, InputError
-from tileseg.vectorize import VectorizeConfig, open_mask, polygonize, vectorize
+from tileseg.vectorization import VectorizeConfig, open_mask, polygonize, vectorize
 
 # rasterio suppresses this for its in-memory copies with catch_warnings, which leaks across threads.
 pytestmark = pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
@@ -597,7 +597,7 @@ def test_a_killed_run_leaves_a_partial_the_next_run_removes(tmp_path: Path,
     # kill -9 right after the first batch of features reached the partial file
     script = (
         "import os, signal, pyogrio.raw\n"
-        "from tileseg.vectorize import vectorize, VectorizeConfig\n"
+        "from tileseg.vectorization import vectorize, VectorizeConfig\n"
         "real = pyogrio.raw.write\n"
         "def write(*a, **k):\n"
         "    real(*a, **k)\n"
@@ -630,7 +630,7 @@ def test_overwrite_replaces_only_a_layer_tileseg_wrote(tmp_path: Path,
                                                       mask_tif: Callable[..., Path],
                                                       ext: str) -> None:
     from tileseg.errors import OutputError
-    from tileseg.vectorize.writers import read_marker
+    from tileseg.vectorization.writers import read_marker
 
     src = mask_tif(seam_mask())
     theirs, ours = tmp_path / f"theirs{ext}", tmp_path / f"ours{ext}"

@@ -14,7 +14,7 @@ import rasterio
 from conftest import random_image
 
 from tileseg.config import PredictConfig
-from tileseg.predict import predict
+from tileseg.pipeline import predict
 
 pytestmark = pytest.mark.slow
 

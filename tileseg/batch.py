@@ -488,7 +488,7 @@ def _cluster(scheduler: str | None, client: Any) -> Iterator[Any]:
 
 
 def _run_scene(scene: Scene, config: BatchConfig, client: Any) -> SceneResult:
-    from tileseg.predict import predict
+    from tileseg.pipeline import predict
 
     state = scene_state(scene)
     if state == "complete":
@@ -525,7 +525,7 @@ def _run_scene(scene: Scene, config: BatchConfig, client: Any) -> SceneResult:
 
 
 def _vectorize_only(config: PredictConfig) -> None:
-    from tileseg.vectorize import VectorizeConfig, vectorize
+    from tileseg.vectorization import VectorizeConfig, vectorize
 
     assert config.vectorize is not None  # only called when scene_state saw a vectorize option
     vectorize(config.dst, config.vectorize, VectorizeConfig(overwrite=True))

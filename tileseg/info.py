@@ -13,7 +13,7 @@ from rasterio.enums import MaskFlags, Resampling
 from tileseg.config import PredictConfig
 from tileseg.errors import ModelError
 from tileseg.grid import TileGrid
-from tileseg.predict import check_model_fits, make_plan
+from tileseg.pipeline import check_model_fits, make_plan
 from tileseg.raster import RasterInfo, open_dataset
 
 

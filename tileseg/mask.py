@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 ZARR_ATTRIBUTE = "tileseg"  # the Zarr group attribute holding the facts below
 CLASSES_TAG = "TILESEG_CLASSES"  # written on every GeoTIFF/COG mask
 SOURCE_TAG = "TILESEG_SOURCE"
-FINGERPRINT_TAG = "TILESEG_FINGERPRINT"  # what produced the mask (see tileseg.predict)
+FINGERPRINT_TAG = "TILESEG_FINGERPRINT"  # what produced the mask (see tileseg.pipeline)
 FORMAT_VERSION = 1
 
 

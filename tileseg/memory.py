@@ -17,7 +17,7 @@ from tileseg.errors import ConfigError
 
 if TYPE_CHECKING:
     from tileseg.config import PredictConfig
-    from tileseg.predict import Plan
+    from tileseg.pipeline import Plan
 
 logger = logging.getLogger(__name__)
 

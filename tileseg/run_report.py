@@ -16,7 +16,7 @@ from tileseg.progress import Progress, ProgressCallback
 if TYPE_CHECKING:
     from tileseg.config import PredictConfig
     from tileseg.mosaic import StoreWorkDir, WorkDir
-    from tileseg.predict import Plan
+    from tileseg.pipeline import Plan
 
 RESOLVED_KEYS = ("device", "precision", "batch_size")
 

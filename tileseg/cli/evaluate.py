@@ -45,7 +45,7 @@ def command(pred: str, labels: str, classes: tuple[str, ...] | None, num_classes
     accuracy, mean class accuracy, mean IoU, frequency-weighted IoU, per-class IoU and the
     confusion matrix. Nodata pixels of either raster are left out."""
     from tileseg.errors import ConfigError
-    from tileseg.evaluate import EvaluateConfig, evaluate
+    from tileseg.evaluation import EvaluateConfig, evaluate
 
     configure_logging(verbose, quiet)
     if window is not None and len(window) != 4:

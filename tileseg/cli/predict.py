@@ -21,7 +21,7 @@ from tileseg.config import (
 )
 
 if TYPE_CHECKING:
-    from tileseg.predict import PredictResult
+    from tileseg.pipeline import PredictResult
 
 EPILOG = """\b
 Examples:
@@ -99,7 +99,7 @@ def command(src: str, dst: str | None, model: str | None, fmt: OutputFormat | No
     (gs://, az://) URLs; see the README, "Outputs on object storage".
     """
     from tileseg.naming import default_mask_path
-    from tileseg.predict import predict
+    from tileseg.pipeline import predict
 
     configure_logging(verbose, quiet)
     dst = dst or default_mask_path(src, fmt)

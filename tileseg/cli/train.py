@@ -138,7 +138,7 @@ def command(image: str, labels: str, out_dir: str, classes: tuple[str, ...],
             description: str, overwrite: bool, verbose: int, quiet: bool) -> None:
     """Train a segmentation model on IMAGE with LABELS (a label raster on the same grid, or a
     vector file with --class-attribute) and write a model directory that predict loads."""
-    from tileseg.train import Holdout, TrainConfig, TrainSource, train
+    from tileseg.training import Holdout, TrainConfig, TrainSource, train
 
     configure_logging(verbose, quiet)
 

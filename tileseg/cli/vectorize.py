@@ -71,7 +71,7 @@ def command(mask: str, dst: str | None, classes: tuple[int, ...] | None,
     from rasterio.errors import NotGeoreferencedWarning
 
     from tileseg.naming import default_polygons_path
-    from tileseg.vectorize import VectorizeConfig, vectorize
+    from tileseg.vectorization import VectorizeConfig, vectorize
 
     configure_logging(verbose, quiet)
     dst = dst or default_polygons_path(mask)

@@ -1,14 +1,14 @@
 """Class masks into exact, seamless polygons, streamed chunk by chunk (see :func:`vectorize`)."""
 
-from tileseg.vectorize.api import (
+from tileseg.vectorization.api import (
     Polygons,
     VectorizeConfig,
     VectorizeResult,
     polygonize,
     vectorize,
 )
-from tileseg.vectorize.source import MaskSource, open_mask
-from tileseg.vectorize.writers import check_destination, format_for, read_marker
+from tileseg.vectorization.source import MaskSource, open_mask
+from tileseg.vectorization.writers import check_destination, format_for, read_marker
 
 __all__ = [
     "MaskSource",

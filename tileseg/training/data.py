@@ -19,7 +19,7 @@ from rasterio.windows import Window
 
 from tileseg.errors import InputError, InputNotFoundError
 from tileseg.raster import check_aligned
-from tileseg.train.config import IGNORE_INDEX, Holdout, TrainConfig, TrainSource
+from tileseg.training.config import IGNORE_INDEX, Holdout, TrainConfig, TrainSource
 
 logger = logging.getLogger(__name__)
 

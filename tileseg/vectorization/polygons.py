@@ -18,7 +18,7 @@ from affine import Affine
 from scipy import ndimage
 
 from tileseg.grid import Rect
-from tileseg.vectorize.source import MaskSource
+from tileseg.vectorization.source import MaskSource
 
 Connectivity = Literal[4, 8]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tileseg.metadata import ModelMetadata
 from tileseg.metrics import SegmentationMetrics
-from tileseg.train.result import TrainResult
+from tileseg.training.result import TrainResult
 
 CARD_FILENAME = "MODEL_CARD.md"
 

@@ -23,9 +23,9 @@ from tileseg.errors import ConfigError, InputError, OutputError
 from tileseg.metadata import ClassInfo, ModelMetadata, Normalization, default_color
 from tileseg.metrics import SegmentationMetrics, compute_metrics, confusion_matrix
 from tileseg.model import ModelSpec, build_model, readable_like_others, save_model
-from tileseg.train.card import write_model_card
-from tileseg.train.config import IGNORE_INDEX, TrainConfig
-from tileseg.train.data import (
+from tileseg.training.card import write_model_card
+from tileseg.training.config import IGNORE_INDEX, TrainConfig
+from tileseg.training.data import (
     CropSampler,
     Region,
     Source,
@@ -35,7 +35,7 @@ from tileseg.train.data import (
     iter_tiles,
     split_holdout,
 )
-from tileseg.train.result import TrainResult
+from tileseg.training.result import TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -408,7 +408,7 @@ def _network(config: TrainConfig, metadata: ModelMetadata, device: torch.device)
     model = build_model(spec)
     weights = _encoder_weights_path(config)
     if weights is not None:
-        from tileseg.train.encoders import load_pretrained_encoder
+        from tileseg.training.encoders import load_pretrained_encoder
 
         load_pretrained_encoder(model, config.encoder_name, weights)
     aux = None

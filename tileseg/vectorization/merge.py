@@ -17,7 +17,7 @@ import shapely
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from tileseg.vectorize.polygons import ChunkPieces, Connectivity
+from tileseg.vectorization.polygons import ChunkPieces, Connectivity
 
 logger = logging.getLogger(__name__)
 

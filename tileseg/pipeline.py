@@ -48,7 +48,7 @@ from tileseg.store import is_store_url
 from tileseg.styles import publish_raster_styles
 
 if TYPE_CHECKING:
-    from tileseg.vectorize import VectorizeResult
+    from tileseg.vectorization import VectorizeResult
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +237,7 @@ def _check_outputs(config: PredictConfig, fmt: str, staging: Staging) -> None:
         check_output_folder(config.zarr_path, "--zarr path")
     staging.check(overwrite=config.overwrite, resume=config.resume)
     if config.vectorize:
-        from tileseg.vectorize import format_for as vector_format_for
+        from tileseg.vectorization import format_for as vector_format_for
 
         vector_format_for(config.vectorize)
         check_output_folder(config.vectorize, "--vectorize path")
@@ -484,7 +484,7 @@ def _check_device(config: PredictConfig) -> None:
 
 def _vectorize(result: PredictResult, config: PredictConfig) -> VectorizeResult:
     try:
-        from tileseg.vectorize import VectorizeConfig, vectorize
+        from tileseg.vectorization import VectorizeConfig, vectorize
     except ImportError as exc:
         from tileseg.deps import missing_dependency
 

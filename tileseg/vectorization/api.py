@@ -18,16 +18,16 @@ from tileseg.errors import ConfigError, InputError
 from tileseg.naming import check_not_source
 from tileseg.progress import Progress, ProgressCallback
 from tileseg.styles import legend_for, mask_legend
-from tileseg.vectorize.merge import Components, merge_pieces
-from tileseg.vectorize.polygons import (
+from tileseg.vectorization.merge import Components, merge_pieces
+from tileseg.vectorization.polygons import (
     ChunkPieces,
     ChunkWindow,
     ClassFilter,
     Connectivity,
     vectorize_chunk,
 )
-from tileseg.vectorize.source import MaskSource, open_mask
-from tileseg.vectorize.writers import check_destination, remove_stale_partials, write_layer
+from tileseg.vectorization.source import MaskSource, open_mask
+from tileseg.vectorization.writers import check_destination, remove_stale_partials, write_layer
 
 logger = logging.getLogger(__name__)
 
