@@ -43,14 +43,14 @@ def fake_raster(height: int, width: int, bands: int = 3) -> Any:
 
 
 def make_job(raster: Any, tile_size: int, overlap: int, chunk_size: int, work: str) -> Any:
+    from tileseg.config import RuntimeConfig
     from tileseg.grid import TileGrid, chunk_tiles_for
     from tileseg.mosaic import Job, ModelRef
 
     grid = TileGrid(raster.height, raster.width, tile_size, overlap,
                     chunk_tiles_for(tile_size - overlap, chunk_size))
     return Job(raster=raster, grid=grid, model=ModelRef(path="/dry-run/model"), num_classes=7,
-               device="auto", precision="auto", batch_size=None, blend="hann",
-               compile_model=False, probabilities="none", mask_dtype="uint8", nodata=255,
+               settings=RuntimeConfig(), blend="hann", probabilities="none", mask_dtype="uint8", nodata=255,
                work_dir=f"{work}/work", zarr_path=f"{work}/mosaic.zarr")
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import zarr
 from conftest import per_pixel_model, random_image, untiled_mask
 
+from tileseg.config import RuntimeConfig
 from tileseg.grid import TileGrid
 from tileseg.mosaic import Job, ModelRef, WorkDir, build_graph, finalize_task, infer_task, register_model
 from tileseg.outputs import create_zarr, mask_dtype_for
@@ -26,8 +27,8 @@ def _job(make_raster, tmp_path: Path):  # type: ignore[no-untyped-def]
     work.create()
     dtype, nodata = mask_dtype_for(3)
     job = Job(raster=raster, grid=grid, model=ModelRef(key=register_model(model)), num_classes=3,
-              device="cpu", precision="fp32", batch_size=4, blend="hann", compile_model=False,
-              probabilities="none", mask_dtype=dtype.name, nodata=nodata,
+              settings=RuntimeConfig(device="cpu", precision="fp32", batch_size=4),
+              blend="hann", probabilities="none", mask_dtype=dtype.name, nodata=nodata,
               work_dir=str(work.path), zarr_path=str(store))
     return job, work, model, data
 

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from dask.base import tokenize
 
-from tileseg.config import ProbabilityMode
+from tileseg.config import ProbabilityMode, RuntimeConfig
 from tileseg.errors import DamagedInputError, InputError, RunError, TilesegError
 from tileseg.grid import Rect, TileGrid
 from tileseg.infer import Runtime, blend_to_mask, infer_chunk_logits, make_runtime
@@ -99,26 +99,23 @@ class Job:
     grid: TileGrid
     model: ModelRef
     num_classes: int
-    device: str
-    precision: str
-    batch_size: int | None
+    settings: RuntimeConfig  # device, precision, batch size, compile, engine: one frozen value
     blend: str
-    compile_model: bool
     probabilities: ProbabilityMode
     mask_dtype: str
     nodata: int
     work_dir: str
     zarr_path: str
-    engine: str = "auto"
 
     def runtime(self) -> Runtime:
-        key = ("runtime", self.model, self.raster.dtype, self.device, self.precision,
-               self.batch_size, self.grid.tile_size, self.grid.overlap, self.grid.halo_before,
-               self.blend, self.compile_model, self.engine)
+        # every field that shapes the runtime, as frozen values: the key is never listed by hand
+        key = ("runtime", self.model, self.raster.dtype, self.settings, self.grid.tile_size,
+               self.grid.overlap, self.grid.halo_before, self.blend)
+        s = self.settings
         return cached(key, lambda: make_runtime(
-            self.model.load(self.raster.dtype), device=self.device, precision=self.precision,
-            batch_size=self.batch_size, tile_size=self.grid.tile_size, overlap=self.grid.overlap,
-            blend=self.blend, compile_model=self.compile_model, engine=self.engine,
+            self.model.load(self.raster.dtype), device=s.device, precision=s.precision,
+            batch_size=s.batch_size, tile_size=self.grid.tile_size, overlap=self.grid.overlap,
+            blend=self.blend, compile_model=s.compile_model, engine=s.engine,
             halo_before=self.grid.halo_before, from_directory=self.model.path is not None,
             # a model loaded from a path is the runtime's own; a caller's object is copied
             owned=self.model.path is not None))

@@ -408,17 +408,14 @@ def _job(config: PredictConfig, plan: Plan, staging: Staging) -> Job:
     """What every task of the run gets: small, picklable settings and paths."""
     assert plan.model_ref is not None
     mask_dtype, nodata = mask_dtype_for(plan.model.metadata.num_classes)
-    runtime = config.runtime
     return Job(
         raster=plan.raster, grid=plan.grid, model=plan.model_ref,
-        num_classes=plan.model.metadata.num_classes, device=runtime.device,
-        precision=runtime.precision, batch_size=runtime.batch_size, blend=config.blend,
-        compile_model=runtime.compile_model, probabilities=config.probabilities,
+        num_classes=plan.model.metadata.num_classes, settings=config.runtime,
+        blend=config.blend, probabilities=config.probabilities,
         mask_dtype=mask_dtype.name, nodata=nodata,
         work_dir=open_work_dir(staging.work_path).location,
         zarr_path=(zarr_store if isinstance(zarr_store := staging.zarr_store, str)
                    else str(zarr_store.absolute())),
-        engine=runtime.engine,
     )
 
 
