@@ -467,3 +467,14 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path) -> None:
         write_text_atomic(report, "half \udc80 written")  # fails part-way through encoding
     assert report.read_text() == '{"tileseg_report": 1}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temporary left behind
+
+
+def test_vectorize_over_a_foreign_file_is_refused_before_the_run(scene, deeplab_dir,
+                                                                 tmp_path) -> None:
+    foreign = tmp_path / "mine.gpkg"
+    foreign.write_bytes(b"not a tileseg layer")
+    code, out = run(*predict_args(scene, tmp_path / "out.tif", deeplab_dir, "--vectorize",
+                                  str(foreign), "--overwrite"))
+    assert code == 4 and "tileseg marker" in out, out
+    assert foreign.read_bytes() == b"not a tileseg layer"
+    assert not list(tmp_path.glob("out.tif*"))  # refused before any work: no mask, no staging

@@ -98,6 +98,8 @@ CASES: list[Case] = [
     Case("predict-dst-user-folder", f"predict rgb.tif documents {M} --format zarr", 4),
     Case("predict-zarr-dst-with-zarr", f"predict rgb.tif out.zarr {M} --zarr also.zarr", 2),
     Case("predict-vectorize-user-file", f"predict rgb.tif out.tif {M} --vectorize precious.gpkg", 4),
+    Case("predict-vectorize-user-file-overwrite",
+         f"predict rgb.tif out.tif {M} --vectorize precious.gpkg --overwrite", 4),
     Case("predict-vectorize-bad-ext", f"predict rgb.tif out.tif {M} --vectorize out.shpx", 4),
     Case("predict-zarr-user-folder", f"predict rgb.tif out.tif {M} --zarr documents", 4),
     # ---- predict: paths against each other, and what --overwrite may replace (issue 10, 1-3, 5)

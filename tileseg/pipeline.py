@@ -237,12 +237,11 @@ def _check_outputs(config: PredictConfig, fmt: str, staging: Staging) -> None:
         check_output_folder(config.zarr_path, "--zarr path")
     staging.check(overwrite=config.overwrite, resume=config.resume)
     if config.vectorize:
-        from tileseg.vectorization import format_for as vector_format_for
+        from tileseg.vectorization import check_destination as check_vector_destination
 
-        vector_format_for(config.vectorize)
         check_output_folder(config.vectorize, "--vectorize path")
-        if Path(config.vectorize).exists() and not config.overwrite:
-            raise OutputError(f"{config.vectorize}: already exists; pass --overwrite to replace it")
+        # before the run: --overwrite replaces only a layer tileseg wrote (its marker)
+        check_vector_destination(config.vectorize, config.overwrite)
     if config.preview:
         from tileseg.preview import check_preview_destination
 
