@@ -113,6 +113,7 @@ def prepare(work: Path, size: int) -> dict[str, dict[str, Any]]:
     import numpy as np
     import rasterio
     import torch
+    from bench_fidelity import mirrored_sample  # the same scene as the fidelity benchmark
 
     from tileseg.metadata import ModelMetadata, Normalization
     from tileseg.model import ModelSpec, build_model, save_model
@@ -120,17 +121,8 @@ def prepare(work: Path, size: int) -> dict[str, dict[str, Any]]:
     from tileseg.samples import fetch
 
     with rasterio.open(fetch("landsat-multiband")) as src:
-        data, profile = src.read(), src.profile
         stats = src.read(masked=True).astype(np.float64)
-    reps = (-(-size // data.shape[1]), -(-size // data.shape[2]))
-    rows = np.concatenate([data if i % 2 == 0 else data[:, ::-1] for i in range(reps[0])], axis=1)
-    full = np.concatenate([rows if j % 2 == 0 else rows[:, :, ::-1] for j in range(reps[1])],
-                          axis=2)[:, :size, :size]
-    profile.update(height=size, width=size, tiled=True, blockxsize=256, blockysize=256,
-                   compress="deflate")
-    scene = work / "scene.tif"
-    with rasterio.open(scene, "w", **profile) as dst:
-        dst.write(np.ascontiguousarray(full))
+    scene = mirrored_sample(size, work / "scene.tif")
     torch.manual_seed(0)
     module = build_model(ModelSpec("DeepLabV3Plus", "resnet18", in_channels=3, classes=6))
     mean = stats.mean(axis=(1, 2)).filled(0.0)[[2, 1, 0]]

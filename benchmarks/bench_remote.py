@@ -26,11 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import rasterio
 import rasterio.shutil
 import torch
-from affine import Affine
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from s3_server import running_s3, s3_environment  # noqa: E402
@@ -44,21 +42,11 @@ BUCKET = "tileseg-bench"
 
 
 def make_cog(path: Path, size: int, block: int) -> None:
-    """A deflate COG with smooth structure, written block row by block row, then converted."""
+    """bench_predict's smooth 3-band raster, converted to a deflate COG."""
+    from bench_predict import make_raster
+
     tmp = path.with_suffix(".src.tif")
-    profile = dict(driver="GTiff", height=size, width=size, count=3, dtype="uint8",
-                   crs="EPSG:32631", transform=Affine(1, 0, 500000, 0, -1, 6000000),
-                   tiled=True, blockxsize=512, blockysize=512, compress="deflate", BIGTIFF="YES")
-    rng = np.random.default_rng(0)
-    with rasterio.open(tmp, "w", **profile) as dst:
-        for row in range(0, size, 512):
-            h = min(512, size - row)
-            yy, xx = np.mgrid[row : row + h, 0:size]
-            base = (np.sin(xx / 97.0) + np.cos(yy / 131.0)) * 60 + 128
-            for b in range(3):
-                noise = rng.integers(0, 30, (h, size))
-                block_data = np.clip(base + noise + 10 * b, 0, 255).astype(np.uint8)
-                dst.write(block_data, b + 1, window=rasterio.windows.Window(0, row, size, h))
+    make_raster(tmp, size)
     rasterio.shutil.copy(tmp, path, driver="COG", blocksize=block, compress="deflate",
                          BIGTIFF="YES", overviews="NONE")
     tmp.unlink()

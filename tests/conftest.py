@@ -135,3 +135,20 @@ def deeplab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("models") / "deeplab"
     save_model(module, path, metadata(3, 3, scale=1 / 255, dtype="uint8"))
     return path
+
+
+@pytest.fixture(scope="session")
+def several_class_deeplab(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight DeepLabV3+ whose head bias is shifted by each class's mean logit on an
+    image, so its mask has several classes (unshifted it predicts one class almost everywhere,
+    which would hide a wrong mask)."""
+    from tileseg.model import ModelSpec, build_model, save_model
+
+    torch.manual_seed(0)
+    module = build_model(ModelSpec(encoder_name="resnet18", in_channels=3, classes=3)).eval()
+    x = torch.from_numpy(random_image(3, 256, 256, seed=5).astype(np.float32) / 255)[None]
+    with torch.no_grad():
+        module.segmentation_head[0].bias -= module(x)[0].mean((1, 2))
+    path = tmp_path_factory.mktemp("models") / "several"
+    save_model(module, path, metadata(3, 3, scale=1 / 255, dtype="uint8"))
+    return path

@@ -167,25 +167,6 @@ def test_unreachable_endpoint_is_one_line_exit_2(s3: S3Server, scene, deeplab_di
 
 # -- a cluster whose workers share no disk ---------------------------------------------------
 
-@pytest.fixture(scope="module")
-def several_class_deeplab(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight DeepLabV3+ whose head bias is shifted so its mask has several classes
-    (as in test_destination_safety; unshifted it predicts one class almost everywhere)."""
-    import torch
-    from conftest import metadata
-
-    from tileseg.model import ModelSpec, build_model, save_model
-
-    torch.manual_seed(0)
-    module = build_model(ModelSpec(encoder_name="resnet18", in_channels=3, classes=3)).eval()
-    x = torch.from_numpy(random_image(3, 256, 256, seed=5).astype(np.float32) / 255)[None]
-    with torch.no_grad():
-        module.segmentation_head[0].bias -= module(x)[0].mean((1, 2))
-    path = tmp_path_factory.mktemp("models") / "several"
-    save_model(module, path, metadata(3, 3, scale=1 / 255, dtype="uint8"))
-    return path
-
-
 def _files(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import metadata, per_pixel_model, random_image
+from conftest import per_pixel_model, random_image
 
 from tileseg.cli.main import cli
 from tileseg.config import PredictConfig
@@ -366,24 +366,6 @@ def test_dst_on_a_file_the_vrt_reads_is_refused(make_raster, deeplab_dir, tmp_pa
     code, out = run(*predict_args(vrt, source, deeplab_dir, "--overwrite"))
     one_line_error(code, out, 2, "same file", "tile.tif")
     assert snapshot(tmp_path) == before
-
-
-@pytest.fixture(scope="module")
-def several_class_deeplab(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-weight DeepLabV3+ whose head bias is shifted so its mask has several classes
-    (unshifted it predicts one class almost everywhere, which would hide a wrong mask)."""
-    import torch
-
-    from tileseg.model import ModelSpec, build_model, save_model
-
-    torch.manual_seed(0)
-    module = build_model(ModelSpec(encoder_name="resnet18", in_channels=3, classes=3)).eval()
-    x = torch.from_numpy(random_image(3, 256, 256, seed=5).astype(np.float32) / 255)[None]
-    with torch.no_grad():
-        module.segmentation_head[0].bias -= module(x)[0].mean((1, 2))
-    path = tmp_path_factory.mktemp("models") / "several"
-    save_model(module, path, metadata(3, 3, scale=1 / 255, dtype="uint8"))
-    return path
 
 
 # -- SIGTERM ---------------------------------------------------------------------------------

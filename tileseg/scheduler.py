@@ -96,6 +96,6 @@ def default_workers(device: str) -> int:
     and a second task in flight mostly holds another chunk's buffers (``benchmarks/bench_engine.py``:
     2 was 1-12% faster at 1024-px chunks but no faster at 2048, for 9-26% more peak memory).
     """
-    from tileseg.infer import resolve_device
+    from tileseg.device import resolve_device
 
     return 2 if resolve_device(device).type == "cuda" else 1
