@@ -460,3 +460,53 @@ def test_vectorize_over_a_foreign_file_is_refused_before_the_run(scene, deeplab_
     assert code == 4 and "tileseg marker" in out, out
     assert foreign.read_bytes() == b"not a tileseg layer"
     assert not list(tmp_path.glob("out.tif*"))  # refused before any work: no mask, no staging
+
+
+# -- files beside the mask and the batch: replaced only when tileseg wrote them ----------------
+
+def test_a_preview_replaces_only_a_preview_tileseg_drew(scene, deeplab_dir, tmp_path) -> None:
+    from PIL import Image
+
+    mask = tmp_path / "m.tif"
+    code, out = run(*predict_args(scene, mask, deeplab_dir, "--tile-size", "64", "--overlap", "16"))
+    assert code == 0, out
+    photo = tmp_path / "holiday.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(photo)
+    before = photo.read_bytes()
+    code, out = run("preview", str(mask), "-o", str(photo))
+    one_line_error(code, out, 4, "not a preview tileseg drew")
+    assert photo.read_bytes() == before
+    ours = tmp_path / "ours.png"
+    assert run("preview", str(mask), "-o", str(ours))[0] == 0
+    code, out = run("preview", str(mask), "-o", str(ours))  # its own: drawn again
+    assert code == 0, out
+
+
+def test_a_foreign_aux_xml_beside_a_new_mask_is_kept(make_raster, tmp_path) -> None:
+    src = make_raster(random_image(3, 90, 80))
+    user_aux = tmp_path / "new.tif.aux.xml"
+    user_aux.write_text("<PAMDataset><Metadata>my notes</Metadata></PAMDataset>\n")
+    predict(PredictConfig(str(src), str(tmp_path / "new.tif"), tile_size=64, overlap=16),
+            model=per_pixel_model(3, 4))
+    assert "my notes" in user_aux.read_text()
+    # beside a mask tileseg replaces, the sidecar goes with it: it describes the old mask
+    predict(PredictConfig(str(src), str(tmp_path / "new.tif"), tile_size=64, overlap=16,
+                          overwrite=True), model=per_pixel_model(3, 4))
+    assert "CategoryNames" in user_aux.read_text()
+
+
+@pytest.mark.parametrize("name", ["scenes.summary.json", "scenes.summary.csv",
+                                  "scenes.summary.html"])
+def test_batch_leaves_summary_files_it_did_not_write(make_raster, tmp_path, name) -> None:
+    from tileseg.batch import BatchConfig, load_manifest, run_batch
+
+    src = make_raster(random_image(3, 60, 70))
+    manifest = tmp_path / "scenes.txt"
+    manifest.write_text(f"{src}\n")
+    foreign = tmp_path / name
+    foreign.write_text("my own file\n")
+    config = BatchConfig(summary=str(tmp_path / "scenes.summary.json"))
+    with pytest.raises(OutputError, match="not a tileseg batch summary"):
+        run_batch(load_manifest(manifest, output_dir=tmp_path / "out"), config)
+    assert foreign.read_text() == "my own file\n"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

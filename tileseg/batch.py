@@ -443,6 +443,8 @@ def run_batch(
     (True, {'succeeded': 3, 'resumed': 1, 'skipped': 12, 'failed': 0})
     """
     config = config or BatchConfig()
+    if config.summary:
+        check_summary_targets(config.summary)
     started = time.perf_counter()
     results: dict[int, SceneResult] = {}
     pictures: dict[int, ScenePicture | None] = {}
@@ -536,6 +538,40 @@ def _vectorize_only(config: PredictConfig) -> None:
 # --------------------------------------------------------------------------------------------
 
 SUMMARY_COLUMNS = tuple(f.name for f in fields(SceneResult))
+
+
+def check_summary_targets(summary: str | os.PathLike[str]) -> None:
+    """Before any scene runs: the summary's JSON, CSV and HTML page replace only files an
+    earlier batch wrote (recognised by their content); anything else stays (exit 4)."""
+    from tileseg.batch_report import HTML_MARKER
+
+    target = Path(summary)
+    json_path = target.with_suffix(".json") if target.suffix.lower() == ".csv" else target
+    header = ",".join(SUMMARY_COLUMNS)
+    checks = ((json_path, lambda text: _is_summary_json(text)),
+              (summary_csv_path(target), lambda text: text.splitlines()[:1] == [header]),
+              (html_path(json_path), lambda text: HTML_MARKER in text))
+    for path, ours in checks:
+        if path.is_symlink() or path.is_dir():
+            mine = False
+        elif not path.exists():
+            continue
+        else:
+            try:
+                mine = ours(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError):
+                mine = False
+        if not mine:
+            raise OutputError(f"{path}: exists and is not a tileseg batch summary, so it is left "
+                              "as it is; choose another --summary or remove it")
+
+
+def _is_summary_json(text: str) -> bool:
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and {"scenes", "counts", "scenes_total"} <= set(doc)
 
 
 def summary_csv_path(summary: str | os.PathLike[str]) -> Path:

@@ -32,6 +32,9 @@ class ScenePicture:
     areas: tuple[dict[str, Any], ...]  # id, name, color, pixels, km2, share
 
 
+HTML_MARKER = '<meta name="generator" content="tileseg batch">'
+
+
 def html_path(summary: str | os.PathLike[str]) -> Path:
     """``scenes.summary.json`` (or ``.csv``) -> ``scenes.summary.html``."""
     return Path(summary).with_suffix(".html")
@@ -142,6 +145,7 @@ def render_html(title: str, doc: Mapping[str, Any],
     counts = ", ".join(f"{n} {s}" for s, n in doc["counts"].items() if n)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"{HTML_MARKER}\n"
         f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
         f"<h1>{html.escape(title)}</h1>\n"
         f'<p class="totals">{doc["scenes_total"]} scenes: {html.escape(counts)}; '

@@ -107,7 +107,29 @@ def check_preview_destination(dst: str | os.PathLike[str], overwrite: bool = Tru
         raise OutputError(f"{out}: folder {out.absolute().parent} does not exist; create it first")
     if out.exists() and not overwrite:
         raise OutputError(f"{out}: already exists; pass --overwrite to replace it")
+    check_replaceable_png(out)
     return out
+
+
+PNG_MARKER = "tileseg"  # the PNG's "Software" text chunk starts with it
+
+
+def is_tileseg_png(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a preview tileseg drew (its ``Software`` text chunk says so)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return str(getattr(image, "text", {}).get("Software", "")).startswith(PNG_MARKER)
+    except (OSError, ValueError):
+        return False
+
+
+def check_replaceable_png(out: Path) -> None:
+    """A preview replaces only a preview tileseg drew; anything else there stays (exit 4)."""
+    if out.is_symlink() or out.is_dir() or (out.exists() and not is_tileseg_png(out)):
+        raise OutputError(f"{out}: exists and is not a preview tileseg drew, so it is left as it "
+                          "is; choose another file name or remove it")
 
 
 def make_preview(
@@ -154,9 +176,16 @@ def make_preview(
     picture = Image.fromarray(rgb, "RGB")
     if config.legend:
         picture = _with_legend(picture, areas, legend_width, config, approximate)
+    from PIL.PngImagePlugin import PngInfo
+
+    from tileseg import __version__
+
+    check_replaceable_png(out)  # again: a batch draws thumbnails without the CLI's check
+    info = PngInfo()
+    info.add_text("Software", f"{PNG_MARKER} {__version__}")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        picture.save(tmp, format="PNG", optimize=False)
+        picture.save(tmp, format="PNG", optimize=False, pnginfo=info)
         os.replace(tmp, out)
     except OSError as exc:
         raise OutputError(f"{out}: cannot write the preview ({exc})") from exc

@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 # Why a comment: QGIS drops comments when it saves a style, so a .qml the user re-saved (tuned)
 # in QGIS no longer carries it, and tileseg leaves that file alone.
 QML_MARKER = "<!-- written by tileseg; QGIS applies it to the same-named layer -->"
+AUX_MARKER = "<!-- written by tileseg: class names and attribute table of the mask -->"
 QGIS_VERSION = "3.28.0-Firenze"  # the oldest LTR whose QML elements these files use
 
 # GDAL's enums (gdal.h): GDALRATFieldType and GDALRATFieldUsage.
@@ -118,7 +119,7 @@ def pam_xml(classes: Sequence[ClassInfo]) -> str:
         rows.append(f'\n      <Row index="{i}">' + "".join(f"<F>{v}</F>" for v in cells)
                     + "</Row>")
     return (
-        "<PAMDataset>\n"
+        f"<PAMDataset>\n  {AUX_MARKER}\n"
         '  <PAMRasterBand band="1">\n'
         f"    <CategoryNames>{names}</CategoryNames>\n"
         f'    <GDALRasterAttributeTable tableType="thematic">{fields}{"".join(rows)}\n'
@@ -242,10 +243,18 @@ def publish_raster_styles(dst: str | os.PathLike[str], classes: Sequence[ClassIn
         return []
     aux, qml = sidecar_paths(dst)
     written = []
+    replacing_mask = Path(dst).exists()  # tileseg's own, or staging would have refused
     for target, text in ((aux, pam_xml(classes)), (qml, raster_qml(classes))):
-        if target == qml and target.exists() and not is_tileseg_qml(target):
-            logger.warning("%s: kept (a style not written by tileseg); delete it to get the "
-                           "class palette", target)
+        if target.is_symlink() or target.is_dir():
+            mine = False
+        elif target == qml:
+            mine = not target.exists() or is_tileseg_qml(target)
+        else:  # GDAL rewrites a mask's .aux.xml (statistics); it belongs with the mask replaced
+            mine = not target.exists() or replacing_mask or AUX_MARKER in target.read_text(
+                encoding="utf-8", errors="replace")
+        if not mine:
+            logger.warning("%s: kept (not written by tileseg); delete it to get the class "
+                           "palette", target)
             continue
         tmp = Path(workdir) / f"style-{target.name}"
         tmp.write_text(text, encoding="utf-8")
