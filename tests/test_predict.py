@@ -262,3 +262,38 @@ def test_resume_warns_when_a_vrt_source_changed(make_raster, tmp_path, caplog) -
         predict(_config(vrt, dst, resume=True), model=per_pixel_model(3, 4))
     assert any("changed since the interrupted run" in r.getMessage() for r in caplog.records)
     assert dst.exists()
+
+
+def test_a_model_retrained_in_place_is_used_by_the_next_run(make_raster, tmp_path,
+                                                             several_class_deeplab,
+                                                             monkeypatch) -> None:
+    """In one process (a notebook, a batch) the second run must not reuse the runtime cached
+    for the weights the directory held before; and the driver's own load is handed to the
+    in-process task instead of loading the model twice."""
+    import shutil
+
+    import tileseg.mosaic as mosaic
+    from tileseg.model import load_model, save_model
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(several_class_deeplab, model_dir)
+    src = make_raster(random_image(3, 300, 280, seed=5))
+    loads = []
+    real_load = mosaic.load_model
+    monkeypatch.setattr(mosaic, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+
+    def run(name: str) -> np.ndarray:
+        result = predict(PredictConfig(str(src), str(tmp_path / name), model=str(model_dir),
+                                       engine="torch", workers=1))
+        with rasterio.open(result.dst) as out:
+            return out.read(1)
+
+    first = run("first.tif")
+    assert len(np.unique(first)) >= 2
+    assert loads == []  # the task used the model the driver loaded
+    retrained = load_model(model_dir)
+    with torch.no_grad():  # class 2 wins everywhere now
+        retrained.module.segmentation_head[0].bias[2] += 1e4
+    save_model(retrained.module, model_dir, retrained.metadata)
+    second = run("second.tif")
+    assert (second == 2).all()

@@ -301,24 +301,65 @@ def infer_chunk_logits(
         batches = iter_batches(reader, grid, tiles, extent, runtime.context, runtime.batch_size,
                                dev.type == "cuda")
         for batch in prefetch(batches):
-            x = batch.data.to(dev, non_blocking=True)
-            valid = batch.valid.to(dev, non_blocking=True)
-            if batch.unsigned16:
-                x = x.to(torch.int32) & 0xFFFF
-            x = x.float() * runtime.norm_a + runtime.norm_b
-            # Nodata and NaN pixels become 0, the normalized mean, so they cannot poison a tile.
-            x = torch.where(valid[:, None], x, torch.zeros((), device=dev))
+            if dev.type == "cpu":
+                x, valid = _normalize_on_host(batch, runtime)
+            else:
+                x, valid = _normalize_on_device(batch, runtime)
             if runtime.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with forward_lock:
                 logits = runtime.forward(x)[:, :, pad : pad + size, pad : pad + size]
-            weights = runtime.window[None] * valid[:, pad : pad + size, pad : pad + size]
-            for k, (r, c) in enumerate(batch.offsets):
-                logit_sum[:, r : r + size, c : c + size] += logits[k] * weights[k]
-                weight_sum[r : r + size, c : c + size] += weights[k]
+            if dev.type == "cpu":
+                _accumulate_on_host(logit_sum, weight_sum, logits, valid, batch.offsets, runtime,
+                                    pad, size)
+            else:
+                weights = runtime.window[None] * valid[:, pad : pad + size, pad : pad + size]
+                for k, (r, c) in enumerate(batch.offsets):
+                    logit_sum[:, r : r + size, c : c + size] += logits[k] * weights[k]
+                    weight_sum[r : r + size, c : c + size] += weights[k]
             done += len(batch.offsets)
     # every tile is either in a batch or skipped for having no valid pixel in its core
     return ChunkLogits(extent, logit_sum, weight_sum, done, len(tiles) - done)
+
+
+def _normalize_on_device(batch: HostBatch, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copy a batch to the device and normalize it there; invalid pixels become 0."""
+    dev = runtime.device
+    x = batch.data.to(dev, non_blocking=True)
+    valid = batch.valid.to(dev, non_blocking=True)
+    if batch.unsigned16:
+        x = x.to(torch.int32) & 0xFFFF
+    x = x.float() * runtime.norm_a + runtime.norm_b
+    # Nodata and NaN pixels become 0, the normalized mean, so they cannot poison a tile.
+    return torch.where(valid[:, None], x, torch.zeros((), device=dev)), valid
+
+
+def _normalize_on_host(batch: HostBatch, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_normalize_on_device` for the CPU, in numpy: torch's element-wise kernels on
+    these shapes are several times slower there (benchmarks/bench_engine.py), and the same
+    multiply-then-add order gives the same float32 values bit for bit."""
+    data = batch.data.numpy()
+    if batch.unsigned16:
+        data = data.view(np.uint16)
+    x = data.astype(np.float32)  # always a copy: the batch's buffer is never changed
+    x *= runtime.norm_a.numpy()
+    x += runtime.norm_b.numpy()
+    valid = batch.valid.numpy()
+    np.copyto(x, np.float32(0), where=~valid[:, None])
+    return torch.from_numpy(x), batch.valid
+
+
+def _accumulate_on_host(logit_sum: torch.Tensor, weight_sum: torch.Tensor, logits: torch.Tensor,
+                        valid: torch.Tensor, offsets: list[tuple[int, int]], runtime: Runtime,
+                        pad: int, size: int) -> None:
+    """Add each tile's weighted logits to the chunk's sums, in numpy on the CPU (the tensors
+    share their memory with the arrays), in the same order and precision as on a device."""
+    sums, weights_sum = logit_sum.numpy(), weight_sum.numpy()
+    scores = logits.float().numpy()
+    weights = runtime.window.numpy()[None] * valid.numpy()[:, pad : pad + size, pad : pad + size]
+    for k, (r, c) in enumerate(offsets):
+        sums[:, r : r + size, c : c + size] += scores[k] * weights[k]
+        weights_sum[r : r + size, c : c + size] += weights[k]
 
 
 def blend_to_mask(
@@ -329,11 +370,24 @@ def blend_to_mask(
     probabilities: str,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Normalize summed logits per pixel; return the class mask and optional probabilities."""
-    covered = weight_sum > 0
-    logits = logit_sum / torch.where(covered, weight_sum, torch.ones((), device=weight_sum.device))
-    mask = logits.argmax(dim=0)
-    mask = torch.where(covered, mask, torch.full((), nodata, device=mask.device, dtype=mask.dtype))
-    mask_np = mask.to(torch.int32).cpu().numpy().astype(mask_dtype)
+    if logit_sum.device.type == "cpu":
+        # numpy, several times faster than torch's kernels for these on the CPU; the same
+        # float32 division, and argmax returns the first of equal maxima in both
+        weights = weight_sum.numpy()
+        covered_np = weights > 0
+        scores = logit_sum.numpy() / np.where(covered_np, weights, np.float32(1))
+        mask_np = scores.argmax(axis=0).astype(mask_dtype)
+        mask_np[~covered_np] = nodata
+        if probabilities == "none":
+            return mask_np, None
+        logits, covered = torch.from_numpy(scores), torch.from_numpy(covered_np)
+    else:
+        covered = weight_sum > 0
+        logits = logit_sum / torch.where(covered, weight_sum, torch.ones((), device=weight_sum.device))
+        mask = logits.argmax(dim=0)
+        mask = torch.where(covered, mask,
+                           torch.full((), nodata, device=mask.device, dtype=mask.dtype))
+        mask_np = mask.to(torch.int32).cpu().numpy().astype(mask_dtype)
     probs_np = None
     if probabilities != "none":
         probs = torch.softmax(logits, dim=0) * covered

@@ -70,14 +70,23 @@ def register_model(model: LoadedModel) -> str:
 
 @dataclass(frozen=True)
 class ModelRef:
-    """How a worker gets the model: a path it loads itself, or an in-process registry key."""
+    """How a worker gets the model: a path it loads itself, or an in-process registry key.
+
+    ``files`` (name, size, mtime) of the model directory are part of the value, so a runtime
+    cached for a model that has since been retrained in place is never reused.
+    """
 
     path: str | None = None
     key: str | None = None
     encoder_output_stride: int | None = None
     decoder_atrous_rates: tuple[int, ...] | None = None
+    files: tuple[tuple[str, int, int], ...] = ()
 
     def load(self, raster_dtype: str) -> LoadedModel:
+        with _HANDED_OVER_LOCK:
+            handed = _HANDED_OVER.pop(self, None)
+        if handed is not None:
+            return handed
         if self.key is not None:
             try:
                 return _IN_PROCESS_MODELS[self.key]
@@ -89,6 +98,27 @@ class ModelRef:
         assert self.path is not None
         return load_model(self.path, encoder_output_stride=self.encoder_output_stride,
                           decoder_atrous_rates=self.decoder_atrous_rates, raster_dtype=raster_dtype)
+
+
+# A model the driver loaded while planning, handed to the first runtime of this process that
+# asks for the same reference instead of loading it a second time; taken once, so no two
+# runtimes (which may move or convert their module) ever share one module. Weak: once the run
+# that planned it is over, an unused model is not kept.
+_HANDED_OVER: weakref.WeakValueDictionary[ModelRef, LoadedModel] = weakref.WeakValueDictionary()
+_HANDED_OVER_LOCK = threading.Lock()
+
+
+def hand_over(ref: ModelRef, model: LoadedModel) -> None:
+    """Offer the planning stage's ``model`` to the first runtime built for ``ref`` here."""
+    with _HANDED_OVER_LOCK:
+        _HANDED_OVER[ref] = model
+
+
+def model_files(path: str | os.PathLike[str]) -> tuple[tuple[str, int, int], ...]:
+    """(name, size, mtime_ns) of the files of a model directory (or of a weights file)."""
+    root = Path(path)
+    files = sorted(p for p in root.iterdir() if p.is_file()) if root.is_dir() else [root]
+    return tuple((p.name, (st := p.stat()).st_size, st.st_mtime_ns) for p in files)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,15 @@ from tileseg.errors import (
 from tileseg.grid import TileGrid, aligned_overlap
 from tileseg.memory import check_memory
 from tileseg.model import LoadedModel, load_model, warn_once
-from tileseg.mosaic import Job, ModelRef, build_graph, open_work_dir, register_model
+from tileseg.mosaic import (
+    Job,
+    ModelRef,
+    build_graph,
+    hand_over,
+    model_files,
+    open_work_dir,
+    register_model,
+)
 from tileseg.outputs import (
     create_zarr,
     format_for,
@@ -375,7 +383,9 @@ def _plan_run(config: PredictConfig, model: LoadedModel | None) -> Plan:
         model, source = resolve_model(config, raster)
         ref = ModelRef(path=str(Path(source).absolute()),
                        encoder_output_stride=config.encoder_output_stride,
-                       decoder_atrous_rates=config.decoder_atrous_rates)
+                       decoder_atrous_rates=config.decoder_atrous_rates,
+                       files=model_files(source))
+        hand_over(ref, model)  # in-process tasks use it instead of loading the model again
     plan = replace(make_plan(config, model, raster=raster), model_ref=ref, model_source=source)
     _check_device(config)
     return plan
