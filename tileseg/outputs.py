@@ -38,8 +38,8 @@ def format_for(path: str, explicit: str | None) -> OutputFormat:
     ext = Path(path.rstrip("/")).suffix.lower()
     if ext not in _EXTENSIONS:
         raise OutputError(
-            f"{path}: cannot tell the output format from {ext or 'no extension'!r}; use .tif "
-            "(COG), .zarr, or pass --format"
+            f"{path}: cannot tell the kind of output from {ext or 'no extension'!r}; use .tif "
+            "(COG), .zarr, or pass format", params=("format",)
         )
     return _EXTENSIONS[ext]
 
