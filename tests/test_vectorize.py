@@ -374,7 +374,7 @@ def test_vectorize_writes_atomically_and_refuses_existing(tmp_path: Path,
     assert result.features == sum(result.counts.values()) > 0
     assert result.class_names[1] == "water"
     before = dst.read_bytes()
-    with pytest.raises(OSError, match="--overwrite"):
+    with pytest.raises(OSError, match="pass overwrite"):
         vectorize(src, dst, VectorizeConfig(scheduler="sync"))
     assert dst.read_bytes() == before
     vectorize(src, dst, VectorizeConfig(scheduler="sync", overwrite=True, classes=(1,)))

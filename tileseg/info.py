@@ -46,12 +46,12 @@ def validity_label(raster: RasterInfo, *, flags: bool = False) -> str:
         return f"{flag_for('nodata') if flags else 'nodata'} {raster.nodata:g}"
     with open_dataset(raster.path) as src:
         nodata = src.nodata
-        flags = [src.mask_flag_enums[i - 1] for i in raster.indexes]
+        mask_flags = [src.mask_flag_enums[i - 1] for i in raster.indexes]
     if nodata is not None:
         return f"nodata value {nodata:g} in the file"
-    if any(MaskFlags.alpha in f for f in flags):
+    if any(MaskFlags.alpha in f for f in mask_flags):
         return "alpha band"
-    if any(MaskFlags.per_dataset in f for f in flags):
+    if any(MaskFlags.per_dataset in f for f in mask_flags):
         return "internal mask"
     return "all (no nodata, no mask)"
 
@@ -144,7 +144,8 @@ def describe(config: PredictConfig, *, flags: bool = False) -> dict[str, Any]:
             "batch_size": batch,
             "batches": count_batches(grid, skipped, batch),
             "chunks": grid.num_chunks,
-            "chunk_size": grid.chunk_size,
+            "chunk_size": grid.chunk_side,  # whole cores: the side the chunks get
+            "chunk_size_requested": config.chunk_size,
             "megapixels_inferred": round(to_infer * plan.context**2 / 1e6, 1),
             "overhead_vs_raster": round(to_infer * plan.context**2 / (raster.height * raster.width), 2),
         },

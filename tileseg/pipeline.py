@@ -394,7 +394,7 @@ def _stage(config: PredictConfig, plan: Plan, staging: Staging, fingerprint: str
                          "the nodata value or the file's mask)")
 
     def create(stage: Staging) -> None:
-        create_zarr(stage.zarr_store, raster, plan.model.metadata, chunk_size=plan.grid.chunk_size,
+        create_zarr(stage.zarr_store, raster, plan.model.metadata, chunk_side=plan.grid.chunk_side,
                     probabilities=config.probabilities, source=raster.path)
         open_work_dir(stage.work_path).create()
 
