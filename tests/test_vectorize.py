@@ -344,8 +344,8 @@ def test_bad_inputs_raise_one_line_errors(tmp_path: Path, mask_tif: Callable[...
     cases = {
         text: "not a raster",
         mask_tif(mask.astype(np.float32), nodata=None): "float32",
-        mask_zarr(mask, complete=False): "--resume",
-        mask_tif(mask, crs=None): "--allow-no-crs",
+        mask_zarr(mask, complete=False): "again with resume",
+        mask_tif(mask, crs=None): "pass allow_no_crs",
     }
     for path, words in cases.items():
         with pytest.raises(InputError) as info:
