@@ -185,3 +185,14 @@ def test_a_parameter_spelt_otherwise_on_the_command_line() -> None:
     assert str(info.value) == "compile_model is for engine torch only; drop it or use engine torch"
     assert flagged_message(info.value) == ("--compile is for --engine torch only; drop it or use "
                                            "--engine torch")
+
+
+def test_the_scheduled_batch_entry_point_prints_its_flags(tmp_path, monkeypatch, capsys) -> None:
+    from tileseg import workflows
+
+    monkeypatch.delenv("TILESEG_SCHEDULER", raising=False)
+    manifest = tmp_path / "scenes.txt"
+    manifest.write_text("a.tif\n")
+    code = workflows.main([str(manifest), "--concurrent-scenes", "0"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == "Error: --concurrent-scenes must be at least 1, got 0"
