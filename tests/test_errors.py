@@ -196,3 +196,15 @@ def test_the_scheduled_batch_entry_point_prints_its_flags(tmp_path, monkeypatch,
     code = workflows.main([str(manifest), "--concurrent-scenes", "0"])
     assert code == 2
     assert capsys.readouterr().err.strip() == "Error: --concurrent-scenes must be at least 1, got 0"
+
+
+def test_overlapping_paths_name_the_parameter(tmp_path) -> None:
+    from tileseg.destination import check_distinct_paths
+
+    src = tmp_path / "scene.tif"
+    with pytest.raises(ConfigError) as info:
+        check_distinct_paths({"SRC": src, "zarr_path": src}, read_only=("SRC",))
+    assert str(info.value) == (f"SRC {src} and zarr_path {src} are the same file; choose another "
+                               "zarr_path")
+    assert flagged_message(info.value) == (f"SRC {src} and --zarr {src} are the same file; "
+                                           "choose another --zarr")
