@@ -67,7 +67,7 @@ def dry_run(size: int, tile_size: int, overlap: int, chunk_size: int) -> list[tu
     grid = job.grid
     return [
         ("raster", f"{size:,} x {size:,} px"),
-        ("tiling", f"tile {tile_size}, overlap {overlap}, chunk {grid.chunk_size} px"),
+        ("tiling", f"tile {tile_size}, overlap {overlap}, chunk {grid.chunk_side} px"),
         ("tiles", f"{grid.num_tiles:,}"),
         ("chunks", f"{grid.num_chunks:,} ({grid.chunk_rows} x {grid.chunk_cols})"),
         ("tasks", f"{len(mosaic.graph):,} (2 per chunk + 1 job key)"),

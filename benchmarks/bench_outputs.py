@@ -36,7 +36,7 @@ def make_zarr(path: Path, size: int) -> None:
     raster = RasterInfo(str(path), size, size, 3, (1, 2, 3), "uint8", crs,
                         (10.0, 0.0, 500000.0, 0.0, -10.0, 6000000.0), None, False, (512, 512),
                         (None, None, None), True)
-    create_zarr(path, raster, ModelMetadata.default(CLASSES, 3, "uint8"), chunk_size=CHUNK,
+    create_zarr(path, raster, ModelMetadata.default(CLASSES, 3, "uint8"), chunk_side=CHUNK,
                 probabilities="none", source="synthetic")
     import zarr
 

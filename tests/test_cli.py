@@ -101,6 +101,16 @@ def test_info_reports_a_model_that_does_not_fit_as_one_warning(make_raster, deep
     assert facts["raster"]["bands"] == 4 and facts["plan"]["tiles"] == 1
 
 
+def test_info_shows_the_chunk_side_and_the_requested_chunk_size(make_raster, deeplab_dir) -> None:
+    src = make_raster(random_image(3, 900, 900))
+    code, out = run("info", str(src), "--model", str(deeplab_dir), "--json", "--tile-size", "100",
+                    "--overlap", "20", "--chunk-size", "500")
+    assert code == 0, out
+    plan = json.loads(out)["plan"]
+    # steps of 80 px (the model's input multiple of 16): 6 cores of 80 = 480 px per chunk side
+    assert (plan["tile_step"], plan["chunk_size"], plan["chunk_size_requested"]) == (80, 480, 500)
+
+
 def test_info_counts_batches_per_chunk_as_predict_runs_them() -> None:
     from tileseg.grid import TileGrid, aligned_overlap
     from tileseg.info import count_batches

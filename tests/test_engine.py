@@ -169,7 +169,7 @@ def test_pspnet_at_an_unsupported_size_says_which_engine_to_use(
     save_model(module, tmp_path / "m", metadata(3, 3))
     kwargs = dict(device="cpu", precision="fp32", batch_size=2, tile_size=64, overlap=8,
                   blend="hann", from_directory=True)
-    with pytest.raises(ModelError, match="use --engine torch") as info:
+    with pytest.raises(ModelError, match="use engine torch") as info:
         make_runtime(load_model(tmp_path / "m"), engine="onnxruntime", **kwargs)  # type: ignore[arg-type]
     assert "\n" not in str(info.value) and "multiple of 48" in str(info.value)
     # auto falls back to torch with a warning instead of failing

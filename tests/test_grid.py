@@ -127,3 +127,13 @@ def test_for_raster_rounds_chunks_to_whole_cores_and_halos_split_once() -> None:
     center = window_1d("center", 100, 21)
     assert center[:10].sum() == 0 and center[10:89].all() and center[89:].sum() == 0
     assert config.runtime.device == "auto" and config.runtime.precision == "auto"
+
+
+def test_chunk_side_is_the_requested_chunk_size_in_whole_cores() -> None:
+    """``chunk_size`` is what a user asks for; ``chunk_side`` what the chunks get."""
+    grid = TileGrid.for_raster(1000, 900, tile_size=100, overlap=21, chunk_size=500)
+    assert grid.chunk_side == 6 * 79 == 474 != 500
+    assert grid.chunk(0, 0) == Rect(0, 0, 474, 474)
+    assert grid.chunk(2, 1) == Rect(948, 474, 52, 426)  # cut by the raster's edges
+    tiny = TileGrid.for_raster(1000, 900, tile_size=100, overlap=21, chunk_size=1)
+    assert tiny.chunk_side == tiny.stride  # at least one core

@@ -22,7 +22,7 @@ def _job(make_raster, tmp_path: Path):  # type: ignore[no-untyped-def]
     model = per_pixel_model(2, 3)
     grid = TileGrid(70, 90, tile_size=32, overlap=8, chunk_tiles=2)
     store, work = tmp_path / "m.zarr", WorkDir(tmp_path / "work")
-    create_zarr(store, raster, model.metadata, chunk_size=grid.chunk_size, probabilities="none",
+    create_zarr(store, raster, model.metadata, chunk_side=grid.chunk_side, probabilities="none",
                 source="test")
     work.create()
     dtype, nodata = mask_dtype_for(3)

@@ -26,7 +26,7 @@ def test_zarr_and_geotiff_round_trip_through_mask_module(make_raster, tmp_path: 
     raster = open_raster(make_raster(random_image(3, 40, 50)))
     meta = metadata(3, 3)
     store = tmp_path / "m.zarr"
-    create_zarr(store, raster, meta, chunk_size=32, probabilities="none", source="models/x")
+    create_zarr(store, raster, meta, chunk_side=32, probabilities="none", source="models/x")
     root = zarr.open_group(str(store), mode="r+")
     facts = mask_format.read_facts(root)
     assert facts is not None and facts["complete"] is False and facts["nodata"] == 255

@@ -165,7 +165,7 @@ def test_interrupted_run_leaves_no_output_and_resume_completes_identically(make_
     _interrupt_after_two_chunks(src, dst)
     assert not dst.exists()
     assert (tmp_path / "out.tif.partial").is_dir()
-    with pytest.raises(Exception, match="--resume"):
+    with pytest.raises(Exception, match="pass resume"):
         predict(_config(src, dst), model=per_pixel_model(3, 4))
     kept_chunks, kept_tiles = _work_left_by(dst)
     events: list[Progress] = []

@@ -95,7 +95,7 @@ def test_destination_published_while_waiting_is_not_clobbered(make_raster, tmp_p
             yield
 
     monkeypatch.setattr(staging_module, "exclusive_run", other_run_finishes_first)
-    with pytest.raises(OutputError, match="--overwrite"):
+    with pytest.raises(OutputError, match="pass overwrite"):
         predict(_config(src, dst), model=per_pixel_model(3, 4))
     assert dst.read_bytes() == b"the other run's output"
     assert not (tmp_path / "out.tif.partial").exists()

@@ -344,8 +344,8 @@ def test_bad_inputs_raise_one_line_errors(tmp_path: Path, mask_tif: Callable[...
     cases = {
         text: "not a raster",
         mask_tif(mask.astype(np.float32), nodata=None): "float32",
-        mask_zarr(mask, complete=False): "--resume",
-        mask_tif(mask, crs=None): "--allow-no-crs",
+        mask_zarr(mask, complete=False): "again with resume",
+        mask_tif(mask, crs=None): "pass allow_no_crs",
     }
     for path, words in cases.items():
         with pytest.raises(InputError) as info:
@@ -374,7 +374,7 @@ def test_vectorize_writes_atomically_and_refuses_existing(tmp_path: Path,
     assert result.features == sum(result.counts.values()) > 0
     assert result.class_names[1] == "water"
     before = dst.read_bytes()
-    with pytest.raises(OSError, match="--overwrite"):
+    with pytest.raises(OSError, match="pass overwrite"):
         vectorize(src, dst, VectorizeConfig(scheduler="sync"))
     assert dst.read_bytes() == before
     vectorize(src, dst, VectorizeConfig(scheduler="sync", overwrite=True, classes=(1,)))

@@ -164,7 +164,8 @@ class BatchConfig:
     def __post_init__(self) -> None:
         if self.concurrent_scenes < 1:
             raise ConfigError(
-                f"--concurrent-scenes must be at least 1, got {self.concurrent_scenes}")
+                f"concurrent_scenes must be at least 1, got {self.concurrent_scenes}",
+                params=("concurrent_scenes",))
         if not self.suffix or "/" in self.suffix:
             raise ConfigError(f"suffix {self.suffix!r}: give a file name ending, e.g. _mask.tif",
                               params=("suffix",))
@@ -326,14 +327,15 @@ def _scene(manifest: Path, where: str, row: dict[str, Any], base: Path, out_dir:
     dst = row.pop("dst", None)
     if dst is None:
         if out_dir is None:
-            raise InputError(f"{manifest}: {where} has no dst; give one, or pass --output-dir "
-                             "to write <stem>{suffix} there".replace("{suffix}", suffix))
+            raise InputError(f"{manifest}: {where} has no dst; give one, or pass output_dir "
+                             "to write <stem>{suffix} there".replace("{suffix}", suffix),
+                             params=("output_dir",))
         dst = str(out_dir / (Path(src).stem + suffix))
     else:
         dst = _resolve(str(dst), out_dir.absolute() if out_dir is not None else base)
     if os.path.normpath(dst) == os.path.normpath(src):
         raise InputError(f"{manifest}: {where} would overwrite its source {src}; change dst or "
-                         "--suffix")
+                         "suffix", params=("suffix",))
     options: dict[str, Any] = {}
     for key, value in row.items():
         if key not in SCENE_OPTIONS:
@@ -563,7 +565,7 @@ def check_summary_targets(summary: str | os.PathLike[str]) -> None:
                 mine = False
         if not mine:
             raise OutputError(f"{path}: exists and is not a tileseg batch summary, so it is left "
-                              "as it is; choose another --summary or remove it")
+                              "as it is; choose another summary path or remove it")
 
 
 def _is_summary_json(text: str) -> bool:
@@ -650,5 +652,6 @@ def run_manifest(
             Path(config.output_dir).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"{config.output_dir}: cannot create the output folder "
-                              f"({exc.strerror}); choose a writable --output-dir") from exc
+                              f"({exc.strerror}); choose a writable output_dir",
+                              params=("output_dir",)) from exc
     return run_batch(scenes, config, client=client, on_scene=on_scene)

@@ -29,7 +29,8 @@ class TilingConfig:
 
     tile_size: int = DEFAULT_TILE_SIZE
     overlap: int = DEFAULT_OVERLAP
-    chunk_size: int = DEFAULT_CHUNK_SIZE  # pixels per chunk side, rounded to whole cores
+    # requested pixels per chunk side; the grid rounds it to whole cores (TileGrid.chunk_side)
+    chunk_size: int = DEFAULT_CHUNK_SIZE
     blend: BlendName = DEFAULT_BLEND
 
 
@@ -65,7 +66,7 @@ class PredictConfig:
     allow_no_crs: bool = False
     tile_size: int = DEFAULT_TILE_SIZE
     overlap: int = DEFAULT_OVERLAP
-    chunk_size: int = DEFAULT_CHUNK_SIZE  # rounded to a whole number of tile cores
+    chunk_size: int = DEFAULT_CHUNK_SIZE  # requested chunk side in pixels, rounded to whole cores
     blend: BlendName = DEFAULT_BLEND
     device: str = "auto"
     batch_size: int | None = None  # None: chosen from the device's memory

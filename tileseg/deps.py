@@ -25,8 +25,12 @@ def pip_name(module: str) -> str:
     return PIP_NAMES.get(top, top.replace("_", "-"))
 
 
-def missing_dependency(exc: ImportError, feature: str = "") -> DependencyError:
+def missing_dependency(exc: ImportError, feature: str = "", *,
+                       params: tuple[str, ...] = ()) -> DependencyError:
     """The :class:`DependencyError` for a failed import, naming the package and how to install it.
+
+    ``feature`` says what needs the package (``"GeoParquet"``, or a parameter such as
+    ``"vectorize"``, listed in ``params`` so that the CLI shows it as its flag).
 
     Examples
     --------
@@ -40,7 +44,8 @@ def missing_dependency(exc: ImportError, feature: str = "") -> DependencyError:
     package = pip_name(exc.name)
     needs = f"{feature} needs" if feature else "this command needs"
     error = DependencyError(f"{needs} the Python package {package!r}, which is not installed or "
-                            f"does not import; install it with: python -m pip install {package}")
+                            f"does not import; install it with: python -m pip install {package}",
+                            params=params)
     error.name = exc.name
     return error
 

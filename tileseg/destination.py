@@ -48,8 +48,9 @@ def check_distinct_paths(paths: NamedPaths, *, read_only: Iterable[str] = ()) ->
     Parameters
     ----------
     paths
-        What each path is (as the user knows it: ``"SRC"``, ``"--zarr"``) mapped to one path, a
-        list of paths (a raster and its sidecar files) or None (not used). Remote URLs are skipped.
+        What each path is (as the user knows it: ``"SRC"``, or the parameter that names it,
+        ``"zarr_path"``, which the CLI shows as its flag) mapped to one path, a list of paths (a
+        raster and its sidecar files) or None (not used). Remote URLs are skipped.
     read_only
         Names that are only read: two of them may overlap (nothing is written there).
 
@@ -74,12 +75,15 @@ def check_distinct_paths(paths: NamedPaths, *, read_only: Iterable[str] = ()) ->
 
     def refuse(first: tuple[str, Path], name: str, path: Path, relation: str) -> ConfigError:
         change = name if name not in inputs else first[0]
+        # names such as zarr_path are parameters (the CLI shows their flags); SRC, DST not
+        params = tuple(n for n in dict.fromkeys((first[0], name))
+                       if n.isidentifier() and n.islower())
         if relation == "same":
             return ConfigError(f"{first[0]} {first[1]} and {name} {path} are the same file; "
-                               f"choose another {change}")
+                               f"choose another {change}", params=params)
         inner, outer = (first, (name, path)) if relation == "first inside" else ((name, path), first)
         return ConfigError(f"{inner[0]} {inner[1]} lies inside {outer[0]} {outer[1]}; choose "
-                           f"another {change}")
+                           f"another {change}", params=params)
 
     entries = _entries(paths)
     for name, path, real in entries:
@@ -109,16 +113,22 @@ def check_distinct_paths(paths: NamedPaths, *, read_only: Iterable[str] = ()) ->
                 raise refuse((name, path), seen[0], seen[1], "first inside")
 
 
-def check_output_folder(path: PathLike, what: str = "output") -> None:
-    """The folder that will hold ``path`` exists and is writable (:class:`OutputError`, exit 4)."""
+def check_output_folder(path: PathLike, what: str = "output", *,
+                        params: tuple[str, ...] = ()) -> None:
+    """The folder that will hold ``path`` exists and is writable (:class:`OutputError`, exit 4).
+
+    ``what`` names the path in the message (``"zarr_path path"``), ``params`` the parameters
+    it names (``("zarr_path",)``), shown as flags by the CLI.
+    """
     if is_remote(os.fspath(path)):
         raise OutputError(f"{path}: remote outputs are not supported; write locally and copy")
     parent = Path(path).absolute().parent
     if not parent.is_dir():
         raise OutputError(f"{path}: folder {parent} does not exist; create it first or choose "
-                          f"another {what}")
+                          f"another {what}", params=params)
     if not os.access(parent, os.W_OK):
-        raise OutputError(f"{path}: folder {parent} is not writable; choose another {what}")
+        raise OutputError(f"{path}: folder {parent} is not writable; choose another {what}",
+                          params=params)
 
 
 def raster_files(path: PathLike) -> list[str]:

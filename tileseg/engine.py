@@ -80,11 +80,12 @@ def resolve_engine(
     """The engine a run uses: ``torch`` or ``onnxruntime``.
 
     ``auto`` picks ONNX Runtime for a model directory on the CPU in fp32 when it is installed,
-    and torch otherwise: on a GPU, with ``--compile`` or bf16 autocast, and for an ``nn.Module``
+    and torch otherwise: on a GPU, with ``compile_model`` or bf16 autocast, and for an ``nn.Module``
     object handed to ``predict()`` (arbitrary Python, run as it is).
     """
     if engine not in ENGINES:
-        raise ConfigError(f"--engine {engine!r}: choose auto, torch or onnxruntime")
+        raise ConfigError(f"engine {engine!r}: choose auto, torch or onnxruntime",
+                          params=("engine",))
     if engine == "torch":
         return "torch"
     if engine == "auto":
@@ -92,14 +93,17 @@ def resolve_engine(
                   and from_directory)
         return "onnxruntime" if usable and onnxruntime_available() else "torch"
     if device.type != "cpu":
-        raise ConfigError(f"--engine onnxruntime runs on the CPU; use --engine torch on {device}")
+        raise ConfigError(f"engine onnxruntime runs on the CPU; use engine torch on {device}",
+                          params=("engine",))
     if autocast is not None:
-        raise ConfigError("--engine onnxruntime runs in fp32; use --precision fp32 (or auto) "
-                          "or --engine torch for bf16")
+        raise ConfigError("engine onnxruntime runs in fp32; use precision fp32 (or auto) "
+                          "or engine torch for bf16", params=("engine", "precision"))
     if compile_model:
-        raise ConfigError("--compile is for the torch engine; drop it or use --engine torch")
+        raise ConfigError("compile_model is for engine torch only; drop it or use engine torch",
+                          params=("compile_model", "engine"))
     if not onnxruntime_available():
-        raise DependencyError(f"--engine onnxruntime needs ONNX Runtime: {INSTALL_HINT}")
+        raise DependencyError(f"engine onnxruntime needs ONNX Runtime: {INSTALL_HINT}",
+                              params=("engine",))
     return "onnxruntime"
 
 
@@ -157,7 +161,8 @@ def ensure_onnx(module: nn.Module, context: int, bands: int, architecture: str) 
         module.eval()
         export_onnx(module, path, context, bands)
     except Exception as exc:
-        raise ModelError(_export_failure(architecture, context, exc)) from exc
+        raise ModelError(_export_failure(architecture, context, exc),
+                         params=("engine", "tile_size")) from exc
     finally:
         module.train(was_training)
     return path
@@ -174,11 +179,11 @@ def _import_onnx() -> Any:
 def _export_failure(architecture: str, context: int, exc: Exception) -> str:
     reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     if "adaptive_avg_pool2d" in reason:
-        return (f"{architecture} cannot run on the onnxruntime engine at a network input of "
+        return (f"{architecture} cannot run with engine onnxruntime at a network input of "
                 f"{context} px (its pyramid pooling needs an input that is a multiple of 48); use "
-                "--engine torch, or a --tile-size whose input is a multiple of 48 (e.g. 513 -> 528)")
-    return (f"{architecture} cannot be exported for the onnxruntime engine ({reason[:200]}); "
-            "use --engine torch")
+                "engine torch, or a tile_size whose input is a multiple of 48 (e.g. 513 -> 528)")
+    return (f"{architecture} cannot be exported for engine onnxruntime ({reason[:200]}); "
+            "use engine torch")
 
 
 class OnnxForward:
@@ -187,7 +192,8 @@ class OnnxForward:
     def __init__(self, path: Path, threads: int) -> None:
         ort = _import_onnxruntime()
         if ort is None:
-            raise DependencyError(f"--engine onnxruntime needs ONNX Runtime: {INSTALL_HINT}")
+            raise DependencyError(f"engine onnxruntime needs ONNX Runtime: {INSTALL_HINT}",
+                                  params=("engine",))
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -201,7 +207,7 @@ class OnnxForward:
                                                 providers=["CPUExecutionProvider"])
         except Exception as exc:  # a corrupt or foreign file in the cache
             raise ModelError(f"{path}: ONNX Runtime cannot load this export ({exc}); delete it "
-                             "to export again, or use --engine torch") from exc
+                             "to export again, or use engine torch", params=("engine",)) from exc
         self.path = path
         self.threads = threads
 

@@ -30,6 +30,16 @@ _FLAG_NAMES = {
     "encoder_output_stride": "--output-stride",
     "decoder_atrous_rates": "--atrous-rates",
     "learning_rate": "--lr",
+    "compile_model": "--compile",
+    "drop_classes": "--drop",
+    # train and evaluate
+    "class_names": "--classes",
+    "class_colors": "--colors",
+    "out_dir": "--out",
+    "encoder_name": "--encoder",
+    "indexes": "--bands",
+    "val_sources": "--val",
+    "holdout.fraction": "--holdout-fraction",
 }
 
 
@@ -41,10 +51,16 @@ def flag_for(param: str) -> str:
 
 def flagged_message(exc: TilesegError) -> str:
     """``exc``'s message with the parameters it names written as the flags that set them, for
-    the CLI and for batch manifests, whose options are the flags."""
+    the CLI and for batch manifests, whose options are the flags.
+
+    Only a whole word is a parameter: ``tile_size`` but not ``tile_sizes``, nor a part of a path
+    such as ``out/model/x.tif`` or ``model.tif`` (a file name in a message stays as it is), nor a
+    word counted by the number before it (``has 7 bands`` stays; ``with bands 1,2`` is a flag).
+    """
     message = str(exc)
     for param in exc.params:
-        message = re.sub(rf"(?<![\w-]){re.escape(param)}(?![\w-])", flag_for(param), message)
+        message = re.sub(rf"(?<![\w\-./\\])(?<!\d ){re.escape(param)}(?![\w\-/\\]|\.\w)",
+                         flag_for(param), message)
     return message
 
 

@@ -124,8 +124,8 @@ def evaluate(config: EvaluateConfig) -> EvaluationReport:
             n = len(config.label_values)
         if n is None:
             raise ConfigError(
-                f"{config.predicted}: no class list in the mask's tags; pass --classes a,b,... "
-                "or --num-classes N"
+                f"{config.predicted}: no class list in the mask's tags; pass class_names a,b,... "
+                "or num_classes N", params=("class_names", "num_classes")
             )
         if names is None or len(names) != n:
             names = tuple(f"class_{i}" for i in range(n))
@@ -149,9 +149,10 @@ def evaluate(config: EvaluateConfig) -> EvaluationReport:
                              min(step, row_off + height - row))
                 cm += _score_window(pred_src, label_src, win, lookup, n, config)
     if not cm.any():
-        where = f" in --window {config.window}" if config.window is not None else ""
+        where = f" in window {config.window}" if config.window is not None else ""
         raise InputError(f"{config.labels}: no pixel{where} is valid in both rasters (the labels"
-                         " or the mask are nodata everywhere); nothing to score")
+                         " or the mask are nodata everywhere); nothing to score",
+                         params=("window",))
     metrics = compute_metrics(cm)
     logger.info("evaluated %d pixels: mIoU %.4f", metrics.pixels, metrics.mean_iou)
     return EvaluationReport(config.predicted, config.labels, tuple(names), metrics)
@@ -173,13 +174,14 @@ def _score_window(pred_src: Any, label_src: Any, win: Window, lookup: dict[int, 
         vals = np.unique(raw[unknown])[:5].tolist()
         raise InputError(
             f"{config.labels}: label values {vals} match no class (label values {list(lookup)});"
-            " pass --label-values, or set those pixels to the label nodata"
+            " pass label_values, or set those pixels to the label nodata",
+            params=("label_values",)
         )
     beyond = valid & ((pred < 0) | (pred >= n))
     if beyond.any():
         vals = np.unique(pred[beyond])[:5].tolist()
         raise InputError(
             f"{config.predicted}: class ids {vals} are beyond the {n} classes; pass the model's "
-            "classes with --classes or --num-classes"
+            "classes with class_names or num_classes", params=("class_names", "num_classes")
         )
     return confusion_matrix(ref, pred, n, valid=valid)

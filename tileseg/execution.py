@@ -256,7 +256,7 @@ def _run_on_cluster(client: Any, graph: Mapping[Hashable, Any],
             raise
         except Exception as exc:
             raise RunError(f"task {future.key} failed on the cluster: {exc}; rerun with "
-                           "--resume once fixed") from exc
+                           "resume once fixed", params=("resume",)) from exc
         on_result(future.key, value)
 
 

@@ -5,7 +5,9 @@ partition it exactly. A *tile* is a core grown by a *halo* (``halo_before`` abov
 ``halo_after`` below/right), so neighbouring tiles share ``overlap`` pixels. Tiles at the right
 and bottom edges may reach past the raster; those pixels are explicit padding (reflected), never
 real data, and never written. Tiles are grouped into square *chunks* of ``chunk_tiles`` cores per
-side; a chunk is the unit of dask work and of Zarr storage.
+side; a chunk is the unit of dask work and of Zarr storage. A chunk's side in pixels,
+:attr:`TileGrid.chunk_side`, is a whole number of cores: the ``chunk_size`` a user asks for
+(:meth:`TileGrid.for_raster`) is rounded to it.
 
 The network sees a *context* window around each tile: the tile grown to the next multiple of
 the model's ``divisor`` (its input multiple, e.g. 16 for an encoder that downsamples by 16).
@@ -159,7 +161,12 @@ class TileGrid:
     @classmethod
     def for_raster(cls, height: int, width: int, tile_size: int, overlap: int,
                    chunk_size: int, divisor: int = 1) -> TileGrid:
-        """The grid whose chunks are close to ``chunk_size`` pixels (whole cores, at least one)."""
+        """The grid whose chunks are close to the requested ``chunk_size`` pixels per side: a
+        whole number of cores, at least one (the side they get is :attr:`chunk_side`).
+
+        >>> TileGrid.for_raster(5000, 5000, 513, 64, chunk_size=2048).chunk_side  # 5 cores of 449
+        2245
+        """
         one = cls(height, width, tile_size, overlap, chunk_tiles=1, divisor=divisor)
         return dataclasses.replace(one, chunk_tiles=chunk_tiles_for(one.stride, chunk_size))
 
@@ -216,7 +223,9 @@ class TileGrid:
 
     # -- chunks ------------------------------------------------------------------------------
     @property
-    def chunk_size(self) -> int:
+    def chunk_side(self) -> int:
+        """Pixels per chunk side: ``chunk_tiles`` whole cores (the requested ``chunk_size``
+        rounded to them); chunks at the right and bottom edges may be cut by the raster."""
         return self.chunk_tiles * self.stride
 
     @property
@@ -248,7 +257,7 @@ class TileGrid:
 
     def chunk(self, row: int, col: int) -> Rect:
         """The raster pixels the chunk owns (union of its cores); chunks partition the raster."""
-        c = self.chunk_size
+        c = self.chunk_side
         return Rect(row * c, col * c, c, c).intersection(self.raster)
 
     def chunk_extent(self, row: int, col: int) -> Rect:
@@ -299,5 +308,6 @@ def aligned_overlap(tile_size: int, overlap: int, divisor: int) -> int:
 
 
 def chunk_tiles_for(stride: int, chunk_size: int) -> int:
-    """Cores per chunk side so that a chunk is close to ``chunk_size`` pixels (at least one)."""
+    """Cores per chunk side so that a chunk is close to the requested ``chunk_size`` pixels per
+    side (at least one)."""
     return max(1, round(chunk_size / stride))

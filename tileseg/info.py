@@ -11,7 +11,7 @@ import rasterio
 from rasterio.enums import MaskFlags, Resampling
 
 from tileseg.config import PredictConfig
-from tileseg.errors import ModelError
+from tileseg.errors import ModelError, flag_for, flagged_message
 from tileseg.grid import TileGrid
 from tileseg.pipeline import check_model_fits, make_plan
 from tileseg.raster import RasterInfo, open_dataset
@@ -39,18 +39,19 @@ def _wkt_name(wkt: str) -> str:
     return match.group(1) if match else "unnamed"
 
 
-def validity_label(raster: RasterInfo) -> str:
-    """Where the valid pixels come from: --nodata, the file's nodata value, its mask, or none."""
+def validity_label(raster: RasterInfo, *, flags: bool = False) -> str:
+    """Where the valid pixels come from: the ``nodata`` parameter (``--nodata`` with ``flags``),
+    the file's nodata value, its mask, or none."""
     if raster.nodata is not None:
-        return f"--nodata {raster.nodata:g}"
+        return f"{flag_for('nodata') if flags else 'nodata'} {raster.nodata:g}"
     with open_dataset(raster.path) as src:
         nodata = src.nodata
-        flags = [src.mask_flag_enums[i - 1] for i in raster.indexes]
+        mask_flags = [src.mask_flag_enums[i - 1] for i in raster.indexes]
     if nodata is not None:
         return f"nodata value {nodata:g} in the file"
-    if any(MaskFlags.alpha in f for f in flags):
+    if any(MaskFlags.alpha in f for f in mask_flags):
         return "alpha band"
-    if any(MaskFlags.per_dataset in f for f in flags):
+    if any(MaskFlags.per_dataset in f for f in mask_flags):
         return "internal mask"
     return "all (no nodata, no mask)"
 
@@ -86,12 +87,13 @@ def count_batches(grid: TileGrid, skipped: set[tuple[int, int]], batch_size: int
     return total
 
 
-def describe(config: PredictConfig) -> dict[str, Any]:
+def describe(config: PredictConfig, *, flags: bool = False) -> dict[str, Any]:
     """The raster's facts, the model and predict's plan, as JSON-ready values.
 
     Keys are snake_case, numbers are numbers and sizes are ``[height, width]``. A model that
     does not take the raster (band count, lossy dtype) is not an error here: its reason is in
-    ``warnings``, and the raster facts and plan are still given.
+    ``warnings``, and the raster facts and plan are still given. Texts name parameters as
+    Python does (``nodata``), or as command-line flags (``--nodata``) with ``flags``.
     """
     from tileseg.device import default_batch_size, resolve_device
 
@@ -101,7 +103,7 @@ def describe(config: PredictConfig) -> dict[str, Any]:
     try:
         check_model_fits(plan.model, raster)
     except ModelError as exc:
-        warnings.append(str(exc))
+        warnings.append(flagged_message(exc) if flags else str(exc))
     t = raster.affine
     skipped = estimate_nodata_tiles(raster, grid)
     nodata_tiles = len(skipped)
@@ -120,7 +122,7 @@ def describe(config: PredictConfig) -> dict[str, Any]:
             "pixel_size": [math.hypot(t.b, t.e), math.hypot(t.a, t.d)],
             "rotated": bool(t.b or t.d),
             "internal_block": list(raster.block_shape),
-            "valid_pixels": validity_label(raster),
+            "valid_pixels": validity_label(raster, flags=flags),
         },
         "model": {
             "source": plan.model.source,
@@ -142,7 +144,8 @@ def describe(config: PredictConfig) -> dict[str, Any]:
             "batch_size": batch,
             "batches": count_batches(grid, skipped, batch),
             "chunks": grid.num_chunks,
-            "chunk_size": grid.chunk_size,
+            "chunk_size": grid.chunk_side,  # whole cores: the side the chunks get
+            "chunk_size_requested": config.chunk_size,
             "megapixels_inferred": round(to_infer * plan.context**2 / 1e6, 1),
             "overhead_vs_raster": round(to_infer * plan.context**2 / (raster.height * raster.width), 2),
         },

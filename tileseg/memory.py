@@ -110,8 +110,8 @@ def check_memory(config: PredictConfig, plan: Plan) -> None:
     raise ConfigError(
         f"a batch of {estimate.batch_size} tiles of {plan.context} x {plan.context} px needs at "
         f"least {_gib(estimate.per_task)} per chunk task ({estimate.tasks} at once: "
-        f"{_gib(estimate.total)}) but {_gib(free)} is {where}; lower --batch-size, --tile-size "
-        "or --chunk-size (or --workers)"
+        f"{_gib(estimate.total)}) but {_gib(free)} is {where}; lower batch_size, tile_size "
+        "or chunk_size (or workers)", params=("batch_size", "tile_size", "chunk_size", "workers")
     )
 
 

@@ -267,7 +267,8 @@ def load_model(
 def _locate(path: Path) -> tuple[dict[str, Any] | None, Path, Path]:
     """The smp config (None for a bare weights file), the weights file and the metadata folder."""
     if not path.exists():
-        raise InputNotFoundError(f"{path}: model not found; pass --model DIR (a save_pretrained dir)")
+        raise InputNotFoundError(f"{path}: not found; pass model DIR (a save_pretrained dir)",
+                                 params=("model",))
     if not path.is_dir():
         return None, path, path.parent
     config = _read_config(path) if (path / "config.json").is_file() else None
@@ -296,7 +297,8 @@ def _resolve_spec(path: Path, config: dict[str, Any] | None, spec: ModelSpec | N
     if not overrides:
         return spec
     if spec.architecture == "PSPNet":
-        raise ModelError("output stride and atrous rates apply to DeepLab models only")
+        raise ModelError("encoder_output_stride and decoder_atrous_rates apply to DeepLab models "
+                         "only", params=("encoder_output_stride", "decoder_atrous_rates"))
     return replace(spec, **overrides)
 
 

@@ -196,7 +196,8 @@ class WorkDir:
         try:
             return np.load(path)
         except FileNotFoundError:
-            raise RunError(f"{path}: missing intermediate chunk file; rerun with --resume") from None
+            raise RunError(f"{path}: missing intermediate chunk file; rerun with resume",
+                           params=("resume",)) from None
 
     def remove_piece(self, row: int, col: int) -> None:
         self.piece_path(row, col).unlink(missing_ok=True)
@@ -272,7 +273,7 @@ class StoreWorkDir:
             return np.load(io.BytesIO(read_bytes(where)))
         except FileNotFoundError:
             raise RunError(f"{where.url}: missing intermediate chunk object; rerun with "
-                           "--resume") from None
+                           "resume", params=("resume",)) from None
 
     def remove_piece(self, row: int, col: int) -> None:
         from tileseg.store import delete
@@ -321,12 +322,13 @@ def _chunk_error(job: Job, row: int, col: int, exc: Exception) -> RunError:
     """
     logger.debug("chunk (%d, %d) of %s failed", row, col, job.raster.path, exc_info=exc)
     detail = str(exc).removeprefix(f"{job.raster.path}: ")
+    params = ("resume", *getattr(exc, "params", ()))
     if isinstance(exc, InputError):
         return DamagedInputError(
             f"{job.raster.path}: chunk ({row}, {col}): {detail}; repair or replace the file, "
-            "then rerun with --resume to keep the finished chunks")
+            "then rerun with resume to keep the finished chunks", params=params)
     return RunError(f"{job.raster.path}: chunk ({row}, {col}) failed: {detail}; fix the cause "
-                    "and rerun with --resume")
+                    "and rerun with resume", params=params)
 
 
 def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:

@@ -39,7 +39,7 @@ def format_for(path: str, explicit: str | None) -> OutputFormat:
     if ext not in _EXTENSIONS:
         raise OutputError(
             f"{path}: cannot tell the output format from {ext or 'no extension'!r}; use .tif "
-            "(COG), .zarr, or pass --format"
+            "(COG) or .zarr, or name the format explicitly"
         )
     return _EXTENSIONS[ext]
 
@@ -62,11 +62,14 @@ def create_zarr(
     raster: RasterInfo,
     metadata: ModelMetadata,
     *,
-    chunk_size: int,
+    chunk_side: int,
     probabilities: str,
     source: str,
 ) -> None:
     """Create the Zarr v3 group (empty arrays + georeferencing) that the tasks fill chunk by chunk.
+
+    ``chunk_side`` is the Zarr chunk side in pixels: the grid's actual chunk side
+    (:attr:`tileseg.grid.TileGrid.chunk_side`), so that each task writes whole Zarr chunks.
 
     The layout opens georeferenced in xarray + rioxarray: ``mask(y, x)`` with a ``spatial_ref``
     grid mapping (``crs_wkt``, ``GeoTransform``), and ``x``/``y`` pixel-centre coordinates when the
@@ -81,7 +84,7 @@ def create_zarr(
     mask_format.write_facts(root, mask_format.zarr_facts(
         crs_wkt=raster.crs_wkt, transform=list(transform), height=raster.height,
         width=raster.width, nodata=nodata, classes=metadata.classes, source=source))
-    chunks = (min(chunk_size, raster.height), min(chunk_size, raster.width))
+    chunks = (min(chunk_side, raster.height), min(chunk_side, raster.width))
     grid_mapping = "spatial_ref"
     mask = root.create_array(
         "mask", shape=(raster.height, raster.width), dtype=mask_dtype, chunks=chunks,

@@ -109,15 +109,20 @@ def remove_owned(path: str | os.PathLike[str], what: str = "output") -> None:
         p.unlink()
 
 
-def check_replaceable(path: Path, what: str = "output") -> None:
-    """Refuse (exit 4) to replace an existing ``path`` that tileseg did not write."""
+def check_replaceable(path: Path, what: str = "output", *, params: tuple[str, ...] = ()) -> None:
+    """Refuse (exit 4) to replace an existing ``path`` that tileseg did not write.
+
+    ``what`` names the path in the message (``"destination"``, ``"report path"``); ``params``
+    are the parameters it names (``("report",)``), shown as flags by the CLI.
+    """
     if path.is_symlink():
         raise OutputError(f"{path}: is a symbolic link; tileseg does not replace links or what "
-                          f"they point to; remove it or choose another {what}")
+                          f"they point to; remove it or choose another {what}", params=params)
     if path.exists() and not is_tileseg_output(path):
         raise OutputError(
             f"{path}: exists and was not written by tileseg (no tileseg {_mark(path)}), so "
-            f"--overwrite does not replace it; move it away or choose another {what}"
+            f"overwrite does not replace it; move it away or choose another {what}",
+            params=("overwrite", *params),
         )
 
 
@@ -125,7 +130,7 @@ def _mark(path: Path) -> str:
     if path.is_dir():
         return "Zarr attributes"
     if path.suffix.lower() == ".json":
-        return "report marker"
+        return "marker key"  # not "report marker": "report" would read as the parameter
     return "tag"
 
 

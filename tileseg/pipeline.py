@@ -93,7 +93,8 @@ def resolve_model(config: PredictConfig, raster: RasterInfo) -> tuple[LoadedMode
     path = config.model
     if path is None:
         if not (BUNDLED_MODEL / "config.json").is_file():
-            raise ModelError("no --model given and no bundled model is installed; pass --model DIR")
+            raise ModelError("no model given and no bundled one is installed; pass model DIR",
+                             params=("model",))
         path = str(BUNDLED_MODEL)
         warn_once(
             logger, "bundled-model",
@@ -119,7 +120,8 @@ def check_model_fits(model: LoadedModel, raster: RasterInfo) -> None:
         raise ModelError(
             f"{raster.path}: has {len(raster.indexes)} bands{selected} but the model takes "
             f"{meta.in_channels}; choose {meta.in_channels} of its {raster.count} bands with "
-            f"--bands (e.g. --bands {','.join(str(i + 1) for i in range(meta.in_channels))})"
+            f"bands (e.g. bands {','.join(str(i + 1) for i in range(meta.in_channels))})",
+            params=("bands",),
         )
     if meta.dtype is not None and meta.dtype != raster.dtype:
         reason = lossy_cast_reason(raster.dtype, meta.dtype)
@@ -201,9 +203,9 @@ def _check_paths(config: PredictConfig) -> None:
     """Every path the run reads or writes, pairwise: none the same file as, or inside, another
     (exit 2), so no output can replace an input, before anything is written."""
     check_distinct_paths(
-        {"SRC": raster_files(config.src), "DST": config.dst, "--zarr": config.zarr_path,
-         "--vectorize": config.vectorize, "--report": config.report, "--model": config.model},
-        read_only=("SRC", "--model"),
+        {"SRC": raster_files(config.src), "DST": config.dst, "zarr_path": config.zarr_path,
+         "vectorize": config.vectorize, "report": config.report, "model": config.model},
+        read_only=("SRC", "model"),
     )
 
 
@@ -211,18 +213,19 @@ def _staging_for(config: PredictConfig, fmt: str) -> Staging:
     """Local staging beside DST, or staging on the object store DST names."""
     if not is_store_url(config.dst):
         if config.zarr_path and is_store_url(config.zarr_path):
-            raise ConfigError(f"--zarr {config.zarr_path}: on a store while DST is local; write "
-                              "both to the store or both locally")
+            raise ConfigError(f"zarr_path {config.zarr_path}: on a store while DST is local; "
+                              "write both to the store or both locally", params=("zarr_path",))
         return LocalStaging(Path(config.dst), Path(config.zarr_path) if config.zarr_path else None)
     from tileseg.store_staging import StoreStaging
 
     if config.zarr_path and not is_store_url(config.zarr_path):
-        raise ConfigError(f"--zarr {config.zarr_path}: local while DST is on a store; give a "
-                          "store URL for --zarr too")
-    for option, value in (("--vectorize", config.vectorize), ("--preview", config.preview)):
+        raise ConfigError(f"zarr_path {config.zarr_path}: local while DST is on a store; give a "
+                          "store URL for zarr_path too", params=("zarr_path",))
+    for option, value in (("vectorize", config.vectorize), ("preview", config.preview)):
         if value:
             raise ConfigError(f"{option} is not supported yet with a DST on object storage; "
-                              f"run it afterwards on a local copy of {config.dst}")
+                              f"run it afterwards on a local copy of {config.dst}",
+                              params=(option,))
     return StoreStaging(config.dst, config.zarr_path, zarr_dst=fmt == "zarr")
 
 
@@ -242,12 +245,12 @@ def _check_outputs(config: PredictConfig, fmt: str, staging: Staging) -> None:
                           "only; add zarr_path PATH to keep it, or write DST as .zarr",
                           params=("probabilities", "zarr_path"))
     if config.zarr_path and not on_store:
-        check_output_folder(config.zarr_path, "--zarr path")
+        check_output_folder(config.zarr_path, "zarr_path path", params=("zarr_path",))
     staging.check(overwrite=config.overwrite, resume=config.resume)
     if config.vectorize:
         from tileseg.vectorization import check_destination as check_vector_destination
 
-        check_output_folder(config.vectorize, "--vectorize path")
+        check_output_folder(config.vectorize, "vectorize path", params=("vectorize",))
         # before the run: --overwrite replaces only a layer tileseg wrote (its marker)
         check_vector_destination(config.vectorize, config.overwrite)
     if config.preview:
@@ -266,11 +269,12 @@ def _check_report(path: str, config: PredictConfig) -> None:
         check_report_object(path, replace=config.overwrite or config.resume)
         return
     report = Path(path)
-    check_output_folder(report, "--report path")
+    check_output_folder(report, "report path", params=("report",))
     if report.exists() or report.is_symlink():
         if not (config.overwrite or config.resume):
-            raise OutputError(f"{report}: already exists; pass --overwrite to replace it")
-        check_replaceable(report, "--report path")
+            raise OutputError(f"{report}: already exists; pass overwrite to replace it",
+                              params=("overwrite",))
+        check_replaceable(report, "report path", params=("report",))
 
 
 def _fingerprint(config: PredictConfig, raster: RasterInfo, model_source: str) -> str:
@@ -395,11 +399,12 @@ def _stage(config: PredictConfig, plan: Plan, staging: Staging, fingerprint: str
     """Create (or, resuming, reopen) the staged Zarr store and work folder of the run."""
     raster = plan.raster
     if not staging.in_progress() and not has_valid_pixel(raster):
+        # the hint says "value", not the parameter: its name is also the state of the pixels
         raise InputError(f"{raster.path}: every pixel is nodata; nothing to segment (check "
-                         "--nodata or the file's mask)")
+                         "the nodata value or the file's mask)")
 
     def create(stage: Staging) -> None:
-        create_zarr(stage.zarr_store, raster, plan.model.metadata, chunk_size=plan.grid.chunk_size,
+        create_zarr(stage.zarr_store, raster, plan.model.metadata, chunk_side=plan.grid.chunk_side,
                     probabilities=config.probabilities, source=raster.path)
         open_work_dir(stage.work_path).create()
 
@@ -494,7 +499,7 @@ def _vectorize(result: PredictResult, config: PredictConfig) -> VectorizeResult:
     except ImportError as exc:
         from tileseg.deps import missing_dependency
 
-        raise missing_dependency(exc, "--vectorize") from exc
+        raise missing_dependency(exc, "vectorize", params=("vectorize",)) from exc
     assert config.vectorize is not None
     # The Zarr carries probabilities when asked for, so polygons get their mean probability.
     source = result.zarr_path or result.dst

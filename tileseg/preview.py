@@ -106,7 +106,8 @@ def check_preview_destination(dst: str | os.PathLike[str], overwrite: bool = Tru
     if not out.absolute().parent.is_dir():
         raise OutputError(f"{out}: folder {out.absolute().parent} does not exist; create it first")
     if out.exists() and not overwrite:
-        raise OutputError(f"{out}: already exists; pass --overwrite to replace it")
+        raise OutputError(f"{out}: already exists; pass overwrite to replace it",
+                          params=("overwrite",))
     check_replaceable_png(out)
     return out
 
@@ -384,7 +385,8 @@ def pick_bands(src: Any, bands: tuple[int, ...] | None) -> tuple[int, ...]:
     three, else band 1 (shown grey)."""
     if bands:
         if max(bands) > src.count:
-            raise ConfigError(f"{src.name}: has {src.count} bands; --bands {bands} is out of range")
+            raise ConfigError(f"{src.name}: has {src.count} bands; bands {bands} is out of range",
+                              params=("bands",))
         return bands
     interp = list(src.colorinterp)
     wanted = (ColorInterp.red, ColorInterp.green, ColorInterp.blue)
@@ -399,11 +401,12 @@ def render_source(path: str, view: _MaskView, shape: tuple[int, int],
     from rasterio.vrt import WarpedVRT
 
     if not is_remote(path) and not os.path.exists(path):
-        raise InputNotFoundError(f"{path}: no such file; check --over")
+        raise InputNotFoundError(f"{path}: no such file; check over", params=("over",))
     try:
         src = rasterio.open(path)
     except rasterio.errors.RasterioIOError:
-        raise InputError(f"{path}: not a raster GDAL can open; check --over") from None
+        raise InputError(f"{path}: not a raster GDAL can open; check over",
+                         params=("over",)) from None
     with src:
         indexes = pick_bands(src, bands)
         same_grid = (src.height, src.width) == (view.height, view.width) and (

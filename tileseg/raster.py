@@ -139,10 +139,12 @@ def _describe(
     indexes = tuple(bands) if bands else tuple(src.indexes)
     bad = [b for b in indexes if not 1 <= b <= src.count]
     if bad:
-        raise InputError(f"{path}: has {src.count} bands, --bands {bad} out of range (1-based)")
+        raise InputError(f"{path}: has {src.count} bands, bands {bad} out of range (1-based)",
+                         params=("bands",))
     dtypes = {src.dtypes[i - 1] for i in indexes}
     if len(dtypes) > 1:
-        raise InputError(f"{path}: selected bands mix dtypes {sorted(dtypes)}; choose --bands of one dtype")
+        raise InputError(f"{path}: the selected band dtypes differ {sorted(dtypes)}; choose bands "
+                         "of one dtype", params=("bands",))
     dtype = dtypes.pop()
     if dtype not in SUPPORTED_DTYPES:
         raise InputError(
@@ -153,7 +155,7 @@ def _describe(
         if not allow_no_crs:
             raise InputError(
                 f"{path}: has no CRS, so outputs could not be placed on a map; assign one "
-                "(gdal_edit.py -a_srs EPSG:XXXX) or pass --allow-no-crs"
+                "(gdal_edit.py -a_srs EPSG:XXXX) or pass allow_no_crs", params=("allow_no_crs",)
             )
         logger.warning("%s has no CRS; outputs will carry pixel coordinates only", path)
     if src.transform.is_identity and src.crs is None:
@@ -241,7 +243,8 @@ def _check_nodata_fits(path: str, nodata: float, dtype: str) -> None:
     if np.issubdtype(np.dtype(dtype), np.integer):
         info = np.iinfo(np.dtype(dtype))
         if not (float(nodata).is_integer() and info.min <= nodata <= info.max):
-            raise InputError(f"{path}: --nodata {nodata} does not fit dtype {dtype}")
+            raise InputError(f"{path}: nodata {nodata} does not fit dtype {dtype}",
+                             params=("nodata",))
 
 
 class WindowReader:

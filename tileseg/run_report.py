@@ -108,7 +108,9 @@ class RunReport:
                        "bands": len(raster.indexes), "dtype": raster.dtype},
             "tiling": {"tile_size": plan.grid.tile_size, "overlap": plan.grid.overlap,
                        "overlap_requested": config.overlap, "context": plan.context,
-                       "chunk_size": plan.grid.chunk_size, "blend": config.blend},
+                       # as overlap: the side the chunks got, and the one asked for
+                       "chunk_size": plan.grid.chunk_side,
+                       "chunk_size_requested": config.chunk_size, "blend": config.blend},
             "tiles_total": plan.grid.num_tiles,
             "tiles_inferred": tally.tiles,
             "tiles_skipped_nodata": tally.skipped,

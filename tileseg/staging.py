@@ -120,7 +120,8 @@ class LocalStaging:
             if not (out.exists() or out.is_symlink()):
                 continue
             if not (overwrite or resume):
-                raise OutputError(f"{out}: already exists; pass --overwrite to replace it")
+                raise OutputError(f"{out}: already exists; pass overwrite to replace it",
+                                  params=("overwrite",))
             check_replaceable(out, "destination")
         if overwrite and self.path.exists() and not is_tileseg_staging(self.path):
             empty = self.path.is_dir() and not any(self.path.iterdir())
@@ -147,8 +148,9 @@ class LocalStaging:
         if recorded_fingerprint(self.dst) != fingerprint:
             raise OutputError(
                 f"{self.dst}: already holds a finished mask made from other inputs or options "
-                "(or by a tileseg too old to record them), so --resume cannot continue it; pass "
-                "--overwrite to replace it, or choose another destination")
+                "(or by a tileseg too old to record them), so resume cannot continue it; pass "
+                "overwrite to replace it, or choose another destination",
+                params=("resume", "overwrite"))
         return True
 
     def prepare(self, fingerprint: str, *, resume: bool, overwrite: bool,
@@ -169,15 +171,15 @@ class LocalStaging:
                 if previous != fingerprint:
                     raise RunError(
                         f"{self.path}: left by a run with other inputs or options; rerun with the "
-                        "same ones, or pass --overwrite to start over"
+                        "same ones, or pass overwrite to start over", params=("overwrite",)
                     )
                 if on_resume is not None:
                     on_resume(recorded)
                 return True
             if not overwrite:
                 raise OutputError(
-                    f"{self.path}: an interrupted run is in the way; pass --resume to continue it "
-                    "or --overwrite to start over"
+                    f"{self.path}: an interrupted run is in the way; pass resume to continue it "
+                    "or overwrite to start over", params=("resume", "overwrite")
                 )
             self.check(overwrite=True, resume=False)  # again, under the lock
             shutil.rmtree(self.path)

@@ -78,7 +78,8 @@ class StoreStaging:
 
     def __post_init__(self) -> None:
         if self.zarr_dst and self.zarr_path:
-            raise ConfigError("--zarr is for GeoTIFF destinations; the destination is already Zarr")
+            raise ConfigError("zarr_path is for GeoTIFF destinations; the destination is already "
+                              "Zarr", params=("zarr_path",))
 
     @property
     def path(self) -> StoreLocation:
@@ -125,11 +126,12 @@ class StoreStaging:
             try:
                 check_writable(where)
             except OutputError as exc:  # missing bucket, credentials, endpoint: the user's setup
-                raise ConfigError(str(exc)) from None
+                raise ConfigError(str(exc), params=exc.params) from None
             if not self._exists(out):
                 continue
             if not (overwrite or resume):
-                raise OutputError(f"{out}: already exists; pass --overwrite to replace it")
+                raise OutputError(f"{out}: already exists; pass overwrite to replace it",
+                                  params=("overwrite",))
             self._check_replaceable(out)
         if overwrite and self.in_progress() and not exists(self.run_file):
             raise OutputError(
@@ -146,8 +148,8 @@ class StoreStaging:
         if not self._owned(out):
             raise OutputError(
                 f"{out}: exists and was not written by tileseg (no tileseg "
-                f"{'Zarr attributes' if self._is_zarr(out) else 'tag'}), so --overwrite does not "
-                "replace it; move it away or choose another destination")
+                f"{'Zarr attributes' if self._is_zarr(out) else 'tag'}), so overwrite does not "
+                "replace it; move it away or choose another destination", params=("overwrite",))
 
     def _owned(self, out: str) -> bool:
         if self._is_zarr(out):
@@ -206,8 +208,9 @@ class StoreStaging:
         if recorded != fingerprint:
             raise OutputError(
                 f"{self.dst}: already holds a finished mask made from other inputs or options "
-                "(or an unfinished one without its staging prefix), so --resume cannot continue "
-                "it; pass --overwrite to replace it, or choose another destination")
+                "(or an unfinished one without its staging prefix), so resume cannot continue "
+                "it; pass overwrite to replace it, or choose another destination",
+                params=("resume", "overwrite"))
         return True
 
     def prepare(self, fingerprint: str, *, resume: bool, overwrite: bool,
@@ -224,14 +227,15 @@ class StoreStaging:
                 if previous != fingerprint:
                     raise RunError(
                         f"{self.path.url}: left by a run with other inputs or options; rerun "
-                        "with the same ones, or pass --overwrite to start over")
+                        "with the same ones, or pass overwrite to start over",
+                        params=("overwrite",))
                 if on_resume is not None:
                     on_resume(recorded)
                 return True
             if not overwrite:
                 raise OutputError(
-                    f"{self.path.url}: an interrupted run is in the way; pass --resume to "
-                    "continue it or --overwrite to start over")
+                    f"{self.path.url}: an interrupted run is in the way; pass resume to "
+                    "continue it or overwrite to start over", params=("resume", "overwrite"))
             self.check(overwrite=True, resume=False)  # again, under the lock
             delete_prefix(self.path)
         # A Zarr written in place replaces the old output now, not at the end: checked above
@@ -251,7 +255,7 @@ class StoreStaging:
         lost = [held.location.url for held in self._locks if held.lost]
         if lost:  # another run may have taken over: publishing now could mix two runs
             raise RunError(f"{lost[0]}: this run lost its lock (the lease could not be renewed); "
-                           "rerun with --resume once the store answers again")
+                           "rerun with resume once the store answers again", params=("resume",))
         if isinstance(built, Path):
             if self._exists(self.dst):
                 self._check_replaceable(self.dst)  # a user may have put something there meanwhile
@@ -276,19 +280,20 @@ def check_report_object(url: str, *, replace: bool) -> None:
     try:
         check_writable(where)
     except OutputError as exc:
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(str(exc), params=exc.params) from None
     if not exists(where):
         return
     if not replace:
-        raise OutputError(f"{url}: already exists; pass --overwrite to replace it")
+        raise OutputError(f"{url}: already exists; pass overwrite to replace it",
+                          params=("overwrite",))
     try:
         data = json.loads(read_bytes(where))
     except (FileNotFoundError, ValueError):
         data = None
     if not (isinstance(data, dict) and data.get(REPORT_MARKER) == REPORT_VERSION):
-        raise OutputError(f"{url}: exists and was not written by tileseg (no tileseg report "
-                          "marker), so --overwrite does not replace it; move it away or choose "
-                          "another --report path")
+        raise OutputError(f"{url}: exists and was not written by tileseg (no tileseg marker "
+                          "key), so overwrite does not replace it; move it away or choose "
+                          "another report path", params=("overwrite", "report"))
 
 
 def write_report_object(url: str, text: str) -> None:

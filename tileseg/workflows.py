@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from tileseg.batch import BatchConfig, SceneResult, default_summary_path, run_manifest
-from tileseg.errors import ConfigError, DependencyError, RunError, TilesegError
+from tileseg.errors import ConfigError, DependencyError, RunError, TilesegError, flagged_message
 from tileseg.scheduler import SCHEDULER_ENV
 
 logger = logging.getLogger(__name__)
@@ -168,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                                  else args.scheduler)
             with cluster_client(args) as client:
                 result = run_manifest(args.manifest, config, client=client, on_scene=_log_scene)
-        except TilesegError as exc:
-            print(f"Error: {exc}", file=sys.stderr)
+        except TilesegError as exc:  # parameters as this command's flags, as in tileseg batch
+            print(f"Error: {flagged_message(exc)}", file=sys.stderr)
             return exc.exit_code
     counts = ", ".join(f"{n} {status}" for status, n in result.counts().items() if n)
     print(f"{len(result.scenes)} scenes: {counts} in {result.seconds:.1f} s; summary "

@@ -43,7 +43,7 @@ def command(src: str, model: str | None, bands: tuple[int, ...] | None, nodata: 
     config = PredictConfig(src=src, dst="-.tif", model=model, bands=bands, nodata=nodata,
                            allow_no_crs=allow_no_crs, tile_size=tile_size, overlap=overlap,
                            chunk_size=chunk_size, batch_size=batch_size)
-    facts = describe(config)
+    facts = describe(config, flags=True)
     if as_json:
         click.echo(json.dumps(facts, indent=2))
         return

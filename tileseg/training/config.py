@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from tileseg.errors import ConfigError, ModelError
-from tileseg.model import canonical_architecture
+from tileseg.model import ARCHITECTURES, canonical_architecture
 
 HoldoutSide = Literal["left", "right", "top", "bottom"]
 Flips = Literal["none", "lr", "dihedral"]
@@ -30,7 +30,8 @@ class TrainSource:
 
     def __post_init__(self) -> None:
         if self.indexes is not None and (not self.indexes or min(self.indexes) < 1):
-            raise ConfigError("band indexes are 1-based: give e.g. --bands 1,2,3")
+            raise ConfigError("indexes takes 1-based band numbers, e.g. indexes 1,2,3",
+                              params=("indexes",))
 
 
 @dataclass(frozen=True)
@@ -90,13 +91,15 @@ class TrainConfig:
     def __post_init__(self) -> None:
         try:
             object.__setattr__(self, "architecture", canonical_architecture(self.architecture))
-        except ModelError as exc:  # an option value here, not a broken model file
-            raise ConfigError(f"--architecture: {exc}") from None
+        except ModelError:  # an option value here, not a broken model file
+            raise ConfigError(f"architecture {self.architecture!r}: choose one of "
+                              f"{', '.join(ARCHITECTURES)}", params=("architecture",)) from None
         if not self.sources:
             raise ConfigError("give at least one training image with its labels")
         n = len(self.class_names)
         if n < 2:
-            raise ConfigError("a segmentation model needs at least two classes (--classes a,b)")
+            raise ConfigError("a segmentation model needs at least two classes (class_names a,b)",
+                              params=("class_names",))
         if n >= IGNORE_INDEX:
             raise ConfigError(f"at most {IGNORE_INDEX - 1} classes are supported")
         if self.class_colors and len(self.class_colors) != n:

@@ -73,7 +73,8 @@ class VectorLabels:
 
         if attribute is None:
             raise InputError(
-                f"{path}: vector labels need the class attribute; pass --class-attribute FIELD"
+                f"{path}: vector labels need the class attribute; pass class_attribute FIELD",
+                params=("class_attribute",)
             )
         try:
             info = pyogrio.read_info(path)
@@ -83,7 +84,7 @@ class VectorLabels:
         if attribute not in fields:
             raise InputError(
                 f"{path}: no attribute {attribute!r}; it has {', '.join(fields) or 'no fields'} "
-                "(pass one of them with --class-attribute)"
+                "(pass one of them with class_attribute)", params=("class_attribute",)
             )
         _meta, _fids, wkb, field_data = pyogrio.raw.read(path, columns=[attribute])
         geoms = shapely.from_wkb(wkb)
@@ -118,7 +119,8 @@ class VectorLabels:
                     raise InputError(
                         f"{path}: attribute {attribute!r} has class value {int(v)}, beyond the "
                         f"{config.num_classes} configured classes {list(config.values)}; add the "
-                        "class (--classes/--class-values) or drop those features"
+                        "class (class_names/class_values) or drop those features",
+                        params=("class_names", "class_values")
                     )
                 ids.append(lookup[int(v)])
             return np.asarray(ids, dtype=np.uint8)
@@ -132,7 +134,8 @@ class VectorLabels:
             else:
                 raise InputError(
                     f"{path}: attribute {attribute!r} has class {v!r}, which is not one of the "
-                    f"configured classes {list(config.class_names)}; add it with --classes"
+                    f"configured classes {list(config.class_names)}; add it with class_names",
+                    params=("class_names",)
                 )
         return np.asarray(out, dtype=np.uint8)
 
@@ -170,8 +173,8 @@ class Source:
         img = self.image
         self.indexes = tuple(spec.indexes) if spec.indexes else tuple(range(1, img.count + 1))
         if max(self.indexes) > img.count:
-            raise InputError(f"{spec.image}: has {img.count} bands; --bands {self.indexes} is "
-                             "out of range")
+            raise InputError(f"{spec.image}: has {img.count} bands; indexes {self.indexes} is "
+                             "out of range", params=("indexes",))
         self.height, self.width = img.height, img.width
         self.transform = img.transform
         self.crs = img.crs
@@ -227,7 +230,8 @@ class Source:
                 raise InputError(
                     f"{self.spec.labels}: label values {vals.tolist()} are beyond the "
                     f"{config.num_classes} configured classes (values {list(config.values)}); "
-                    "add classes with --classes/--class-values or set those pixels to nodata"
+                    "add classes with class_names/class_values or set those pixels to nodata",
+                    params=("class_names", "class_values")
                 )
 
     def label_colors(self, values: tuple[int, ...]) -> tuple[tuple[int, int, int], ...] | None:

@@ -70,7 +70,8 @@ def load_pretrained_encoder(model: nn.Module, encoder_name: str, weights: str | 
     if encoder_name not in SUPPORTED_ENCODERS:
         raise ModelError(
             f"pretrained weights are available for {', '.join(SUPPORTED_ENCODERS)} only, not "
-            f"{encoder_name}; use --encoder-weights none or --encoder tu-efficientnet_lite0"
+            f"{encoder_name}; use encoder_weights none or encoder_name tu-efficientnet_lite0",
+            params=("encoder_weights", "encoder_name")
         )
     path = Path(weights)
     try:

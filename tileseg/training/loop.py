@@ -239,16 +239,17 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
     from tileseg.metadata import METADATA_FILENAME
 
     if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"{out_dir}: is a file, not a folder; --out names the model folder to "
-                          "write: choose another path")
+        raise OutputError(f"{out_dir}: is a file, not a folder; out_dir names the model folder "
+                          "to write: choose another path", params=("out_dir",))
     if not out_dir.exists() or not any(out_dir.iterdir()):
         return
     if not overwrite:
-        raise OutputError(f"{out_dir}: exists and is not empty; choose another --out or pass "
-                          "--overwrite")
+        raise OutputError(f"{out_dir}: exists and is not empty; choose another out_dir or pass "
+                          "overwrite", params=("out_dir", "overwrite"))
     if not (out_dir / METADATA_FILENAME).is_file():
         raise OutputError(f"{out_dir}: not a model folder tileseg wrote (no {METADATA_FILENAME}),"
-                          " so --overwrite leaves it; choose another --out")
+                          " so overwrite leaves it; choose another out_dir",
+                          params=("overwrite", "out_dir"))
 
 
 def _labelled_pixels(sources: list[Source], regions: list[Region], num_classes: int,
@@ -257,8 +258,8 @@ def _labelled_pixels(sources: list[Source], regions: list[Region], num_classes: 
     if counts.sum() == 0:
         names = ", ".join(sorted({s.spec.labels for s in sources}))
         raise InputError(f"{names}: {what} has no labelled pixel (every label there is nodata "
-                         "or unlabelled); check the labels' nodata value, --class-values and "
-                         "the holdout")
+                         "or unlabelled); check the labels' nodata value, class_values and "
+                         "the holdout", params=("class_values",))
     return counts
 
 
@@ -367,7 +368,8 @@ def _check_sources_match(sources: list[Source]) -> None:
     dtypes = {s.dtype for s in sources}
     if len(bands) != 1 or len(dtypes) != 1:
         raise InputError("training images differ in band count or dtype "
-                         f"({sorted(bands)}, {sorted(dtypes)}); select matching --bands")
+                         f"({sorted(bands)}, {sorted(dtypes)}); select matching indexes",
+                         params=("indexes",))
 
 
 def _regions(config: TrainConfig, sources: list[Source]
@@ -385,8 +387,9 @@ def _regions(config: TrainConfig, sources: list[Source]
     for s, reg in zip(sources, train_regions, strict=True):
         if min(reg.height, reg.width) < 16:
             raise InputError(f"{s.spec.image}: training region {reg.height} x {reg.width} "
-                             "(height x width) is too small; use a smaller --holdout-fraction "
-                             "or separate --val rasters")
+                             "(height x width) is too small; use a smaller holdout.fraction "
+                             "or separate val_sources rasters",
+                             params=("holdout.fraction", "val_sources"))
     return val_sources, train_regions, val_regions
 
 
@@ -465,8 +468,8 @@ def _train_epoch(config: TrainConfig, net: _Network, opt: _Optimization, sampler
         opt.scheduler.step()
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise InputError("the training loss is not finite; lower --lr or check the "
-                             "image for extreme values")
+            raise InputError("the training loss is not finite; lower learning_rate or check the "
+                             "image for extreme values", params=("learning_rate",))
         losses.append(value)
         if progress is not None:
             progress(TrainEvent("step", epoch, config.epochs, step, config.steps_per_epoch,

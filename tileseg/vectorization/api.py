@@ -309,10 +309,11 @@ def _check_crs(source: MaskSource, config: VectorizeConfig) -> str | None:
     if source.crs_wkt:
         return source.crs_wkt
     if not config.allow_no_crs:
-        raise InputError(f"{source.path}: has no CRS; pass --allow-no-crs to write polygons in "
-                         "the mask's transform units anyway")
+        raise InputError(f"{source.path}: has no CRS; pass allow_no_crs to write polygons in "
+                         "the mask's transform units anyway", params=("allow_no_crs",))
     if config.to_crs:
-        raise ConfigError(f"{source.path}: has no CRS to reproject from; drop --to-crs")
+        raise ConfigError(f"{source.path}: has no CRS to reproject from; drop to_crs",
+                          params=("to_crs",))
     logger.warning("%s: no CRS; polygons are in the mask's transform units with no CRS",
                    source.path)
     return None

@@ -138,7 +138,7 @@ def _open_zarr(path: str) -> MaskSource:
                          "array); write it with tileseg predict")
     if facts.get("complete") is not True:
         raise InputError(f"{path}: the predict run that writes this Zarr did not finish; run "
-                         "predict again with --resume")
+                         "predict again with resume", params=("resume",))
     mask = _zarr_array(path, "mask", root)
     dtype = np.dtype(mask.dtype)
     if dtype.kind not in "ui" or len(mask.shape) != 2:

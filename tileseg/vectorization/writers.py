@@ -72,10 +72,12 @@ def check_destination(path: str | os.PathLike[str], overwrite: bool) -> VectorFo
     if dst.is_dir():
         raise OutputError(f"{dst}: is a directory; pass a file name such as polygons.gpkg")
     if dst.exists() and not overwrite:
-        raise OutputError(f"{dst}: already exists; pass --overwrite to replace it")
+        raise OutputError(f"{dst}: already exists; pass overwrite to replace it",
+                          params=("overwrite",))
     if dst.exists() and read_marker(dst) is None:
         raise OutputError(f"{dst}: exists and is not a polygon layer tileseg wrote (no tileseg "
-                          "marker), so --overwrite leaves it; choose another DST or remove it")
+                          "marker), so overwrite leaves it; choose another DST or remove it",
+                          params=("overwrite",))
     if not dst.parent.is_dir():
         raise OutputError(f"{dst.parent}: folder does not exist; create it first")
     return fmt
