@@ -62,6 +62,13 @@ class _Proxy(ThreadingHTTPServer):
         self.delay_s = delay_s
         self.traffic = Traffic()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client killed mid-request (the kill -9 tests) resets its connection: not an error
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
 
 class _ProxyHandler(BaseHTTPRequestHandler):
     server: _Proxy

@@ -333,3 +333,64 @@ def test_cog_with_zarr_on_s3_keeps_both(s3: S3Server, scene) -> None:
     assert "both/out.tif" in keys and not [k for k in keys if ".partial/" in k or ".lock" in k]
     with pytest.raises(Exception, match="both to the store or both locally"):
         predict(_config(src, "local.tif", zarr_path=zarr_url), model=per_pixel_model(3, 4))
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_from_the_store_at_once(s3: S3Server, make_raster,
+                                                      several_class_deeplab,
+                                                      tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = make_raster(random_image(3, 400, 400, seed=5), block=64)  # 81 tiles, 25 chunks
+    model = str(several_class_deeplab)
+    small = ["--tile-size", "64", "--overlap", "16", "--chunk-size", "96", "--workers", "1"]
+    local = predict(PredictConfig(str(src), str(tmp_path / "local.tif"), model=model,
+                                  tile_size=64, overlap=16, chunk_size=96, workers=1))
+    with rasterio.open(local.dst) as out:
+        expected = out.read(1)
+    assert len(np.unique(expected)) >= 2  # several classes: a comparison that can fail
+    url = f"s3://{BUCKET}/killed-driver/out.tif"
+    done = "killed-driver/out.tif.partial/work/done/"
+    driver = subprocess.Popen([sys.executable, "-m", "tileseg", "predict", str(src), url, "-m",
+                               model, *small, "--quiet"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and driver.poll() is None:
+            if len(_keys(s3, done)) >= 3:
+                break
+            time.sleep(0.02)
+        assert driver.poll() is None, driver.stderr.read().decode() if driver.stderr else ""
+        driver.send_signal(signal.SIGKILL)  # no handler runs: the lock object stays
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert driver.returncode == -signal.SIGKILL
+    finished_before = len(_keys(s3, done))
+    assert 3 <= finished_before < local.chunks
+    lock = json.loads(s3.client().get_object(Bucket=BUCKET,
+                                             Key="killed-driver/out.tif.lock")["Body"].read())
+    assert lock["pid"] == driver.pid and lock["lease_expires"] > time.time() + 30  # still live
+    assert "killed-driver/out.tif" not in _keys(s3, "killed-driver/")  # nothing looks complete
+
+    report = tmp_path / "resume.json"
+    code, output = _cli(["predict", str(src), url, "-m", model, *small, "--resume",
+                         "--report", str(report)])
+    assert code == 0, output
+    # the dead holder's lock was taken over at once, not after its 60 s lease (exit 75 before),
+    # and the log says so
+    assert f"(pid {driver.pid} on " in output and "no longer runs; taking the lock" in output
+    info = json.loads(report.read_text())
+    assert info["chunks_resumed"] >= finished_before  # finished chunks were not inferred again
+    assert 0 < info["tiles_inferred"] < info["tiles_total"] == local.tiles_total
+    fetched = tmp_path / "fetched.tif"
+    fetched.write_bytes(s3.client().get_object(Bucket=BUCKET,
+                                               Key="killed-driver/out.tif")["Body"].read())
+    with rasterio.open(fetched) as out:
+        np.testing.assert_array_equal(out.read(1), expected)
+    assert _keys(s3, "killed-driver/") == ["killed-driver/out.tif"]  # no lock, no staging left
