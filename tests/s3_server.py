@@ -159,3 +159,26 @@ def s3_environment(server: S3Server) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextmanager
+def checking_credentials() -> Iterator[dict[str, str]]:
+    """While inside, the server checks every request's signature against an IAM user, as a real
+    store does (moto accepts any key otherwise); yields that user's good credentials, allowed
+    every S3 action. Outside, any key is accepted again."""
+    import json
+    import uuid
+
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.core.authorization import enable_iam_authentication
+    from moto.iam.models import iam_backends
+
+    iam = iam_backends[DEFAULT_ACCOUNT_ID]["global"]
+    name = f"tileseg-{uuid.uuid4().hex[:8]}"  # moto's IAM state outlives one server
+    iam.create_user("us-east-1", name)
+    key = iam.create_access_key(name)
+    iam.put_user_policy(name, "s3", json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    with enable_iam_authentication():
+        yield {"AWS_ACCESS_KEY_ID": key.access_key_id,
+               "AWS_SECRET_ACCESS_KEY": key.secret_access_key}

@@ -13,12 +13,12 @@ import rasterio
 import zarr
 from click.testing import CliRunner
 from conftest import interrupt_after, per_pixel_model, random_image
-from s3_server import S3Server, running_s3, s3_environment
+from s3_server import S3Server, checking_credentials, running_s3, s3_environment
 
 from tileseg.config import PredictConfig
 from tileseg.errors import DestinationBusyError
 from tileseg.pipeline import predict
-from tileseg.store import StoreLocation, StoreLock, put_bytes, zarr_store
+from tileseg.store import StoreLocation, StoreLock, check_writable, put_bytes, zarr_store
 
 BUCKET = "tileseg-cloud-out"
 
@@ -164,6 +164,29 @@ def test_unreachable_endpoint_is_one_line_exit_2(s3: S3Server, scene, deeplab_di
     assert code == 2 and len(lines) == 1, output
     assert "s3://unreachable-bucket/out.zarr: the store refused or did not answer" in lines[0]
 
+
+
+@pytest.mark.parametrize("wrong", [
+    {"AWS_ACCESS_KEY_ID": "AKIAUNKNOWNKEY000000", "AWS_SECRET_ACCESS_KEY": "whatever"},
+    {"AWS_SECRET_ACCESS_KEY": "not-the-secret"},  # a known key, a bad signature
+], ids=["unknown-key", "wrong-secret"])
+def test_wrong_credentials_are_one_line_exit_2_and_leave_nothing(
+        s3: S3Server, scene, deeplab_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        wrong: dict[str, str]) -> None:
+    src, _ = scene
+    url = f"s3://{BUCKET}/creds/out.tif"
+    with checking_credentials() as good:
+        for name, value in {**good, **wrong}.items():
+            monkeypatch.setenv(name, value)
+        code, output = _cli(["predict", str(src), url, "--model", str(deeplab_dir)])
+        for name, value in good.items():
+            monkeypatch.setenv(name, value)
+        check_writable(StoreLocation.parse(url))  # the good key passes: the refusal was the key's
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, output
+    assert f"{url}: " in lines[0] and "credentials" in lines[0]  # where, and what to check
+    assert "Traceback" not in output
+    assert _keys(s3, "creds/") == []  # no probe, lock or staging object
 
 # -- a cluster whose workers share no disk ---------------------------------------------------
 

@@ -62,7 +62,9 @@ class StoreLocation:
         return StoreLocation(f"{self.root}/{key}", self.root, key)
 
 
-_STORES: dict[str, Any] = {}
+_STORES: dict[tuple[str | None, ...], Any] = {}
+_CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                         "AWS_PROFILE")
 _STORES_LOCK = threading.Lock()
 
 
@@ -73,7 +75,8 @@ def open_store(root: str) -> Any:
     from obstore.store import from_url
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    key = f"{root} {endpoint}"  # a changed endpoint (another server) is another store
+    # a store reads its credentials once: changed ones (fixed after a refusal) make another
+    key = (root, endpoint, *(os.environ.get(name) for name in _CREDENTIAL_VARIABLES))
     with _STORES_LOCK:
         if key not in _STORES:
             options: dict[str, Any] = {}
