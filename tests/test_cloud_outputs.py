@@ -110,6 +110,41 @@ def test_second_run_on_one_destination_exits_75(s3: S3Server, scene) -> None:
     assert _keys(s3, "busy/") == []  # the lock is released, nothing else written
 
 
+
+HOLDER = """
+import sys, time
+from tileseg.store import StoreLocation, StoreLock
+with StoreLock(StoreLocation.parse(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_driver_exits_75_while_the_first_lives_then_goes_ahead(
+        s3: S3Server, scene, deeplab_dir: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    src, expected = scene
+    url = f"s3://{BUCKET}/two-drivers/out.zarr"
+    first = subprocess.Popen([sys.executable, "-c", HOLDER, url + ".lock"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout is not None and first.stdout.readline().strip() == "locked"
+        code, output = _cli(["predict", str(src), url, "--model", str(deeplab_dir)])
+        lines = [line for line in output.splitlines() if line.strip()]
+        assert code == 75 and len(lines) == 1, output
+        assert f"(pid {first.pid} on " in lines[0] and "holds the lock" in lines[0]
+        assert _keys(s3, "two-drivers/") == ["two-drivers/out.zarr.lock"]  # only its lock
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # killed: this machine proves it gone, so the next run goes ahead without its lease
+    predict(_config(src, url), model=per_pixel_model(3, 4))
+    np.testing.assert_array_equal(_store_mask(url)[0], expected)
+    assert not [k for k in _keys(s3, "two-drivers/") if ".lock" in k or ".partial/" in k]
+
 def _cli(args: list[str]) -> tuple[int, str]:
     from tileseg.cli.main import cli
 
