@@ -29,24 +29,40 @@ CREDENTIALS = {
 @dataclass
 class Traffic:
     """What went through the proxy: requests by method, body bytes sent back (``bytes_out``) and
-    body bytes received (``bytes_in``: what clients uploaded)."""
+    body bytes received (``bytes_in``: what clients uploaded), in all and per bucket
+    (``per_bucket``), and every request's method and path (``log``)."""
 
     requests: dict[str, int] = field(default_factory=dict)
     bytes_out: int = 0
     bytes_in: int = 0
+    per_bucket: dict[str, Traffic] = field(default_factory=dict)
+    log: list[tuple[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, method: str, nbytes: int, nbytes_in: int = 0) -> None:
+    def add(self, method: str, nbytes: int, nbytes_in: int = 0, path: str = "") -> None:
+        bucket = path.lstrip("/").split("/")[0].split("?")[0]
         with self.lock:
-            self.requests[method] = self.requests.get(method, 0) + 1
-            self.bytes_out += nbytes
-            self.bytes_in += nbytes_in
+            self._count(method, nbytes, nbytes_in)
+            self.per_bucket.setdefault(bucket, Traffic())._count(method, nbytes, nbytes_in)
+            self.log.append((method, path))
+
+    def _count(self, method: str, nbytes: int, nbytes_in: int) -> None:
+        self.requests[method] = self.requests.get(method, 0) + 1
+        self.bytes_out += nbytes
+        self.bytes_in += nbytes_in
 
     def reset(self) -> None:
         with self.lock:
             self.requests.clear()
             self.bytes_out = 0
             self.bytes_in = 0
+            self.per_bucket.clear()
+            self.log.clear()
+
+    def bucket(self, name: str) -> Traffic:
+        """The traffic to one bucket (empty when none went there)."""
+        with self.lock:
+            return self.per_bucket.get(name, Traffic())
 
     @property
     def gets(self) -> int:
@@ -90,7 +106,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             upstream.close()
         if self.server.delay_s:
             time.sleep(self.server.delay_s)
-        self.server.traffic.add(self.command, len(payload), len(body or b""))
+        self.server.traffic.add(self.command, len(payload), len(body or b""), self.path)
         self.send_response(response.status, response.reason)
         for key, value in response.getheaders():
             if key.lower() not in ("transfer-encoding", "connection", "content-length"):

@@ -223,6 +223,23 @@ def test_wrong_credentials_are_one_line_exit_2_and_leave_nothing(
     assert "Traceback" not in output
     assert _keys(s3, "creds/") == []  # no probe, lock or staging object
 
+
+def test_the_driver_counts_finished_chunks_with_one_listing(s3: S3Server) -> None:
+    from types import SimpleNamespace
+
+    from tileseg.grid import TileGrid
+    from tileseg.mosaic import open_work_dir
+    from tileseg.run_report import Tally
+
+    grid = TileGrid.for_raster(300, 300, 64, 16, 96)
+    work = open_work_dir(f"s3://{BUCKET}/tally/out.zarr.partial/work")
+    for row, col in ((0, 0), (1, 2)):
+        work.mark_done(row, col, {"tiles": 1, "skipped": 0})
+    s3.traffic.reset()
+    tally = Tally.for_run(SimpleNamespace(grid=grid), work, None, 0.0)  # type: ignore[arg-type]
+    assert tally.chunks_done_before == 2 and grid.num_chunks > 10
+    assert s3.traffic.requests == {"GET": 1}  # a listing, not a HEAD per chunk
+
 # -- a cluster whose workers share no disk ---------------------------------------------------
 
 def _files(root: Path) -> set[str]:
