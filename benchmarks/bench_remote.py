@@ -16,6 +16,7 @@ asks for, not how fast a real store answers.
 
     python benchmarks/bench_remote.py                     # 8192 x 8192, 1x1-conv model
     python benchmarks/bench_remote.py --size 2048 --encoder resnet18   # a real network
+    python benchmarks/bench_remote.py --reads-only --chunk-size 4096   # fewer chunk borders
 
 The default model is a per-pixel (1x1 convolution) model so the I/O dominates; with a real
 encoder on CPU the model hides it.
@@ -93,7 +94,11 @@ def main() -> None:
     p.add_argument("--chunk-size", type=int, default=2048)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--latency-ms", type=float, default=20.0)
+    p.add_argument("--reads-only", action="store_true",
+                   help="only the local run and S3 -> local Zarr (how much is read)")
     args = p.parse_args()
+    s3_runs = [(0.0, False)] if args.reads_only else [(0.0, False), (0.0, True),
+                                                      (args.latency_ms, True)]
 
     rows: list[tuple[str, float, int, int, Traffic | None, Traffic | None]] = []
     methods: list[str] = []
@@ -105,7 +110,7 @@ def main() -> None:
         model = make_model(args.encoder)
         seconds, tiles, chunks = run(str(cog), str(tmp / "local.zarr"), model, args)
         rows.append(("local file -> local Zarr", seconds, tiles, chunks, None, None))
-        for latency, s3_dst in ((0.0, False), (0.0, True), (args.latency_ms, True)):
+        for latency, s3_dst in s3_runs:
             with running_s3(delay_s=latency / 1000) as server, s3_environment(server):
                 client = server.client()
                 client.create_bucket(Bucket=BUCKET)
@@ -138,8 +143,8 @@ def main() -> None:
                  f"{sum(out.requests.values()) / chunks:.1f} | "
                  f"{out.bytes_in / 2**20 / chunks:.2f}")
         print(f"| {name} | {seconds:.1f} | {tiles / seconds:.2f} | {read} | {write} |")
-    print(f"\n{rows[0][2]} tiles, {rows[0][3]} chunks. Destination requests by method: "
-          + "; ".join(methods))
+    print(f"\n{rows[0][2]} tiles, {rows[0][3]} chunks."
+          + (" Destination requests by method: " + "; ".join(methods) if methods else ""))
 
 
 if __name__ == "__main__":
