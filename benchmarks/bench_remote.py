@@ -102,6 +102,7 @@ def main() -> None:
 
     rows: list[tuple[str, float, int, int, Traffic | None, Traffic | None]] = []
     methods: list[str] = []
+    overlaps: list[str] = []
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
         cog = tmp / "scene.tif"
@@ -125,6 +126,8 @@ def main() -> None:
                         + (f", +{latency:g} ms/response" if latency else ""))
                 out = server.traffic.bucket(OUT_BUCKET) if s3_dst else None
                 rows.append((name, seconds, tiles, chunks, server.traffic.bucket(BUCKET), out))
+                overlaps.append(f"{name}: peak {server.traffic.peak_in_flight} requests in "
+                                f"flight, {server.traffic.overlap:.1f} on average while busy")
                 if out is not None:
                     methods.append(f"{name}: " + ", ".join(
                         f"{k} {v}" for k, v in sorted(out.requests.items()))
@@ -145,6 +148,7 @@ def main() -> None:
         print(f"| {name} | {seconds:.1f} | {tiles / seconds:.2f} | {read} | {write} |")
     print(f"\n{rows[0][2]} tiles, {rows[0][3]} chunks."
           + (" Destination requests by method: " + "; ".join(methods) if methods else ""))
+    print("Overlap of requests (1.0: one after another): " + "; ".join(overlaps))
 
 
 if __name__ == "__main__":

@@ -30,14 +30,42 @@ CREDENTIALS = {
 class Traffic:
     """What went through the proxy: requests by method, body bytes sent back (``bytes_out``) and
     body bytes received (``bytes_in``: what clients uploaded), in all and per bucket
-    (``per_bucket``), and every request's method and path (``log``)."""
+    (``per_bucket``), and every request's method and path (``log``). How much requests
+    overlapped: ``peak_in_flight`` and :attr:`overlap` (request-seconds per busy second)."""
 
     requests: dict[str, int] = field(default_factory=dict)
     bytes_out: int = 0
     bytes_in: int = 0
     per_bucket: dict[str, Traffic] = field(default_factory=dict)
     log: list[tuple[str, str]] = field(default_factory=list)
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    request_s: float = 0.0  # summed over requests, from arrival to answer
+    busy_s: float = 0.0  # wall time with at least one request in flight
+    _busy_since: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def enter(self) -> float:
+        now = time.perf_counter()
+        with self.lock:
+            if self.in_flight == 0:
+                self._busy_since = now
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        return now
+
+    def leave(self, entered: float) -> None:
+        now = time.perf_counter()
+        with self.lock:
+            self.in_flight -= 1
+            self.request_s += now - entered
+            if self.in_flight == 0:
+                self.busy_s += now - self._busy_since
+
+    @property
+    def overlap(self) -> float:
+        """Requests in flight on average while any is: 1.0 means one after another."""
+        return self.request_s / self.busy_s if self.busy_s else 0.0
 
     def add(self, method: str, nbytes: int, nbytes_in: int = 0, path: str = "") -> None:
         bucket = path.lstrip("/").split("/")[0].split("?")[0]
@@ -58,6 +86,9 @@ class Traffic:
             self.bytes_in = 0
             self.per_bucket.clear()
             self.log.clear()
+            self.peak_in_flight = self.in_flight
+            self.request_s = self.busy_s = 0.0
+            self._busy_since = time.perf_counter()
 
     def bucket(self, name: str) -> Traffic:
         """The traffic to one bucket (empty when none went there)."""
@@ -94,6 +125,13 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         return
 
     def _forward(self) -> None:
+        entered = self.server.traffic.enter()
+        try:
+            self._relay()
+        finally:
+            self.server.traffic.leave(entered)
+
+    def _relay(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
         upstream = http.client.HTTPConnection(*self.server.upstream, timeout=60)
