@@ -10,7 +10,8 @@ One raster, one model, runs of ``predict`` in one process, the source a local CO
 Reported: end-to-end tiles/s, requests and bytes uploaded in all and per chunk (the staging
 traffic: spills + Zarr chunks + markers). Loopback: no network latency or bandwidth limit.
 
-    python benchmarks/bench_cloud_outputs.py --size 2048
+    python benchmarks/bench_cloud_outputs.py              # 8192 x 8192, as the issue asks
+    python benchmarks/bench_cloud_outputs.py --size 2048  # a quick look
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ BUCKET = "tileseg-bench-out"
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", type=int, default=4096)
+    p.add_argument("--size", type=int, default=8192)
     p.add_argument("--encoder", help="smp encoder (default: a 1x1-conv model, I/O-bound)")
     p.add_argument("--tile-size", type=int, default=513)
     p.add_argument("--overlap", type=int, default=64)

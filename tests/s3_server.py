@@ -29,24 +29,71 @@ CREDENTIALS = {
 @dataclass
 class Traffic:
     """What went through the proxy: requests by method, body bytes sent back (``bytes_out``) and
-    body bytes received (``bytes_in``: what clients uploaded)."""
+    body bytes received (``bytes_in``: what clients uploaded), in all and per bucket
+    (``per_bucket``), and every request's method and path (``log``). How much requests
+    overlapped: ``peak_in_flight`` and :attr:`overlap` (request-seconds per busy second)."""
 
     requests: dict[str, int] = field(default_factory=dict)
     bytes_out: int = 0
     bytes_in: int = 0
+    per_bucket: dict[str, Traffic] = field(default_factory=dict)
+    log: list[tuple[str, str]] = field(default_factory=list)
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    request_s: float = 0.0  # summed over requests, from arrival to answer
+    busy_s: float = 0.0  # wall time with at least one request in flight
+    _busy_since: float = 0.0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, method: str, nbytes: int, nbytes_in: int = 0) -> None:
+    def enter(self) -> float:
+        now = time.perf_counter()
         with self.lock:
-            self.requests[method] = self.requests.get(method, 0) + 1
-            self.bytes_out += nbytes
-            self.bytes_in += nbytes_in
+            if self.in_flight == 0:
+                self._busy_since = now
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        return now
+
+    def leave(self, entered: float) -> None:
+        now = time.perf_counter()
+        with self.lock:
+            self.in_flight -= 1
+            self.request_s += now - entered
+            if self.in_flight == 0:
+                self.busy_s += now - self._busy_since
+
+    @property
+    def overlap(self) -> float:
+        """Requests in flight on average while any is: 1.0 means one after another."""
+        return self.request_s / self.busy_s if self.busy_s else 0.0
+
+    def add(self, method: str, nbytes: int, nbytes_in: int = 0, path: str = "") -> None:
+        bucket = path.lstrip("/").split("/")[0].split("?")[0]
+        with self.lock:
+            self._count(method, nbytes, nbytes_in)
+            self.per_bucket.setdefault(bucket, Traffic())._count(method, nbytes, nbytes_in)
+            self.log.append((method, path))
+
+    def _count(self, method: str, nbytes: int, nbytes_in: int) -> None:
+        self.requests[method] = self.requests.get(method, 0) + 1
+        self.bytes_out += nbytes
+        self.bytes_in += nbytes_in
 
     def reset(self) -> None:
         with self.lock:
             self.requests.clear()
             self.bytes_out = 0
             self.bytes_in = 0
+            self.per_bucket.clear()
+            self.log.clear()
+            self.peak_in_flight = self.in_flight
+            self.request_s = self.busy_s = 0.0
+            self._busy_since = time.perf_counter()
+
+    def bucket(self, name: str) -> Traffic:
+        """The traffic to one bucket (empty when none went there)."""
+        with self.lock:
+            return self.per_bucket.get(name, Traffic())
 
     @property
     def gets(self) -> int:
@@ -62,6 +109,13 @@ class _Proxy(ThreadingHTTPServer):
         self.delay_s = delay_s
         self.traffic = Traffic()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client killed mid-request (the kill -9 tests) resets its connection: not an error
+        import sys
+
+        if not isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            super().handle_error(request, client_address)
+
 
 class _ProxyHandler(BaseHTTPRequestHandler):
     server: _Proxy
@@ -71,6 +125,13 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         return
 
     def _forward(self) -> None:
+        entered = self.server.traffic.enter()
+        try:
+            self._relay()
+        finally:
+            self.server.traffic.leave(entered)
+
+    def _relay(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
         upstream = http.client.HTTPConnection(*self.server.upstream, timeout=60)
@@ -83,7 +144,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             upstream.close()
         if self.server.delay_s:
             time.sleep(self.server.delay_s)
-        self.server.traffic.add(self.command, len(payload), len(body or b""))
+        self.server.traffic.add(self.command, len(payload), len(body or b""), self.path)
         self.send_response(response.status, response.reason)
         for key, value in response.getheaders():
             if key.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -152,3 +213,26 @@ def s3_environment(server: S3Server) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextmanager
+def checking_credentials() -> Iterator[dict[str, str]]:
+    """While inside, the server checks every request's signature against an IAM user, as a real
+    store does (moto accepts any key otherwise); yields that user's good credentials, allowed
+    every S3 action. Outside, any key is accepted again."""
+    import json
+    import uuid
+
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.core.authorization import enable_iam_authentication
+    from moto.iam.models import iam_backends
+
+    iam = iam_backends[DEFAULT_ACCOUNT_ID]["global"]
+    name = f"tileseg-{uuid.uuid4().hex[:8]}"  # moto's IAM state outlives one server
+    iam.create_user("us-east-1", name)
+    key = iam.create_access_key(name)
+    iam.put_user_policy(name, "s3", json.dumps({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    with enable_iam_authentication():
+        yield {"AWS_ACCESS_KEY_ID": key.access_key_id,
+               "AWS_SECRET_ACCESS_KEY": key.secret_access_key}

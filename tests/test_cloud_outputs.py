@@ -13,12 +13,12 @@ import rasterio
 import zarr
 from click.testing import CliRunner
 from conftest import interrupt_after, per_pixel_model, random_image
-from s3_server import S3Server, running_s3, s3_environment
+from s3_server import S3Server, checking_credentials, running_s3, s3_environment
 
 from tileseg.config import PredictConfig
 from tileseg.errors import DestinationBusyError
 from tileseg.pipeline import predict
-from tileseg.store import StoreLocation, StoreLock, put_bytes, zarr_store
+from tileseg.store import StoreLocation, StoreLock, check_writable, put_bytes, zarr_store
 
 BUCKET = "tileseg-cloud-out"
 
@@ -110,6 +110,41 @@ def test_second_run_on_one_destination_exits_75(s3: S3Server, scene) -> None:
     assert _keys(s3, "busy/") == []  # the lock is released, nothing else written
 
 
+
+HOLDER = """
+import sys, time
+from tileseg.store import StoreLocation, StoreLock
+with StoreLock(StoreLocation.parse(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_second_driver_exits_75_while_the_first_lives_then_goes_ahead(
+        s3: S3Server, scene, deeplab_dir: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    src, expected = scene
+    url = f"s3://{BUCKET}/two-drivers/out.zarr"
+    first = subprocess.Popen([sys.executable, "-c", HOLDER, url + ".lock"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout is not None and first.stdout.readline().strip() == "locked"
+        code, output = _cli(["predict", str(src), url, "--model", str(deeplab_dir)])
+        lines = [line for line in output.splitlines() if line.strip()]
+        assert code == 75 and len(lines) == 1, output
+        assert f"(pid {first.pid} on " in lines[0] and "holds the lock" in lines[0]
+        assert _keys(s3, "two-drivers/") == ["two-drivers/out.zarr.lock"]  # only its lock
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # killed: this machine proves it gone, so the next run goes ahead without its lease
+    predict(_config(src, url), model=per_pixel_model(3, 4))
+    np.testing.assert_array_equal(_store_mask(url)[0], expected)
+    assert not [k for k in _keys(s3, "two-drivers/") if ".lock" in k or ".partial/" in k]
+
 def _cli(args: list[str]) -> tuple[int, str]:
     from tileseg.cli.main import cli
 
@@ -164,6 +199,46 @@ def test_unreachable_endpoint_is_one_line_exit_2(s3: S3Server, scene, deeplab_di
     assert code == 2 and len(lines) == 1, output
     assert "s3://unreachable-bucket/out.zarr: the store refused or did not answer" in lines[0]
 
+
+
+@pytest.mark.parametrize("wrong", [
+    {"AWS_ACCESS_KEY_ID": "AKIAUNKNOWNKEY000000", "AWS_SECRET_ACCESS_KEY": "whatever"},
+    {"AWS_SECRET_ACCESS_KEY": "not-the-secret"},  # a known key, a bad signature
+], ids=["unknown-key", "wrong-secret"])
+def test_wrong_credentials_are_one_line_exit_2_and_leave_nothing(
+        s3: S3Server, scene, deeplab_dir: Path, monkeypatch: pytest.MonkeyPatch,
+        wrong: dict[str, str]) -> None:
+    src, _ = scene
+    url = f"s3://{BUCKET}/creds/out.tif"
+    with checking_credentials() as good:
+        for name, value in {**good, **wrong}.items():
+            monkeypatch.setenv(name, value)
+        code, output = _cli(["predict", str(src), url, "--model", str(deeplab_dir)])
+        for name, value in good.items():
+            monkeypatch.setenv(name, value)
+        check_writable(StoreLocation.parse(url))  # the good key passes: the refusal was the key's
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1, output
+    assert f"{url}: " in lines[0] and "credentials" in lines[0]  # where, and what to check
+    assert "Traceback" not in output
+    assert _keys(s3, "creds/") == []  # no probe, lock or staging object
+
+
+def test_the_driver_counts_finished_chunks_with_one_listing(s3: S3Server) -> None:
+    from types import SimpleNamespace
+
+    from tileseg.grid import TileGrid
+    from tileseg.mosaic import open_work_dir
+    from tileseg.run_report import Tally
+
+    grid = TileGrid.for_raster(300, 300, 64, 16, 96)
+    work = open_work_dir(f"s3://{BUCKET}/tally/out.zarr.partial/work")
+    for row, col in ((0, 0), (1, 2)):
+        work.mark_done(row, col, {"tiles": 1, "skipped": 0})
+    s3.traffic.reset()
+    tally = Tally.for_run(SimpleNamespace(grid=grid), work, None, 0.0)  # type: ignore[arg-type]
+    assert tally.chunks_done_before == 2 and grid.num_chunks > 10
+    assert s3.traffic.requests == {"GET": 1}  # a listing, not a HEAD per chunk
 
 # -- a cluster whose workers share no disk ---------------------------------------------------
 
@@ -333,3 +408,64 @@ def test_cog_with_zarr_on_s3_keeps_both(s3: S3Server, scene) -> None:
     assert "both/out.tif" in keys and not [k for k in keys if ".partial/" in k or ".lock" in k]
     with pytest.raises(Exception, match="both to the store or both locally"):
         predict(_config(src, "local.tif", zarr_path=zarr_url), model=per_pixel_model(3, 4))
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_from_the_store_at_once(s3: S3Server, make_raster,
+                                                      several_class_deeplab,
+                                                      tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = make_raster(random_image(3, 400, 400, seed=5), block=64)  # 81 tiles, 25 chunks
+    model = str(several_class_deeplab)
+    small = ["--tile-size", "64", "--overlap", "16", "--chunk-size", "96", "--workers", "1"]
+    local = predict(PredictConfig(str(src), str(tmp_path / "local.tif"), model=model,
+                                  tile_size=64, overlap=16, chunk_size=96, workers=1))
+    with rasterio.open(local.dst) as out:
+        expected = out.read(1)
+    assert len(np.unique(expected)) >= 2  # several classes: a comparison that can fail
+    url = f"s3://{BUCKET}/killed-driver/out.tif"
+    done = "killed-driver/out.tif.partial/work/done/"
+    driver = subprocess.Popen([sys.executable, "-m", "tileseg", "predict", str(src), url, "-m",
+                               model, *small, "--quiet"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and driver.poll() is None:
+            if len(_keys(s3, done)) >= 3:
+                break
+            time.sleep(0.02)
+        assert driver.poll() is None, driver.stderr.read().decode() if driver.stderr else ""
+        driver.send_signal(signal.SIGKILL)  # no handler runs: the lock object stays
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert driver.returncode == -signal.SIGKILL
+    finished_before = len(_keys(s3, done))
+    assert 3 <= finished_before < local.chunks
+    lock = json.loads(s3.client().get_object(Bucket=BUCKET,
+                                             Key="killed-driver/out.tif.lock")["Body"].read())
+    assert lock["pid"] == driver.pid and lock["lease_expires"] > time.time() + 30  # still live
+    assert "killed-driver/out.tif" not in _keys(s3, "killed-driver/")  # nothing looks complete
+
+    report = tmp_path / "resume.json"
+    code, output = _cli(["predict", str(src), url, "-m", model, *small, "--resume",
+                         "--report", str(report)])
+    assert code == 0, output
+    # the dead holder's lock was taken over at once, not after its 60 s lease (exit 75 before),
+    # and the log says so
+    assert f"(pid {driver.pid} on " in output and "no longer runs; taking the lock" in output
+    info = json.loads(report.read_text())
+    assert info["chunks_resumed"] >= finished_before  # finished chunks were not inferred again
+    assert 0 < info["tiles_inferred"] < info["tiles_total"] == local.tiles_total
+    fetched = tmp_path / "fetched.tif"
+    fetched.write_bytes(s3.client().get_object(Bucket=BUCKET,
+                                               Key="killed-driver/out.tif")["Body"].read())
+    with rasterio.open(fetched) as out:
+        np.testing.assert_array_equal(out.read(1), expected)
+    assert _keys(s3, "killed-driver/") == ["killed-driver/out.tif"]  # no lock, no staging left

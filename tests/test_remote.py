@@ -15,7 +15,7 @@ import rasterio
 from affine import Affine
 from click.testing import CliRunner
 from conftest import per_pixel_model, random_image
-from s3_server import S3Server, running_s3, s3_environment
+from s3_server import S3Server, checking_credentials, running_s3, s3_environment
 
 from tileseg.cli.main import cli
 from tileseg.config import PredictConfig
@@ -102,6 +102,30 @@ def test_missing_remote_objects_are_one_line_and_leave_nothing(
     assert len(lines) == 1 and words in lines[0] and "Traceback" not in result.output
     assert list(tmp_path.iterdir()) == []
 
+
+
+def test_wrong_credentials_for_a_remote_raster_are_one_line_exit_2(
+        s3: tuple[S3Server, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    server, local = s3
+    # an object no earlier test read: nothing of it in GDAL's cache
+    server.client().upload_file(str(local), BUCKET, "scenes/guarded.tif")
+    src = f"s3://{BUCKET}/scenes/guarded.tif"
+    dst = tmp_path / "out.tif"
+    with checking_credentials() as good:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000000")
+        result = CliRunner().invoke(cli, ["predict", src, str(dst)])
+        # the server serves it to the good key: the key was what failed
+        import boto3
+
+        reader = boto3.client("s3", endpoint_url=server.endpoint, region_name="us-east-1",
+                              aws_access_key_id=good["AWS_ACCESS_KEY_ID"],
+                              aws_secret_access_key=good["AWS_SECRET_ACCESS_KEY"])
+        assert reader.head_object(Bucket=BUCKET, Key="scenes/guarded.tif")["ContentLength"] > 0
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "guarded.tif" in lines[0] and "credentials" in lines[0]
+    assert "Traceback" not in result.output
+    assert list(tmp_path.iterdir()) == []
 
 def test_an_unreachable_endpoint_is_one_clear_error(s3: tuple[S3Server, Path],
                                                     monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,4 +114,75 @@ def test_a_stale_lease_is_taken_over_and_the_old_holder_cannot_delete_it(s3: S3S
     dead.release()  # a late release from the old holder leaves the new lock alone
     assert json.loads(read_bytes(where))["token"] == taker.token
     taker.release()
+    assert not exists(where)
+
+
+def _forge_holder(where: StoreLocation, **fields: object) -> None:
+    """A lock object as a run on this machine would have left it, its lease ten minutes long,
+    with ``fields`` changed."""
+    from tileseg.liveness import ProcessIdentity
+
+    record = {"tileseg_lock": 1, **ProcessIdentity.current().to_record(),
+              "token": "the holder", "started": time.time(),
+              "lease_expires": time.time() + 600, **fields}
+    put_bytes(where, json.dumps(record).encode(), create_only=True)
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="liveness proofs need /proc")
+def test_a_killed_holder_on_this_machine_is_taken_over_without_waiting(
+        s3: S3Server, caplog: pytest.LogCaptureFixture) -> None:
+    where = loc("locks/killed-here.lock")
+    _forge_holder(where, pid=_dead_pid())
+    taker = StoreLock(where, lease_s=30)
+    with caplog.at_level("WARNING", logger="tileseg.store"):
+        started = time.monotonic()
+        taker.acquire()
+    assert time.monotonic() - started < 5  # not the holder's 600 s lease
+    assert json.loads(read_bytes(where))["token"] == taker.token
+    assert any("no longer runs; taking the lock over" in r.getMessage() for r in caplog.records)
+    taker.release()
+    assert not exists(where)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="liveness proofs need /proc")
+def test_a_holder_that_is_alive_or_elsewhere_keeps_the_lock(s3: S3Server) -> None:
+    dead = _dead_pid()
+    cases = {"alive-here": {"pid": os.getpid()},  # this very process, another lock object
+             "other-host": {"pid": dead, "host": "another-node"},
+             "other-boot": {"pid": dead, "boot_id": "a-boot-before-a-reboot"}}
+    for name, identity in cases.items():
+        where = loc(f"locks/{name}.lock")
+        _forge_holder(where, **identity)
+        with pytest.raises(DestinationBusyError, match=r"holds the lock.*lease runs out in 60\d s"):
+            StoreLock(where, lease_s=30).acquire()
+        assert json.loads(read_bytes(where))["token"] == "the holder", name
+
+
+def test_two_takers_of_a_stale_lock_cannot_both_win(s3: S3Server) -> None:
+    from tileseg.store import _obstore, open_store
+
+    where = loc("locks/race.lock")
+    _forge_holder(where, host="another-node", lease_expires=time.time() - 1)  # expired
+    obstore, store = _obstore(), open_store(where.root)
+    seen_by_second = obstore.get(store, where.key)  # read before the first taker replaced it
+    first, second = StoreLock(where, lease_s=30), StoreLock(where, lease_s=30)
+    first.acquire()
+
+    class LateView:  # the store as the second taker saw it: the stale object, a real put
+        get = staticmethod(lambda *_: seen_by_second)
+        put = staticmethod(obstore.put)
+
+    with pytest.raises(DestinationBusyError, match="took the stale lock first"):
+        second._take_over_if_stale(LateView, store)
+    assert json.loads(read_bytes(where))["token"] == first.token
+    first.release()
     assert not exists(where)

@@ -445,9 +445,11 @@ def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any
                 probs[:, rs, cs] = p
     region = (slice(chunk.row_off, chunk.row_end), slice(chunk.col_off, chunk.col_end))
     store = zarr_store(job.zarr_path)
-    zarr.open_array(store, path="mask", mode="r+")[region] = mask
+    # the run's own Zarr is v3 (create_zarr): naming it spares a store the v2 metadata probes
+    zarr.open_array(store, path="mask", mode="r+", zarr_format=3)[region] = mask
     if probs is not None:
-        zarr.open_array(store, path="probabilities", mode="r+")[(slice(None), *region)] = probs
+        zarr.open_array(store, path="probabilities", mode="r+",
+                        zarr_format=3)[(slice(None), *region)] = probs
     info = {"tiles": tiles, "skipped": skipped}
     work.mark_done(row, col, info)
     _cleanup(work, grid, row, col)

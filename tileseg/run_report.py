@@ -44,7 +44,8 @@ class Tally:
                 clock_start: float) -> Tally:
         grid = plan.grid
         counts = {(r, c): len(grid.chunk_tiles_of(r, c)) for r, c in grid.chunks()}
-        done = [rc for rc in counts if work.is_done(*rc)]
+        finished = work.done_chunks()  # one listing, not a request per chunk (N HEADs on a store)
+        done = [rc for rc in counts if rc in finished]
         return cls(counts, grid.num_tiles, sum(counts[rc] for rc in done), len(done), progress,
                    clock_start)
 

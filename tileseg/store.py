@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import threading
 import time
 import uuid
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tileseg.errors import DestinationBusyError, OutputError
+from tileseg.liveness import ProcessIdentity, is_gone
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +62,9 @@ class StoreLocation:
         return StoreLocation(f"{self.root}/{key}", self.root, key)
 
 
-_STORES: dict[str, Any] = {}
+_STORES: dict[tuple[str | None, ...], Any] = {}
+_CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                         "AWS_PROFILE")
 _STORES_LOCK = threading.Lock()
 
 
@@ -73,7 +75,8 @@ def open_store(root: str) -> Any:
     from obstore.store import from_url
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    key = f"{root} {endpoint}"  # a changed endpoint (another server) is another store
+    # a store reads its credentials once: changed ones (fixed after a refusal) make another
+    key = (root, endpoint, *(os.environ.get(name) for name in _CREDENTIAL_VARIABLES))
     with _STORES_LOCK:
         if key not in _STORES:
             options: dict[str, Any] = {}
@@ -202,17 +205,20 @@ class StoreLock:
     """One run per destination on a store: a lock object with a lease that the run renews.
 
     The object is created with a create-only put, so of two runs starting together exactly one
-    succeeds. It holds the host, pid, start time and lease expiry. A run that finds an expired
-    lease (its holder was killed, or lost the network) takes the lock over with a put
-    conditional on the stale object's ETag, so two such runs cannot both take it. The holder
-    renews the lease from a background thread every third of its length, again conditional on
-    its own ETag: a holder that lost the lock to a takeover notices and says so.
+    succeeds. It holds the host, pid, start time and lease expiry, and what proves the holder's
+    machine (:class:`tileseg.liveness.ProcessIdentity`). A run that finds an expired lease (its
+    holder was killed, or lost the network), or a live lease whose holder provably no longer
+    runs on this same machine (``kill -9``), takes the lock over with a put conditional on the
+    stale object's ETag, so two such runs cannot both take it. The holder renews the lease from
+    a background thread every third of its length, again conditional on its own ETag: a holder
+    that lost the lock to a takeover notices and says so.
     """
 
     def __init__(self, location: StoreLocation, *, lease_s: float = DEFAULT_LEASE_S) -> None:
         self.location = location
         self.lease_s = lease_s
         self.token = uuid.uuid4().hex
+        self._identity = ProcessIdentity.current()
         self._etag: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -220,7 +226,7 @@ class StoreLock:
 
     def _record(self) -> bytes:
         now = time.time()
-        return json.dumps({"tileseg_lock": 1, "host": platform.node(), "pid": os.getpid(),
+        return json.dumps({"tileseg_lock": 1, **self._identity.to_record(),
                            "token": self.token, "started": getattr(self, "_started", now),
                            "lease_expires": now + self.lease_s}).encode()
 
@@ -228,10 +234,20 @@ class StoreLock:
         obstore = _obstore()
         store = open_store(self.location.root)
         self._started = time.time()
-        try:
-            self._etag = put_bytes(self.location, self._record(), create_only=True)
-        except FileExistsError:
-            self._take_over_if_stale(obstore, store)
+        for _ in range(3):
+            try:
+                self._etag = put_bytes(self.location, self._record(), create_only=True)
+                break
+            except FileExistsError:
+                pass
+            try:
+                self._take_over_if_stale(obstore, store)
+                break
+            except FileNotFoundError:  # released in between: try to create it again
+                continue
+        else:
+            raise DestinationBusyError(f"{self.location.url}: other tileseg runs keep taking and "
+                                       "releasing the lock; try again later")
         self._thread = threading.Thread(target=self._renew, name="tileseg-lease", daemon=True)
         self._thread.start()
 
@@ -242,17 +258,29 @@ class StoreLock:
             holder = json.loads(bytes(current.bytes()))
         except ValueError:
             holder = {}
-        if holder.get("lease_expires", 0) > time.time():
+        if not isinstance(holder, dict):
+            holder = {}
+        who = f"pid {holder.get('pid')} on {holder.get('host')}"
+        expires = holder.get("lease_expires")
+        left = (expires if isinstance(expires, (int, float)) else 0) - time.time()
+        identity = ProcessIdentity.from_record(holder)
+        if left > 0 and identity is not None and is_gone(identity):
+            # killed on this machine (kill -9, OOM): no need to wait out its lease
+            logger.warning("%s: the lock's holder (%s) no longer runs; taking the lock over "
+                           "without waiting %.0f s for its lease", self.location.url, who, left)
+        elif left > 0:
             raise DestinationBusyError(
-                f"{self.location.url}: another tileseg run (pid {holder.get('pid')} on "
-                f"{holder.get('host')}) holds the lock; try again once it has finished")
-        logger.warning("%s: lease of pid %s on %s expired; taking the lock over",
-                       self.location.url, holder.get("pid"), holder.get("host"))
+                f"{self.location.url}: another tileseg run ({who}) holds the lock; try again "
+                f"once it has finished (if it was killed on another machine, its lease runs "
+                f"out in {left:.0f} s)")
+        else:
+            logger.warning("%s: lease of %s expired; taking the lock over", self.location.url,
+                           who)
         try:
             result = obstore.put(store, self.location.key, self._record(), mode={"e_tag": etag})
         except Exception as exc:  # another run took it first
             raise DestinationBusyError(f"{self.location.url}: another tileseg run took the "
-                                       "expired lock first; try again later") from exc
+                                       "stale lock first; try again later") from exc
         self._etag = result.get("e_tag")
 
     def _renew(self) -> None:
