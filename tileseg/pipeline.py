@@ -193,7 +193,8 @@ def _check_paths(config: PredictConfig) -> None:
     """Every path the run reads or writes, pairwise: none the same file as, or inside, another
     (exit 2), so no output can replace an input, before anything is written."""
     check_distinct_paths(
-        {"SRC": raster_files(config.src), "DST": config.dst, "--zarr": config.zarr_path,
+        {"SRC": config.src if is_remote(config.src) else raster_files(config.src),
+         "DST": config.dst, "--preview": config.preview, "--zarr": config.zarr_path,
          "--vectorize": config.vectorize, "--report": config.report, "--model": config.model},
         read_only=("SRC", "--model"),
     )
@@ -211,10 +212,6 @@ def _staging_for(config: PredictConfig, fmt: str) -> Staging:
     if config.zarr_path and not is_store_url(config.zarr_path):
         raise ConfigError(f"--zarr {config.zarr_path}: local while DST is on a store; give a "
                           "store URL for --zarr too")
-    for option, value in (("--vectorize", config.vectorize), ("--preview", config.preview)):
-        if value:
-            raise ConfigError(f"{option} is not supported yet with a DST on object storage; "
-                              f"run it afterwards on a local copy of {config.dst}")
     return StoreStaging(config.dst, config.zarr_path, zarr_dst=fmt == "zarr")
 
 
@@ -239,7 +236,8 @@ def _check_outputs(config: PredictConfig, fmt: str, staging: Staging) -> None:
     if config.vectorize:
         from tileseg.vectorization import check_destination as check_vector_destination
 
-        check_output_folder(config.vectorize, "--vectorize path")
+        if not is_store_url(config.vectorize):
+            check_output_folder(config.vectorize, "--vectorize path")
         # before the run: --overwrite replaces only a layer tileseg wrote (its marker)
         check_vector_destination(config.vectorize, config.overwrite)
     if config.preview:

@@ -57,15 +57,17 @@ def mask_legend(path: str | os.PathLike[str]) -> tuple[ClassInfo, ...]:
     raster with a colour table but no tileseg tag yields one class per entry that is not fully
     transparent (named ``class_<value>``).
     """
+    from tileseg.raster import open_dataset
+    from tileseg.store import is_store_url, zarr_store
+
     path = os.fspath(path)
-    if os.path.isdir(path):  # a Zarr mask: the group attribute holds the classes
-        import zarr
+    if os.path.isdir(path) or (is_store_url(path) and _store_zarr(path)):
+        import zarr  # a Zarr mask: the group attribute holds the classes
 
-        facts = mask_format.read_facts(zarr.open_group(path, mode="r")) or {}
+        root = zarr.open_group(zarr_store(path, read_only=True), mode="r")
+        facts = mask_format.read_facts(root) or {}
         return classes_from_json(facts.get("classes", []))
-    import rasterio
-
-    with rasterio.open(path) as src:
+    with open_dataset(path) as src:
         try:
             tagged = mask_format.classes_from_tags(src.tags())
             if tagged is not None:
@@ -80,6 +82,12 @@ def mask_legend(path: str | os.PathLike[str]) -> tuple[ClassInfo, ...]:
     return tuple(ClassInfo(v, f"class_{v}", (int(r), int(g), int(b)))
                  for v, (r, g, b, a) in sorted(cmap.items())
                  if a > 0 and v != nodata and (r, g, b) != (0, 0, 0))
+
+
+def _store_zarr(url: str) -> bool:
+    from tileseg.store_objects import is_store_zarr
+
+    return is_store_zarr(url)
 
 
 def hex_color(color: Sequence[int]) -> str:

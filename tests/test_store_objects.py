@@ -1,0 +1,236 @@
+"""Polygon layers, previews and style sidecars on object storage, against a real S3 API server
+(moto) on loopback: each written locally and uploaded once, read back with independent readers
+after a plain boto3 download; a user's object at the destination stays byte for byte."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+from conftest import per_pixel_model, random_image
+from s3_server import S3Server, running_s3, s3_environment
+
+from tileseg.config import PredictConfig
+from tileseg.errors import OutputError
+from tileseg.pipeline import predict
+from tileseg.store import StoreLocation, put_bytes
+from tileseg.store_objects import ObjectState, upload_checked
+
+BUCKET = "tileseg-objects"
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    with running_s3() as server, s3_environment(server):
+        server.client().create_bucket(Bucket=BUCKET)
+        yield server
+
+
+def _config(src: Path | str, dst: str, **kw: object) -> PredictConfig:
+    base: dict[str, object] = dict(tile_size=64, overlap=16, chunk_size=96, workers=1)
+    base.update(kw)
+    return PredictConfig(src=str(src), dst=dst, **base)  # type: ignore[arg-type]
+
+
+def _keys(s3: S3Server, prefix: str) -> list[str]:
+    listing = s3.client().list_objects_v2(Bucket=BUCKET, Prefix=prefix)
+    return sorted(o["Key"] for o in listing.get("Contents", []))
+
+
+def _fetch(s3: S3Server, key: str, to: Path) -> Path:
+    to.write_bytes(s3.client().get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    return to
+
+
+def _cli(args: list[str]) -> tuple[int, str]:
+    from tileseg.cli.main import cli
+
+    result = CliRunner().invoke(cli, args)
+    return result.exit_code, result.output
+
+
+@pytest.fixture
+def scene(make_raster, tmp_path: Path) -> tuple[Path, Path]:
+    """A source raster and its local mask (several classes, so the polygons can differ)."""
+    src = make_raster(random_image(3, 150, 230))
+    local = predict(_config(src, str(tmp_path / "local.tif")), model=per_pixel_model(3, 4))
+    with rasterio.open(local.dst) as out:
+        assert len(np.unique(out.read(1))) >= 3
+    return src, Path(local.dst)
+
+
+def _per_class(path: Path) -> dict[int, tuple[int, int]]:
+    """Features and pixels per class, read with pyogrio (GDAL) or pyarrow (GeoParquet)."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path).to_pydict()
+        ids, pixels = table["class_id"], table["pixels"]
+    else:
+        import pyogrio
+
+        frame = pyogrio.read_dataframe(path, layer=0)  # a GeoPackage also has layer_styles
+        ids, pixels = frame["class_id"].tolist(), frame["pixels"].tolist()
+    out: dict[int, tuple[int, int]] = {}
+    for cid, count in zip(ids, pixels, strict=True):
+        n, total = out.get(int(cid), (0, 0))
+        out[int(cid)] = (n + 1, total + int(count))
+    return out
+
+
+def _local_polygons(mask: Path, tmp_path: Path) -> dict[int, tuple[int, int]]:
+    from tileseg.vectorization import vectorize
+
+    out = tmp_path / "local-polygons.gpkg"
+    vectorize(mask, out)
+    return _per_class(out)
+
+
+# -- predict --vectorize / --preview to the store ---------------------------------------------
+
+def test_predict_writes_polygons_and_preview_to_s3(s3: S3Server, scene, tmp_path: Path) -> None:
+    from PIL import Image
+
+    src, mask = scene
+    dst, layer, png = (f"s3://{BUCKET}/run/out.tif", f"s3://{BUCKET}/run/out.gpkg",
+                       f"s3://{BUCKET}/run/out.png")
+    result = predict(_config(src, dst, vectorize=layer, preview=png), model=per_pixel_model(3, 4))
+    assert result.report["vectorize"]["dst"] == layer and result.report["preview"]["path"] == png
+    fetched = _per_class(_fetch(s3, "run/out.gpkg", tmp_path / "fetched.gpkg"))
+    expected = _local_polygons(mask, tmp_path)
+    assert len(expected) >= 3 and fetched == expected
+    with Image.open(_fetch(s3, "run/out.png", tmp_path / "fetched.png")) as picture:
+        assert picture.text["Software"].startswith("tileseg")
+    keys = _keys(s3, "run/")
+    assert {"run/out.tif", "run/out.gpkg", "run/out.png"} <= set(keys)
+    assert not [k for k in keys if ".lock" in k or ".partial" in k or "probe" in k], keys
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".geojson", ".fgb"])
+def test_vectorize_a_zarr_mask_on_s3_to_each_format(s3: S3Server, scene, tmp_path: Path,
+                                                    suffix: str) -> None:
+    from tileseg.vectorization.writers import read_marker
+
+    src, mask = scene
+    zarr_url = f"s3://{BUCKET}/fmt{suffix[1:]}/mask.zarr"
+    predict(_config(src, zarr_url), model=per_pixel_model(3, 4))
+    layer = f"s3://{BUCKET}/fmt{suffix[1:]}/polygons{suffix}"
+    code, output = _cli(["vectorize", zarr_url, layer, "-q"])
+    assert code == 0, output
+    fetched = _fetch(s3, f"fmt{suffix[1:]}/polygons{suffix}", tmp_path / f"fetched{suffix}")
+    assert read_marker(fetched) is not None  # tileseg's marker travelled inside the object
+    if suffix == ".geojson":  # in lon/lat (RFC 7946): compare features, not areas in metres
+        counts = {c: n for c, (n, _) in _per_class(fetched).items()}
+        assert counts == {c: n for c, (n, _) in _local_polygons(mask, tmp_path).items()}
+    else:
+        assert _per_class(fetched) == _local_polygons(mask, tmp_path)
+    assert not [k for k in _keys(s3, f"fmt{suffix[1:]}/") if ".lock" in k or "probe" in k]
+
+
+def test_vectorize_a_cog_on_s3_and_overwrite_its_own_layer(s3: S3Server, scene,
+                                                           tmp_path: Path) -> None:
+    _, mask = scene
+    with rasterio.open(mask) as src:
+        kept = int(np.unique(src.read(1))[1])
+    s3.client().put_object(Bucket=BUCKET, Key="cog/mask.tif", Body=mask.read_bytes())
+    layer = f"s3://{BUCKET}/cog/mask.gpkg"
+    assert _cli(["vectorize", f"s3://{BUCKET}/cog/mask.tif", layer, "-q"])[0] == 0
+    code, output = _cli(["vectorize", f"s3://{BUCKET}/cog/mask.tif", layer, "-q"])
+    assert code == 4 and "already exists" in output
+    code, output = _cli(["vectorize", f"s3://{BUCKET}/cog/mask.tif", layer, "--overwrite",
+                         "--classes", str(kept), "-q"])
+    assert code == 0, output  # tileseg's own layer (its marker, read from a download) replaced
+    fetched = _per_class(_fetch(s3, "cog/mask.gpkg", tmp_path / "again.gpkg"))
+    assert list(fetched) == [kept]
+
+
+# -- a user's object stays --------------------------------------------------------------------
+
+@pytest.mark.parametrize(("name", "args"), [
+    ("layer.gpkg", ["vectorize", "MASK", "URL", "--overwrite"]),
+    ("picture.png", ["preview", "MASK", "-o", "URL"]),
+])
+def test_a_foreign_object_is_left_byte_identical(s3: S3Server, scene, name: str,
+                                                 args: list[str]) -> None:
+    _, mask = scene
+    key = f"foreign-{name}/{name}"
+    body = b"\x89PNG\r\n\x1a\n not tileseg's" if name.endswith(".png") else b"SQLite format 3\x00x"
+    s3.client().put_object(Bucket=BUCKET, Key=key, Body=body)
+    argv = [str(mask) if a == "MASK" else f"s3://{BUCKET}/{key}" if a == "URL" else a
+            for a in args]
+    code, output = _cli(argv)
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == 4 and len(lines) == 1 and "tileseg" in lines[0], output
+    assert s3.client().get_object(Bucket=BUCKET, Key=key)["Body"].read() == body
+    assert _keys(s3, f"foreign-{name}/") == [key]  # no lock, probe or temporary object left
+
+
+def test_predict_refuses_a_foreign_layer_before_the_run(s3: S3Server, scene) -> None:
+    src, _ = scene
+    put_bytes(StoreLocation.parse(f"s3://{BUCKET}/early/out.gpkg"), b"a user's layer")
+    with pytest.raises(OutputError, match="not a polygon layer tileseg wrote"):
+        predict(_config(src, f"s3://{BUCKET}/early/out.tif", overwrite=True,
+                        vectorize=f"s3://{BUCKET}/early/out.gpkg"), model=per_pixel_model(3, 4))
+    assert _keys(s3, "early/") == ["early/out.gpkg"]  # no mask written, nothing staged
+
+
+def test_a_failed_write_leaves_no_object(s3: S3Server, scene, monkeypatch) -> None:
+    import tileseg.vectorization.writers as writers
+
+    _, mask = scene
+    real = writers._write_ogr
+
+    def half_then_fail(tmp: Path, *args: object, **kw: object) -> None:
+        real(tmp, *args, **kw)  # type: ignore[arg-type]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writers, "_write_ogr", half_then_fail)
+    code, output = _cli(["vectorize", str(mask), f"s3://{BUCKET}/failed/out.gpkg"])
+    assert code == 4 and "cannot write" in output, output
+    assert _keys(s3, "failed/") == []
+
+
+def test_an_object_put_after_the_check_is_not_replaced(s3: S3Server, tmp_path: Path) -> None:
+    url = f"s3://{BUCKET}/race/out.gpkg"
+    checked = ObjectState(url)  # absent when checked; then a user puts a file there
+    put_bytes(StoreLocation.parse(url), b"arrived meanwhile")
+    local = tmp_path / "out.gpkg"
+    local.write_bytes(b"tileseg's layer")
+    with pytest.raises(OutputError, match="changed on the store"):
+        upload_checked(local, checked, owned=lambda p: True, foreign="not ours")
+    assert s3.client().get_object(Bucket=BUCKET, Key="race/out.gpkg")["Body"].read() == (
+        b"arrived meanwhile")
+
+
+@pytest.mark.parametrize(("dst", "vector"), [
+    ("s3://B/same/out.tif", "s3://B/same/out.tif"),
+    ("s3://B/inside/out.zarr", "s3://B/inside/out.zarr/polygons.gpkg"),
+    ("/vsis3/B/vsi/out.tif", "s3://B/vsi/./out.tif"),
+])
+def test_one_object_for_two_outputs_is_refused(s3: S3Server, scene, dst: str,
+                                               vector: str) -> None:
+    src, _ = scene
+    dst, vector = dst.replace("B", BUCKET, 1), vector.replace("B", BUCKET, 1)
+    code, output = _cli(["predict", str(src), dst, "--vectorize", vector, "--model", "unused"])
+    assert code == 2 and ("same object" in output or "lies inside" in output), output
+    assert _keys(s3, dst.split("/")[-2] + "/") == []
+
+
+def test_preview_cli_from_a_zarr_on_s3_to_s3(s3: S3Server, scene, tmp_path: Path) -> None:
+    from PIL import Image
+
+    src, _ = scene
+    zarr_url = f"s3://{BUCKET}/pic/mask.zarr"
+    predict(_config(src, zarr_url), model=per_pixel_model(3, 4))
+    png = f"s3://{BUCKET}/pic/mask.png"
+    for _ in range(2):  # the second one replaces tileseg's own picture
+        code, output = _cli(["preview", zarr_url, "-o", png, "--over", str(src), "--size", "128"])
+        assert code == 0, output
+    with Image.open(_fetch(s3, "pic/mask.png", tmp_path / "p.png")) as picture:
+        assert picture.size[0] <= 128 and picture.text["Software"].startswith("tileseg")
+    assert json.dumps(_keys(s3, "pic/")).count("mask.png") == 1
