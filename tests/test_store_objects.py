@@ -14,6 +14,7 @@ import rasterio
 from click.testing import CliRunner
 from conftest import per_pixel_model, random_image
 from s3_server import S3Server, running_s3, s3_environment
+from test_styles import gdal_categories_and_rat
 
 from tileseg.config import PredictConfig
 from tileseg.errors import OutputError
@@ -234,3 +235,26 @@ def test_preview_cli_from_a_zarr_on_s3_to_s3(s3: S3Server, scene, tmp_path: Path
     with Image.open(_fetch(s3, "pic/mask.png", tmp_path / "p.png")) as picture:
         assert picture.size[0] <= 128 and picture.text["Software"].startswith("tileseg")
     assert json.dumps(_keys(s3, "pic/")).count("mask.png") == 1
+
+
+# -- style sidecars beside a COG on the store -------------------------------------------------
+
+def test_cog_on_s3_gets_its_sidecars_and_a_user_style_stays(s3: S3Server, scene,
+                                                            tmp_path: Path) -> None:
+    src, _ = scene
+    users = b"<qgis><!-- tuned by hand --></qgis>"
+    s3.client().put_object(Bucket=BUCKET, Key="styled/b.qml", Body=users)
+    for name in ("a", "b"):
+        predict(_config(src, f"s3://{BUCKET}/styled/{name}.tif"), model=per_pixel_model(3, 4))
+    keys = _keys(s3, "styled/")
+    assert keys == ["styled/a.qml", "styled/a.tif", "styled/a.tif.aux.xml", "styled/b.qml",
+                    "styled/b.tif", "styled/b.tif.aux.xml"], keys
+    assert s3.client().get_object(Bucket=BUCKET, Key="styled/b.qml")["Body"].read() == users
+    # what a reader gets after a plain download: GDAL reads the class names from the sidecar
+    folder = tmp_path / "download"
+    folder.mkdir()
+    for key in ("styled/a.tif", "styled/a.tif.aux.xml", "styled/a.qml"):
+        _fetch(s3, key, folder / Path(key).name)
+    assert "paletted" in (folder / "a.qml").read_text()
+    names, _, rows = gdal_categories_and_rat(folder / "a.tif")
+    assert names == [f"class {i}" for i in range(4)] and len(rows) == 4

@@ -45,7 +45,7 @@ from tileseg.run_report import RunReport, Tally, Timings, peak_rss_mb
 from tileseg.scheduler import cluster_client, run_graph, scheduler_address
 from tileseg.staging import STAGING_SUFFIX, LocalStaging, Staging  # noqa: F401 (re-exported)
 from tileseg.store import is_store_url
-from tileseg.styles import publish_raster_styles
+from tileseg.styles import publish_raster_styles, publish_raster_styles_to_store
 
 if TYPE_CHECKING:
     from tileseg.vectorization import VectorizeResult
@@ -429,7 +429,13 @@ def _publish(config: PredictConfig, plan: Plan, fmt: str, staging: Staging,
     tif_tmp = scratch / ("output" + (Path(dst).suffix or ".tif"))
     zarr_to_geotiff(zarr_store, tif_tmp, cog=fmt == "cog", workdir=scratch)
     # the styles are in place before the mask: a complete mask always has them
-    if not is_store_url(dst):  # on a store: no sidecars (yet)
+    if is_store_url(dst):  # uploaded before the mask, as they are renamed before it locally
+        from tileseg.store_staging import StoreStaging
+
+        assert isinstance(staging, StoreStaging)
+        staging.ensure_lock_held()  # a run that lost its lock uploads nothing
+        publish_raster_styles_to_store(dst, plan.model.metadata.classes, workdir=scratch)
+    else:
         publish_raster_styles(Path(dst), plan.model.metadata.classes, workdir=scratch)
     staging.publish(tif_tmp, zarr_too=config.zarr_path is not None)
     return config.zarr_path

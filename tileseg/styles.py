@@ -271,6 +271,50 @@ def publish_raster_styles(dst: str | os.PathLike[str], classes: Sequence[ClassIn
     return written
 
 
+def publish_raster_styles_to_store(dst: str, classes: Sequence[ClassInfo], *,
+                                   workdir: str | os.PathLike[str]) -> list[str]:
+    """:func:`publish_raster_styles` for a mask about to be uploaded to ``dst`` on an object
+    store: each sidecar is uploaded (one conditional PUT, :mod:`tileseg.store_objects`) before
+    the mask, under the same rules: the ``.aux.xml`` replaced when absent, tileseg's or beside
+    the tileseg mask being replaced, the ``.qml`` only when tileseg wrote it (read from a
+    downloaded copy); a user's sidecar is kept with a warning. Returns the URLs written."""
+    from pathlib import PurePosixPath
+
+    from tileseg.errors import OutputError
+    from tileseg.store import StoreLocation, exists
+    from tileseg.store_objects import inspect_object, upload_checked
+
+    if not classes:
+        return []
+    where = StoreLocation.parse(dst)
+    qml_key = str(PurePosixPath(where.key).with_suffix(".qml"))
+    aux, qml = f"{dst}.aux.xml", f"{where.root}/{qml_key}"
+    replacing_mask = exists(where)  # tileseg's own, or staging would have refused
+
+    def aux_mine(path: Path) -> bool:
+        return replacing_mask or AUX_MARKER in path.read_text(encoding="utf-8", errors="replace")
+
+    written = []
+    for target, text, mine in ((aux, pam_xml(classes), aux_mine),
+                               (qml, raster_qml(classes), is_tileseg_qml)):
+        state = inspect_object(target, mine)
+        if state is None:
+            logger.warning("%s: kept (not written by tileseg); delete it to get the class "
+                           "palette", target)
+            continue
+        local = Path(workdir) / f"style-{PurePosixPath(target).name}"
+        local.write_text(text, encoding="utf-8")
+        try:
+            upload_checked(local, state, owned=mine, foreign=target)
+        except OutputError as exc:  # someone put a file there meanwhile: theirs stays
+            logger.warning("%s; delete it to get the class palette", exc)
+            continue
+        finally:
+            local.unlink(missing_ok=True)
+        written.append(target)
+    return written
+
+
 LAYER_STYLES_SQL = """
 CREATE TABLE IF NOT EXISTS layer_styles (
     id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
