@@ -258,3 +258,69 @@ def test_cog_on_s3_gets_its_sidecars_and_a_user_style_stays(s3: S3Server, scene,
     assert "paletted" in (folder / "a.qml").read_text()
     names, _, rows = gdal_categories_and_rat(folder / "a.tif")
     assert names == [f"class {i}" for i in range(4)] and len(rows) == 4
+
+
+# -- tileseg batch with scenes, output folder, summary and manifest on the store ----------------
+
+def _put_scene(s3: S3Server, make_raster, key: str, seed: int) -> None:
+    path = make_raster(random_image(3, 70, 90, seed=seed), name=f"src{seed}.tif")
+    s3.client().put_object(Bucket=BUCKET, Key=key, Body=path.read_bytes())
+
+
+def _batch(manifest: str, *args: str, model: Path) -> tuple[int, str]:
+    return _cli(["batch", manifest, "--model", str(model), "--tile-size", "64", "--overlap", "16",
+                 "--chunk-size", "96", "--workers", "1", *args])
+
+
+def test_batch_with_manifest_scenes_and_output_dir_on_s3(s3: S3Server, make_raster,
+                                                         deeplab_dir: Path) -> None:
+    for n in (1, 2):
+        _put_scene(s3, make_raster, f"jobs/in/s{n}.tif", n)
+    s3.client().put_object(Bucket=BUCKET, Key="jobs/scenes.txt",
+                           Body=b"# relative to the manifest's prefix\nin/s1.tif\nin/s2.tif\n")
+    manifest, out = f"s3://{BUCKET}/jobs/scenes.txt", f"s3://{BUCKET}/results/run1/"
+    code, output = _batch(manifest, "--output-dir", out, model=deeplab_dir)
+    assert code == 0, output
+    keys = _keys(s3, "results/run1/")
+    for name in ("s1_mask.tif", "s2_mask.tif", "scenes.summary.json", "scenes.summary.csv",
+                 "scenes.summary.html"):
+        assert f"results/run1/{name}" in keys, keys
+    assert not [k for k in keys if ".partial" in k or ".lock" in k or "probe" in k], keys
+    summary = json.loads(s3.client().get_object(
+        Bucket=BUCKET, Key="results/run1/scenes.summary.json")["Body"].read())
+    assert [s["status"] for s in summary["scenes"]] == ["succeeded", "succeeded"]
+    assert summary["scenes"][0]["src"] == f"s3://{BUCKET}/jobs/in/s1.tif"
+    code, output = _batch(manifest, "--output-dir", out, model=deeplab_dir)  # idempotent
+    assert code == 0 and "2 scenes: 2 skipped" in output, output
+
+
+def test_batch_vectorize_beside_an_s3_mask_and_redo_only_the_missing_layer(
+        s3: S3Server, make_raster, deeplab_dir: Path, tmp_path: Path) -> None:
+    _put_scene(s3, make_raster, "vb/in/a.tif", 3)
+    manifest = tmp_path / "scenes.yaml"
+    manifest.write_text(f"- src: s3://{BUCKET}/vb/in/a.tif\n  dst: s3://{BUCKET}/vb/out/a.tif\n"
+                        "  vectorize: true\n")
+    assert _batch(str(manifest), model=deeplab_dir)[0] == 0
+    assert "vb/out/a.gpkg" in _keys(s3, "vb/out/")
+    s3.client().delete_object(Bucket=BUCKET, Key="vb/out/a.gpkg")
+    code, output = _batch(str(manifest), model=deeplab_dir)
+    assert code == 0 and "resumed" in output, output  # the mask kept, its polygons redone
+    layer = _fetch(s3, "vb/out/a.gpkg", tmp_path / "a.gpkg")
+    import pyogrio
+
+    assert pyogrio.read_info(layer, layer=0)["features"] >= 1
+
+
+def test_batch_leaves_a_foreign_summary_object_and_runs_no_scene(s3: S3Server, make_raster,
+                                                                 deeplab_dir: Path) -> None:
+    _put_scene(s3, make_raster, "fs/in/a.tif", 4)
+    s3.client().put_object(Bucket=BUCKET, Key="fs/scenes.txt", Body=b"in/a.tif\n")
+    theirs = b"date,amount\n2026-01-01,3\n"
+    s3.client().put_object(Bucket=BUCKET, Key="fs/out/scenes.summary.csv", Body=theirs)
+    code, output = _batch(f"s3://{BUCKET}/fs/scenes.txt", "--output-dir",
+                          f"s3://{BUCKET}/fs/out", model=deeplab_dir)
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == 4 and len(lines) == 1 and "not a tileseg batch summary" in lines[0], output
+    assert s3.client().get_object(Bucket=BUCKET,
+                                  Key="fs/out/scenes.summary.csv")["Body"].read() == theirs
+    assert _keys(s3, "fs/out/") == ["fs/out/scenes.summary.csv"]  # no scene ran
