@@ -66,9 +66,8 @@ def scene_picture(dst: str | os.PathLike[str], index: int,
 
     A failure here never fails the scene: the mask is complete, only its picture is missing.
     """
-    from tileseg.preview import PreviewConfig, make_preview
-
     from tileseg.naming import source_name
+    from tileseg.preview import PreviewConfig, make_preview
     from tileseg.store import is_store_url
 
     mask: Path | str = os.fspath(dst) if is_store_url(os.fspath(dst)) else Path(dst)

@@ -166,7 +166,8 @@ def _open_zarr(path: str) -> MaskSource:
             scale = float(factor)
     nodata = facts.get("nodata")
     return MaskSource(
-        path=path if is_remote(path) else str(Path(path)), kind="zarr", height=int(mask.shape[0]), width=int(mask.shape[1]),
+        path=path if is_remote(path) else str(Path(path)), kind="zarr",
+        height=int(mask.shape[0]), width=int(mask.shape[1]),
         dtype=dtype.name, nodata=None if nodata is None else int(nodata),
         transform=Affine(*facts["transform"][:6]), crs_wkt=facts.get("crs_wkt") or None,
         class_names=mask_format.class_names(facts.get("classes", [])),
