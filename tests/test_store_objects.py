@@ -324,3 +324,12 @@ def test_batch_leaves_a_foreign_summary_object_and_runs_no_scene(s3: S3Server, m
     assert s3.client().get_object(Bucket=BUCKET,
                                   Key="fs/out/scenes.summary.csv")["Body"].read() == theirs
     assert _keys(s3, "fs/out/") == ["fs/out/scenes.summary.csv"]  # no scene ran
+
+
+@pytest.mark.parametrize("mask", ["s3://no-such-bucket-9/m.zarr", f"s3://{BUCKET}/absent/m.tif"])
+def test_a_mask_missing_on_the_store_is_one_line_exit_2(s3: S3Server, tmp_path: Path,
+                                                        mask: str) -> None:
+    code, output = _cli(["vectorize", mask, str(tmp_path / "out.gpkg")])
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and mask in lines[0], output
+    assert not list(tmp_path.iterdir())

@@ -467,10 +467,9 @@ def _output_exists(path: str | os.PathLike[str]) -> bool:
     """A file or folder, or on a store an object or a prefix with objects under it."""
     text = os.fspath(path)
     if is_store_url(text):
-        from tileseg.store import StoreLocation, any_under, exists
+        from tileseg.store_objects import output_exists
 
-        where = StoreLocation.parse(text.rstrip("/"))
-        return exists(where) or any_under(where)
+        return output_exists(text)
     return Path(text).exists()
 
 
@@ -557,7 +556,10 @@ def _cluster(scheduler: str | None, client: Any) -> Iterator[Any]:
 def _run_scene(scene: Scene, config: BatchConfig, client: Any) -> SceneResult:
     from tileseg.pipeline import predict
 
-    state = scene_state(scene)
+    try:
+        state = scene_state(scene)
+    except TilesegError as exc:  # a store that does not answer: this scene fails, not the batch
+        return SceneResult(scene.src, scene.dst, "failed", error=flagged_message(exc))
     if state == "complete":
         logger.info("%s: complete, skipped", scene.dst)
         return SceneResult(scene.src, scene.dst, "skipped")

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from tileseg.errors import ConfigError, OutputError
+from tileseg.errors import ConfigError, InputError, OutputError
 from tileseg.store import (
     StoreLocation,
     StoreLock,
@@ -197,4 +197,19 @@ def version_stamp(url: str) -> str | None:
 def is_store_zarr(url: str) -> bool:
     """True when ``url`` is a Zarr group on the store (it has a root ``zarr.json``)."""
     where = StoreLocation.parse(url.rstrip("/"))
-    return exists(where.child("zarr.json"))
+    try:
+        return exists(where.child("zarr.json"))
+    except Exception as exc:  # a missing bucket, refused credentials, no answer: the input's
+        raise InputError(_describe_failure(where, exc)) from None
+
+
+def output_exists(url: str) -> bool:
+    """An object at ``url`` or objects under ``url/``; a store that fails to answer is
+    :class:`OutputError` (one line), never a library traceback."""
+    where = StoreLocation.parse(url.rstrip("/"))
+    try:
+        return exists(where) or any_under(where)
+    except OutputError:
+        raise
+    except Exception as exc:
+        raise OutputError(_describe_failure(where, exc)) from None
