@@ -223,7 +223,7 @@ def write_layer(
     if is_store_url(os.fspath(path)):
         from tileseg.store_objects import staged_object
 
-        check_destination(path, overwrite)
+        format_for(path)  # the destination itself is checked once the layer is written
         with staged_object(os.fspath(path), overwrite=overwrite, owned=_is_layer,
                            foreign=_foreign(path)) as local:
             write_layer(local, geometry, fields, crs_wkt, overwrite=False, style=style,
