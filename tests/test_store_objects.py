@@ -171,13 +171,24 @@ def test_a_foreign_object_is_left_byte_identical(s3: S3Server, scene, name: str,
     assert _keys(s3, f"foreign-{name}/") == [key]  # no lock, probe or temporary object left
 
 
-def test_predict_refuses_a_foreign_layer_before_the_run(s3: S3Server, scene) -> None:
+@pytest.mark.parametrize(("option", "name", "overwrite", "match"), [
+    ("vectorize", "out.gpkg", True, "not a polygon layer tileseg wrote"),
+    ("vectorize", "out.gpkg", False, "already exists"),
+    ("preview", "out.png", True, "not a preview tileseg drew"),
+    ("preview", "out.png", False, "already exists"),
+])
+def test_predict_refuses_an_object_in_the_way_before_the_run(s3: S3Server, scene, option: str,
+                                                             name: str, overwrite: bool,
+                                                             match: str) -> None:
     src, _ = scene
-    put_bytes(StoreLocation.parse(f"s3://{BUCKET}/early/out.gpkg"), b"a user's layer")
-    with pytest.raises(OutputError, match="not a polygon layer tileseg wrote"):
-        predict(_config(src, f"s3://{BUCKET}/early/out.tif", overwrite=True,
-                        vectorize=f"s3://{BUCKET}/early/out.gpkg"), model=per_pixel_model(3, 4))
-    assert _keys(s3, "early/") == ["early/out.gpkg"]  # no mask written, nothing staged
+    prefix = f"early-{option}-{overwrite}"
+    put_bytes(StoreLocation.parse(f"s3://{BUCKET}/{prefix}/{name}"), b"a user's file")
+    with pytest.raises(OutputError, match=match):
+        predict(_config(src, f"s3://{BUCKET}/{prefix}/out.tif", overwrite=overwrite,
+                        **{option: f"s3://{BUCKET}/{prefix}/{name}"}), model=per_pixel_model(3, 4))
+    assert _keys(s3, f"{prefix}/") == [f"{prefix}/{name}"]  # no mask written, nothing staged
+    body = s3.client().get_object(Bucket=BUCKET, Key=f"{prefix}/{name}")["Body"].read()
+    assert body == b"a user's file"
 
 
 def test_a_failed_write_leaves_no_object(s3: S3Server, scene, monkeypatch) -> None:
@@ -194,6 +205,22 @@ def test_a_failed_write_leaves_no_object(s3: S3Server, scene, monkeypatch) -> No
     code, output = _cli(["vectorize", str(mask), f"s3://{BUCKET}/failed/out.gpkg"])
     assert code == 4 and "cannot write" in output, output
     assert _keys(s3, "failed/") == []
+
+
+def test_a_failed_preview_leaves_no_object(s3: S3Server, scene, monkeypatch) -> None:
+    from PIL import Image
+
+    _, mask = scene
+    real = Image.Image.save
+
+    def half_then_fail(self: Image.Image, fp: object, *args: object, **kw: object) -> None:
+        real(self, fp, *args, **kw)  # type: ignore[arg-type]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", half_then_fail)
+    code, output = _cli(["preview", str(mask), "-o", f"s3://{BUCKET}/failed-png/out.png"])
+    assert code == 4 and "cannot write the preview" in output, output
+    assert _keys(s3, "failed-png/") == []
 
 
 def test_an_object_put_after_the_check_is_not_replaced(s3: S3Server, tmp_path: Path) -> None:

@@ -202,7 +202,10 @@ def make_preview(
         url = os.fspath(dst)
         with staged_object(url, overwrite=True, owned=is_tileseg_png,
                            foreign=_foreign_png(url)) as local:
-            picture.save(local, format="PNG", optimize=False, pnginfo=info)
+            try:
+                picture.save(local, format="PNG", optimize=False, pnginfo=info)
+            except OSError as exc:  # nothing is uploaded: the with body failed
+                raise OutputError(f"{url}: cannot write the preview ({exc})") from exc
         return PreviewResult(url, picture.width, picture.height, (map_h, map_w),
                              (view.height, view.width), areas, config.areas, approximate)
     check_replaceable_png(out)  # again: a batch draws thumbnails without the CLI's check
