@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from conftest import per_pixel_model, random_image
+from conftest import NORTH_UP, UTM, per_pixel_model, random_image
 from s3_server import S3Server, running_s3, s3_environment
 from test_styles import gdal_categories_and_rat
 
@@ -55,14 +55,27 @@ def _cli(args: list[str]) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-@pytest.fixture
-def scene(make_raster, tmp_path: Path) -> tuple[Path, Path]:
-    """A source raster and its local mask (several classes, so the polygons can differ)."""
-    src = make_raster(random_image(3, 150, 230))
-    local = predict(_config(src, str(tmp_path / "local.tif")), model=per_pixel_model(3, 4))
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A source raster and its local mask (several classes, so the polygons can differ); shared
+    by the module's tests, which only read them."""
+    folder = tmp_path_factory.mktemp("scene")
+    src = folder / "scene.tif"
+    with rasterio.open(src, "w", driver="GTiff", height=150, width=230, count=3, dtype="uint8",
+                       crs=UTM, transform=NORTH_UP) as out:
+        out.write(random_image(3, 150, 230))
+    local = predict(_config(src, str(folder / "local.tif")), model=per_pixel_model(3, 4))
     with rasterio.open(local.dst) as out:
         assert len(np.unique(out.read(1))) >= 3
     return src, Path(local.dst)
+
+
+@pytest.fixture(scope="module")
+def zarr_mask(s3: S3Server, scene) -> str:
+    """The scene's mask as a Zarr on the store (read only by the tests)."""
+    url = f"s3://{BUCKET}/shared/mask.zarr"
+    predict(_config(scene[0], url), model=per_pixel_model(3, 4))
+    return url
 
 
 def _per_class(path: Path) -> dict[int, tuple[int, int]]:
@@ -108,18 +121,19 @@ def test_predict_writes_polygons_and_preview_to_s3(s3: S3Server, scene, tmp_path
     with Image.open(_fetch(s3, "run/out.png", tmp_path / "fetched.png")) as picture:
         assert picture.text["Software"].startswith("tileseg")
     keys = _keys(s3, "run/")
-    assert {"run/out.tif", "run/out.gpkg", "run/out.png"} <= set(keys)
-    assert not [k for k in keys if ".lock" in k or ".partial" in k or "probe" in k], keys
+    assert keys == ["run/out.gpkg", "run/out.png", "run/out.qml", "run/out.tif",
+                    "run/out.tif.aux.xml"], keys  # no lock, staging, probe left
+    qml = s3.client().get_object(Bucket=BUCKET, Key="run/out.qml")["Body"].read().decode()
+    assert "paletted" in qml and "class 3" in qml  # tileseg's QGIS style beside the COG
 
 
 @pytest.mark.parametrize("suffix", [".parquet", ".geojson", ".fgb"])
-def test_vectorize_a_zarr_mask_on_s3_to_each_format(s3: S3Server, scene, tmp_path: Path,
-                                                    suffix: str) -> None:
+def test_vectorize_a_zarr_mask_on_s3_to_each_format(s3: S3Server, scene, zarr_mask: str,
+                                                    tmp_path: Path, suffix: str) -> None:
     from tileseg.vectorization.writers import read_marker
 
-    src, mask = scene
-    zarr_url = f"s3://{BUCKET}/fmt{suffix[1:]}/mask.zarr"
-    predict(_config(src, zarr_url), model=per_pixel_model(3, 4))
+    _, mask = scene
+    zarr_url = zarr_mask
     layer = f"s3://{BUCKET}/fmt{suffix[1:]}/polygons{suffix}"
     code, output = _cli(["vectorize", zarr_url, layer, "-q"])
     assert code == 0, output
@@ -249,12 +263,12 @@ def test_one_object_for_two_outputs_is_refused(s3: S3Server, scene, dst: str,
     assert _keys(s3, dst.split("/")[-2] + "/") == []
 
 
-def test_preview_cli_from_a_zarr_on_s3_to_s3(s3: S3Server, scene, tmp_path: Path) -> None:
+def test_preview_cli_from_a_zarr_on_s3_to_s3(s3: S3Server, scene, zarr_mask: str,
+                                            tmp_path: Path) -> None:
     from PIL import Image
 
     src, _ = scene
-    zarr_url = f"s3://{BUCKET}/pic/mask.zarr"
-    predict(_config(src, zarr_url), model=per_pixel_model(3, 4))
+    zarr_url = zarr_mask
     png = f"s3://{BUCKET}/pic/mask.png"
     for _ in range(2):  # the second one replaces tileseg's own picture
         code, output = _cli(["preview", zarr_url, "-o", png, "--over", str(src), "--size", "128"])
@@ -271,19 +285,15 @@ def test_cog_on_s3_gets_its_sidecars_and_a_user_style_stays(s3: S3Server, scene,
     src, _ = scene
     users = b"<qgis><!-- tuned by hand --></qgis>"
     s3.client().put_object(Bucket=BUCKET, Key="styled/b.qml", Body=users)
-    for name in ("a", "b"):
-        predict(_config(src, f"s3://{BUCKET}/styled/{name}.tif"), model=per_pixel_model(3, 4))
-    keys = _keys(s3, "styled/")
-    assert keys == ["styled/a.qml", "styled/a.tif", "styled/a.tif.aux.xml", "styled/b.qml",
-                    "styled/b.tif", "styled/b.tif.aux.xml"], keys
+    predict(_config(src, f"s3://{BUCKET}/styled/b.tif"), model=per_pixel_model(3, 4))
+    assert _keys(s3, "styled/") == ["styled/b.qml", "styled/b.tif", "styled/b.tif.aux.xml"]
     assert s3.client().get_object(Bucket=BUCKET, Key="styled/b.qml")["Body"].read() == users
     # what a reader gets after a plain download: GDAL reads the class names from the sidecar
     folder = tmp_path / "download"
     folder.mkdir()
-    for key in ("styled/a.tif", "styled/a.tif.aux.xml", "styled/a.qml"):
+    for key in ("styled/b.tif", "styled/b.tif.aux.xml"):
         _fetch(s3, key, folder / Path(key).name)
-    assert "paletted" in (folder / "a.qml").read_text()
-    names, _, rows = gdal_categories_and_rat(folder / "a.tif")
+    names, _, rows = gdal_categories_and_rat(folder / "b.tif")
     assert names == [f"class {i}" for i in range(4)] and len(rows) == 4
 
 
