@@ -370,3 +370,31 @@ def test_a_mask_missing_on_the_store_is_one_line_exit_2(s3: S3Server, tmp_path: 
     lines = [line for line in output.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and mask in lines[0], output
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("yaml", "match"), [
+    ("- {src: s3://b/a.tif, dst: s3://b/out/a.tif, preview: true}\n"
+     "- {src: s3://b/c.tif, dst: s3://b/out/a.png}\n", "are the same object"),
+    ("- {src: s3://b/a.tif, dst: s3://b/out/a.zarr}\n"
+     "- {src: s3://b/c.tif, dst: s3://b/out/a.zarr/c.tif}\n", "lies inside scene 1 dst"),
+    ("- {src: s3://b/a.tif, dst: /vsis3/b/x/../a.tif}\n", "the same object"),
+])
+def test_manifest_urls_are_checked_like_paths(tmp_path: Path, yaml: str, match: str) -> None:
+    from tileseg.batch import load_manifest
+    from tileseg.errors import InputError
+
+    manifest = tmp_path / "scenes.yaml"
+    manifest.write_text(yaml)
+    with pytest.raises(InputError, match=match):
+        load_manifest(manifest)
+
+
+def test_output_dir_on_a_store_names_the_scenes_under_it(tmp_path: Path) -> None:
+    from tileseg.batch import load_manifest
+
+    manifest = tmp_path / "scenes.csv"
+    manifest.write_text("src,dst,vectorize\ns3://in/a.tif,,true\nb.tif,sub/b.zarr,\n")
+    first, second = load_manifest(manifest, output_dir="s3://out/run1/")
+    assert (first.dst, first.options["vectorize"]) == ("s3://out/run1/a_mask.tif",
+                                                       "s3://out/run1/a_mask.gpkg")
+    assert (second.src, second.dst) == (str(tmp_path / "b.tif"), "s3://out/run1/sub/b.zarr")

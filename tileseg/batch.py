@@ -292,6 +292,7 @@ def _check_scene_paths(manifest: Path | str, scenes: list[Scene]) -> None:
         named[f"scene {n} dst"] = scene.dst
         named[f"scene {n} zarr"] = scene.options.get("zarr_path")
         named[f"scene {n} vectorize"] = scene.options.get("vectorize")
+        named[f"scene {n} preview"] = scene.options.get("preview")
     try:
         check_distinct_paths(named, read_only=sources)
     except ConfigError as exc:
