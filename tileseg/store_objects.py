@@ -123,11 +123,12 @@ def _etag(where: StoreLocation) -> str | None:
 
 
 def check_object_destination(url: str, *, overwrite: bool, owned: OwnedCheck,
-                             foreign: str) -> ObjectState:
-    """Before any work: the store answers (exit 2), and an object at ``url`` is replaced only with
-    ``overwrite`` and only when ``owned`` proves tileseg wrote it (exit 4, with the ``foreign``
-    message, otherwise)."""
-    check_store_answers(url)
+                             foreign: str, probe: bool = True) -> ObjectState:
+    """Before any work: the store answers (exit 2; ``probe=False`` skips that, for a check
+    made again later), and an object at ``url`` is replaced only with ``overwrite`` and only
+    when ``owned`` proves tileseg wrote it (exit 4, with the ``foreign`` message, otherwise)."""
+    if probe:
+        check_store_answers(url)
     where = StoreLocation.parse(url)
     if not overwrite and (exists(where) or any_under(where)):
         raise OutputError(f"{url}: already exists; pass --overwrite to replace it")
@@ -174,7 +175,8 @@ def staged_object(url: str, *, overwrite: bool, owned: OwnedCheck,
     with tempfile.TemporaryDirectory(prefix="tileseg-upload-") as folder:
         local = Path(folder) / object_name(url)
         yield local
-        state = check_object_destination(url, overwrite=overwrite, owned=owned, foreign=foreign)
+        state = check_object_destination(url, overwrite=overwrite, owned=owned, foreign=foreign,
+                                         probe=False)
         upload_checked(local, state, owned=owned, foreign=foreign)
 
 
