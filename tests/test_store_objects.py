@@ -206,16 +206,18 @@ def test_predict_refuses_an_object_in_the_way_before_the_run(s3: S3Server, scene
 
 
 def test_a_failed_write_leaves_no_object(s3: S3Server, scene, monkeypatch) -> None:
-    import tileseg.vectorization.writers as writers
+    from tileseg.vectorization import vectorize
 
     _, mask = scene
-    real = writers._write_ogr
+    # the writer module the command will call (another test may have re-imported the package)
+    writers = vectorize.__globals__["write_layer"].__globals__
+    real = writers["_write_ogr"]
 
     def half_then_fail(tmp: Path, *args: object, **kw: object) -> None:
         real(tmp, *args, **kw)  # type: ignore[arg-type]
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(writers, "_write_ogr", half_then_fail)
+    monkeypatch.setitem(writers, "_write_ogr", half_then_fail)
     code, output = _cli(["vectorize", str(mask), f"s3://{BUCKET}/failed/out.gpkg"])
     assert code == 4 and "cannot write" in output, output
     assert _keys(s3, "failed/") == []
