@@ -78,7 +78,8 @@ def test_cog_on_s3_equals_the_local_run(s3: S3Server, scene, tmp_path: Path) -> 
     with rasterio.open(local) as out:
         np.testing.assert_array_equal(out.read(1), expected)
         assert "TILESEG_CLASSES" in out.tags()
-    assert _keys(s3, "cog/") == ["cog/out.tif"]  # no staging, lock or probe left
+    # no staging, lock or probe left; the style sidecars beside it
+    assert _keys(s3, "cog/") == ["cog/out.qml", "cog/out.tif", "cog/out.tif.aux.xml"]
 
 
 def test_interrupted_run_resumes_from_the_store(s3: S3Server, scene) -> None:
@@ -355,6 +356,7 @@ def test_a_run_that_lost_its_lock_does_not_publish(s3: S3Server, scene, monkeypa
     assert getattr(caught.value, "exit_code", None) == 5
     keys = _keys(s3, "lost/")
     assert "lost/out.tif" not in keys and any(".partial/" in k for k in keys)  # resumable
+    assert not [k for k in keys if k.endswith((".qml", ".aux.xml"))]  # no sidecar either
 
 
 @pytest.mark.slow
@@ -390,7 +392,7 @@ def test_killed_worker_the_s3_run_finishes_identically(s3: S3Server, make_raster
         np.testing.assert_array_equal(out.read(1), ref.read(1))
     # saved spills are reused, never inferred twice: the count can only fall short
     assert result.tiles_inferred <= result.tiles_total
-    assert _keys(s3, "killed/") == ["killed/out.tif"]
+    assert _keys(s3, "killed/") == ["killed/out.qml", "killed/out.tif", "killed/out.tif.aux.xml"]
 
 
 def test_cog_with_zarr_on_s3_keeps_both(s3: S3Server, scene) -> None:

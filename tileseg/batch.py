@@ -15,6 +15,12 @@ Relative paths in a manifest are relative to the manifest's folder (a relative `
 ``--output-dir`` when one is given), so a scheduled job finds the same files whatever its working
 directory.
 
+Object storage: sources, destinations, ``--output-dir``, the summary and the manifest itself may
+be ``s3://`` (``gs://``, ``az://``) URLs. A manifest on a store is read in one GET and its
+relative paths are keys under its own prefix; a scene on a store is complete when its object
+(or Zarr prefix) exists with nothing under ``DST.partial/``; summaries on a store are replaced
+only when an earlier batch wrote them (checked on downloaded copies) and each rewrite is one PUT.
+
 Running is idempotent: a scene whose destination exists with no ``.partial`` staging folder beside
 it is skipped, a scene with a staging folder is resumed, and a failing scene is recorded and does
 not stop the others. A summary (JSON, plus a CSV beside it) says what happened to each scene, so
@@ -28,6 +34,7 @@ import csv
 import json
 import logging
 import os
+import posixpath
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,7 +42,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 from tileseg.batch_report import ScenePicture, html_path, render_html, scene_picture
@@ -50,8 +57,10 @@ from tileseg.errors import (
     TilesegError,
     flagged_message,
 )
+from tileseg.naming import source_name
 from tileseg.raster import is_remote
-from tileseg.staging import staging_path_for
+from tileseg.staging import STAGING_SUFFIX, staging_path_for
+from tileseg.store import is_store_url
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +97,9 @@ class Scene:
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def staging(self) -> Path:
+    def staging(self) -> Path | str:
+        if is_store_url(self.dst):
+            return self.dst.rstrip("/") + STAGING_SUFFIX
         return staging_path_for(self.dst)
 
     def config(self, defaults: dict[str, Any], **extra: Any) -> PredictConfig:
@@ -202,15 +213,24 @@ def load_manifest(
     >>> scenes[0].options  # doctest: +SKIP
     {'model': '/data/models/buildings', 'bands': (4, 3, 2)}
     """
-    manifest = Path(path)
-    if not manifest.is_file():
-        raise InputNotFoundError(f"{manifest}: no such manifest file; check the path")
-    try:
-        text = manifest.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{manifest}: cannot read the manifest ({exc})") from exc
-    base = manifest.absolute().parent
-    out_dir = Path(output_dir) if output_dir is not None else None
+    manifest: Path | str
+    base: Path | str
+    if is_store_url(os.fspath(path)):
+        manifest, text = os.fspath(path), _read_store_manifest(os.fspath(path))
+        base = manifest.rsplit("/", 1)[0]
+    else:
+        manifest = Path(path)
+        if not manifest.is_file():
+            raise InputNotFoundError(f"{manifest}: no such manifest file; check the path")
+        try:
+            text = manifest.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"{manifest}: cannot read the manifest ({exc})") from exc
+        base = manifest.absolute().parent
+    out_dir: Path | str | None = None
+    if output_dir is not None:
+        out_dir = (os.fspath(output_dir).rstrip("/") if is_store_url(os.fspath(output_dir))
+                   else Path(output_dir))
     fmt = manifest_format(manifest)
     if fmt == "csv":
         rows = _csv_rows(manifest, text)
@@ -232,7 +252,38 @@ def load_manifest(
     return scenes
 
 
-def _check_scene_paths(manifest: Path, scenes: list[Scene]) -> None:
+def _read_store_manifest(url: str) -> str:
+    from tileseg.store_objects import read_text_object
+
+    try:
+        text = read_text_object(url, limit=64 << 20)
+    except TilesegError:
+        raise
+    except Exception as exc:  # the store's own error: one line naming the manifest
+        raise InputError(f"{url}: cannot read the manifest ({' '.join(str(exc).split())[:200]})"
+                         "; check the URL, the credentials and AWS_ENDPOINT_URL") from None
+    if text is None:
+        raise InputNotFoundError(f"{url}: no such manifest object (or over 64 MiB); check the URL")
+    return text.removeprefix("\ufeff")
+
+
+def _join(base: Path | str, name: str) -> str:
+    """``name`` under ``base``: a folder, or a prefix URL on a store (``..`` resolved)."""
+    if isinstance(base, Path):
+        return str(base / name)
+    scheme, _, rest = base.partition("://")
+    return f"{scheme}://{posixpath.normpath(posixpath.join(rest, name))}"
+
+
+def _with_suffix(path: str, suffix: str) -> str:
+    """``path`` with its extension replaced, for a file path or an object URL alike."""
+    if is_store_url(path):
+        head, _, name = path.rpartition("/")
+        return f"{head}/{PurePosixPath(name).with_suffix(suffix)}"
+    return str(Path(path).with_suffix(suffix))
+
+
+def _check_scene_paths(manifest: Path | str, scenes: list[Scene]) -> None:
     """No scene writes onto, or into, any scene's source or another scene's outputs."""
     named: dict[str, str | None] = {}
     sources = []
@@ -242,6 +293,7 @@ def _check_scene_paths(manifest: Path, scenes: list[Scene]) -> None:
         named[f"scene {n} dst"] = scene.dst
         named[f"scene {n} zarr"] = scene.options.get("zarr_path")
         named[f"scene {n} vectorize"] = scene.options.get("vectorize")
+        named[f"scene {n} preview"] = scene.options.get("preview")
     try:
         check_distinct_paths(named, read_only=sources)
     except ConfigError as exc:
@@ -260,7 +312,7 @@ def _text_rows(text: str) -> list[Row]:
     return rows
 
 
-def _csv_rows(manifest: Path, text: str) -> list[Row]:
+def _csv_rows(manifest: Path | str, text: str) -> list[Row]:
     reader = csv.DictReader(text.splitlines())
     header = [h.strip() for h in reader.fieldnames or []]
     if "src" not in header:
@@ -276,7 +328,7 @@ def _csv_rows(manifest: Path, text: str) -> list[Row]:
     return rows
 
 
-def _yaml_rows(manifest: Path, text: str) -> list[Row]:
+def _yaml_rows(manifest: Path | str, text: str) -> list[Row]:
     import yaml
 
     try:
@@ -309,15 +361,15 @@ def _yaml_rows(manifest: Path, text: str) -> list[Row]:
     return rows
 
 
-def _resolve(value: str, base: Path) -> str:
+def _resolve(value: str, base: Path | str) -> str:
     value = os.path.expanduser(str(value))
     if is_remote(value) or os.path.isabs(value):
         return value
-    return str(base / value)
+    return _join(base, value)
 
 
-def _scene(manifest: Path, where: str, row: dict[str, Any], base: Path, out_dir: Path | None,
-           suffix: str) -> Scene:
+def _scene(manifest: Path | str, where: str, row: dict[str, Any], base: Path | str,
+           out_dir: Path | str | None, suffix: str) -> Scene:
     row = {_ALIASES.get(str(k).replace("-", "_"), str(k).replace("-", "_")): v
            for k, v in row.items()}
     src = row.pop("src", None)
@@ -330,9 +382,10 @@ def _scene(manifest: Path, where: str, row: dict[str, Any], base: Path, out_dir:
             raise InputError(f"{manifest}: {where} has no dst; give one, or pass output_dir "
                              "to write <stem>{suffix} there".replace("{suffix}", suffix),
                              params=("output_dir",))
-        dst = str(out_dir / (Path(src).stem + suffix))
+        dst = _join(out_dir, PurePosixPath(source_name(src)).stem + suffix)
     else:
-        dst = _resolve(str(dst), out_dir.absolute() if out_dir is not None else base)
+        where_to = out_dir.absolute() if isinstance(out_dir, Path) else out_dir
+        dst = _resolve(str(dst), where_to if where_to is not None else base)
     if os.path.normpath(dst) == os.path.normpath(src):
         raise InputError(f"{manifest}: {where} would overwrite its source {src}; change dst or "
                          "suffix", params=("suffix",))
@@ -350,7 +403,8 @@ def _scene(manifest: Path, where: str, row: dict[str, Any], base: Path, out_dir:
     return scene
 
 
-def _option(manifest: Path, where: str, key: str, value: Any, base: Path, dst: str) -> Any:
+def _option(manifest: Path | str, where: str, key: str, value: Any, base: Path | str,
+            dst: str) -> Any:
     def bad(expected: str) -> InputError:
         return InputError(f"{manifest}: {where}: {key} must be {expected}, got {value!r}")
 
@@ -383,11 +437,11 @@ def _option(manifest: Path, where: str, key: str, value: Any, base: Path, dst: s
     if key == "vectorize":
         if value is True or str(value).lower() == "true":
             # vectorize: true -> polygons beside the mask
-            return str(Path(dst).with_suffix(".gpkg"))
+            return _with_suffix(dst, ".gpkg")
         if value is False or str(value).lower() == "false":
             return None
     if key == "preview" and (value is True or str(value).lower() == "true"):
-        return str(Path(dst).with_suffix(".png"))  # preview: true -> beside the mask
+        return _with_suffix(dst, ".png")  # preview: true -> beside the mask
     if key in _PATH_OPTIONS:
         return _resolve(str(value), base)
     if not isinstance(value, str):
@@ -402,14 +456,24 @@ def _option(manifest: Path, where: str, key: str, value: Any, base: Path, dst: s
 
 def scene_state(scene: Scene) -> Literal["complete", "partial", "missing"]:
     """Whether a scene's output is complete (exists, nothing staged), staged, or absent."""
-    if scene.staging.exists():
+    if _output_exists(scene.staging):
         return "partial"
-    if Path(scene.dst).exists():
+    if _output_exists(scene.dst):
         vector = scene.options.get("vectorize")
-        if vector and not Path(vector).exists():
+        if vector and not _output_exists(vector):
             return "partial"
         return "complete"
     return "missing"
+
+
+def _output_exists(path: str | os.PathLike[str]) -> bool:
+    """A file or folder, or on a store an object or a prefix with objects under it."""
+    text = os.fspath(path)
+    if is_store_url(text):
+        from tileseg.store_objects import output_exists
+
+        return output_exists(text)
+    return Path(text).exists()
 
 
 SceneCallback = Callable[[Scene, SceneResult], None]
@@ -454,7 +518,8 @@ def run_batch(
 
     def run_one(index: int, scene: Scene, shared_client: Any) -> None:
         outcome = _run_scene(scene, config, shared_client)
-        if config.summary and config.previews and outcome.ok and Path(scene.dst).exists():
+        if (config.summary and config.previews and not is_store_url(config.summary)
+                and outcome.ok and _output_exists(scene.dst)):
             pictures[index] = scene_picture(scene.dst, index, config.summary)
         with lock:
             results[index] = outcome
@@ -494,7 +559,10 @@ def _cluster(scheduler: str | None, client: Any) -> Iterator[Any]:
 def _run_scene(scene: Scene, config: BatchConfig, client: Any) -> SceneResult:
     from tileseg.pipeline import predict
 
-    state = scene_state(scene)
+    try:
+        state = scene_state(scene)
+    except TilesegError as exc:  # a store that does not answer: this scene fails, not the batch
+        return SceneResult(scene.src, scene.dst, "failed", error=flagged_message(exc))
     if state == "complete":
         logger.info("%s: complete, skipped", scene.dst)
         return SceneResult(scene.src, scene.dst, "skipped")
@@ -504,7 +572,8 @@ def _run_scene(scene: Scene, config: BatchConfig, client: Any) -> SceneResult:
     try:
         predict_config = scene.config(config.defaults, resume=state == "partial",
                                       scheduler=scheduler)
-        if state == "partial" and Path(scene.dst).exists() and not scene.staging.exists():
+        if (state == "partial" and _output_exists(scene.dst)
+                and not _output_exists(scene.staging)):
             # The mask is published but its polygons are missing: only vectorize again.
             _vectorize_only(predict_config)
             return SceneResult(scene.src, scene.dst, "resumed",
@@ -547,12 +616,13 @@ def check_summary_targets(summary: str | os.PathLike[str]) -> None:
     earlier batch wrote (recognised by their content); anything else stays (exit 4)."""
     from tileseg.batch_report import HTML_MARKER
 
-    target = Path(summary)
-    json_path = target.with_suffix(".json") if target.suffix.lower() == ".csv" else target
     header = ",".join(SUMMARY_COLUMNS)
-    checks = ((json_path, lambda text: _is_summary_json(text)),
-              (summary_csv_path(target), lambda text: text.splitlines()[:1] == [header]),
-              (html_path(json_path), lambda text: HTML_MARKER in text))
+    checks: tuple[tuple[Any, Callable[[str], bool]], ...] = tuple(zip(
+        _summary_targets(summary), (_is_summary_json, lambda text: text.splitlines()[:1] == [header],
+                                    lambda text: HTML_MARKER in text), strict=True))
+    if is_store_url(os.fspath(summary)):
+        _check_store_summary(checks)
+        return
     for path, ours in checks:
         if path.is_symlink() or path.is_dir():
             mine = False
@@ -565,6 +635,35 @@ def check_summary_targets(summary: str | os.PathLike[str]) -> None:
                 mine = False
         if not mine:
             raise OutputError(f"{path}: exists and is not a tileseg batch summary, so it is left "
+                              "as it is; choose another summary path or remove it")
+
+
+def _summary_targets(summary: str | os.PathLike[str]) -> tuple[Any, Any, Any]:
+    """The summary's JSON, CSV and HTML: paths, or object URLs for a summary on a store."""
+    text = os.fspath(summary)
+    if is_store_url(text):
+        json_url = _with_suffix(text, ".json") if text.lower().endswith(".csv") else text
+        return json_url, _with_suffix(text, ".csv"), _with_suffix(json_url, ".html")
+    target = Path(summary)
+    json_path = target.with_suffix(".json") if target.suffix.lower() == ".csv" else target
+    return json_path, summary_csv_path(target), html_path(json_path)
+
+
+def _check_store_summary(checks: tuple[tuple[Any, Callable[[str], bool]], ...]) -> None:
+    """On a store: the bucket answers (exit 2), and existing summary objects are an earlier
+    batch's (read from downloaded copies), else exit 4 before any scene runs."""
+    from tileseg.store_objects import check_store_answers, inspect_object
+
+    check_store_answers(checks[0][0])
+    for url, ours in checks:
+        def owned(local: Path, ours: Callable[[str], bool] = ours) -> bool:
+            try:
+                return ours(local.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError):
+                return False
+
+        if inspect_object(url, owned) is None:
+            raise OutputError(f"{url}: exists and is not a tileseg batch summary, so it is left "
                               "as it is; choose another summary path or remove it")
 
 
@@ -598,17 +697,21 @@ def _write_summary(path: str, scenes: list[Scene], results: dict[int, SceneResul
         "ok": counts["failed"] == 0 and counts["pending"] == 0,
         "scenes": rows,
     }
-    target = Path(path)
-    json_path = target.with_suffix(".json") if target.suffix.lower() == ".csv" else target
-    _atomic_write(json_path, json.dumps(doc, indent=2) + "\n")
+    json_path, csv_path, page_path = _summary_targets(path)
     lines: list[str] = []
     writer = csv.DictWriter(_ListWriter(lines), fieldnames=SUMMARY_COLUMNS)
     writer.writeheader()
     for row in rows:
         writer.writerow({**row, "seconds": f"{row['seconds']:.3f}"})
-    _atomic_write(summary_csv_path(target), "".join(lines))
-    _atomic_write(html_path(json_path), render_html(f"tileseg batch: {json_path.stem}", doc,
-                                                    pictures or {}))
+    title = f"tileseg batch: {PurePosixPath(os.fspath(json_path)).stem}"
+    for target, text in ((json_path, json.dumps(doc, indent=2) + "\n"), (csv_path, "".join(lines)),
+                         (page_path, render_html(title, doc, pictures or {}))):
+        if isinstance(target, str):  # on a store: one PUT, whole or not at all
+            from tileseg.store import StoreLocation, put_bytes
+
+            put_bytes(StoreLocation.parse(target), text.encode("utf-8"))
+        else:
+            _atomic_write(target, text)
 
 
 class _ListWriter:
@@ -625,10 +728,25 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def default_summary_path(manifest: str | os.PathLike[str]) -> str:
-    """``scenes.csv`` -> ``scenes.summary.json`` beside it."""
+def default_summary_path(manifest: str | os.PathLike[str],
+                         output_dir: str | os.PathLike[str] | None = None) -> str:
+    """``scenes.csv`` -> ``scenes.summary.json`` beside it (also on a store), or under
+    ``output_dir`` when that is on a store: the batch's results and its summary stay together.
+
+    Examples
+    --------
+    >>> default_summary_path("jobs/scenes.csv")
+    'jobs/scenes.summary.json'
+    >>> default_summary_path("scenes.csv", "s3://results/run1/")
+    's3://results/run1/scenes.summary.json'
+    """
+    name = PurePosixPath(source_name(os.fspath(manifest))).stem + ".summary.json"
+    if output_dir is not None and is_store_url(os.fspath(output_dir)):
+        return _join(os.fspath(output_dir).rstrip("/"), name)
+    if is_store_url(os.fspath(manifest)):
+        return _join(os.fspath(manifest).rsplit("/", 1)[0], name)
     path = Path(manifest)
-    return str(path.with_name(path.stem + ".summary.json"))
+    return str(path.with_name(name))
 
 
 def run_manifest(
@@ -647,7 +765,11 @@ def run_manifest(
     """
     config = config or BatchConfig(summary=default_summary_path(manifest))
     scenes = load_manifest(manifest, output_dir=config.output_dir, suffix=config.suffix)
-    if config.output_dir is not None:  # named for this batch: create it, as mkdir -p would
+    if config.output_dir is not None and is_store_url(config.output_dir):
+        from tileseg.store_objects import check_store_answers
+
+        check_store_answers(config.output_dir.rstrip("/"))  # a missing bucket: exit 2, no scene
+    elif config.output_dir is not None:  # named for this batch: create it, as mkdir -p would
         try:
             Path(config.output_dir).mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -46,7 +46,14 @@ def previews_dir(summary: str | os.PathLike[str]) -> Path:
     return path.with_name(path.with_suffix("").name + ".previews")
 
 
-def _mask_stamp(dst: Path) -> list[int]:
+def _mask_stamp(dst: Path | str) -> list[Any]:
+    if isinstance(dst, str):  # on a store: the object's (or Zarr's zarr.json's) ETag and date
+        from tileseg.store_objects import version_stamp
+
+        stamp = version_stamp(dst)
+        if stamp is None:
+            raise OSError(f"{dst}: not found on the store")
+        return [stamp]
     # A Zarr mask is a folder renamed into place: its root metadata file says when it was made.
     target = dst / "zarr.json" if dst.is_dir() and (dst / "zarr.json").exists() else dst
     stat = target.stat()
@@ -59,11 +66,13 @@ def scene_picture(dst: str | os.PathLike[str], index: int,
 
     A failure here never fails the scene: the mask is complete, only its picture is missing.
     """
+    from tileseg.naming import source_name
     from tileseg.preview import PreviewConfig, make_preview
+    from tileseg.store import is_store_url
 
-    mask = Path(dst)
+    mask: Path | str = os.fspath(dst) if is_store_url(os.fspath(dst)) else Path(dst)
     folder = previews_dir(summary)
-    png = folder / f"{index + 1:04d}-{mask.name}.png"
+    png = folder / f"{index + 1:04d}-{source_name(str(mask))}.png"
     record = png.with_suffix(".json")
     relative = f"{folder.name}/{png.name}"
     try:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 
 from tileseg.errors import ConfigError, OutputError
 from tileseg.raster import is_remote
+from tileseg.store import is_store_url
 
 PathLike = str | os.PathLike[str]
 NamedPaths = Mapping[str, PathLike | Iterable[PathLike] | None]
@@ -26,14 +27,40 @@ def _real(path: PathLike) -> Path:
     return Path(os.path.realpath(os.path.abspath(os.fspath(path))))
 
 
-def _entries(paths: NamedPaths) -> list[tuple[str, Path, Path]]:
-    out = []
+def object_key(url: str) -> PurePosixPath | None:
+    """A store URL (``s3://``, ``gs://``, ``az://`` or GDAL's ``/vsis3/``...) as a relative path
+    ``scheme:/bucket/key`` with ``.`` and ``..`` resolved, so two spellings of one object compare
+    equal and an object's "folders" are its parents; None for anything else (``https://``)."""
+    for vsi, scheme in (("/vsis3/", "s3"), ("/vsigs/", "gs"), ("/vsiaz/", "az")):
+        if url.startswith(vsi):
+            url = f"{scheme}://{url[len(vsi):]}"
+    if not is_store_url(url):
+        return None
+    scheme, _, rest = url.partition("://")
+    parts: list[str] = []
+    for part in rest.split("/"):
+        if part == "..":
+            if len(parts) > 1:
+                parts.pop()
+        elif part not in ("", "."):
+            parts.append(part)
+    return PurePosixPath(f"{scheme}:", *parts)
+
+
+def _entries(paths: NamedPaths) -> list[tuple[str, Path | str, PurePath]]:
+    out: list[tuple[str, Path | str, PurePath]] = []
     for name, value in paths.items():
         if value is None:
             continue
         items = [value] if isinstance(value, str | os.PathLike) else list(value)
         for item in items:
-            if item is None or is_remote(os.fspath(item)):
+            if item is None:
+                continue
+            text = os.fspath(item)
+            if is_remote(text):  # objects on a store compare by key; other URLs are not checked
+                key = object_key(text)
+                if key is not None:
+                    out.append((name, text, key))
                 continue
             out.append((name, Path(item), _real(item)))
     return out
@@ -49,8 +76,11 @@ def check_distinct_paths(paths: NamedPaths, *, read_only: Iterable[str] = ()) ->
     ----------
     paths
         What each path is (as the user knows it: ``"SRC"``, or the parameter that names it,
-        ``"zarr_path"``, which the CLI shows as its flag) mapped to one path, a list of paths (a
-        raster and its sidecar files) or None (not used). Remote URLs are skipped.
+        ``"zarr_path"``, which the CLI shows as its flag) mapped to one path, a
+        list of paths (a raster and its sidecar files) or None (not used). Object-store URLs
+        (``s3://``, ``gs://``, ``az://``, ``/vsis3/``...) are compared by bucket and key: the same
+        object twice, or one under another's key as under a folder, is refused as for files;
+        other URLs (``https://``) are skipped.
     read_only
         Names that are only read: two of them may overlap (nothing is written there).
 
@@ -67,19 +97,21 @@ def check_distinct_paths(paths: NamedPaths, *, read_only: Iterable[str] = ()) ->
     tileseg.errors.ConfigError: SRC scene.tif and DST scene.tif are the same file; choose another DST
     """
     inputs = set(read_only)
-    by_real: dict[Path, tuple[str, Path]] = {}
-    by_inode: dict[tuple[int, int], tuple[str, Path]] = {}
+    by_real: dict[PurePath, tuple[str, Path | str]] = {}
+    by_inode: dict[tuple[int, int], tuple[str, Path | str]] = {}
 
-    def clash(seen: tuple[str, Path], name: str) -> bool:
+    def clash(seen: tuple[str, Path | str], name: str) -> bool:
         return seen[0] != name and not (seen[0] in inputs and name in inputs)
 
-    def refuse(first: tuple[str, Path], name: str, path: Path, relation: str) -> ConfigError:
+    def refuse(first: tuple[str, Path | str], name: str, path: Path | str,
+               relation: str) -> ConfigError:
         change = name if name not in inputs else first[0]
         # names such as zarr_path are parameters (the CLI shows their flags); SRC, DST not
         params = tuple(n for n in dict.fromkeys((first[0], name))
                        if n.isidentifier() and n.islower())
         if relation == "same":
-            return ConfigError(f"{first[0]} {first[1]} and {name} {path} are the same file; "
+            what = "file" if isinstance(path, Path) else "object"
+            return ConfigError(f"{first[0]} {first[1]} and {name} {path} are the same {what}; "
                                f"choose another {change}", params=params)
         inner, outer = (first, (name, path)) if relation == "first inside" else ((name, path), first)
         return ConfigError(f"{inner[0]} {inner[1]} lies inside {outer[0]} {outer[1]}; choose "
@@ -91,7 +123,7 @@ def check_distinct_paths(paths: NamedPaths, *, read_only: Iterable[str] = ()) ->
         if seen is not None and clash(seen, name):
             raise refuse(seen, name, path, "same")
         try:
-            st = os.stat(real)
+            st = os.stat(real) if isinstance(path, Path) else None
         except OSError:
             st = None
         if st is not None:

@@ -54,6 +54,14 @@ def default_polygons_path(mask: str) -> str:
 
 def check_not_source(dst: str | os.PathLike[str], src: str) -> None:
     """Refuse a destination that is the source file itself (even with ``--overwrite``)."""
+    if "://" in os.fspath(dst) or "://" in src or src.startswith("/vsi"):
+        from tileseg.destination import object_key
+
+        key = object_key(os.fspath(dst))
+        if key is not None and key == object_key(src):
+            raise OutputError(f"{os.fspath(dst)}: is the source mask itself; choose another "
+                              "destination")
+        return
     try:
         same = os.path.samefile(dst, src)
     except OSError:  # either does not exist (or is remote): they cannot be the same file

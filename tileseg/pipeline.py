@@ -53,7 +53,7 @@ from tileseg.run_report import RunReport, Tally, Timings, peak_rss_mb
 from tileseg.scheduler import cluster_client, run_graph, scheduler_address
 from tileseg.staging import STAGING_SUFFIX, LocalStaging, Staging  # noqa: F401 (re-exported)
 from tileseg.store import is_store_url
-from tileseg.styles import publish_raster_styles
+from tileseg.styles import publish_raster_styles, publish_raster_styles_to_store
 
 if TYPE_CHECKING:
     from tileseg.vectorization import VectorizeResult
@@ -203,7 +203,8 @@ def _check_paths(config: PredictConfig) -> None:
     """Every path the run reads or writes, pairwise: none the same file as, or inside, another
     (exit 2), so no output can replace an input, before anything is written."""
     check_distinct_paths(
-        {"SRC": raster_files(config.src), "DST": config.dst, "zarr_path": config.zarr_path,
+        {"SRC": config.src if is_remote(config.src) else raster_files(config.src),
+         "DST": config.dst, "preview": config.preview, "zarr_path": config.zarr_path,
          "vectorize": config.vectorize, "report": config.report, "model": config.model},
         read_only=("SRC", "model"),
     )
@@ -221,11 +222,6 @@ def _staging_for(config: PredictConfig, fmt: str) -> Staging:
     if config.zarr_path and not is_store_url(config.zarr_path):
         raise ConfigError(f"zarr_path {config.zarr_path}: local while DST is on a store; give a "
                           "store URL for zarr_path too", params=("zarr_path",))
-    for option, value in (("vectorize", config.vectorize), ("preview", config.preview)):
-        if value:
-            raise ConfigError(f"{option} is not supported yet with a DST on object storage; "
-                              f"run it afterwards on a local copy of {config.dst}",
-                              params=(option,))
     return StoreStaging(config.dst, config.zarr_path, zarr_dst=fmt == "zarr")
 
 
@@ -250,7 +246,8 @@ def _check_outputs(config: PredictConfig, fmt: str, staging: Staging) -> None:
     if config.vectorize:
         from tileseg.vectorization import check_destination as check_vector_destination
 
-        check_output_folder(config.vectorize, "vectorize path", params=("vectorize",))
+        if not is_store_url(config.vectorize):
+            check_output_folder(config.vectorize, "vectorize path", params=("vectorize",))
         # before the run: --overwrite replaces only a layer tileseg wrote (its marker)
         check_vector_destination(config.vectorize, config.overwrite)
     if config.preview:
@@ -446,7 +443,13 @@ def _publish(config: PredictConfig, plan: Plan, fmt: str, staging: Staging,
     tif_tmp = scratch / ("output" + (Path(dst).suffix or ".tif"))
     zarr_to_geotiff(zarr_store, tif_tmp, cog=fmt == "cog", workdir=scratch)
     # the styles are in place before the mask: a complete mask always has them
-    if not is_store_url(dst):  # on a store: no sidecars (yet)
+    if is_store_url(dst):  # uploaded before the mask, as they are renamed before it locally
+        from tileseg.store_staging import StoreStaging
+
+        assert isinstance(staging, StoreStaging)
+        staging.ensure_lock_held()  # a run that lost its lock uploads nothing
+        publish_raster_styles_to_store(dst, plan.model.metadata.classes, workdir=scratch)
+    else:
         publish_raster_styles(Path(dst), plan.model.metadata.classes, workdir=scratch)
     staging.publish(tif_tmp, zarr_too=config.zarr_path is not None)
     return config.zarr_path

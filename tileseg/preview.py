@@ -31,7 +31,8 @@ from rasterio.enums import ColorInterp, Resampling
 from tileseg import mask as mask_format
 from tileseg.errors import ConfigError, InputError, InputNotFoundError, OutputError
 from tileseg.metadata import ClassInfo
-from tileseg.raster import is_remote
+from tileseg.raster import is_remote, open_dataset
+from tileseg.store import is_store_url, zarr_store
 from tileseg.styles import legend_for, mask_legend
 
 logger = logging.getLogger(__name__)
@@ -99,10 +100,19 @@ class PreviewResult:
 
 
 def check_preview_destination(dst: str | os.PathLike[str], overwrite: bool = True) -> Path:
-    """Fail before any work when a preview cannot be written at ``dst``."""
+    """Fail before any work when a preview cannot be written at ``dst``.
+
+    On an object store (``s3://``...) the bucket must answer (exit 2) and an existing object is
+    replaced only when it is a preview tileseg drew, read from a downloaded copy (exit 4)."""
     out = Path(dst)
     if out.suffix.lower() != ".png":
-        raise OutputError(f"{out}: a preview is a PNG; name it .png")
+        raise OutputError(f"{os.fspath(dst)}: a preview is a PNG; name it .png")
+    if is_store_url(os.fspath(dst)):
+        from tileseg.store_objects import check_object_destination
+
+        check_object_destination(os.fspath(dst), overwrite=overwrite, owned=is_tileseg_png,
+                                 foreign=_foreign_png(dst))
+        return out
     if not out.absolute().parent.is_dir():
         raise OutputError(f"{out}: folder {out.absolute().parent} does not exist; create it first")
     if out.exists() and not overwrite:
@@ -126,11 +136,15 @@ def is_tileseg_png(path: str | os.PathLike[str]) -> bool:
         return False
 
 
+def _foreign_png(out: str | os.PathLike[str]) -> str:
+    return (f"{os.fspath(out)}: exists and is not a preview tileseg drew, so it is left as it "
+            "is; choose another file name or remove it")
+
+
 def check_replaceable_png(out: Path) -> None:
     """A preview replaces only a preview tileseg drew; anything else there stays (exit 4)."""
     if out.is_symlink() or out.is_dir() or (out.exists() and not is_tileseg_png(out)):
-        raise OutputError(f"{out}: exists and is not a preview tileseg drew, so it is left as it "
-                          "is; choose another file name or remove it")
+        raise OutputError(_foreign_png(out))
 
 
 def make_preview(
@@ -181,9 +195,21 @@ def make_preview(
 
     from tileseg import __version__
 
-    check_replaceable_png(out)  # again: a batch draws thumbnails without the CLI's check
     info = PngInfo()
     info.add_text("Software", f"{PNG_MARKER} {__version__}")
+    if is_store_url(os.fspath(dst)):  # drawn locally, uploaded once over what was checked
+        from tileseg.store_objects import staged_object
+
+        url = os.fspath(dst)
+        with staged_object(url, overwrite=True, owned=is_tileseg_png,
+                           foreign=_foreign_png(url)) as local:
+            try:
+                picture.save(local, format="PNG", optimize=False, pnginfo=info)
+            except OSError as exc:  # nothing is uploaded: the with body failed
+                raise OutputError(f"{url}: cannot write the preview ({exc})") from exc
+        return PreviewResult(url, picture.width, picture.height, (map_h, map_w),
+                             (view.height, view.width), areas, config.areas, approximate)
+    check_replaceable_png(out)  # again: a batch draws thumbnails without the CLI's check
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         picture.save(tmp, format="PNG", optimize=False, pnginfo=info)
@@ -233,7 +259,7 @@ class _MaskView:
                 if len(sel):
                     out[sel] = array.get_orthogonal_selection((r_idx[sel], c_idx))
             return out
-        with rasterio.open(self.path) as src:
+        with open_dataset(self.path) as src:
             return src.read(1, out_shape=(height, width), resampling=Resampling.nearest)
 
     def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
@@ -245,7 +271,7 @@ class _MaskView:
                 for c in range(0, self.width, cw):
                     yield r, np.asarray(array[r : r + ch, c : c + cw])
             return
-        with rasterio.open(self.path) as src:
+        with open_dataset(self.path) as src:
             for _, window in src.block_windows(1):
                 yield int(window.row_off), src.read(1, window=window)
 
@@ -253,17 +279,23 @@ class _MaskView:
 def _zarr_mask(path: str) -> Any:
     import zarr
 
-    return zarr.open_group(path, mode="r")["mask"]
+    return zarr.open_group(zarr_store(path, read_only=True), mode="r")["mask"]
+
+
+def is_store_zarr(url: str) -> bool:
+    from tileseg.store_objects import is_store_zarr as on_store
+
+    return on_store(url)
 
 
 def _open_view(path: str) -> _MaskView:
     if not is_remote(path) and not os.path.exists(path):
         raise InputNotFoundError(f"{path}: no such file or directory; check the mask path")
-    if os.path.isdir(path):
+    if os.path.isdir(path) or (is_store_url(path) and is_store_zarr(path)):
         try:
             import zarr
 
-            root: Any = zarr.open_group(path, mode="r")
+            root: Any = zarr.open_group(zarr_store(path, read_only=True), mode="r")
             facts: dict[str, Any] = dict(root.attrs[mask_format.ZARR_ATTRIBUTE])
             shape = root["mask"].shape
         except Exception as exc:  # zarr raises several unrelated types for a broken store
@@ -275,7 +307,7 @@ def _open_view(path: str) -> _MaskView:
                          None if nodata is None else int(nodata), Affine(*facts["transform"][:6]),
                          crs)
     try:
-        src = rasterio.open(path)
+        src = open_dataset(path)
     except rasterio.errors.RasterioIOError:
         raise InputError(f"{path}: not a raster GDAL can open; pass a mask written by predict") from None
     with src:
@@ -403,7 +435,7 @@ def render_source(path: str, view: _MaskView, shape: tuple[int, int],
     if not is_remote(path) and not os.path.exists(path):
         raise InputNotFoundError(f"{path}: no such file; check over", params=("over",))
     try:
-        src = rasterio.open(path)
+        src = open_dataset(path)
     except rasterio.errors.RasterioIOError:
         raise InputError(f"{path}: not a raster GDAL can open; check over",
                          params=("over",)) from None

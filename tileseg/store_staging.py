@@ -249,6 +249,15 @@ class StoreStaging:
         return False
 
     # -- publish -----------------------------------------------------------------------------
+    def ensure_lock_held(self) -> None:
+        """Before anything is published beside ``dst`` (style sidecars): this run still holds
+        its lock, else :class:`RunError` (exit 5) and nothing is uploaded."""
+        lost = [held.location.url for held in self._locks if held.lost]
+        if lost:  # another run may have taken over: publishing now could mix two runs
+            raise RunError(f"{lost[0]}: this run lost its lock (the lease could not be renewed); "
+                           "rerun with resume once the store answers again",
+                           params=("resume",))
+
     def publish(self, built: Path | str, zarr_too: bool) -> None:
         """Upload a built GeoTIFF/COG (one PUT or one multipart upload that completes last) to
         ``dst``; a Zarr is already in place. Then delete the staging prefix."""

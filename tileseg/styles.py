@@ -57,15 +57,17 @@ def mask_legend(path: str | os.PathLike[str]) -> tuple[ClassInfo, ...]:
     raster with a colour table but no tileseg tag yields one class per entry that is not fully
     transparent (named ``class_<value>``).
     """
+    from tileseg.raster import open_dataset
+    from tileseg.store import is_store_url, zarr_store
+
     path = os.fspath(path)
-    if os.path.isdir(path):  # a Zarr mask: the group attribute holds the classes
-        import zarr
+    if os.path.isdir(path) or (is_store_url(path) and _store_zarr(path)):
+        import zarr  # a Zarr mask: the group attribute holds the classes
 
-        facts = mask_format.read_facts(zarr.open_group(path, mode="r")) or {}
+        root = zarr.open_group(zarr_store(path, read_only=True), mode="r")
+        facts = mask_format.read_facts(root) or {}
         return classes_from_json(facts.get("classes", []))
-    import rasterio
-
-    with rasterio.open(path) as src:
+    with open_dataset(path) as src:
         try:
             tagged = mask_format.classes_from_tags(src.tags())
             if tagged is not None:
@@ -80,6 +82,12 @@ def mask_legend(path: str | os.PathLike[str]) -> tuple[ClassInfo, ...]:
     return tuple(ClassInfo(v, f"class_{v}", (int(r), int(g), int(b)))
                  for v, (r, g, b, a) in sorted(cmap.items())
                  if a > 0 and v != nodata and (r, g, b) != (0, 0, 0))
+
+
+def _store_zarr(url: str) -> bool:
+    from tileseg.store_objects import is_store_zarr
+
+    return is_store_zarr(url)
 
 
 def hex_color(color: Sequence[int]) -> str:
@@ -259,6 +267,50 @@ def publish_raster_styles(dst: str | os.PathLike[str], classes: Sequence[ClassIn
         tmp = Path(workdir) / f"style-{target.name}"
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, target)
+        written.append(target)
+    return written
+
+
+def publish_raster_styles_to_store(dst: str, classes: Sequence[ClassInfo], *,
+                                   workdir: str | os.PathLike[str]) -> list[str]:
+    """:func:`publish_raster_styles` for a mask about to be uploaded to ``dst`` on an object
+    store: each sidecar is uploaded (one conditional PUT, :mod:`tileseg.store_objects`) before
+    the mask, under the same rules: the ``.aux.xml`` replaced when absent, tileseg's or beside
+    the tileseg mask being replaced, the ``.qml`` only when tileseg wrote it (read from a
+    downloaded copy); a user's sidecar is kept with a warning. Returns the URLs written."""
+    from pathlib import PurePosixPath
+
+    from tileseg.errors import OutputError
+    from tileseg.store import StoreLocation, exists
+    from tileseg.store_objects import inspect_object, upload_checked
+
+    if not classes:
+        return []
+    where = StoreLocation.parse(dst)
+    qml_key = str(PurePosixPath(where.key).with_suffix(".qml"))
+    aux, qml = f"{dst}.aux.xml", f"{where.root}/{qml_key}"
+    replacing_mask = exists(where)  # tileseg's own, or staging would have refused
+
+    def aux_mine(path: Path) -> bool:
+        return replacing_mask or AUX_MARKER in path.read_text(encoding="utf-8", errors="replace")
+
+    written = []
+    for target, text, mine in ((aux, pam_xml(classes), aux_mine),
+                               (qml, raster_qml(classes), is_tileseg_qml)):
+        state = inspect_object(target, mine)
+        if state is None:
+            logger.warning("%s: kept (not written by tileseg); delete it to get the class "
+                           "palette", target)
+            continue
+        local = Path(workdir) / f"style-{PurePosixPath(target).name}"
+        local.write_text(text, encoding="utf-8")
+        try:
+            upload_checked(local, state, owned=mine, foreign=target)
+        except OutputError as exc:  # someone put a file there meanwhile: theirs stays
+            logger.warning("%s; delete it to get the class palette", exc)
+            continue
+        finally:
+            local.unlink(missing_ok=True)
         written.append(target)
     return written
 

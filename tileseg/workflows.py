@@ -162,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             config = BatchConfig(output_dir=args.output_dir, suffix=args.suffix,
                                  defaults=defaults,
-                                 summary=args.summary or default_summary_path(args.manifest),
+                                 summary=args.summary or default_summary_path(args.manifest,
+                                                                         args.output_dir),
                                  concurrent_scenes=args.concurrent_scenes,
                                  scheduler=None if args.local_workers or args.slurm_jobs
                                  else args.scheduler)

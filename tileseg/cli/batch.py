@@ -15,6 +15,7 @@ Examples:
   tileseg batch scenes.txt --output-dir masks/ --model models/landcover
   tileseg batch scenes.csv --scheduler tcp://scheduler:8786 --summary runs/summary.json
   tileseg batch scenes.yaml --concurrent-scenes 2   # per-scene model, bands, overlap...
+  tileseg batch s3://jobs/scenes.txt --output-dir s3://results/run1/   # all on the store
 
 \b
 Manifests (relative paths are relative to the manifest's folder):
@@ -33,11 +34,12 @@ SUMMARY.previews/), its status, tiles, time and area per class.
 @click.command(epilog=EPILOG)
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option("--output-dir", "-o", type=click.Path(file_okay=False),
-              help="Folder for scenes without a dst (text manifests).")
+              help="Folder (or s3:// prefix) for scenes without a dst (text manifests).")
 @click.option("--suffix", default="_mask.tif", show_default=True,
               help="Destination name <src stem><suffix> (.tif, .zarr...).")
 @click.option("--summary", type=click.Path(dir_okay=False),
-              help="JSON summary path, a CSV beside it. Default: MANIFEST's name + .summary.json.")
+              help="JSON summary path, a CSV beside it. Default: MANIFEST's name + .summary.json "
+              "beside MANIFEST, or under --output-dir when that is an s3:// prefix.")
 @click.option("--model", "-m", help="Default model directory (a scene's model overrides it).")
 @click.option("--bands", callback=int_list, help="Default 1-based bands, e.g. 4,3,2.")
 @click.option("--tile-size", type=int, help="Default tile size in pixels.")
@@ -77,7 +79,8 @@ def command(manifest: str, output_dir: str | None, suffix: str, summary: str | N
         ).items() if v is not None
     }
     config = BatchConfig(output_dir=output_dir, suffix=suffix, defaults=defaults,
-                         scheduler=scheduler, summary=summary or default_summary_path(manifest),
+                         scheduler=scheduler,
+                         summary=summary or default_summary_path(manifest, output_dir),
                          concurrent_scenes=concurrent_scenes, previews=not no_previews)
 
     def echo(scene: object, result: SceneResult) -> None:

@@ -95,8 +95,8 @@ def command(src: str, dst: str | None, model: str | None, fmt: OutputFormat | No
     """Segment SRC (any GDAL raster) into a class mask DST (GeoTIFF/COG or Zarr).
 
     DST defaults to SRC's name with .mask.tif (.mask.zarr for --format zarr) in the current
-    folder, e.g. scene.tif -> ./scene.mask.tif. SRC, DST, --zarr and --report may be s3://
-    (gs://, az://) URLs; see the README, "Outputs on object storage".
+    folder, e.g. scene.tif -> ./scene.mask.tif. SRC, DST, --zarr, --vectorize, --preview and
+    --report may be s3:// (gs://, az://) URLs; see the README, "Outputs on object storage".
     """
     from tileseg.naming import default_mask_path
     from tileseg.pipeline import predict

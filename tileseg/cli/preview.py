@@ -28,7 +28,8 @@ ellipsoid ('~' in the legend); without a CRS only percentages are shown.
 @click.command(epilog=EPILOG)
 @click.argument("mask")
 @click.option("--output", "-o", type=click.Path(dir_okay=False),
-              help="PNG to write. Default: MASK's name with .png, beside it.")
+              help="PNG to write (a path or an s3:// URL). Default: MASK's name with .png, "
+              "beside it (on the store too).")
 @click.option("--over", help="Raster to draw beneath the classes (usually predict's SRC).")
 @click.option("--bands", callback=int_list,
               help="--over bands as red,green,blue (or one for grey). Default: the bands tagged "
@@ -52,8 +53,15 @@ def command(mask: str, output: str | None, over: str | None, bands: tuple[int, .
     config = PreviewConfig(size=size, over=over, bands=bands, opacity=opacity,
                            areas=areas,  # type: ignore[arg-type]
                            legend=not no_legend)
-    dst = output or str(Path(mask.rstrip("/")).with_suffix(".png"))
+    dst = output or _beside(mask.rstrip("/"), ".png")
     result = make_preview(mask, dst, config)
     if not quiet:
         click.echo(f"{result.path}: {result.width}x{result.height} px, "
                    f"{len(result.areas)} classes", err=True)
+
+
+def _beside(mask: str, suffix: str) -> str:
+    if "://" in mask:  # an object URL: the same prefix, only the name's extension changes
+        head, _, name = mask.rpartition("/")
+        return f"{head}/{Path(name).with_suffix(suffix).name}"
+    return str(Path(mask).with_suffix(suffix))

@@ -17,6 +17,7 @@ Examples:
   tileseg vectorize mask.zarr buildings.parquet --classes 3 --min-area 20 --connectivity 8
   tileseg vectorize mask.tif fields.fgb --min-area 500 --min-area-unit map --simplify 1
   tileseg vectorize mask.tif water.geojson --classes 1 --to-crs EPSG:4326
+  tileseg vectorize s3://results/t32.zarr s3://results/t32.gpkg   # on the store, one upload
 """
 
 

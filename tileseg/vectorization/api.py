@@ -17,6 +17,8 @@ import shapely
 from tileseg.errors import ConfigError, InputError
 from tileseg.naming import check_not_source
 from tileseg.progress import Progress, ProgressCallback
+from tileseg.raster import is_remote
+from tileseg.store import is_store_url
 from tileseg.styles import legend_for, mask_legend
 from tileseg.vectorization.merge import Components, merge_pieces
 from tileseg.vectorization.polygons import (
@@ -154,8 +156,6 @@ def vectorize(
     ...           VectorizeConfig(classes=(3,), min_area=20, connectivity=8))  # doctest: +SKIP
     VectorizeResult(dst='buildings.gpkg', features=1812, ...)
     """
-    from tileseg.runlock import exclusive_run
-
     config = config or VectorizeConfig()
     started = time.perf_counter()
     if not isinstance(src, MaskSource):
@@ -165,8 +165,9 @@ def vectorize(
     if fmt == "geojson" and config.to_crs is None and source.crs_wkt:
         config = replace(config, to_crs=GEOJSON_CRS)
     # One run per destination: a second one stops (exit 75) instead of racing for the rename.
-    with exclusive_run(Path(dst)):
-        remove_stale_partials(Path(dst))
+    with _destination_lock(dst):
+        if not is_store_url(os.fspath(dst)):
+            remove_stale_partials(Path(dst))
         polygons = polygonize(source, config, progress=progress)
         # QGIS colours a GeoPackage by class on opening: the mask's palette, defaults for the rest
         style = legend_for(mask_legend(source.path), polygons.fields["class_id"])
@@ -184,6 +185,17 @@ def vectorize(
     logger.info("%s: %d polygons from %d chunks in %.1f s", result.dst, result.features,
                 result.chunks, result.seconds)
     return result
+
+
+def _destination_lock(dst: str | os.PathLike[str]) -> Any:
+    """The run lock of ``dst``: a lock file beside a local layer, a lease lock object on a store."""
+    if is_store_url(os.fspath(dst)):
+        from tileseg.store_objects import object_lock
+
+        return object_lock(os.fspath(dst))
+    from tileseg.runlock import exclusive_run
+
+    return exclusive_run(Path(dst))
 
 
 def polygonize(
@@ -268,7 +280,7 @@ def build_tasks(source: MaskSource, windows: Sequence[ChunkWindow],
     classes = ClassFilter(config.classes, dropped, source.nodata)
     stride = max(w.height * w.width for w in windows) + 1  # more than any chunk's label count
     probabilities = config.probabilities and source.has_probabilities
-    stamp = os.stat(source.path).st_mtime_ns  # a rewritten mask must not reuse cached results
+    stamp = _stamp(source.path)  # a rewritten mask must not reuse cached results
     token = tokenize(source, stamp, classes, config.connectivity, stride, probabilities)
     task = dask.delayed(vectorize_chunk, pure=True)
     return [
@@ -276,6 +288,17 @@ def build_tasks(source: MaskSource, windows: Sequence[ChunkWindow],
              dask_key_name=f"tileseg-vectorize-chunk-{token}-{w.index}")
         for w in windows
     ]
+
+
+def _stamp(path: str) -> int | str | None:
+    """When the mask was last written: a file's mtime, an object's ETag and date."""
+    if is_store_url(path):
+        from tileseg.store_objects import version_stamp
+
+        return version_stamp(path)
+    if is_remote(path):
+        return None
+    return os.stat(path).st_mtime_ns
 
 
 def compute_tasks(tasks: list[Any], scheduler: str | Any | None, workers: int | None,

@@ -18,6 +18,8 @@ from affine import Affine
 
 from tileseg import mask as mask_format
 from tileseg.errors import InputError, InputNotFoundError
+from tileseg.raster import gdal_message, is_remote, open_dataset
+from tileseg.store import is_store_url, zarr_store
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +61,7 @@ class MaskSource:
             array = _zarr_array(self.path, "mask")
             return np.asarray(array[row_off : row_off + height, col_off : col_off + width])
         window = rasterio.windows.Window(col_off, row_off, width, height)
-        with rasterio.open(self.path) as src:
+        with open_dataset(self.path) as src:
             return src.read(1, window=window)
 
     def read_probabilities(self, row_off: int, col_off: int, height: int,
@@ -76,6 +78,14 @@ def open_mask(path: str | os.PathLike[str]) -> MaskSource:
     a single-band integer raster or an incomplete tileseg Zarr.
     """
     path = os.fspath(path)
+    if is_store_url(path):
+        from tileseg.store_objects import is_store_zarr
+
+        # a Zarr mask through zarr's obstore-backed store, a GeoTIFF/COG through GDAL's /vsis3/
+        path = path.rstrip("/") if path.rstrip("/").endswith(".zarr") else path
+        return _open_zarr(path) if is_store_zarr(path) else _open_gdal(path)
+    if is_remote(path):
+        return _open_gdal(path)
     if not os.path.exists(path):
         raise InputNotFoundError(f"{path}: no such file or directory; check the mask path")
     is_zarr = os.path.isdir(path) and (
@@ -85,8 +95,11 @@ def open_mask(path: str | os.PathLike[str]) -> MaskSource:
 
 def _open_gdal(path: str) -> MaskSource:
     try:
-        src = rasterio.open(path)
-    except rasterio.errors.RasterioIOError:
+        src = open_dataset(path)
+    except rasterio.errors.RasterioIOError as exc:
+        if is_remote(path):
+            raise InputError(f"{path}: cannot be read ({gdal_message(exc)}); check the URL, the "
+                             "credentials and AWS_ENDPOINT_URL") from None
         raise InputError(
             f"{path}: not a raster GDAL can open; pass a GeoTIFF or Zarr mask written by predict"
         ) from None
@@ -128,7 +141,7 @@ def _open_zarr(path: str) -> MaskSource:
     import zarr
 
     try:
-        root = zarr.open_group(path, mode="r")
+        root = zarr.open_group(zarr_store(path, read_only=True), mode="r")
     except Exception as exc:  # zarr raises several unrelated types for a broken store
         raise InputError(f"{path}: not a readable Zarr group ({exc}); pass a mask written by "
                          "predict") from None
@@ -153,7 +166,8 @@ def _open_zarr(path: str) -> MaskSource:
             scale = float(factor)
     nodata = facts.get("nodata")
     return MaskSource(
-        path=str(Path(path)), kind="zarr", height=int(mask.shape[0]), width=int(mask.shape[1]),
+        path=path if is_remote(path) else str(Path(path)), kind="zarr",
+        height=int(mask.shape[0]), width=int(mask.shape[1]),
         dtype=dtype.name, nodata=None if nodata is None else int(nodata),
         transform=Affine(*facts["transform"][:6]), crs_wkt=facts.get("crs_wkt") or None,
         class_names=mask_format.class_names(facts.get("classes", [])),
@@ -166,7 +180,9 @@ def _zarr_array(path: str, name: str, root: Any = None) -> Any:
     """The array ``name`` of the Zarr group at ``path`` (a sub-group there is an input error)."""
     import zarr
 
-    node = (root if root is not None else zarr.open_group(path, mode="r"))[name]
+    if root is None:
+        root = zarr.open_group(zarr_store(path, read_only=True), mode="r")
+    node = root[name]
     if not isinstance(node, zarr.Array):
         raise InputError(f"{path}: '{name}' is a group, not an array; rewrite it with predict")
     return node

@@ -13,6 +13,10 @@ layer, never a user's file that happens to have the destination's name:
 * GeoJSON: a ``"tileseg"`` foreign member of the FeatureCollection (RFC 7946, section 6.1)
 
 Each holds JSON: ``{"writer": "tileseg", "version": ..., "mask": ...}``.
+
+A destination on an object store (``s3://``, ``gs://``, ``az://``) is written to a local
+temporary file and uploaded once (:mod:`tileseg.store_objects`): the object appears whole or not
+at all. An existing object is proved tileseg's by downloading it and reading the same marker.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import shapely
 
 from tileseg.errors import DestinationBusyError, OutputError
 from tileseg.metadata import ClassInfo
+from tileseg.store import is_store_url
 from tileseg.styles import add_layer_style
 
 logger = logging.getLogger(__name__)
@@ -68,6 +73,12 @@ def check_destination(path: str | os.PathLike[str], overwrite: bool) -> VectorFo
     :class:`OutputError` (exit 4).
     """
     fmt = format_for(path)
+    if is_store_url(os.fspath(path)):
+        from tileseg.store_objects import check_object_destination
+
+        check_object_destination(os.fspath(path), overwrite=overwrite, owned=_is_layer,
+                                 foreign=_foreign(path))
+        return fmt
     dst = Path(path)
     if dst.is_dir():
         raise OutputError(f"{dst}: is a directory; pass a file name such as polygons.gpkg")
@@ -75,12 +86,19 @@ def check_destination(path: str | os.PathLike[str], overwrite: bool) -> VectorFo
         raise OutputError(f"{dst}: already exists; pass overwrite to replace it",
                           params=("overwrite",))
     if dst.exists() and read_marker(dst) is None:
-        raise OutputError(f"{dst}: exists and is not a polygon layer tileseg wrote (no tileseg "
-                          "marker), so overwrite leaves it; choose another DST or remove it",
-                          params=("overwrite",))
+        raise OutputError(_foreign(dst), params=("overwrite",))
     if not dst.parent.is_dir():
         raise OutputError(f"{dst.parent}: folder does not exist; create it first")
     return fmt
+
+
+def _foreign(dst: str | os.PathLike[str]) -> str:
+    return (f"{os.fspath(dst)}: exists and is not a polygon layer tileseg wrote (no tileseg "
+            "marker), so overwrite leaves it; choose another DST or remove it")
+
+
+def _is_layer(path: Path) -> bool:
+    return read_marker(path) is not None
 
 
 def read_marker(path: str | os.PathLike[str]) -> dict[str, Any] | None:
@@ -200,8 +218,18 @@ def write_layer(
     A GeoPackage also gets ``style`` (the classes' names and colours) as its default QGIS layer
     style, written before the rename like the features. ``marker`` (default: writer and
     version) is stored as the module docstring says; it is what lets a later ``overwrite``
-    prove the file is tileseg's.
+    prove the file is tileseg's. A ``path`` on an object store is written locally and uploaded
+    once, only over what the check found (see :mod:`tileseg.store_objects`).
     """
+    if is_store_url(os.fspath(path)):
+        from tileseg.store_objects import staged_object
+
+        format_for(path)  # the destination itself is checked once the layer is written
+        with staged_object(os.fspath(path), overwrite=overwrite, owned=_is_layer,
+                           foreign=_foreign(path)) as local:
+            write_layer(local, geometry, fields, crs_wkt, overwrite=False, style=style,
+                        marker=marker)
+        return
     fmt = check_destination(path, overwrite)
     from tileseg.deps import require
 
