@@ -470,4 +470,5 @@ def test_killed_driver_resumes_from_the_store_at_once(s3: S3Server, make_raster,
                                                Key="killed-driver/out.tif")["Body"].read())
     with rasterio.open(fetched) as out:
         np.testing.assert_array_equal(out.read(1), expected)
-    assert _keys(s3, "killed-driver/") == ["killed-driver/out.tif"]  # no lock, no staging left
+    assert _keys(s3, "killed-driver/") == ["killed-driver/out.qml", "killed-driver/out.tif",
+                                        "killed-driver/out.tif.aux.xml"]  # no lock, no staging
