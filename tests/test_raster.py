@@ -34,3 +34,25 @@ def test_a_window_outside_the_raster_is_an_input_error(make_raster) -> None:
     info = open_raster(make_raster(np.zeros((1, 4, 4), np.uint8)))
     with WindowReader(info) as reader, pytest.raises(InputError, match="outside the raster"):
         reader.read(Rect(10, 10, 2, 2))
+
+
+def test_an_open_dataset_is_handed_on_within_one_run_only(make_raster) -> None:
+    from tileseg.raster import release_datasets
+
+    info = open_raster(make_raster(np.zeros((1, 8, 8), np.uint8)))
+    with WindowReader(info, run="run-a") as first:
+        kept = first._src
+    with WindowReader(info, run="run-a") as again:
+        assert again._src is kept  # the next chunk of the run reads through the same dataset
+    with WindowReader(info, run="run-b") as other:
+        assert other._src is not kept  # another run (maybe of a replaced file) opens its own
+    with pytest.raises(InputError), WindowReader(info, run="run-a") as failing:
+        assert failing._src is kept
+        failing.read(Rect(50, 50, 2, 2))
+    assert kept.closed  # a reader that failed hands nothing on
+    with WindowReader(info, run="run-a") as fresh:
+        assert fresh._src is not kept
+        kept = fresh._src
+    release_datasets("run-a")
+    release_datasets("run-b")
+    assert kept.closed

@@ -132,3 +132,24 @@ def test_an_unreachable_endpoint_is_one_clear_error(s3: tuple[S3Server, Path],
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: nothing there
     with pytest.raises(InputError, match="scene.tif: cannot be read .*Could not connect.*AWS_ENDPOINT_URL"):
         open_raster(f"s3://{BUCKET}/scenes/scene.tif")
+
+
+def test_chunks_of_one_run_fetch_the_blocks_they_share_once(
+        s3: tuple[S3Server, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tileseg.raster
+
+    server, local = s3
+    src = f"s3://{BUCKET}/scenes/scene.tif"
+    model = per_pixel_model(3, 5, scale=1 / 255)
+    # 3 x 3 chunks of 256 px over 256-px blocks: each halo reaches into its neighbours' blocks
+    server.traffic.reset()
+    predict(_config(src, tmp_path / "shared.tif"), model=model)
+    shared = server.traffic.bytes_out / local.stat().st_size
+    # the same run with every chunk opening the raster afresh, as before datasets were handed on
+    monkeypatch.setattr(tileseg.raster._DATASETS, "MAX_IDLE", 0)
+    server.traffic.reset()
+    predict(_config(src, tmp_path / "fresh.tif"), model=model)
+    fresh = server.traffic.bytes_out / local.stat().st_size
+    assert shared <= 1.05, (shared, fresh)
+    assert fresh > 1.3 * shared, (shared, fresh)  # the comparison measures something
+    assert tileseg.raster._DATASETS._idle == []  # the run closed what it kept

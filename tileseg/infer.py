@@ -283,9 +283,12 @@ class ChunkLogits:
 
 
 def infer_chunk_logits(
-    runtime: Runtime, raster: RasterInfo, grid: TileGrid, row: int, col: int
+    runtime: Runtime, raster: RasterInfo, grid: TileGrid, row: int, col: int, run: str = ""
 ) -> ChunkLogits:
-    """Infer every tile whose core lies in chunk ``(row, col)`` and sum their weighted logits."""
+    """Infer every tile whose core lies in chunk ``(row, col)`` and sum their weighted logits.
+
+    ``run``: the run's id, under which the open raster is handed on to its next chunk here.
+    """
     extent = grid.chunk_extent(row, col)
     classes = runtime.model.metadata.num_classes
     dev = runtime.device
@@ -297,7 +300,7 @@ def infer_chunk_logits(
     weight_sum = torch.zeros((extent.height, extent.width), dtype=torch.float32, device=dev)
     tiles = grid.chunk_tiles_of(row, col)
     done = 0
-    with WindowReader(raster) as reader, torch.inference_mode():
+    with WindowReader(raster, run or None) as reader, torch.inference_mode():
         batches = iter_batches(reader, grid, tiles, extent, runtime.context, runtime.batch_size,
                                dev.type == "cuda")
         for batch in prefetch(batches):

@@ -26,7 +26,7 @@ import os
 import threading
 import uuid
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +136,9 @@ class Job:
     nodata: int
     work_dir: str
     zarr_path: str
+    # this run's own id: the open datasets chunk tasks hand on (tileseg.raster) are this run's
+    # only; not part of the token, so graph names stay the same for the same job
+    run: str = ""
 
     def runtime(self) -> Runtime:
         # every field that shapes the runtime, as frozen values: the key is never listed by hand
@@ -152,7 +155,7 @@ class Job:
 
     @property
     def token(self) -> str:
-        return tokenize(self)
+        return tokenize(replace(self, run=""))
 
 
 class WorkDir:
@@ -342,7 +345,7 @@ def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
     failure: Exception | None = None
     try:
         runtime = job.runtime()
-        result = infer_chunk_logits(runtime, job.raster, grid, row, col)
+        result = infer_chunk_logits(runtime, job.raster, grid, row, col, run=job.run)
     except TilesegError as exc:
         if not isinstance(exc, InputError):  # model/config errors: the same for every chunk
             raise

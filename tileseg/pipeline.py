@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,7 +49,8 @@ from tileseg.outputs import (
 )
 from tileseg.ownership import check_replaceable
 from tileseg.progress import ProgressCallback
-from tileseg.raster import RasterInfo, is_remote, open_dataset, open_raster
+from tileseg.raster import (RasterInfo, is_remote, open_dataset, open_raster,
+                            release_datasets)
 from tileseg.run_report import RunReport, Tally, Timings, peak_rss_mb
 from tileseg.scheduler import cluster_client, run_graph, scheduler_address
 from tileseg.staging import STAGING_SUFFIX, LocalStaging, Staging  # noqa: F401 (re-exported)
@@ -351,15 +353,19 @@ def predict(
             return PredictResult(config.dst, config.zarr_path, plan.grid.num_tiles, 0, 0,
                                  plan.grid.num_chunks, 0.0, {"status": "already complete"})
         _stage(config, plan, staging, fingerprint)
-        mosaic = build_graph(_job(config, plan, staging))
+        job = _job(config, plan, staging)
+        mosaic = build_graph(job)
         timings = Timings(started, graph_built=time.perf_counter())
         tally = Tally.for_run(plan, open_work_dir(staging.work_path), progress,
                               timings.graph_built)
         logger.info("%d tiles in %d chunks (%d already done); graph of %d tasks",
                     plan.grid.num_tiles, plan.grid.num_chunks, tally.chunks_done_before,
                     len(mosaic.graph))
-        run_graph(mosaic, config.scheduler, config.workers, tally.on_result, client=run_client,
-                  device=config.device)
+        try:
+            run_graph(mosaic, config.scheduler, config.workers, tally.on_result,
+                      client=run_client, device=config.device)
+        finally:  # worker processes close theirs when idle (tileseg.raster._DatasetPool)
+            release_datasets(job.run)
         timings.computed, timings.rss_compute_mb = time.perf_counter(), peak_rss_mb()
         zarr_out = _publish(config, plan, fmt, staging, fingerprint)
         timings.finished = time.perf_counter()
@@ -427,6 +433,7 @@ def _job(config: PredictConfig, plan: Plan, staging: Staging) -> Job:
         work_dir=open_work_dir(staging.work_path).location,
         zarr_path=(zarr_store if isinstance(zarr_store := staging.zarr_store, str)
                    else str(zarr_store.absolute())),
+        run=uuid.uuid4().hex,
     )
 
 

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,29 +248,108 @@ def _check_nodata_fits(path: str, nodata: float, dtype: str) -> None:
                              params=("nodata",))
 
 
+class _DatasetPool:
+    """Open datasets of one run, kept between its chunk tasks in this process.
+
+    GDAL's block cache belongs to an open dataset: a chunk that opens the raster afresh
+    fetches and decodes again the blocks its halo shares with the chunk before it, which on
+    object storage means downloading them again. A dataset is lent to one reader at a time;
+    the key holds the run's id, so no later run (which may read a replaced file) ever gets a
+    handle of an earlier one. Idle handles are few and short-lived: ``MAX_IDLE`` at most,
+    closed after ``MAX_IDLE_S`` unused or when the run ends (:func:`release_datasets`).
+    """
+
+    MAX_IDLE = 4
+    MAX_IDLE_S = 30.0
+
+    def __init__(self) -> None:
+        self._idle: list[tuple[tuple[str, str], float, Any]] = []
+        self._lock = threading.Lock()
+        self._janitor: threading.Thread | None = None
+
+    def take(self, key: tuple[str, str]) -> Any | None:
+        with self._lock:
+            for i, (k, _, ds) in enumerate(self._idle):
+                if k == key:
+                    del self._idle[i]
+                    return ds
+        return None
+
+    def give(self, key: tuple[str, str], ds: Any) -> None:
+        with self._lock:
+            self._idle.append((key, time.monotonic(), ds))
+            surplus = self._idle[: max(0, len(self._idle) - self.MAX_IDLE)]
+            del self._idle[: len(surplus)]
+            if self._janitor is None or not self._janitor.is_alive():
+                self._janitor = threading.Thread(target=self._expire, name="tileseg-datasets",
+                                                 daemon=True)
+                self._janitor.start()
+        for _, _, old in surplus:
+            old.close()
+
+    def release(self, run: str) -> None:
+        self._close_where(lambda key, _: key[0] == run)
+
+    def _expire(self) -> None:
+        while True:
+            time.sleep(self.MAX_IDLE_S / 3)
+            limit = time.monotonic() - self.MAX_IDLE_S
+            if not self._close_where(lambda _, since: since < limit):
+                return
+
+    def _close_where(self, stale: Any) -> bool:
+        """Close the idle handles ``stale(key, idle_since)`` picks; True while any stay idle."""
+        with self._lock:
+            closing = [entry for entry in self._idle if stale(entry[0], entry[1])]
+            self._idle = [entry for entry in self._idle if not stale(entry[0], entry[1])]
+            remaining = bool(self._idle)
+        for _, _, ds in closing:
+            ds.close()
+        return remaining
+
+
+_DATASETS = _DatasetPool()
+
+
+def release_datasets(run: str) -> None:
+    """Close the datasets kept for run ``run`` in this process (called when the run ends)."""
+    _DATASETS.release(run)
+
+
 class WindowReader:
     """Reads windows of a raster, padding past its edges by reflection.
 
     One reader per thread: it keeps the dataset open, so GDAL's block cache serves the rows that
-    overlapping windows share instead of decoding the blocks again.
+    overlapping windows share instead of decoding the blocks again. With ``run`` set, the
+    dataset (and so its cached blocks) is handed on to the next reader of the same run in this
+    process, so neighbouring chunks fetch their shared halo blocks once.
     """
 
-    def __init__(self, info: RasterInfo) -> None:
+    def __init__(self, info: RasterInfo, run: str | None = None) -> None:
         self.info = info
+        self._key = (run, info.path) if run else None
+        pooled = _DATASETS.take(self._key) if self._key else None
+        if pooled is not None:
+            self._src = pooled
+            return
         # GDAL decodes the blocks of one read on several cores (GTiff/COG reads the setting when
         # the dataset opens): one core decodes a deflate scene too slowly to keep a GPU busy
         with rasterio.Env(GDAL_NUM_THREADS=decode_threads()):
             # every chunk task opens one: only an ungeoreferenced raster needs the warnings lock
             self._src = open_dataset(info.path, quiet=info.crs_wkt is None)
 
-    def close(self) -> None:
-        self._src.close()
+    def close(self, reusable: bool = False) -> None:
+        if reusable and self._key is not None:
+            _DATASETS.give(self._key, self._src)
+        else:
+            self._src.close()
 
     def __enter__(self) -> WindowReader:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        # a reader that failed may hold a dataset in a bad state: that one is not lent again
+        self.close(reusable=exc_type is None)
 
     def read(self, rect: Rect) -> tuple[np.ndarray, np.ndarray]:
         """Read ``rect`` (may reach outside the raster) as ``(data, valid)``.
