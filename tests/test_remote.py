@@ -76,8 +76,7 @@ def test_a_chunk_fetches_each_block_once(s3: tuple[S3Server, Path], tmp_path: Pa
     server, local = s3
     server.traffic.reset()
     # One chunk holds the whole raster: every block it needs is fetched once, so the bytes
-    # fetched are the file's (plus header re-reads), not a multiple. Across several chunks a
-    # halo re-reads border blocks; benchmarks/bench_remote.py measures that ratio.
+    # fetched are the file's (plus header re-reads), not a multiple. Several chunks: below.
     predict(_config(f"s3://{BUCKET}/scenes/scene.tif", tmp_path / "m.tif", chunk_size=1024),
             model=per_pixel_model(3, 5, scale=1 / 255))
     ratio = server.traffic.bytes_out / local.stat().st_size
