@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tileseg.batch import default_summary_path
 from tileseg.workflows import parse_args
 
 WORKFLOWS = Path(__file__).parent.parent / "workflows"
@@ -71,9 +72,18 @@ def test_kubernetes_manifests() -> None:
     assert workers, "no dask worker Deployment"
     command = " ".join(workers[0]["spec"]["template"]["spec"]["containers"][0]["command"])
     assert "--resources GPU=1" in command
+    # workers on other hosts share no disk: everything the batch reads and writes is in a bucket
+    assert args.manifest.startswith("s3://") and args.summary.startswith("s3://")
+    pods = [kinds["CronJob"]["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+            *(d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment")]
+    for pod in pods:
+        assert "volumes" not in pod and all("volumeMounts" not in c for c in pod["containers"])
+    assert any("secretRef" in e for e in container["envFrom"])  # the store's credentials
+    (worker,) = workers[0]["spec"]["template"]["spec"]["containers"]
+    assert any("secretRef" in e for e in worker["envFrom"])
 
 
-@pytest.mark.parametrize("mode", ["existing cluster", "dask-jobqueue"])
+@pytest.mark.parametrize("mode", ["existing cluster", "dask-jobqueue", "manifest on a store"])
 def test_slurm_batch_script(mode: str, tmp_path: Path) -> None:
     home = tmp_path / "tileseg"
     (home / "venv" / "bin").mkdir(parents=True)
@@ -86,18 +96,21 @@ def test_slurm_batch_script(mode: str, tmp_path: Path) -> None:
     (stub / "python").chmod(0o755)
     env = {**os.environ, "PATH": f"{stub}:{os.environ['PATH']}", "TILESEG_HOME": str(home),
            "TMPDIR": str(tmp_path)}
-    if mode == "existing cluster":
+    manifest = "s3://jobs/scenes.yaml" if mode == "manifest on a store" else "scenes.yaml"
+    if mode != "dask-jobqueue":
         env["SCHEDULER"] = "tcp://head:8786"
     else:
         env.update(GPU_JOBS="8", SLURM_ACCOUNT_NAME="geo")
         env.pop("SCHEDULER", None)
-    subprocess.run(["bash", str(WORKFLOWS / "slurm" / "tileseg-batch.sbatch"), "scenes.yaml"],
+    subprocess.run(["bash", str(WORKFLOWS / "slurm" / "tileseg-batch.sbatch"), manifest],
                    env=env, check=True, cwd=tmp_path)
     words = record.read_bytes().decode().split("\0")[:-1]
     args = parse_args(_run_batch_argv(words))
-    assert args.manifest == "scenes.yaml" and args.summary == "scenes.summary.json"
+    assert args.manifest == manifest
+    assert args.summary == manifest.removesuffix(".yaml") + ".summary.json"
+    assert args.summary == default_summary_path(manifest)  # what tileseg batch would pick
     assert args.lock == f"{tmp_path}/tileseg-batch.lock"
-    if mode == "existing cluster":
+    if mode != "dask-jobqueue":
         assert args.scheduler == "tcp://head:8786" and not args.slurm_jobs
     else:
         assert (args.slurm_jobs, args.slurm_gpu, args.slurm_account) == (8, True, "geo")
