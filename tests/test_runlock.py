@@ -134,3 +134,34 @@ def test_the_extra_zarr_output_is_locked_too(make_raster, tmp_path: Path) -> Non
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     assert not (tmp_path / "mine.tif").exists() and not lock_path_for(tmp_path / "mine.tif").exists()
+
+
+@pytest.mark.parametrize("content", [b"my notes\n", b'{"pid": 1}', b"\x00\x01binary"])
+def test_a_users_file_by_the_lock_name_is_left_alone(make_raster, tmp_path: Path,
+                                                     content: bytes) -> None:
+    from click.testing import CliRunner
+
+    from tileseg.cli.main import cli
+
+    src = make_raster(random_image(5, 100, 120))  # the bundled model's five bands
+    dst = tmp_path / "out.tif"
+    lock_path_for(dst).write_bytes(content)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = CliRunner().invoke(cli, ["predict", str(src), str(dst)])
+    assert result.exit_code == 4, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and "out.tif.lock" in errors[0], result.output
+    assert "not a tileseg run lock" in errors[0] and "Traceback" not in result.output
+    assert lock_path_for(dst).read_bytes() == content  # neither truncated nor deleted
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # and nothing staged
+
+
+def test_a_lock_left_by_a_killed_run_is_taken(make_raster, tmp_path: Path) -> None:
+    src = make_raster(random_image(3, 100, 120))
+    dst = tmp_path / "out.tif"
+    holder = _hold(dst)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert lock_path_for(dst).read_bytes()  # its record stayed behind: tileseg's own
+    predict(_config(src, dst), model=per_pixel_model(3, 4))
+    assert dst.exists() and not lock_path_for(dst).exists()

@@ -186,3 +186,14 @@ def test_two_takers_of_a_stale_lock_cannot_both_win(s3: S3Server) -> None:
     assert json.loads(read_bytes(where))["token"] == first.token
     first.release()
     assert not exists(where)
+
+
+@pytest.mark.parametrize("content", [b"a user's object", b'{"pid": 1, "lease_expires": 0}'])
+def test_an_object_by_the_lock_key_that_tileseg_did_not_write_is_left_alone(
+        s3: S3Server, content: bytes) -> None:
+    where = loc(f"locks/foreign-{len(content)}.lock")
+    put_bytes(where, content, create_only=True)
+    with pytest.raises(OutputError, match="not a tileseg lock") as refused:
+        StoreLock(where, lease_s=30).acquire()
+    assert refused.value.exit_code == 4
+    assert read_bytes(where) == content  # not taken over, not deleted

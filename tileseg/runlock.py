@@ -4,7 +4,9 @@ Two runs writing the same destination (a cron job that fires while the previous 
 runs, two people with ``--overwrite``) would delete or overwrite each other's staging. The lock
 is an ``flock`` on ``DST.lock``: the kernel releases it when the holding process ends, however it
 ends, so a crashed run never leaves a stale lock behind. The file is removed on release; a
-process that locked a file which was removed meanwhile retries on the new one.
+process that locked a file which was removed meanwhile retries on the new one. A file by that
+name that tileseg did not write (anything but a lock record, or empty: a run killed between
+creating and writing it) is left alone and the run refused: its owner decides.
 
 ``flock`` is per host on most network filesystems: runs from different machines writing the same
 destination are not excluded (schedule such jobs so they cannot overlap).
@@ -77,12 +79,31 @@ def _acquire(path: Path, dst: Path) -> int:
         except FileNotFoundError:
             same = False
         if same:
+            if not is_lock_record(os.pread(fd, 4096, 0)):
+                os.close(fd)
+                raise OutputError(
+                    f"{path}: this file is not a tileseg run lock, and a run writing {dst.name} "
+                    "needs that name; move the file away or choose another destination")
             os.ftruncate(fd, 0)
-            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+            os.write(fd, json.dumps({"tileseg_lock": 1, "pid": os.getpid(),
+                                     "host": socket.gethostname(),
                                      "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode())
             return fd
         os.close(fd)
     raise RunError(f"{path}: could not take the run lock; another run keeps replacing it")
+
+
+def is_lock_record(content: bytes) -> bool:
+    """True for what a run lock holds: nothing yet (just created), or tileseg's JSON record
+    (now marked; earlier versions wrote pid, host and since alone)."""
+    if not content:
+        return True
+    try:
+        record = json.loads(content)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and (
+        record.get("tileseg_lock") == 1 or set(record) == {"pid", "host", "since"})
 
 
 def _read(fd: int) -> str:

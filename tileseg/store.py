@@ -257,9 +257,12 @@ class StoreLock:
         try:
             holder = json.loads(bytes(current.bytes()))
         except ValueError:
-            holder = {}
-        if not isinstance(holder, dict):
-            holder = {}
+            holder = None
+        if not isinstance(holder, dict) or holder.get("tileseg_lock") != 1:
+            # every lock object tileseg writes carries the marker: this one is somebody's own
+            raise OutputError(
+                f"{self.location.url}: this object is not a tileseg lock, and a run writing "
+                "beside it needs that key; move the object away or choose another destination")
         who = f"pid {holder.get('pid')} on {holder.get('host')}"
         expires = holder.get("lease_expires")
         left = (expires if isinstance(expires, (int, float)) else 0) - time.time()
