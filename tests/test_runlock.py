@@ -165,3 +165,35 @@ def test_a_lock_left_by_a_killed_run_is_taken(make_raster, tmp_path: Path) -> No
     assert lock_path_for(dst).read_bytes()  # its record stayed behind: tileseg's own
     predict(_config(src, dst), model=per_pixel_model(3, 4))
     assert dst.exists() and not lock_path_for(dst).exists()
+
+
+def test_a_users_lock_named_file_beside_the_polygons_stops_the_run_before_it_starts(
+        make_raster, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from tileseg.cli.main import cli
+
+    src = make_raster(random_image(5, 100, 120))
+    (tmp_path / "parcels.gpkg.lock").write_text("my notes")
+    result = CliRunner().invoke(cli, ["predict", str(src), str(tmp_path / "out.tif"),
+                                      "--vectorize", str(tmp_path / "parcels.gpkg")])
+    assert result.exit_code == 4 and "parcels.gpkg.lock" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parcels.gpkg.lock", "scene.tif"]
+    assert (tmp_path / "parcels.gpkg.lock").read_text() == "my notes"
+
+
+@pytest.mark.parametrize("flag", ["--resume", "--overwrite"])
+def test_a_users_folder_by_the_staging_name_is_named_as_such(make_raster, tmp_path: Path,
+                                                             flag: str) -> None:
+    from click.testing import CliRunner
+
+    from tileseg.cli.main import cli
+
+    src = make_raster(random_image(5, 100, 120))
+    folder = tmp_path / "out.tif.partial"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    result = CliRunner().invoke(cli, ["predict", str(src), str(tmp_path / "out.tif"), flag])
+    assert result.exit_code == 4, result.output
+    assert "was not written by tileseg" in result.output  # not "an interrupted run"
+    assert (folder / "notes.txt").read_text() == "mine"

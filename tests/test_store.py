@@ -197,3 +197,15 @@ def test_an_object_by_the_lock_key_that_tileseg_did_not_write_is_left_alone(
         StoreLock(where, lease_s=30).acquire()
     assert refused.value.exit_code == 4
     assert read_bytes(where) == content  # not taken over, not deleted
+
+
+def test_an_output_whose_lock_key_holds_a_users_object_is_refused_before_any_work(
+        s3: S3Server) -> None:
+    from tileseg.store_objects import check_object_destination
+
+    where = loc("layers/parcels.gpkg.lock")
+    put_bytes(where, b"my notes", create_only=True)
+    with pytest.raises(OutputError, match="not a tileseg lock"):
+        check_object_destination(loc("layers/parcels.gpkg").url, overwrite=False,
+                                 owned=lambda _: True, foreign="not ours")
+    assert read_bytes(where) == b"my notes"

@@ -49,8 +49,7 @@ from tileseg.outputs import (
 )
 from tileseg.ownership import check_replaceable
 from tileseg.progress import ProgressCallback
-from tileseg.raster import (RasterInfo, is_remote, open_dataset, open_raster,
-                            release_datasets)
+from tileseg.raster import RasterInfo, is_remote, open_dataset, open_raster, release_datasets
 from tileseg.run_report import RunReport, Tally, Timings, peak_rss_mb
 from tileseg.scheduler import cluster_client, run_graph, scheduler_address
 from tileseg.staging import STAGING_SUFFIX, LocalStaging, Staging  # noqa: F401 (re-exported)

@@ -294,7 +294,7 @@ class _DatasetPool:
         while True:
             time.sleep(self.MAX_IDLE_S / 3)
             limit = time.monotonic() - self.MAX_IDLE_S
-            if not self._close_where(lambda _, since: since < limit):
+            if not self._close_where(lambda _, since, limit=limit: since < limit):
                 return
 
     def _close_where(self, stale: Any) -> bool:

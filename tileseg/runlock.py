@@ -81,9 +81,7 @@ def _acquire(path: Path, dst: Path) -> int:
         if same:
             if not is_lock_record(os.pread(fd, 4096, 0)):
                 os.close(fd)
-                raise OutputError(
-                    f"{path}: this file is not a tileseg run lock, and a run writing {dst.name} "
-                    "needs that name; move the file away or choose another destination")
+                raise OutputError(_foreign(path, dst))
             os.ftruncate(fd, 0)
             os.write(fd, json.dumps({"tileseg_lock": 1, "pid": os.getpid(),
                                      "host": socket.gethostname(),
@@ -91,6 +89,24 @@ def _acquire(path: Path, dst: Path) -> int:
             return fd
         os.close(fd)
     raise RunError(f"{path}: could not take the run lock; another run keeps replacing it")
+
+
+def check_lock_name(dst: Path) -> None:
+    """Before any work: :class:`OutputError` (exit 4) when ``DST.lock`` exists and is not a
+    tileseg lock, which the run would otherwise meet only when it takes the lock."""
+    path = lock_path_for(dst)
+    try:
+        with open(path, "rb") as handle:
+            content = handle.read(4096)
+    except OSError:  # absent; or a folder, unreadable: taking the lock says what is wrong
+        return
+    if not is_lock_record(content):
+        raise OutputError(_foreign(path, dst))
+
+
+def _foreign(path: Path, dst: Path) -> str:
+    return (f"{path}: this file is not a tileseg run lock, and a run writing {dst.name} needs "
+            "that name; move the file away or choose another destination")
 
 
 def is_lock_record(content: bytes) -> bool:

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from tileseg.errors import OutputError, RunError
 from tileseg.ownership import check_replaceable, is_tileseg_staging, recorded_fingerprint
-from tileseg.runlock import exclusive_run
+from tileseg.runlock import check_lock_name, exclusive_run
 
 logger = logging.getLogger(__name__)
 
@@ -117,13 +117,14 @@ class LocalStaging:
     def check(self, *, overwrite: bool, resume: bool) -> None:
         """What already exists at the destinations may be replaced; :class:`OutputError` if not."""
         for out in self.outputs:
+            check_lock_name(out)
             if not (out.exists() or out.is_symlink()):
                 continue
             if not (overwrite or resume):
                 raise OutputError(f"{out}: already exists; pass overwrite to replace it",
                                   params=("overwrite",))
             check_replaceable(out, "destination")
-        if overwrite and self.path.exists() and not is_tileseg_staging(self.path):
+        if self.path.exists() and not is_tileseg_staging(self.path):
             empty = self.path.is_dir() and not any(self.path.iterdir())
             if not empty:
                 raise OutputError(

@@ -201,6 +201,26 @@ def check_writable(location: StoreLocation) -> None:
     _obstore().delete(open_store(probe.root), probe.key)
 
 
+def check_lock_object(location: StoreLocation) -> None:
+    """Before any work: :class:`OutputError` (exit 4) when an object sits at the lock key
+    ``location`` and tileseg did not write it (taking the lock would otherwise meet it late)."""
+    try:
+        content = read_bytes(location)
+    except FileNotFoundError:
+        return
+    try:
+        holder = json.loads(content)
+    except ValueError:
+        holder = None
+    if not isinstance(holder, dict) or holder.get("tileseg_lock") != 1:
+        raise OutputError(_foreign_lock(location))
+
+
+def _foreign_lock(location: StoreLocation) -> str:
+    return (f"{location.url}: this object is not a tileseg lock, and a run writing beside it "
+            "needs that key; move the object away or choose another destination")
+
+
 class StoreLock:
     """One run per destination on a store: a lock object with a lease that the run renews.
 
@@ -260,9 +280,7 @@ class StoreLock:
             holder = None
         if not isinstance(holder, dict) or holder.get("tileseg_lock") != 1:
             # every lock object tileseg writes carries the marker: this one is somebody's own
-            raise OutputError(
-                f"{self.location.url}: this object is not a tileseg lock, and a run writing "
-                "beside it needs that key; move the object away or choose another destination")
+            raise OutputError(_foreign_lock(self.location))
         who = f"pid {holder.get('pid')} on {holder.get('host')}"
         expires = holder.get("lease_expires")
         left = (expires if isinstance(expires, (int, float)) else 0) - time.time()

@@ -33,6 +33,7 @@ from tileseg.store import (
     _describe_failure,
     _obstore,
     any_under,
+    check_lock_object,
     check_writable,
     exists,
     is_store_url,
@@ -136,6 +137,8 @@ def check_object_destination(url: str, *, overwrite: bool, owned: OwnedCheck,
     state = inspect_object(url, owned)
     if state is None:
         raise OutputError(foreign, params=("overwrite",))
+    if probe:
+        check_lock_object(StoreLocation.parse(url + ".lock"))
     return state
 
 

@@ -36,6 +36,7 @@ import shapely
 
 from tileseg.errors import DestinationBusyError, OutputError
 from tileseg.metadata import ClassInfo
+from tileseg.runlock import check_lock_name
 from tileseg.store import is_store_url
 from tileseg.styles import add_layer_style
 
@@ -89,6 +90,7 @@ def check_destination(path: str | os.PathLike[str], overwrite: bool) -> VectorFo
         raise OutputError(_foreign(dst), params=("overwrite",))
     if not dst.parent.is_dir():
         raise OutputError(f"{dst.parent}: folder does not exist; create it first")
+    check_lock_name(dst)
     return fmt
 
 
