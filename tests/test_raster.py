@@ -56,3 +56,21 @@ def test_an_open_dataset_is_handed_on_within_one_run_only(make_raster) -> None:
     release_datasets("run-a")
     release_datasets("run-b")
     assert kept.closed
+
+
+def test_a_dataset_that_served_its_budget_is_closed_not_handed_on(make_raster,
+                                                                  monkeypatch) -> None:
+    import tileseg.raster
+
+    info = open_raster(make_raster(np.zeros((1, 64, 64), np.uint8)))
+    monkeypatch.setattr(tileseg.raster._DatasetPool, "MAX_BYTES", 3000)
+    with WindowReader(info, run="budget") as reader:
+        reader.read(Rect(0, 0, 32, 32))  # 1024 bytes: under the budget
+        kept = reader._src
+    with WindowReader(info, run="budget") as reader:
+        assert reader._src is kept
+        reader.read(Rect(0, 0, 64, 32))  # 2048 more: the budget is spent
+    assert kept.closed  # its cached blocks go with it
+    with WindowReader(info, run="budget") as reader:
+        assert reader._src is not kept
+    tileseg.raster.release_datasets("budget")

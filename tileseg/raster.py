@@ -257,34 +257,42 @@ class _DatasetPool:
     the key holds the run's id, so no later run (which may read a replaced file) ever gets a
     handle of an earlier one. Idle handles are few and short-lived: ``MAX_IDLE`` at most,
     closed after ``MAX_IDLE_S`` unused or when the run ends (:func:`release_datasets`).
+    The blocks a handle keeps cached grow with what it has read (up to GDAL_CACHEMAX, 5% of
+    the RAM by default), so a handle that has served ``MAX_BYTES`` of windows is closed
+    instead of handed on: memory stays bounded by the readers at work, whatever the raster.
     """
 
     MAX_IDLE = 4
     MAX_IDLE_S = 30.0
+    MAX_BYTES = 256 << 20
 
     def __init__(self) -> None:
-        self._idle: list[tuple[tuple[str, str], float, Any]] = []
+        self._idle: list[tuple[tuple[str, str], float, Any, int]] = []
         self._lock = threading.Lock()
         self._janitor: threading.Thread | None = None
 
-    def take(self, key: tuple[str, str]) -> Any | None:
+    def take(self, key: tuple[str, str]) -> tuple[Any, int] | None:
+        """An idle dataset of ``key`` and the bytes it has served, or None."""
         with self._lock:
-            for i, (k, _, ds) in enumerate(self._idle):
+            for i, (k, _, ds, served) in enumerate(self._idle):
                 if k == key:
                     del self._idle[i]
-                    return ds
+                    return ds, served
         return None
 
-    def give(self, key: tuple[str, str], ds: Any) -> None:
+    def give(self, key: tuple[str, str], ds: Any, served: int) -> None:
+        if served >= self.MAX_BYTES:
+            ds.close()
+            return
         with self._lock:
-            self._idle.append((key, time.monotonic(), ds))
+            self._idle.append((key, time.monotonic(), ds, served))
             surplus = self._idle[: max(0, len(self._idle) - self.MAX_IDLE)]
             del self._idle[: len(surplus)]
             if self._janitor is None or not self._janitor.is_alive():
                 self._janitor = threading.Thread(target=self._expire, name="tileseg-datasets",
                                                  daemon=True)
                 self._janitor.start()
-        for _, _, old in surplus:
+        for _, _, old, _ in surplus:
             old.close()
 
     def release(self, run: str) -> None:
@@ -303,7 +311,7 @@ class _DatasetPool:
             closing = [entry for entry in self._idle if stale(entry[0], entry[1])]
             self._idle = [entry for entry in self._idle if not stale(entry[0], entry[1])]
             remaining = bool(self._idle)
-        for _, _, ds in closing:
+        for _, _, ds, _ in closing:
             ds.close()
         return remaining
 
@@ -328,9 +336,10 @@ class WindowReader:
     def __init__(self, info: RasterInfo, run: str | None = None) -> None:
         self.info = info
         self._key = (run, info.path) if run else None
+        self._served = 0  # bytes of windows read through this dataset, by every reader
         pooled = _DATASETS.take(self._key) if self._key else None
         if pooled is not None:
-            self._src = pooled
+            self._src, self._served = pooled
             return
         # GDAL decodes the blocks of one read on several cores (GTiff/COG reads the setting when
         # the dataset opens): one core decodes a deflate scene too slowly to keep a GPU busy
@@ -340,7 +349,7 @@ class WindowReader:
 
     def close(self, reusable: bool = False) -> None:
         if reusable and self._key is not None:
-            _DATASETS.give(self._key, self._src)
+            _DATASETS.give(self._key, self._src, self._served)
         else:
             self._src.close()
 
@@ -364,6 +373,7 @@ class WindowReader:
         window = Window(inside.col_off, inside.row_off, inside.width, inside.height)
         try:
             data = self._src.read(info.indexes, window=window)
+            self._served += data.nbytes
             valid = self._valid(data, window)
         except RasterioIOError as exc:
             raise InputError(
