@@ -9,8 +9,8 @@ One COG, one model, runs of ``predict`` in one process:
     which shows whether block reads and staging writes overlap (chunks in parallel) or queue up.
 
 Reported per run: end-to-end tiles/s; for the source bucket, bytes fetched / COG size, GET
-requests and requests per tile; for the destination bucket, requests and MiB uploaded per chunk
-(the staging traffic), with the requests by method below the table. The loopback figures have
+requests and requests per tile; for the destination bucket, requests and MiB uploaded and
+downloaded per chunk (the staging traffic), with the requests by method below the table. The loopback figures have
 no network latency or bandwidth limit (except the latency row): they measure how much tileseg
 asks for, not how fast a real store answers.
 
@@ -137,14 +137,14 @@ def main() -> None:
           f"{size / 2**20:.1f} MiB), model: {args.encoder or '1x1 conv'}, tile {args.tile_size} "
           f"overlap {args.overlap}, chunk {args.chunk_size}, batch {args.batch_size}, CPU\n")
     print("| run | seconds | tiles/s | bytes fetched / COG size | GET requests | requests/tile "
-          "| staging requests/chunk | MiB uploaded/chunk |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| staging requests/chunk | MiB uploaded/chunk | MiB downloaded/chunk |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, seconds, tiles, chunks, src, out in rows:
         read = ("- | - | -" if src is None else
                 f"{src.bytes_out / size:.3f} | {src.gets} | {src.gets / tiles:.2f}")
-        write = ("- | -" if out is None else
+        write = ("- | - | -" if out is None else
                  f"{sum(out.requests.values()) / chunks:.1f} | "
-                 f"{out.bytes_in / 2**20 / chunks:.2f}")
+                 f"{out.bytes_in / 2**20 / chunks:.2f} | {out.bytes_out / 2**20 / chunks:.2f}")
         print(f"| {name} | {seconds:.1f} | {tiles / seconds:.2f} | {read} | {write} |")
     print(f"\n{rows[0][2]} tiles, {rows[0][3]} chunks."
           + (" Destination requests by method: " + "; ".join(methods) if methods else ""))

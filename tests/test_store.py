@@ -209,3 +209,30 @@ def test_an_output_whose_lock_key_holds_a_users_object_is_refused_before_any_wor
         check_object_destination(loc("layers/parcels.gpkg").url, overwrite=False,
                                  owned=lambda _: True, foreign="not ours")
     assert read_bytes(where) == b"my notes"
+
+
+def test_a_neighbour_downloads_only_its_spill_from_a_piece(s3: S3Server) -> None:
+    import numpy as np
+
+    from tileseg.mosaic import StoreWorkDir
+
+    rng = np.random.default_rng(0)
+    arrays = {"tiles": np.array([9, 0]), "mask": rng.integers(0, 7, (600, 600), dtype=np.uint8)}
+    for key in ("to_r0_c1", "to_r1_c0"):
+        for n in range(2):  # two parts each, like a corner and an edge strip
+            arrays[f"{key}_rect{n}"] = np.array([0, 0, 80, 600])
+            arrays[f"{key}_sum{n}"] = rng.random((6, 80, 600), dtype=np.float32)
+            arrays[f"{key}_weight{n}"] = rng.random((80, 600), dtype=np.float32)
+    work = StoreWorkDir(f"s3://{BUCKET}/work/run")
+    spans = work.save_piece(0, 0, arrays)
+    size = len(read_bytes(loc("work/run/pieces/r0_c0.npz")))
+    wanted = [k for k in arrays if k.startswith("to_r0_c1_")]
+    for span in (spans["to_r0_c1"], None):  # what the inferring task said; a resumed run's piece
+        s3.traffic.reset()
+        piece = work.load_spill(0, 0, "to_r0_c1", span)
+        assert sorted(k for k in piece.files if k.startswith("to_r0_c1_")) == sorted(wanted)
+        for name in wanted:
+            np.testing.assert_array_equal(piece[name], arrays[name])
+        # the other neighbour's arrays and the chunk's own mask stay on the store
+        assert s3.traffic.bytes_out < 0.5 * size, (span is None, s3.traffic.bytes_out, size)
+        assert s3.traffic.gets == (1 if span else 2)

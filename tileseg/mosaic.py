@@ -188,11 +188,13 @@ class WorkDir:
     def is_done(self, row: int, col: int) -> bool:
         return self.done_path(row, col).exists()
 
-    def save_piece(self, row: int, col: int, arrays: dict[str, np.ndarray]) -> None:
+    def save_piece(self, row: int, col: int, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Save the piece; no spans (a neighbour's np.load reads only the members it uses)."""
         final = self.piece_path(row, col)
         tmp = final.with_name(f"{final.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
         np.savez(tmp, **arrays)  # type: ignore[arg-type]
         os.replace(tmp, final)
+        return {}
 
     def load_piece(self, row: int, col: int) -> Any:
         path = self.piece_path(row, col)
@@ -201,6 +203,10 @@ class WorkDir:
         except FileNotFoundError:
             raise RunError(f"{path}: missing intermediate chunk file; rerun with resume",
                            params=("resume",)) from None
+
+    def load_spill(self, row: int, col: int, key: str, span: dict[str, Any] | None = None) -> Any:
+        """The piece's arrays for one neighbour (``key_*``); np.load reads members lazily."""
+        return self.load_piece(row, col)
 
     def remove_piece(self, row: int, col: int) -> None:
         self.piece_path(row, col).unlink(missing_ok=True)
@@ -261,12 +267,15 @@ class StoreWorkDir:
 
         return exists(self._done(row, col))
 
-    def save_piece(self, row: int, col: int, arrays: dict[str, np.ndarray]) -> None:
+    def save_piece(self, row: int, col: int, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Upload the piece in one PUT; returns where each neighbour's arrays lie in it."""
         from tileseg.store import put_bytes
 
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)  # type: ignore[arg-type]
-        put_bytes(self._piece(row, col), buffer.getvalue())
+        data = buffer.getvalue()
+        put_bytes(self._piece(row, col), data)
+        return spill_spans(data)
 
     def load_piece(self, row: int, col: int) -> Any:
         from tileseg.store import read_bytes
@@ -274,6 +283,41 @@ class StoreWorkDir:
         where = self._piece(row, col)
         try:
             return np.load(io.BytesIO(read_bytes(where)))
+        except FileNotFoundError:
+            raise RunError(f"{where.url}: missing intermediate chunk object; rerun with "
+                           "resume", params=("resume",)) from None
+
+    def load_spill(self, row: int, col: int, key: str, span: dict[str, Any] | None = None) -> Any:
+        """The piece's arrays for one neighbour (``key_*``) without downloading the rest: one
+        ranged request where the inferring task said they lie (``span``, see
+        :func:`spill_spans`); without it (a piece saved by an earlier run), the object's tail
+        (its zip directory) first, then one ranged request per run of those arrays."""
+        import zipfile
+
+        from tileseg.store import RangedObject, read_range
+
+        where = self._piece(row, col)
+        try:
+            if span is not None:
+                start, end = span["range"]
+                data = read_range(where, start, end)
+                return _Arrays({name: np.load(io.BytesIO(data[off : off + size]))
+                                for name, (off, size) in span["members"].items()})
+            view = RangedObject(where)
+            with zipfile.ZipFile(view) as archive:  # type: ignore[arg-type]
+                members = sorted(archive.infolist(), key=lambda info: info.header_offset)
+                ends = [m.header_offset for m in members[1:]] + [archive.start_dir]
+            run_start: int | None = None
+            for member, end in zip(members, ends, strict=True):
+                if member.filename.startswith(key + "_"):
+                    run_start = member.header_offset if run_start is None else run_start
+                    run_end = end
+                elif run_start is not None:
+                    view.fetch(run_start, run_end)
+                    run_start = None
+            if run_start is not None:
+                view.fetch(run_start, run_end)
+            return np.lib.npyio.NpzFile(view)  # type: ignore[arg-type]
         except FileNotFoundError:
             raise RunError(f"{where.url}: missing intermediate chunk object; rerun with "
                            "resume", params=("resume",)) from None
@@ -310,6 +354,48 @@ def open_work_dir(location: str | os.PathLike[str]) -> WorkDir | StoreWorkDir:
 
 def _spill_key(row: int, col: int) -> str:
     return f"to_r{row}_c{col}"
+
+
+def spill_spans(npz: bytes) -> dict[str, Any]:
+    """Where each neighbour's spill arrays lie in a saved piece (the bytes of an uncompressed
+    ``np.savez``): for every ``to_rR_cC`` key, the byte range holding all its members, and each
+    member's ``.npy`` bytes as (offset in that range, length). A neighbour then downloads one
+    range instead of the whole piece."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(npz)) as archive:
+        members = sorted(archive.infolist(), key=lambda info: info.header_offset)
+    spans: dict[str, Any] = {}
+    for member in members:
+        key, sep, _ = member.filename.rpartition("_")
+        if not (sep and key.startswith("to_r")):
+            continue
+        at = member.header_offset
+        name_len, extra_len = struct.unpack_from("<HH", npz, at + 26)  # the local header's own
+        data_at = at + 30 + name_len + extra_len
+        end = data_at + member.compress_size
+        span = spans.setdefault(key, {"range": [at, end], "members": {}})
+        span["range"] = [min(span["range"][0], at), max(span["range"][1], end)]
+        span["members"][member.filename.removesuffix(".npy")] = [data_at, member.compress_size]
+    for span in spans.values():  # offsets relative to the range's start
+        start = span["range"][0]
+        span["members"] = {k: [off - start, size] for k, (off, size) in span["members"].items()}
+    return spans
+
+
+class _Arrays(dict[str, np.ndarray]):
+    """Arrays by name with the ``files`` list of ``np.load``'s NpzFile, which callers use."""
+
+    @property
+    def files(self) -> list[str]:
+        return list(self)
+
+    def __enter__(self) -> _Arrays:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
 
 
 def _chunk_error(job: Job, row: int, col: int, exc: Exception) -> RunError:
@@ -363,26 +449,27 @@ def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
         arrays["mask"] = mask
         if probs is not None:
             arrays["probabilities"] = probs
-    for spill in grid.chunk_spill(row, col):
-        for nr, nc in grid.neighbours(row, col):
-            part = spill.intersection(grid.chunk(nr, nc))
-            if part.empty:
-                continue
+    # each neighbour's arrays one after another in the piece: one byte range per neighbour
+    parts = [(nr, nc, spill.intersection(grid.chunk(nr, nc)))
+             for spill in grid.chunk_spill(row, col) for nr, nc in grid.neighbours(row, col)]
+    for nr, nc in grid.neighbours(row, col):
+        key = _spill_key(nr, nc)
+        n = 0
+        for part in (part for r, c, part in parts if (r, c) == (nr, nc) and not part.empty):
             rs, cs = part.relative_to(result.extent)
-            key = _spill_key(nr, nc)
-            n = sum(1 for k in arrays if k.startswith(key + "_rect"))
             arrays[f"{key}_rect{n}"] = np.array(
                 [part.row_off, part.col_off, part.height, part.width])
             arrays[f"{key}_sum{n}"] = result.logit_sum[:, rs, cs].cpu().numpy()
             arrays[f"{key}_weight{n}"] = result.weight_sum[rs, cs].cpu().numpy()
-    work.save_piece(row, col, arrays)
+            n += 1
+    spans = work.save_piece(row, col, arrays)
     if result.logit_sum.is_cuda:
         del result
         torch.cuda.empty_cache() if torch.cuda.memory_reserved() > 8e9 else None
     logger.debug("chunk (%d, %d): %d tiles inferred", row, col, int(arrays["tiles"][0]))
     return {"chunk": (row, col), "tiles": int(arrays["tiles"][0]),
             "skipped": int(arrays["tiles"][1]), "reused": False, **runtime.resolved(),
-            "engine": runtime.engine}
+            "engine": runtime.engine, "spans": spans}
 
 
 def _saved_tile_counts(work: WorkDir | StoreWorkDir, row: int, col: int) -> tuple[int, int]:
@@ -429,8 +516,11 @@ def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any
         key = _spill_key(row, col)
         sums = np.zeros((job.num_classes, chunk.height, chunk.width), dtype=np.float32)
         weights = np.zeros((chunk.height, chunk.width), dtype=np.float32)
+        spans = {tuple(r["chunk"]): r.get("spans", {}).get(key)
+                 for r in inferred if isinstance(r, dict) and "chunk" in r}
         for nr, nc in grid.neighbours(row, col):  # fixed order: identical sums on every run
-            piece = own if (nr, nc) == (row, col) else work.load_piece(nr, nc)
+            piece = (own if (nr, nc) == (row, col)
+                     else work.load_spill(nr, nc, key, spans.get((nr, nc))))
             n = 0
             while f"{key}_rect{n}" in piece.files:
                 rect = Rect(*(int(v) for v in piece[f"{key}_rect{n}"]))

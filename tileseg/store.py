@@ -151,6 +151,70 @@ def read_bytes(location: StoreLocation) -> bytes:
     return bytes(obstore.get(open_store(location.root), location.key).bytes())
 
 
+def read_range(location: StoreLocation, start: int, end: int) -> bytes:
+    """Bytes ``[start, end)`` of one object, in one request."""
+    obstore = _obstore()
+    return bytes(obstore.get_range(open_store(location.root), location.key, start=start, end=end))
+
+
+class RangedObject:
+    """A read-only, seekable file over one object that downloads only the byte ranges read.
+
+    Opening it fetches the object's tail (where a zip file keeps its directory) and learns the
+    size from the same response; :meth:`fetch` downloads a known span in one request, and a
+    read outside what was fetched downloads what it needs (at least ``min_read`` bytes).
+    """
+
+    def __init__(self, location: StoreLocation, *, tail: int = 1 << 16,
+                 min_read: int = 1 << 16) -> None:
+        obstore = _obstore()
+        self._store = open_store(location.root)
+        self._key = location.key
+        self._min_read = min_read
+        result = obstore.get(self._store, self._key, options={"range": {"suffix": tail}})
+        self.size = int(result.meta["size"])
+        data = bytes(result.bytes())
+        self._segments: list[tuple[int, bytes]] = [(self.size - len(data), data)]
+        self._pos = 0
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def fetch(self, start: int, end: int) -> None:
+        """Download bytes ``[start, end)`` in one request, unless one segment holds them."""
+        end = min(end, self.size)
+        if start >= end or any(s <= start and end <= s + len(d) for s, d in self._segments):
+            return
+        data = bytes(_obstore().get_range(self._store, self._key, start=start, end=end))
+        self._segments.append((start, data))
+
+    def read(self, n: int | None = -1) -> bytes:
+        left = self.size - self._pos if n is None or n < 0 else min(n, self.size - self._pos)
+        out = bytearray()
+        while left > 0:
+            hit = next(((s, d) for s, d in self._segments if s <= self._pos < s + len(d)), None)
+            if hit is None:
+                self.fetch(self._pos, self._pos + max(left, self._min_read))
+                continue
+            start, data = hit
+            piece = data[self._pos - start : self._pos - start + left]
+            out += piece
+            self._pos += len(piece)
+            left -= len(piece)
+        return bytes(out)
+
+
 def put_bytes(location: StoreLocation, data: bytes, *, create_only: bool = False) -> str | None:
     """Write one object (whole or not at all: a PUT is atomic); returns its ETag."""
     obstore = _obstore()
