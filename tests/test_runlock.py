@@ -13,7 +13,7 @@ import rasterio
 from conftest import per_pixel_model, random_image
 
 from tileseg.config import PredictConfig
-from tileseg.errors import DestinationBusyError, RunError
+from tileseg.errors import DestinationBusyError, OutputError, RunError
 from tileseg.pipeline import predict
 from tileseg.runlock import exclusive_run, lock_path_for
 
@@ -197,3 +197,16 @@ def test_a_users_folder_by_the_staging_name_is_named_as_such(make_raster, tmp_pa
     assert result.exit_code == 4, result.output
     assert "was not written by tileseg" in result.output  # not "an interrupted run"
     assert (folder / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
+def test_a_lock_name_that_links_to_a_users_empty_file_is_refused(make_raster, tmp_path: Path,
+                                                                 link: str) -> None:
+    src = make_raster(random_image(3, 100, 120))
+    dst = tmp_path / "out.tif"
+    users = tmp_path / "keep-empty.txt"
+    users.write_bytes(b"")  # empty: the one content a lock file may have before its record
+    (lock_path_for(dst).symlink_to if link == "symlink" else lock_path_for(dst).hardlink_to)(users)
+    with pytest.raises(OutputError, match="not a tileseg run lock"):
+        predict(_config(src, dst), model=per_pixel_model(3, 4))
+    assert users.read_bytes() == b"" and lock_path_for(dst).exists() and not dst.exists()

@@ -59,8 +59,10 @@ def exclusive_run(dst: Path) -> Iterator[None]:
 
 def _acquire(path: Path, dst: Path) -> int:
     for _ in range(10):
+        if path.is_symlink():  # a lock is never a link: writing through one changes its target
+            raise OutputError(_foreign(path, dst))
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as exc:
             raise OutputError(f"{path}: cannot create the run lock ({exc.strerror}); check that "
                               "the destination folder is writable") from exc
@@ -79,7 +81,8 @@ def _acquire(path: Path, dst: Path) -> int:
         except FileNotFoundError:
             same = False
         if same:
-            if not is_lock_record(os.pread(fd, 4096, 0)):
+            # a second hard link is somebody's file under another name too
+            if os.fstat(fd).st_nlink > 1 or not is_lock_record(os.pread(fd, 4096, 0)):
                 os.close(fd)
                 raise OutputError(_foreign(path, dst))
             os.ftruncate(fd, 0)
@@ -95,12 +98,15 @@ def check_lock_name(dst: Path) -> None:
     """Before any work: :class:`OutputError` (exit 4) when ``DST.lock`` exists and is not a
     tileseg lock, which the run would otherwise meet only when it takes the lock."""
     path = lock_path_for(dst)
+    if path.is_symlink():
+        raise OutputError(_foreign(path, dst))
     try:
         with open(path, "rb") as handle:
             content = handle.read(4096)
+            links = os.fstat(handle.fileno()).st_nlink
     except OSError:  # absent; or a folder, unreadable: taking the lock says what is wrong
         return
-    if not is_lock_record(content):
+    if links > 1 or not is_lock_record(content):
         raise OutputError(_foreign(path, dst))
 
 
