@@ -14,6 +14,7 @@ Variants (end to end; ``--workers 1``, the CPU default, unless named):
   torch          eager PyTorch, channels-last on the CPU (the torch engine's default)
   torch-nchw     eager PyTorch, contiguous NCHW
   onnxruntime    the exported model on ONNX Runtime's CPU provider (``--engine auto`` on a CPU)
+  torch-bf16     eager PyTorch, channels-last, ``--precision bf16`` (bf16 autocast on the CPU)
   *-w2           the same with ``--workers 2`` (one forward pass at a time per process)
   torch-before   eager NCHW, ``--workers 2`` with two forward passes at once: tileseg before
                  this change
@@ -41,17 +42,17 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve()
-E2E_VARIANTS = ("torch", "torch-nchw", "onnxruntime", "torch-w2", "onnxruntime-w2",
+E2E_VARIANTS = ("torch", "torch-nchw", "onnxruntime", "torch-bf16", "torch-w2", "onnxruntime-w2",
                 "torch-before")
-MODEL_VARIANTS = ("torch", "torch-nchw", "onnxruntime")
+MODEL_VARIANTS = ("torch", "torch-nchw", "onnxruntime", "torch-bf16")
 
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _apply_variant(variant: str) -> tuple[str, int]:
-    """Set the process up for a variant; returns (engine, workers)."""
+def _apply_variant(variant: str) -> tuple[str, int, str]:
+    """Set the process up for a variant; returns (engine, workers, precision)."""
     import tileseg.infer as infer
 
     if variant in ("torch-nchw", "torch-before"):
@@ -60,7 +61,7 @@ def _apply_variant(variant: str) -> tuple[str, int]:
         infer.CPU_FORWARD_LOCK = contextlib.nullcontext()  # type: ignore[attr-defined,assignment]
     engine = "onnxruntime" if variant.startswith("onnxruntime") else "torch"
     workers = 2 if variant.endswith("-w2") or variant == "torch-before" else 1
-    return engine, workers
+    return engine, workers, "bf16" if variant.endswith("-bf16") else "auto"
 
 
 def child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -69,12 +70,13 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     from tileseg.config import PredictConfig
     from tileseg.pipeline import predict
 
-    engine, workers = _apply_variant(spec["variant"])
+    engine, workers, precision = _apply_variant(spec["variant"])
     if spec["kind"] == "e2e":
         config = PredictConfig(spec["src"], spec["dst"], model=spec["model"],
                                bands=tuple(spec["bands"]) if spec["bands"] else None,
                                chunk_size=spec["chunk_size"], batch_size=spec["batch_size"],
-                               engine=engine, workers=workers, overwrite=True)  # type: ignore[arg-type]
+                               engine=engine, workers=workers, precision=precision,  # type: ignore[arg-type]
+                               overwrite=True)
         result = predict(config)
         return {"tiles_per_s": result.report["tiles_per_second"],
                 "total_s": result.report["seconds"]["total"],
@@ -83,7 +85,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     from tileseg.infer import make_runtime
     from tileseg.model import load_model
 
-    runtime = make_runtime(load_model(spec["model"]), device="cpu", precision="auto",
+    runtime = make_runtime(load_model(spec["model"]), device="cpu", precision=precision,
                            batch_size=spec["batch_size"], tile_size=513, overlap=65,
                            blend="hann", engine=engine, from_directory=True)
     bands = runtime.model.metadata.in_channels
@@ -99,6 +101,17 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
             times.append(time.perf_counter() - t)
     return {"tiles_per_s": spec["batch_size"] / statistics.median(times),
             "engine": runtime.engine, "rss_mb": _peak_rss_mb()}
+
+
+def _agreement(mask: Path, reference: Path) -> str:
+    """Share of pixels whose class equals the reference run's (the last repeat of each)."""
+    import numpy as np
+    import rasterio
+
+    if not (mask.exists() and reference.exists()):
+        return ""
+    with rasterio.open(mask) as a, rasterio.open(reference) as b:
+        return f"{100 * float(np.mean(a.read(1) == b.read(1))):.3f}%"
 
 
 def run_child(spec: dict[str, Any]) -> dict[str, Any]:
@@ -180,7 +193,8 @@ def main() -> None:
                         "batch_size": args.batch_size, "iterations": args.iterations}
                 results.setdefault((name, "model", variant), []).append(run_child(spec))
             for variant in e2e_variants:
-                spec = {"kind": "e2e", "variant": variant, **m, "dst": str(work / f"{name}.tif"),
+                spec = {"kind": "e2e", "variant": variant, **m,
+                        "dst": str(work / f"{name}-{variant}.tif"),
                         "chunk_size": args.chunk_size, "batch_size": args.batch_size}
                 results.setdefault((name, "e2e", variant), []).append(run_child(spec))
                 r = results[(name, "e2e", variant)][-1]
@@ -201,14 +215,16 @@ def main() -> None:
         tiles = results[(name, "e2e", e2e_variants[0])][0]["tiles"]
         print(f"\n### {name} ({tiles} tiles end to end; ONNX export once: {exports[name]:.1f} s)\n")
         print("| variant | model-only tiles/s | vs eager NCHW | end-to-end tiles/s | "
-              "vs eager NCHW | total s | peak RSS MB (e2e) | vs eager NCHW |")
-        print("|---|---|---|---|---|---|---|---|")
+              "vs eager NCHW | total s | peak RSS MB (e2e) | vs eager NCHW | mask = eager NCHW |")
+        print("|---|---|---|---|---|---|---|---|---|")
         for variant in dict.fromkeys((*MODEL_VARIANTS, *e2e_variants)):
             mo = med.get(("model", variant))
             e2e = med.get(("e2e", variant))
             cells = [f"{mo[0]:.2f}", f"{mo[0] / base_model:.2f}x"] if mo else ["", ""]
             cells += ([f"{e2e[0]:.2f}", f"{e2e[0] / base_e2e:.2f}x", f"{e2e[2]:.1f}",
-                       f"{e2e[1]:.0f}", f"{e2e[1] / base_rss:.2f}x"] if e2e else [""] * 5)
+                       f"{e2e[1]:.0f}", f"{e2e[1] / base_rss:.2f}x",
+                       _agreement(work / f"{name}-{variant}.tif", work / f"{name}-torch-nchw.tif")]
+                      if e2e else [""] * 6)
             print(f"| {variant} | " + " | ".join(cells) + " |")
 
 

@@ -10,9 +10,9 @@ One COG, one model, runs of ``predict`` in one process:
 
 Reported per run: end-to-end tiles/s; for the source bucket, bytes fetched / COG size, GET
 requests and requests per tile; for the destination bucket, requests and MiB uploaded and
-downloaded per chunk (the staging traffic), with the requests by method below the table. The loopback figures have
-no network latency or bandwidth limit (except the latency row): they measure how much tileseg
-asks for, not how fast a real store answers.
+downloaded per chunk (the staging traffic), with the requests by method below the table. The
+loopback figures have no network latency or bandwidth limit (except the latency row): they
+measure how much tileseg asks for, not how fast a real store answers.
 
     python benchmarks/bench_remote.py                     # 8192 x 8192, 1x1-conv model
     python benchmarks/bench_remote.py --size 2048 --encoder resnet18   # a real network
