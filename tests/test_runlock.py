@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import rasterio
@@ -37,6 +38,15 @@ def _hold(dst: Path) -> subprocess.Popen[str]:
 def _config(src: Path, dst: Path, **kw: object) -> PredictConfig:
     return PredictConfig(src=str(src), dst=str(dst), tile_size=64, overlap=16, chunk_size=96,
                          **kw)  # type: ignore[arg-type]
+
+
+def _predict_cli(*args: str) -> Any:
+    """``tileseg predict ARGS`` in process (the bundled model: a 5-band raster)."""
+    from click.testing import CliRunner
+
+    from tileseg.cli.main import cli
+
+    return CliRunner().invoke(cli, ["predict", *args])
 
 
 def test_second_run_on_a_locked_destination_is_refused(make_raster, tmp_path: Path) -> None:
@@ -139,15 +149,11 @@ def test_the_extra_zarr_output_is_locked_too(make_raster, tmp_path: Path) -> Non
 @pytest.mark.parametrize("content", [b"my notes\n", b'{"pid": 1}', b"\x00\x01binary"])
 def test_a_users_file_by_the_lock_name_is_left_alone(make_raster, tmp_path: Path,
                                                      content: bytes) -> None:
-    from click.testing import CliRunner
-
-    from tileseg.cli.main import cli
-
     src = make_raster(random_image(5, 100, 120))  # the bundled model's five bands
     dst = tmp_path / "out.tif"
     lock_path_for(dst).write_bytes(content)
     before = sorted(p.name for p in tmp_path.iterdir())
-    result = CliRunner().invoke(cli, ["predict", str(src), str(dst)])
+    result = _predict_cli(str(src), str(dst))
     assert result.exit_code == 4, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and "out.tif.lock" in errors[0], result.output
@@ -169,14 +175,10 @@ def test_a_lock_left_by_a_killed_run_is_taken(make_raster, tmp_path: Path) -> No
 
 def test_a_users_lock_named_file_beside_the_polygons_stops_the_run_before_it_starts(
         make_raster, tmp_path: Path) -> None:
-    from click.testing import CliRunner
-
-    from tileseg.cli.main import cli
-
     src = make_raster(random_image(5, 100, 120))
     (tmp_path / "parcels.gpkg.lock").write_text("my notes")
-    result = CliRunner().invoke(cli, ["predict", str(src), str(tmp_path / "out.tif"),
-                                      "--vectorize", str(tmp_path / "parcels.gpkg")])
+    result = _predict_cli(str(src), str(tmp_path / "out.tif"),
+                          "--vectorize", str(tmp_path / "parcels.gpkg"))
     assert result.exit_code == 4 and "parcels.gpkg.lock" in result.output, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["parcels.gpkg.lock", "scene.tif"]
     assert (tmp_path / "parcels.gpkg.lock").read_text() == "my notes"
@@ -185,15 +187,11 @@ def test_a_users_lock_named_file_beside_the_polygons_stops_the_run_before_it_sta
 @pytest.mark.parametrize("flag", ["--resume", "--overwrite"])
 def test_a_users_folder_by_the_staging_name_is_named_as_such(make_raster, tmp_path: Path,
                                                              flag: str) -> None:
-    from click.testing import CliRunner
-
-    from tileseg.cli.main import cli
-
     src = make_raster(random_image(5, 100, 120))
     folder = tmp_path / "out.tif.partial"
     folder.mkdir()
     (folder / "notes.txt").write_text("mine")
-    result = CliRunner().invoke(cli, ["predict", str(src), str(tmp_path / "out.tif"), flag])
+    result = _predict_cli(str(src), str(tmp_path / "out.tif"), flag)
     assert result.exit_code == 4, result.output
     assert "was not written by tileseg" in result.output  # not "an interrupted run"
     assert (folder / "notes.txt").read_text() == "mine"

@@ -450,18 +450,20 @@ def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
         if probs is not None:
             arrays["probabilities"] = probs
     # each neighbour's arrays one after another in the piece: one byte range per neighbour
-    parts = [(nr, nc, spill.intersection(grid.chunk(nr, nc)))
-             for spill in grid.chunk_spill(row, col) for nr, nc in grid.neighbours(row, col)]
-    for nr, nc in grid.neighbours(row, col):
+    parts: dict[tuple[int, int], list[Rect]] = {}
+    for spill in grid.chunk_spill(row, col):
+        for nr, nc in grid.neighbours(row, col):
+            part = spill.intersection(grid.chunk(nr, nc))
+            if not part.empty:
+                parts.setdefault((nr, nc), []).append(part)
+    for (nr, nc), rects in parts.items():
         key = _spill_key(nr, nc)
-        n = 0
-        for part in (part for r, c, part in parts if (r, c) == (nr, nc) and not part.empty):
+        for n, part in enumerate(rects):
             rs, cs = part.relative_to(result.extent)
             arrays[f"{key}_rect{n}"] = np.array(
                 [part.row_off, part.col_off, part.height, part.width])
             arrays[f"{key}_sum{n}"] = result.logit_sum[:, rs, cs].cpu().numpy()
             arrays[f"{key}_weight{n}"] = result.weight_sum[rs, cs].cpu().numpy()
-            n += 1
     spans = work.save_piece(row, col, arrays)
     if result.logit_sum.is_cuda:
         del result

@@ -81,10 +81,11 @@ def _acquire(path: Path, dst: Path) -> int:
         except FileNotFoundError:
             same = False
         if same:
-            # a second hard link is somebody's file under another name too
-            if os.fstat(fd).st_nlink > 1 or not is_lock_record(os.pread(fd, 4096, 0)):
+            try:
+                _refuse_unless_ours(path, dst, os.pread(fd, 4096, 0), os.fstat(fd).st_nlink)
+            except OutputError:
                 os.close(fd)
-                raise OutputError(_foreign(path, dst))
+                raise
             os.ftruncate(fd, 0)
             os.write(fd, json.dumps({"tileseg_lock": 1, "pid": os.getpid(),
                                      "host": socket.gethostname(),
@@ -106,6 +107,12 @@ def check_lock_name(dst: Path) -> None:
             links = os.fstat(handle.fileno()).st_nlink
     except OSError:  # absent; or a folder, unreadable: taking the lock says what is wrong
         return
+    _refuse_unless_ours(path, dst, content, links)
+
+
+def _refuse_unless_ours(path: Path, dst: Path, content: bytes, links: int) -> None:
+    """:class:`OutputError` unless the lock file holds a lock record and has no other name
+    (a second hard link is somebody's file under another name too)."""
     if links > 1 or not is_lock_record(content):
         raise OutputError(_foreign(path, dst))
 

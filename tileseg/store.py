@@ -272,17 +272,21 @@ def check_lock_object(location: StoreLocation) -> None:
         content = read_bytes(location)
     except FileNotFoundError:
         return
+    _lock_record(location, content)
+
+
+def _lock_record(location: StoreLocation, content: bytes) -> dict[str, Any]:
+    """The record of the lock object at ``location``; :class:`OutputError` when tileseg did
+    not write it (every lock object tileseg writes carries the ``tileseg_lock`` marker)."""
     try:
-        holder = json.loads(content)
+        record = json.loads(content)
     except ValueError:
-        holder = None
-    if not isinstance(holder, dict) or holder.get("tileseg_lock") != 1:
-        raise OutputError(_foreign_lock(location))
-
-
-def _foreign_lock(location: StoreLocation) -> str:
-    return (f"{location.url}: this object is not a tileseg lock, and a run writing beside it "
-            "needs that key; move the object away or choose another destination")
+        record = None
+    if not isinstance(record, dict) or record.get("tileseg_lock") != 1:
+        raise OutputError(f"{location.url}: this object is not a tileseg lock, and a run writing "
+                          "beside it needs that key; move the object away or choose another "
+                          "destination")
+    return record
 
 
 class StoreLock:
@@ -338,13 +342,7 @@ class StoreLock:
     def _take_over_if_stale(self, obstore: Any, store: Any) -> None:
         current = obstore.get(store, self.location.key)
         etag = current.meta.get("e_tag")
-        try:
-            holder = json.loads(bytes(current.bytes()))
-        except ValueError:
-            holder = None
-        if not isinstance(holder, dict) or holder.get("tileseg_lock") != 1:
-            # every lock object tileseg writes carries the marker: this one is somebody's own
-            raise OutputError(_foreign_lock(self.location))
+        holder = _lock_record(self.location, bytes(current.bytes()))
         who = f"pid {holder.get('pid')} on {holder.get('host')}"
         expires = holder.get("lease_expires")
         left = (expires if isinstance(expires, (int, float)) else 0) - time.time()
