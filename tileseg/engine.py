@@ -215,3 +215,48 @@ class OnnxForward:
         array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         (out,) = self.session.run(["logits"], {"x": array})
         return torch.from_numpy(out)
+
+
+class TorchCpuForward:
+    """Eager PyTorch on the CPU, one tile per forward pass.
+
+    oneDNN's CPU kernels (its 1x1 convolutions, a pooled branch of one pixel) round differently
+    with another intra-op thread count or batch shape; one tile per pass makes a tile's logits
+    independent of the batch it came in. A model tileseg loaded itself (``concurrent``) also runs
+    each pass on one thread, as many passes at once as the worker has cores, so its logits do
+    not depend on the worker's cores either (and every core stays busy: measured at least as
+    fast as one pass on every thread). A caller's module object runs its passes one after
+    another on the process's threads: tileseg cannot know it is safe to call from two threads
+    at once, and such a model only runs in this process, whose core count does not change.
+    """
+
+    def __init__(self, module: nn.Module, threads: int, autocast: torch.dtype | None,
+                 concurrent: bool) -> None:
+        self.module = module
+        self.threads = threads
+        self.autocast = autocast
+        self._pool: Any = None
+        if concurrent and threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="tileseg-forward",
+                                            initializer=torch.set_num_threads, initargs=(1,))
+        self.concurrent = concurrent
+
+    def _one(self, tile: torch.Tensor) -> torch.Tensor:
+        # inference and autocast modes are per thread: set in the thread that runs the pass
+        with torch.inference_mode(), torch.autocast("cpu", dtype=self.autocast or torch.float32,
+                                                    enabled=self.autocast is not None):
+            out: Any = self.module(tile)
+        if isinstance(out, tuple | list):  # aux heads
+            out = out[0]
+        return out.float()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        tiles = x.split(1)
+        if self._pool is not None:
+            return torch.cat(list(self._pool.map(self._one, tiles)))
+        wanted = 1 if self.concurrent else self.threads
+        if torch.get_num_threads() != wanted:
+            torch.set_num_threads(wanted)
+        return torch.cat([self._one(tile) for tile in tiles])

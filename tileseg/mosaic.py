@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from dask.base import tokenize
 
+from tileseg.blend import FIXED_POINT_BITS
 from tileseg.config import ProbabilityMode, RuntimeConfig
 from tileseg.errors import DamagedInputError, InputError, RunError, TilesegError
 from tileseg.grid import Rect, TileGrid
@@ -43,6 +44,10 @@ from tileseg.raster import RasterInfo
 from tileseg.store import zarr_store
 
 logger = logging.getLogger(__name__)
+
+# How saved spills hold their sums: part of the run fingerprint, so a staging folder written in
+# another format (float32 sums, before tileseg 0.2) is never resumed into this one
+SUMS_FORMAT = f"int64-fixed-point-{FIXED_POINT_BITS}"
 
 # Models handed to predict() as objects live here, keyed by a token, so jobs stay small and
 # picklable; a worker process that lacks the key must load the model from its path instead.
@@ -516,11 +521,12 @@ def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any
     border = grid.chunk_border(row, col)
     if border:
         key = _spill_key(row, col)
-        sums = np.zeros((job.num_classes, chunk.height, chunk.width), dtype=np.float32)
-        weights = np.zeros((chunk.height, chunk.width), dtype=np.float32)
+        # fixed-point integers (tileseg.blend): the neighbours' sums add up exactly, in any order
+        sums = np.zeros((job.num_classes, chunk.height, chunk.width), dtype=np.int64)
+        weights = np.zeros((chunk.height, chunk.width), dtype=np.int64)
         spans = {tuple(r["chunk"]): r.get("spans", {}).get(key)
                  for r in inferred if isinstance(r, dict) and "chunk" in r}
-        for nr, nc in grid.neighbours(row, col):  # fixed order: identical sums on every run
+        for nr, nc in grid.neighbours(row, col):
             piece = (own if (nr, nc) == (row, col)
                      else work.load_spill(nr, nc, key, spans.get((nr, nc))))
             n = 0

@@ -32,6 +32,7 @@ from tileseg.grid import TileGrid, aligned_overlap
 from tileseg.memory import check_memory
 from tileseg.model import LoadedModel, load_model, warn_once
 from tileseg.mosaic import (
+    SUMS_FORMAT,
     Job,
     ModelRef,
     build_graph,
@@ -288,6 +289,7 @@ def _fingerprint(config: PredictConfig, raster: RasterInfo, model_source: str) -
         sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights),
         config.tile_size, config.overlap, config.chunk_size, config.blend, config.precision,
         config.probabilities, config.encoder_output_stride, config.decoder_atrous_rates,
+        SUMS_FORMAT,
     )
 
 
