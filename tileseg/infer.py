@@ -31,9 +31,9 @@ from tileseg.device import (  # noqa: F401  (re-exported: older imports)
     resolve_precision,
 )
 from tileseg.engine import CPU_FORWARD_LOCK, OnnxForward, ensure_onnx, resolve_engine, worker_cores
-from tileseg.errors import ModelError
+from tileseg.errors import ModelError, OutputError
 from tileseg.grid import Rect, TileGrid
-from tileseg.model import LoadedModel
+from tileseg.model import LoadedModel, class_logits
 from tileseg.raster import RasterInfo, WindowReader
 
 logger = logging.getLogger(__name__)
@@ -71,14 +71,16 @@ class Runtime:
         if self.threads is not None and torch.get_num_threads() != self.threads:
             # torch's pool follows the worker's cores too (normalizing, blending)
             torch.set_num_threads(self.threads)
+        # a binary model's one logit x as [0, x] (see class_logits): argmax = sigmoid > 0.5
+        classes = self.model.metadata.num_classes
         if self.onnx is not None:
-            return self.onnx(x)
+            return class_logits(self.onnx(x), classes)
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
                              enabled=self.autocast is not None):
             out: Any = self.model.module(x)
         if isinstance(out, tuple | list):  # aux heads
             out = out[0]
-        return out.float()
+        return class_logits(out.float(), classes)
 
 
 def make_runtime(
@@ -117,7 +119,7 @@ def make_runtime(
             path = ensure_onnx(exported.cpu(), context, model.metadata.in_channels,
                                model.architecture)
             onnx = OnnxForward(path, threads or 1)
-        except ModelError as exc:
+        except (ModelError, OutputError) as exc:  # OutputError: the export cache
             if engine != "auto":
                 raise
             logger.warning("%s; running it with torch instead", exc)
