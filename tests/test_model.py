@@ -94,7 +94,7 @@ def _meta(model_dir: Path) -> dict[str, Any]:
 
 def _predict_cli(src: Path, dst: Path, model_dir: Path, *extra: str) -> Any:
     return CliRunner().invoke(cli, ["predict", str(src), str(dst), "-m", str(model_dir),
-                                    "--tile-size", "64", "--overlap", "16", "-q", *extra])
+                                    "--tile-size", "64", "--overlap", "16", *extra])
 
 
 @pytest.fixture(scope="module")
