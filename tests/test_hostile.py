@@ -243,6 +243,14 @@ CASES: list[Case] = [
     Case("sample-offline-not-cached", "sample rmnp-rgb --offline", 2),
     Case("no-such-command", "segment rgb.tif", 2),
     Case("version", "--version", 0),
+    # ---- predict: model files, refused when the model loads, before any staging (issue 18)
+    Case("predict-model-negative-std", "predict rgb.tif out.tif -m {negative_std}", 3),
+    Case("predict-model-colour-300", "predict rgb.tif out.tif -m {colour_300}", 3),
+    Case("predict-model-colour-bad-hex", "predict rgb.tif out.tif -m {colour_bad_hex}", 3),
+    Case("predict-model-class-name-bell", "predict rgb.tif out.tif -m {name_bell}", 3),
+    Case("predict-model-tileseg-json-folder", "predict rgb.tif out.tif -m {json_folder}", 3),
+    Case("predict-model-weights-folder", "predict rgb.tif out.tif -m {weights_folder}", 3),
+    Case("info-model-colour-300", "info rgb.tif -m {colour_300}", 3),
 ]
 
 
@@ -345,6 +353,16 @@ def models(deeplab_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
         return json.dumps({**meta, "normalization": {**meta["normalization"],
                                                      "std": [1.0, value, 1.0]}})
 
+    def with_class(index: int, **fields: object) -> str:
+        classes = [dict(c) for c in meta["classes"]]
+        classes[index].update(fields)
+        return json.dumps({**meta, "classes": classes})
+
+    def folder_at(name: str, filename: str) -> Path:
+        path = variant(name, **{filename.replace(".", "_", 1): None})
+        (path / filename).mkdir()
+        return path
+
     config = json.loads((deeplab_dir / "config.json").read_text())
     config.pop("encoder_name")
     pickled = root / "pickled.pt"
@@ -361,6 +379,13 @@ def models(deeplab_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
         "no_encoder": variant("no_encoder", config_json=json.dumps(config)),
         "bare": variant("bare", tileseg_json=None),
         "pickled": pickled,
+        # model files (issue 18)
+        "negative_std": variant("negative_std", tileseg_json=with_std(-1.0)),
+        "colour_300": variant("colour_300", tileseg_json=with_class(1, color=[300, 0, 0])),
+        "colour_bad_hex": variant("colour_bad_hex", tileseg_json=with_class(1, color="#-10000")),
+        "name_bell": variant("name_bell", tileseg_json=with_class(0, name="water\u0007")),
+        "json_folder": folder_at("json_folder", "tileseg.json"),
+        "weights_folder": folder_at("weights_folder", "model.safetensors"),
     }
 
 

@@ -38,9 +38,9 @@ from tileseg.engine import (
     resolve_engine,
     worker_cores,
 )
-from tileseg.errors import ModelError
+from tileseg.errors import ModelError, OutputError
 from tileseg.grid import Rect, TileGrid
-from tileseg.model import LoadedModel
+from tileseg.model import LoadedModel, class_logits
 from tileseg.raster import RasterInfo, WindowReader
 
 logger = logging.getLogger(__name__)
@@ -83,10 +83,12 @@ class Runtime:
         depend on how tiles are grouped)."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        # a binary model's one logit x as [0, x] (see class_logits): argmax = sigmoid > 0.5
+        classes = self.model.metadata.num_classes
         if self.onnx is not None:  # its kernels depend on neither (tests/test_determinism.py)
-            return self.onnx(x)
+            return class_logits(self.onnx(x), classes)
         if self.torch_cpu is not None:
-            return self.torch_cpu(x)
+            return class_logits(self.torch_cpu(x), classes)
         n = len(x)
         if n < self.batch_size:
             # cuDNN may choose other kernels for another batch shape: every pass gets the full
@@ -99,7 +101,7 @@ class Runtime:
             out: Any = self.model.module(x)
         if isinstance(out, tuple | list):  # aux heads
             out = out[0]
-        return out[:n].float()
+        return class_logits(out[:n].float(), classes)
 
 
 def make_runtime(
@@ -138,7 +140,7 @@ def make_runtime(
             path = ensure_onnx(exported.cpu(), context, model.metadata.in_channels,
                                model.architecture)
             onnx = OnnxForward(path, threads or 1)
-        except ModelError as exc:
+        except (ModelError, OutputError) as exc:  # OutputError: the export cache
             if engine != "auto":
                 raise
             logger.warning("%s; running it with torch instead", exc)

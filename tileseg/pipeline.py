@@ -396,7 +396,20 @@ def _plan_run(config: PredictConfig, model: LoadedModel | None) -> Plan:
         hand_over(ref, model)  # in-process tasks use it instead of loading the model again
     plan = replace(make_plan(config, model, raster=raster), model_ref=ref, model_source=source)
     _check_device(config)
+    _check_export_cache(config, plan)
     return plan
+
+
+def _check_export_cache(config: PredictConfig, plan: Plan) -> None:
+    """With engine onnxruntime here, the export is in the cache or can be written there; an
+    OutputError naming the cache otherwise (exit 4), before anything is staged. (``auto`` uses
+    torch instead, with a warning; a cluster's workers each have their own cache.)"""
+    if config.engine != "onnxruntime" or scheduler_address(config.scheduler) is not None:
+        return
+    from tileseg.engine import check_export_cache
+
+    model = plan.model
+    check_export_cache(model.module, plan.context, model.metadata.in_channels, model.architecture)
 
 
 def _stage(config: PredictConfig, plan: Plan, staging: Staging, fingerprint: str) -> None:
