@@ -47,7 +47,7 @@ from typing import Any, Literal
 
 from tileseg.batch_report import ScenePicture, html_path, render_html, scene_picture
 from tileseg.config import PredictConfig
-from tileseg.destination import check_distinct_paths
+from tileseg.destination import check_distinct_paths, check_output_folder, writable_folder
 from tileseg.errors import (
     ConfigError,
     InputError,
@@ -623,6 +623,8 @@ def check_summary_targets(summary: str | os.PathLike[str]) -> None:
     if is_store_url(os.fspath(summary)):
         _check_store_summary(checks)
         return
+    # written after each scene: a folder that cannot take it is found now, not after the first
+    check_output_folder(checks[0][0], "summary path", params=("summary",))
     for path, ours in checks:
         if path.is_symlink() or path.is_dir():
             mine = False
@@ -776,4 +778,7 @@ def run_manifest(
             raise OutputError(f"{config.output_dir}: cannot create the output folder "
                               f"({exc.strerror}); choose a writable output_dir",
                               params=("output_dir",)) from exc
+        if not writable_folder(config.output_dir):  # else every scene would fail alike
+            raise OutputError(f"{config.output_dir}: the output folder is not writable; choose "
+                              "a writable output_dir", params=("output_dir",))
     return run_batch(scenes, config, client=client, on_scene=on_scene)
