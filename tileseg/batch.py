@@ -226,8 +226,7 @@ def load_manifest(
         if not manifest.is_file():
             raise InputNotFoundError(f"{manifest}: no such manifest file; check the path")
         try:
-            with open(manifest, "rb") as f:
-                data = f.read(MAX_MANIFEST_BYTES + 1)
+            data = _read_at_most(manifest, MAX_MANIFEST_BYTES + 1)
             if len(data) > MAX_MANIFEST_BYTES:
                 raise InputError(f"{manifest}: the manifest is over {MAX_MANIFEST_BYTES >> 20} "
                                  "MiB; split it into several batches")
@@ -258,6 +257,18 @@ def load_manifest(
         seen[key] = scene.src
     _check_scene_paths(manifest, scenes)
     return scenes
+
+
+def _read_at_most(path: Path, limit: int) -> bytes:
+    """Up to ``limit`` bytes of ``path``, read in pieces (one large read of a pseudo-file, as
+    under /proc, can fail for its size alone)."""
+    parts: list[bytes] = []
+    size = 0
+    with open(path, "rb") as f:
+        while size < limit and (part := f.read(min(1 << 20, limit - size))):
+            parts.append(part)
+            size += len(part)
+    return b"".join(parts)
 
 
 def _read_store_manifest(url: str) -> str:

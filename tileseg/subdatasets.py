@@ -125,10 +125,10 @@ def container_error(src: Any, path: str) -> InputError:
     if not names:
         return InputError(f"{path}: has no raster bands GDAL can read; pass a raster file")
     shown = ", ".join(names[:_SHOWN])
-    more = f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else ""
-    example = names[0]
+    more = (f" and {len(names) - _SHOWN} more, which gdalinfo {Path(path).name} lists"
+            if len(names) > _SHOWN else "")
     return InputError(
         f"{path}: holds {len(names)} rasters (GDAL subdatasets: {shown}{more}) and no bands of "
-        f"its own; pass one of them instead of the file, e.g. '{example}' (the form is "
-        f"DRIVER:\"FILE\":NAME; gdalinfo {Path(path).name} lists them)"
+        f"its own; pass one of them instead of the file, e.g. '{names[0]}' (the form is "
+        f"DRIVER:\"FILE\":NAME)"
     )
