@@ -11,6 +11,9 @@ directories shared read-only. For every case:
 * every file that existed before (working folder and models) still exists with the same
   checksum, unless the row names it as one the command may replace.
 
+A row may set environment variables for its command (``env``) and name outputs that must not
+exist afterwards (``absent``: the command failed before any work).
+
 Adding a case is one line in ``CASES``. ``{model}``-style placeholders name shared model
 directories (see ``models``); every other path is relative to the working folder.
 """
