@@ -56,6 +56,7 @@ from tileseg.scheduler import cluster_client, run_graph, scheduler_address
 from tileseg.staging import STAGING_SUFFIX, LocalStaging, Staging  # noqa: F401 (re-exported)
 from tileseg.store import is_store_url
 from tileseg.styles import publish_raster_styles, publish_raster_styles_to_store
+from tileseg.subdatasets import local_file
 
 if TYPE_CHECKING:
     from tileseg.vectorization import VectorizeResult
@@ -282,7 +283,8 @@ def _fingerprint(config: PredictConfig, raster: RasterInfo, model_source: str) -
     The source's modification time is left out on purpose: repairing an unreadable block in
     place must not lock the run out of resuming (its size and raster facts still must match).
     """
-    size = None if is_remote(raster.path) else os.stat(raster.path).st_size
+    file = local_file(raster.path)  # a subdataset's (NETCDF:"scene.nc":ndvi) is scene.nc
+    size = None if is_remote(file) else os.stat(file).st_size
     weights = [p for p in Path(model_source).glob("*") if p.is_file()] if model_source else []
     return tokenize(
         raster, size,

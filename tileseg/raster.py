@@ -115,8 +115,10 @@ def open_raster(
     allow_no_crs: bool = False,
 ) -> RasterInfo:
     """Open and validate a raster, returning its facts. Raises one-line :class:`InputError` s."""
+    from tileseg.subdatasets import check_subdataset_name
+
     path = str(path)
-    if not is_remote(path) and not Path(path).exists():
+    if not is_remote(path) and not Path(path).exists() and check_subdataset_name(path) is None:
         raise InputNotFoundError(f"{path}: no such file; check the path")
     if not is_remote(path) and Path(path).is_dir():
         raise InputError(f"{path}: is a directory, not a raster; pass a GeoTIFF or COG file")
@@ -124,6 +126,11 @@ def open_raster(
         with open_dataset(path) as src:
             return _describe(src, path, bands, nodata, allow_no_crs)
     except RasterioIOError as exc:
+        if not is_remote(path) and not Path(path).exists():  # a subdataset name: its file is
+            raise InputError(  # there, so the rest of the name is wrong (GDAL says "no such file")
+                f"{path}: GDAL cannot open this subdataset ({gdal_message(exc)}); check the "
+                "name after the file (tileseg info FILE lists the subdatasets)"
+            ) from exc
         if is_remote(path):
             raise InputError(
                 f"{path}: cannot be read ({gdal_message(exc)}); check the URL, the credentials "
@@ -137,6 +144,10 @@ def open_raster(
 def _describe(
     src: Any, path: str, bands: tuple[int, ...] | None, nodata: float | None, allow_no_crs: bool
 ) -> RasterInfo:
+    if src.count == 0:  # a container (NetCDF with several variables...): which raster?
+        from tileseg.subdatasets import container_error
+
+        raise container_error(src, path)
     indexes = tuple(bands) if bands else tuple(src.indexes)
     bad = [b for b in indexes if not 1 <= b <= src.count]
     if bad:

@@ -111,6 +111,13 @@ def handle_errors(func: F) -> F:
             bad = exc.object[exc.start : exc.end] if isinstance(exc.object, str) else ""
             _fail(InputError(f"a file name is not valid UTF-8 (it contains {printable(bad)}); "
                              "GDAL needs UTF-8 file names: rename the file"))
+        except ValueError as exc:  # dask refusing its configuration file as it imports
+            from tileseg.deps import dask_config_error
+
+            error = dask_config_error(exc)
+            if error is None:
+                raise
+            _fail(error)
         except KeyboardInterrupt as exc:
             stopped = "Terminated (SIGTERM)" if isinstance(exc, Terminated) else "Interrupted"
             click.echo(f"{stopped}; the output was not completed (use --resume to continue).",
