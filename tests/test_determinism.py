@@ -94,3 +94,56 @@ def test_near_ties_same_mask_whatever_the_layout(scene, near_tie_deeplab, tmp_pa
     tied = np.abs(probabilities[0].astype(np.float32) - probabilities[1]) < 1e-3
     assert tied.mean() > 0.9, tied.mean()
     assert 0.05 < mask.mean() < 0.95, mask.mean()
+
+
+def _interrupted(scene: Path, model: Path, dst: Path, **options: object) -> None:
+    from conftest import interrupt_after
+
+    with pytest.raises(KeyboardInterrupt):
+        predict(PredictConfig(str(scene), str(dst), model=str(model), chunk_size=96,
+                              device="cpu", **{**TILING, **options}),  # type: ignore[arg-type]
+                progress=interrupt_after(3))
+    assert Path(f"{dst}.partial").is_dir() and not dst.exists()
+
+
+def test_resume_with_other_batches_and_workers_gives_the_same_mask(
+        scene, several_class_deeplab, tmp_path) -> None:
+    reference = _run(scene, several_class_deeplab, tmp_path, "torch", LAYOUTS[0])
+    dst = tmp_path / "resumed.zarr"
+    _interrupted(scene, several_class_deeplab, dst, engine="torch", batch_size=2, workers=1)
+    result = predict(PredictConfig(str(scene), str(dst), model=str(several_class_deeplab),
+                                   chunk_size=96, batch_size=7, workers=2, engine="torch",
+                                   device="cpu", resume=True, **TILING))  # type: ignore[arg-type]
+    assert result.report["tiles_reused"] > 0
+    group = zarr.open_group(str(dst), mode="r")
+    assert np.array_equal(group["mask"][:], reference[0])
+    assert np.array_equal(group["probabilities"][:], reference[1])
+
+
+def test_a_resume_whose_engine_resolves_otherwise_is_not_published(
+        scene, several_class_deeplab, tmp_path, monkeypatch) -> None:
+    """The interrupted run had ONNX Runtime (``auto`` picked it); the resumed one does not: its
+    chunks' logits would differ from the kept ones, so nothing is published, and resuming where
+    ONNX Runtime is back finishes the run with the mask of an uninterrupted one."""
+    import tileseg.engine
+    from tileseg.errors import RunError
+    from tileseg.model import clear_cache
+
+    dst = tmp_path / "mixed.zarr"
+    _interrupted(scene, several_class_deeplab, dst, engine="auto")
+    config = PredictConfig(str(scene), str(dst), model=str(several_class_deeplab),
+                           chunk_size=96, device="cpu", resume=True, **TILING)  # type: ignore[arg-type]
+    clear_cache()  # as in another process: the interrupted run's runtime is not cached here
+    with monkeypatch.context() as patch:
+        patch.setattr(tileseg.engine, "_import_onnxruntime", lambda: None)
+        work = Path(f"{dst}.partial") / "work"
+        kept = sorted(p.name for p in work.rglob("*"))
+        with pytest.raises(RunError, match="inferred by onnxruntime cpu fp32, this worker would "
+                                           "infer by torch cpu fp32"):
+            predict(config)
+    assert not dst.exists() and sorted(p.name for p in work.rglob("*")) == kept
+    clear_cache()
+    result = predict(config)
+    assert result.report["engine"] == "onnxruntime"
+    reference = _run(scene, several_class_deeplab, tmp_path, "onnxruntime", LAYOUTS[0])
+    assert np.array_equal(zarr.open_group(str(dst), mode="r")["mask"][:], reference[0])

@@ -72,6 +72,14 @@ class Runtime:
     onnx: OnnxForward | None = None
     torch_cpu: TorchCpuForward | None = None
 
+    def label(self) -> str:
+        """What a tile's logits depend on besides the model and the tiling: the engine, the
+        device type and precision and, on a GPU, the batch size (see :meth:`forward`)."""
+        parts = [self.engine, self.device.type, precision_name(self.autocast)]
+        if self.device.type == "cuda":
+            parts.append(f"batch {self.batch_size}")
+        return " ".join(parts)
+
     def resolved(self) -> dict[str, Any]:
         """The device, precision and batch size this runtime really uses (``auto`` resolved)."""
         return {"device": str(self.device), "precision": precision_name(self.autocast),

@@ -27,6 +27,7 @@ from tileseg.errors import (
     InputError,
     ModelError,
     OutputError,
+    RunError,
 )
 from tileseg.grid import TileGrid, aligned_overlap
 from tileseg.memory import check_memory
@@ -370,6 +371,7 @@ def predict(
         finally:  # worker processes close theirs when idle (tileseg.raster._DatasetPool)
             release_datasets(job.run)
         timings.computed, timings.rss_compute_mb = time.perf_counter(), peak_rss_mb()
+        _check_one_runtime(config, tally)
         zarr_out = _publish(config, plan, fmt, staging, fingerprint)
         timings.finished = time.perf_counter()
         report = RunReport(config, plan, tally, timings,
@@ -380,6 +382,18 @@ def predict(
                                timings.finished - timings.started, report)
         _follow_ups(result, config)
         return result
+
+
+def _check_one_runtime(config: PredictConfig, tally: Tally) -> None:
+    """Refuse to publish a mask whose chunks came from runtimes whose logits differ (an
+    interrupted run resumed on another device or engine, with ``auto`` resolving otherwise):
+    the staging stays, to be resumed with the interrupted run's settings."""
+    if len(tally.runtimes) > 1:
+        raise RunError(
+            f"{config.dst}: the chunks of this mask were inferred by different runtimes "
+            f"({'; '.join(sorted(tally.runtimes))}), whose logits differ; resume with the "
+            "engine, device and precision of the interrupted run, or pass overwrite to start "
+            "over", params=("resume", "engine", "device", "precision", "overwrite"))
 
 
 def _plan_run(config: PredictConfig, model: LoadedModel | None) -> Plan:

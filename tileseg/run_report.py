@@ -38,6 +38,7 @@ class Tally:
     reused_tiles: int = 0
     resolved: dict[str, set[Any]] = field(default_factory=lambda: {k: set() for k in RESOLVED_KEYS})
     engines: set[str] = field(default_factory=set)  # as the workers resolved --engine
+    runtimes: set[str] = field(default_factory=set)  # Runtime.label of every chunk, reused too
 
     @classmethod
     def for_run(cls, plan: Plan, work: WorkDir | StoreWorkDir, progress: ProgressCallback | None,
@@ -61,6 +62,8 @@ class Tally:
                     values.add(result[key])
             if "engine" in result:
                 self.engines.add(result["engine"])
+            if result.get("runtime"):
+                self.runtimes.add(result["runtime"])
         else:
             self.done_tiles += self.tile_counts[tuple(result["chunk"])]  # type: ignore[index]
             if self.progress is not None:
