@@ -472,3 +472,125 @@ def test_killed_driver_resumes_from_the_store_at_once(s3: S3Server, make_raster,
         np.testing.assert_array_equal(out.read(1), expected)
     assert _keys(s3, "killed-driver/") == ["killed-driver/out.qml", "killed-driver/out.tif",
                                         "killed-driver/out.tif.aux.xml"]  # no lock, no staging
+
+
+# -- staging that resume or overwrite can always clear; what is not tileseg's stays (issue 18) --
+
+@pytest.fixture
+def one_chunk(make_raster, tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """A scene of one chunk (fewer requests) and its mask from a local run."""
+    src = make_raster(random_image(3, 90, 90, seed=2), name="one-chunk.tif")
+    local = predict(_config(src, tmp_path / "one-chunk.mask.tif"), model=per_pixel_model(3, 4))
+    with rasterio.open(local.dst) as out:
+        mask = out.read(1)
+    assert len(np.unique(mask)) >= 3
+    return src, mask
+
+
+@pytest.mark.parametrize(("name", "recover"), [("out.tif", "overwrite"), ("out.zarr", "resume")])
+def test_a_run_killed_before_its_run_record_is_recovered_by_resume_and_by_overwrite(
+        s3: S3Server, one_chunk, monkeypatch: pytest.MonkeyPatch, name: str,
+        recover: str) -> None:
+    import tileseg.pipeline
+
+    src, expected = one_chunk
+    real = tileseg.pipeline.create_zarr
+
+    def create_then_die(*args: object, **kwargs: object) -> None:
+        real(*args, **kwargs)  # type: ignore[arg-type]
+        raise KeyboardInterrupt  # killed once the Zarr objects are up, before any chunk
+
+    prefix = f"killed-early-{recover}"
+    url = f"s3://{BUCKET}/{prefix}/{name}"
+    monkeypatch.setattr(tileseg.pipeline, "create_zarr", create_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        predict(_config(src, url), model=per_pixel_model(3, 4))
+    monkeypatch.undo()
+    assert f"{prefix}/{name}.partial/run.json" in _keys(s3, f"{prefix}/")  # the first object
+    result = predict(_config(src, url, **{recover: True}), model=per_pixel_model(3, 4))
+    assert result.tiles_inferred == result.tiles_total
+    if name.endswith(".zarr"):
+        mask, attrs = _store_mask(url)
+        assert attrs["complete"] is True
+    else:
+        local = Path(src).with_name("fetched.tif")
+        local.write_bytes(s3.client().get_object(Bucket=BUCKET,
+                                                 Key=f"{prefix}/{name}")["Body"].read())
+        with rasterio.open(local) as out:
+            mask = out.read(1)
+    np.testing.assert_array_equal(mask, expected)
+    assert not [k for k in _keys(s3, f"{prefix}/") if ".partial/" in k]
+
+
+@pytest.mark.parametrize("flags", [[], ["--resume"], ["--overwrite"]],
+                         ids=["plain", "resume", "overwrite"])
+def test_a_users_objects_under_the_staging_prefix_are_not_tileseg_s_and_stay(
+        s3: S3Server, scene, deeplab_dir: Path, flags: list[str]) -> None:
+    src, _ = scene
+    prefix = f"users-partial-{len(flags) and flags[0].strip('-')}"
+    url = f"s3://{BUCKET}/{prefix}/out.tif"
+    put_bytes(StoreLocation.parse(f"{url}.partial/notes.txt"), b"mine")
+    code, output = _cli(["predict", str(src), url, "--model", str(deeplab_dir), *flags])
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == 4 and len(lines) == 1, output
+    assert f"{url}.partial: objects under this run's staging prefix were not written by " \
+           "tileseg" in lines[0] and "interrupted run" not in lines[0]
+    assert _keys(s3, f"{prefix}/") == [f"{prefix}/out.tif.partial/notes.txt"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["s3://{bucket}"], ["s3://{bucket}/"], ["s3://{bucket}/", "--format", "zarr"],
+    ["s3://{bucket}/m.tif", "--zarr", "s3://zarr-{bucket}"],
+    ["s3://{bucket}/m.tif", "--report", "s3://report-{bucket}/"],
+], ids=["root", "root-slash", "root-zarr", "zarr-root", "report-root"])
+def test_a_bucket_root_as_destination_is_refused_before_any_request(
+        s3: S3Server, scene, deeplab_dir: Path, argv: list[str]) -> None:
+    src, _ = scene
+    args = [a.format(bucket=BUCKET) for a in argv]
+    s3.traffic.reset()
+    code, output = _cli(["predict", str(src), *args, "--model", str(deeplab_dir)])
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert code == 4 and len(lines) == 1, output
+    assert "is a bucket root, not an object; name a key inside the bucket" in lines[0]
+    assert s3.traffic.requests == {}  # no lock, probe or staging object: not even a listing
+
+
+def test_a_full_tmpdir_for_a_store_output_is_exit_5_naming_it_and_leaves_no_scratch(
+        s3: S3Server, one_chunk, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+    import tempfile
+
+    import tileseg.pipeline
+    from tileseg.errors import DiskFullError
+
+    src, expected = one_chunk
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    real = tileseg.pipeline.zarr_to_geotiff
+
+    def convert_until_full(zarr_path: str, dst: Path, **kwargs: object) -> None:
+        real(zarr_path, dst, **kwargs)  # type: ignore[arg-type]
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # e.g. writing the overviews
+
+    monkeypatch.setattr(tileseg.pipeline, "zarr_to_geotiff", convert_until_full)
+    url = f"s3://{BUCKET}/tmpdir-full/out.tif"
+    with pytest.raises(DiskFullError) as caught:
+        predict(_config(src, url), model=per_pixel_model(3, 4))
+    assert caught.value.exit_code == 5 and caught.value.folder == str(scratch)
+    assert "(the temporary folder, TMPDIR)" in str(caught.value)
+    assert list(scratch.iterdir()) == []  # the local GeoTIFF and its folder are gone
+    assert "tmpdir-full/out.tif" not in _keys(s3, "tmpdir-full/")
+
+    monkeypatch.setattr(tileseg.pipeline, "zarr_to_geotiff", real)
+    model = per_pixel_model(3, 4)
+    predict(_config(src, url, resume=True), model=model)
+    assert model.module.tiles_seen == 0  # every chunk was kept on the store
+    fetched = tmp_path / "fetched.tif"
+    fetched.write_bytes(s3.client().get_object(Bucket=BUCKET,
+                                               Key="tmpdir-full/out.tif")["Body"].read())
+    with rasterio.open(fetched) as out:
+        np.testing.assert_array_equal(out.read(1), expected)
+    assert list(scratch.iterdir()) == []

@@ -339,3 +339,54 @@ def test_workers_with_a_gpu_resource_run_one_infer_task_at_a_time(
         # their duration
         assert overlap < 0.05 * busy, f"infer tasks ran concurrently on {worker}"
     assert sum(len(v) for v in spans("tileseg-finalize-").values()) == 25
+
+
+def test_the_only_worker_dying_without_a_nanny_is_exit_5_after_a_bounded_wait(
+        scene, deeplab_dir, tmp_path) -> None:
+    """``dask worker --no-nanny``, the cluster's only worker, killed mid-run: nobody starts
+    another, so the run says so once ``tileseg.no-worker-timeout`` has passed (exit 5) instead
+    of waiting for ever; the finished chunks stay for --resume."""
+    import threading
+
+    import dask
+
+    from tileseg.errors import RunError
+
+    dst = tmp_path / "mask.tif"
+    outcome: dict[str, object] = {}
+    with distributed.LocalCluster(n_workers=0, processes=True, dashboard_address=":0") as lc, \
+            distributed.Client(lc) as client:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_worker", lc.scheduler_address,
+             "--no-nanny", "--nthreads", "1", "--no-dashboard"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            client.wait_for_workers(1, timeout=60)
+
+            def kill_the_worker(progress: object) -> None:
+                if "killed_after" not in outcome:  # a chunk is done: the run is under way
+                    os.kill(worker.pid, signal.SIGKILL)
+                    outcome["killed_after"] = progress.done  # type: ignore[attr-defined]
+
+            def run() -> None:
+                try:
+                    with dask.config.set({"tileseg.no-worker-timeout": "2s"}):
+                        predict(_config(scene, dst, deeplab_dir), client=client,
+                                progress=kill_the_worker)
+                except Exception as exc:  # noqa: BLE001 - checked below
+                    outcome["error"] = exc
+
+            driver = threading.Thread(target=run, daemon=True)
+            driver.start()
+            driver.join(timeout=120)  # the old code waited here for ever
+            assert not driver.is_alive(), "predict still waits on a cluster without workers"
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+            worker.wait(timeout=30)
+    error = outcome.get("error")
+    assert isinstance(error, RunError) and error.exit_code == 5, repr(error)
+    assert "has had no worker for 2 s" in str(error) and "resume" in str(error)
+    assert not dst.exists()
+    done = Path(f"{dst}.partial") / "work" / "done"
+    assert done.is_dir() and len(os.listdir(done)) >= 1  # what was finished is kept for --resume

@@ -288,6 +288,14 @@ CASES: list[Case] = [
          env=(("AWS_ENDPOINT_URL", "not a url"), *KEYS)),
     Case("vectorize-s3-endpoint-no-scheme", "vectorize mask.tif s3://bucket/p.gpkg", 2,
          env=(("AWS_ENDPOINT_URL", "127.0.0.1:9000"), *KEYS)),
+    # ---- a bucket root as an output on a store: refused before any request (issue 18, 5);
+    # no store answers here, so a request would fail differently and slowly
+    Case("predict-dst-bucket-root", f"predict rgb.tif s3://masks {M}", 4),
+    Case("predict-dst-bucket-root-slash", f"predict rgb.tif s3://masks/ --format zarr {M}", 4),
+    Case("predict-dotted-bucket-root", f"predict rgb.tif s3://masks.tif {M}", 4),
+    Case("predict-report-bucket-root",
+         f"predict rgb.tif out.tif --report s3://reports.json {M}", 4),
+    Case("vectorize-bucket-root", "vectorize mask.tif s3://polygons.gpkg", 4),
 ]
 
 

@@ -184,6 +184,45 @@ def test_interrupted_run_leaves_no_output_and_resume_completes_identically(make_
         np.testing.assert_array_equal(a.read(1), b.read(1))
 
 
+@pytest.mark.parametrize("recover", ["resume", "overwrite"])
+def test_a_run_killed_before_its_first_chunk_is_recovered_by_resume_or_overwrite(
+        make_raster, tmp_path, monkeypatch: pytest.MonkeyPatch, recover: str) -> None:
+    import tileseg.pipeline
+    from tileseg.staging import LocalStaging
+
+    src = make_raster(random_image(3, 150, 230))
+    clean = predict(_config(src, tmp_path / "clean.tif"), model=per_pixel_model(3, 4))
+    real = tileseg.pipeline.create_zarr
+
+    def create_then_die(*args: object, **kwargs: object) -> None:
+        real(*args, **kwargs)  # type: ignore[arg-type]
+        raise KeyboardInterrupt  # killed right after the staged Zarr store was created
+
+    monkeypatch.setattr(tileseg.pipeline, "create_zarr", create_then_die)
+    dst = tmp_path / "out.tif"
+    with pytest.raises(KeyboardInterrupt):
+        predict(_config(src, dst), model=per_pixel_model(3, 4))
+    monkeypatch.undo()
+    staging = Path(f"{dst}.partial")
+    assert (staging / "mosaic.zarr" / "zarr.json").is_file()
+    assert json.loads((staging / "run.json").read_text())["ready"] is False  # written first
+    result = predict(_config(src, dst, **{recover: True}), model=per_pixel_model(3, 4))
+    assert result.tiles_inferred == clean.tiles_inferred and not staging.exists()
+    with rasterio.open(clean.dst) as a, rasterio.open(dst) as b:
+        np.testing.assert_array_equal(a.read(1), b.read(1))
+    # a staging folder is removed with its run record last: cut short, it is still tileseg's
+    order: list[str] = []
+    monkeypatch.setattr(Path, "unlink", lambda self, missing_ok=False: order.append(self.name))
+    monkeypatch.setattr("shutil.rmtree", lambda path, *a, **k: order.append(Path(path).name))
+    monkeypatch.setattr(Path, "rmdir", lambda self: order.append(self.name))
+    staging.mkdir()
+    for name in ("mosaic.zarr", "work", "zz-extra"):
+        (staging / name).mkdir()
+    (staging / "run.json").write_text("{}")
+    LocalStaging(dst).discard()
+    assert order[-2:] == ["run.json", "out.tif.partial"] and len(order) == 5
+
+
 def _work_left_by(dst: Path) -> tuple[int, int]:
     """Chunks an interrupted run finished or saved the logits of, and their inferred tiles, read
     from its work folder (done records and saved pieces)."""

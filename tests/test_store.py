@@ -67,6 +67,29 @@ def test_upload_then_delete_a_prefix(s3: S3Server, tmp_path: Path) -> None:
     assert not exists(loc("prefix/x/1.bin"))
 
 
+def test_a_prefix_is_deleted_with_its_run_record_last(s3: S3Server,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import obstore
+
+    for name in ("mosaic.zarr/zarr.json", "run.json", "work/done/r0_c0", "zz.bin"):
+        put_bytes(loc(f"staged/out.tif.partial/{name}"), b"{}")
+    calls: list[list[str]] = []
+    real = obstore.delete
+
+    def delete(store: object, paths: object) -> None:
+        calls.append([paths] if isinstance(paths, str) else list(paths))  # type: ignore[arg-type]
+        real(store, paths)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(obstore, "delete", delete)
+    staging = loc("staged/out.tif.partial")
+    # a removal cut short after the first request leaves the record: the rest stays provably
+    # a tileseg run's, which --resume or --overwrite clears
+    assert delete_prefix(staging, last=staging.child("run.json")) == 4
+    assert calls[-1] == ["staged/out.tif.partial/run.json"] and len(calls) == 2
+    assert "staged/out.tif.partial/run.json" not in sum(calls[:-1], [])
+    assert not [k for k in _keys(s3) if k.startswith("staged/")]
+
+
 def test_a_missing_bucket_is_one_clear_error(s3: S3Server) -> None:
     with pytest.raises(OutputError, match="no-such-bucket-9.*bucket does not exist"):
         check_writable(StoreLocation.parse("s3://no-such-bucket-9/out/mask.zarr"))

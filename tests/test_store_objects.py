@@ -205,7 +205,8 @@ def test_predict_refuses_an_object_in_the_way_before_the_run(s3: S3Server, scene
     assert body == b"a user's file"
 
 
-def test_a_failed_write_leaves_no_object(s3: S3Server, scene, monkeypatch) -> None:
+def test_a_failed_write_leaves_no_object(s3: S3Server, scene, monkeypatch,
+                                         tmp_path: Path) -> None:
     from tileseg.vectorization import vectorize
 
     _, mask = scene
@@ -218,12 +219,26 @@ def test_a_failed_write_leaves_no_object(s3: S3Server, scene, monkeypatch) -> No
         raise OSError(28, "No space left on device")
 
     monkeypatch.setitem(writers, "_write_ogr", half_then_fail)
+    scratch = _own_tmpdir(monkeypatch, tmp_path)
     code, output = _cli(["vectorize", str(mask), f"s3://{BUCKET}/failed/out.gpkg"])
-    assert code == 4 and "cannot write" in output, output
+    assert code == 4 and output.startswith(f"Error: {scratch} (the temporary folder, TMPDIR): "
+                                           "no space left"), output  # the folder that is full
     assert _keys(s3, "failed/") == []
+    assert list(scratch.iterdir()) == []  # nor a local copy
 
 
-def test_a_failed_preview_leaves_no_object(s3: S3Server, scene, monkeypatch) -> None:
+def _own_tmpdir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    import tempfile
+
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    return scratch
+
+
+def test_a_failed_preview_leaves_no_object(s3: S3Server, scene, monkeypatch,
+                                           tmp_path: Path) -> None:
     from PIL import Image
 
     _, mask = scene
@@ -234,9 +249,12 @@ def test_a_failed_preview_leaves_no_object(s3: S3Server, scene, monkeypatch) -> 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Image.Image, "save", half_then_fail)
+    scratch = _own_tmpdir(monkeypatch, tmp_path)
     code, output = _cli(["preview", str(mask), "-o", f"s3://{BUCKET}/failed-png/out.png"])
-    assert code == 4 and "cannot write the preview" in output, output
+    assert code == 4 and output.startswith(f"Error: {scratch} (the temporary folder, TMPDIR): "
+                                           "no space left"), output
     assert _keys(s3, "failed-png/") == []
+    assert list(scratch.iterdir()) == []
 
 
 def test_an_object_put_after_the_check_is_not_replaced(s3: S3Server, tmp_path: Path) -> None:

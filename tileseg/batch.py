@@ -755,9 +755,12 @@ class _ListWriter:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    from tileseg.diskspace import full_disk_as_error
+
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with full_disk_as_error(path.absolute().parent, resumable=False, cleanup=[tmp]):
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
 
 def default_summary_path(manifest: str | os.PathLike[str],

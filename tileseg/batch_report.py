@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tileseg.diskspace import full_disk_as_error
 from tileseg.errors import TilesegError
 
 logger = logging.getLogger(__name__)
@@ -85,8 +86,9 @@ def scene_picture(dst: str | os.PathLike[str], index: int,
         drawn = make_preview(mask, png, PreviewConfig(size=THUMBNAIL_SIZE, legend=False))
         areas = tuple({**asdict(a), "color": list(a.color)} for a in drawn.areas)
         tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"mask": str(mask), "stamp": stamp, "areas": areas}))
-        os.replace(tmp, record)
+        with full_disk_as_error(folder, resumable=False, cleanup=[tmp]):
+            tmp.write_text(json.dumps({"mask": str(mask), "stamp": stamp, "areas": areas}))
+            os.replace(tmp, record)
         return ScenePicture(relative, areas)
     except (TilesegError, OSError, ValueError, KeyError) as exc:
         logger.warning("%s: no preview (%s)", mask, exc)

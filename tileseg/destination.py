@@ -204,11 +204,14 @@ def raster_files(path: PathLike) -> list[str]:
 def write_text_atomic(path: PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary name and a rename: a reader never sees half
     a file, and an interrupted write leaves the old one."""
+    from tileseg.diskspace import full_disk_as_error
+
     final = Path(path)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, final)
+        with full_disk_as_error(final.absolute().parent, resumable=False):
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -108,6 +108,29 @@ class DamagedInputError(InputError, RunError):
     exit_code = 2
 
 
+class DiskFullError(TilesegError, OSError):
+    """No space left in a folder tileseg writes (a full disk, or the user's quota: ENOSPC,
+    EDQUOT). ``folder`` is where the write failed. When ``resumable``, the run kept what it
+    finished and continues with ``resume`` once space is freed (exit 5, as a failed run);
+    otherwise nothing was written there (exit 4, as a destination that cannot be written)."""
+
+    def __init__(self, message: str = "", *, params: tuple[str, ...] = (), folder: str = "",
+                 resumable: bool = False) -> None:
+        super().__init__(message, params=params)
+        self.folder = folder
+        self.resumable = resumable
+        self.exit_code = RunError.exit_code if resumable else OutputError.exit_code
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # keyword arguments survive pickling (a worker process hands the error to the client)
+        return (_rebuild_disk_full, (str(self), self.params, self.folder, self.resumable))
+
+
+def _rebuild_disk_full(message: str, params: tuple[str, ...], folder: str,
+                       resumable: bool) -> DiskFullError:
+    return DiskFullError(message, params=params, folder=folder, resumable=resumable)
+
+
 class DestinationBusyError(TilesegError, RuntimeError):
     """Another run is writing the same destination now; try again once it has finished."""
 

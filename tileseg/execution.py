@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,10 @@ SCHEDULER_ENV = "TILESEG_SCHEDULER"
 DASK_CONFIG_KEY = "tileseg.scheduler"
 CONNECT_TIMEOUT_KEY = "tileseg.connect-timeout"  # dask config: how long to try a scheduler
 DEFAULT_CONNECT_TIMEOUT = "20s"
+# dask config: how long a run waits on a cluster that has no worker left before it gives up
+NO_WORKER_TIMEOUT_KEY = "tileseg.no-worker-timeout"
+DEFAULT_NO_WORKER_TIMEOUT = "10 minutes"
+_IDLE_S = 0.05  # between two looks at the finished tasks while none is ready
 
 SchedulerKind = Literal["threads", "sync", "processes", "distributed", "callable"]
 LOCAL_NAMES: dict[str, SchedulerKind] = {
@@ -244,20 +249,106 @@ def _run_on_cluster(client: Any, graph: Mapping[Hashable, Any],
                     groups: Sequence[tuple[Sequence[Hashable], Mapping[str, float] | None]],
                     on_result: TaskCallback) -> None:
     distributed = _distributed()
+    watch = WorkerWatch(client, no_worker_timeout())  # a bad setting fails before any task
     futures: list[Any] = []
     for keys, resources in groups:
         if keys:
             futures += client.get(dict(graph), list(keys), sync=False,
                                   resources=dict(resources) if resources else None)
-    for future in distributed.as_completed(futures):
+    # results are fetched in the background, never by a blocking future.result(): one whose
+    # worker died after finishing it would wait for its recomputation, for ever if no worker
+    # is left (a cluster without a nanny to start another), without a word
+    finished = distributed.as_completed(futures, with_results=True, raise_errors=False)
+    try:
+        while not finished.is_empty():
+            batch = finished.next_batch(block=False)
+            for future, value in batch:
+                _finished_task(future, value, on_result)
+            if not batch:
+                watch.check()
+                time.sleep(_IDLE_S)
+    except BaseException:
+        client.cancel(futures)  # nothing of this run stays queued on a shared cluster
+        raise
+
+
+def _finished_task(future: Any, value: Any, on_result: TaskCallback) -> None:
+    if future.status == "error":  # value: (type, exception, traceback)
+        exc = value[1]
+        if isinstance(exc, TilesegError):
+            raise exc
+        raise RunError(f"task {future.key} failed on the cluster: {exc}; rerun with "
+                       "resume once fixed", params=("resume",)) from exc
+    if future.status == "cancelled" or isinstance(value, BaseException):
+        raise RunError(f"task {future.key} was cancelled on the cluster; rerun with resume",
+                       params=("resume",))
+    on_result(future.key, value)
+
+
+def no_worker_timeout() -> float:
+    """Seconds a run waits on a cluster without any worker before it fails: dask's
+    ``tileseg.no-worker-timeout`` setting (``DASK_TILESEG__NO_WORKER_TIMEOUT``), else
+    :data:`DEFAULT_NO_WORKER_TIMEOUT`; raise it for clusters that scale up from none."""
+    import dask
+    from dask.utils import parse_timedelta
+
+    value = dask.config.get(NO_WORKER_TIMEOUT_KEY, default=DEFAULT_NO_WORKER_TIMEOUT)
+    try:
+        seconds = parse_timedelta(value, default="s")
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ConfigError(f"dask setting {NO_WORKER_TIMEOUT_KEY} = {value!r}: not a duration; "
+                          "use e.g. 10 minutes or 600s") from exc
+    if seconds is None or seconds <= 0:
+        raise ConfigError(f"dask setting {NO_WORKER_TIMEOUT_KEY} = {value!r}: must be a "
+                          "positive duration")
+    return float(seconds)
+
+
+class WorkerWatch:
+    """Says when a cluster has had no worker for ``timeout`` seconds (:class:`RunError`,
+    exit 5: the finished chunks are kept, a rerun with resume continues once workers run).
+
+    The first poll that finds no worker logs a warning, so the wait is never silent.
+    """
+
+    def __init__(self, client: Any, timeout: float) -> None:
+        self.client = client
+        self.timeout = timeout
+        self.poll_s = min(2.0, max(timeout / 4, _IDLE_S))  # between two counts of the workers
+        self._empty_since: float | None = None
+        self._polled = time.monotonic()
+
+    def check(self) -> None:
+        """Count the workers (at most every ``poll_s``); raise once there was none for long."""
+        if time.monotonic() - self._polled < self.poll_s:
+            return
+        self._polled = time.monotonic()
         try:
-            value = future.result()
-        except TilesegError:
-            raise
-        except Exception as exc:
-            raise RunError(f"task {future.key} failed on the cluster: {exc}; rerun with "
-                           "resume once fixed", params=("resume",)) from exc
-        on_result(future.key, value)
+            workers = len(self.client.nthreads())
+        except Exception:  # noqa: BLE001 - the scheduler gone is the client's own error to raise
+            logger.debug("cannot count the cluster's workers", exc_info=True)
+            return
+        now = time.monotonic()
+        if workers:
+            self._empty_since = None
+            return
+        if self._empty_since is None:
+            self._empty_since = now
+            logger.warning("the dask cluster at %s has no worker; waiting up to %.0f s for one",
+                           _address(self.client), self.timeout)
+            return
+        if now - self._empty_since >= self.timeout:
+            raise RunError(
+                f"the dask cluster at {_address(self.client)} has had no worker for "
+                f"{self.timeout:.0f} s (the last one stopped or was killed); start workers, "
+                "then rerun with resume to keep the finished chunks", params=("resume",))
+
+
+def _address(client: Any) -> str:
+    try:
+        return str(client.scheduler.address)
+    except AttributeError:
+        return "?"
 
 
 def gpu_workers(client: Any) -> int:

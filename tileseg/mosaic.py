@@ -36,6 +36,7 @@ from dask.base import tokenize
 
 from tileseg.blend import FIXED_POINT_BITS
 from tileseg.config import ProbabilityMode, RuntimeConfig
+from tileseg.diskspace import full_disk_as_error
 from tileseg.errors import DamagedInputError, InputError, RunError, TilesegError
 from tileseg.grid import Rect, TileGrid
 from tileseg.infer import Runtime, blend_to_mask, infer_chunk_logits, make_runtime
@@ -197,8 +198,9 @@ class WorkDir:
         """Save the piece; no spans (a neighbour's np.load reads only the members it uses)."""
         final = self.piece_path(row, col)
         tmp = final.with_name(f"{final.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npz")
-        np.savez(tmp, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, final)
+        with full_disk_as_error(self.path, resumable=True, cleanup=[tmp]):
+            np.savez(tmp, **arrays)  # type: ignore[arg-type]
+            os.replace(tmp, final)
         return {}
 
     def load_piece(self, row: int, col: int) -> Any:
@@ -219,8 +221,9 @@ class WorkDir:
     def mark_done(self, row: int, col: int, info: dict[str, Any]) -> None:
         final = self.done_path(row, col)
         tmp = final.with_name(final.name + ".tmp")
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, final)
+        with full_disk_as_error(self.path, resumable=True, cleanup=[tmp]):
+            tmp.write_text(json.dumps(info))
+            os.replace(tmp, final)
 
     def read_done(self, row: int, col: int) -> dict[str, Any]:
         return dict(json.loads(self.done_path(row, col).read_text()))
@@ -597,11 +600,13 @@ def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any
                 probs[:, rs, cs] = p
     region = (slice(chunk.row_off, chunk.row_end), slice(chunk.col_off, chunk.col_end))
     store = zarr_store(job.zarr_path)
-    # the run's own Zarr is v3 (create_zarr): naming it spares a store the v2 metadata probes
-    zarr.open_array(store, path="mask", mode="r+", zarr_format=3)[region] = mask
-    if probs is not None:
-        zarr.open_array(store, path="probabilities", mode="r+",
-                        zarr_format=3)[(slice(None), *region)] = probs
+    # a chunk left half written is written again: the chunk is not marked done yet
+    with full_disk_as_error(job.zarr_path, resumable=True):
+        # the run's own Zarr is v3 (create_zarr): naming it spares a store the v2 metadata probes
+        zarr.open_array(store, path="mask", mode="r+", zarr_format=3)[region] = mask
+        if probs is not None:
+            zarr.open_array(store, path="probabilities", mode="r+",
+                            zarr_format=3)[(slice(None), *region)] = probs
     info = {"tiles": tiles, "skipped": skipped,
             "runtime": str(own["runtime"]) if "runtime" in own.files else ""}
     work.mark_done(row, col, info)

@@ -80,10 +80,13 @@ def create_zarr(
 
     mask_dtype, nodata = mask_dtype_for(metadata.num_classes)
     transform = raster.affine
-    root = zarr.open_group(zarr_store(path), mode="w", zarr_format=3)
-    mask_format.write_facts(root, mask_format.zarr_facts(
+    facts = mask_format.zarr_facts(
         crs_wkt=raster.crs_wkt, transform=list(transform), height=raster.height,
-        width=raster.width, nodata=nodata, classes=metadata.classes, source=source))
+        width=raster.width, nodata=nodata, classes=metadata.classes, source=source)
+    # tileseg's mark is in the root's first write: a store left by a run killed right after it
+    # is still provably tileseg's (and incomplete), so overwrite may replace it
+    root = zarr.open_group(zarr_store(path), mode="w", zarr_format=3,
+                           attributes={mask_format.ZARR_ATTRIBUTE: facts})
     chunks = (min(chunk_side, raster.height), min(chunk_side, raster.width))
     grid_mapping = "spatial_ref"
     mask = root.create_array(
@@ -158,7 +161,6 @@ def zarr_to_geotiff(
     facts = mask_format.read_facts(root) or {}
     mask = root["mask"]
     height, width = mask.shape
-    ch, cw = mask.chunks
     dtype = np.dtype(mask.dtype)
     nodata = int(facts["nodata"])
     transform = Affine(*facts["transform"])
@@ -170,6 +172,20 @@ def zarr_to_geotiff(
         "blockxsize": 512, "blockysize": 512, "compress": "deflate", "predictor": 2,
         "BIGTIFF": "IF_SAFER",
     }
+    try:
+        _write_geotiff(mask, plain, dst, profile, facts, cog=cog)
+    except BaseException:  # a failed pass (a full disk) leaves no half-written file behind
+        for path in (plain, Path(dst)):
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _write_geotiff(mask: Any, plain: Path, dst: str | os.PathLike[str], profile: dict[str, Any],
+                   facts: dict[str, Any], *, cog: bool) -> None:
+    height, width = mask.shape
+    ch, cw = mask.chunks
+    dtype = np.dtype(mask.dtype)
+    nodata = int(profile["nodata"])
     classes = facts["classes"]
     with open_dataset(plain, "w", **profile) as out:  # quiet for --allow-no-crs rasters
         # before any pixel: libtiff cannot switch to a palette photometric once writing started

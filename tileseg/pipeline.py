@@ -22,6 +22,7 @@ from tileseg.destination import (
     raster_files,
     write_text_atomic,
 )
+from tileseg.diskspace import full_disk_as_error, temporary_folder
 from tileseg.errors import (
     ConfigError,
     InputError,
@@ -214,6 +215,19 @@ def _check_paths(config: PredictConfig) -> None:
     )
 
 
+def _check_store_keys(config: PredictConfig) -> None:
+    """No output on a store is a bucket root (exit 4), before any request and before the
+    format is told from a key that a root does not have."""
+    from tileseg.store import StoreLocation
+
+    if is_store_url(config.dst):
+        StoreLocation.parse(config.dst).require_key()
+    for name, url in (("zarr_path", config.zarr_path), ("report", config.report),
+                      ("vectorize", config.vectorize), ("preview", config.preview)):
+        if url and is_store_url(url):
+            StoreLocation.parse(url).require_key(f"{name} path", params=(name,))
+
+
 def _staging_for(config: PredictConfig, fmt: str) -> Staging:
     """Local staging beside DST, or staging on the object store DST names."""
     if not is_store_url(config.dst):
@@ -338,6 +352,7 @@ def predict(
     >>> result.tiles_inferred  # doctest: +SKIP
     """
     started = time.perf_counter()
+    _check_store_keys(config)
     fmt = format_for(config.dst, config.format)
     _check_paths(config)
     staging = _staging_for(config, fmt)
@@ -346,6 +361,10 @@ def predict(
     address = scheduler_address(config.scheduler)
     if client is None and address is None:
         check_memory(config, plan)
+    else:
+        from tileseg.execution import no_worker_timeout
+
+        no_worker_timeout()  # a setting that is not a duration: exit 2 before any staging
     fingerprint = _fingerprint(config, plan.raster, plan.model_source)
 
     # the cluster is reached before anything is written: unreachable is exit 2, nothing staged
@@ -471,23 +490,29 @@ def _publish(config: PredictConfig, plan: Plan, fmt: str, staging: Staging,
              fingerprint: str) -> str | None:
     """Mark the Zarr complete and move the outputs into place; the Zarr path kept, if any."""
     zarr_store, dst = staging.zarr_store, config.dst
+    on_store = is_store_url(dst)
     # the fingerprint travels into the published output: a later --resume compares it
-    mark_zarr_complete(zarr_store, {"tiles": plan.grid.num_tiles, "fingerprint": fingerprint})
+    with full_disk_as_error(str(zarr_store), resumable=True):
+        mark_zarr_complete(zarr_store, {"tiles": plan.grid.num_tiles, "fingerprint": fingerprint})
     if fmt == "zarr":
         staging.publish(zarr_store, zarr_too=False)
         return str(dst)
-    scratch = staging.scratch()
-    tif_tmp = scratch / ("output" + (Path(dst).suffix or ".tif"))
-    zarr_to_geotiff(zarr_store, tif_tmp, cog=fmt == "cog", workdir=scratch)
-    # the styles are in place before the mask: a complete mask always has them
-    if is_store_url(dst):  # uploaded before the mask, as they are renamed before it locally
-        from tileseg.store_staging import StoreStaging
+    # a full disk in the GeoTIFF pass: every chunk is done and kept, --resume only redoes this;
+    # on a store the scratch is a temporary folder of this machine (TMPDIR)
+    folder = temporary_folder() if on_store else str(Path(dst).absolute().parent)
+    with full_disk_as_error(folder, resumable=True, gdal=True, temporary=on_store):
+        scratch = staging.scratch()
+        tif_tmp = scratch / ("output" + (Path(dst).suffix or ".tif"))
+        zarr_to_geotiff(zarr_store, tif_tmp, cog=fmt == "cog", workdir=scratch)
+        # the styles are in place before the mask: a complete mask always has them
+        if on_store:  # uploaded before the mask, as they are renamed before it locally
+            from tileseg.store_staging import StoreStaging
 
-        assert isinstance(staging, StoreStaging)
-        staging.ensure_lock_held()  # a run that lost its lock uploads nothing
-        publish_raster_styles_to_store(dst, plan.model.metadata.classes, workdir=scratch)
-    else:
-        publish_raster_styles(Path(dst), plan.model.metadata.classes, workdir=scratch)
+            assert isinstance(staging, StoreStaging)
+            staging.ensure_lock_held()  # a run that lost its lock uploads nothing
+            publish_raster_styles_to_store(dst, plan.model.metadata.classes, workdir=scratch)
+        else:
+            publish_raster_styles(Path(dst), plan.model.metadata.classes, workdir=scratch)
     staging.publish(tif_tmp, zarr_too=config.zarr_path is not None)
     return config.zarr_path
 

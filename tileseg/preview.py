@@ -30,7 +30,8 @@ from rasterio.enums import ColorInterp, Resampling
 
 from tileseg import mask as mask_format
 from tileseg.destination import writable_folder
-from tileseg.errors import ConfigError, InputError, InputNotFoundError, OutputError
+from tileseg.diskspace import full_disk_as_error
+from tileseg.errors import ConfigError, DiskFullError, InputError, InputNotFoundError, OutputError
 from tileseg.metadata import ClassInfo
 from tileseg.raster import is_remote, open_dataset
 from tileseg.store import is_store_url, zarr_store
@@ -209,7 +210,10 @@ def make_preview(
         with staged_object(url, overwrite=True, owned=is_tileseg_png,
                            foreign=_foreign_png(url)) as local:
             try:
-                picture.save(local, format="PNG", optimize=False, pnginfo=info)
+                with full_disk_as_error(local.parent, resumable=False):
+                    picture.save(local, format="PNG", optimize=False, pnginfo=info)
+            except DiskFullError:  # staged_object names the temporary folder
+                raise
             except OSError as exc:  # nothing is uploaded: the with body failed
                 raise OutputError(f"{url}: cannot write the preview ({exc})") from exc
         return PreviewResult(url, picture.width, picture.height, (map_h, map_w),
@@ -217,8 +221,11 @@ def make_preview(
     check_replaceable_png(out)  # again: a batch draws thumbnails without the CLI's check
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        picture.save(tmp, format="PNG", optimize=False, pnginfo=info)
-        os.replace(tmp, out)
+        with full_disk_as_error(out.absolute().parent, resumable=False):
+            picture.save(tmp, format="PNG", optimize=False, pnginfo=info)
+            os.replace(tmp, out)
+    except DiskFullError:
+        raise
     except OSError as exc:
         raise OutputError(f"{out}: cannot write the preview ({exc})") from exc
     finally:

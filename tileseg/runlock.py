@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tileseg.diskspace import disk_full_error, is_disk_full
 from tileseg.errors import DestinationBusyError, OutputError, RunError
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ def _acquire(path: Path, dst: Path) -> int:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(path.absolute().parent, resumable=False) from None
             raise OutputError(f"{path}: cannot create the run lock ({exc.strerror}); check that "
                               "the destination folder is writable") from exc
         try:
@@ -86,10 +89,18 @@ def _acquire(path: Path, dst: Path) -> int:
             except OutputError:
                 os.close(fd)
                 raise
-            os.ftruncate(fd, 0)
-            os.write(fd, json.dumps({"tileseg_lock": 1, "pid": os.getpid(),
-                                     "host": socket.gethostname(),
-                                     "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode())
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, json.dumps({"tileseg_lock": 1, "pid": os.getpid(),
+                                         "host": socket.gethostname(),
+                                         "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode())
+            except OSError as exc:  # a full disk: no lock, and no lock file left behind
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                os.close(fd)
+                if is_disk_full(exc):
+                    raise disk_full_error(path.absolute().parent, resumable=False) from None
+                raise
             return fd
         os.close(fd)
     raise RunError(f"{path}: could not take the run lock; another run keeps replacing it")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from tileseg.diskspace import full_disk_as_error
 from tileseg.errors import OutputError, RunError
 from tileseg.ownership import check_replaceable, is_tileseg_staging, recorded_fingerprint
 from tileseg.runlock import check_lock_name, exclusive_run
@@ -161,33 +162,58 @@ class LocalStaging:
 
         ``create`` fills a fresh folder (the Zarr store, the work folders); ``facts`` are stored
         with the fingerprint in ``run.json`` and handed back to ``on_resume`` on a resume.
+
+        ``run.json`` is written first (``"ready": false``) and marked ready once ``create`` is
+        done, so whatever a run killed at any moment leaves is provably tileseg's: a folder
+        whose record is not ready holds nothing computed yet and is started over.
         """
         if self.path.exists():
-            if resume:
-                try:
-                    recorded = json.loads(self.run_file.read_text())
-                    previous = recorded["fingerprint"]
-                except (OSError, KeyError, TypeError, json.JSONDecodeError):
-                    recorded, previous = {}, None
-                if previous != fingerprint:
-                    raise RunError(
-                        f"{self.path}: left by a run with other inputs or options; rerun with the "
-                        "same ones, or pass overwrite to start over", params=("overwrite",)
-                    )
-                if on_resume is not None:
-                    on_resume(recorded)
-                return True
-            if not overwrite:
-                raise OutputError(
-                    f"{self.path}: an interrupted run is in the way; pass resume to continue it "
-                    "or overwrite to start over", params=("resume", "overwrite")
-                )
-            self.check(overwrite=True, resume=False)  # again, under the lock
-            shutil.rmtree(self.path)
-        self.path.mkdir()
-        create(self)
-        self._write_json(self.run_file, {"fingerprint": fingerprint, **facts})
+            recorded = read_run_record(self.run_file)
+            if recorded is not None and recorded.get("ready", True):
+                if resume:
+                    if recorded.get("fingerprint") != fingerprint:
+                        raise RunError(
+                            f"{self.path}: left by a run with other inputs or options; rerun "
+                            "with the same ones, or pass overwrite to start over",
+                            params=("overwrite",))
+                    if on_resume is not None:
+                        on_resume(recorded)
+                    return True
+                if not overwrite:
+                    raise OutputError(
+                        f"{self.path}: an interrupted run is in the way; pass resume to "
+                        "continue it or overwrite to start over", params=("resume", "overwrite"))
+                self.check(overwrite=True, resume=False)  # again, under the lock
+            else:  # killed (or out of space) before its first chunk: nothing to keep
+                self.check(overwrite=True, resume=False)  # ours (its record) or empty
+                logger.info("%s: left by a run that stopped before any work; starting over",
+                            self.path)
+            self._remove()
+        record = {"fingerprint": fingerprint, **facts}
+        # nothing computed yet: a full disk here leaves no staging folder, and a rerun (with
+        # or without resume) starts afresh once there is room
+        with full_disk_as_error(self.dst.absolute().parent, resumable=True,
+                                cleanup=[self.path]):
+            self.path.mkdir()
+            self._write_json(self.run_file, {**record, "ready": False})
+            create(self)
+            self._write_json(self.run_file, {**record, "ready": True})
         return False
+
+    def _remove(self) -> None:
+        """Delete the staging folder, its run record last: a removal cut short still leaves
+        a folder that is provably tileseg's."""
+        if self.path.is_dir() and not self.path.is_symlink():
+            for child in self.path.iterdir():
+                if child != self.run_file:
+                    if child.is_dir() and not child.is_symlink():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
+            self.run_file.unlink(missing_ok=True)
+            self.path.rmdir()
+        elif self.path.exists() or self.path.is_symlink():
+            self.path.unlink()
 
     # -- publish -----------------------------------------------------------------------------
     def publish(self, built: Path, zarr_too: bool) -> None:
@@ -200,10 +226,11 @@ class LocalStaging:
         self._replace(built, self.dst)
         if zarr_too and self.zarr_path is not None:
             self._replace(self.zarr_store, self.zarr_path)
-        shutil.rmtree(self.path, ignore_errors=True)
+        self.discard()
 
     def discard(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self._remove()
 
     def _replace(self, tmp: Path, dst: Path) -> None:
         if not (dst.exists() or dst.is_symlink()):
@@ -227,5 +254,17 @@ class LocalStaging:
     @staticmethod
     def _write_json(path: Path, data: dict[str, Any]) -> None:
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def read_run_record(path: Path) -> dict[str, Any] | None:
+    """The run record (``run.json``) of a staging folder, None when absent or not one."""
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return recorded if isinstance(recorded, dict) and "fingerprint" in recorded else None

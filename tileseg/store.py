@@ -61,6 +61,17 @@ class StoreLocation:
             s3_endpoint()
         return cls(url, f"{scheme}://{bucket}", key.strip("/"))
 
+    def require_key(self, what: str = "destination", *,
+                    params: tuple[str, ...] = ()) -> StoreLocation:
+        """``self`` when it names an object or prefix inside its bucket; :class:`OutputError`
+        (exit 4, before any request) for a bucket root, where the lock (``KEY.lock``) and the
+        staging prefix (``KEY.partial/``) tileseg writes beside an output have no place."""
+        if not self.key:
+            raise OutputError(f"{self.url}: is a bucket root, not an object; name a key inside "
+                              f"the bucket as the {what} (e.g. {self.root}/mask.tif)",
+                              params=params)
+        return self
+
     def child(self, name: str) -> StoreLocation:
         key = f"{self.key}/{name}" if self.key else name
         return StoreLocation(f"{self.root}/{key}", self.root, key)
@@ -251,14 +262,22 @@ def upload_file(local_path: str | os.PathLike[str], location: StoreLocation) -> 
         raise OutputError(_describe_failure(location, exc)) from exc
 
 
-def delete_prefix(location: StoreLocation) -> int:
-    """Delete every object under ``location/``; returns how many were removed."""
+def delete_prefix(location: StoreLocation, *, last: StoreLocation | None = None) -> int:
+    """Delete every object under ``location/``; returns how many were removed.
+
+    ``last``: one of them deleted only after all the others (a batch delete has no order), so
+    a deletion cut short leaves it in place (a run record that proves the rest is tileseg's).
+    """
     obstore = _obstore()
     store = open_store(location.root)
     paths = [meta["path"] for batch in obstore.list(store, prefix=location.key + "/")
              for meta in batch]
-    if paths:
-        obstore.delete(store, paths)
+    final = [p for p in paths if last is not None and p == last.key]
+    rest = [p for p in paths if p not in final]
+    if rest:
+        obstore.delete(store, rest)
+    if final:
+        obstore.delete(store, final)
     return len(paths)
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from tileseg.errors import ConfigError, InputError, OutputError
+from tileseg.errors import ConfigError, DiskFullError, InputError, OutputError
 from tileseg.store import (
     StoreLocation,
     StoreLock,
@@ -128,9 +128,9 @@ def check_object_destination(url: str, *, overwrite: bool, owned: OwnedCheck,
     """Before any work: the store answers (exit 2; ``probe=False`` skips that, for a check
     made again later), and an object at ``url`` is replaced only with ``overwrite`` and only
     when ``owned`` proves tileseg wrote it (exit 4, with the ``foreign`` message, otherwise)."""
+    where = StoreLocation.parse(url).require_key()
     if probe:
         check_store_answers(url)
-    where = StoreLocation.parse(url)
     if not overwrite and (exists(where) or any_under(where)):
         raise OutputError(f"{url}: already exists; pass overwrite to replace it",
                           params=("overwrite",))
@@ -176,12 +176,21 @@ def staged_object(url: str, *, overwrite: bool, owned: OwnedCheck,
     """A local temporary file (named as the object) to write; uploaded once when the ``with``
     body ends without an error, after the destination is checked again. On an error nothing is
     uploaded and the file is removed."""
-    with tempfile.TemporaryDirectory(prefix="tileseg-upload-") as folder:
-        local = Path(folder) / object_name(url)
-        yield local
-        state = check_object_destination(url, overwrite=overwrite, owned=owned, foreign=foreign,
-                                         probe=False)
-        upload_checked(local, state, owned=owned, foreign=foreign)
+    from tileseg.diskspace import disk_full_error, full_disk_as_error, temporary_folder
+
+    scratch = temporary_folder()
+    try:
+        with full_disk_as_error(scratch, resumable=False, temporary=True), \
+                tempfile.TemporaryDirectory(prefix="tileseg-upload-") as folder:
+            local = Path(folder) / object_name(url)
+            yield local
+            state = check_object_destination(url, overwrite=overwrite, owned=owned,
+                                             foreign=foreign, probe=False)
+            upload_checked(local, state, owned=owned, foreign=foreign)
+    except DiskFullError as exc:  # the writer named its temporary file's folder: say TMPDIR
+        if exc.folder == scratch:
+            raise
+        raise disk_full_error(scratch, resumable=False, temporary=True) from None
 
 
 @contextlib.contextmanager

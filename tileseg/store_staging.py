@@ -77,6 +77,9 @@ class StoreStaging:
     _locks: list[StoreLock] = field(default_factory=list, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        StoreLocation.parse(self.dst).require_key()
+        if self.zarr_path:
+            StoreLocation.parse(self.zarr_path).require_key("zarr_path", params=("zarr_path",))
         if self.zarr_dst and self.zarr_path:
             raise ConfigError("zarr_path is for GeoTIFF destinations; the destination is already "
                               "Zarr", params=("zarr_path",))
@@ -133,10 +136,15 @@ class StoreStaging:
                 raise OutputError(f"{out}: already exists; pass overwrite to replace it",
                                   params=("overwrite",))
             self._check_replaceable(out)
-        if overwrite and self.in_progress() and not exists(self.run_file):
-            raise OutputError(
-                f"{self.path.url}: objects under this run's staging prefix were not written by "
-                "tileseg (no run.json); move them away or choose another destination")
+        if self.in_progress() and self._record() is None:
+            raise self._foreign_staging()
+
+    def _foreign_staging(self) -> OutputError:
+        # every run writes its record first and deletes it last: these are someone else's
+        return OutputError(
+            f"{self.path.url}: objects under this run's staging prefix were not written by "
+            "tileseg (no run record, run.json), so neither resume nor overwrite touches them; "
+            "move them away or choose another destination")
 
     def _exists(self, out: str) -> bool:
         where = StoreLocation.parse(out.rstrip("/"))
@@ -194,6 +202,7 @@ class StoreStaging:
                 yield
             finally:
                 self._locks.clear()
+                self._remove_scratch()  # the local GeoTIFF of a run that failed (a full disk)
 
     # -- resume ------------------------------------------------------------------------------
     def finished(self, fingerprint: str) -> bool:
@@ -216,28 +225,37 @@ class StoreStaging:
     def prepare(self, fingerprint: str, *, resume: bool, overwrite: bool,
                 facts: dict[str, Any], create: Callable[[Any], None],
                 on_resume: Callable[[dict[str, Any]], None] | None = None) -> bool:
-        """Make the staging prefix ready; True when an interrupted run is continued."""
+        """Make the staging prefix ready; True when an interrupted run is continued.
+
+        As on a disk, ``run.json`` is the first object written (``"ready": false``) and the
+        last one deleted, so whatever a killed run leaves under the prefix is provably
+        tileseg's; a record that is not ready means nothing was computed: started over.
+        """
         if self.in_progress():
-            if resume:
-                try:
-                    recorded = json.loads(read_bytes(self.run_file))
-                    previous = recorded["fingerprint"]
-                except (FileNotFoundError, KeyError, TypeError, ValueError):
-                    recorded, previous = {}, None
-                if previous != fingerprint:
-                    raise RunError(
-                        f"{self.path.url}: left by a run with other inputs or options; rerun "
-                        "with the same ones, or pass overwrite to start over",
-                        params=("overwrite",))
-                if on_resume is not None:
-                    on_resume(recorded)
-                return True
-            if not overwrite:
-                raise OutputError(
-                    f"{self.path.url}: an interrupted run is in the way; pass resume to "
-                    "continue it or overwrite to start over", params=("resume", "overwrite"))
-            self.check(overwrite=True, resume=False)  # again, under the lock
-            delete_prefix(self.path)
+            recorded = self._record()
+            if recorded is None:  # put there since check(), which refuses them
+                raise self._foreign_staging()
+            if recorded.get("ready", True):
+                if resume:
+                    if recorded.get("fingerprint") != fingerprint:
+                        raise RunError(
+                            f"{self.path.url}: left by a run with other inputs or options; "
+                            "rerun with the same ones, or pass overwrite to start over",
+                            params=("overwrite",))
+                    if on_resume is not None:
+                        on_resume(recorded)
+                    return True
+                if not overwrite:
+                    raise OutputError(
+                        f"{self.path.url}: an interrupted run is in the way; pass resume to "
+                        "continue it or overwrite to start over", params=("resume", "overwrite"))
+                self.check(overwrite=True, resume=False)  # again, under the lock
+            else:
+                logger.info("%s: left by a run that stopped before any work; starting over",
+                            self.path.url)
+            self._remove_prefix()
+        record = {"fingerprint": fingerprint, **facts}
+        put_bytes(self.run_file, json.dumps({**record, "ready": False}).encode())
         # A Zarr written in place replaces the old output now, not at the end: checked above
         # (tileseg's own, --overwrite given), and marked incomplete from its first object on.
         for out in self.outputs:
@@ -245,8 +263,19 @@ class StoreStaging:
                 self._check_replaceable(out)
                 delete_prefix(StoreLocation.parse(out.rstrip("/")))
         create(self)
-        put_bytes(self.run_file, json.dumps({"fingerprint": fingerprint, **facts}).encode())
+        put_bytes(self.run_file, json.dumps({**record, "ready": True}).encode())
         return False
+
+    def _record(self) -> dict[str, Any] | None:
+        try:
+            recorded = json.loads(read_bytes(self.run_file))
+        except (FileNotFoundError, ValueError):
+            return None
+        return recorded if isinstance(recorded, dict) and "fingerprint" in recorded else None
+
+    def _remove_prefix(self) -> None:
+        """Delete the staging prefix, the run record last (see :meth:`prepare`)."""
+        delete_prefix(self.path, last=self.run_file)
 
     # -- publish -----------------------------------------------------------------------------
     def ensure_lock_held(self) -> None:
@@ -269,11 +298,11 @@ class StoreStaging:
             if self._exists(self.dst):
                 self._check_replaceable(self.dst)  # a user may have put something there meanwhile
             upload_file(built, StoreLocation.parse(self.dst))
-        delete_prefix(self.path)
+        self._remove_prefix()
         self._remove_scratch()
 
     def discard(self) -> None:
-        delete_prefix(self.path)
+        self._remove_prefix()
         self._remove_scratch()
 
     def _remove_scratch(self) -> None:
@@ -285,7 +314,7 @@ class StoreStaging:
 def check_report_object(url: str, *, replace: bool) -> None:
     """``--report`` on a store: the store answers, and an existing object is replaced only when
     ``replace`` (--overwrite/--resume) and only when it is a tileseg report."""
-    where = StoreLocation.parse(url)
+    where = StoreLocation.parse(url).require_key("report path", params=("report",))
     try:
         check_writable(where)
     except OutputError as exc:

@@ -118,6 +118,16 @@ def handle_errors(func: F) -> F:
             if error is None:
                 raise
             _fail(error)
+        except Exception as exc:
+            from tileseg.diskspace import disk_full_error, is_disk_full
+
+            if not is_disk_full(exc):
+                raise  # a bug: the traceback is the report
+            # a write no library call turned into its own message (they name their folder)
+            filename = getattr(exc, "filename", None)
+            folder = (os.path.dirname(os.path.abspath(os.fsdecode(filename))) if filename
+                      else "a folder this command writes")
+            _fail(disk_full_error(folder, resumable=False))
         except KeyboardInterrupt as exc:
             stopped = "Terminated (SIGTERM)" if isinstance(exc, Terminated) else "Interrupted"
             click.echo(f"{stopped}; the output was not completed (use --resume to continue).",

@@ -35,7 +35,8 @@ import numpy as np
 import shapely
 
 from tileseg.destination import writable_folder
-from tileseg.errors import DestinationBusyError, OutputError
+from tileseg.diskspace import full_disk_as_error
+from tileseg.errors import DestinationBusyError, DiskFullError, OutputError
 from tileseg.metadata import ClassInfo
 from tileseg.runlock import check_lock_name
 from tileseg.store import is_store_url
@@ -245,14 +246,19 @@ def write_layer(
     tmp = partial_path(dst)
     text = json.dumps({**default_marker(), **(marker or {})})
     try:
-        if fmt == "parquet":
-            _write_geoparquet(tmp, geometry, fields, crs_wkt, text)
-        else:
-            _write_ogr(tmp, fmt, dst.stem, geometry, fields, crs_wkt, text)
-            if fmt == "gpkg":
-                add_layer_style(tmp, dst.stem, style)
-        os.replace(tmp, dst)
+        # OGR's errors carry no errno: a full disk is also told from the space left (before
+        # the partial file is removed below)
+        with full_disk_as_error(dst.absolute().parent, resumable=False, gdal=fmt != "parquet"):
+            if fmt == "parquet":
+                _write_geoparquet(tmp, geometry, fields, crs_wkt, text)
+            else:
+                _write_ogr(tmp, fmt, dst.stem, geometry, fields, crs_wkt, text)
+                if fmt == "gpkg":
+                    add_layer_style(tmp, dst.stem, style)
+            os.replace(tmp, dst)
     except (OSError, sqlite3.Error) as exc:
+        if isinstance(exc, DiskFullError):
+            raise
         raise OutputError(f"{dst}: cannot write ({exc}); check the folder and free space") from exc
     finally:
         for leftover in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-journal", "-wal", "-shm"))):
