@@ -28,6 +28,7 @@ DEFAULT_CONNECT_TIMEOUT = "20s"
 NO_WORKER_TIMEOUT_KEY = "tileseg.no-worker-timeout"
 DEFAULT_NO_WORKER_TIMEOUT = "10 minutes"
 _IDLE_S = 0.05  # between two looks at the finished tasks while none is ready
+_RESULT_WAIT_S = 1.0  # for one finished task's (small) result before looking at the others
 
 SchedulerKind = Literal["threads", "sync", "processes", "distributed", "callable"]
 LOCAL_NAMES: dict[str, SchedulerKind] = {
@@ -255,16 +256,19 @@ def _run_on_cluster(client: Any, graph: Mapping[Hashable, Any],
         if keys:
             futures += client.get(dict(graph), list(keys), sync=False,
                                   resources=dict(resources) if resources else None)
-    # results are fetched in the background, never by a blocking future.result(): one whose
-    # worker died after finishing it would wait for its recomputation, for ever if no worker
-    # is left (a cluster without a nanny to start another), without a word
-    finished = distributed.as_completed(futures, with_results=True, raise_errors=False)
+    # a finished task's result is fetched with a short timeout, never by a blocking
+    # future.result(): one whose worker died after finishing it would wait for its
+    # recomputation, for ever if no worker is left (a cluster without a nanny to start
+    # another), without a word. (as_completed's own result fetching is not used either: a
+    # fetch that fails other than by cancellation leaves its future out, and it waits for ever)
+    finished = distributed.as_completed(futures)
+    waiting: list[Any] = []  # finished tasks whose result has not arrived yet
     try:
-        while not finished.is_empty():
-            batch = finished.next_batch(block=False)
-            for future, value in batch:
-                _finished_task(future, value, on_result)
-            if not batch:
+        while waiting or not finished.is_empty():
+            waiting += finished.next_batch(block=False)
+            arrived = [future for future in waiting if _finished_task(future, on_result)]
+            waiting = [future for future in waiting if future not in arrived]
+            if not arrived:
                 watch.check()
                 time.sleep(_IDLE_S)
     except BaseException:
@@ -272,17 +276,23 @@ def _run_on_cluster(client: Any, graph: Mapping[Hashable, Any],
         raise
 
 
-def _finished_task(future: Any, value: Any, on_result: TaskCallback) -> None:
-    if future.status == "error":  # value: (type, exception, traceback)
-        exc = value[1]
+def _finished_task(future: Any, on_result: TaskCallback) -> bool:
+    """Hand a finished task's result to ``on_result``; False while it has not arrived."""
+    if future.status == "error":
+        exc = future.exception()
         if isinstance(exc, TilesegError):
             raise exc
         raise RunError(f"task {future.key} failed on the cluster: {exc}; rerun with "
                        "resume once fixed", params=("resume",)) from exc
-    if future.status == "cancelled" or isinstance(value, BaseException):
+    if future.status == "cancelled":
         raise RunError(f"task {future.key} was cancelled on the cluster; rerun with resume",
                        params=("resume",))
+    try:
+        value = future.result(timeout=_RESULT_WAIT_S)
+    except TimeoutError:
+        return False  # its worker is gone and it is computed again, or the fetch is slow
     on_result(future.key, value)
+    return True
 
 
 def no_worker_timeout() -> float:
