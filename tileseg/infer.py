@@ -14,7 +14,7 @@ import copy
 import logging
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -283,11 +283,13 @@ class ChunkLogits:
 
 
 def infer_chunk_logits(
-    runtime: Runtime, raster: RasterInfo, grid: TileGrid, row: int, col: int, run: str = ""
+    runtime: Runtime, raster: RasterInfo, grid: TileGrid, row: int, col: int, run: str = "",
+    on_tiles: Callable[[int], None] | None = None,
 ) -> ChunkLogits:
     """Infer every tile whose core lies in chunk ``(row, col)`` and sum their weighted logits.
 
     ``run``: the run's id, under which the open raster is handed on to its next chunk here.
+    ``on_tiles``: called after each batch with the tiles of the chunk inferred so far.
     """
     extent = grid.chunk_extent(row, col)
     classes = runtime.model.metadata.num_classes
@@ -321,6 +323,8 @@ def infer_chunk_logits(
                     logit_sum[:, r : r + size, c : c + size] += logits[k] * weights[k]
                     weight_sum[r : r + size, c : c + size] += weights[k]
             done += len(batch.offsets)
+            if on_tiles is not None:
+                on_tiles(done)
     # every tile is either in a batch or skipped for having no valid pixel in its core
     return ChunkLogits(extent, logit_sum, weight_sum, done, len(tiles) - done)
 

@@ -48,7 +48,7 @@ from tileseg.outputs import (
     zarr_to_geotiff,
 )
 from tileseg.ownership import check_replaceable
-from tileseg.progress import ProgressCallback
+from tileseg.progress import ProgressCallback, listen_tiles
 from tileseg.raster import RasterInfo, is_remote, open_dataset, open_raster, release_datasets
 from tileseg.run_report import RunReport, Tally, Timings, peak_rss_mb
 from tileseg.scheduler import cluster_client, run_graph, scheduler_address
@@ -322,7 +322,9 @@ def predict(
         An already loaded model (for in-process runs); by default ``config.model`` is loaded,
         once per worker process.
     progress
-        Called with a :class:`~tileseg.progress.Progress` as chunks finish.
+        Called with a :class:`~tileseg.progress.Progress` as tiles are inferred (after each
+        batch), from the thread that inferred them (or the cluster client's); whatever it
+        raises (``KeyboardInterrupt`` to stop) is raised here once that chunk is saved.
     client
         A ``dask.distributed.Client`` to run on; by default ``config.scheduler`` decides
         (in-process threads when unset).
@@ -356,13 +358,15 @@ def predict(
         mosaic = build_graph(job)
         timings = Timings(started, graph_built=time.perf_counter())
         tally = Tally.for_run(plan, open_work_dir(staging.work_path), progress,
-                              timings.graph_built)
+                              timings.graph_built, resuming=config.resume)
         logger.info("%d tiles in %d chunks (%d already done); graph of %d tasks",
                     plan.grid.num_tiles, plan.grid.num_chunks, tally.chunks_done_before,
                     len(mosaic.graph))
         try:
-            run_graph(mosaic, config.scheduler, config.workers, tally.on_result,
-                      client=run_client, device=config.device)
+            # tiles count as they are inferred, not when their chunk is written: the bar moves
+            with listen_tiles(job.run, tally.on_tiles, run_client):
+                run_graph(mosaic, config.scheduler, config.workers, tally.on_result,
+                          client=run_client, device=config.device)
         finally:  # worker processes close theirs when idle (tileseg.raster._DatasetPool)
             release_datasets(job.run)
         timings.computed, timings.rss_compute_mb = time.perf_counter(), peak_rss_mb()
