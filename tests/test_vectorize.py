@@ -652,6 +652,31 @@ def test_overwrite_replaces_only_a_layer_tileseg_wrote(tmp_path: Path,
     assert set(frame["class_id"]) == {1}  # replaced
 
 
+def test_geojson_in_another_crs_names_it_or_is_refused(tmp_path: Path,
+                                                       mask_tif: Callable[..., Path]) -> None:
+    """GeoJSON without a ``crs`` member is read as WGS 84: a projected layer names its EPSG
+    code in the legacy member (as GDAL writes it), even when given as a PROJ string; a CRS no
+    EPSG code describes cannot be named, so it is refused before any work."""
+    import pyogrio
+
+    src = mask_tif(seam_mask())  # EPSG:32633
+    dst = tmp_path / "utm.geojson"
+    vectorize(src, dst, VectorizeConfig(
+        scheduler="sync", to_crs="+proj=utm +zone=33 +datum=WGS84 +units=m +no_defs"))
+    assert json.loads(dst.read_text())["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32633"
+    assert pyogrio.read_info(dst)["crs"] == "EPSG:32633"
+    custom = tmp_path / "custom.geojson"
+    tmerc = "+proj=tmerc +lon_0=13.5 +k=0.9996 +x_0=500000 +datum=WGS84 +units=m"
+    with pytest.raises(ConfigError, match="to_crs"):
+        vectorize(src, custom, VectorizeConfig(scheduler="sync", to_crs=tmerc))
+    result = _run(str(src), str(custom), "--to-crs", tmerc)
+    message = result.stderr.strip()  # type: ignore[attr-defined]
+    assert result.exit_code == 2 and "\n" not in message, message  # type: ignore[attr-defined]
+    assert "--to-crs" in message and ".gpkg" in message
+    assert not custom.exists()
+    vectorize(src, tmp_path / "custom.gpkg", VectorizeConfig(scheduler="sync", to_crs=tmerc))
+
+
 def test_geojson_is_lon_lat_even_for_a_crs_without_epsg_code(tmp_path: Path) -> None:
     import pyogrio
     from pyproj import CRS as ProjCRS

@@ -41,7 +41,8 @@ Examples:
               "neighbours keep a shared border (0: exact pixel edges).")
 @click.option("--to-crs", help="Reproject the polygons, e.g. EPSG:4326 (area stays in the "
               "mask's CRS units). Default: the mask's CRS, except GeoJSON, which is written in "
-              "OGC:CRS84 longitude/latitude as RFC 7946 requires.")
+              "OGC:CRS84 longitude/latitude as RFC 7946 requires; GeoJSON in another CRS "
+              "names its EPSG code (a CRS without one: use .gpkg, .fgb or .parquet).")
 @click.option("--allow-no-crs", is_flag=True,
               help="Accept a mask without CRS (polygons in its transform units).")
 @click.option("--no-probabilities", is_flag=True,

@@ -162,8 +162,8 @@ def vectorize(
         check_not_source(dst, os.fspath(src))
     fmt = check_destination(dst, config.overwrite)  # fail before the (long) work, not after
     source = src if isinstance(src, MaskSource) else open_mask(src)
-    if fmt == "geojson" and config.to_crs is None and source.crs_wkt:
-        config = replace(config, to_crs=GEOJSON_CRS)
+    if fmt == "geojson" and source.crs_wkt:
+        config = replace(config, to_crs=geojson_crs(config.to_crs, dst))
     # One run per destination: a second one stops (exit 75) instead of racing for the rename.
     with _destination_lock(dst):
         if not is_store_url(os.fspath(dst)):
@@ -185,6 +185,29 @@ def vectorize(
     logger.info("%s: %d polygons from %d chunks in %.1f s", result.dst, result.features,
                 result.chunks, result.seconds)
     return result
+
+
+def geojson_crs(to_crs: str | None, dst: str | os.PathLike[str]) -> str:
+    """The CRS a GeoJSON layer is written in: OGC:CRS84 by default (RFC 7946), else ``to_crs``
+    when a reader can tell it: WGS 84 longitude/latitude, or a CRS that is exactly an EPSG
+    code, which the legacy ``crs`` member names (as GDAL writes it; GDAL, QGIS and geopandas
+    read it). Any other CRS (a PROJ string with no EPSG equivalent) cannot be recorded in
+    GeoJSON, and a reader would take its metres for degrees: :class:`ConfigError`."""
+    if to_crs is None:
+        return GEOJSON_CRS
+    from rasterio.crs import CRS
+
+    from tileseg.vectorization.writers import is_wgs84_lonlat
+
+    crs = _parse_crs(to_crs)
+    if is_wgs84_lonlat(crs.to_wkt()):
+        return to_crs
+    code = crs.to_epsg()
+    if code is not None and CRS.from_epsg(code) == crs:
+        return f"EPSG:{code}"  # its WKT then carries the code, which GDAL writes as "crs"
+    raise ConfigError(f"{os.fspath(dst)}: GeoJSON can record only WGS 84 or a CRS with an EPSG "
+                      f"code, and to_crs {to_crs!r} has none; write .gpkg, .fgb or .parquet "
+                      "(they store any CRS), or give an EPSG code", params=("to_crs",))
 
 
 def _destination_lock(dst: str | os.PathLike[str]) -> Any:
