@@ -34,7 +34,7 @@ def manifest(make_raster, tmp_path: Path) -> Path:
 
 
 def _summary(manifest: Path) -> dict[str, str]:
-    doc = json.loads(manifest.with_suffix(".summary.json").read_text())
+    doc = json.loads(manifest.with_name(manifest.name + ".summary.json").read_text())
     return {Path(str(row["src"])).name: str(row["status"]) for row in doc["scenes"]}
 
 
@@ -66,11 +66,11 @@ def test_local_workers_run_the_manifest_and_the_lock_stops_a_second_run(
                                       _expected(tmp_path / f"{name}.tif", deeplab_dir, tmp_path))
 
     # cron fires while a run holds the lock: exit 75 at once, nothing touched
-    before = manifest.with_suffix(".summary.json").read_text()
+    before = manifest.with_name(manifest.name + ".summary.json").read_text()
     with open(lock, "a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert main(argv) == EXIT_LOCKED
-    assert manifest.with_suffix(".summary.json").read_text() == before
+    assert manifest.with_name(manifest.name + ".summary.json").read_text() == before
 
     # the next scheduled run retries only the failed scene
     assert main(argv) == 5

@@ -38,7 +38,8 @@ SUMMARY.previews/), its status, tiles, time and area per class.
 @click.option("--suffix", default="_mask.tif", show_default=True,
               help="Destination name <src stem><suffix> (.tif, .zarr...).")
 @click.option("--summary", type=click.Path(dir_okay=False),
-              help="JSON summary path, a CSV beside it. Default: MANIFEST's name + .summary.json "
+              help="JSON summary path, a CSV beside it. Default: MANIFEST's file name + "
+              ".summary.json (scenes.csv.summary.json) "
               "beside MANIFEST, or under --output-dir when that is an s3:// prefix.")
 @click.option("--model", "-m", help="Default model directory (a scene's model overrides it).")
 @click.option("--bands", callback=int_list, help="Default 1-based bands, e.g. 4,3,2.")
@@ -86,8 +87,10 @@ def command(manifest: str, output_dir: str | None, suffix: str, summary: str | N
     def echo(scene: object, result: SceneResult) -> None:
         if quiet:
             return
-        detail = (f"{result.tiles_inferred}/{result.tiles_total} tiles, {result.seconds:.1f} s"
-                  if result.status in ("succeeded", "resumed") else result.error)
+        figures = f"{result.tiles_inferred}/{result.tiles_total} tiles, {result.seconds:.1f} s"
+        detail = figures if result.status in ("succeeded", "resumed") else result.error
+        if result.status == "skipped" and result.tiles_total:  # figures of the earlier run
+            detail = f"done earlier: {figures}"
         click.echo(f"{result.status:9} {result.dst}" + (f"  ({detail})" if detail else ""),
                    err=True)
 
