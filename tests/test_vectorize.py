@@ -652,6 +652,33 @@ def test_overwrite_replaces_only_a_layer_tileseg_wrote(tmp_path: Path,
     assert set(frame["class_id"]) == {1}  # replaced
 
 
+def test_reading_the_geopackage_leaves_no_aux_xml(tmp_path: Path,
+                                                 mask_tif: Callable[..., Path]) -> None:
+    """geopandas/pyogrio open a GeoPackage read-only; GDAL used to save tileseg's marker (then
+    dataset metadata) beside it as NAME.gpkg.aux.xml on closing. A marker an earlier version
+    stored that way still proves the layer is tileseg's."""
+    import geopandas as gpd
+    import pyogrio
+    import pyogrio.raw
+
+    from tileseg.vectorization.writers import read_marker
+
+    dst = tmp_path / "landcover.gpkg"
+    vectorize(mask_tif(seam_mask()), dst, VectorizeConfig(scheduler="sync"))
+    assert read_marker(dst) is not None
+    pyogrio.list_layers(dst)
+    pyogrio.read_dataframe(dst, layer="landcover")
+    assert len(gpd.read_file(dst, layer="landcover")) > 0
+    assert sorted(p.name for p in tmp_path.iterdir() if "landcover" in p.name) == [
+        "landcover.gpkg"]
+    old = tmp_path / "old.gpkg"
+    pyogrio.raw.write(old, geometry=shapely.to_wkb(np.array([shapely.box(0, 0, 1, 1)])),
+                      field_data=[], fields=[], driver="GPKG", geometry_type="Polygon",
+                      dataset_metadata={"TILESEG": '{"writer": "tileseg", "version": "0.1"}'})
+    vectorize(mask_tif(seam_mask()), old, VectorizeConfig(scheduler="sync", overwrite=True))
+    assert read_marker(old) is not None
+
+
 def test_geojson_in_another_crs_names_it_or_is_refused(tmp_path: Path,
                                                        mask_tif: Callable[..., Path]) -> None:
     """GeoJSON without a ``crs`` member is read as WGS 84: a projected layer names its EPSG
