@@ -19,15 +19,37 @@ from tileseg.model import LoadedModel, wrap_module
 
 SUITE_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "tileseg-tests"
 HOME_CACHE = Path.home() / ".cache" / "tileseg"
+USER_EXPORTS: list[Path] = []  # where the user's own ONNX exports live: the suite never writes
 
 
-def pytest_configure(config: pytest.Config) -> None:
+def pytest_configure(config: pytest.Config | None) -> None:
     """Samples and weights the tests fetch go to the suite's own cache folder, kept between runs
-    (or to $TILESEG_CACHE when set, as .ci/run does), never to the user's ~/.cache/tileseg.
-    Set here, before any test runs, so subprocesses and worker processes inherit it too."""
+    (or to $TILESEG_CACHE when set, as .ci/run does), never to the user's ~/.cache/tileseg; the
+    ONNX exports of the suite's models (hundreds of MB) always to the suite's own folder, never
+    to the user's $TILESEG_CACHE. Set here, before any test runs, so subprocesses and worker
+    processes inherit it too."""
+    from tileseg.engine import ONNX_CACHE_ENV, onnx_cache_dir
+
+    USER_EXPORTS[:] = [onnx_cache_dir(), HOME_CACHE / "onnx"]
     current = os.environ.get("TILESEG_CACHE")
     if not current or Path(current).expanduser().resolve() == HOME_CACHE.resolve():
         os.environ["TILESEG_CACHE"] = str(SUITE_CACHE)
+    os.environ[ONNX_CACHE_ENV] = str(SUITE_CACHE / "onnx")
+
+
+def _listing(folders: list[Path]) -> set[str]:
+    return {str(p) for folder in folders if folder.is_dir() for p in folder.iterdir()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _user_exports_untouched() -> Any:
+    """The session check: no test leaves a file in the user's ONNX export cache."""
+    folders = [f for f in USER_EXPORTS if f.resolve() != (SUITE_CACHE / "onnx").resolve()]
+    before = _listing(folders)
+    yield
+    added = _listing(folders) - before
+    if added:
+        pytest.fail(f"the tests wrote into the user's ONNX export cache: {sorted(added)[:3]}")
 
 
 UTM = "EPSG:32631"

@@ -50,6 +50,23 @@ def test_the_suite_never_fetches_into_the_home_cache() -> None:
     assert os.environ["TILESEG_CACHE"] and not used.is_relative_to(HOME_CACHE.resolve()), used
 
 
+def test_the_suite_exports_models_into_its_own_cache(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's $TILESEG_CACHE lends the tests its samples, never holds their ONNX exports
+    (hundreds of MB of random test models); conftest also checks the user's export folder is
+    unchanged at the end of every session."""
+    import conftest
+
+    from tileseg.engine import onnx_cache_dir
+
+    monkeypatch.setattr(conftest, "USER_EXPORTS", [], raising=False)
+    monkeypatch.setenv("TILESEG_CACHE", str(tmp_path / "mine"))
+    monkeypatch.delenv("TILESEG_ONNX_CACHE", raising=False)
+    conftest.pytest_configure(None)  # type: ignore[arg-type]
+    assert samples.cache_dir() == tmp_path / "mine"
+    assert onnx_cache_dir() == conftest.SUITE_CACHE / "onnx"
+
+
 def test_unknown_sample_lists_the_names() -> None:
     with pytest.raises(InputError, match="landsat-multiband"):
         fetch("nope")

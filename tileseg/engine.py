@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 EngineName = Literal["auto", "torch", "onnxruntime"]
 ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime")
 OPSET = 17
+ONNX_CACHE_ENV = "TILESEG_ONNX_CACHE"  # where exports go (default: the cache's onnx/)
 INSTALL_HINT = 'pip install "tileseg[cpu]" (or: pip install onnxruntime onnx)'
 
 # One CPU forward pass at a time per process: it already uses every core the worker may use,
@@ -121,8 +122,11 @@ def model_key(module: nn.Module, context: int, bands: int) -> str:
 
 
 def onnx_cache_dir() -> Path:
+    """``$TILESEG_ONNX_CACHE``, else ``$TILESEG_CACHE/onnx`` (``~/.cache/tileseg/onnx``)."""
     from tileseg.samples import cache_dir
 
+    if os.environ.get(ONNX_CACHE_ENV):  # e.g. the test suite: its exports never in yours
+        return Path(os.environ[ONNX_CACHE_ENV]).expanduser()
     return cache_dir() / "onnx"
 
 
