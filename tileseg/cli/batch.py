@@ -61,7 +61,8 @@ SUMMARY.previews/), its status, tiles, time and area per class.
 @click.option("--no-previews", is_flag=True,
               help="Skip the scenes' thumbnails and class areas on the summary's HTML page.")
 @verbosity_options
-@handle_errors
+@handle_errors(stopped="run the same command again to continue: finished scenes are skipped, "
+               "the interrupted one resumed")
 def command(manifest: str, output_dir: str | None, suffix: str, summary: str | None,
             model: str | None, bands: tuple[int, ...] | None, tile_size: int | None,
             overlap: int | None, chunk_size: int | None, blend: str | None, device: str | None,

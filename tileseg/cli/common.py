@@ -84,13 +84,21 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def handle_errors(func: F) -> F:
+# What a stopped command left, and what continues it: only predict has --resume.
+STOPPED_HINT = "the output was not completed; run the command again"
+RESUME_HINT = "the output was not completed (use --resume to continue)"
+
+
+def handle_errors(func: F | None = None, *, stopped: str = STOPPED_HINT) -> Any:
     """Turn a TilesegError into ``Error: message`` on stderr and its exit code; no traceback.
 
     A missing dependency becomes a DependencyError (exit 6) naming the package, and a file name
     GDAL cannot take (not valid UTF-8) an input error, whichever library call found it.
-    Ctrl-C exits 130 and SIGTERM 143 (128 + the signal), each with one line.
+    Ctrl-C exits 130 and SIGTERM 143 (128 + the signal), each with one line that says what
+    continues the command (``stopped``; use as ``@handle_errors(stopped=...)``).
     """
+    if func is None:
+        return functools.partial(handle_errors, stopped=stopped)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -112,9 +120,8 @@ def handle_errors(func: F) -> F:
             _fail(InputError(f"a file name is not valid UTF-8 (it contains {printable(bad)}); "
                              "GDAL needs UTF-8 file names: rename the file"))
         except KeyboardInterrupt as exc:
-            stopped = "Terminated (SIGTERM)" if isinstance(exc, Terminated) else "Interrupted"
-            click.echo(f"{stopped}; the output was not completed (use --resume to continue).",
-                       err=True)
+            how = "Terminated (SIGTERM)" if isinstance(exc, Terminated) else "Interrupted"
+            click.echo(f"{how}; {stopped}.", err=True)
             sys.exit(143 if isinstance(exc, Terminated) else 130)
 
     return wrapper  # type: ignore[return-value]

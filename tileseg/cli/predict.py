@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from tileseg.blend import WINDOWS, BlendName
-from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
+from tileseg.cli.common import RESUME_HINT, configure_logging, handle_errors, verbosity_options
 from tileseg.cli.options import int_list, overwrite_option, scheduler_option
 from tileseg.cli.render import ProgressBar
 from tileseg.config import (
@@ -81,7 +81,7 @@ Examples:
               help="Also draw a PNG quicklook here: the classes over SRC, with a legend of "
               "class areas (see tileseg preview).")
 @verbosity_options
-@handle_errors
+@handle_errors(stopped=RESUME_HINT)
 def command(src: str, dst: str | None, model: str | None, fmt: OutputFormat | None,
             zarr_path: str | None,
             bands: tuple[int, ...] | None, nodata: float | None, allow_no_crs: bool,
