@@ -737,3 +737,32 @@ def test_geojson_is_lon_lat_even_for_a_crs_without_epsg_code(tmp_path: Path) -> 
     vectorize(src, utm, VectorizeConfig(scheduler="sync", to_crs="EPSG:32617"))
     assert pyogrio.read_info(utm)["crs"] == "EPSG:32617"
     assert "OGC:CRS84" in _run("--help").output  # type: ignore[attr-defined]
+
+
+def test_classes_the_mask_does_not_have_are_one_line_naming_those_it_has(
+        tmp_path: Path, mask_tif: Callable[..., Path]) -> None:
+    src = mask_tif(seam_mask())  # classes 0 background, 1 water, 2 building, 3 forest
+    dst = tmp_path / "out.gpkg"
+    with pytest.raises(ConfigError, match="has no class 9 ") as info:
+        vectorize(src, dst, VectorizeConfig(classes=(1, 9)))
+    assert "pass classes among those" in str(info.value)
+    result = _run(str(src), str(dst), "--classes", "9")
+    message = result.stderr.strip()  # type: ignore[attr-defined]
+    assert result.exit_code == 2 and "\n" not in message, message  # type: ignore[attr-defined]
+    assert "0 background, 1 water, 2 building, 3 forest" in message and "--classes" in message
+    assert not dst.exists()
+
+
+def test_overwriting_a_geopackage_says_one_line(tmp_path: Path,
+                                                mask_tif: Callable[..., Path]) -> None:
+    """Replacing a GeoPackage reads its marker first: pyogrio's "more than one layer" warning
+    (the style table is a layer too) is not the user's business."""
+    mask = np.zeros((16, 16), np.uint8)
+    mask[2:6, 2:6] = 1
+    src, dst = mask_tif(mask), tmp_path / "out.gpkg"
+    for extra in ((), ("--overwrite",)):
+        result = _run(str(src), str(dst), "--chunk-size", "16", *extra)
+        assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+        assert result.stderr.splitlines() == [  # type: ignore[attr-defined]
+            f"{dst}: 1 polygon (water: 1) from 1 chunk in "
+            f"{result.stderr.split(' in ')[-1].strip()}"]  # type: ignore[attr-defined]

@@ -52,13 +52,21 @@ def _mask(path: Path) -> np.ndarray:
 
 
 def test_local_workers_run_the_manifest_and_the_lock_stops_a_second_run(
-        manifest: Path, deeplab_dir: Path, tmp_path: Path) -> None:
+        manifest: Path, deeplab_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
     from tileseg.workflows import EXIT_LOCKED, main
 
     out, lock = tmp_path / "masks", tmp_path / "batch.lock"
     argv = [str(manifest), "-o", str(out), "--model", str(deeplab_dir), *OPTIONS,
             "--local-workers", "1", "--lock", str(lock)]
     assert main(argv) == 5  # one scene failed; the others ran
+    # a job's log: dask's own start and shutdown lines (some 30 at INFO) are not in it
+    chatter = [r.getMessage() for r in caplog.records
+               if r.name.startswith("distributed") and r.levelno < logging.WARNING]
+    assert not chatter, chatter[:3]
+    assert "3 scenes: 2 succeeded, 1 failed" in capsys.readouterr().err
     assert _summary(manifest) == {"s0.tif": "succeeded", "bad.tif": "failed",
                                   "s1.tif": "succeeded"}
     for name in ("s0", "s1"):

@@ -61,6 +61,7 @@ from tileseg.naming import source_name
 from tileseg.raster import is_remote
 from tileseg.staging import STAGING_SUFFIX, staging_path_for
 from tileseg.store import is_store_url
+from tileseg.text import counted
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +156,8 @@ class BatchResult:
             names = ", ".join(Path(s.src).name for s in failed[:5])
             more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
             where = f"; see {self.summary}" if self.summary else ""
-            raise RunError(f"{len(failed)} of {len(self.scenes)} scenes failed ({names}{more})"
+            raise RunError(f"{len(failed)} of {counted(len(self.scenes), 'scene')} failed "
+                           f"({names}{more})"
                            f"{where}; fix them and run the same command again to retry only "
                            "those")
 

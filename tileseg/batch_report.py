@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tileseg.errors import TilesegError
+from tileseg.text import counted
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def render_html(title: str, doc: Mapping[str, Any],
         f"{HTML_MARKER}\n"
         f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
         f"<h1>{html.escape(title)}</h1>\n"
-        f'<p class="totals">{doc["scenes_total"]} scenes: {html.escape(counts)}; '
+        f'<p class="totals">{counted(doc["scenes_total"], "scene")}: {html.escape(counts)}; '
         f'{float(doc["seconds"]):.1f} s; finished {html.escape(str(doc["finished"]))}</p>\n'
         '<table id="scenes">\n<thead><tr><th>preview</th><th>scene (source, mask)</th>'
         "<th>status</th><th>tiles inferred / total</th><th>seconds</th>"

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from tileseg.errors import InputNotFoundError, ModelError
+from tileseg.errors import InputNotFoundError, ModelError, log_params
 from tileseg.metadata import ModelMetadata, load_metadata, save_metadata
 
 logger = logging.getLogger(__name__)
@@ -364,14 +364,16 @@ _WARNED: set[tuple[str, str]] = set()
 _WARNED_LOCK = threading.Lock()
 
 
-def warn_once(log: logging.Logger, key: str, message: str, *args: Any) -> None:
+def warn_once(log: logging.Logger, key: str, message: str, *args: Any,
+              params: tuple[str, ...] = ()) -> None:
     """Log a warning once per process for ``key`` (a model loaded by each batch scene or each
-    worker thread would otherwise repeat it)."""
+    worker thread would otherwise repeat it); ``params``: the parameters it names (the CLI
+    shows them as flags)."""
     with _WARNED_LOCK:
         if (key, message) in _WARNED:
             return
         _WARNED.add((key, message))
-    log.warning(message, *args)
+    log.warning(message, *args, extra=log_params(*params))
 
 
 _CACHE: dict[tuple[Any, ...], Any] = {}

@@ -27,6 +27,7 @@ from tileseg.errors import (
     InputError,
     ModelError,
     OutputError,
+    log_params,
 )
 from tileseg.grid import TileGrid, aligned_overlap
 from tileseg.memory import check_memory
@@ -55,6 +56,7 @@ from tileseg.scheduler import cluster_client, run_graph, scheduler_address
 from tileseg.staging import STAGING_SUFFIX, LocalStaging, Staging  # noqa: F401 (re-exported)
 from tileseg.store import is_store_url
 from tileseg.styles import publish_raster_styles, publish_raster_styles_to_store
+from tileseg.text import counted
 
 if TYPE_CHECKING:
     from tileseg.vectorization import VectorizeResult
@@ -99,8 +101,9 @@ def resolve_model(config: PredictConfig, raster: RasterInfo) -> tuple[LoadedMode
         path = str(BUNDLED_MODEL)
         warn_once(
             logger, "bundled-model",
-            "no --model given: using the bundled land-cover model (Landsat, 7 classes; see "
-            "tileseg/models/landcover/MODEL_CARD.md); it suits 30 m Landsat-like scenes only"
+            "no model given: the bundled land-cover one is used (Landsat, 7 classes; see "
+            "tileseg/models/landcover/MODEL_CARD.md); it suits 30 m Landsat-like scenes only",
+            params=("model",),
         )
     model = load_model(path, encoder_output_stride=config.encoder_output_stride,
                        decoder_atrous_rates=config.decoder_atrous_rates, raster_dtype=raster.dtype)
@@ -178,8 +181,9 @@ def clamped_tile_size(config: PredictConfig, raster: RasterInfo, divisor: int = 
     to the model's ``divisor``, so the aligned step still covers it."""
     largest = -(-max(raster.height, raster.width) // divisor) * divisor + config.overlap
     if config.tile_size > largest:
-        logger.info("--tile-size %d is larger than the raster (%d x %d): using %d",
-                    config.tile_size, raster.height, raster.width, largest)
+        logger.info("tile_size %d is larger than the raster (%d x %d): using %d",
+                    config.tile_size, raster.height, raster.width, largest,
+                    extra=log_params("tile_size"))
         return largest
     return config.tile_size
 
@@ -359,9 +363,9 @@ def predict(
         timings = Timings(started, graph_built=time.perf_counter())
         tally = Tally.for_run(plan, open_work_dir(staging.work_path), progress,
                               timings.graph_built, resuming=config.resume)
-        logger.info("%d tiles in %d chunks (%d already done); graph of %d tasks",
-                    plan.grid.num_tiles, plan.grid.num_chunks, tally.chunks_done_before,
-                    len(mosaic.graph))
+        logger.info("%s in %s (%d already done); graph of %s",
+                    counted(plan.grid.num_tiles, "tile"), counted(plan.grid.num_chunks, "chunk"),
+                    tally.chunks_done_before, counted(len(mosaic.graph), "task"))
         try:
             # tiles count as they are inferred, not when their chunk is written: the bar moves
             with listen_tiles(job.run, tally.on_tiles, run_client):

@@ -9,6 +9,7 @@ import click
 from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
 from tileseg.cli.options import int_list, overwrite_option, scheduler_option
 from tileseg.cli.render import ProgressBar
+from tileseg.text import counted
 
 EPILOG = """\b
 Examples:
@@ -95,5 +96,5 @@ def command(mask: str, dst: str | None, classes: tuple[int, ...] | None,
         bar.close()
     if not quiet:
         per_class = ", ".join(f"{result.class_names[c]}: {n}" for c, n in result.counts.items())
-        click.echo(f"{result.dst}: {result.features} polygons ({per_class or 'none'}) from "
-                   f"{result.chunks} chunks in {result.seconds:.1f} s", err=True)
+        click.echo(f"{result.dst}: {counted(result.features, 'polygon')} ({per_class or 'none'}) "
+                   f"from {counted(result.chunks, 'chunk')} in {result.seconds:.1f} s", err=True)

@@ -14,12 +14,13 @@ from typing import Any, Literal
 import numpy as np
 import shapely
 
-from tileseg.errors import ConfigError, InputError
+from tileseg.errors import ConfigError, InputError, log_params
 from tileseg.naming import check_not_source
 from tileseg.progress import Progress, ProgressCallback
 from tileseg.raster import is_remote
 from tileseg.store import is_store_url
 from tileseg.styles import legend_for, mask_legend
+from tileseg.text import counted
 from tileseg.vectorization.merge import Components, merge_pieces
 from tileseg.vectorization.polygons import (
     ChunkPieces,
@@ -182,8 +183,8 @@ def vectorize(
         class_names={int(i): names[int(i)] for i in ids}, chunks=polygons.chunks,
         merged=polygons.merged, seconds=time.perf_counter() - started,
     )
-    logger.info("%s: %d polygons from %d chunks in %.1f s", result.dst, result.features,
-                result.chunks, result.seconds)
+    logger.info("%s: %s from %s in %.1f s", result.dst, counted(result.features, "polygon"),
+                counted(result.chunks, "chunk"), result.seconds)
     return result
 
 
@@ -236,6 +237,7 @@ def polygonize(
     """
     config = config or VectorizeConfig()
     source = src if isinstance(src, MaskSource) else open_mask(src)
+    _check_classes(source, config)
     crs_wkt = _check_crs(source, config)
     dst_crs = _parse_crs(config.to_crs) if config.to_crs else None  # fail before the work
     windows, grid_shape = chunk_windows(source, config.chunk_size)
@@ -297,9 +299,11 @@ def build_tasks(source: MaskSource, windows: Sequence[ChunkWindow],
 
     dropped = config.dropped(source.class_names)
     if dropped:
-        logger.info("leaving out class(es) %s (%s); --drop or --classes choose otherwise",
+        logger.info("leaving out %s %s (%s); drop_classes or classes choose otherwise",
+                    "class" if len(dropped) == 1 else "classes",
                     ", ".join(map(str, dropped)),
-                    ", ".join(source.class_name(c) for c in dropped))
+                    ", ".join(source.class_name(c) for c in dropped),
+                    extra=log_params("drop_classes", "classes"))
     classes = ClassFilter(config.classes, dropped, source.nodata)
     stride = max(w.height * w.width for w in windows) + 1  # more than any chunk's label count
     probabilities = config.probabilities and source.has_probabilities
@@ -349,6 +353,19 @@ def compute_tasks(tasks: list[Any], scheduler: str | Any | None, workers: int | 
 
     run_graph(graph, [(list(index), None)], resolved, on_result=finished, workers=workers)
     return results
+
+
+def _check_classes(source: MaskSource, config: VectorizeConfig) -> None:
+    """Classes asked for that a mask naming its classes does not have: an error, not an empty
+    layer. (A plain integer mask names none: any id may be in it.)"""
+    if config.classes is None or not source.class_names:
+        return
+    missing = [c for c in config.classes if c not in source.class_names]
+    if missing:
+        listed = ", ".join(f"{c} {name}" for c, name in sorted(source.class_names.items()))
+        # "classes" once, as the parameter: the CLI shows it as the flag
+        raise ConfigError(f"{source.path}: has no class {' or '.join(map(str, missing))} (it has "
+                          f"{listed}); pass classes among those", params=("classes",))
 
 
 def _check_crs(source: MaskSource, config: VectorizeConfig) -> str | None:

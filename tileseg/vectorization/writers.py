@@ -123,7 +123,9 @@ def read_marker(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         else:
             import pyogrio
 
-            info = pyogrio.read_info(os.fspath(path))
+            # layer 0, the features (named: the style table is a layer too, and pyogrio warns
+            # when it has to choose)
+            info = pyogrio.read_info(os.fspath(path), layer=0)
             text = (info.get("layer_metadata") or {}).get(OGR_MARKER_KEY)
             if text is None and fmt == "gpkg":  # a GeoPackage an earlier version wrote
                 text = (info.get("dataset_metadata") or {}).get(OGR_MARKER_KEY)
