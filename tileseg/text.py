@@ -9,12 +9,13 @@ def counted(n: int, noun: str, plural: str | None = None) -> str:
 
     Examples
     --------
-    >>> counted(1, "chunk"), counted(3, "chunk"), counted(2, "class"), counted(0, "nodata tile")
-    ('1 chunk', '3 chunks', '2 classes', '0 nodata tiles')
+    >>> counted(1, "chunk"), counted(3, "chunk"), counted(2, "class"), counted(2, "epoch")
+    ('1 chunk', '3 chunks', '2 classes', '2 epochs')
     """
     return f"{n} {noun if n == 1 else plural or plural_of(noun)}"
 
 
 def plural_of(noun: str) -> str:
-    """``chunk`` -> ``chunks``, ``class`` -> ``classes``, ``batch`` -> ``batches``."""
-    return noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s")
+    """``chunk`` -> ``chunks``, ``class`` -> ``classes``, ``epoch`` -> ``epochs`` (a noun in
+    ``-ch`` said ``-tch``, such as ``batch``, takes ``plural``)."""
+    return noun + ("es" if noun.endswith(("s", "x", "sh")) else "s")
