@@ -8,14 +8,17 @@
 # only the device's packages plus these wheels, where the whole script ran on CPU)
 #   # device tool: command "bash benchmarks/gpu_check.sh", carry [".whl"], timeout_s 590
 #
-# It writes under $OUT (or /tmp/gpu-check): gpu.txt, tests.txt, bench_predict.md, bench_dask.md.
+# It writes under $OUT (or /tmp/gpu-check): gpu.txt, tests.txt, layout.md, bench_predict.md,
+# bench_dask.md.
 #   1. the CPU test suite's core files, run on the GPU (device auto -> cuda, bf16);
+#   1b. check_layout: per-tile logits by batch shape (is padding the last batch needed, and is
+#      --batch-size mask-neutral on this card?), masks by chunk size, what padding costs;
 #   2. bench_predict at 16384^2 vs 8192^2, resnet50, bf16: model-only vs end-to-end tiles/s
 #      (target >= 0.9) and peak RSS (target <= 1.2x);
 #   3. bench_dask: in-process threads vs one worker per GPU (resources GPU=1) on 8192^2.
 # SIZE, SMALL, DASK_SIZE, DEVICE, PRECISION and SKIP_INSTALL=1 (dependencies already installed)
 # override; a CPU smoke run of the script itself:
-#   SKIP_INSTALL=1 DEVICE=cpu PRECISION=fp32 SIZE=1024 SMALL=512 DASK_SIZE=1024 \
+#   SKIP_INSTALL=1 DEVICE=cpu PRECISION=fp32 SIZE=1024 SMALL=512 DASK_SIZE=1024 LAYOUT_SIZE=1024 \
 #     bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -39,6 +42,10 @@ step "tests on the GPU"
 # (rioxarray is not among the device's wheels: its xarray test is left to CI)
 timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_grid.py tests/test_blend.py \
   tests/test_predict.py -k "not xarray" 2>&1 | tail -15 | tee "$out/tests.txt"
+
+step "layout"
+timeout 240 python3 benchmarks/check_layout.py --device "${DEVICE:-auto}" \
+  --size "${LAYOUT_SIZE:-3072}" 2>&1 | grep -v Warning | tee "$out/layout.md"
 
 step "bench_predict"
 timeout 300 python3 benchmarks/bench_predict.py --size "${SIZE:-16384}" --small "${SMALL:-8192}" \

@@ -174,3 +174,25 @@ def several_class_deeplab(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("models") / "several"
     save_model(module, path, metadata(3, 3, scale=1 / 255, dtype="uint8"))
     return path
+
+
+@pytest.fixture(scope="session")
+def near_tie_deeplab(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DeepLabV3+ whose two classes are near-ties everywhere: class 1's head is class 0's
+    scaled by 1 + 1e-6 and shifted back by 1e-6 times class 0's median logit, so the two
+    logits differ by a few float32 rounding steps, either way about as often: the order in
+    which overlapping tiles are summed would decide the class of many pixels."""
+    from tileseg.model import ModelSpec, build_model, save_model
+
+    torch.manual_seed(1)
+    module = build_model(ModelSpec(encoder_name="resnet18", in_channels=3, classes=2)).eval()
+    head = module.segmentation_head[0]
+    x = torch.from_numpy(random_image(3, 208, 208, seed=5).astype(np.float32) / 255)[None]
+    eps = 1e-6
+    with torch.no_grad():
+        median = float(module(x)[0, 0].median())
+        head.weight[1] = head.weight[0] * (1 + eps)
+        head.bias[1] = head.bias[0] * (1 + eps) - eps * median
+    path = tmp_path_factory.mktemp("models") / "near-tie"
+    save_model(module, path, metadata(2, 3, scale=1 / 255, dtype="uint8"))
+    return path

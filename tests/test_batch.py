@@ -109,6 +109,50 @@ def test_bad_manifests_raise_one_line_errors(tmp_path, name, text, match) -> Non
     assert "\n" not in str(info.value)
 
 
+def test_a_yaml_alias_bomb_in_a_value_is_one_short_line(tmp_path) -> None:
+    # 9**7 values behind 300 bytes: before, the message printed every one of them (tens of MB;
+    # two levels more took 45 s and 3.5 GB)
+    levels = ['&l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"&l{n} [{', '.join([f'*l{n - 1}'] * 9)}]" for n in range(1, 7)]
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(f"- src: a.tif\n  dst: b.tif\n  bands: [{', '.join(levels)}]\n")
+    with pytest.raises(InputError, match="alias bomb") as info:
+        load_manifest(manifest)
+    assert len(str(info.value)) < 300
+
+
+def test_a_value_of_the_wrong_kind_is_shown_shortened(tmp_path) -> None:
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text("- src: a.tif\n  dst: b.tif\n  bands: [" + ", ".join(["x"] * 2000)
+                        + "]\n")
+    with pytest.raises(InputError, match=r"bands must be a list of integers") as info:
+        load_manifest(manifest)
+    assert len(str(info.value)) < 300
+
+
+def test_a_manifest_over_the_size_bound_is_refused_unread(tmp_path) -> None:
+    from tileseg.batch import MAX_MANIFEST_BYTES
+
+    manifest = tmp_path / "m.txt"
+    with open(manifest, "wb") as f:
+        f.truncate(MAX_MANIFEST_BYTES + 1)  # sparse: nothing is written
+    with pytest.raises(InputError, match="over 16 MiB; split it"):
+        load_manifest(manifest, output_dir=tmp_path)
+
+
+def test_a_summary_that_cannot_be_written_stops_the_batch_before_its_first_scene(
+        scenes, tmp_path) -> None:
+    from tileseg.errors import OutputError
+
+    manifest = tmp_path / "m.txt"
+    manifest.write_text(f"{scenes[0]}\n")
+    config = BatchConfig(output_dir=str(tmp_path / "out"), summary="/proc/sys/m.summary.json",
+                         defaults=SMALL_DEFAULTS)
+    with pytest.raises(OutputError, match="not writable"):
+        run_manifest(manifest, config)
+    assert not list((tmp_path / "out").glob("*.tif"))
+
+
 def test_missing_manifest(tmp_path) -> None:
     with pytest.raises(InputNotFoundError, match="no such manifest"):
         load_manifest(tmp_path / "nope.csv")

@@ -562,3 +562,37 @@ def test_dependency_names_map_to_what_pip_installs() -> None:
     error = missing_dependency(ModuleNotFoundError("no", name="dask_jobqueue"), "--slurm-jobs")
     assert error.exit_code == 6 and "pip install dask-jobqueue" in str(error)
     assert "pip install pyyaml" in str(missing_dependency(ModuleNotFoundError(name="yaml")))
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    ("tileseg: {scheduler: [unclosed\n", "at line 2"),
+    ("- a list\n- not a mapping\n", "top level is not a mapping"),
+])
+def test_a_broken_dask_config_is_one_line_exit_2(tmp_path, content, reason) -> None:
+    # dask reads DASK_CONFIG as it is first imported: a fresh process is the point
+    import os
+    import subprocess
+    import sys
+
+    config = tmp_path / "dask.yaml"
+    config.write_text(content)
+    env = {**os.environ, "DASK_CONFIG": str(config)}
+    done = subprocess.run([sys.executable, "-m", "tileseg", "info", str(tmp_path / "x.tif")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert str(config) in done.stderr and reason in done.stderr
+
+
+def test_only_dasks_own_config_errors_are_taken_for_them(tmp_path) -> None:
+    import dask.config
+
+    from tileseg.deps import dask_config_error
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1\n")
+    with pytest.raises(ValueError) as info:
+        list(dask.config.collect_yaml([str(bad)]))
+    error = dask_config_error(info.value)
+    assert error is not None and error.exit_code == 2 and str(bad) in str(error)
+    assert dask_config_error(ValueError(f"A dask config file at '{bad}' is malformed")) is None

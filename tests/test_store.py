@@ -236,3 +236,34 @@ def test_a_neighbour_downloads_only_its_spill_from_a_piece(s3: S3Server) -> None
         # the other neighbour's arrays and the chunk's own mask stay on the store
         assert s3.traffic.bytes_out < 0.5 * size, (span is None, s3.traffic.bytes_out, size)
         assert s3.traffic.gets == (1 if span else 2)
+
+
+@pytest.mark.parametrize("value", ["not a url", "127.0.0.1:9000", "ftp://host", "http://",
+                                   "http://host:99999", "http://[::1", "http://host name"])
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"])
+def test_a_malformed_endpoint_is_refused_before_any_request(
+        variable: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # obstore panics on these (a Rust backtrace on stderr, then an exception that is not an
+    # Exception); GDAL would fail with a network error
+    from tileseg.errors import ConfigError
+    from tileseg.remote import gdal_options
+    from tileseg.store import open_store
+
+    monkeypatch.setenv(variable, value)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    for attempt in (lambda: StoreLocation.parse("s3://bucket/key"),
+                    lambda: open_store("s3://bucket"),
+                    lambda: gdal_options("s3://bucket/scene.tif")):
+        with pytest.raises(ConfigError, match=f"^{variable} .* is not an http:// or https:// URL"):
+            attempt()
+    StoreLocation.parse("gs://bucket/key")  # not S3's business
+
+
+@pytest.mark.parametrize("value", ["http://127.0.0.1:9000", "https://minio.example.org/",
+                                   "http://[::1]:9000"])
+def test_a_well_formed_endpoint_passes(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tileseg.remote import s3_endpoint
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", value)
+    assert s3_endpoint() == value

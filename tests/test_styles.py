@@ -27,7 +27,7 @@ from conftest import interrupt_after, per_pixel_model, random_image
 from tileseg.config import PredictConfig
 from tileseg.metadata import ClassInfo
 from tileseg.pipeline import predict
-from tileseg.styles import is_tileseg_qml, pam_xml, sidecar_paths
+from tileseg.styles import is_tileseg_qml, pam_xml, raster_qml, sidecar_paths, vector_qml
 from tileseg.vectorization import vectorize
 
 # conftest's per_pixel_model: class i is "class i" coloured (10i, 20i, 30i)
@@ -207,6 +207,52 @@ def test_pam_xml_escapes_names_and_fills_gaps() -> None:
     assert [c.text or "" for c in band.iter("Category")] == ["a & b", "", "<c>"]
     rows = [[f.text for f in r.iter("F")] for r in band.iter("Row")]
     assert rows == [["0", "a & b", "1", "2", "3", None], ["2", "<c>", "4", "5", "6", "9"]]
+
+
+# what GIS users name classes: markup characters, quotes, accents, other scripts
+AWKWARD = ['a < b & c > d', 'say "no"', "l'eau", "forêt 森林 🌲", "]]> <!-- -->"]
+
+
+def _xml_names(text: str) -> list[str]:
+    """The class names an XML style gives, read back by a real XML parser."""
+    root = ET.fromstring(text)
+    if root.tag == "PAMDataset":
+        return [c.text or "" for c in root.iter("Category")]
+    return [e.get("label", "") for e in (*root.iter("paletteEntry"), *root.iter("category"))]
+
+
+@pytest.mark.parametrize("style", [pam_xml, raster_qml, vector_qml])
+def test_styles_are_well_formed_xml_for_any_printable_name(style: Any) -> None:
+    classes = [ClassInfo(i, name, (i, i, i)) for i, name in enumerate(AWKWARD)]
+    assert _xml_names(style(classes)) == AWKWARD
+
+
+@pytest.mark.parametrize("style", [pam_xml, raster_qml, vector_qml])
+def test_styles_stay_well_formed_xml_with_control_characters(style: Any) -> None:
+    # a model's metadata refuses such names; a mask's own class tag (vectorize) may carry one,
+    # and XML 1.0 cannot hold it even as a character reference: it becomes U+FFFD
+    classes = [ClassInfo(0, "bell\x07", (1, 2, 3)), ClassInfo(1, "nul\x00 esc\x1b", (4, 5, 6)),
+               ClassInfo(2, "two\nlines\tand a tab", (7, 8, 9))]
+    names = _xml_names(style(classes))
+    assert names[:2] == ["bell\ufffd", "nul\ufffd esc\ufffd"]
+    assert names[2] in ("two\nlines\tand a tab", "two lines and a tab")  # XML may normalize
+
+
+def test_published_styles_parse_with_awkward_class_names(make_raster, tmp_path) -> None:
+    from tileseg.metadata import ModelMetadata, Normalization
+
+    src = make_raster(random_image(3, 40, 40))
+    meta = ModelMetadata(classes=tuple(ClassInfo(i, n, (9 * i, 9, 9)) for i, n in enumerate(AWKWARD)),
+                         in_channels=3, normalization=Normalization(scale=(1 / 255,)))
+    model = per_pixel_model(3, len(AWKWARD))
+    model = type(model)(model.module, meta, model.source, model.architecture, model.divisor)
+    dst = tmp_path / "out.tif"
+    predict(PredictConfig(str(src), str(dst), tile_size=64, overlap=16), model=model)
+    aux, qml = sidecar_paths(dst)
+    assert _xml_names(aux.read_text(encoding="utf-8")) == AWKWARD
+    assert _xml_names(qml.read_text(encoding="utf-8")) == AWKWARD
+    names, _, _ = gdal_categories_and_rat(dst)  # and GDAL reads them as they are
+    assert names == AWKWARD
 
 
 _QGIS_SCRIPT = """

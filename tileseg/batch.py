@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import posixpath
+import reprlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -47,7 +48,7 @@ from typing import Any, Literal
 
 from tileseg.batch_report import ScenePicture, html_path, render_html, scene_picture
 from tileseg.config import PredictConfig
-from tileseg.destination import check_distinct_paths
+from tileseg.destination import check_distinct_paths, check_output_folder, writable_folder
 from tileseg.errors import (
     ConfigError,
     InputError,
@@ -69,6 +70,8 @@ SceneStatus = Literal["succeeded", "resumed", "skipped", "failed", "pending"]  #
 ManifestFormat = Literal["text", "csv", "yaml"]
 
 DEFAULT_SUFFIX = "_mask.tif"
+# 16 MiB holds some 100,000 scenes; beyond, a manifest is more likely a wrong file (or a bomb)
+MAX_MANIFEST_BYTES = 16 << 20
 
 # Per-scene options a manifest may set: PredictConfig fields, minus what the batch itself owns.
 _BATCH_OWNED = {"src", "dst", "resume", "overwrite", "scheduler", "report"}
@@ -225,7 +228,11 @@ def load_manifest(
         if not manifest.is_file():
             raise InputNotFoundError(f"{manifest}: no such manifest file; check the path")
         try:
-            text = manifest.read_text(encoding="utf-8-sig")
+            data = _read_at_most(manifest, MAX_MANIFEST_BYTES + 1)
+            if len(data) > MAX_MANIFEST_BYTES:
+                raise InputError(f"{manifest}: the manifest is over {MAX_MANIFEST_BYTES >> 20} "
+                                 "MiB; split it into several batches")
+            text = data.decode("utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"{manifest}: cannot read the manifest ({exc})") from exc
         base = manifest.absolute().parent
@@ -254,18 +261,31 @@ def load_manifest(
     return scenes
 
 
+def _read_at_most(path: Path, limit: int) -> bytes:
+    """Up to ``limit`` bytes of ``path``, read in pieces (one large read of a pseudo-file, as
+    under /proc, can fail for its size alone)."""
+    parts: list[bytes] = []
+    size = 0
+    with open(path, "rb") as f:
+        while size < limit and (part := f.read(min(1 << 20, limit - size))):
+            parts.append(part)
+            size += len(part)
+    return b"".join(parts)
+
+
 def _read_store_manifest(url: str) -> str:
     from tileseg.store_objects import read_text_object
 
     try:
-        text = read_text_object(url, limit=64 << 20)
+        text = read_text_object(url, limit=MAX_MANIFEST_BYTES)
     except TilesegError:
         raise
     except Exception as exc:  # the store's own error: one line naming the manifest
         raise InputError(f"{url}: cannot read the manifest ({' '.join(str(exc).split())[:200]})"
                          "; check the URL, the credentials and AWS_ENDPOINT_URL") from None
     if text is None:
-        raise InputNotFoundError(f"{url}: no such manifest object (or over 64 MiB); check the URL")
+        raise InputNotFoundError(f"{url}: no such manifest object (or over "
+                                 f"{MAX_MANIFEST_BYTES >> 20} MiB); check the URL")
     return text.removeprefix("\ufeff")
 
 
@@ -333,8 +353,12 @@ def _csv_rows(manifest: Path | str, text: str) -> list[Row]:
 def _yaml_rows(manifest: Path | str, text: str) -> list[Row]:
     import yaml
 
+    from tileseg.yaml_bounds import YAMLBoundError, load_bounded
+
     try:
-        doc = yaml.safe_load(text)
+        doc = load_bounded(text)
+    except YAMLBoundError as exc:
+        raise InputError(f"{manifest}: {exc}") from None
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{manifest}: not valid YAML ({first})") from exc
@@ -405,10 +429,16 @@ def _scene(manifest: Path | str, where: str, row: dict[str, Any], base: Path | s
     return scene
 
 
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxlevel, _SHORT_REPR.maxlist, _SHORT_REPR.maxdict = 2, 6, 4
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 60
+
+
 def _option(manifest: Path | str, where: str, key: str, value: Any, base: Path | str,
             dst: str) -> Any:
     def bad(expected: str) -> InputError:
-        return InputError(f"{manifest}: {where}: {key} must be {expected}, got {value!r}")
+        shown = _SHORT_REPR.repr(value)  # a value may be huge: the message stays one short line
+        return InputError(f"{manifest}: {where}: {key} must be {expected}, got {shown}")
 
     if key in _BOOL_OPTIONS:
         if isinstance(value, bool):
@@ -647,6 +677,8 @@ def check_summary_targets(summary: str | os.PathLike[str]) -> None:
     if is_store_url(os.fspath(summary)):
         _check_store_summary(checks)
         return
+    # written after each scene: a folder that cannot take it is found now, not after the first
+    check_output_folder(checks[0][0], "summary path", params=("summary",))
     for path, ours in checks:
         if path.is_symlink() or path.is_dir():
             mine = False
@@ -827,4 +859,7 @@ def run_manifest(
             raise OutputError(f"{config.output_dir}: cannot create the output folder "
                               f"({exc.strerror}); choose a writable output_dir",
                               params=("output_dir",)) from exc
+        if not writable_folder(config.output_dir):  # else every scene would fail alike
+            raise OutputError(f"{config.output_dir}: the output folder is not writable; choose "
+                              "a writable output_dir", params=("output_dir",))
     return run_batch(scenes, config, client=client, on_scene=on_scene)

@@ -4,7 +4,13 @@ Each tile's logits are multiplied by a weight window before being summed into th
 the sum is divided by the summed weights of every pixel, so the weights are normalized exactly
 per pixel: a constant prediction stays constant at edges and corners, whatever the window.
 Windows are strictly positive over the part of the tile they use, so a pixel covered by a single
-tile (raster edges) gets that tile's logits unchanged.
+tile (raster edges) gets that tile's logits (up to the rounding below).
+
+The sums are integers: each tile's weighted logits are rounded once to a multiple of
+``2**-FIXED_POINT_BITS`` and then added exactly (:func:`quantize`), so the blended logits, and
+the mask, do not depend on the order in which tiles are added. That is what lets the chunk size,
+batch size, workers and scheduler leave the mask bitwise unchanged: float sums would round
+differently whenever a chunk boundary regroups the tiles of a pixel.
 """
 
 from __future__ import annotations
@@ -82,3 +88,43 @@ def weight_window(name: str, size: int, overlap: int = 0, halo_before: int | Non
     """
     w = window_1d(name, size, overlap, halo_before)
     return np.outer(w, w).astype(np.float32)
+
+
+# Sums of weights and weighted logits are integers in units of 2**-40: fine enough for the
+# smallest weight any window has (a 513-px hann corner, about 9e-11, is ~100 units), coarse
+# enough that logits up to logit_limit() cannot overflow int64 however many tiles overlap.
+FIXED_POINT_BITS = 40
+FIXED_POINT_SCALE = float(2**FIXED_POINT_BITS)
+
+
+def tiles_per_pixel(tile_size: int, overlap: int) -> int:
+    """The most tiles that cover one pixel: ``ceil(tile / step)`` per axis, squared."""
+    per_axis = -(-tile_size // max(tile_size - overlap, 1))
+    return per_axis * per_axis
+
+
+def logit_limit(tile_size: int, overlap: int) -> float:
+    """Logits are clamped to +-this before blending, so a pixel's integer sum stays below
+    2**62 (weights are at most 1): 2**20 (about a million) with up to four tiles a pixel."""
+    headroom = (tiles_per_pixel(tile_size, overlap) - 1).bit_length()
+    return float(2 ** (62 - FIXED_POINT_BITS - headroom))
+
+
+def fixed_point_window(window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A float32 weight window as ``(scaled, units)``: ``scaled`` is the window times the
+    fixed-point scale, still float32 (a power of two: exact), which a tile's logits are
+    multiplied by; ``units`` is the window in integer units, which the weight sums add up.
+
+    >>> scaled, units = fixed_point_window(np.array([[0.5, 1.0]], np.float32))
+    >>> units.tolist(), units.dtype.name
+    ([[549755813888, 1099511627776]], 'int64')
+    """
+    scaled = window.astype(np.float32) * np.float32(FIXED_POINT_SCALE)
+    return scaled, np.rint(scaled).astype(np.int64)
+
+
+def quantize(logits: np.ndarray, scaled_weights: np.ndarray, limit: float) -> np.ndarray:
+    """One tile's weighted logits in integer units: ``rint(clip(logits) * scaled_weights)``,
+    the numpy reference of what the engines compute (float32 product, round half to even)."""
+    clipped = np.clip(logits.astype(np.float32, copy=False), -limit, limit)
+    return np.rint(clipped * scaled_weights).astype(np.int64)

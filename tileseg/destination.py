@@ -158,8 +158,31 @@ def check_output_folder(path: PathLike, what: str = "output", *,
     if not parent.is_dir():
         raise OutputError(f"{path}: folder {parent} does not exist; create it first or choose "
                           f"another {what}", params=params)
-    if not os.access(parent, os.W_OK):
+    if not writable_folder(parent):
         raise OutputError(f"{path}: folder {parent} is not writable; choose another {what}",
+                          params=params)
+
+
+def writable_folder(folder: PathLike) -> bool:
+    """Whether files can be made in ``folder``: write and search permission, as the process's
+    real user (``os.access``; root too is refused on a read-only file system)."""
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def check_folder_creatable(folder: PathLike, what: str, *, params: tuple[str, ...] = ()) -> None:
+    """``folder`` is a writable folder, or can be made with its missing parents (``mkdir -p``):
+    its nearest existing ancestor is a writable folder (:class:`OutputError`, exit 4)."""
+    target = Path(folder).absolute()
+    existing = target
+    while not (existing.exists() or existing.is_symlink()) and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is" if existing == target else f"lies in {existing}, which is"
+        raise OutputError(f"{folder}: {where} not a folder; choose another {what}",
+                          params=params)
+    if not writable_folder(existing):
+        where = "" if existing == target else f" {existing}, where it would be made,"
+        raise OutputError(f"{folder}: folder{where} is not writable; choose another {what}",
                           params=params)
 
 

@@ -4,8 +4,10 @@ On a CPU, ONNX Runtime runs an smp DeepLab about twice as fast as eager PyTorch 
 batch norms and activations into the convolutions and picks tuned kernels), with the same argmax.
 The export is automatic and cached: the first run writes ``<cache>/onnx/<key>.onnx`` (the cache
 of :func:`tileseg.samples.cache_dir`), keyed by everything that changes the graph (weights and
-structure, network input size, bands, opset, torch and tileseg versions); later runs load it.
-Exporting traces the model locally and needs no network.
+structure, network input size, bands, opset, torch and tileseg versions), with a record beside
+it (``<key>.onnx.json``: the key and the file's SHA-256); later runs load it once the record
+proves it is this model's export, unchanged, and export again otherwise. Exporting traces the
+model locally and needs no network.
 
 Threads: a process runs one CPU forward pass at a time (:data:`CPU_FORWARD_LOCK`), with as many
 intra-op threads as the cores the worker may use (:func:`worker_cores`), so ``--workers`` threads
@@ -15,6 +17,7 @@ and a dask worker's ``--nthreads`` share those cores instead of multiplying them
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import sys
@@ -28,7 +31,7 @@ import torch
 from torch import nn
 
 import tileseg
-from tileseg.errors import ConfigError, DependencyError, ModelError
+from tileseg.errors import ConfigError, DependencyError, ModelError, OutputError
 
 logger = logging.getLogger(__name__)
 
@@ -130,10 +133,12 @@ def onnx_cache_dir() -> Path:
     return cache_dir() / "onnx"
 
 
-def export_onnx(module: nn.Module, path: Path, context: int, bands: int) -> None:
-    """Export ``module`` (fp32, CPU) with a dynamic batch axis to ``path``, atomically."""
+def export_onnx(module: nn.Module, path: Path, context: int, bands: int, key: str = "") -> None:
+    """Export ``module`` (fp32, CPU) with a dynamic batch axis to ``path``, atomically, and record
+    ``key`` and the file's SHA-256 beside it (:func:`export_record`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.onnx")
+    record_tmp = tmp.with_suffix(".json")
     dummy = torch.zeros((1, bands, context, context))
     try:
         with warnings.catch_warnings():
@@ -145,25 +150,116 @@ def export_onnx(module: nn.Module, path: Path, context: int, bands: int) -> None
                 input_names=["x"], output_names=["logits"],
                 dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
             )
-        os.replace(tmp, path)  # concurrent workers never see a half-written file
+        record_tmp.write_text(json.dumps({"tileseg_onnx_export": 1, "model_key": key,
+                                          "sha256": _sha256(tmp)}) + "\n")
+        # concurrent workers never see a half-written file; one that reads the file and the
+        # record of two different exports in between exports once more, never uses a wrong one
+        os.replace(tmp, path)
+        os.replace(record_tmp, export_record(path))
     finally:
         tmp.unlink(missing_ok=True)
+        record_tmp.unlink(missing_ok=True)
+
+
+def export_record(path: Path) -> Path:
+    """The record beside a cached export: its model key and the SHA-256 of its bytes."""
+    return path.with_name(path.name + ".json")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _mismatch(path: Path, key: str) -> str | None:
+    """Why the cached file at ``path`` is not the export of the model ``key`` names, or None."""
+    try:
+        record = json.loads(export_record(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "no record of its export beside it"
+    except (OSError, ValueError) as exc:
+        return f"its record cannot be read ({exc})"
+    if not isinstance(record, dict) or record.get("model_key") != key:
+        return "its record names another model"
+    try:
+        digest = _sha256(path)
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror or exc})"
+    if record.get("sha256") != digest:
+        return "its content is not what was exported"
+    return None
+
+
+def _cache_problem(folder: Path) -> str | None:
+    """Why no export can be written into ``folder``, or None: creates it, writes a probe file."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".probe.{os.getpid()}.{threading.get_ident()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
+def cache_error(folder: Path, reason: str) -> OutputError:
+    """The export cache cannot be written: the cache's problem (exit 4), not the model's."""
+    return OutputError(f"{folder}: the ONNX export cache cannot be written ({reason}); set "
+                       "TILESEG_CACHE to a writable folder, or use engine torch",
+                       params=("engine",))
+
+
+def export_path(module: nn.Module, context: int, bands: int, architecture: str) -> tuple[Path, str]:
+    """Where the export of ``module`` at this input size is cached, and its model key."""
+    key = model_key(module, context, bands)
+    return onnx_cache_dir() / f"{architecture}-{context}px-{bands}b-{key}.onnx", key
+
+
+def check_export_cache(module: nn.Module, context: int, bands: int, architecture: str) -> None:
+    """Before a run that will export: the export is cached already, or the cache is writable;
+    otherwise an :class:`OutputError` naming the cache (exit 4)."""
+    folder = onnx_cache_dir()
+    reason = _cache_problem(folder)
+    if reason is None:
+        return
+    path, key = export_path(module, context, bands, architecture)  # hashes the weights: only here
+    if not _is_file(path) or _mismatch(path, key) is not None:
+        raise cache_error(folder, reason)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError as exc:  # a cache folder that may not be searched
+        raise cache_error(path.parent, exc.strerror or str(exc)) from exc
 
 
 def ensure_onnx(module: nn.Module, context: int, bands: int, architecture: str) -> Path:
-    """The cached ONNX file of ``module`` at this input size; exported first if missing."""
-    path = onnx_cache_dir() / f"{architecture}-{context}px-{bands}b-{model_key(module, context, bands)}.onnx"
-    if path.is_file():
-        logger.debug("using cached ONNX export %s", path)
-        return path
+    """The cached ONNX file of ``module`` at this input size; exported first if missing, or if
+    the file there is not the recorded export of this model."""
+    path, key = export_path(module, context, bands, architecture)
+    if _is_file(path):
+        problem = _mismatch(path, key)
+        if problem is None:
+            logger.debug("using cached ONNX export %s", path)
+            return path
+        logger.warning("%s: not used (%s); exporting the model again", path, problem)
     if _import_onnx() is None:
         raise DependencyError(f"exporting the model for ONNX Runtime needs the onnx package: "
                               f"{INSTALL_HINT}")
+    reason = _cache_problem(path.parent)
+    if reason is not None:
+        raise cache_error(path.parent, reason)
     logger.info("exporting the model to ONNX (once per model and input size): %s", path)
     was_training = module.training
     try:
         module.eval()
-        export_onnx(module, path, context, bands)
+        export_onnx(module, path, context, bands, key=key)
+    except OSError as exc:  # writing into the cache (a full disk, say): not the model's fault
+        raise cache_error(path.parent, exc.strerror or str(exc)) from exc
     except Exception as exc:
         raise ModelError(_export_failure(architecture, context, exc),
                          params=("engine", "tile_size")) from exc
@@ -219,3 +315,48 @@ class OnnxForward:
         array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
         (out,) = self.session.run(["logits"], {"x": array})
         return torch.from_numpy(out)
+
+
+class TorchCpuForward:
+    """Eager PyTorch on the CPU, one tile per forward pass.
+
+    oneDNN's CPU kernels (its 1x1 convolutions, a pooled branch of one pixel) round differently
+    with another intra-op thread count or batch shape; one tile per pass makes a tile's logits
+    independent of the batch it came in. A model tileseg loaded itself (``concurrent``) also runs
+    each pass on one thread, as many passes at once as the worker has cores, so its logits do
+    not depend on the worker's cores either (and every core stays busy: measured at least as
+    fast as one pass on every thread). A caller's module object runs its passes one after
+    another on the process's threads: tileseg cannot know it is safe to call from two threads
+    at once, and such a model only runs in this process, whose core count does not change.
+    """
+
+    def __init__(self, module: nn.Module, threads: int, autocast: torch.dtype | None,
+                 concurrent: bool) -> None:
+        self.module = module
+        self.threads = threads
+        self.autocast = autocast
+        self._pool: Any = None
+        if concurrent and threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(threads, thread_name_prefix="tileseg-forward",
+                                            initializer=torch.set_num_threads, initargs=(1,))
+        self.concurrent = concurrent
+
+    def _one(self, tile: torch.Tensor) -> torch.Tensor:
+        # inference and autocast modes are per thread: set in the thread that runs the pass
+        with torch.inference_mode(), torch.autocast("cpu", dtype=self.autocast or torch.float32,
+                                                    enabled=self.autocast is not None):
+            out: Any = self.module(tile)
+        if isinstance(out, tuple | list):  # aux heads
+            out = out[0]
+        return out.float()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        tiles = x.split(1)
+        if self._pool is not None:
+            return torch.cat(list(self._pool.map(self._one, tiles)))
+        wanted = 1 if self.concurrent else self.threads
+        if torch.get_num_threads() != wanted:
+            torch.set_num_threads(wanted)
+        return torch.cat([self._one(tile) for tile in tiles])

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ from rasterio.windows import Window
 from tileseg import mask as mask_format
 from tileseg.errors import ConfigError, InputError, InputNotFoundError
 from tileseg.metrics import SegmentationMetrics, compute_metrics, confusion_matrix, format_table
+from tileseg.subdatasets import raster_exists
 from tileseg.text import counted
 
 logger = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def evaluate(config: EvaluateConfig) -> EvaluationReport:
     from tileseg.raster import check_aligned
 
     for path in (config.predicted, config.labels):
-        if not Path(path).exists():
+        if not raster_exists(str(path)):  # a file, or a subdataset name whose file exists
             raise InputNotFoundError(f"{path}: no such file; check the path")
     try:
         pred_src = rasterio.open(config.predicted)

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from tileseg.blend import weight_window
+from tileseg.blend import fixed_point_window, logit_limit, weight_window
 from tileseg.device import (  # noqa: F401  (re-exported: older imports)
     CPU_BATCH_SIZE,
     Precision,
@@ -30,10 +30,17 @@ from tileseg.device import (  # noqa: F401  (re-exported: older imports)
     resolve_device,
     resolve_precision,
 )
-from tileseg.engine import CPU_FORWARD_LOCK, OnnxForward, ensure_onnx, resolve_engine, worker_cores
-from tileseg.errors import ModelError
+from tileseg.engine import (
+    CPU_FORWARD_LOCK,
+    OnnxForward,
+    TorchCpuForward,
+    ensure_onnx,
+    resolve_engine,
+    worker_cores,
+)
+from tileseg.errors import ModelError, OutputError
 from tileseg.grid import Rect, TileGrid
-from tileseg.model import LoadedModel
+from tileseg.model import LoadedModel, class_logits
 from tileseg.raster import RasterInfo, WindowReader
 
 logger = logging.getLogger(__name__)
@@ -56,11 +63,22 @@ class Runtime:
     context: int  # network input size (>= tile size, a multiple of the model's divisor)
     norm_a: torch.Tensor
     norm_b: torch.Tensor
-    window: torch.Tensor  # (tile, tile) blend weights
+    window: torch.Tensor  # (tile, tile) blend weights times the fixed-point scale, float32
+    window_units: torch.Tensor  # (tile, tile) blend weights in fixed-point units, int64
+    logit_limit: float  # logits are clamped to +-this before they are blended
     channels_last: bool
     engine: str = "torch"  # "torch" or "onnxruntime"
     threads: int | None = None  # CPU intra-op threads (None on a GPU)
     onnx: OnnxForward | None = None
+    torch_cpu: TorchCpuForward | None = None
+
+    def label(self) -> str:
+        """What a tile's logits depend on besides the model and the tiling: the engine, the
+        device type and precision and, on a GPU, the batch size (see :meth:`forward`)."""
+        parts = [self.engine, self.device.type, precision_name(self.autocast)]
+        if self.device.type == "cuda":
+            parts.append(f"batch {self.batch_size}")
+        return " ".join(parts)
 
     def resolved(self) -> dict[str, Any]:
         """The device, precision and batch size this runtime really uses (``auto`` resolved)."""
@@ -68,17 +86,30 @@ class Runtime:
                 "batch_size": self.batch_size}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.threads is not None and torch.get_num_threads() != self.threads:
-            # torch's pool follows the worker's cores too (normalizing, blending)
-            torch.set_num_threads(self.threads)
-        if self.onnx is not None:
-            return self.onnx(x)
+        """The float32 logits of a batch of normalized tiles, each independent of the others
+        in its batch and of how many there are (see :mod:`tileseg.blend`: the mask must not
+        depend on how tiles are grouped)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        # a binary model's one logit x as [0, x] (see class_logits): argmax = sigmoid > 0.5
+        classes = self.model.metadata.num_classes
+        if self.onnx is not None:  # its kernels depend on neither (tests/test_determinism.py)
+            return class_logits(self.onnx(x), classes)
+        if self.torch_cpu is not None:
+            return class_logits(self.torch_cpu(x), classes)
+        n = len(x)
+        if n < self.batch_size:
+            # cuDNN may choose other kernels for another batch shape: every pass gets the full
+            # batch, so a chunk's last, smaller batch computes its tiles as a full one would
+            x = torch.cat([x, x.new_zeros((self.batch_size - n, *x.shape[1:]))])
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
                              enabled=self.autocast is not None):
             out: Any = self.model.module(x)
         if isinstance(out, tuple | list):  # aux heads
             out = out[0]
-        return out.float()
+        return class_logits(out[:n].float(), classes)
 
 
 def make_runtime(
@@ -117,7 +148,7 @@ def make_runtime(
             path = ensure_onnx(exported.cpu(), context, model.metadata.in_channels,
                                model.architecture)
             onnx = OnnxForward(path, threads or 1)
-        except ModelError as exc:
+        except (ModelError, OutputError) as exc:  # OutputError: the export cache
             if engine != "auto":
                 raise
             logger.warning("%s; running it with torch instead", exc)
@@ -136,6 +167,9 @@ def make_runtime(
     placed = LoadedModel(module=module, metadata=model.metadata, source=model.source,
                          architecture=model.architecture, divisor=model.divisor)
     a, b = model.metadata.normalization.coefficients(model.metadata.in_channels)
+    scaled, units = fixed_point_window(weight_window(blend, tile_size, overlap, halo_before))
+    torch_cpu = (TorchCpuForward(module, threads, autocast, concurrent=owned)
+                 if chosen == "torch" and threads is not None else None)
     return Runtime(
         model=placed,
         device=dev,
@@ -144,11 +178,14 @@ def make_runtime(
         context=context,
         norm_a=torch.from_numpy(a).to(dev)[None, :, None, None],
         norm_b=torch.from_numpy(b).to(dev)[None, :, None, None],
-        window=torch.from_numpy(weight_window(blend, tile_size, overlap, halo_before)).to(dev),
+        window=torch.from_numpy(scaled).to(dev),
+        window_units=torch.from_numpy(units).to(dev),
+        logit_limit=logit_limit(tile_size, overlap),
         channels_last=channels_last,
         engine=chosen,
         threads=threads,
         onnx=onnx,
+        torch_cpu=torch_cpu,
     )
 
 
@@ -273,11 +310,12 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
 
 @dataclass
 class ChunkLogits:
-    """Blended logit sums of one chunk's tiles over the chunk extent, on the device."""
+    """Blended logit sums of one chunk's tiles over the chunk extent, on the device, as
+    fixed-point integers (:mod:`tileseg.blend`), so sums of other chunks add to them exactly."""
 
     extent: Rect
-    logit_sum: torch.Tensor  # (classes, h, w) float32
-    weight_sum: torch.Tensor  # (h, w) float32
+    logit_sum: torch.Tensor  # (classes, h, w) int64
+    weight_sum: torch.Tensor  # (h, w) int64
     tiles: int
     skipped: int
 
@@ -298,8 +336,9 @@ def infer_chunk_logits(
     pad = context_pad(grid, runtime.context)
     # a CPU forward pass already uses every core the worker may use: one at a time per process
     forward_lock = CPU_FORWARD_LOCK if dev.type == "cpu" else contextlib.nullcontext()
-    logit_sum = torch.zeros((classes, extent.height, extent.width), dtype=torch.float32, device=dev)
-    weight_sum = torch.zeros((extent.height, extent.width), dtype=torch.float32, device=dev)
+    logit_sum = torch.zeros((classes, extent.height, extent.width), dtype=torch.int64, device=dev)
+    weight_sum = torch.zeros((extent.height, extent.width), dtype=torch.int64, device=dev)
+    not_finite = torch.zeros((), dtype=torch.bool, device=dev)
     tiles = grid.chunk_tiles_of(row, col)
     done = 0
     with WindowReader(raster, run or None) as reader, torch.inference_mode():
@@ -310,23 +349,34 @@ def infer_chunk_logits(
                 x, valid = _normalize_on_host(batch, runtime)
             else:
                 x, valid = _normalize_on_device(batch, runtime)
-            if runtime.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
             with forward_lock:
                 logits = runtime.forward(x)[:, :, pad : pad + size, pad : pad + size]
             if dev.type == "cpu":
                 _accumulate_on_host(logit_sum, weight_sum, logits, valid, batch.offsets, runtime,
                                     pad, size)
             else:
-                weights = runtime.window[None] * valid[:, pad : pad + size, pad : pad + size]
+                not_finite |= torch.isnan(logits).any()  # checked once a chunk: no sync a batch
+                inside = valid[:, pad : pad + size, pad : pad + size]
+                scores = logits.clamp(-runtime.logit_limit, runtime.logit_limit)
                 for k, (r, c) in enumerate(batch.offsets):
-                    logit_sum[:, r : r + size, c : c + size] += logits[k] * weights[k]
-                    weight_sum[r : r + size, c : c + size] += weights[k]
+                    weights = runtime.window * inside[k]
+                    logit_sum[:, r : r + size, c : c + size] += torch.round(
+                        scores[k] * weights).to(torch.int64)
+                    weight_sum[r : r + size, c : c + size] += runtime.window_units * inside[k]
             done += len(batch.offsets)
             if on_tiles is not None:
                 on_tiles(done)
+    if bool(not_finite):
+        raise _not_finite(runtime)
     # every tile is either in a batch or skipped for having no valid pixel in its core
     return ChunkLogits(extent, logit_sum, weight_sum, done, len(tiles) - done)
+
+
+def _not_finite(runtime: Runtime) -> ModelError:
+    return ModelError(
+        f"{runtime.model.source}: the model gave NaN logits (precision "
+        f"{precision_name(runtime.autocast)}); check its weights, or use precision fp32",
+        params=("precision",))
 
 
 def _normalize_on_device(batch: HostBatch, runtime: Runtime) -> tuple[torch.Tensor, torch.Tensor]:
@@ -360,13 +410,19 @@ def _accumulate_on_host(logit_sum: torch.Tensor, weight_sum: torch.Tensor, logit
                         valid: torch.Tensor, offsets: list[tuple[int, int]], runtime: Runtime,
                         pad: int, size: int) -> None:
     """Add each tile's weighted logits to the chunk's sums, in numpy on the CPU (the tensors
-    share their memory with the arrays), in the same order and precision as on a device."""
+    share their memory with the arrays), with the same float32 products and rounding as on a
+    device (:func:`tileseg.blend.quantize`)."""
     sums, weights_sum = logit_sum.numpy(), weight_sum.numpy()
     scores = logits.float().numpy()
-    weights = runtime.window.numpy()[None] * valid.numpy()[:, pad : pad + size, pad : pad + size]
+    if np.isnan(scores).any():
+        raise _not_finite(runtime)
+    scores = np.clip(scores, -runtime.logit_limit, runtime.logit_limit)
+    window, units = runtime.window.numpy(), runtime.window_units.numpy()
+    inside = valid.numpy()[:, pad : pad + size, pad : pad + size]
     for k, (r, c) in enumerate(offsets):
-        sums[:, r : r + size, c : c + size] += scores[k] * weights[k]
-        weights_sum[r : r + size, c : c + size] += weights[k]
+        term = scores[k] * (window * inside[k])
+        sums[:, r : r + size, c : c + size] += np.rint(term, out=term).astype(np.int64)
+        weights_sum[r : r + size, c : c + size] += units * inside[k]
 
 
 def blend_to_mask(
@@ -376,25 +432,31 @@ def blend_to_mask(
     mask_dtype: np.dtype[Any],
     probabilities: str,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Normalize summed logits per pixel; return the class mask and optional probabilities."""
+    """Normalize summed logits per pixel; return the class mask and optional probabilities.
+
+    The sums are fixed-point integers (:mod:`tileseg.blend`); a pixel's weight sum is common to
+    its classes, so the class is the argmax of the integer sums themselves: exact, with the
+    first of equal maxima winning. Probabilities come from the normalized logits.
+    """
     if logit_sum.device.type == "cpu":
-        # numpy, several times faster than torch's kernels for these on the CPU; the same
-        # float32 division, and argmax returns the first of equal maxima in both
+        # numpy, several times faster than torch's kernels for these on the CPU
         weights = weight_sum.numpy()
         covered_np = weights > 0
-        scores = logit_sum.numpy() / np.where(covered_np, weights, np.float32(1))
-        mask_np = scores.argmax(axis=0).astype(mask_dtype)
+        mask_np = logit_sum.numpy().argmax(axis=0).astype(mask_dtype)
         mask_np[~covered_np] = nodata
         if probabilities == "none":
             return mask_np, None
+        scores = (logit_sum.numpy() / np.where(covered_np, weights, 1)).astype(np.float32)
         logits, covered = torch.from_numpy(scores), torch.from_numpy(covered_np)
     else:
         covered = weight_sum > 0
-        logits = logit_sum / torch.where(covered, weight_sum, torch.ones((), device=weight_sum.device))
-        mask = logits.argmax(dim=0)
+        mask = logit_sum.argmax(dim=0)
         mask = torch.where(covered, mask,
                            torch.full((), nodata, device=mask.device, dtype=mask.dtype))
         mask_np = mask.to(torch.int32).cpu().numpy().astype(mask_dtype)
+        if probabilities == "none":
+            return mask_np, None
+        logits = (logit_sum.double() / torch.where(covered, weight_sum, 1).double()).float()
     probs_np = None
     if probabilities != "none":
         probs = torch.softmax(logits, dim=0) * covered

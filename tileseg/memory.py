@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FLOAT32 = 4
+INT64 = 8  # blended sums are fixed-point integers (tileseg.blend)
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class MemoryEstimate:
 
     batch_input: int  # the batch of tiles, read and converted to float32
     batch_logits: int  # the model's output for the batch
-    blend: int  # summed logits and weights over the chunk extent
+    blend: int  # summed logits and weights over the chunk extent (int64)
     tasks: int
     batch_size: int
 
@@ -63,7 +64,7 @@ def estimate_memory(plan: Plan, batch_size: int, tasks: int) -> MemoryEstimate:
     return MemoryEstimate(
         batch_input=tiles * bands * ctx2 * (itemsize + FLOAT32),
         batch_logits=tiles * classes * ctx2 * FLOAT32,
-        blend=(classes + 1) * extent.height * extent.width * FLOAT32,
+        blend=(classes + 1) * extent.height * extent.width * INT64,
         tasks=tasks,
         batch_size=tiles,
     )

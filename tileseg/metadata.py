@@ -12,7 +12,10 @@ import functools
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+import os
+import re
+import unicodedata
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,21 @@ DEFAULT_SCALE = {
     "float64": 1.0,
 }
 SUPPORTED_DTYPES = tuple(DEFAULT_SCALE)
+_SCALE_WORDS = {1.0 / 255.0: "divided by 255", 1.0 / 10000.0: "divided by 10000", 1.0: "as they are"}
+
+_HEX_COLOR = re.compile(r"#?[0-9a-fA-F]{6}")
+
+
+def default_scale(dtype: str | None) -> float:
+    """The scale tileseg guesses for ``dtype`` values when a model gives no normalization."""
+    return DEFAULT_SCALE.get(dtype or "float32", 1.0)
+
+
+def scaling_words(dtype: str | None) -> str:
+    """How the guessed scaling treats ``dtype`` values, for warnings: ``uint8 values divided by
+    255``."""
+    scale = default_scale(dtype)
+    return f"{dtype or 'float32'} values {_SCALE_WORDS.get(scale, f'multiplied by {scale:g}')}"
 
 
 @dataclass(frozen=True)
@@ -79,8 +97,11 @@ class Normalization:
             if bad:
                 raise ModelError(f"normalization.{name} contains {bad[0]}; every value must be a "
                                  "finite number")
-        if any(s == 0 for s in self.std):
-            raise ModelError("normalization.std contains 0; every std must be non-zero")
+        # a negative std mirrors every band: the model sees the negative of what it learned on
+        bad_std = [s for s in self.std if s <= 0]
+        if bad_std:
+            raise ModelError(f"normalization.std contains {bad_std[0]}; every std must be "
+                             "positive")
 
     def coefficients(self, bands: int) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(a, b)`` of shape ``(bands,)`` so that ``x_norm = x * a + b``."""
@@ -114,6 +135,9 @@ class ModelMetadata:
     description: str = ""
     tile_size: int = 513
     is_default: bool = False  # True when made up because the model had no tileseg.json
+    # True when tileseg.json gives no normalization: tileseg guesses the scaling from the dtype
+    # (see with_guessed_scaling), as for a model without tileseg.json
+    guessed_scaling: bool = False
 
     def __post_init__(self) -> None:
         if self.in_channels < 1:
@@ -123,6 +147,8 @@ class ModelMetadata:
         ids = [c.id for c in self.classes]
         if ids != list(range(len(ids))):
             raise ModelError("class ids must be 0, 1, 2, ... in order")
+        for c in self.classes:
+            check_class(c)
         if self.bands and len(self.bands) != self.in_channels:
             raise ModelError(
                 f"metadata names {len(self.bands)} bands but in_channels is {self.in_channels}"
@@ -142,8 +168,18 @@ class ModelMetadata:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("is_default")
+        if data.pop("guessed_scaling"):  # saved as it was read: still without normalization
+            data.pop("normalization")
         data["classes"] = [class_json(c) for c in self.classes]
         return {"format": METADATA_FORMAT, **data}
+
+    def with_guessed_scaling(self, raster_dtype: str | None) -> ModelMetadata:
+        """This metadata with the scaling tileseg guesses when none is given: by the dtype the
+        model names, else by the raster's (:data:`DEFAULT_SCALE`). Unchanged when it gives one."""
+        if not self.guessed_scaling:
+            return self
+        scale = default_scale(self.dtype or raster_dtype)
+        return replace(self, normalization=Normalization(scale=(scale,)))
 
     @classmethod
     def from_json(cls, data: dict[str, Any], source: str = "metadata") -> ModelMetadata:
@@ -157,9 +193,10 @@ class ModelMetadata:
                 )
                 for c in data["classes"]
             )
-            norm = data.get("normalization") or {}
+            norm = data.get("normalization")
+            given = norm or {}
             normalization = Normalization(
-                **{k: tuple(float(v) for v in _as_list(norm[k])) for k in norm}
+                **{k: tuple(float(v) for v in _as_list(given[k])) for k in given}
             )
             return cls(
                 classes=classes,
@@ -170,6 +207,7 @@ class ModelMetadata:
                 gsd=None if data.get("gsd") is None else float(data["gsd"]),
                 description=str(data.get("description", "")),
                 tile_size=int(data.get("tile_size", 513)),
+                guessed_scaling=norm is None,
             )
         except ModelError as exc:
             if str(exc).startswith(source):
@@ -181,16 +219,15 @@ class ModelMetadata:
     @classmethod
     def default(cls, num_classes: int, in_channels: int, dtype: str | None) -> ModelMetadata:
         """Metadata for a model that has none: numbered classes and dtype-based scaling."""
-        scale = DEFAULT_SCALE.get(dtype or "float32", 1.0)
         return cls(
             classes=tuple(
                 ClassInfo(id=i, name=f"class_{i}", color=default_color(i))
                 for i in range(num_classes)
             ),
             in_channels=in_channels,
-            normalization=Normalization(scale=(scale,)),
             is_default=True,
-        )
+            guessed_scaling=True,
+        ).with_guessed_scaling(dtype)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -222,16 +259,44 @@ def _palette() -> tuple[tuple[int, int, int], ...]:
 
 
 def parse_color(value: Any, class_id: int) -> tuple[int, int, int]:
-    """Accept ``"#rrggbb"`` or ``[r, g, b]``; fall back to the palette."""
+    """Accept ``"#rrggbb"`` or ``[r, g, b]`` (integers 0-255); fall back to the palette."""
     if value is None:
         return default_color(class_id)
     if isinstance(value, str):
-        text = value.lstrip("#")
-        if len(text) != 6:
+        if not _HEX_COLOR.fullmatch(value):
             raise ValueError(f"colour {value!r} is not #rrggbb")
+        text = value.lstrip("#")
         return (int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16))
-    r, g, b = (int(v) for v in value)
-    return (r, g, b)
+    if not isinstance(value, list | tuple) or len(value) != 3:
+        raise ValueError(f"colour {value!r} is not #rrggbb or [r, g, b]")
+    color = (value[0], value[1], value[2])
+    check_color(color)
+    return color
+
+
+def check_color(color: Any) -> None:
+    """A ``ValueError`` unless ``color`` is three integers 0-255 (GDAL's colour table and the
+    styles take nothing else, and would refuse it only once the mask is written)."""
+    if (not isinstance(color, tuple | list) or len(color) != 3
+            or not all(isinstance(v, int | np.integer) and not isinstance(v, bool)
+                       and 0 <= v <= 255 for v in color)):
+        raise ValueError(f"colour {color!r} is not three integers 0-255")
+
+
+def check_class(c: ClassInfo) -> None:
+    """A :class:`ModelError` for a class whose colour or name the outputs cannot carry."""
+    try:
+        check_color(c.color)
+    except ValueError as exc:
+        raise ModelError(f"class {c.id} ({c.name!r}): {exc}") from None
+    # XML 1.0 (the .qml and .aux.xml styles) cannot hold control characters, not even escaped,
+    # and UTF-8 cannot hold a lone surrogate
+    bad = next((ch for ch in c.name if unicodedata.category(ch) in ("Cc", "Cs")
+                or ch in "\ufffe\uffff"), None)
+    if bad is not None:
+        raise ModelError(f"class {c.id} name {c.name!r} contains U+{ord(bad):04X}, a control "
+                         "character the .qml and .aux.xml styles cannot hold; use printable "
+                         "characters only")
 
 
 def class_json(c: ClassInfo) -> dict[str, Any]:
@@ -253,10 +318,31 @@ def save_metadata(metadata: ModelMetadata, directory: str | Path) -> Path:
 def load_metadata(directory: str | Path) -> ModelMetadata | None:
     """Read ``tileseg.json`` from a model directory, or return None when there is none."""
     path = Path(directory) / METADATA_FILENAME
-    if not path.is_file():
-        return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise unreadable(path, exc) from exc
+    try:
+        with open(path, "rb") as f:  # a folder or a dangling link there: an error, not "none"
+            text = f.read()
+    except OSError as exc:
+        raise unreadable(path, exc) from exc
+    try:
+        data = json.loads(text.decode("utf-8"))
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise ModelError(f"{path}: not valid JSON ({exc}); fix or remove it") from exc
     return ModelMetadata.from_json(data, source=str(path))
+
+
+def unreadable(path: Path, exc: OSError) -> ModelError:
+    """The one-line error for a model file or folder that is there but cannot be read."""
+    where = exc.filename if exc.filename is not None else path
+    if isinstance(exc, IsADirectoryError):
+        hint = "it must be a file: re-save the model (model.save_pretrained(dir))"
+    elif isinstance(exc, PermissionError):
+        hint = "make the model folder readable (chmod -R a+rX DIR) or copy it where you can read it"
+    else:
+        hint = "check the disk or re-save the model"
+    return ModelError(f"{where}: the model cannot be read ({exc.strerror or exc}); {hint}")

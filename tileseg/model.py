@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 import threading
 from collections.abc import Callable
@@ -21,7 +22,13 @@ import torch
 from torch import nn
 
 from tileseg.errors import InputNotFoundError, ModelError, log_params
-from tileseg.metadata import ModelMetadata, load_metadata, save_metadata
+from tileseg.metadata import (
+    ModelMetadata,
+    load_metadata,
+    save_metadata,
+    scaling_words,
+    unreadable,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +150,13 @@ class LoadedModel:
 def _read_config(directory: Path) -> dict[str, Any]:
     config_path = directory / "config.json"
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        with open(config_path, "rb") as f:
+            text = f.read()
+    except OSError as exc:
+        raise unreadable(config_path, exc) from exc
+    try:
+        config = json.loads(text.decode("utf-8"))
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise ModelError(f"{config_path}: not valid JSON ({exc}); re-save the model") from exc
     if not isinstance(config, dict) or "_model_class" not in config:
         raise ModelError(
@@ -155,6 +167,11 @@ def _read_config(directory: Path) -> dict[str, Any]:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:  # safetensors reports a file it may not read as "No such file or directory"
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise unreadable(path, exc) from exc
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -213,11 +230,18 @@ def wrap_module(
     source: str = "<module>",
     dtype: str | None = None,
 ) -> LoadedModel:
-    """Wrap any ``nn.Module`` mapping ``(N, bands, H, W)`` to ``(N, classes, H, W)`` logits."""
+    """Wrap any ``nn.Module`` mapping ``(N, bands, H, W)`` to ``(N, classes, H, W)`` logits.
+
+    A module with one output channel is a binary model: its mask has two classes, the second
+    where the sigmoid of its output is above 0.5 (see :func:`class_logits`).
+    """
     module = module.eval()
+    why = "its metadata gives no normalization"
     if metadata is None:
-        classes, in_channels = _infer_classes_and_channels(module)
-        metadata = ModelMetadata.default(classes, in_channels, dtype)
+        outputs, in_channels = _infer_classes_and_channels(module)
+        metadata = ModelMetadata.default(mask_classes(outputs), in_channels, dtype)
+        why = "no metadata given"
+    metadata = _with_scaling(metadata, source, dtype, why)
     return LoadedModel(
         module=module,
         metadata=metadata,
@@ -225,6 +249,29 @@ def wrap_module(
         architecture=type(module).__name__,
         divisor=_divisor(module),
     )
+
+
+def mask_classes(outputs: int) -> int:
+    """The classes of the mask a model with ``outputs`` output channels gives: a binary model's
+    one channel (smp's ``classes=1``, a sigmoid output) gives two."""
+    return 2 if outputs == 1 else outputs
+
+
+def class_logits(out: torch.Tensor, classes: int) -> torch.Tensor:
+    """A forward pass's output ``(N, channels, H, W)`` as logits of the mask's ``classes``.
+
+    A binary model's single logit ``x`` becomes ``[0, x]``: its softmax is ``(1 - sigmoid(x),
+    sigmoid(x))`` and its argmax the 0.5 threshold of the sigmoid, also once blended (the
+    blended ``x`` is compared with 0).
+    """
+    channels = out.shape[1]
+    if channels == 1 and classes == 2:
+        return torch.cat([torch.zeros_like(out), out], dim=1)
+    if channels != classes:
+        # summed into a (classes, ...) buffer, a wrong count would broadcast into a wrong mask
+        raise ModelError(f"the model gives {channels} output channels but its metadata names "
+                         f"{classes} classes; give metadata with {mask_classes(channels)} classes")
+    return out
 
 
 def load_model(
@@ -266,13 +313,20 @@ def load_model(
 
 def _locate(path: Path) -> tuple[dict[str, Any] | None, Path, Path]:
     """The smp config (None for a bare weights file), the weights file and the metadata folder."""
-    if not path.exists():
+    try:
+        found, folder = path.exists(), path.is_dir()
+        # listed, not only looked up by name: the run fingerprints and ships every file of it
+        names = set(os.listdir(path)) if folder else set()
+    except OSError as exc:  # e.g. a folder without read or search permission
+        raise unreadable(path, exc) from exc
+    if not found:
         raise InputNotFoundError(f"{path}: not found; pass model DIR (a save_pretrained dir)",
                                  params=("model",))
-    if not path.is_dir():
+    if not folder:
         return None, path, path.parent
-    config = _read_config(path) if (path / "config.json").is_file() else None
-    weights = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), None)
+    # by name: a folder called config.json is a config that cannot be read, not a missing one
+    config = _read_config(path) if "config.json" in names else None
+    weights = next((path / n for n in WEIGHT_FILES if n in names), None)
     if weights is None:
         raise ModelError(f"{path}: no model.safetensors in the directory; save with save_pretrained")
     return config, weights, path
@@ -320,20 +374,39 @@ def _build_with_weights(path: Path, spec: ModelSpec, weights: Path) -> nn.Module
 def _checked_metadata(path: Path, metadata: ModelMetadata | None, spec: ModelSpec,
                       raster_dtype: str | None) -> ModelMetadata:
     """The model's tileseg.json, checked against its weights; numbered defaults without one."""
+    classes = mask_classes(spec.classes)
     if metadata is None:
         warn_once(
             logger, str(path.resolve()),
-            "%s has no tileseg.json: classes are numbered, normalization scales %s input by %s; "
-            "add metadata (tileseg.metadata.save_metadata) for real class names and scaling",
-            path, raster_dtype or "float32", "the dtype default",
+            "%s has no tileseg.json: classes are numbered and the input is scaled by a guess "
+            "(%s); add metadata (tileseg.metadata.save_metadata) for real class names and "
+            "normalization", path, scaling_words(raster_dtype),
         )
-        return ModelMetadata.default(spec.classes, spec.in_channels, raster_dtype)
-    if metadata.num_classes != spec.classes or metadata.in_channels != spec.in_channels:
+        return ModelMetadata.default(classes, spec.in_channels, raster_dtype)
+    if spec.classes == 1 and metadata.num_classes == 1:
+        raise ModelError(
+            f"{path}: the model has one output (a binary model, thresholded at sigmoid 0.5) but "
+            "tileseg.json names one class; name two in tileseg.json: below 0.5, then above "
+            "(e.g. background, building)"
+        )
+    if metadata.num_classes != classes or metadata.in_channels != spec.in_channels:
         raise ModelError(
             f"{path}: tileseg.json says {metadata.num_classes} classes/{metadata.in_channels} bands "
-            f"but the weights have {spec.classes}/{spec.in_channels}; fix tileseg.json"
+            f"but the weights have {classes}/{spec.in_channels}; fix tileseg.json"
         )
-    return metadata
+    return _with_scaling(metadata, str(path), raster_dtype, "tileseg.json gives no normalization")
+
+
+def _with_scaling(metadata: ModelMetadata, source: str, raster_dtype: str | None,
+                  why: str) -> ModelMetadata:
+    """``metadata`` with the dtype-default scaling where it gives no normalization (the model's
+    dtype, else the raster's), said in a warning: tileseg guessed it."""
+    if not metadata.guessed_scaling:
+        return metadata
+    warn_once(logger, source, "%s: %s: the input is scaled by a guess (%s); give normalization "
+              "(scale, offset, mean, std) for the values the model was trained on",
+              source, why, scaling_words(metadata.dtype or raster_dtype))
+    return metadata.with_guessed_scaling(raster_dtype)
 
 
 def _spec_from_config(config: dict[str, Any], config_path: Path) -> ModelSpec:

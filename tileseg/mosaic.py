@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from dask.base import tokenize
 
+from tileseg.blend import FIXED_POINT_BITS
 from tileseg.config import ProbabilityMode, RuntimeConfig
 from tileseg.errors import DamagedInputError, InputError, RunError, TilesegError
 from tileseg.grid import Rect, TileGrid
@@ -44,6 +45,10 @@ from tileseg.raster import RasterInfo
 from tileseg.store import zarr_store
 
 logger = logging.getLogger(__name__)
+
+# How saved spills hold their sums: part of the run fingerprint, so a staging folder written in
+# another format (float32 sums, before tileseg 0.2) is never resumed into this one
+SUMS_FORMAT = f"int64-fixed-point-{FIXED_POINT_BITS}"
 
 # Models handed to predict() as objects live here, keyed by a token, so jobs stay small and
 # picklable; a worker process that lacks the key must load the model from its path instead.
@@ -230,6 +235,20 @@ class WorkDir:
         return (_parse_done(p.name.removesuffix(".npz") for p in self.pieces.iterdir())
                 if self.pieces.is_dir() else set())
 
+    def claim_runtime(self, label: str) -> str:
+        """The run's runtime (:meth:`Runtime.label`): ``label`` if no chunk has recorded one
+        yet (then recorded, by whichever task gets there first), else the recorded one."""
+        record = self.path / "runtime"
+        tmp = record.with_name(f"runtime.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(label)
+        try:
+            os.link(tmp, record)  # fails if there is one: the first task's label stays
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        return record.read_text()
+
 
 def _parse_done(names: Any) -> set[tuple[int, int]]:
     done = set()
@@ -355,6 +374,17 @@ class StoreWorkDir:
 
         return _parse_done(n.removesuffix(".npz") for n in list_names(self.root.child("pieces")))
 
+    def claim_runtime(self, label: str) -> str:
+        """:meth:`WorkDir.claim_runtime` with a conditional PUT (create only)."""
+        from tileseg.store import put_bytes, read_bytes
+
+        record = self.root.child("runtime")
+        try:
+            put_bytes(record, label.encode(), create_only=True)
+            return label
+        except FileExistsError:
+            return read_bytes(record).decode()
+
 
 def open_work_dir(location: str | os.PathLike[str]) -> WorkDir | StoreWorkDir:
     """The work directory at ``location``: a store URL gives a :class:`StoreWorkDir`."""
@@ -432,17 +462,40 @@ def _chunk_error(job: Job, row: int, col: int, exc: Exception) -> RunError:
                     "and rerun with resume", params=params)
 
 
+# (work directory, label) pairs this process has checked against the run's record: one read each
+_CHECKED_RUNTIMES: set[tuple[str, str]] = set()
+
+
+def _check_runtime(job: Job, work: WorkDir | StoreWorkDir, runtime: Runtime) -> None:
+    """Refuse to infer a chunk with a runtime whose logits differ from those the run's other
+    chunks were inferred with (a resume on another device, ``auto`` resolving otherwise on a
+    worker without ONNX Runtime or with a GPU): the mask would mix them. Nothing of the chunk
+    is saved, so a resume with the run's runtime continues it."""
+    label = runtime.label()
+    if (work.location, label) in _CHECKED_RUNTIMES:
+        return
+    recorded = work.claim_runtime(label)
+    if recorded != label:
+        raise RunError(
+            f"{job.raster.path}: this run's chunks were inferred by {recorded}, this worker "
+            f"would infer by {label}, whose logits differ; resume with the engine, device and "
+            "precision of the first (or pass overwrite to start over)",
+            params=("engine", "device", "precision", "overwrite"))
+    _CHECKED_RUNTIMES.add((work.location, label))
+
+
 def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
     """Infer chunk ``(row, col)`` and save its interior and spill. Returns a small summary."""
     work = open_work_dir(job.work_dir)
     grid = job.grid
     if work.has_piece(row, col) or all(work.is_done(r, c) for r, c in grid.neighbours(row, col)):
-        tiles, skipped = _saved_tile_counts(work, row, col)
+        tiles, skipped, used = _saved_tile_counts(work, row, col)
         return {"chunk": (row, col), "tiles": 0, "skipped": 0, "reused": True,
-                "reused_tiles": tiles, "reused_skipped": skipped}
+                "reused_tiles": tiles, "reused_skipped": skipped, "runtime": used}
     failure: Exception | None = None
     try:
         runtime = job.runtime()
+        _check_runtime(job, work, runtime)
         result = infer_chunk_logits(runtime, job.raster, grid, row, col, run=job.run,
                                     on_tiles=lambda n: report_tiles(job.run, (row, col), n))
     except TilesegError as exc:
@@ -453,7 +506,8 @@ def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
         failure = exc
     if failure is not None:  # raised out here, so the error carries no __context__ either
         raise _chunk_error(job, row, col, failure)
-    arrays: dict[str, np.ndarray] = {"tiles": np.array([result.tiles, result.skipped])}
+    arrays: dict[str, np.ndarray] = {"tiles": np.array([result.tiles, result.skipped]),
+                                     "runtime": np.array(runtime.label())}
     safe = grid.chunk_safe(row, col)
     if not safe.empty:
         rs, cs = safe.relative_to(result.extent)
@@ -484,23 +538,25 @@ def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
     logger.debug("chunk (%d, %d): %d tiles inferred", row, col, int(arrays["tiles"][0]))
     return {"chunk": (row, col), "tiles": int(arrays["tiles"][0]),
             "skipped": int(arrays["tiles"][1]), "reused": False, **runtime.resolved(),
-            "engine": runtime.engine, "spans": spans}
+            "engine": runtime.engine, "runtime": runtime.label(), "spans": spans}
 
 
-def _saved_tile_counts(work: WorkDir | StoreWorkDir, row: int, col: int) -> tuple[int, int]:
-    """Tiles inferred and skipped by an earlier run of chunk ``(row, col)``: from its saved
-    piece or, once that is cleaned up (only after the chunk is done), from its done record."""
+def _saved_tile_counts(work: WorkDir | StoreWorkDir, row: int, col: int) -> tuple[int, int, str]:
+    """Tiles inferred and skipped by an earlier run of chunk ``(row, col)`` and the runtime that
+    inferred them (:meth:`Runtime.label`): from its saved piece or, once that is cleaned up
+    (only after the chunk is done), from its done record."""
     try:
         with work.load_piece(row, col) as piece:
             tiles, skipped = (int(v) for v in piece["tiles"])
-            return tiles, skipped
+            used = str(piece["runtime"]) if "runtime" in piece.files else ""
+            return tiles, skipped, used
     except (OSError, KeyError, ValueError, RunError):
         pass
     try:
         info = work.read_done(row, col)
-        return int(info["tiles"]), int(info["skipped"])
+        return int(info["tiles"]), int(info["skipped"]), str(info.get("runtime", ""))
     except (OSError, KeyError, ValueError):  # a count is not worth failing the run over
-        return 0, 0
+        return 0, 0, ""
 
 
 def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any]:
@@ -529,11 +585,12 @@ def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any
     border = grid.chunk_border(row, col)
     if border:
         key = _spill_key(row, col)
-        sums = np.zeros((job.num_classes, chunk.height, chunk.width), dtype=np.float32)
-        weights = np.zeros((chunk.height, chunk.width), dtype=np.float32)
+        # fixed-point integers (tileseg.blend): the neighbours' sums add up exactly, in any order
+        sums = np.zeros((job.num_classes, chunk.height, chunk.width), dtype=np.int64)
+        weights = np.zeros((chunk.height, chunk.width), dtype=np.int64)
         spans = {tuple(r["chunk"]): r.get("spans", {}).get(key)
                  for r in inferred if isinstance(r, dict) and "chunk" in r}
-        for nr, nc in grid.neighbours(row, col):  # fixed order: identical sums on every run
+        for nr, nc in grid.neighbours(row, col):
             piece = (own if (nr, nc) == (row, col)
                      else work.load_spill(nr, nc, key, spans.get((nr, nc))))
             n = 0
@@ -558,7 +615,8 @@ def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any
     if probs is not None:
         zarr.open_array(store, path="probabilities", mode="r+",
                         zarr_format=3)[(slice(None), *region)] = probs
-    info = {"tiles": tiles, "skipped": skipped}
+    info = {"tiles": tiles, "skipped": skipped,
+            "runtime": str(own["runtime"]) if "runtime" in own.files else ""}
     work.mark_done(row, col, info)
     _cleanup(work, grid, row, col)
     return {"chunk": (row, col), "reused": False, **info}

@@ -27,12 +27,14 @@ from tileseg.errors import (
     InputError,
     ModelError,
     OutputError,
+    RunError,
     log_params,
 )
 from tileseg.grid import TileGrid, aligned_overlap
 from tileseg.memory import check_memory
 from tileseg.model import LoadedModel, load_model, warn_once
 from tileseg.mosaic import (
+    SUMS_FORMAT,
     Job,
     ModelRef,
     build_graph,
@@ -56,6 +58,7 @@ from tileseg.scheduler import cluster_client, run_graph, scheduler_address
 from tileseg.staging import STAGING_SUFFIX, LocalStaging, Staging  # noqa: F401 (re-exported)
 from tileseg.store import is_store_url
 from tileseg.styles import publish_raster_styles, publish_raster_styles_to_store
+from tileseg.subdatasets import local_file
 from tileseg.text import counted
 
 if TYPE_CHECKING:
@@ -285,13 +288,15 @@ def _fingerprint(config: PredictConfig, raster: RasterInfo, model_source: str) -
     The source's modification time is left out on purpose: repairing an unreadable block in
     place must not lock the run out of resuming (its size and raster facts still must match).
     """
-    size = None if is_remote(raster.path) else os.stat(raster.path).st_size
+    file = local_file(raster.path)  # a subdataset's (NETCDF:"scene.nc":ndvi) is scene.nc
+    size = None if is_remote(file) else os.stat(file).st_size
     weights = [p for p in Path(model_source).glob("*") if p.is_file()] if model_source else []
     return tokenize(
         raster, size,
         sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights),
         config.tile_size, config.overlap, config.chunk_size, config.blend, config.precision,
         config.probabilities, config.encoder_output_stride, config.decoder_atrous_rates,
+        SUMS_FORMAT,
     )
 
 
@@ -374,6 +379,7 @@ def predict(
         finally:  # worker processes close theirs when idle (tileseg.raster._DatasetPool)
             release_datasets(job.run)
         timings.computed, timings.rss_compute_mb = time.perf_counter(), peak_rss_mb()
+        _check_one_runtime(config, tally)
         zarr_out = _publish(config, plan, fmt, staging, fingerprint)
         timings.finished = time.perf_counter()
         report = RunReport(config, plan, tally, timings,
@@ -384,6 +390,18 @@ def predict(
                                timings.finished - timings.started, report)
         _follow_ups(result, config)
         return result
+
+
+def _check_one_runtime(config: PredictConfig, tally: Tally) -> None:
+    """Refuse to publish a mask whose chunks came from runtimes whose logits differ (an
+    interrupted run resumed on another device or engine, with ``auto`` resolving otherwise):
+    the staging stays, to be resumed with the interrupted run's settings."""
+    if len(tally.runtimes) > 1:
+        raise RunError(
+            f"{config.dst}: the chunks of this mask were inferred by different runtimes "
+            f"({'; '.join(sorted(tally.runtimes))}), whose logits differ; resume with the "
+            "engine, device and precision of the interrupted run, or pass overwrite to start "
+            "over", params=("resume", "engine", "device", "precision", "overwrite"))
 
 
 def _plan_run(config: PredictConfig, model: LoadedModel | None) -> Plan:
@@ -402,7 +420,20 @@ def _plan_run(config: PredictConfig, model: LoadedModel | None) -> Plan:
         hand_over(ref, model)  # in-process tasks use it instead of loading the model again
     plan = replace(make_plan(config, model, raster=raster), model_ref=ref, model_source=source)
     _check_device(config)
+    _check_export_cache(config, plan)
     return plan
+
+
+def _check_export_cache(config: PredictConfig, plan: Plan) -> None:
+    """With engine onnxruntime here, the export is in the cache or can be written there; an
+    OutputError naming the cache otherwise (exit 4), before anything is staged. (``auto`` uses
+    torch instead, with a warning; a cluster's workers each have their own cache.)"""
+    if config.engine != "onnxruntime" or scheduler_address(config.scheduler) is not None:
+        return
+    from tileseg.engine import check_export_cache
+
+    model = plan.model
+    check_export_cache(model.module, plan.context, model.metadata.in_channels, model.architecture)
 
 
 def _stage(config: PredictConfig, plan: Plan, staging: Staging, fingerprint: str) -> None:

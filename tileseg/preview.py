@@ -29,11 +29,13 @@ from affine import Affine
 from rasterio.enums import ColorInterp, Resampling
 
 from tileseg import mask as mask_format
+from tileseg.destination import writable_folder
 from tileseg.errors import ConfigError, InputError, InputNotFoundError, OutputError
 from tileseg.metadata import ClassInfo
 from tileseg.raster import is_remote, open_dataset
 from tileseg.store import is_store_url, zarr_store
 from tileseg.styles import legend_for, mask_legend
+from tileseg.subdatasets import raster_exists
 from tileseg.text import counted
 
 logger = logging.getLogger(__name__)
@@ -116,6 +118,9 @@ def check_preview_destination(dst: str | os.PathLike[str], overwrite: bool = Tru
         return out
     if not out.absolute().parent.is_dir():
         raise OutputError(f"{out}: folder {out.absolute().parent} does not exist; create it first")
+    if not writable_folder(out.absolute().parent):  # found now, not after the whole run
+        raise OutputError(f"{out}: folder {out.absolute().parent} is not writable; choose "
+                          "another file name")
     if out.exists() and not overwrite:
         raise OutputError(f"{out}: already exists; pass overwrite to replace it",
                           params=("overwrite",))
@@ -434,7 +439,7 @@ def render_source(path: str, view: _MaskView, shape: tuple[int, int],
     """The source raster as 8-bit RGB on the mask's grid at ``shape``, 2-98 percentile stretch."""
     from rasterio.vrt import WarpedVRT
 
-    if not is_remote(path) and not os.path.exists(path):
+    if not is_remote(path) and not raster_exists(path):
         raise InputNotFoundError(f"{path}: no such file; check over", params=("over",))
     try:
         src = open_dataset(path)

@@ -10,7 +10,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -116,8 +116,10 @@ def open_raster(
     allow_no_crs: bool = False,
 ) -> RasterInfo:
     """Open and validate a raster, returning its facts. Raises one-line :class:`InputError` s."""
+    from tileseg.subdatasets import check_subdataset_name
+
     path = str(path)
-    if not is_remote(path) and not Path(path).exists():
+    if not is_remote(path) and not Path(path).exists() and check_subdataset_name(path) is None:
         raise InputNotFoundError(f"{path}: no such file; check the path")
     if not is_remote(path) and Path(path).is_dir():
         raise InputError(f"{path}: is a directory, not a raster; pass a GeoTIFF or COG file")
@@ -125,6 +127,11 @@ def open_raster(
         with open_dataset(path) as src:
             return _describe(src, path, bands, nodata, allow_no_crs)
     except RasterioIOError as exc:
+        if not is_remote(path) and not Path(path).exists():  # a subdataset name: its file is
+            raise InputError(  # there, so the rest of the name is wrong (GDAL says "no such file")
+                f"{path}: GDAL cannot open this subdataset ({gdal_message(exc)}); check the "
+                "name after the file (tileseg info FILE lists the subdatasets)"
+            ) from exc
         if is_remote(path):
             raise InputError(
                 f"{path}: cannot be read ({gdal_message(exc)}); check the URL, the credentials "
@@ -138,6 +145,10 @@ def open_raster(
 def _describe(
     src: Any, path: str, bands: tuple[int, ...] | None, nodata: float | None, allow_no_crs: bool
 ) -> RasterInfo:
+    if src.count == 0:  # a container (NetCDF with several variables...): which raster?
+        from tileseg.subdatasets import container_error
+
+        raise container_error(src, path)
     indexes = tuple(bands) if bands else tuple(src.indexes)
     bad = [b for b in indexes if not 1 <= b <= src.count]
     if bad:
@@ -326,6 +337,21 @@ def release_datasets(run: str) -> None:
     _DATASETS.release(run)
 
 
+def reflect_index(positions: np.ndarray, size: int) -> np.ndarray:
+    """Where pixel ``positions`` (any integers) of an axis of ``size`` pixels are read from:
+    inside, themselves; outside, mirrored about the edge pixel without repeating it (numpy's
+    ``reflect`` padding of the whole axis, however far out; a 1-pixel axis repeats its pixel).
+
+    >>> reflect_index(np.arange(-3, 8), 5).tolist()
+    [3, 2, 1, 0, 1, 2, 3, 4, 3, 2, 1]
+    """
+    if size == 1:
+        return np.zeros_like(positions)
+    period = 2 * (size - 1)
+    folded = np.mod(positions, period)
+    return np.where(folded < size, folded, period - folded)
+
+
 class WindowReader:
     """Reads windows of a raster, padding past its edges by reflection.
 
@@ -366,33 +392,35 @@ class WindowReader:
         """Read ``rect`` (may reach outside the raster) as ``(data, valid)``.
 
         ``data`` is ``(bands, height, width)`` in the raster's dtype and ``valid`` is
-        ``(height, width)`` bool; pixels outside the raster are reflected from inside it.
+        ``(height, width)`` bool; pixels outside the raster are reflected from inside it, about
+        the raster's own edges (:func:`reflect_index`), so a pixel's value never depends on how
+        wide a window the caller happened to ask for.
         """
         info = self.info
         inside = rect.intersection(Rect(0, 0, info.height, info.width))
         if inside.empty:
             raise InputError(f"{info.path}: window {rect} lies outside the raster")
-        window = Window(inside.col_off, inside.row_off, inside.width, inside.height)
+        rows = reflect_index(np.arange(rect.row_off, rect.row_end), info.height)
+        cols = reflect_index(np.arange(rect.col_off, rect.col_end), info.width)
+        # the reflection may need pixels beyond the part of rect inside the raster
+        source = Rect.from_bounds(int(rows.min()), int(cols.min()), int(rows.max()) + 1,
+                                  int(cols.max()) + 1)
+        window = Window(source.col_off, source.row_off, source.width, source.height)
         try:
             data = self._src.read(info.indexes, window=window)
             self._served += data.nbytes
             valid = self._valid(data, window)
         except RasterioIOError as exc:
             raise InputError(
-                f"{info.path}: cannot read rows {inside.row_off}-{inside.row_end}, cols "
-                f"{inside.col_off}-{inside.col_end} ({gdal_message(exc)}): the file is damaged "
+                f"{info.path}: cannot read rows {source.row_off}-{source.row_end}, cols "
+                f"{source.col_off}-{source.col_end} ({gdal_message(exc)}): the file is damaged "
                 "(truncated, corrupt, or a source it refers to is missing)"
             ) from exc
-        pad = (
-            (inside.row_off - rect.row_off, rect.row_end - inside.row_end),
-            (inside.col_off - rect.col_off, rect.col_end - inside.col_end),
-        )
-        if any(p for pair in pad for p in pair):
-            mode: Literal["reflect", "edge"] = "reflect" if min(data.shape[1:]) > 1 else "edge"
-            data = np.pad(data, ((0, 0), *pad), mode=mode)
+        if source != rect:
             # Validity is reflected with the data so padding looks like the image next to it;
             # logits over padding are never written, so it needs no weight of its own.
-            valid = np.pad(valid, pad, mode=mode)
+            at = np.ix_(rows - source.row_off, cols - source.col_off)
+            data, valid = data[(slice(None), *at)], valid[at]
         return data, valid
 
     def _valid(self, data: np.ndarray, window: Window) -> np.ndarray:

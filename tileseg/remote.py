@@ -23,8 +23,45 @@ def is_s3(path: str) -> bool:
 
 
 def s3_endpoint() -> str | None:
-    """The S3 endpoint override the AWS SDKs would use, or None for AWS itself."""
+    """The S3 endpoint override the AWS SDKs would use, or None for AWS itself.
+
+    Checked before any request (a malformed one would otherwise reach obstore, which panics,
+    or GDAL, which fails with a network error): an ``http://`` or ``https://`` URL with a host,
+    as the AWS SDKs take it, else :class:`~tileseg.errors.ConfigError` (exit 2) naming the
+    variable.
+
+    Examples
+    --------
+    With ``AWS_ENDPOINT_URL='not a url'`` set:
+
+    >>> s3_endpoint()  # doctest: +SKIP
+    Traceback (most recent call last):
+    ...
+    tileseg.errors.ConfigError: AWS_ENDPOINT_URL 'not a url' is not an http:// or https:// URL ...
+    """
+    # every one set: obstore reads AWS_ENDPOINT too, and which of them it takes is its business
+    for variable in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT"):
+        value = os.environ.get(variable)
+        if value:
+            check_endpoint(variable, value)
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def check_endpoint(variable: str, value: str) -> None:
+    """``value`` of ``variable`` is an http(s) URL with a host (and a valid port, if any)."""
+    try:
+        parts = urlsplit(value)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:  # a port that is not a number, a bracket left open
+        parts, port_ok = None, False
+    if (parts is None or not port_ok or parts.scheme not in ("http", "https")
+            or not parts.hostname or any(c.isspace() or not c.isprintable() for c in value)):
+        from tileseg.errors import ConfigError
+
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        raise ConfigError(f"{variable} {shown!r} is not an http:// or https:// URL with a host; "
+                          f"set it like http://127.0.0.1:9000 (an S3-compatible store), or unset "
+                          f"it for AWS")
 
 
 def gdal_options(path: str) -> dict[str, str]:

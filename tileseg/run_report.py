@@ -39,6 +39,7 @@ class Tally:
     reused_tiles: int = 0
     resolved: dict[str, set[Any]] = field(default_factory=lambda: {k: set() for k in RESOLVED_KEYS})
     engines: set[str] = field(default_factory=set)  # as the workers resolved --engine
+    runtimes: set[str] = field(default_factory=set)  # Runtime.label of every chunk, reused too
     counted: dict[tuple[int, int], int] = field(default_factory=dict)  # tiles shown, per chunk
     done_tiles: int = 0  # their sum: what progress shows
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -83,6 +84,8 @@ class Tally:
                 values.add(result[key])
         if "engine" in result:
             self.engines.add(result["engine"])
+        if result.get("runtime"):
+            self.runtimes.add(result["runtime"])
         chunk = tuple(result["chunk"])
         # the whole chunk now: its inferred tiles, those skipped as nodata, or all, reused
         self._count(chunk, self.tile_counts[chunk])  # type: ignore[index]

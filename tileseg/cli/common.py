@@ -106,6 +106,13 @@ def handle_errors(func: F | None = None, *, stopped: str = STOPPED_HINT) -> Any:
             bad = exc.object[exc.start : exc.end] if isinstance(exc.object, str) else ""
             _fail(InputError(f"a file name is not valid UTF-8 (it contains {printable(bad)}); "
                              "GDAL needs UTF-8 file names: rename the file"))
+        except ValueError as exc:  # dask refusing its configuration file as it imports
+            from tileseg.deps import dask_config_error
+
+            error = dask_config_error(exc)
+            if error is None:
+                raise
+            _fail(error)
         except KeyboardInterrupt as exc:
             how = "Terminated (SIGTERM)" if isinstance(exc, Terminated) else "Interrupted"
             click.echo(f"{how}; {stopped}.", err=True)

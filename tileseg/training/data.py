@@ -19,6 +19,7 @@ from rasterio.windows import Window
 
 from tileseg.errors import InputError, InputNotFoundError
 from tileseg.raster import check_aligned
+from tileseg.subdatasets import raster_exists
 from tileseg.text import counted
 from tileseg.training.config import IGNORE_INDEX, Holdout, TrainConfig, TrainSource
 
@@ -165,7 +166,7 @@ class Source:
     def __init__(self, spec: TrainSource, config: TrainConfig) -> None:
         self.spec = spec
         for path in (spec.image, spec.labels):
-            if not Path(path).exists():
+            if not raster_exists(str(path)):  # a file, or a subdataset name of one
                 raise InputNotFoundError(f"{path}: no such file; check the path")
         try:
             self.image = rasterio.open(spec.image)

@@ -251,11 +251,14 @@ def train(config: TrainConfig, progress: TrainCallback | None = None) -> TrainRe
 def check_out_dir(out_dir: Path, overwrite: bool) -> None:
     """Refuse a model folder that would lose someone's files: a file, a non-empty folder without
     ``overwrite``, or (even with it) a folder that is not a model folder tileseg wrote."""
+    from tileseg.destination import check_folder_creatable
     from tileseg.metadata import METADATA_FILENAME
 
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: is a file, not a folder; out_dir names the model folder "
                           "to write: choose another path", params=("out_dir",))
+    # made with its missing parents after the data are read: writable now, not at the end
+    check_folder_creatable(out_dir, "out_dir", params=("out_dir",))
     if not out_dir.exists() or not any(out_dir.iterdir()):
         return
     if not overwrite:

@@ -38,6 +38,7 @@ from typing import Any, Literal
 import numpy as np
 import shapely
 
+from tileseg.destination import writable_folder
 from tileseg.errors import DestinationBusyError, OutputError
 from tileseg.metadata import ClassInfo
 from tileseg.runlock import check_lock_name
@@ -94,6 +95,9 @@ def check_destination(path: str | os.PathLike[str], overwrite: bool) -> VectorFo
         raise OutputError(_foreign(dst), params=("overwrite",))
     if not dst.parent.is_dir():
         raise OutputError(f"{dst.parent}: folder does not exist; create it first")
+    if not writable_folder(dst.absolute().parent):
+        raise OutputError(f"{dst}: folder {dst.absolute().parent} is not writable; choose "
+                          "another destination")
     check_lock_name(dst)
     return fmt
 
