@@ -207,8 +207,9 @@ def _cache_problem(folder: Path) -> str | None:
 
 def cache_error(folder: Path, reason: str) -> OutputError:
     """The export cache cannot be written: the cache's problem (exit 4), not the model's."""
+    variable = ONNX_CACHE_ENV if os.environ.get(ONNX_CACHE_ENV) else "TILESEG_CACHE"
     return OutputError(f"{folder}: the ONNX export cache cannot be written ({reason}); set "
-                       "TILESEG_CACHE to a writable folder, or use engine torch",
+                       f"{variable} to a writable folder, or use engine torch",
                        params=("engine",))
 
 
