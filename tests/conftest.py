@@ -37,19 +37,29 @@ def pytest_configure(config: pytest.Config | None) -> None:
     os.environ[ONNX_CACHE_ENV] = str(SUITE_CACHE / "onnx")
 
 
-def _listing(folders: list[Path]) -> set[str]:
-    return {str(p) for folder in folders if folder.is_dir() for p in folder.iterdir()}
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _user_exports_untouched() -> Any:
-    """The session check: no test leaves a file in the user's ONNX export cache."""
-    folders = [f for f in USER_EXPORTS if f.resolve() != (SUITE_CACHE / "onnx").resolve()]
-    before = _listing(folders)
-    yield
-    added = _listing(folders) - before
-    if added:
-        pytest.fail(f"the tests wrote into the user's ONNX export cache: {sorted(added)[:3]}")
+    """The session check: no export this process makes lands in the user's export cache.
+    (Exports are recorded as they are made, not found by listing the folder afterwards: other
+    programs the user runs meanwhile may well write there. Worker and CLI processes the tests
+    start inherit TILESEG_ONNX_CACHE, which test_samples checks.)"""
+    from tileseg import engine
+
+    suite = (SUITE_CACHE / "onnx").resolve()
+    users = [f.resolve() for f in USER_EXPORTS if f.resolve() != suite]
+    written: list[Path] = []
+    export = engine.export_onnx
+
+    def recorded(module: Any, path: Path, *args: Any, **kwargs: Any) -> Any:
+        written.append(Path(path))
+        return export(module, path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "export_onnx", recorded)
+        yield
+    wrong = [p for p in written if any(p.resolve().is_relative_to(f) for f in users)]
+    if wrong:
+        pytest.fail(f"the tests wrote into the user's ONNX export cache: {wrong[:3]}")
 
 
 UTM = "EPSG:32631"

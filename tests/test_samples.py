@@ -53,8 +53,8 @@ def test_the_suite_never_fetches_into_the_home_cache() -> None:
 def test_the_suite_exports_models_into_its_own_cache(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A user's $TILESEG_CACHE lends the tests its samples, never holds their ONNX exports
-    (hundreds of MB of random test models); conftest also checks the user's export folder is
-    unchanged at the end of every session."""
+    (hundreds of MB of random test models); conftest also fails a session in which this
+    process exports into the user's export folder."""
     import conftest
 
     from tileseg.engine import onnx_cache_dir
