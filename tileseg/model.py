@@ -29,6 +29,7 @@ from tileseg.metadata import (
     scaling_words,
     unreadable,
 )
+from tileseg.text import counted
 
 logger = logging.getLogger(__name__)
 
@@ -391,8 +392,9 @@ def _checked_metadata(path: Path, metadata: ModelMetadata | None, spec: ModelSpe
         )
     if metadata.num_classes != classes or metadata.in_channels != spec.in_channels:
         raise ModelError(
-            f"{path}: tileseg.json says {metadata.num_classes} classes/{metadata.in_channels} bands "
-            f"but the weights have {classes}/{spec.in_channels}; fix tileseg.json"
+            f"{path}: tileseg.json says {counted(metadata.num_classes, 'class')}/"
+            f"{counted(metadata.in_channels, 'band')} but the weights have "
+            f"{classes}/{spec.in_channels}; fix tileseg.json"
         )
     return _with_scaling(metadata, str(path), raster_dtype, "tileseg.json gives no normalization")
 
