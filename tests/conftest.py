@@ -19,15 +19,47 @@ from tileseg.model import LoadedModel, wrap_module
 
 SUITE_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "tileseg-tests"
 HOME_CACHE = Path.home() / ".cache" / "tileseg"
+USER_EXPORTS: list[Path] = []  # where the user's own ONNX exports live: the suite never writes
 
 
-def pytest_configure(config: pytest.Config) -> None:
+def pytest_configure(config: pytest.Config | None) -> None:
     """Samples and weights the tests fetch go to the suite's own cache folder, kept between runs
-    (or to $TILESEG_CACHE when set, as .ci/run does), never to the user's ~/.cache/tileseg.
-    Set here, before any test runs, so subprocesses and worker processes inherit it too."""
+    (or to $TILESEG_CACHE when set, as .ci/run does), never to the user's ~/.cache/tileseg; the
+    ONNX exports of the suite's models (hundreds of MB) always to the suite's own folder, never
+    to the user's $TILESEG_CACHE. Set here, before any test runs, so subprocesses and worker
+    processes inherit it too."""
+    from tileseg.engine import ONNX_CACHE_ENV, onnx_cache_dir
+
+    USER_EXPORTS[:] = [onnx_cache_dir(), HOME_CACHE / "onnx"]
     current = os.environ.get("TILESEG_CACHE")
     if not current or Path(current).expanduser().resolve() == HOME_CACHE.resolve():
         os.environ["TILESEG_CACHE"] = str(SUITE_CACHE)
+    os.environ[ONNX_CACHE_ENV] = str(SUITE_CACHE / "onnx")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _user_exports_untouched() -> Any:
+    """The session check: no export this process makes lands in the user's export cache.
+    (Exports are recorded as they are made, not found by listing the folder afterwards: other
+    programs the user runs meanwhile may well write there. Worker and CLI processes the tests
+    start inherit TILESEG_ONNX_CACHE, which test_samples checks.)"""
+    from tileseg import engine
+
+    suite = (SUITE_CACHE / "onnx").resolve()
+    users = [f.resolve() for f in USER_EXPORTS if f.resolve() != suite]
+    written: list[Path] = []
+    export = engine.export_onnx
+
+    def recorded(module: Any, path: Path, *args: Any, **kwargs: Any) -> Any:
+        written.append(Path(path))
+        return export(module, path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(engine, "export_onnx", recorded)
+        yield
+    wrong = [p for p in written if any(p.resolve().is_relative_to(f) for f in users)]
+    if wrong:
+        pytest.fail(f"the tests wrote into the user's ONNX export cache: {wrong[:3]}")
 
 
 UTM = "EPSG:32631"

@@ -11,7 +11,13 @@ import rasterio
 from click.testing import CliRunner
 from conftest import interrupt_after, random_image
 
-from tileseg.batch import BatchConfig, load_manifest, run_batch, run_manifest
+from tileseg.batch import (
+    BatchConfig,
+    default_summary_path,
+    load_manifest,
+    run_batch,
+    run_manifest,
+)
 from tileseg.cli.main import cli
 from tileseg.config import PredictConfig
 from tileseg.errors import InputError, InputNotFoundError
@@ -175,13 +181,12 @@ def test_batch_with_a_bad_scene_runs_the_others_then_reruns_only_what_is_missing
     rows.insert(1, "bad.tif,out/bad.tif")
     rows.append(f"{scenes[2].name},out/{scenes[2].stem}.zarr,,uint8")
     manifest.write_text("src,dst,bands,probabilities\n" + "\n".join(rows) + "\n")
-    (tmp_path / "out").mkdir()
     args = ["batch", str(manifest), "--model", str(deeplab_dir), *SMALL]
 
     first = CliRunner().invoke(cli, args)
     assert first.exit_code == 5, first.output
     assert "1 of 4 scenes failed (bad.tif)" in first.output
-    summary = _summary(tmp_path / "scenes.summary.json")
+    summary = _summary(tmp_path / "scenes.csv.summary.json")
     assert summary["bad.tif"]["status"] == "failed"
     assert "not a raster GDAL can read" in str(summary["bad.tif"]["error"])
     for s in scenes:
@@ -189,16 +194,21 @@ def test_batch_with_a_bad_scene_runs_the_others_then_reruns_only_what_is_missing
         assert row["status"] == "succeeded" and row["error"] == ""
         assert row["tiles_inferred"] == row["tiles_total"] > 0
     assert not (tmp_path / "out" / "bad.tif").exists()
-    csv_text = (tmp_path / "scenes.summary.csv").read_text().splitlines()
+    csv_text = (tmp_path / "scenes.csv.summary.csv").read_text().splitlines()
     assert csv_text[0].startswith("src,dst,status,tiles_total,tiles_inferred")
     assert len(csv_text) == 5
     masks = {s.name: (tmp_path / "out" / s.name).stat().st_mtime_ns for s in scenes[:2]}
 
-    # Rerun unchanged: completed scenes are skipped (not rewritten), the bad one fails again.
+    first_figures = {s.name: _figures(summary[s.name]) for s in scenes}
+
+    # Rerun unchanged: completed scenes are skipped (not rewritten), the bad one fails again;
+    # the summary keeps what the first run measured for the skipped ones.
     second = CliRunner().invoke(cli, args)
     assert second.exit_code == 5
-    summary = _summary(tmp_path / "scenes.summary.json")
+    summary = _summary(tmp_path / "scenes.csv.summary.json")
     assert [summary[s.name]["status"] for s in scenes] == ["skipped"] * 3
+    assert {s.name: _figures(summary[s.name]) for s in scenes} == first_figures
+    assert f"done earlier: {first_figures[scenes[0].name][1]}/" in second.output
     assert {n: (tmp_path / "out" / n).stat().st_mtime_ns for n in masks} == masks
 
     # Fix the bad scene: only it runs, and the batch succeeds.
@@ -208,11 +218,23 @@ def test_batch_with_a_bad_scene_runs_the_others_then_reruns_only_what_is_missing
         dst.write(data)
     third = CliRunner().invoke(cli, args)
     assert third.exit_code == 0, third.output
-    summary = _summary(tmp_path / "scenes.summary.json")
+    summary = _summary(tmp_path / "scenes.csv.summary.json")
     assert summary["bad.tif"]["status"] == "succeeded"
     assert [summary[s.name]["status"] for s in scenes] == ["skipped"] * 3
+    assert {s.name: _figures(summary[s.name]) for s in scenes} == first_figures
     np.testing.assert_array_equal(_read(tmp_path / "out" / "bad.tif"),
                                   _read(tmp_path / "out" / scenes[0].name))
+
+
+def _figures(row: dict[str, object]) -> tuple[object, ...]:
+    return tuple(row[k] for k in ("tiles_total", "tiles_inferred", "tiles_skipped_nodata",
+                                  "chunks", "seconds"))
+
+
+def test_manifests_of_one_stem_get_a_summary_each(tmp_path) -> None:
+    names = {default_summary_path(tmp_path / f"scenes.{ext}") for ext in ("txt", "csv", "yaml")}
+    assert len(names) == 3
+    assert default_summary_path("jobs/scenes.csv") == "jobs/scenes.csv.summary.json"
 
 
 def test_batch_resumes_an_interrupted_scene(scenes, tmp_path, deeplab_dir) -> None:

@@ -88,7 +88,7 @@ def batch_page(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Pat
     (folder / "scenes.txt").write_text("s0.tif\nbad.tif\ns1.tif\n")
     result = CliRunner().invoke(cli, _batch_args(folder, model_dir))
     assert result.exit_code == 5, result.output  # the bad scene fails, the others run
-    return folder / "scenes.summary.html"
+    return folder / "scenes.txt.summary.html"
 
 
 def _batch_args(folder: Path, model_dir: Path) -> list[str]:
@@ -101,9 +101,9 @@ def test_batch_writes_an_html_page_with_thumbnails_status_and_areas(batch_page: 
     page_path, folder = batch_page, batch_page.parent
     page = _Page()
     page.feed(page_path.read_text(encoding="utf-8"))
-    assert page.title == "tileseg batch: scenes.summary"
+    assert page.title == "tileseg batch: scenes.txt.summary"
     assert [r["status"] for r in page.rows] == ["succeeded", "failed", "succeeded"]
-    summary = json.loads((folder / "scenes.summary.json").read_text())["scenes"]
+    summary = json.loads((folder / "scenes.txt.summary.json").read_text())["scenes"]
     for row, record in zip(page.rows, summary, strict=True):
         assert record["src"] in row["text"] and record["dst"] in row["text"]
         if row["status"] == "failed":
@@ -113,7 +113,7 @@ def test_batch_writes_an_html_page_with_thumbnails_status_and_areas(batch_page: 
         assert f"{record['seconds']:.1f}" in row["text"]
         (src,) = row["imgs"]
         thumb = page_path.parent / src  # relative: the page opens from disk anywhere
-        assert src.startswith("scenes.summary.previews/") and thumb.is_file()
+        assert src.startswith("scenes.txt.summary.previews/") and thumb.is_file()
         assert max(Image.open(thumb).size) <= 256
         with Image.open(thumb) as image:
             colours = {tuple(c) for c in np.asarray(image.convert("RGB")).reshape(-1, 3)}
@@ -122,7 +122,7 @@ def test_batch_writes_an_html_page_with_thumbnails_status_and_areas(batch_page: 
         assert row["swatches"] and all("background:#" in s for s in row["swatches"])
 
     # rerun: skipped scenes keep their pictures (reused, not redrawn), the page is rewritten
-    thumbs = sorted((folder / "scenes.summary.previews").glob("*.png"))
+    thumbs = sorted((folder / "scenes.txt.summary.previews").glob("*.png"))
     stamps = [p.stat().st_mtime_ns for p in thumbs]
     CliRunner().invoke(cli, _batch_args(folder, model_dir))
     again = _Page()

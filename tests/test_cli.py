@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from conftest import random_image
 
 from tileseg.cli.main import cli
+from tileseg.text import counted
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -64,9 +65,11 @@ def test_summary_rate_is_the_tiles_over_the_time_printed_beside_it(scene, deepla
     assert result.exit_code == 0, result.output
     line = result.stderr.strip().splitlines()[-1]
     match = re.search(r"(\d+) tiles inferred in ([\d.]+) s \(([\d.]+) tiles/s on cpu, fp32, "
-                      r"batch 3\); ([\d.]+) s in all", line)
+                      r"batch 3, engine (\w+)\); ([\d.]+) s in all", line)
     assert match, line
-    tiles, seconds, rate, total = (float(v) for v in match.groups())
+    tiles, seconds, rate, engine, total = match.groups()  # the engine, as the report says
+    assert engine in ("onnxruntime", "torch")
+    tiles, seconds, rate, total = (float(v) for v in (tiles, seconds, rate, total))
     assert tiles == 12 and seconds <= total
     assert rate == pytest.approx(tiles / seconds, abs=0.051)
 
@@ -156,6 +159,29 @@ def test_info_names_the_crs_and_where_valid_pixels_come_from(make_raster, deepla
                           "+towgs84=0,0,0,0,0,0,0 +units=m +no_defs")
     label = facts(make_raster(data, "near.tif", crs=near.to_wkt()))["crs"]
     assert label.endswith("close to EPSG:32119 (NAD83 / North Carolina)"), label
+
+
+def test_predict_help_gives_the_defaults_of_a_cpu_and_a_gpu() -> None:
+    from tileseg.device import CPU_BATCH_SIZE
+    from tileseg.scheduler import default_workers
+
+    code, out = run("predict", "--help")
+    text = " ".join(out.split())
+    assert code == 0 and CPU_BATCH_SIZE == 4 and default_workers("cpu") == 1
+    assert "Tiles per batch (default: 4 on a CPU; on a GPU, from its memory)" in text
+    assert "(default: 1 on a CPU, where they share the cores; 2 on a GPU)" in text
+
+
+def test_counts_in_user_output_take_their_plural() -> None:
+    from tileseg.cli.predict import summary_line
+    from tileseg.pipeline import PredictResult
+
+    report = {"seconds": {"compute": 1.0}, "device": "cpu", "precision": "fp32",
+              "batch_size": 4, "engine": "onnxruntime", "tiles_reused": 1, "chunks_resumed": 1}
+    line = summary_line(PredictResult("m.tif", None, 3, 1, 1, 1, 2.0, report))
+    assert line.startswith("m.tif: 1 tile inferred in 1.00 s (1.0 tiles/s on cpu, fp32, batch 4, "
+                           "engine onnxruntime)")
+    assert "1 nodata tile skipped; 1 tile of 1 chunk reused" in line
 
 
 def test_help_has_examples() -> None:
@@ -284,7 +310,7 @@ def test_predict_then_vectorize_writes_polygons_gis_tools_read(scene, deeplab_di
     info = pyogrio.read_info(gpkg)
     assert rasterio.crs.CRS.from_user_input(info["crs"]) == crs
     assert info["features"] > 0 and "class_name" in list(info["fields"])
-    assert f"{gpkg}: {info['features']} polygons" in out  # the CLI says what it wrote
+    assert f"{gpkg}: {counted(info['features'], 'polygon')}" in out  # what it wrote
     facts = json.loads(report.read_text())["vectorize"]
     assert facts["features"] == info["features"] == sum(facts["features_per_class"].values())
 
@@ -480,7 +506,12 @@ def test_default_model_warning_once_per_process(scene, caplog, monkeypatch) -> N
     with caplog.at_level("WARNING", logger="tileseg.pipeline"):
         for _ in range(2):
             resolve_model(PredictConfig(src=str(scene), dst="o.tif"), raster)
-    assert sum("bundled land-cover model" in r.getMessage() for r in caplog.records) == 1
+    # the library names the parameter, the CLI its flag
+    assert sum(r.getMessage().startswith("no model given: the bundled land-cover")
+               for r in caplog.records) == 1
+    monkeypatch.setattr("tileseg.model._WARNED", set())
+    code, out = run("predict", str(scene), "o.tif")  # 3 bands for the 5-band model: exit 3
+    assert code == 3 and "no --model given: the bundled land-cover one" in out, out
 
 
 def test_non_utf8_file_names_are_one_clear_line(scene, tmp_path, deeplab_dir) -> None:

@@ -390,3 +390,14 @@ def test_the_only_worker_dying_without_a_nanny_is_exit_5_after_a_bounded_wait(
     assert not dst.exists()
     done = Path(f"{dst}.partial") / "work" / "done"
     assert done.is_dir() and len(os.listdir(done)) >= 1  # what was finished is kept for --resume
+
+
+def test_progress_on_a_cluster_counts_tiles_within_a_chunk(deeplab_dir, cluster, tmp_path) -> None:
+    """Workers report each batch's tiles through the client's events, before their chunk's
+    result: one chunk of 16 tiles in batches of 4 shows 4, 8, 12, then 16."""
+    src = _write(tmp_path / "small.tif", random_image(3, 150, 150, seed=4))
+    events: list[object] = []
+    result = predict(_config(src, tmp_path / "m.tif", deeplab_dir, chunk_size=2048,
+                             batch_size=4), client=cluster, progress=events.append)
+    assert result.chunks == 1 and result.tiles_total == 16
+    assert [e.done for e in events] == [4, 8, 12, 16]  # type: ignore[attr-defined]

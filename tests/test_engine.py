@@ -288,7 +288,9 @@ def test_an_export_cache_that_cannot_be_written_is_named_before_staging(
     cache = tmp_path / "notes.txt" / "cache"  # no folder can be made there, even by root
     args = ["predict", str(src), str(tmp_path / "out.tif"), "-m", str(deeplab_dir),
             "--tile-size", "64", "--overlap", "16", "--engine", engine_name]
-    res = CliRunner().invoke(cli, args, env={"TILESEG_CACHE": str(cache)})
+    # the user's cache (the suite's own export folder, TILESEG_ONNX_CACHE, set aside)
+    res = CliRunner().invoke(cli, args, env={"TILESEG_CACHE": str(cache),
+                                             "TILESEG_ONNX_CACHE": None})
     if engine_name == "auto":  # torch instead, with a warning naming the cache
         assert res.exit_code == 0, res.output
         assert "ONNX export cache cannot be written" in res.output and "with torch" in res.output

@@ -59,7 +59,10 @@ FLAG = re.compile(r"(?<![\w-])--[a-z][\w-]*")
 # a command line to run (a tileseg command, pip) may carry its own options, up to the clause's end
 COMMAND_LINE = re.compile(r"(?:\btileseg (?:predict|vectorize|evaluate|train|batch|info|preview|"
                           r"sample)\b|\bpip install\b|\bpython -m\b)[^;]*$")
-LOGGING = {"debug", "info", "warning", "error", "exception", "warn_once"}
+# Log lines a user reads (warnings, and with -v info) name parameters too, with
+# ``extra=log_params(...)`` (``warn_once(..., params=...)``), which the CLI shows as flags; a
+# debug line is for developers.
+LOGGING = {"debug"}
 
 
 def cli_flags() -> set[str]:
@@ -88,8 +91,8 @@ def _call_name(node: ast.Call) -> str:
 
 
 def test_library_messages_name_parameters_not_flags() -> None:
-    """Every string a library module builds (error messages, the hints helpers pass into them)
-    names parameters; docstrings and log lines aside, none spells a tileseg flag."""
+    """Every string a library module builds (error messages, the hints helpers pass into them,
+    log lines but debug ones) names parameters; docstrings aside, none spells a tileseg flag."""
     flags = cli_flags()
     assert {"--overwrite", "--resume", "--zarr", "--bands", "--engine"} <= flags
     found = []
@@ -130,8 +133,11 @@ def test_every_parameter_an_error_names_is_a_flag() -> None:
     wrong = []
     for path in [*library_modules(), ROOT / "workflows.py"]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.keyword) and node.arg == "params":
-                for const in ast.walk(node.value):
+            named = (node.value if isinstance(node, ast.keyword) and node.arg == "params" else
+                     ast.Tuple(node.args) if isinstance(node, ast.Call)  # type: ignore[call-arg]
+                     and _call_name(node) == "log_params" else None)
+            if named is not None:
+                for const in ast.walk(named):
                     if (isinstance(const, ast.Constant) and isinstance(const.value, str)
                             and flag_for(const.value) not in flags):
                         wrong.append(f"{path.name}:{const.lineno}: {const.value} -> "
@@ -173,6 +179,23 @@ def test_info_speaks_python_and_the_cli_flags(make_raster, deeplab_dir) -> None:
     assert flagged["raster"]["valid_pixels"] == "--nodata 0"
     assert "with --bands (e.g. --bands 1,2,3)" in flagged["warnings"][0]
     assert "has 4 bands" in flagged["warnings"][0]  # a count stays a word
+
+
+def test_a_log_line_names_the_parameter_and_the_cli_its_flag(make_raster, tmp_path,
+                                                             caplog) -> None:
+    """The library logs ``tile_size 600 is larger than the raster``; ``-v`` on the command line
+    shows ``--tile-size 600``."""
+    from tileseg.pipeline import clamped_tile_size
+    from tileseg.raster import open_raster
+
+    src = make_raster(random_image(3, 40, 50))
+    with caplog.at_level("INFO", logger="tileseg.pipeline"):
+        clamped_tile_size(PredictConfig(str(src), "o.tif", tile_size=600), open_raster(str(src)))
+    assert any(r.getMessage().startswith("tile_size 600 is larger than the raster")
+               for r in caplog.records)
+    result = CliRunner().invoke(cli, ["info", str(src), "--tile-size", "600", "-v"])
+    assert result.exit_code == 0, result.output
+    assert "--tile-size 600 is larger than the raster" in result.stderr
 
 
 def test_a_parameter_spelt_otherwise_on_the_command_line() -> None:

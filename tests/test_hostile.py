@@ -201,6 +201,9 @@ CASES: list[Case] = [
     Case("vectorize-classes-letters", "vectorize mask.tif out.gpkg --classes a", 2),
     Case("vectorize-chunk-size-0", "vectorize mask.tif out.gpkg --chunk-size 0", 2),
     Case("vectorize-scheduler-bogus", "vectorize mask.tif out.gpkg --scheduler bogus", 2),
+    # ---- issue 18, a new user's run: GeoJSON in a CRS it cannot name
+    Case("vectorize-geojson-crs-without-epsg",
+         "vectorize mask.tif out.geojson --to-crs '+proj=tmerc +lon_0=3.5 +datum=WGS84'", 2),
     # ---- evaluate
     Case("evaluate-ok", "evaluate mask.tif labels.tif", 0),
     Case("evaluate-json", "evaluate mask.tif labels.tif --json", 0),

@@ -50,6 +50,23 @@ def test_the_suite_never_fetches_into_the_home_cache() -> None:
     assert os.environ["TILESEG_CACHE"] and not used.is_relative_to(HOME_CACHE.resolve()), used
 
 
+def test_the_suite_exports_models_into_its_own_cache(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's $TILESEG_CACHE lends the tests its samples, never holds their ONNX exports
+    (hundreds of MB of random test models); conftest also fails a session in which this
+    process exports into the user's export folder."""
+    import conftest
+
+    from tileseg.engine import onnx_cache_dir
+
+    monkeypatch.setattr(conftest, "USER_EXPORTS", [], raising=False)
+    monkeypatch.setenv("TILESEG_CACHE", str(tmp_path / "mine"))
+    monkeypatch.delenv("TILESEG_ONNX_CACHE", raising=False)
+    conftest.pytest_configure(None)  # type: ignore[arg-type]
+    assert samples.cache_dir() == tmp_path / "mine"
+    assert onnx_cache_dir() == conftest.SUITE_CACHE / "onnx"
+
+
 def test_unknown_sample_lists_the_names() -> None:
     with pytest.raises(InputError, match="landsat-multiband"):
         fetch("nope")
@@ -259,3 +276,42 @@ def test_cli_says_it_downloads_then_prints_the_path(cache: Path, local_index: in
     result = CliRunner().invoke(cli, ["sample", "landsat-multiband"])  # cached: just the path
     assert result.exit_code == 0 and result.stderr == ""
     assert result.stdout.strip() == str(sample_path("landsat-multiband"))
+
+
+def test_progress_poll_survives_pip_removing_its_folder(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """pip deletes its pip-unpack-* folders while the poll looks at them: the folder the poll
+    listed is gone when it looks inside (here on the first look, every time). That is nothing
+    downloaded yet, not "cannot run pip" (a fetch failed that way about once in five)."""
+    import shutil
+    import sys
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    (work / "pip-unpack-1").mkdir(parents=True)
+    (work / "pip-unpack-1" / "pyspatialml-0.22.1-py3-none-any.whl").write_bytes(b"x" * 100)
+    out.mkdir()
+    real_scandir = os.scandir
+
+    def vanishing(path: Any = ".") -> Any:
+        if not isinstance(path, int) and os.path.basename(os.fspath(path)).startswith("pip-unpack-"):
+            shutil.rmtree(path, ignore_errors=True)  # pip finished with it just now
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", vanishing)
+    # a stand-in for pip: waits until the poll reported, then "downloads" the wheel
+    script = ("import os, pathlib, time\n"
+              "work = pathlib.Path(os.environ['TMPDIR'])\n"
+              "deadline = time.monotonic() + 60\n"
+              "while not (work / 'go').exists() and time.monotonic() < deadline:\n"
+              "    time.sleep(0.02)\n"
+              "(work.parent / 'out' / 'pyspatialml-0.22.1-py3-none-any.whl').write_bytes(b'y' * 7)\n")
+    events: list[samples.Progress] = []
+
+    def report(event: samples.Progress) -> None:
+        events.append(event)
+        (work / "go").touch()
+
+    code, _ = samples._run_pip([sys.executable, "-c", script], {**os.environ, "TMPDIR": str(work)},
+                               samples.SAMPLES["landsat-multiband"], work, report)
+    assert code == 0
+    assert events[0].done == 0 and events[-1].done == events[-1].total == 7

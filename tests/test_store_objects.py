@@ -339,12 +339,12 @@ def test_batch_with_manifest_scenes_and_output_dir_on_s3(s3: S3Server, make_rast
     code, output = _batch(manifest, "--output-dir", out, model=deeplab_dir)
     assert code == 0, output
     keys = _keys(s3, "results/run1/")
-    for name in ("s1_mask.tif", "s2_mask.tif", "scenes.summary.json", "scenes.summary.csv",
-                 "scenes.summary.html"):
+    for name in ("s1_mask.tif", "s2_mask.tif", "scenes.txt.summary.json",
+                 "scenes.txt.summary.csv", "scenes.txt.summary.html"):
         assert f"results/run1/{name}" in keys, keys
     assert not [k for k in keys if ".partial" in k or ".lock" in k or "probe" in k], keys
     summary = json.loads(s3.client().get_object(
-        Bucket=BUCKET, Key="results/run1/scenes.summary.json")["Body"].read())
+        Bucket=BUCKET, Key="results/run1/scenes.txt.summary.json")["Body"].read())
     assert [s["status"] for s in summary["scenes"]] == ["succeeded", "succeeded"]
     assert summary["scenes"][0]["src"] == f"s3://{BUCKET}/jobs/in/s1.tif"
     code, output = _batch(manifest, "--output-dir", out, model=deeplab_dir)  # idempotent
@@ -373,14 +373,14 @@ def test_batch_leaves_a_foreign_summary_object_and_runs_no_scene(s3: S3Server, m
     _put_scene(s3, make_raster, "fs/in/a.tif", 4)
     s3.client().put_object(Bucket=BUCKET, Key="fs/scenes.txt", Body=b"in/a.tif\n")
     theirs = b"date,amount\n2026-01-01,3\n"
-    s3.client().put_object(Bucket=BUCKET, Key="fs/out/scenes.summary.csv", Body=theirs)
+    s3.client().put_object(Bucket=BUCKET, Key="fs/out/scenes.txt.summary.csv", Body=theirs)
     code, output = _batch(f"s3://{BUCKET}/fs/scenes.txt", "--output-dir",
                           f"s3://{BUCKET}/fs/out", model=deeplab_dir)
     lines = [line for line in output.splitlines() if line.strip()]
     assert code == 4 and len(lines) == 1 and "not a tileseg batch summary" in lines[0], output
     assert s3.client().get_object(Bucket=BUCKET,
-                                  Key="fs/out/scenes.summary.csv")["Body"].read() == theirs
-    assert _keys(s3, "fs/out/") == ["fs/out/scenes.summary.csv"]  # no scene ran
+                                  Key="fs/out/scenes.txt.summary.csv")["Body"].read() == theirs
+    assert _keys(s3, "fs/out/") == ["fs/out/scenes.txt.summary.csv"]  # no scene ran
 
 
 @pytest.mark.parametrize("mask", ["s3://no-such-bucket-9/m.zarr", f"s3://{BUCKET}/absent/m.tif"])

@@ -292,9 +292,17 @@ def _cli_train(image: Path, labels: Path, out: Path, *extra: str) -> tuple[int, 
 
 def test_cli_train_runs(task: tuple[Path, Path], tmp_path: Path) -> None:
     image, labels = task
-    code, out = _cli_train(image, labels, tmp_path / "m", "--class-weighting", "inverse")
+    code, out = _cli_train(image, labels, tmp_path / "m", "--class-weighting", "inverse",
+                           "--steps-per-epoch", "3")
     assert code == 0, out
     assert "holdout mIoU" in out
+    # within the epoch, not on a terminal too (a log, a job's output): the first step and each
+    # tenth of the epoch, with an estimate of the time left, then the epoch's own line
+    lines = out.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("epoch 1/1 step 1/3"))
+    assert " left]" in lines[first] and " left]" in lines[first + 1]
+    assert lines[first + 1].startswith("epoch 1/1 step 2/3")
+    assert lines[first + 2].startswith("epoch 1/1 loss")  # the epoch's line, not step 3
     recipe = json.loads((tmp_path / "m" / "training.json").read_text())["recipe"]
     assert "class weights inverse frequency" in recipe["loss"]
     code, out = _cli_train(image, labels, tmp_path / "m")
@@ -407,3 +415,17 @@ def test_weights_have_the_same_permissions_as_the_other_files(task: tuple[Path, 
             assert set(modes.values()) == {0o644}, modes
     finally:
         os.umask(old)
+
+
+def test_interrupted_train_says_what_continues_it(task: tuple[Path, Path], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import tileseg.training
+
+    def stop(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tileseg.training, "train", stop)
+    image, labels = task
+    code, out = _cli_train(image, labels, tmp_path / "m")
+    assert code == 130 and len(out.strip().splitlines()) == 1, out
+    assert "no --resume" in out and "--overwrite" in out

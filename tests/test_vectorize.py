@@ -652,6 +652,58 @@ def test_overwrite_replaces_only_a_layer_tileseg_wrote(tmp_path: Path,
     assert set(frame["class_id"]) == {1}  # replaced
 
 
+def test_reading_the_geopackage_leaves_no_aux_xml(tmp_path: Path,
+                                                 mask_tif: Callable[..., Path]) -> None:
+    """geopandas/pyogrio open a GeoPackage read-only; GDAL used to save tileseg's marker (then
+    dataset metadata) beside it as NAME.gpkg.aux.xml on closing. A marker an earlier version
+    stored that way still proves the layer is tileseg's."""
+    import geopandas as gpd
+    import pyogrio
+    import pyogrio.raw
+
+    from tileseg.vectorization.writers import read_marker
+
+    dst = tmp_path / "landcover.gpkg"
+    vectorize(mask_tif(seam_mask()), dst, VectorizeConfig(scheduler="sync"))
+    assert read_marker(dst) is not None
+    pyogrio.list_layers(dst)
+    pyogrio.read_dataframe(dst, layer="landcover")
+    assert len(gpd.read_file(dst, layer="landcover")) > 0
+    assert sorted(p.name for p in tmp_path.iterdir() if "landcover" in p.name) == [
+        "landcover.gpkg"]
+    old = tmp_path / "old.gpkg"
+    pyogrio.raw.write(old, geometry=shapely.to_wkb(np.array([shapely.box(0, 0, 1, 1)])),
+                      field_data=[], fields=[], driver="GPKG", geometry_type="Polygon",
+                      dataset_metadata={"TILESEG": '{"writer": "tileseg", "version": "0.1"}'})
+    vectorize(mask_tif(seam_mask()), old, VectorizeConfig(scheduler="sync", overwrite=True))
+    assert read_marker(old) is not None
+
+
+def test_geojson_in_another_crs_names_it_or_is_refused(tmp_path: Path,
+                                                       mask_tif: Callable[..., Path]) -> None:
+    """GeoJSON without a ``crs`` member is read as WGS 84: a projected layer names its EPSG
+    code in the legacy member (as GDAL writes it), even when given as a PROJ string; a CRS no
+    EPSG code describes cannot be named, so it is refused before any work."""
+    import pyogrio
+
+    src = mask_tif(seam_mask())  # EPSG:32633
+    dst = tmp_path / "utm.geojson"
+    vectorize(src, dst, VectorizeConfig(
+        scheduler="sync", to_crs="+proj=utm +zone=33 +datum=WGS84 +units=m +no_defs"))
+    assert json.loads(dst.read_text())["crs"]["properties"]["name"] == "urn:ogc:def:crs:EPSG::32633"
+    assert pyogrio.read_info(dst)["crs"] == "EPSG:32633"
+    custom = tmp_path / "custom.geojson"
+    tmerc = "+proj=tmerc +lon_0=13.5 +k=0.9996 +x_0=500000 +datum=WGS84 +units=m"
+    with pytest.raises(ConfigError, match="to_crs"):
+        vectorize(src, custom, VectorizeConfig(scheduler="sync", to_crs=tmerc))
+    result = _run(str(src), str(custom), "--to-crs", tmerc)
+    message = result.stderr.strip()  # type: ignore[attr-defined]
+    assert result.exit_code == 2 and "\n" not in message, message  # type: ignore[attr-defined]
+    assert "--to-crs" in message and ".gpkg" in message
+    assert not custom.exists()
+    vectorize(src, tmp_path / "custom.gpkg", VectorizeConfig(scheduler="sync", to_crs=tmerc))
+
+
 def test_geojson_is_lon_lat_even_for_a_crs_without_epsg_code(tmp_path: Path) -> None:
     import pyogrio
     from pyproj import CRS as ProjCRS
@@ -685,3 +737,32 @@ def test_geojson_is_lon_lat_even_for_a_crs_without_epsg_code(tmp_path: Path) -> 
     vectorize(src, utm, VectorizeConfig(scheduler="sync", to_crs="EPSG:32617"))
     assert pyogrio.read_info(utm)["crs"] == "EPSG:32617"
     assert "OGC:CRS84" in _run("--help").output  # type: ignore[attr-defined]
+
+
+def test_classes_the_mask_does_not_have_are_one_line_naming_those_it_has(
+        tmp_path: Path, mask_tif: Callable[..., Path]) -> None:
+    src = mask_tif(seam_mask())  # classes 0 background, 1 water, 2 building, 3 forest
+    dst = tmp_path / "out.gpkg"
+    with pytest.raises(ConfigError, match="has no class 9 ") as info:
+        vectorize(src, dst, VectorizeConfig(classes=(1, 9)))
+    assert "pass classes among those" in str(info.value)
+    result = _run(str(src), str(dst), "--classes", "9")
+    message = result.stderr.strip()  # type: ignore[attr-defined]
+    assert result.exit_code == 2 and "\n" not in message, message  # type: ignore[attr-defined]
+    assert "0 background, 1 water, 2 building, 3 forest" in message and "--classes" in message
+    assert not dst.exists()
+
+
+def test_overwriting_a_geopackage_says_one_line(tmp_path: Path,
+                                                mask_tif: Callable[..., Path]) -> None:
+    """Replacing a GeoPackage reads its marker first: pyogrio's "more than one layer" warning
+    (the style table is a layer too) is not the user's business."""
+    mask = np.zeros((16, 16), np.uint8)
+    mask[2:6, 2:6] = 1
+    src, dst = mask_tif(mask), tmp_path / "out.gpkg"
+    for extra in ((), ("--overwrite",)):
+        result = _run(str(src), str(dst), "--chunk-size", "16", *extra)
+        assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+        assert result.stderr.splitlines() == [  # type: ignore[attr-defined]
+            f"{dst}: 1 polygon (water: 1) from 1 chunk in "
+            f"{result.stderr.split(' in ')[-1].strip()}"]  # type: ignore[attr-defined]

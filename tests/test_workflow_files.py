@@ -107,7 +107,7 @@ def test_slurm_batch_script(mode: str, tmp_path: Path) -> None:
     words = record.read_bytes().decode().split("\0")[:-1]
     args = parse_args(_run_batch_argv(words))
     assert args.manifest == manifest
-    assert args.summary == manifest.removesuffix(".yaml") + ".summary.json"
+    assert args.summary == manifest + ".summary.json"
     assert args.summary == default_summary_path(manifest)  # what tileseg batch would pick
     assert args.lock == f"{tmp_path}/tileseg-batch.lock"
     if mode != "dask-jobqueue":

@@ -34,7 +34,7 @@ def manifest(make_raster, tmp_path: Path) -> Path:
 
 
 def _summary(manifest: Path) -> dict[str, str]:
-    doc = json.loads(manifest.with_suffix(".summary.json").read_text())
+    doc = json.loads(manifest.with_name(manifest.name + ".summary.json").read_text())
     return {Path(str(row["src"])).name: str(row["status"]) for row in doc["scenes"]}
 
 
@@ -52,13 +52,21 @@ def _mask(path: Path) -> np.ndarray:
 
 
 def test_local_workers_run_the_manifest_and_the_lock_stops_a_second_run(
-        manifest: Path, deeplab_dir: Path, tmp_path: Path) -> None:
+        manifest: Path, deeplab_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
     from tileseg.workflows import EXIT_LOCKED, main
 
     out, lock = tmp_path / "masks", tmp_path / "batch.lock"
     argv = [str(manifest), "-o", str(out), "--model", str(deeplab_dir), *OPTIONS,
             "--local-workers", "1", "--lock", str(lock)]
     assert main(argv) == 5  # one scene failed; the others ran
+    # a job's log: dask's own start and shutdown lines (some 30 at INFO) are not in it
+    chatter = [r.getMessage() for r in caplog.records
+               if r.name.startswith("distributed") and r.levelno < logging.WARNING]
+    assert not chatter, chatter[:3]
+    assert "3 scenes: 2 succeeded, 1 failed" in capsys.readouterr().err
     assert _summary(manifest) == {"s0.tif": "succeeded", "bad.tif": "failed",
                                   "s1.tif": "succeeded"}
     for name in ("s0", "s1"):
@@ -66,11 +74,11 @@ def test_local_workers_run_the_manifest_and_the_lock_stops_a_second_run(
                                       _expected(tmp_path / f"{name}.tif", deeplab_dir, tmp_path))
 
     # cron fires while a run holds the lock: exit 75 at once, nothing touched
-    before = manifest.with_suffix(".summary.json").read_text()
+    before = manifest.with_name(manifest.name + ".summary.json").read_text()
     with open(lock, "a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert main(argv) == EXIT_LOCKED
-    assert manifest.with_suffix(".summary.json").read_text() == before
+    assert manifest.with_name(manifest.name + ".summary.json").read_text() == before
 
     # the next scheduled run retries only the failed scene
     assert main(argv) == 5

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -62,6 +62,7 @@ from tileseg.naming import source_name
 from tileseg.raster import is_remote
 from tileseg.staging import STAGING_SUFFIX, staging_path_for
 from tileseg.store import is_store_url
+from tileseg.text import counted
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,8 @@ class BatchResult:
             names = ", ".join(Path(s.src).name for s in failed[:5])
             more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
             where = f"; see {self.summary}" if self.summary else ""
-            raise RunError(f"{len(failed)} of {len(self.scenes)} scenes failed ({names}{more})"
+            raise RunError(f"{len(failed)} of {counted(len(self.scenes), 'scene')} failed "
+                           f"({names}{more})"
                            f"{where}; fix them and run the same command again to retry only "
                            "those")
 
@@ -539,8 +541,10 @@ def run_batch(
     (True, {'succeeded': 3, 'resumed': 1, 'skipped': 12, 'failed': 0})
     """
     config = config or BatchConfig()
+    earlier: dict[tuple[str, str], SceneResult] = {}
     if config.summary:
         check_summary_targets(config.summary)
+        earlier = _earlier_results(config.summary)
     started = time.perf_counter()
     results: dict[int, SceneResult] = {}
     pictures: dict[int, ScenePicture | None] = {}
@@ -548,6 +552,9 @@ def run_batch(
 
     def run_one(index: int, scene: Scene, shared_client: Any) -> None:
         outcome = _run_scene(scene, config, shared_client)
+        if outcome.status == "skipped" and (scene.src, scene.dst) in earlier:
+            # done by an earlier batch: its figures stay in the summary
+            outcome = replace(earlier[(scene.src, scene.dst)], status="skipped", error="")
         if (config.summary and config.previews and not is_store_url(config.summary)
                 and outcome.ok and _output_exists(scene.dst)):
             pictures[index] = scene_picture(scene.dst, index, config.summary)
@@ -596,6 +603,10 @@ def _run_scene(scene: Scene, config: BatchConfig, client: Any) -> SceneResult:
     if state == "complete":
         logger.info("%s: complete, skipped", scene.dst)
         return SceneResult(scene.src, scene.dst, "skipped")
+    try:
+        _create_dst_folder(scene)
+    except OutputError as exc:
+        return SceneResult(scene.src, scene.dst, "failed", error=flagged_message(exc))
     # predict() then reports the cluster and leaves device checks to the workers.
     scheduler = config.scheduler or (client.scheduler.address if client is not None else None)
     started = time.perf_counter()
@@ -625,6 +636,19 @@ def _run_scene(scene: Scene, config: BatchConfig, client: Any) -> SceneResult:
         tiles_skipped_nodata=result.tiles_skipped_nodata, chunks=result.chunks,
         seconds=time.perf_counter() - started,
     )
+
+
+def _create_dst_folder(scene: Scene) -> None:
+    """The folder of a scene's local ``dst``, created as ``output_dir`` is (``mkdir -p``): a
+    CSV or YAML manifest names its own destinations, and they get the same treatment."""
+    if is_store_url(scene.dst):
+        return  # a prefix exists as soon as an object is written under it
+    folder = Path(scene.dst).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot create the folder of {scene.dst} "
+                          f"({exc.strerror}); create it or change the scene's dst") from exc
 
 
 def _vectorize_only(config: PredictConfig) -> None:
@@ -699,6 +723,31 @@ def _check_store_summary(checks: tuple[tuple[Any, Callable[[str], bool]], ...]) 
                               "as it is; choose another summary path or remove it")
 
 
+def _earlier_results(summary: str | os.PathLike[str]) -> dict[tuple[str, str], SceneResult]:
+    """The scenes an earlier batch finished, as its summary recorded them, by (src, dst): a
+    scene that is complete now is skipped, and keeps those figures (tiles, chunks, seconds)."""
+    json_path = _summary_targets(summary)[0]
+    try:
+        if isinstance(json_path, str):
+            from tileseg.store_objects import read_text_object
+
+            text = read_text_object(json_path, limit=64 << 20)
+        else:
+            text = json_path.read_text(encoding="utf-8") if json_path.is_file() else None
+        doc = json.loads(text) if text else {}
+    except (OSError, UnicodeDecodeError, ValueError, TilesegError):
+        return {}
+    earlier: dict[tuple[str, str], SceneResult] = {}
+    for row in doc.get("scenes", []) if isinstance(doc, dict) else []:
+        try:
+            result = SceneResult(**{k: row[k] for k in SUMMARY_COLUMNS})
+        except (KeyError, TypeError):
+            continue
+        if result.ok and result.tiles_total:
+            earlier[(result.src, result.dst)] = result
+    return earlier
+
+
 def _is_summary_json(text: str) -> bool:
     try:
         doc = json.loads(text)
@@ -765,17 +814,19 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def default_summary_path(manifest: str | os.PathLike[str],
                          output_dir: str | os.PathLike[str] | None = None) -> str:
-    """``scenes.csv`` -> ``scenes.summary.json`` beside it (also on a store), or under
+    """``scenes.csv`` -> ``scenes.csv.summary.json`` beside it (also on a store), or under
     ``output_dir`` when that is on a store: the batch's results and its summary stay together.
+    The whole file name, extension included, so ``scenes.txt`` and ``scenes.yaml`` in one
+    folder keep a summary each.
 
     Examples
     --------
     >>> default_summary_path("jobs/scenes.csv")
-    'jobs/scenes.summary.json'
-    >>> default_summary_path("scenes.csv", "s3://results/run1/")
-    's3://results/run1/scenes.summary.json'
+    'jobs/scenes.csv.summary.json'
+    >>> default_summary_path("scenes.txt", "s3://results/run1/")
+    's3://results/run1/scenes.txt.summary.json'
     """
-    name = PurePosixPath(source_name(os.fspath(manifest))).stem + ".summary.json"
+    name = source_name(os.fspath(manifest)) + ".summary.json"
     if output_dir is not None and is_store_url(os.fspath(output_dir)):
         return _join(os.fspath(output_dir).rstrip("/"), name)
     if is_store_url(os.fspath(manifest)):

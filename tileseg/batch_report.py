@@ -1,7 +1,7 @@
 """The HTML page of a batch: one row per scene with its preview, status, tiles, time and class areas.
 
-Written beside the JSON/CSV summary (``scenes.summary.html``) each time the summary is, with the
-scenes' thumbnails in a folder beside it (``scenes.summary.previews/``), so the page and its
+Written beside the JSON/CSV summary (``scenes.txt.summary.html``) each time the summary is, with
+the scenes' thumbnails in a folder beside it (``scenes.txt.summary.previews/``), so the page and its
 pictures move together and open from disk in any browser, without a server or a script.
 A thumbnail and its class areas are drawn once per mask and reused while the mask is unchanged.
 """
@@ -19,6 +19,7 @@ from typing import Any
 
 from tileseg.diskspace import full_disk_as_error
 from tileseg.errors import TilesegError
+from tileseg.text import counted
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +38,12 @@ HTML_MARKER = '<meta name="generator" content="tileseg batch">'
 
 
 def html_path(summary: str | os.PathLike[str]) -> Path:
-    """``scenes.summary.json`` (or ``.csv``) -> ``scenes.summary.html``."""
+    """``scenes.txt.summary.json`` (or ``.csv``) -> ``scenes.txt.summary.html``."""
     return Path(summary).with_suffix(".html")
 
 
 def previews_dir(summary: str | os.PathLike[str]) -> Path:
-    """``scenes.summary.json`` -> ``scenes.summary.previews/``."""
+    """``scenes.txt.summary.json`` -> ``scenes.txt.summary.previews/``."""
     path = Path(summary)
     return path.with_name(path.with_suffix("").name + ".previews")
 
@@ -159,7 +160,7 @@ def render_html(title: str, doc: Mapping[str, Any],
         f"{HTML_MARKER}\n"
         f"<title>{html.escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
         f"<h1>{html.escape(title)}</h1>\n"
-        f'<p class="totals">{doc["scenes_total"]} scenes: {html.escape(counts)}; '
+        f'<p class="totals">{counted(doc["scenes_total"], "scene")}: {html.escape(counts)}; '
         f'{float(doc["seconds"]):.1f} s; finished {html.escape(str(doc["finished"]))}</p>\n'
         '<table id="scenes">\n<thead><tr><th>preview</th><th>scene (source, mask)</th>'
         "<th>status</th><th>tiles inferred / total</th><th>seconds</th>"

@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 EngineName = Literal["auto", "torch", "onnxruntime"]
 ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime")
 OPSET = 17
+ONNX_CACHE_ENV = "TILESEG_ONNX_CACHE"  # where exports go (default: the cache's onnx/)
 INSTALL_HINT = 'pip install "tileseg[cpu]" (or: pip install onnxruntime onnx)'
 
 # One CPU forward pass at a time per process: it already uses every core the worker may use,
@@ -124,8 +125,11 @@ def model_key(module: nn.Module, context: int, bands: int) -> str:
 
 
 def onnx_cache_dir() -> Path:
+    """``$TILESEG_ONNX_CACHE``, else ``$TILESEG_CACHE/onnx`` (``~/.cache/tileseg/onnx``)."""
     from tileseg.samples import cache_dir
 
+    if os.environ.get(ONNX_CACHE_ENV):  # e.g. the test suite: its exports never in yours
+        return Path(os.environ[ONNX_CACHE_ENV]).expanduser()
     return cache_dir() / "onnx"
 
 
@@ -203,8 +207,9 @@ def _cache_problem(folder: Path) -> str | None:
 
 def cache_error(folder: Path, reason: str) -> OutputError:
     """The export cache cannot be written: the cache's problem (exit 4), not the model's."""
+    variable = ONNX_CACHE_ENV if os.environ.get(ONNX_CACHE_ENV) else "TILESEG_CACHE"
     return OutputError(f"{folder}: the ONNX export cache cannot be written ({reason}); set "
-                       "TILESEG_CACHE to a writable folder, or use engine torch",
+                       f"{variable} to a writable folder, or use engine torch",
                        params=("engine",))
 
 

@@ -57,11 +57,21 @@ def flagged_message(exc: TilesegError) -> str:
     such as ``out/model/x.tif`` or ``model.tif`` (a file name in a message stays as it is), nor a
     word counted by the number before it (``has 7 bands`` stays; ``with bands 1,2`` is a flag).
     """
-    message = str(exc)
-    for param in exc.params:
+    return flagged(str(exc), exc.params)
+
+
+def flagged(message: str, params: tuple[str, ...]) -> str:
+    """``message`` with ``params`` written as their flags (see :func:`flagged_message`)."""
+    for param in params:
         message = re.sub(rf"(?<![\w\-./\\])(?<!\d ){re.escape(param)}(?![\w\-/\\]|\.\w)",
                          flag_for(param), message)
     return message
+
+
+def log_params(*params: str) -> dict[str, object]:
+    """``extra=`` for a library log line that names parameters: the CLI shows them as flags,
+    as it does for an error's ``params`` (``logger.warning(..., extra=log_params("model"))``)."""
+    return {"tileseg_params": params}
 
 
 class InputError(TilesegError, ValueError):

@@ -20,6 +20,7 @@ from tileseg import mask as mask_format
 from tileseg.errors import ConfigError, InputError, InputNotFoundError
 from tileseg.metrics import SegmentationMetrics, compute_metrics, confusion_matrix, format_table
 from tileseg.subdatasets import raster_exists
+from tileseg.text import counted
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,8 @@ def evaluate(config: EvaluateConfig) -> EvaluationReport:
             names = tuple(f"class_{i}" for i in range(n))
         values = config.label_values or _tagged_label_values(tagged, n) or tuple(range(n))
         if len(values) != n:
-            raise ConfigError(f"{len(values)} label values for {n} classes; give one per class")
+            raise ConfigError(f"{counted(len(values), 'label value')} for "
+                              f"{counted(n, 'class')}; give one per class")
         lookup = {int(v): i for i, v in enumerate(values)}
         if config.window is not None:
             row_off, col_off, height, width = config.window
@@ -154,7 +156,7 @@ def evaluate(config: EvaluateConfig) -> EvaluationReport:
                          " or the mask are nodata everywhere); nothing to score",
                          params=("window",))
     metrics = compute_metrics(cm)
-    logger.info("evaluated %d pixels: mIoU %.4f", metrics.pixels, metrics.mean_iou)
+    logger.info("evaluated %s: mIoU %.4f", counted(metrics.pixels, "pixel"), metrics.mean_iou)
     return EvaluationReport(config.predicted, config.labels, tuple(names), metrics)
 
 

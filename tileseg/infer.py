@@ -14,7 +14,7 @@ import copy
 import logging
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -321,11 +321,13 @@ class ChunkLogits:
 
 
 def infer_chunk_logits(
-    runtime: Runtime, raster: RasterInfo, grid: TileGrid, row: int, col: int, run: str = ""
+    runtime: Runtime, raster: RasterInfo, grid: TileGrid, row: int, col: int, run: str = "",
+    on_tiles: Callable[[int], None] | None = None,
 ) -> ChunkLogits:
     """Infer every tile whose core lies in chunk ``(row, col)`` and sum their weighted logits.
 
     ``run``: the run's id, under which the open raster is handed on to its next chunk here.
+    ``on_tiles``: called after each batch with the tiles of the chunk inferred so far.
     """
     extent = grid.chunk_extent(row, col)
     classes = runtime.model.metadata.num_classes
@@ -362,6 +364,8 @@ def infer_chunk_logits(
                         scores[k] * weights).to(torch.int64)
                     weight_sum[r : r + size, c : c + size] += runtime.window_units * inside[k]
             done += len(batch.offsets)
+            if on_tiles is not None:
+                on_tiles(done)
     if bool(not_finite):
         raise _not_finite(runtime)
     # every tile is either in a batch or skipped for having no valid pixel in its core

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tileseg.errors import ConfigError
+from tileseg.text import counted
 
 if TYPE_CHECKING:
     from tileseg.config import PredictConfig
@@ -109,7 +110,8 @@ def check_memory(config: PredictConfig, plan: Plan) -> None:
     if not free or estimate.total <= free:
         return
     raise ConfigError(
-        f"a batch of {estimate.batch_size} tiles of {plan.context} x {plan.context} px needs at "
+        f"a batch of {counted(estimate.batch_size, 'tile')} of {plan.context} x {plan.context} px "
+        "needs at "
         f"least {_gib(estimate.per_task)} per chunk task ({estimate.tasks} at once: "
         f"{_gib(estimate.total)}) but {_gib(free)} is {where}; lower batch_size, tile_size "
         "or chunk_size (or workers)", params=("batch_size", "tile_size", "chunk_size", "workers")

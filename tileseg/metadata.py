@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from tileseg.errors import ModelError
+from tileseg.text import counted
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +152,8 @@ class ModelMetadata:
             check_class(c)
         if self.bands and len(self.bands) != self.in_channels:
             raise ModelError(
-                f"metadata names {len(self.bands)} bands but in_channels is {self.in_channels}"
+                f"metadata names {counted(len(self.bands), 'band')} but in_channels is "
+                f"{self.in_channels}"
             )
         if self.dtype is not None and self.dtype not in SUPPORTED_DTYPES:
             raise ModelError(f"metadata dtype {self.dtype!r} is not one of {SUPPORTED_DTYPES}")

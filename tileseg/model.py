@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from tileseg.errors import InputNotFoundError, ModelError
+from tileseg.errors import InputNotFoundError, ModelError, log_params
 from tileseg.metadata import (
     ModelMetadata,
     load_metadata,
@@ -29,6 +29,7 @@ from tileseg.metadata import (
     scaling_words,
     unreadable,
 )
+from tileseg.text import counted
 
 logger = logging.getLogger(__name__)
 
@@ -403,8 +404,9 @@ def _checked_metadata(path: Path, metadata: ModelMetadata | None, spec: ModelSpe
         )
     if metadata.num_classes != classes or metadata.in_channels != spec.in_channels:
         raise ModelError(
-            f"{path}: tileseg.json says {metadata.num_classes} classes/{metadata.in_channels} bands "
-            f"but the weights have {classes}/{spec.in_channels}; fix tileseg.json"
+            f"{path}: tileseg.json says {counted(metadata.num_classes, 'class')}/"
+            f"{counted(metadata.in_channels, 'band')} but the weights have "
+            f"{classes}/{spec.in_channels}; fix tileseg.json"
         )
     return _with_scaling(metadata, str(path), raster_dtype, "tileseg.json gives no normalization")
 
@@ -449,14 +451,16 @@ _WARNED: set[tuple[str, str]] = set()
 _WARNED_LOCK = threading.Lock()
 
 
-def warn_once(log: logging.Logger, key: str, message: str, *args: Any) -> None:
+def warn_once(log: logging.Logger, key: str, message: str, *args: Any,
+              params: tuple[str, ...] = ()) -> None:
     """Log a warning once per process for ``key`` (a model loaded by each batch scene or each
-    worker thread would otherwise repeat it)."""
+    worker thread would otherwise repeat it); ``params``: the parameters it names (the CLI
+    shows them as flags)."""
     with _WARNED_LOCK:
         if (key, message) in _WARNED:
             return
         _WARNED.add((key, message))
-    log.warning(message, *args)
+    log.warning(message, *args, extra=log_params(*params))
 
 
 _CACHE: dict[tuple[Any, ...], Any] = {}

@@ -41,6 +41,7 @@ from tileseg.errors import DamagedInputError, InputError, RunError, TilesegError
 from tileseg.grid import Rect, TileGrid
 from tileseg.infer import Runtime, blend_to_mask, infer_chunk_logits, make_runtime
 from tileseg.model import LoadedModel, cached, forget_cached, load_model
+from tileseg.progress import report_tiles
 from tileseg.raster import RasterInfo
 from tileseg.store import zarr_store
 
@@ -232,6 +233,11 @@ class WorkDir:
         """Every chunk marked done, in one directory listing."""
         return _parse_done(p.name for p in self.done.iterdir()) if self.done.is_dir() else set()
 
+    def piece_chunks(self) -> set[tuple[int, int]]:
+        """Every chunk whose piece is saved (its tiles are inferred), in one listing."""
+        return (_parse_done(p.name.removesuffix(".npz") for p in self.pieces.iterdir())
+                if self.pieces.is_dir() else set())
+
     def claim_runtime(self, label: str) -> str:
         """The run's runtime (:meth:`Runtime.label`): ``label`` if no chunk has recorded one
         yet (then recorded, by whichever task gets there first), else the recorded one."""
@@ -365,6 +371,12 @@ class StoreWorkDir:
 
         return _parse_done(list_names(self.root.child("done")))
 
+    def piece_chunks(self) -> set[tuple[int, int]]:
+        """Every chunk whose piece is saved, in one listing."""
+        from tileseg.store import list_names
+
+        return _parse_done(n.removesuffix(".npz") for n in list_names(self.root.child("pieces")))
+
     def claim_runtime(self, label: str) -> str:
         """:meth:`WorkDir.claim_runtime` with a conditional PUT (create only)."""
         from tileseg.store import put_bytes, read_bytes
@@ -487,7 +499,8 @@ def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
     try:
         runtime = job.runtime()
         _check_runtime(job, work, runtime)
-        result = infer_chunk_logits(runtime, job.raster, grid, row, col, run=job.run)
+        result = infer_chunk_logits(runtime, job.raster, grid, row, col, run=job.run,
+                                    on_tiles=lambda n: report_tiles(job.run, (row, col), n))
     except TilesegError as exc:
         if not isinstance(exc, InputError):  # model/config errors: the same for every chunk
             raise

@@ -29,6 +29,7 @@ from tileseg.errors import (
     ModelError,
     OutputError,
     RunError,
+    log_params,
 )
 from tileseg.grid import TileGrid, aligned_overlap
 from tileseg.memory import check_memory
@@ -51,7 +52,7 @@ from tileseg.outputs import (
     zarr_to_geotiff,
 )
 from tileseg.ownership import check_replaceable
-from tileseg.progress import ProgressCallback
+from tileseg.progress import ProgressCallback, listen_tiles
 from tileseg.raster import RasterInfo, is_remote, open_dataset, open_raster, release_datasets
 from tileseg.run_report import RunReport, Tally, Timings, peak_rss_mb
 from tileseg.scheduler import cluster_client, run_graph, scheduler_address
@@ -59,6 +60,7 @@ from tileseg.staging import STAGING_SUFFIX, LocalStaging, Staging  # noqa: F401 
 from tileseg.store import is_store_url
 from tileseg.styles import publish_raster_styles, publish_raster_styles_to_store
 from tileseg.subdatasets import local_file
+from tileseg.text import counted
 
 if TYPE_CHECKING:
     from tileseg.vectorization import VectorizeResult
@@ -103,8 +105,9 @@ def resolve_model(config: PredictConfig, raster: RasterInfo) -> tuple[LoadedMode
         path = str(BUNDLED_MODEL)
         warn_once(
             logger, "bundled-model",
-            "no --model given: using the bundled land-cover model (Landsat, 7 classes; see "
-            "tileseg/models/landcover/MODEL_CARD.md); it suits 30 m Landsat-like scenes only"
+            "no model given: the bundled land-cover one is used (Landsat, 7 classes; see "
+            "tileseg/models/landcover/MODEL_CARD.md); it suits 30 m Landsat-like scenes only",
+            params=("model",),
         )
     model = load_model(path, encoder_output_stride=config.encoder_output_stride,
                        decoder_atrous_rates=config.decoder_atrous_rates, raster_dtype=raster.dtype)
@@ -182,8 +185,9 @@ def clamped_tile_size(config: PredictConfig, raster: RasterInfo, divisor: int = 
     to the model's ``divisor``, so the aligned step still covers it."""
     largest = -(-max(raster.height, raster.width) // divisor) * divisor + config.overlap
     if config.tile_size > largest:
-        logger.info("--tile-size %d is larger than the raster (%d x %d): using %d",
-                    config.tile_size, raster.height, raster.width, largest)
+        logger.info("tile_size %d is larger than the raster (%d x %d): using %d",
+                    config.tile_size, raster.height, raster.width, largest,
+                    extra=log_params("tile_size"))
         return largest
     return config.tile_size
 
@@ -341,7 +345,9 @@ def predict(
         An already loaded model (for in-process runs); by default ``config.model`` is loaded,
         once per worker process.
     progress
-        Called with a :class:`~tileseg.progress.Progress` as chunks finish.
+        Called with a :class:`~tileseg.progress.Progress` as tiles are inferred (after each
+        batch), from the thread that inferred them (or the cluster client's); whatever it
+        raises (``KeyboardInterrupt`` to stop) is raised here once that chunk is saved.
     client
         A ``dask.distributed.Client`` to run on; by default ``config.scheduler`` decides
         (in-process threads when unset).
@@ -380,13 +386,15 @@ def predict(
         mosaic = build_graph(job)
         timings = Timings(started, graph_built=time.perf_counter())
         tally = Tally.for_run(plan, open_work_dir(staging.work_path), progress,
-                              timings.graph_built)
-        logger.info("%d tiles in %d chunks (%d already done); graph of %d tasks",
-                    plan.grid.num_tiles, plan.grid.num_chunks, tally.chunks_done_before,
-                    len(mosaic.graph))
+                              timings.graph_built, resuming=config.resume)
+        logger.info("%s in %s (%d already done); graph of %s",
+                    counted(plan.grid.num_tiles, "tile"), counted(plan.grid.num_chunks, "chunk"),
+                    tally.chunks_done_before, counted(len(mosaic.graph), "task"))
         try:
-            run_graph(mosaic, config.scheduler, config.workers, tally.on_result,
-                      client=run_client, device=config.device)
+            # tiles count as they are inferred, not when their chunk is written: the bar moves
+            with listen_tiles(job.run, tally.on_tiles, run_client):
+                run_graph(mosaic, config.scheduler, config.workers, tally.on_result,
+                          client=run_client, device=config.device)
         finally:  # worker processes close theirs when idle (tileseg.raster._DatasetPool)
             release_datasets(job.run)
         timings.computed, timings.rss_compute_mb = time.perf_counter(), peak_rss_mb()

@@ -37,6 +37,7 @@ from tileseg.raster import is_remote, open_dataset
 from tileseg.store import is_store_url, zarr_store
 from tileseg.styles import legend_for, mask_legend
 from tileseg.subdatasets import raster_exists
+from tileseg.text import counted
 
 logger = logging.getLogger(__name__)
 
@@ -429,7 +430,8 @@ def pick_bands(src: Any, bands: tuple[int, ...] | None) -> tuple[int, ...]:
     three, else band 1 (shown grey)."""
     if bands:
         if max(bands) > src.count:
-            raise ConfigError(f"{src.name}: has {src.count} bands; bands {bands} is out of range",
+            raise ConfigError(f"{src.name}: has {counted(src.count, 'band')}; bands {bands} is out "
+                              "of range",
                               params=("bands",))
         return bands
     interp = list(src.colorinterp)

@@ -22,6 +22,7 @@ from rasterio.windows import Window
 from tileseg.errors import InputError, InputNotFoundError
 from tileseg.grid import Rect
 from tileseg.metadata import SUPPORTED_DTYPES
+from tileseg.text import counted
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +152,8 @@ def _describe(
     indexes = tuple(bands) if bands else tuple(src.indexes)
     bad = [b for b in indexes if not 1 <= b <= src.count]
     if bad:
-        raise InputError(f"{path}: has {src.count} bands, bands {bad} out of range (1-based)",
+        raise InputError(f"{path}: has {counted(src.count, 'band')}, bands {bad} out of range "
+                         "(1-based)",
                          params=("bands",))
     dtypes = {src.dtypes[i - 1] for i in indexes}
     if len(dtypes) > 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import resource
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,49 +24,88 @@ RESOLVED_KEYS = ("device", "precision", "batch_size")
 
 @dataclass
 class Tally:
-    """Counts of a run, updated from each task's small result dict as tasks finish."""
+    """Counts of a run, updated from each task's small result dict as tasks finish, and the
+    progress of its tiles, counted as they are inferred (see :meth:`on_tiles`)."""
 
     tile_counts: dict[tuple[int, int], int]
     num_tiles: int
-    done_before: int  # tiles of chunks an interrupted run finished: progress counts them, its rate does not
+    done_before: int  # tiles an interrupted run inferred: progress counts them, its rate does not
     chunks_done_before: int
     progress: ProgressCallback | None
     clock_start: float  # progress rates count from here (the graph built)
     tiles: int = 0
     skipped: int = 0
-    done_tiles: int = 0
     reused_chunks: int = 0
     reused_tiles: int = 0
     resolved: dict[str, set[Any]] = field(default_factory=lambda: {k: set() for k in RESOLVED_KEYS})
     engines: set[str] = field(default_factory=set)  # as the workers resolved --engine
     runtimes: set[str] = field(default_factory=set)  # Runtime.label of every chunk, reused too
+    counted: dict[tuple[int, int], int] = field(default_factory=dict)  # tiles shown, per chunk
+    done_tiles: int = 0  # their sum: what progress shows
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _pending: BaseException | None = None  # what the progress callback raised in a task thread
 
     @classmethod
     def for_run(cls, plan: Plan, work: WorkDir | StoreWorkDir, progress: ProgressCallback | None,
-                clock_start: float) -> Tally:
+                clock_start: float, *, resuming: bool = False) -> Tally:
+        """The tally of a run; ``resuming``: also list the chunks an interrupted run inferred
+        without finishing them (one more listing), which progress counts as done before."""
         grid = plan.grid
         counts = {(r, c): len(grid.chunk_tiles_of(r, c)) for r, c in grid.chunks()}
         finished = work.done_chunks()  # one listing, not a request per chunk (N HEADs on a store)
-        done = [rc for rc in counts if rc in finished]
-        return cls(counts, grid.num_tiles, sum(counts[rc] for rc in done), len(done), progress,
-                   clock_start)
+        saved = work.piece_chunks() if resuming else set()
+        before = {rc: n for rc, n in counts.items() if rc in finished or rc in saved}
+        done_before = sum(before.values())
+        return cls(counts, grid.num_tiles, done_before, len(finished & counts.keys()), progress,
+                   clock_start, counted=before, done_tiles=done_before)
+
+    def on_tiles(self, chunk: tuple[int, int], tiles: int) -> None:
+        """``tiles`` of ``chunk`` are inferred so far: called from the task's thread (or a
+        client's event loop) while the chunk is in flight. Whatever the progress callback
+        raises here (a KeyboardInterrupt to stop the run) is raised in the run's own thread
+        when the next task finishes, so the chunk in flight still saves its work."""
+        try:
+            self._count(chunk, tiles)
+        except BaseException as exc:  # noqa: BLE001
+            with self._lock:
+                self._pending = self._pending or exc
 
     def on_result(self, result: dict[str, Any], kind: str) -> None:
-        if kind == "infer":
-            self.tiles += result["tiles"]
-            self.skipped += result["skipped"]
-            if result.get("reused"):
-                self.reused_chunks += 1
-                self.reused_tiles += result.get("reused_tiles", 0)
-            for key, values in self.resolved.items():  # what the workers really used
-                if key in result:
-                    values.add(result[key])
-            if "engine" in result:
-                self.engines.add(result["engine"])
-            if result.get("runtime"):
-                self.runtimes.add(result["runtime"])
-        else:
-            self.done_tiles += self.tile_counts[tuple(result["chunk"])]  # type: ignore[index]
+        self._raise_pending()
+        if kind != "infer":
+            return
+        self.tiles += result["tiles"]
+        self.skipped += result["skipped"]
+        if result.get("reused"):
+            self.reused_chunks += 1
+            self.reused_tiles += result.get("reused_tiles", 0)
+        for key, values in self.resolved.items():  # what the workers really used
+            if key in result:
+                values.add(result[key])
+        if "engine" in result:
+            self.engines.add(result["engine"])
+        if result.get("runtime"):
+            self.runtimes.add(result["runtime"])
+        chunk = tuple(result["chunk"])
+        # the whole chunk now: its inferred tiles, those skipped as nodata, or all, reused
+        self._count(chunk, self.tile_counts[chunk])  # type: ignore[index]
+
+    def _raise_pending(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            raise pending
+
+    def _count(self, chunk: tuple[int, int], tiles: int) -> None:
+        with self._lock:
+            if self._pending is not None:
+                return
+            tiles = min(tiles, self.tile_counts.get(chunk, 0))
+            before = self.counted.get(chunk, 0)
+            if tiles <= before:  # reports may arrive late or twice (a retried task): never back
+                return
+            self.counted[chunk] = tiles
+            self.done_tiles += tiles - before
             if self.progress is not None:
                 self.progress(Progress(self.done_tiles, self.num_tiles,
                                        time.perf_counter() - self.clock_start,

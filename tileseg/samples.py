@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -310,19 +311,23 @@ def _run_pip(cmd: list[str], env: dict[str, str], sample: Sample, work: Path,
     for thread in readers:
         thread.start()
     last = -1
-    while True:
-        finished = proc.poll() is not None
-        if progress is not None and not finished:
-            # pip moves the finished file away: keep the largest size seen
-            done = sum(f.stat().st_size for f in work.glob("pip-unpack-*/*")
-                       if f.is_file() and ours(f.name))
-            if done > last:
-                last = done
-                progress(Progress(done, max(total[0], done), time.monotonic() - started,
-                                  unit="bytes"))
-        if finished:
-            break
-        time.sleep(0.2)
+    try:
+        while True:
+            finished = proc.poll() is not None
+            if progress is not None and not finished:
+                # pip moves the finished file away: keep the largest size seen
+                done = _unpacking_bytes(work, ours)
+                if done > last:
+                    last = done
+                    progress(Progress(done, max(total[0], done), time.monotonic() - started,
+                                      unit="bytes"))
+            if finished:
+                break
+            time.sleep(0.2)
+    except BaseException:  # Ctrl-C, or the callback failed: pip must not go on without us
+        proc.kill()
+        proc.wait()
+        raise
     for thread in readers:
         thread.join()
     if progress is not None and proc.returncode == 0:
@@ -331,6 +336,31 @@ def _run_pip(cmd: list[str], env: dict[str, str], sample: Sample, work: Path,
             size = files[0].stat().st_size
             progress(Progress(size, size, time.monotonic() - started, unit="bytes"))
     return proc.returncode, "".join(stderr)
+
+
+def _unpacking_bytes(work: Path, ours: Callable[[str], bool]) -> int:
+    """Bytes of our archive in pip's ``pip-unpack-*`` folders under ``work`` right now.
+
+    pip creates and deletes those folders and files while this looks (one per download, the
+    build backend's wheels of an sdist too, and the archive is moved away when complete): a
+    folder or file gone between listing it and looking inside counts as nothing, never as an
+    error (it used to fail the download as "cannot run pip").
+    """
+    done = 0
+    try:
+        with os.scandir(work) as entries:
+            folders = [e.path for e in entries if e.name.startswith("pip-unpack-")]
+    except OSError:
+        return 0
+    for folder in folders:
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if ours(entry.name) and entry.is_file(follow_symlinks=False):
+                        done += entry.stat(follow_symlinks=False).st_size
+        except OSError:  # removed (or emptied) by pip meanwhile
+            continue
+    return done
 
 
 def _extract(sample: Sample, archive: Path, dst: Path, *, verify: bool = True) -> None:

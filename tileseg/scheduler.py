@@ -80,7 +80,8 @@ def run_graph(
         if cluster is not None and device != "cpu":
             gpus = gpu_workers(cluster)
             if gpus:
-                logger.info("%d workers advertise a GPU: each infer task requests GPU=1", gpus)
+                logger.info("%s a GPU: each infer task requests GPU=1",
+                            "1 worker advertises" if gpus == 1 else f"{gpus} workers advertise")
                 infer_resources = {"GPU": 1}
         run_tasks(mosaic.graph, [(mosaic.infer_keys, infer_resources),
                                  (mosaic.finalize_keys, None)],

@@ -28,7 +28,9 @@ from typing import Any
 
 from tileseg.batch import BatchConfig, SceneResult, default_summary_path, run_manifest
 from tileseg.errors import ConfigError, DependencyError, RunError, TilesegError, flagged_message
+from tileseg.logs import flag_handlers, quiet_libraries, route_warnings
 from tileseg.scheduler import SCHEDULER_ENV
+from tileseg.text import counted
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # dask's scheduler, nanny and client log every start, connection and shutdown at INFO (some
+    # 30 lines a run): a job's log keeps their warnings and errors, and tileseg's own lines
+    quiet_libraries(logging.WARNING)
+    flag_handlers()
+    route_warnings(logger)
     defaults = {k: v for k, v in dict(model=args.model, device=args.device,
                                       tile_size=args.tile_size, overlap=args.overlap,
                                       batch_size=args.batch_size,
@@ -173,13 +180,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Error: {flagged_message(exc)}", file=sys.stderr)
             return exc.exit_code
     counts = ", ".join(f"{n} {status}" for status, n in result.counts().items() if n)
-    print(f"{len(result.scenes)} scenes: {counts} in {result.seconds:.1f} s; summary "
+    print(f"{counted(len(result.scenes), 'scene')}: {counts} in {result.seconds:.1f} s; summary "
           f"{result.summary}", file=sys.stderr)
     return 0 if result.ok else 5
 
 
 def _log_scene(scene: object, result: SceneResult) -> None:
-    detail = result.error or f"{result.tiles_inferred}/{result.tiles_total} tiles"
+    detail = result.error or f"{result.tiles_inferred}/{counted(result.tiles_total, 'tile')}"
     print(f"{result.status:9} {result.dst} ({detail}, {result.seconds:.1f} s)", file=sys.stderr)
 
 

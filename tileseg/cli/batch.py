@@ -9,6 +9,7 @@ import click
 from tileseg.blend import WINDOWS
 from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
 from tileseg.cli.options import int_list, scheduler_option
+from tileseg.text import counted
 
 EPILOG = """\b
 Examples:
@@ -38,7 +39,8 @@ SUMMARY.previews/), its status, tiles, time and area per class.
 @click.option("--suffix", default="_mask.tif", show_default=True,
               help="Destination name <src stem><suffix> (.tif, .zarr...).")
 @click.option("--summary", type=click.Path(dir_okay=False),
-              help="JSON summary path, a CSV beside it. Default: MANIFEST's name + .summary.json "
+              help="JSON summary path, a CSV beside it. Default: MANIFEST's file name + "
+              ".summary.json (scenes.csv.summary.json) "
               "beside MANIFEST, or under --output-dir when that is an s3:// prefix.")
 @click.option("--model", "-m", help="Default model directory (a scene's model overrides it).")
 @click.option("--bands", callback=int_list, help="Default 1-based bands, e.g. 4,3,2.")
@@ -47,20 +49,23 @@ SUMMARY.previews/), its status, tiles, time and area per class.
 @click.option("--chunk-size", type=int, help="Default chunk side in pixels.")
 @click.option("--blend", type=click.Choice(sorted(WINDOWS)), help="Default blend window.")
 @click.option("--device", help="auto, cpu, cuda, cuda:N (on the workers).")
-@click.option("--batch-size", type=int, help="Tiles per batch.")
+@click.option("--batch-size", type=int,
+              help="Tiles per batch (default: 4 on a CPU; on a GPU, from its memory).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]))
 @click.option("--probabilities", type=click.Choice(["none", "uint8", "float16"]))
 @click.option("--engine", type=click.Choice(["auto", "torch", "onnxruntime"]),
               help="Default inference engine (auto: ONNX Runtime on the CPU when installed).")
 @scheduler_option(
               help="threads (default), sync, or a dask.distributed address shared by all scenes.")
-@click.option("--workers", type=int, help="Threads of the in-process scheduler.")
+@click.option("--workers", type=int,
+              help="Threads of the in-process scheduler (default: 1 on a CPU, 2 on a GPU).")
 @click.option("--concurrent-scenes", type=int, default=1, show_default=True,
               help="Scenes in flight at once (keeps a big cluster busy between scenes).")
 @click.option("--no-previews", is_flag=True,
               help="Skip the scenes' thumbnails and class areas on the summary's HTML page.")
 @verbosity_options
-@handle_errors
+@handle_errors(stopped="run the same command again to continue: finished scenes are skipped, "
+               "the interrupted one resumed")
 def command(manifest: str, output_dir: str | None, suffix: str, summary: str | None,
             model: str | None, bands: tuple[int, ...] | None, tile_size: int | None,
             overlap: int | None, chunk_size: int | None, blend: str | None, device: str | None,
@@ -86,14 +91,17 @@ def command(manifest: str, output_dir: str | None, suffix: str, summary: str | N
     def echo(scene: object, result: SceneResult) -> None:
         if quiet:
             return
-        detail = (f"{result.tiles_inferred}/{result.tiles_total} tiles, {result.seconds:.1f} s"
-                  if result.status in ("succeeded", "resumed") else result.error)
+        figures = (f"{result.tiles_inferred}/{counted(result.tiles_total, 'tile')}, "
+                   f"{result.seconds:.1f} s")
+        detail = figures if result.status in ("succeeded", "resumed") else result.error
+        if result.status == "skipped" and result.tiles_total:  # figures of the earlier run
+            detail = f"done earlier: {figures}"
         click.echo(f"{result.status:9} {result.dst}" + (f"  ({detail})" if detail else ""),
                    err=True)
 
     result = run_manifest(manifest, config, on_scene=echo)
     if not quiet:
         counts = ", ".join(f"{n} {status}" for status, n in result.counts().items() if n)
-        click.echo(f"{len(result.scenes)} scenes: {counts} in {result.seconds:.1f} s; "
+        click.echo(f"{counted(len(result.scenes), 'scene')}: {counts} in {result.seconds:.1f} s; "
                    f"summary {result.summary} (and .csv, .html)", err=True)
     result.raise_for_failures()

@@ -9,25 +9,18 @@ import os
 import signal
 import sys
 import threading
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import click
 
-import tileseg
 from tileseg.cli.options import cli_message, verbosity_options  # noqa: F401 (re-exported)
 from tileseg.errors import InputError, TilesegError
+from tileseg.logs import flag_handlers, quiet_libraries, route_warnings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 logger = logging.getLogger("tileseg.cli")
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(tileseg.__file__)) + os.sep
-
-# Libraries that talk through logging or warnings about things tileseg already checks or that are
-# not the user's business (GDAL's notices, pyogrio's driver remarks, dask's shutdown chatter):
-# shown with -v, never on their own.
-_CHATTY = ("rasterio", "pyogrio", "fiona", "distributed", "fsspec", "urllib3", "numcodecs", "zarr")
 
 
 def configure_logging(verbose: int, quiet: bool) -> None:
@@ -41,18 +34,13 @@ def configure_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(
         level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True
     )
-    for name in _CHATTY:
-        logging.getLogger(name).setLevel(logging.WARNING if verbose else logging.CRITICAL)
+    # libraries' logging (GDAL's notices, pyogrio's driver remarks, dask's shutdown chatter):
+    # shown with -v, never on their own
+    quiet_libraries(logging.WARNING if verbose else logging.CRITICAL)
+    flag_handlers()  # "tile_size 600 is larger than the raster" says --tile-size here
     # A Python warning prints two lines (where it was raised, and the source line); as a log
     # record it is one, and one from a library shows only with -v.
-    warnings.showwarning = _log_warning
-
-
-def _log_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                 file: Any = None, line: str | None = None) -> None:
-    text = str(message).strip().splitlines()[0] if str(message).strip() else category.__name__
-    own = os.path.abspath(filename).startswith(_PACKAGE_DIR)
-    logger.log(logging.WARNING if own else logging.INFO, "%s: %s", category.__name__, text)
+    route_warnings(logger)
 
 
 class Terminated(KeyboardInterrupt):
@@ -84,13 +72,21 @@ def printable(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def handle_errors(func: F) -> F:
+# What a stopped command left, and what continues it: only predict has --resume.
+STOPPED_HINT = "the output was not completed; run the command again"
+RESUME_HINT = "the output was not completed (use --resume to continue)"
+
+
+def handle_errors(func: F | None = None, *, stopped: str = STOPPED_HINT) -> Any:
     """Turn a TilesegError into ``Error: message`` on stderr and its exit code; no traceback.
 
     A missing dependency becomes a DependencyError (exit 6) naming the package, and a file name
     GDAL cannot take (not valid UTF-8) an input error, whichever library call found it.
-    Ctrl-C exits 130 and SIGTERM 143 (128 + the signal), each with one line.
+    Ctrl-C exits 130 and SIGTERM 143 (128 + the signal), each with one line that says what
+    continues the command (``stopped``; use as ``@handle_errors(stopped=...)``).
     """
+    if func is None:
+        return functools.partial(handle_errors, stopped=stopped)
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -129,9 +125,8 @@ def handle_errors(func: F) -> F:
                       else "a folder this command writes")
             _fail(disk_full_error(folder, resumable=False))
         except KeyboardInterrupt as exc:
-            stopped = "Terminated (SIGTERM)" if isinstance(exc, Terminated) else "Interrupted"
-            click.echo(f"{stopped}; the output was not completed (use --resume to continue).",
-                       err=True)
+            how = "Terminated (SIGTERM)" if isinstance(exc, Terminated) else "Interrupted"
+            click.echo(f"{how}; {stopped}.", err=True)
             sys.exit(143 if isinstance(exc, Terminated) else 130)
 
     return wrapper  # type: ignore[return-value]

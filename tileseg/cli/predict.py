@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from tileseg.blend import WINDOWS, BlendName
-from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
+from tileseg.cli.common import RESUME_HINT, configure_logging, handle_errors, verbosity_options
 from tileseg.cli.options import int_list, overwrite_option, scheduler_option
 from tileseg.cli.render import ProgressBar
 from tileseg.config import (
@@ -19,6 +19,7 @@ from tileseg.config import (
     PredictConfig,
     ProbabilityMode,
 )
+from tileseg.text import counted
 
 if TYPE_CHECKING:
     from tileseg.pipeline import PredictResult
@@ -59,7 +60,8 @@ Examples:
 @click.option("--blend", type=click.Choice(sorted(WINDOWS)), default="hann", show_default=True,
               help="Weight window for blending overlapping logits.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option("--batch-size", type=int, help="Tiles per batch (default: from device memory).")
+@click.option("--batch-size", type=int,
+              help="Tiles per batch (default: 4 on a CPU; on a GPU, from its memory).")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
               show_default=True, help="auto: bf16 autocast on GPU, fp32 on CPU.")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the model.")
@@ -74,14 +76,16 @@ Examples:
 @overwrite_option()
 @click.option("--resume", is_flag=True, help="Continue an interrupted run of the same job.")
 @scheduler_option()
-@click.option("--workers", type=int, help="Threads of the in-process scheduler (default 2).")
+@click.option("--workers", type=int,
+              help="Threads of the in-process scheduler, chunk tasks in flight (default: 1 on a "
+              "CPU, where they share the cores; 2 on a GPU).")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write a JSON run report here.")
 @click.option("--vectorize", help="Also write polygons here (.gpkg, .parquet, .geojson, .fgb).")
 @click.option("--preview", type=click.Path(dir_okay=False),
               help="Also draw a PNG quicklook here: the classes over SRC, with a legend of "
               "class areas (see tileseg preview).")
 @verbosity_options
-@handle_errors
+@handle_errors(stopped=RESUME_HINT)
 def command(src: str, dst: str | None, model: str | None, fmt: OutputFormat | None,
             zarr_path: str | None,
             bands: tuple[int, ...] | None, nodata: float | None, allow_no_crs: bool,
@@ -125,7 +129,8 @@ def command(src: str, dst: str | None, model: str | None, fmt: OutputFormat | No
         click.echo(summary_line(result), err=True)
         polygons = result.report.get("vectorize")
         if polygons:
-            click.echo(f"{polygons['dst']}: {polygons['features']} polygons", err=True)
+            click.echo(f"{polygons['dst']}: {counted(polygons['features'], 'polygon')}",
+                       err=True)
         if result.report.get("preview"):
             click.echo(f"{result.report['preview']['path']}: preview", err=True)
 
@@ -142,14 +147,16 @@ def summary_line(result: PredictResult) -> str:
     batch = report.get("batch_size")
     ran_on = ", ".join(str(v) for v in (report.get("device"), report.get("precision"))
                        if v is not None)
-    line = (f"{result.dst}: {result.tiles_inferred} tiles inferred in {shown} s "
+    engine = report.get("engine")
+    line = (f"{result.dst}: {counted(result.tiles_inferred, 'tile')} inferred in {shown} s "
             f"({rate:.1f} tiles/s on {ran_on or 'the cluster'}"
-            f"{f', batch {batch}' if batch else ''})")
+            f"{f', batch {batch}' if batch else ''}{f', engine {engine}' if engine else ''})")
     extra = []
     if result.tiles_skipped_nodata:
-        extra.append(f"{result.tiles_skipped_nodata} nodata tiles skipped")
+        extra.append(f"{counted(result.tiles_skipped_nodata, 'nodata tile')} skipped")
     if report.get("tiles_reused"):
-        extra.append(f"{report['tiles_reused']} tiles of {report['chunks_resumed']} chunks "
-                     "reused from the interrupted run")
+        extra.append(f"{counted(report['tiles_reused'], 'tile')} of "
+                     f"{counted(report['chunks_resumed'], 'chunk')} reused from the interrupted "
+                     "run")
     extra.append(f"{result.seconds:.1f} s in all")
     return f"{line}; {'; '.join(extra)}"

@@ -8,6 +8,7 @@ import click
 
 from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
 from tileseg.cli.options import int_list
+from tileseg.text import counted
 
 EPILOG = """\b
 Examples:
@@ -57,7 +58,7 @@ def command(mask: str, output: str | None, over: str | None, bands: tuple[int, .
     result = make_preview(mask, dst, config)
     if not quiet:
         click.echo(f"{result.path}: {result.width}x{result.height} px, "
-                   f"{len(result.areas)} classes", err=True)
+                   f"{counted(len(result.areas), 'class')}", err=True)
 
 
 def _beside(mask: str, suffix: str) -> str:

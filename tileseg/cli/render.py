@@ -10,7 +10,8 @@ import click
 from tileseg.progress import Progress
 
 
-def _clock(seconds: float | None) -> str:
+def clock(seconds: float | None) -> str:
+    """Seconds as [h:]mm:ss, "--:--" when unknown."""
     if seconds is None:
         return "--:--"
     seconds = int(seconds)
@@ -43,7 +44,7 @@ class ProgressBar:
         else:
             counts, rate, unit = f"{event.done}/{event.total} {event.unit}", event.rate, event.unit
         click.echo(
-            f"\r{self.label} [{bar}] {counts} {rate:6.1f} {unit}/s ETA {_clock(event.eta)}",
+            f"\r{self.label} [{bar}] {counts} {rate:6.1f} {unit}/s ETA {clock(event.eta)}",
             err=True, nl=False,
         )
         self._shown = True

@@ -9,6 +9,7 @@ import click
 
 from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
 from tileseg.cli.options import int_list, overwrite_option
+from tileseg.cli.render import clock
 
 EPILOG = """\b
 Examples:
@@ -48,7 +49,9 @@ def _float_pair(ctx: click.Context, param: click.Parameter,
 
 
 class _Renderer:
-    """One line per epoch with loss and holdout metrics; a live step line on a terminal."""
+    """One line per epoch with loss and holdout metrics, and within an epoch the steps with an
+    estimate of the time left: a live line on a terminal, else a line at the first step and
+    at each tenth of the epoch (an epoch of a CPU run takes minutes)."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
@@ -57,16 +60,28 @@ class _Renderer:
     def __call__(self, event: Any) -> None:
         if self.quiet:
             return
+        left = f", about {clock(event.eta)} left" if event.eta is not None else ""
         if event.kind == "step":
+            line = (f"epoch {event.epoch}/{event.epochs} step {event.step}/{event.steps} loss "
+                    f"{event.loss:.4f} [{event.seconds:.0f} s{left}]")
             if self.tty:
-                click.echo(f"\repoch {event.epoch}/{event.epochs} step {event.step}/{event.steps}"
-                           f" loss {event.loss:.4f} [{event.seconds:.0f} s]", nl=False, err=True)
+                click.echo(f"\r{line}", nl=False, err=True)
+            elif _tenth(event.step, event.steps):
+                click.echo(line, err=True)
             return
         m = event.metrics
         prefix = "\r" if self.tty else ""
+        left = left if event.epoch < event.epochs else ""
         click.echo(f"{prefix}epoch {event.epoch}/{event.epochs} loss {event.loss:.4f} holdout "
                    f"mIoU {m.mean_iou:.4f} pixel acc {m.pixel_accuracy:.4f} "
-                   f"[{event.seconds:.0f} s]{' best, saved' if event.best else ''}", err=True)
+                   f"[{event.seconds:.0f} s{left}]{' best, saved' if event.best else ''}",
+                   err=True)
+
+
+def _tenth(step: int, steps: int) -> bool:
+    """The first step of an epoch, and each step that completes another tenth of it (not the
+    last: the epoch's own line follows)."""
+    return step < steps and (step == 1 or step * 10 // steps != (step - 1) * 10 // steps)
 
 
 @click.command(epilog=EPILOG)
@@ -124,7 +139,9 @@ class _Renderer:
 @click.option("--description", default="", help="Model description stored in metadata.")
 @overwrite_option("Replace an existing model directory.")
 @verbosity_options
-@handle_errors
+@handle_errors(stopped="train has no --resume: --out keeps the best epoch saved so far, if one "
+               "finished (predict can use it); run the command again with --overwrite to "
+               "start over")
 def command(image: str, labels: str, out_dir: str, classes: tuple[str, ...],
             class_values: tuple[int, ...] | None, colors: tuple[tuple[int, int, int], ...] | None,
             class_attribute: str | None, background_class: int | None,

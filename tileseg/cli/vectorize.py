@@ -9,6 +9,7 @@ import click
 from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
 from tileseg.cli.options import int_list, overwrite_option, scheduler_option
 from tileseg.cli.render import ProgressBar
+from tileseg.text import counted
 
 EPILOG = """\b
 Examples:
@@ -41,7 +42,8 @@ Examples:
               "neighbours keep a shared border (0: exact pixel edges).")
 @click.option("--to-crs", help="Reproject the polygons, e.g. EPSG:4326 (area stays in the "
               "mask's CRS units). Default: the mask's CRS, except GeoJSON, which is written in "
-              "OGC:CRS84 longitude/latitude as RFC 7946 requires.")
+              "OGC:CRS84 longitude/latitude as RFC 7946 requires; GeoJSON in another CRS "
+              "names its EPSG code (a CRS without one: use .gpkg, .fgb or .parquet).")
 @click.option("--allow-no-crs", is_flag=True,
               help="Accept a mask without CRS (polygons in its transform units).")
 @click.option("--no-probabilities", is_flag=True,
@@ -94,5 +96,5 @@ def command(mask: str, dst: str | None, classes: tuple[int, ...] | None,
         bar.close()
     if not quiet:
         per_class = ", ".join(f"{result.class_names[c]}: {n}" for c, n in result.counts.items())
-        click.echo(f"{result.dst}: {result.features} polygons ({per_class or 'none'}) from "
-                   f"{result.chunks} chunks in {result.seconds:.1f} s", err=True)
+        click.echo(f"{result.dst}: {counted(result.features, 'polygon')} ({per_class or 'none'}) "
+                   f"from {counted(result.chunks, 'chunk')} in {result.seconds:.1f} s", err=True)

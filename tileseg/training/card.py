@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tileseg.metadata import ModelMetadata
 from tileseg.metrics import SegmentationMetrics
+from tileseg.text import counted
 from tileseg.training.result import TrainResult
 
 CARD_FILENAME = "MODEL_CARD.md"
@@ -39,7 +40,7 @@ def _selection_note(result: TrainResult) -> str:
         return ""
     last = history[-1]
     values = [h["val_mean_iou"] for h in history]
-    return (f"\nThe model is the best of {len(history)} epochs by holdout mIoU, so its holdout "
+    return (f"\nThe model is the best of {counted(len(history), 'epoch')} by holdout mIoU, so its holdout "
             "score is the maximum over a noisy curve and somewhat optimistic: the last epoch "
             f"scored {last['val_mean_iou']:.3f}, and the epochs ranged "
             f"{min(values):.3f}-{max(values):.3f} "
@@ -67,12 +68,13 @@ def write_model_card(out_dir: str | Path, result: TrainResult, metadata: ModelMe
         + (f" (attribute `{s['class_attribute']}`)" if s["class_attribute"] else "")
         for s in r["sources"])
     norm = metadata.normalization
+    schedule = f"{counted(r['epochs'], 'epoch')} x {counted(r['steps_per_epoch'], 'step')}"
     text = f"""# {title or 'Model card: ' + r['architecture'] + ' / ' + r['encoder_name']}
 
 {metadata.description}
 
 ## Inputs and outputs
-- {metadata.in_channels} bands: {', '.join(metadata.bands)}; dtype `{metadata.dtype}`;
+- {counted(metadata.in_channels, 'band')}: {', '.join(metadata.bands)}; dtype `{metadata.dtype}`;
   GSD {metadata.gsd if metadata.gsd is not None else 'unknown'} (CRS units).
 - Normalization (from the training pixels, stored in `tileseg.json`):
   `x_norm = (x * scale + offset - mean) / std` with mean {[round(v, 3) for v in norm.mean]},
@@ -98,7 +100,7 @@ Random crops are drawn only from the training regions
 - Random {r['crop_size']}x{r['crop_size']} crops read by window, random scale
   {r['scale_range'][0]}-{r['scale_range'][1]} (log-uniform), flips: {r['flips']}.
 - {r['loss']}.
-- {r['optimizer']}; batch {r['batch_size']}, {r['epochs']} epochs x {r['steps_per_epoch']} steps;
+- {r['optimizer']}; batch {r['batch_size']}, {schedule};
   seed {r['seed']}; device {r['device']}, mixed precision {r['amp']}.
 - Best validation epoch: {result.best_epoch} (of {r['epochs']}); training took
   {result.seconds / 60:.1f} min.

@@ -7,6 +7,7 @@ from typing import Literal
 
 from tileseg.errors import ConfigError, ModelError
 from tileseg.model import ARCHITECTURES, canonical_architecture
+from tileseg.text import counted
 
 HoldoutSide = Literal["left", "right", "top", "bottom"]
 Flips = Literal["none", "lr", "dihedral"]
@@ -103,12 +104,12 @@ class TrainConfig:
         if n >= IGNORE_INDEX:
             raise ConfigError(f"at most {IGNORE_INDEX - 1} classes are supported")
         if self.class_colors and len(self.class_colors) != n:
-            raise ConfigError(f"{len(self.class_colors)} colours for {n} classes; give one each")
+            raise ConfigError(f"{counted(len(self.class_colors), 'colour')} for "
+                              f"{counted(n, 'class')}; give one each")
         if self.class_values is not None:
             if len(self.class_values) != n:
-                raise ConfigError(
-                    f"{len(self.class_values)} class values for {n} classes; give one per class"
-                )
+                raise ConfigError(f"{counted(len(self.class_values), 'class value')} for "
+                                  f"{counted(n, 'class')}; give one per class")
             if len(set(self.class_values)) != n:
                 raise ConfigError("class values must be distinct")
         if self.background_class is not None and not 0 <= self.background_class < n:

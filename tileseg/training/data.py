@@ -20,6 +20,7 @@ from rasterio.windows import Window
 from tileseg.errors import InputError, InputNotFoundError
 from tileseg.raster import check_aligned
 from tileseg.subdatasets import raster_exists
+from tileseg.text import counted
 from tileseg.training.config import IGNORE_INDEX, Holdout, TrainConfig, TrainSource
 
 logger = logging.getLogger(__name__)
@@ -174,8 +175,8 @@ class Source:
         img = self.image
         self.indexes = tuple(spec.indexes) if spec.indexes else tuple(range(1, img.count + 1))
         if max(self.indexes) > img.count:
-            raise InputError(f"{spec.image}: has {img.count} bands; indexes {self.indexes} is "
-                             "out of range", params=("indexes",))
+            raise InputError(f"{spec.image}: has {counted(img.count, 'band')}; indexes "
+                             f"{self.indexes} is out of range", params=("indexes",))
         self.height, self.width = img.height, img.width
         self.transform = img.transform
         self.crs = img.crs

@@ -53,9 +53,24 @@ class TrainEvent:
     seconds: float
     metrics: SegmentationMetrics | None = None
     best: bool = False
+    eta: float | None = None  # estimated seconds left in the run (steps and validations)
 
 
 TrainCallback = Callable[[TrainEvent], None]
+
+
+@dataclass
+class _Clock:
+    """When the first step started and how many steps there are: the time the steps done so
+    far took (their epochs' validations included) estimates the time the rest will take."""
+
+    started: float
+    total_steps: int
+    steps_per_epoch: int
+
+    def eta(self, epoch: int, step: int) -> float:
+        done = (epoch - 1) * self.steps_per_epoch + step
+        return (time.perf_counter() - self.started) / done * (self.total_steps - done)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -324,8 +339,11 @@ def _run(config: TrainConfig, sources: list[Source], out_dir: Path, device: torc
     best: tuple[float, int, SegmentationMetrics] | None = None
     best_state: dict[str, torch.Tensor] | None = None
     history: list[dict[str, float]] = []
+    clock = _Clock(time.perf_counter(), config.epochs * config.steps_per_epoch,
+                   config.steps_per_epoch)
     for epoch in range(1, config.epochs + 1):
-        losses = _train_epoch(config, net, opt, sampler, weight, device, epoch, start, progress)
+        losses = _train_epoch(config, net, opt, sampler, weight, device, epoch, start, progress,
+                              clock)
         cm = validate(net.model, val_sources, val_regions, coefficients, config.num_classes,
                       config.crop_size, net.divisor, device)
         metrics = compute_metrics(cm)
@@ -347,7 +365,8 @@ def _run(config: TrainConfig, sources: list[Source], out_dir: Path, device: torc
         if progress is not None:
             progress(TrainEvent("epoch", epoch, config.epochs, config.steps_per_epoch,
                                 config.steps_per_epoch, record["loss"],
-                                time.perf_counter() - start, metrics, improved))
+                                time.perf_counter() - start, metrics, improved,
+                                clock.eta(epoch, config.steps_per_epoch)))
     if val_sources is not sources:
         for s in val_sources:
             s.close()
@@ -451,7 +470,7 @@ def _check_crop_size(config: TrainConfig, net: _Network) -> None:
 
 def _train_epoch(config: TrainConfig, net: _Network, opt: _Optimization, sampler: CropSampler,
                  weight: torch.Tensor | None, device: torch.device, epoch: int, start: float,
-                 progress: TrainCallback | None) -> list[float]:
+                 progress: TrainCallback | None, clock: _Clock) -> list[float]:
     """One epoch of optimizer steps; the loss of each step."""
     net.train()
     losses = []
@@ -476,7 +495,7 @@ def _train_epoch(config: TrainConfig, net: _Network, opt: _Optimization, sampler
         losses.append(value)
         if progress is not None:
             progress(TrainEvent("step", epoch, config.epochs, step, config.steps_per_epoch,
-                                value, time.perf_counter() - start))
+                                value, time.perf_counter() - start, eta=clock.eta(epoch, step)))
     return losses
 
 

@@ -14,12 +14,13 @@ from typing import Any, Literal
 import numpy as np
 import shapely
 
-from tileseg.errors import ConfigError, InputError
+from tileseg.errors import ConfigError, InputError, log_params
 from tileseg.naming import check_not_source
 from tileseg.progress import Progress, ProgressCallback
 from tileseg.raster import is_remote
 from tileseg.store import is_store_url
 from tileseg.styles import legend_for, mask_legend
+from tileseg.text import counted
 from tileseg.vectorization.merge import Components, merge_pieces
 from tileseg.vectorization.polygons import (
     ChunkPieces,
@@ -162,8 +163,8 @@ def vectorize(
         check_not_source(dst, os.fspath(src))
     fmt = check_destination(dst, config.overwrite)  # fail before the (long) work, not after
     source = src if isinstance(src, MaskSource) else open_mask(src)
-    if fmt == "geojson" and config.to_crs is None and source.crs_wkt:
-        config = replace(config, to_crs=GEOJSON_CRS)
+    if fmt == "geojson" and source.crs_wkt:
+        config = replace(config, to_crs=geojson_crs(config.to_crs, dst))
     # One run per destination: a second one stops (exit 75) instead of racing for the rename.
     with _destination_lock(dst):
         if not is_store_url(os.fspath(dst)):
@@ -182,9 +183,32 @@ def vectorize(
         class_names={int(i): names[int(i)] for i in ids}, chunks=polygons.chunks,
         merged=polygons.merged, seconds=time.perf_counter() - started,
     )
-    logger.info("%s: %d polygons from %d chunks in %.1f s", result.dst, result.features,
-                result.chunks, result.seconds)
+    logger.info("%s: %s from %s in %.1f s", result.dst, counted(result.features, "polygon"),
+                counted(result.chunks, "chunk"), result.seconds)
     return result
+
+
+def geojson_crs(to_crs: str | None, dst: str | os.PathLike[str]) -> str:
+    """The CRS a GeoJSON layer is written in: OGC:CRS84 by default (RFC 7946), else ``to_crs``
+    when a reader can tell it: WGS 84 longitude/latitude, or a CRS that is exactly an EPSG
+    code, which the legacy ``crs`` member names (as GDAL writes it; GDAL, QGIS and geopandas
+    read it). Any other CRS (a PROJ string with no EPSG equivalent) cannot be recorded in
+    GeoJSON, and a reader would take its metres for degrees: :class:`ConfigError`."""
+    if to_crs is None:
+        return GEOJSON_CRS
+    from rasterio.crs import CRS
+
+    from tileseg.vectorization.writers import is_wgs84_lonlat
+
+    crs = _parse_crs(to_crs)
+    if is_wgs84_lonlat(crs.to_wkt()):
+        return to_crs
+    code = crs.to_epsg()
+    if code is not None and CRS.from_epsg(code) == crs:
+        return f"EPSG:{code}"  # its WKT then carries the code, which GDAL writes as "crs"
+    raise ConfigError(f"{os.fspath(dst)}: GeoJSON can record only WGS 84 or a CRS with an EPSG "
+                      f"code, and to_crs {to_crs!r} has none; write .gpkg, .fgb or .parquet "
+                      "(they store any CRS), or give an EPSG code", params=("to_crs",))
 
 
 def _destination_lock(dst: str | os.PathLike[str]) -> Any:
@@ -213,6 +237,7 @@ def polygonize(
     """
     config = config or VectorizeConfig()
     source = src if isinstance(src, MaskSource) else open_mask(src)
+    _check_classes(source, config)
     crs_wkt = _check_crs(source, config)
     dst_crs = _parse_crs(config.to_crs) if config.to_crs else None  # fail before the work
     windows, grid_shape = chunk_windows(source, config.chunk_size)
@@ -274,9 +299,11 @@ def build_tasks(source: MaskSource, windows: Sequence[ChunkWindow],
 
     dropped = config.dropped(source.class_names)
     if dropped:
-        logger.info("leaving out class(es) %s (%s); --drop or --classes choose otherwise",
+        logger.info("leaving out %s %s (%s); drop_classes or classes choose otherwise",
+                    "class" if len(dropped) == 1 else "classes",
                     ", ".join(map(str, dropped)),
-                    ", ".join(source.class_name(c) for c in dropped))
+                    ", ".join(source.class_name(c) for c in dropped),
+                    extra=log_params("drop_classes", "classes"))
     classes = ClassFilter(config.classes, dropped, source.nodata)
     stride = max(w.height * w.width for w in windows) + 1  # more than any chunk's label count
     probabilities = config.probabilities and source.has_probabilities
@@ -326,6 +353,19 @@ def compute_tasks(tasks: list[Any], scheduler: str | Any | None, workers: int | 
 
     run_graph(graph, [(list(index), None)], resolved, on_result=finished, workers=workers)
     return results
+
+
+def _check_classes(source: MaskSource, config: VectorizeConfig) -> None:
+    """Classes asked for that a mask naming its classes does not have: an error, not an empty
+    layer. (A plain integer mask names none: any id may be in it.)"""
+    if config.classes is None or not source.class_names:
+        return
+    missing = [c for c in config.classes if c not in source.class_names]
+    if missing:
+        listed = ", ".join(f"{c} {name}" for c, name in sorted(source.class_names.items()))
+        # "classes" once, as the parameter: the CLI shows it as the flag
+        raise ConfigError(f"{source.path}: has no class {' or '.join(map(str, missing))} (it has "
+                          f"{listed}); pass classes among those", params=("classes",))
 
 
 def _check_crs(source: MaskSource, config: VectorizeConfig) -> str | None:

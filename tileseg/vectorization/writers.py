@@ -7,7 +7,11 @@ a later run to the same folder removes the partial files of runs that died.
 Every layer carries a marker saying tileseg wrote it, so ``--overwrite`` replaces only such a
 layer, never a user's file that happens to have the destination's name:
 
-* GeoPackage: dataset metadata item ``TILESEG`` (GDAL metadata, in ``gpkg_metadata``)
+* GeoPackage: layer metadata item ``TILESEG`` (GDAL metadata in ``gpkg_metadata``, referenced
+  to the feature table). Not dataset metadata, which earlier versions wrote: GDAL loads a
+  GeoPackage's dataset metadata into its PAM layer whenever a reader opens the file, and saves
+  it as ``NAME.gpkg.aux.xml`` when the reader closes it (geopandas left one beside every
+  GeoPackage); such a marker is still recognised.
 * FlatGeobuf: layer metadata item ``TILESEG`` (in the header's metadata)
 * GeoParquet: file key-value metadata ``tileseg``
 * GeoJSON: a ``"tileseg"`` foreign member of the FeatureCollection (RFC 7946, section 6.1)
@@ -124,9 +128,12 @@ def read_marker(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         else:
             import pyogrio
 
-            info = pyogrio.read_info(os.fspath(path))
-            where = "dataset_metadata" if fmt == "gpkg" else "layer_metadata"
-            text = (info.get(where) or {}).get(OGR_MARKER_KEY)
+            # layer 0, the features (named: the style table is a layer too, and pyogrio warns
+            # when it has to choose)
+            info = pyogrio.read_info(os.fspath(path), layer=0)
+            text = (info.get("layer_metadata") or {}).get(OGR_MARKER_KEY)
+            if text is None and fmt == "gpkg":  # a GeoPackage an earlier version wrote
+                text = (info.get("dataset_metadata") or {}).get(OGR_MARKER_KEY)
         marker = json.loads(text) if text else None
     except Exception:  # not a layer at all, or damaged: in any case not provably ours
         return None
@@ -270,9 +277,7 @@ def _write_ogr(tmp: Path, fmt: VectorFormat, layer: str, geometry: np.ndarray,
     import pyogrio.raw
 
     options: dict[str, Any] = {}
-    if fmt == "gpkg":
-        options["dataset_metadata"] = {OGR_MARKER_KEY: marker}
-    elif fmt == "fgb":
+    if fmt in ("gpkg", "fgb"):  # layer metadata: see the module docstring for why not dataset
         options["layer_metadata"] = {OGR_MARKER_KEY: marker}
     else:
         layer_options = {"FOREIGN_MEMBERS_COLLECTION": json.dumps({MARKER_KEY: json.loads(marker)})}
