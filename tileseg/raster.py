@@ -8,7 +8,8 @@ import os
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,9 +20,26 @@ from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-from tileseg.errors import InputError, InputNotFoundError
+from tileseg.errors import InputError, InputNotFoundError, SourceUnavailableError
+from tileseg.gdal_native import (
+    failure_count,
+    forget_cached,
+    install_error_handler,
+    last_failure,
+    library,
+)
 from tileseg.grid import Rect
 from tileseg.metadata import SUPPORTED_DTYPES
+from tileseg.pinning import SourceVersion, current_version
+from tileseg.remote import (
+    RequestPolicy,
+    gdal_options,
+    is_http,
+    is_request_failure,
+    is_transient,
+    readable_failure,
+    vsi_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +67,9 @@ class RasterInfo:
     block_shape: tuple[int, int]
     band_descriptions: tuple[str | None, ...]
     crs_is_metric: bool
+    # the source as the run found it, checked after every chunk (tileseg.pinning); not a fact
+    # of the raster: left out of fingerprints, so a repaired file can be resumed
+    version: SourceVersion | None = None
 
     @property
     def affine(self) -> Affine:
@@ -74,15 +95,20 @@ def open_dataset(path: str | os.PathLike[str], mode: str = "r", *, quiet: bool =
     itself, once). ``warnings.catch_warnings`` swaps process-wide state, so concurrent reader
     threads take turns, or one thread's exit could restore filters under another; ``quiet=False``
     (a raster known to be georeferenced, which cannot warn) skips that lock. Remote rasters
-    get the GDAL options of :func:`tileseg.remote.gdal_options` (the S3 endpoint override)."""
-    from tileseg.remote import gdal_options
-
+    get the GDAL options of :func:`tileseg.remote.gdal_options` (the S3 endpoint override,
+    timeouts). GDAL's own error lines go to logging from here on, never to stderr."""
+    install_error_handler()
     with rasterio.Env(**gdal_options(str(path))):
         if not quiet:
             return rasterio.open(path, mode, **profile)
         with _WARNINGS_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path, mode, **profile)
+
+
+def _forget_cached(path: str) -> None:
+    with rasterio.Env(**gdal_options(path)):  # the cache is keyed by the URL these make
+        forget_cached(vsi_path(path))
 
 
 def gdal_message(exc: BaseException) -> str:
@@ -120,18 +146,70 @@ def open_raster(
         raise InputNotFoundError(f"{path}: no such file; check the path")
     if not is_remote(path) and Path(path).is_dir():
         raise InputError(f"{path}: is a directory, not a raster; pass a GeoTIFF or COG file")
+    remote = is_http(path)
+    pinnable = remote and library() is not None
+    policy = RequestPolicy.from_environment() if remote else RequestPolicy(retries=0)
+    for attempt in range(policy.attempts):
+        if attempt:  # a busy or failing store: wait before asking it again
+            time.sleep(policy.backoff(attempt))
+        if remote:  # from the store, not from what GDAL cached of an earlier (failed) request
+            _forget_cached(path)
+        # taken before the open: a replacement in between shows at the first chunk's check
+        version = current_version(path) if pinnable else None
+        if pinnable and version is None:
+            _forget_cached(path)  # GDAL keeps a failed request as "no such file": ask again
+        try:
+            with open_dataset(path) as src:
+                info = _describe(src, path, bands, nodata, allow_no_crs)
+                files = tuple(str(f) for f in src.files)
+        except RasterioIOError as exc:
+            message = readable_failure(gdal_message(exc))
+            if remote and _transient(exc) and attempt + 1 < policy.attempts:
+                logger.info("%s: %s; trying again", path, message)
+                continue
+            raise _open_error(path, message, attempt + 1) from None
+        if pinnable and version is None and attempt + 1 < policy.attempts:
+            continue  # the open was answered, the version request was not: try both again
+        if pinnable and version is None:
+            logger.info("%s: the store did not tell its version (ETag, size); a change during "
+                        "the run cannot be noticed", path)
+        return replace(info, version=version if remote else current_version(path, files))
+    raise AssertionError("unreachable")  # the last attempt returns or raises
+
+
+def why_unreadable(path: str) -> str:
+    """Why the store does not serve remote raster ``path`` now, in GDAL's words from a fresh
+    open (GDAL's requests for object versions and byte ranges do not say)."""
+    _forget_cached(path)
     try:
-        with open_dataset(path) as src:
-            return _describe(src, path, bands, nodata, allow_no_crs)
+        with open_dataset(path):
+            return "it answers again now"
     except RasterioIOError as exc:
-        if is_remote(path):
-            raise InputError(
-                f"{path}: cannot be read ({gdal_message(exc)}); check the URL, the credentials "
-                "(AWS_* variables or profile) and the endpoint (AWS_ENDPOINT_URL)"
-            ) from exc
-        raise InputError(
-            f"{path}: not a raster GDAL can read ({gdal_message(exc)}); pass a GeoTIFF/COG"
-        ) from exc
+        return readable_failure(gdal_message(exc))
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a failed open may succeed if tried again: the store was busy or failing (HTTP
+    5xx or 429, an S3 error such as SlowDown) or did not answer in time; not a missing object,
+    refused credentials, a wrong endpoint, or a file that is no raster."""
+    current: BaseException | None = exc
+    while current is not None:
+        kind = type(current).__name__
+        if kind == "CPLE_AWSError":  # the S3 errors GDAL has no class of its own for
+            return True
+        if kind == "CPLE_HttpResponseError":
+            return is_transient(str(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _open_error(path: str, message: str, tries: int) -> InputError:
+    if is_http(path) or is_remote(path):
+        after = f" after {tries} tries" if tries > 1 else ""
+        return InputError(
+            f"{path}: cannot be read{after} ({message}); check the URL, the credentials "
+            "(AWS_* variables or profile) and the endpoint (AWS_ENDPOINT_URL)")
+    return InputError(f"{path}: not a raster GDAL can read ({message}); pass a GeoTIFF/COG")
 
 
 def _describe(
@@ -153,6 +231,14 @@ def _describe(
             "(e.g. gdal_translate -ot Float32)"
         )
     if src.crs is None:
+        gcps, gcp_crs = src.gcps
+        if gcps and not allow_no_crs:
+            # assigning a CRS would not place it: its pixels are not on a grid of that CRS yet
+            raise InputError(
+                f"{path}: is georeferenced by {len(gcps)} ground control points only, not by a "
+                f"grid in a CRS; rectify it first (gdalwarp -t_srs "
+                f"{_crs_hint(gcp_crs)} {os.path.basename(path)} rectified.tif) or pass "
+                "allow_no_crs to segment it in pixel coordinates", params=("allow_no_crs",))
         if not allow_no_crs:
             raise InputError(
                 f"{path}: has no CRS, so outputs could not be placed on a map; assign one "
@@ -189,6 +275,15 @@ def _describe(
         band_descriptions=tuple(src.descriptions[i - 1] for i in indexes),
         crs_is_metric=metric,
     )
+
+
+def _crs_hint(crs: Any) -> str:
+    """The GCPs' own CRS as ``EPSG:N`` when it has a code, else a placeholder."""
+    try:
+        epsg = crs.to_epsg() if crs is not None else None
+    except Exception:  # noqa: BLE001 - a CRS without a code
+        epsg = None
+    return f"EPSG:{epsg}" if epsg else "EPSG:XXXX"
 
 
 def check_aligned(image: Any, label: Any) -> None:
@@ -324,6 +419,15 @@ def release_datasets(run: str) -> None:
     _DATASETS.release(run)
 
 
+class _ReadFailed(Exception):
+    """One try at a window failed; ``background``: only a GDAL thread of its own said so."""
+
+    def __init__(self, reason: str, background: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.background = background
+
+
 class WindowReader:
     """Reads windows of a raster, padding past its edges by reflection.
 
@@ -331,27 +435,55 @@ class WindowReader:
     overlapping windows share instead of decoding the blocks again. With ``run`` set, the
     dataset (and so its cached blocks) is handed on to the next reader of the same run in this
     process, so neighbouring chunks fetch their shared halo blocks once.
+
+    A failed read is never data: a read that raises, or during which GDAL reported a failure
+    from a thread of its own (:mod:`tileseg.gdal_native`), is tried again on a freshly opened
+    dataset, up to the retries of :class:`tileseg.remote.RequestPolicy` for a remote raster
+    (once more, for a local one, only when the failure came from such a thread); then it stops
+    with :class:`SourceUnavailableError` (a remote store that did not serve it, exit 5) or
+    :class:`InputError` (a damaged file, exit 2).
     """
 
     def __init__(self, info: RasterInfo, run: str | None = None) -> None:
         self.info = info
         self._key = (run, info.path) if run else None
         self._served = 0  # bytes of windows read through this dataset, by every reader
+        self._remote = is_http(info.path)
+        self._src: Any = None
+        self._open_failure = ""
         pooled = _DATASETS.take(self._key) if self._key else None
         if pooled is not None:
             self._src, self._served = pooled
             return
+        try:
+            self._src = self._open()
+        except RasterioIOError as exc:
+            if not self._remote:
+                raise
+            self._open_failure = gdal_message(exc)  # read() opens it again, with retries
+
+    def _open(self) -> Any:
         # GDAL decodes the blocks of one read on several cores (GTiff/COG reads the setting when
         # the dataset opens): one core decodes a deflate scene too slowly to keep a GPU busy
         with rasterio.Env(GDAL_NUM_THREADS=decode_threads()):
             # every chunk task opens one: only an ungeoreferenced raster needs the warnings lock
-            self._src = open_dataset(info.path, quiet=info.crs_wkt is None)
+            return open_dataset(self.info.path, quiet=self.info.crs_wkt is None)
+
+    def _discard(self) -> None:
+        """Close a dataset that failed a read: it is neither read again nor lent."""
+        if self._src is not None:
+            src, self._src = self._src, None
+            src.close()
+        self._served = 0
 
     def close(self, reusable: bool = False) -> None:
+        if self._src is None:
+            return
         if reusable and self._key is not None:
             _DATASETS.give(self._key, self._src, self._served)
         else:
             self._src.close()
+        self._src = None
 
     def __enter__(self) -> WindowReader:
         return self
@@ -371,16 +503,7 @@ class WindowReader:
         if inside.empty:
             raise InputError(f"{info.path}: window {rect} lies outside the raster")
         window = Window(inside.col_off, inside.row_off, inside.width, inside.height)
-        try:
-            data = self._src.read(info.indexes, window=window)
-            self._served += data.nbytes
-            valid = self._valid(data, window)
-        except RasterioIOError as exc:
-            raise InputError(
-                f"{info.path}: cannot read rows {inside.row_off}-{inside.row_end}, cols "
-                f"{inside.col_off}-{inside.col_end} ({gdal_message(exc)}): the file is damaged "
-                "(truncated, corrupt, or a source it refers to is missing)"
-            ) from exc
+        data, valid = self._read_with_retries(inside, window)
         pad = (
             (inside.row_off - rect.row_off, rect.row_end - inside.row_end),
             (inside.col_off - rect.col_off, rect.col_end - inside.col_end),
@@ -392,6 +515,61 @@ class WindowReader:
             # logits over padding are never written, so it needs no weight of its own.
             valid = np.pad(valid, pad, mode=mode)
         return data, valid
+
+    def _read_with_retries(self, inside: Rect, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        policy = RequestPolicy.from_environment() if self._remote else RequestPolicy(retries=1)
+        reason, opened = self._open_failure, self._src is not None
+        tries = 0
+        for attempt in range(policy.attempts):
+            if attempt:
+                time.sleep(policy.backoff(attempt))
+            if self._src is None:
+                if self._remote:  # ask the store again, not what GDAL cached of it
+                    _forget_cached(self.info.path)
+                try:
+                    self._src = self._open()
+                    opened = True
+                except RasterioIOError as exc:
+                    reason, opened = readable_failure(gdal_message(exc)), False
+                    tries += 1
+                    continue
+            tries += 1
+            try:
+                return self._read_once(window)
+            except _ReadFailed as failed:
+                reason = failed.reason
+                self._discard()
+                if not (self._remote or failed.background):
+                    break  # a local file that fails to read is damaged: no retry mends it
+        raise self._failure(inside, reason, tries, opened)
+
+    def _read_once(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        info = self.info
+        before = failure_count()
+        try:
+            with rasterio.Env(**gdal_options(info.path)) if self._remote else nullcontext():
+                data = self._src.read(info.indexes, window=window)
+                valid = self._valid(data, window)
+        except RasterioIOError as exc:
+            raise _ReadFailed(readable_failure(gdal_message(exc))) from None
+        if failure_count() != before:
+            # GDAL may report a failed request from a thread of its own and still hand back
+            # the zeros it read: that is not data
+            raise _ReadFailed(last_failure() or "GDAL reported a failure during the read",
+                              background=True)
+        self._served += data.nbytes
+        return data, valid
+
+    def _failure(self, inside: Rect, reason: str, tries: int, opened: bool) -> Exception:
+        where = (f"{self.info.path}: cannot read rows {inside.row_off}-{inside.row_end}, cols "
+                 f"{inside.col_off}-{inside.col_end}")
+        if self._remote and (not opened or is_request_failure(reason)):
+            # a request that failed is not a damaged file: the store may answer again
+            return SourceUnavailableError(
+                f"{where} after {tries} tries ({reason}): the store did not serve it; rerun "
+                "with resume once it answers again", params=("resume",))
+        return InputError(f"{where} ({reason}): the file is damaged (truncated, corrupt, or a "
+                          "source it refers to is missing)")
 
     def _valid(self, data: np.ndarray, window: Window) -> np.ndarray:
         info = self.info

@@ -65,6 +65,8 @@ class Staging(Protocol):
                 facts: dict[str, Any], create: Callable[[Any], None],
                 on_resume: Callable[[dict[str, Any]], None] | None = None) -> bool: ...
 
+    def note(self, facts: dict[str, Any]) -> None: ...
+
     def publish(self, built: Path, zarr_too: bool) -> None: ...
 
     def discard(self) -> None: ...
@@ -160,7 +162,8 @@ class LocalStaging:
         """Make the staging folder ready; True when an interrupted run is continued.
 
         ``create`` fills a fresh folder (the Zarr store, the work folders); ``facts`` are stored
-        with the fingerprint in ``run.json`` and handed back to ``on_resume`` on a resume.
+        with the fingerprint in ``run.json`` and handed back to ``on_resume`` on a resume, before
+        the fingerprints are compared (so it can refuse a changed source in its own words).
         """
         if self.path.exists():
             if resume:
@@ -169,13 +172,13 @@ class LocalStaging:
                     previous = recorded["fingerprint"]
                 except (OSError, KeyError, TypeError, json.JSONDecodeError):
                     recorded, previous = {}, None
+                if on_resume is not None:  # first: a changed source is named as such
+                    on_resume(recorded)
                 if previous != fingerprint:
                     raise RunError(
                         f"{self.path}: left by a run with other inputs or options; rerun with the "
                         "same ones, or pass overwrite to start over", params=("overwrite",)
                     )
-                if on_resume is not None:
-                    on_resume(recorded)
                 return True
             if not overwrite:
                 raise OutputError(
@@ -188,6 +191,14 @@ class LocalStaging:
         create(self)
         self._write_json(self.run_file, {"fingerprint": fingerprint, **facts})
         return False
+
+    def note(self, facts: dict[str, Any]) -> None:
+        """Add ``facts`` to the run record (what a later ``--resume`` is handed)."""
+        try:
+            recorded = json.loads(self.run_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            return  # no record: nothing a resume could continue
+        self._write_json(self.run_file, {**recorded, **facts})
 
     # -- publish -----------------------------------------------------------------------------
     def publish(self, built: Path, zarr_too: bool) -> None:

@@ -224,13 +224,13 @@ class StoreStaging:
                     previous = recorded["fingerprint"]
                 except (FileNotFoundError, KeyError, TypeError, ValueError):
                     recorded, previous = {}, None
+                if on_resume is not None:  # first: a changed source is named as such
+                    on_resume(recorded)
                 if previous != fingerprint:
                     raise RunError(
                         f"{self.path.url}: left by a run with other inputs or options; rerun "
                         "with the same ones, or pass overwrite to start over",
                         params=("overwrite",))
-                if on_resume is not None:
-                    on_resume(recorded)
                 return True
             if not overwrite:
                 raise OutputError(
@@ -247,6 +247,14 @@ class StoreStaging:
         create(self)
         put_bytes(self.run_file, json.dumps({"fingerprint": fingerprint, **facts}).encode())
         return False
+
+    def note(self, facts: dict[str, Any]) -> None:
+        """Add ``facts`` to the run record (what a later ``--resume`` is handed)."""
+        try:
+            recorded = json.loads(read_bytes(self.run_file))
+        except (FileNotFoundError, ValueError):
+            return  # no record: nothing a resume could continue
+        put_bytes(self.run_file, json.dumps({**recorded, **facts}).encode())
 
     # -- publish -----------------------------------------------------------------------------
     def ensure_lock_held(self) -> None:
