@@ -32,7 +32,12 @@ logger = logging.getLogger(__name__)
 
 _CE_FAILURE = 3
 _LOCK = threading.Lock()
-_FAILURES = {"count": 0, "last": ""}
+class _Failures:
+    count = 0
+    last = ""
+
+
+_FAILURES = _Failures()
 _HANDLER: Any = None  # the ctypes callback, kept alive for as long as GDAL may call it
 
 
@@ -94,8 +99,8 @@ def _on_error(err_class: int, err_no: int, message: bytes | None) -> None:
         text = (message or b"").decode("utf-8", "replace")
         if err_class >= _CE_FAILURE:
             with _LOCK:
-                _FAILURES["count"] += 1
-                _FAILURES["last"] = text
+                _FAILURES.count += 1
+                _FAILURES.last = text
         logger.debug("GDAL (class %d, error %d): %s", err_class, err_no, text)
     except Exception:  # noqa: BLE001, S110 - nothing may escape into GDAL
         pass
@@ -127,12 +132,12 @@ def _quiet_at_exit(lib: Any) -> None:
 def failure_count() -> int:
     """How many failures GDAL has reported outside rasterio's handlers in this process."""
     with _LOCK:
-        return _FAILURES["count"]
+        return _FAILURES.count
 
 
 def last_failure() -> str:
     with _LOCK:
-        return _FAILURES["last"]
+        return _FAILURES.last
 
 
 def http_headers(vsi_path: str) -> dict[str, str] | None:

@@ -204,7 +204,7 @@ def _transient(exc: BaseException) -> bool:
 
 
 def _open_error(path: str, message: str, tries: int) -> InputError:
-    if is_http(path) or is_remote(path):
+    if is_remote(path):
         after = f" after {tries} tries" if tries > 1 else ""
         return InputError(
             f"{path}: cannot be read{after} ({message}); check the URL, the credentials "

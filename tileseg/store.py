@@ -66,7 +66,7 @@ class StoreLocation:
         return StoreLocation(f"{self.root}/{key}", self.root, key)
 
 
-_STORES: dict[tuple[str | None, ...], Any] = {}
+_STORES: dict[tuple[Any, ...], Any] = {}
 _CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                          "AWS_PROFILE")
 _STORES_LOCK = threading.Lock()
@@ -89,7 +89,7 @@ def open_store(root: str) -> Any:
             options: dict[str, Any] = _client_options(policy)
             if root.startswith("s3://") and endpoint and endpoint.startswith("http://"):
                 options["allow_http"] = True
-            _STORES[key] = from_url(root, client_options=options,  # type: ignore[arg-type]
+            _STORES[key] = from_url(root, client_options=options,  # type: ignore[call-overload]
                                     retry_config=_retry_config(policy))
         return _STORES[key]
 
