@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def test_a_source_rewritten_mid_run_stops_it_and_publishes_nothing(make_raster,
                                                                   tmp_path) -> None:
     src = make_raster(random_image(3, 256, 256))
     dst = tmp_path / "out.tif"
-    with pytest.raises(SourceChangedError, match=r"scene.tif: chunk \(\d+, \d+\): changed while "
+    with pytest.raises(SourceChangedError, match=r"scene.tif: chunk \(\d+, \d+\) \(rows \d+-\d+, "
+                       r"cols \d+-\d+\): changed while "
                        r"this run read it \(scene.tif: modified at .*overwrite") as info:
         predict(_config(src, dst), model=per_pixel_model(3, 4), progress=_touch_after(1, src))
     assert info.value.exit_code == 2
@@ -112,8 +114,11 @@ def test_gdal_errors_outside_rasterio_go_to_the_log_not_stderr(capfd, caplog) ->
     before = failure_count()
     capfd.readouterr()
     with caplog.at_level(logging.DEBUG, logger="tileseg.gdal_native"):
-        # no rasterio handler is pushed here, as in a GDAL worker thread
-        lib.CPLError(ctypes.c_int(3), ctypes.c_int(1), b"%s", b"Request for 0-9 failed")
+        # a fresh thread has no rasterio handler pushed, as a GDAL worker thread
+        thread = threading.Thread(target=lib.CPLError, args=(
+            ctypes.c_int(3), ctypes.c_int(1), b"%s", b"Request for 0-9 failed"))
+        thread.start()
+        thread.join()
     assert capfd.readouterr().err == ""
     assert failure_count() == before + 1 and last_failure() == "Request for 0-9 failed"
     assert any("Request for 0-9 failed" in r.getMessage() for r in caplog.records)

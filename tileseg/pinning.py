@@ -152,10 +152,8 @@ def check_unchanged(path: str, pinned: SourceVersion | None) -> None:
         now = current_version(path, files)
     else:
         policy = RequestPolicy.from_environment()
-        now = None
-        for attempt in range(policy.attempts):
-            if attempt:
-                time.sleep(policy.backoff(attempt))
+        now, tries = None, 0
+        for tries in policy.tries():  # noqa: B007 - the count is told after the loop
             now = current_version(path, files)
             if now is not None:
                 break
@@ -163,8 +161,8 @@ def check_unchanged(path: str, pinned: SourceVersion | None) -> None:
             from tileseg.raster import why_unreadable
 
             raise SourceUnavailableError(
-                f"{path}: the store did not serve the source's version after {policy.attempts} "
-                f"tries ({why_unreadable(path)}); rerun with resume once it serves it again",
+                f"{path}: the store did not serve the source's version after {tries} tries "
+                f"({why_unreadable(path)}); rerun with resume once it serves it again",
                 params=("resume",))
     change = now.change_from(pinned) if now is not None else "it is gone"
     if change:

@@ -149,9 +149,8 @@ def open_raster(
     remote = is_http(path)
     pinnable = remote and library() is not None
     policy = RequestPolicy.from_environment() if remote else RequestPolicy(retries=0)
-    for attempt in range(policy.attempts):
-        if attempt:  # a busy or failing store: wait before asking it again
-            time.sleep(policy.backoff(attempt))
+    failure, unpinned, tries = "", None, 0
+    for tries in policy.tries():
         if remote:  # from the store, not from what GDAL cached of an earlier (failed) request
             _forget_cached(path)
         # taken before the open: a replacement in between shows at the first chunk's check
@@ -163,18 +162,21 @@ def open_raster(
                 info = _describe(src, path, bands, nodata, allow_no_crs)
                 files = tuple(str(f) for f in src.files)
         except RasterioIOError as exc:
-            message = readable_failure(gdal_message(exc))
-            if remote and _transient(exc) and attempt + 1 < policy.attempts:
-                logger.info("%s: %s; trying again", path, message)
-                continue
-            raise _open_error(path, message, attempt + 1) from None
-        if pinnable and version is None and attempt + 1 < policy.attempts:
-            continue  # the open was answered, the version request was not: try both again
-        if pinnable and version is None:
-            logger.info("%s: the store did not tell its version (ETag, size); a change during "
-                        "the run cannot be noticed", path)
-        return replace(info, version=version if remote else current_version(path, files))
-    raise AssertionError("unreachable")  # the last attempt returns or raises
+            failure = readable_failure(gdal_message(exc))
+            if not (remote and _transient(exc)):
+                raise _open_error(path, failure, tries) from None
+            logger.info("%s: %s; trying again", path, failure)  # a busy or failing store
+            continue
+        if not remote:
+            return replace(info, version=current_version(path, files))
+        if version is not None or not pinnable:
+            return replace(info, version=version)
+        unpinned = info  # the open was answered, the version request was not: try both again
+    if unpinned is not None:
+        logger.info("%s: the store did not tell its version (ETag, size); a change during the "
+                    "run cannot be noticed", path)
+        return unpinned
+    raise _open_error(path, failure, tries)
 
 
 def why_unreadable(path: str) -> str:
@@ -195,9 +197,7 @@ def _transient(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None:
         kind = type(current).__name__
-        if kind == "CPLE_AWSError":  # the S3 errors GDAL has no class of its own for
-            return True
-        if kind == "CPLE_HttpResponseError":
+        if kind in ("CPLE_AWSError", "CPLE_HttpResponseError"):  # not: missing, denied
             return is_transient(str(current))
         current = current.__cause__ or current.__context__
     return False
@@ -518,11 +518,8 @@ class WindowReader:
 
     def _read_with_retries(self, inside: Rect, window: Window) -> tuple[np.ndarray, np.ndarray]:
         policy = RequestPolicy.from_environment() if self._remote else RequestPolicy(retries=1)
-        reason, opened = self._open_failure, self._src is not None
-        tries = 0
-        for attempt in range(policy.attempts):
-            if attempt:
-                time.sleep(policy.backoff(attempt))
+        reason, opened, tries = self._open_failure, self._src is not None, 0
+        for tries in policy.tries():  # noqa: B007 - the count is told after the loop
             if self._src is None:
                 if self._remote:  # ask the store again, not what GDAL cached of it
                     _forget_cached(self.info.path)
@@ -531,9 +528,7 @@ class WindowReader:
                     opened = True
                 except RasterioIOError as exc:
                     reason, opened = readable_failure(gdal_message(exc)), False
-                    tries += 1
                     continue
-            tries += 1
             try:
                 return self._read_once(window)
             except _ReadFailed as failed:

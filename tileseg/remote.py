@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 import random
 import re
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -72,10 +74,27 @@ class RequestPolicy:
     def attempts(self) -> int:
         return self.retries + 1
 
-    def backoff(self, attempt: int) -> float:
-        """Seconds to wait before try number ``attempt`` (1 for the first retry)."""
-        delay = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+    @property
+    def deadline_s(self) -> float:
+        """No retry starts later than this after the first try: a store that does not answer
+        at all costs a few timeouts, not one per retry."""
+        return 2 * self.timeout_s + self.max_backoff_s
+
+    def backoff(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1 for the first)."""
+        delay = min(self.max_backoff_s, self.backoff_s * 2 ** (retry - 1))
         return delay * random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
+
+    def tries(self) -> Iterator[int]:
+        """Try numbers 1, 2, ...: the backoff is waited before each retry; they end after the
+        retries or at the deadline. The caller stops early when a try succeeds."""
+        started = time.monotonic()
+        for n in range(1, self.attempts + 1):
+            if n > 1:
+                if time.monotonic() - started >= self.deadline_s:
+                    return
+                time.sleep(self.backoff(n - 1))
+            yield n
 
     @property
     def whole_s(self) -> int:
@@ -83,11 +102,14 @@ class RequestPolicy:
         return max(1, round(self.timeout_s))
 
 
-# What an open that failed says when the store, not the request, was at fault for a while.
+# What a failed open says when the store, not the request, was at fault for a while: an HTTP
+# status, curl's words for no answer, or (for S3, whose errors GDAL gives as their message only)
+# what S3 says with SlowDown, ServiceUnavailable and InternalError.
 _TRANSIENT = re.compile(r"HTTP (response )?code:? *(5\d\d|429)|response_code=(5\d\d|429)|"
                         r"timed? ?out|too slow|Timeout|Connection reset|Connection was reset|"
                         r"Recv failure|Send failure|Empty reply|SlowDown|ServiceUnavailable|"
-                        r"InternalError", re.IGNORECASE)
+                        r"InternalError|reduce your request rate|internal error|try again|"
+                        r"unable to handle", re.IGNORECASE)
 
 
 def is_transient(message: str) -> bool:

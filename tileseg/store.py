@@ -106,7 +106,7 @@ def _retry_config(policy: Any) -> dict[str, Any]:
     often as the policy says, and never past a few timeouts in all (its own default went on for
     three minutes against a store that never answered)."""
     return {"max_retries": policy.retries,
-            "retry_timeout": timedelta(seconds=2 * policy.timeout_s + policy.max_backoff_s),
+            "retry_timeout": timedelta(seconds=policy.deadline_s),
             "backoff": {"init_backoff": timedelta(seconds=policy.backoff_s),
                         "max_backoff": timedelta(seconds=policy.max_backoff_s), "base": 2}}
 
