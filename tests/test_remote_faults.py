@@ -248,3 +248,25 @@ def test_a_read_the_store_keeps_failing_names_its_rows_and_is_no_damaged_file(
                            r"the store did not serve it; rerun with resume") as failed:
             reader.read(Rect(0, 0, 64, 192))
     assert failed.value.exit_code == 5 and server.faults.hits >= 2
+
+
+def test_vectorizing_a_mask_the_store_stops_serving_writes_no_polygons(
+        s3: tuple[S3Server, Path, Path], tmp_path: Path, capfd) -> None:
+    """A failed read of a remote mask is one line, not a traceback (or, with GDAL's read-ahead,
+    a mask of the zeros it handed back without raising)."""
+    server, _, _ = s3
+    mask = tmp_path / "mask.tif"
+    with rasterio.open(mask, "w", driver="COG", height=512, width=512, count=1, dtype="uint8",
+                       crs="EPSG:32631", blocksize=128,  # larger than GDAL's first request
+                       transform=Affine(10, 0, 500000, 0, -10, 6000000)) as dst:
+        dst.write((random_image(1, 512, 512, seed=5) // 64).astype("uint8"))
+    src = _upload(server, mask, "mask.tif")
+    out = tmp_path / "polygons.gpkg"
+    server.faults.fail(503, path="mask.tif", methods=("GET",), after=1)  # the header: served
+    capfd.readouterr()
+    result = CliRunner().invoke(cli, ["vectorize", src, str(out)])
+    stderr = result.stderr + capfd.readouterr().err
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, stderr
+    assert lines[0].startswith(f"Error: {src}: a read failed") and "ERROR 1" not in stderr
+    assert not out.exists()

@@ -419,6 +419,26 @@ def release_datasets(run: str) -> None:
     _DATASETS.release(run)
 
 
+def checked_read(src: Any, *args: Any, **kwargs: Any) -> np.ndarray:
+    """``src.read(*args, **kwargs)`` for a dataset opened with :func:`open_dataset`, under its
+    path's GDAL options; a read that fails, or during which GDAL reported a failed request from
+    a thread of its own (and handed back zeros), is an :class:`InputError`, never data."""
+    before = failure_count()
+    reason = ""
+    try:
+        with rasterio.Env(**gdal_options(src.name)):
+            data = src.read(*args, **kwargs)
+    except RasterioIOError as exc:
+        reason = readable_failure(gdal_message(exc))
+    if not reason and failure_count() == before:
+        return data
+    reason = reason or last_failure()
+    if is_http(src.name) and is_request_failure(reason):
+        raise InputError(f"{src.name}: a read failed ({reason}): the store did not serve it; "
+                         "try again once it answers") from None
+    raise InputError(f"{src.name}: a read failed ({reason}): the file is damaged") from None
+
+
 class _ReadFailed(Exception):
     """One try at a window failed; ``background``: only a GDAL thread of its own said so."""
 
