@@ -122,3 +122,17 @@ def test_gdal_errors_outside_rasterio_go_to_the_log_not_stderr(capfd, caplog) ->
     assert capfd.readouterr().err == ""
     assert failure_count() == before + 1 and last_failure() == "Request for 0-9 failed"
     assert any("Request for 0-9 failed" in r.getMessage() for r in caplog.records)
+
+
+def test_the_gdal_called_is_rasterios_not_another_wheels_copy() -> None:
+    """pyogrio's wheel brings a libgdal of its own (another version, its own configuration):
+    the error handler, object versions and cache clearing must reach rasterio's."""
+    import pyogrio
+
+    from tileseg.gdal_native import library
+
+    if pyogrio.__gdal_version_string__ == rasterio.__gdal_version__:
+        pytest.skip("pyogrio's GDAL is rasterio's version: the two cannot be told apart")
+    lib = library()
+    lib.GDALVersionInfo.restype = ctypes.c_char_p
+    assert lib.GDALVersionInfo(b"RELEASE_NAME").decode() == rasterio.__gdal_version__

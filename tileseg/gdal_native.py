@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import atexit
 import ctypes
-import ctypes.util
 import functools
 import glob
 import logging
@@ -43,39 +42,30 @@ _HANDLER: Any = None  # the ctypes callback, kept alive for as long as GDAL may 
 
 @functools.cache
 def library() -> Any:
-    """The GDAL shared library rasterio uses, or None when it cannot be found."""
-    import rasterio._base  # noqa: F401 - loads the library into this process first
+    """The GDAL shared library rasterio uses, or None when it cannot be found.
 
-    for path in _candidates():
+    Not just any ``libgdal`` in the process: pyogrio or fiona wheels bring copies of their own,
+    whose configuration (endpoint, credentials) and error handlers are not rasterio's. A symbol
+    looked up through rasterio's own extension module resolves in the libraries it was linked
+    with (Linux, macOS); elsewhere, the copy in rasterio's wheel.
+    """
+    import rasterio
+    import rasterio._base
+
+    candidates = [rasterio._base.__file__]
+    root = os.path.dirname(os.path.dirname(rasterio.__file__))
+    for pattern in ("rasterio.libs/gdal*.dll", "rasterio.libs/libgdal*"):
+        candidates += sorted(glob.glob(os.path.join(root, pattern)))
+    for path in candidates:
         try:
             lib = ctypes.CDLL(path)
-            lib.GDALVersionInfo  # noqa: B018 - a GDAL library, not a namesake
+            _declare(lib)
         except (OSError, AttributeError):
             continue
-        _declare(lib)
         return lib
     logger.info("the GDAL library rasterio loaded was not found; GDAL's own error lines are not "
                 "captured and remote sources are not pinned")
     return None
-
-
-def _candidates() -> list[str]:
-    """Where the loaded GDAL library is: the mapped one (Linux) first, rasterio's bundled
-    copies (wheels) next, the system's last."""
-    found: list[str] = []
-    try:
-        with open("/proc/self/maps") as maps:
-            mapped = {line.split()[-1] for line in maps if len(line.split()) >= 6}
-        found += sorted(p for p in mapped if os.path.basename(p).startswith("libgdal"))
-    except OSError:
-        pass
-    import rasterio
-
-    root = os.path.dirname(os.path.dirname(rasterio.__file__))
-    for pattern in ("rasterio.libs/libgdal*", "rasterio/.dylibs/libgdal*", "rasterio.libs/gdal*.dll"):
-        found += sorted(glob.glob(os.path.join(root, pattern)))
-    system = ctypes.util.find_library("gdal")
-    return found + ([system] if system else [])
 
 
 def _declare(lib: Any) -> None:
