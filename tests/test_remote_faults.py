@@ -100,19 +100,22 @@ def _run(args: list[str], capfd: pytest.CaptureFixture[str]) -> tuple[int, list[
     return result.exit_code, [line for line in stderr.splitlines() if line.strip()]  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize("after", [0, 4], ids=["at-open", "mid-run"])
+@pytest.mark.parametrize(("after", "status"), [(0, 503), (0, 500), (4, 503)],
+                         ids=["slow-down-at-open", "internal-error-at-open", "slow-down-mid-run"])
 def test_a_store_busy_for_a_while_is_retried_and_gives_the_clean_mask(
-        s3: tuple[S3Server, Path, Path], tmp_path: Path, monkeypatch, after: int) -> None:
+        s3: tuple[S3Server, Path, Path], tmp_path: Path, monkeypatch, after: int,
+        status: int) -> None:
     server, scene, _ = s3
     monkeypatch.setenv("TILESEG_HTTP_RETRIES", "2")
-    src = _upload(server, scene, f"busy-{after}.tif")
+    key = f"busy-{after}-{status}.tif"
+    src = _upload(server, scene, key)
     model = per_pixel_model(3, 5, scale=1 / 255, seed=2)
     config = dict(tile_size=64, overlap=16, chunk_size=96, workers=1)
     expected = _mask(predict(PredictConfig(str(scene), str(tmp_path / "local.tif"), **config),
                              model=model).dst)
-    server.faults.fail(503, path=f"busy-{after}.tif", after=after, times=2)
+    server.faults.fail(status, path=key, after=after, times=2)
     remote = predict(PredictConfig(src, str(tmp_path / "remote.tif"), **config), model=model)
-    assert server.faults.hits == 2  # SlowDown twice: the run went through them
+    assert server.faults.hits == 2  # refused twice: the run went through both
     np.testing.assert_array_equal(_mask(remote.dst), expected)
 
 
