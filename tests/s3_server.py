@@ -1,9 +1,13 @@
-"""A real S3 API server on loopback for tests and benchmarks, with a counting, delaying proxy.
+"""A real S3 API server on loopback for tests and benchmarks, with a counting, delaying,
+fault-injecting proxy.
 
 moto's server speaks the S3 REST API over real HTTP, so GDAL's ``/vsis3/``, boto3 and zarr all
 talk to it as they would to a store. The proxy in front of it counts requests and the bytes of
 each response body (what a reader really fetched) and can delay every response, to show how
-reads behave with network latency. Both listen on 127.0.0.1 only and stop when asked.
+reads behave with network latency. It can also misbehave as stores do under load or when they
+break (:class:`Faults`): answer an error status instead of forwarding, accept a request and never
+answer, or run a callback (replace an object) before the n-th request. Both listen on 127.0.0.1
+only and stop when asked.
 """
 
 from __future__ import annotations
@@ -100,6 +104,76 @@ class Traffic:
         return self.requests.get("GET", 0)
 
 
+@dataclass
+class _Rule:
+    action: str  # "status", "hang" or "call"
+    path: str
+    methods: tuple[str, ...]
+    after: int
+    times: int | None
+    status: int = 503
+    callback: Any = None
+    seen: int = 0
+    fired: int = 0
+
+
+class Faults:
+    """What the proxy does instead of forwarding, by rule; every rule counts the requests whose
+    path contains its ``path`` (and whose method is one of ``methods``, when given), lets the
+    first ``after`` through, then acts on the next ``times`` (None: on every one after).
+
+    ``fail(503)`` answers an S3 error document with that status, ``hang()`` reads the request and
+    never answers (until :meth:`clear` or the server stops), ``before(callback)`` runs
+    ``callback()`` and then forwards (to replace an object while a run reads it). ``hits`` counts
+    the requests that met a fault. The first rule that acts on a request wins.
+    """
+
+    def __init__(self) -> None:
+        self._rules: list[_Rule] = []
+        self._lock = threading.Lock()
+        self._release = threading.Event()
+        self.hits = 0
+
+    def fail(self, status: int = 503, *, path: str = "", methods: tuple[str, ...] = (),
+             after: int = 0, times: int | None = None) -> None:
+        self._add(_Rule("status", path, methods, after, times, status=status))
+
+    def hang(self, *, path: str = "", methods: tuple[str, ...] = (), after: int = 0,
+             times: int | None = None) -> None:
+        self._add(_Rule("hang", path, methods, after, times))
+
+    def before(self, callback: Any, *, path: str = "", methods: tuple[str, ...] = (),
+               after: int = 0) -> None:
+        self._add(_Rule("call", path, methods, after, 1, callback=callback))
+
+    def clear(self) -> None:
+        """Forward everything again; hung requests are let go (their connections closed)."""
+        with self._lock:
+            self._rules.clear()
+            self.hits = 0
+            self._release.set()
+            self._release = threading.Event()
+
+    def _add(self, rule: _Rule) -> None:
+        with self._lock:
+            self._rules.append(rule)
+
+    def decide(self, method: str, path: str) -> tuple[_Rule | None, threading.Event]:
+        with self._lock:
+            for rule in self._rules:
+                if rule.path not in path or (rule.methods and method not in rule.methods):
+                    continue
+                rule.seen += 1
+                if rule.seen <= rule.after or (rule.times is not None
+                                               and rule.fired >= rule.times):
+                    continue
+                rule.fired += 1
+                if rule.action != "call":
+                    self.hits += 1
+                return rule, self._release
+        return None, self._release
+
+
 class _Proxy(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -108,6 +182,7 @@ class _Proxy(ThreadingHTTPServer):
         self.upstream = upstream
         self.delay_s = delay_s
         self.traffic = Traffic()
+        self.faults = Faults()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # a client killed mid-request (the kill -9 tests) resets its connection: not an error
@@ -134,6 +209,16 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     def _relay(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else None
+        rule, release = self.server.faults.decide(self.command, self.path)
+        if rule is not None and rule.action == "call":
+            rule.callback()
+        elif rule is not None and rule.action == "hang":
+            release.wait()  # no answer at all, until the test lets go or the server stops
+            self.close_connection = True
+            return
+        elif rule is not None:
+            self._refuse(rule.status)
+            return
         upstream = http.client.HTTPConnection(*self.server.upstream, timeout=60)
         try:
             headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
@@ -156,6 +241,22 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(payload)
 
+    def _refuse(self, status: int) -> None:
+        """An S3 error answer, as a busy or failing store gives (SlowDown, InternalError)."""
+        code, words = {
+            503: ("SlowDown", "Please reduce your request rate."),
+            500: ("InternalError", "We encountered an internal error. Please try again."),
+        }.get(status, ("ServiceUnavailable", "Service is unable to handle request."))
+        payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+                   f"<Message>{words}</Message></Error>").encode()
+        self.server.traffic.add(self.command, 0, 0, self.path)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(payload)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
     do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _forward
 
 
@@ -166,6 +267,7 @@ class S3Server:
     endpoint: str
     traffic: Traffic
     env: dict[str, str]
+    faults: Faults = field(default_factory=Faults)
 
     def client(self) -> Any:
         import boto3
@@ -192,8 +294,10 @@ def running_s3(delay_s: float = 0.0) -> Iterator[S3Server]:
         thread.start()
         try:
             endpoint = f"http://127.0.0.1:{proxy.server_address[1]}"
-            yield S3Server(endpoint, proxy.traffic, dict(CREDENTIALS, AWS_ENDPOINT_URL=endpoint))
+            yield S3Server(endpoint, proxy.traffic, dict(CREDENTIALS, AWS_ENDPOINT_URL=endpoint),
+                           proxy.faults)
         finally:
+            proxy.faults.clear()  # hung requests end, so the proxy's threads do
             proxy.shutdown()
             proxy.server_close()
     finally:

@@ -299,6 +299,9 @@ CASES: list[Case] = [
     Case("predict-report-bucket-root",
          f"predict rgb.tif out.tif --report s3://reports.json {M}", 4),
     Case("vectorize-bucket-root", "vectorize mask.tif s3://polygons.gpkg", 4),
+    # ---- reads (issue 18): a raster placed by ground control points only (rectify, not assign)
+    Case("predict-gcps-only", f"predict gcps.tif out.tif {M}", 2),
+    Case("info-gcps-only", f"info gcps.tif {M}", 2),
 ]
 
 
@@ -372,6 +375,14 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "bad.csv").write_text("foo,bar\n1,2\n")
     (root / "cache").mkdir()  # an empty sample cache: nothing is fetched in these tests
     _containers(root, image)
+    # reads (issue 18): a scan placed by ground control points only
+    from rasterio.control import GroundControlPoint
+
+    with rasterio.open(root / "gcps.tif", "w", driver="GTiff", height=60, width=70, count=3,
+                       dtype="uint8") as dst:
+        dst.write(image)
+        dst.gcps = ([GroundControlPoint(r, c, 500000 + 10 * c, 6000000 - 10 * r)
+                     for r, c in ((0, 0), (0, 69), (59, 0), (59, 69))], "EPSG:32631")
     return root
 
 

@@ -20,7 +20,7 @@ from conftest import (
 )
 
 from tileseg.config import PredictConfig
-from tileseg.errors import RunError
+from tileseg.errors import RunError, SourceChangedError
 from tileseg.model import wrap_module
 from tileseg.pipeline import predict
 from tileseg.progress import Progress
@@ -288,7 +288,9 @@ def _vrt_of(src: Path, vrt: Path) -> Path:
     return vrt
 
 
-def test_resume_warns_when_a_vrt_source_changed(make_raster, tmp_path, caplog) -> None:
+def test_resume_refuses_a_vrt_whose_source_changed(make_raster, tmp_path) -> None:
+    """The finished chunks were read from the old tile: going on would mix two versions (it
+    used to go on with a warning). The refusal names the file behind the VRT that changed."""
     import os
 
     src = make_raster(random_image(3, 260, 260))
@@ -297,10 +299,11 @@ def test_resume_warns_when_a_vrt_source_changed(make_raster, tmp_path, caplog) -
     _interrupt_after_two_chunks(vrt, dst)
     stat = os.stat(src)
     os.utime(src, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the tile behind the VRT
-    with caplog.at_level("WARNING", logger="tileseg.pipeline"):
+    with pytest.raises(SourceChangedError, match=rf"scene.vrt: changed since the interrupted "
+                       rf"run \({src.name}: modified at .*overwrite") as info:
         predict(_config(vrt, dst, resume=True), model=per_pixel_model(3, 4))
-    assert any("changed since the interrupted run" in r.getMessage() for r in caplog.records)
-    assert dst.exists()
+    assert info.value.exit_code == 2
+    assert not dst.exists() and Path(f"{dst}.partial").is_dir()  # still there to restore and resume
 
 
 def test_a_model_retrained_in_place_is_used_by_the_next_run(make_raster, tmp_path,

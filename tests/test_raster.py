@@ -74,3 +74,24 @@ def test_a_dataset_that_served_its_budget_is_closed_not_handed_on(make_raster,
     with WindowReader(info, run="budget") as reader:
         assert reader._src is not kept
     tileseg.raster.release_datasets("budget")
+
+
+@pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")
+def test_a_raster_placed_by_gcps_only_is_told_to_rectify_it(tmp_path) -> None:
+    """Assigning a CRS (gdal_edit.py -a_srs, the hint for a raster without one) cannot place
+    it: its pixels are on no grid of that CRS until gdalwarp rectifies them."""
+    import rasterio
+    from rasterio.control import GroundControlPoint
+
+    path = tmp_path / "scanned.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=32, width=32, count=1,
+                       dtype="uint8") as dst:
+        dst.write(np.zeros((1, 32, 32), np.uint8))
+        dst.gcps = ([GroundControlPoint(row, col, 500000 + 10 * col, 6000000 - 10 * row)
+                     for row, col in ((0, 0), (0, 31), (31, 0), (31, 31))], "EPSG:32631")
+    with pytest.raises(InputError) as info:
+        open_raster(path)
+    message = str(info.value)
+    assert "4 ground control points" in message and "gdal_edit" not in message
+    assert "gdalwarp -t_srs EPSG:32631 scanned.tif rectified.tif" in message
+    assert open_raster(path, allow_no_crs=True).crs_wkt is None  # pixel coordinates, as asked

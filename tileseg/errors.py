@@ -141,6 +141,20 @@ def _rebuild_disk_full(message: str, params: tuple[str, ...], folder: str,
     return DiskFullError(message, params=params, folder=folder, resumable=resumable)
 
 
+class SourceChangedError(InputError):
+    """The raster changed while a run read it, or since the run that ``resume`` would continue
+    (another object version, size or modification time): its chunks would mix two versions."""
+
+    exit_code = 2
+
+
+class SourceUnavailableError(RunError):
+    """A request for the raster kept failing (HTTP 5xx, a timeout, the object gone) after its
+    retries: the store's fault, not the file's; ``resume`` continues once it answers again."""
+
+    exit_code = 5
+
+
 class DestinationBusyError(TilesegError, RuntimeError):
     """Another run is writing the same destination now; try again once it has finished."""
 

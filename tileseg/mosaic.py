@@ -37,10 +37,18 @@ from dask.base import tokenize
 from tileseg.blend import FIXED_POINT_BITS
 from tileseg.config import ProbabilityMode, RuntimeConfig
 from tileseg.diskspace import full_disk_as_error
-from tileseg.errors import DamagedInputError, InputError, RunError, TilesegError
+from tileseg.errors import (
+    DamagedInputError,
+    InputError,
+    RunError,
+    SourceChangedError,
+    SourceUnavailableError,
+    TilesegError,
+)
 from tileseg.grid import Rect, TileGrid
 from tileseg.infer import Runtime, blend_to_mask, infer_chunk_logits, make_runtime
 from tileseg.model import LoadedModel, cached, forget_cached, load_model
+from tileseg.pinning import check_unchanged
 from tileseg.progress import report_tiles
 from tileseg.raster import RasterInfo
 from tileseg.store import zarr_store
@@ -443,12 +451,16 @@ class _Arrays(dict[str, np.ndarray]):
         pass
 
 
-def _chunk_error(job: Job, row: int, col: int, exc: Exception) -> RunError:
+def _chunk_error(job: Job, row: int, col: int, exc: Exception) -> RunError | InputError:
     """The error of a failed chunk, naming it and the source; its cause goes to the log only.
 
-    A read failure (an :class:`InputError` from the reader) means the raster itself is damaged:
-    a :class:`DamagedInputError` (exit 2), where rerunning alone cannot help. Anything else is a
-    :class:`RunError` (exit 5). Either way the finished chunks stay for ``--resume``.
+    A read that failed for the store's sake (a :class:`SourceUnavailableError`: HTTP 5xx, a
+    timeout, the object gone, after retries) stays one (exit 5, resumable once the store
+    answers). A source that changed while the run read it stays a
+    :class:`SourceChangedError` (exit 2). Any other read failure (an :class:`InputError` from
+    the reader) means the raster itself is damaged: a :class:`DamagedInputError` (exit 2),
+    where rerunning alone cannot help. Anything else is a :class:`RunError` (exit 5). Either way
+    the finished chunks stay for ``--resume``.
 
     No cause or context is attached on purpose: rasterio's ``CPLE_*`` errors in a chain cannot be
     unpickled (tblib sets ``args``, a read-only property there), and distributed then hands the
@@ -457,12 +469,19 @@ def _chunk_error(job: Job, row: int, col: int, exc: Exception) -> RunError:
     logger.debug("chunk (%d, %d) of %s failed", row, col, job.raster.path, exc_info=exc)
     detail = str(exc).removeprefix(f"{job.raster.path}: ")
     params = ("resume", *getattr(exc, "params", ()))
+    where = f"{job.raster.path}: chunk ({row}, {col})"
+    if isinstance(exc, (SourceUnavailableError, SourceChangedError)):
+        if "cannot read rows" not in detail:  # a read names its rows; a check, the chunk's
+            chunk = job.grid.chunk(row, col)
+            where += (f" (rows {chunk.row_off}-{chunk.row_end}, cols {chunk.col_off}-"
+                      f"{chunk.col_end})")
+        return type(exc)(f"{where}: {detail}", params=tuple(exc.params))
     if isinstance(exc, InputError):
         return DamagedInputError(
-            f"{job.raster.path}: chunk ({row}, {col}): {detail}; repair or replace the file, "
+            f"{where}: {detail}; repair or replace the file, "
             "then rerun with resume to keep the finished chunks", params=params)
-    return RunError(f"{job.raster.path}: chunk ({row}, {col}) failed: {detail}; fix the cause "
-                    "and rerun with resume", params=params)
+    return RunError(f"{where} failed: {detail}; fix the cause and rerun with resume",
+                    params=params)
 
 
 # (work directory, label) pairs this process has checked against the run's record: one read each
@@ -501,10 +520,12 @@ def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
         _check_runtime(job, work, runtime)
         result = infer_chunk_logits(runtime, job.raster, grid, row, col, run=job.run,
                                     on_tiles=lambda n: report_tiles(job.run, (row, col), n))
+        # after every read of the chunk: a source replaced meanwhile is never saved as this run's
+        check_unchanged(job.raster.path, job.raster.version)
     except TilesegError as exc:
-        if not isinstance(exc, InputError):  # model/config errors: the same for every chunk
-            raise
-        failure = exc  # e.g. an unreadable block
+        if not isinstance(exc, (InputError, SourceUnavailableError)):
+            raise  # model/config errors: the same for every chunk
+        failure = exc  # e.g. an unreadable block, a store that stopped answering
     except Exception as exc:
         failure = exc
     if failure is not None:  # raised out here, so the error carries no __context__ either

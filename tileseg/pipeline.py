@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import rasterio
 from dask.base import tokenize
 
 from tileseg.config import PredictConfig
@@ -25,10 +24,12 @@ from tileseg.destination import (
 from tileseg.diskspace import full_disk_as_error, temporary_folder
 from tileseg.errors import (
     ConfigError,
+    DamagedInputError,
     InputError,
     ModelError,
     OutputError,
     RunError,
+    SourceChangedError,
     log_params,
 )
 from tileseg.grid import TileGrid, aligned_overlap
@@ -52,8 +53,9 @@ from tileseg.outputs import (
     zarr_to_geotiff,
 )
 from tileseg.ownership import check_replaceable
+from tileseg.pinning import SourceVersion
 from tileseg.progress import ProgressCallback, listen_tiles
-from tileseg.raster import RasterInfo, is_remote, open_dataset, open_raster, release_datasets
+from tileseg.raster import RasterInfo, is_remote, open_raster, release_datasets
 from tileseg.run_report import RunReport, Tally, Timings, peak_rss_mb
 from tileseg.scheduler import cluster_client, run_graph, scheduler_address
 from tileseg.staging import STAGING_SUFFIX, LocalStaging, Staging  # noqa: F401 (re-exported)
@@ -299,14 +301,15 @@ def _check_report(path: str, config: PredictConfig) -> None:
 def _fingerprint(config: PredictConfig, raster: RasterInfo, model_source: str) -> str:
     """What must not change between a run and its --resume.
 
-    The source's modification time is left out on purpose: repairing an unreadable block in
-    place must not lock the run out of resuming (its size and raster facts still must match).
+    The source's version (modification time, ETag) is left out on purpose: it is compared on
+    its own (:func:`_check_source`), which names what changed and lets a file repaired in place
+    after a damaged block resume. Its size and raster facts must match here too.
     """
     file = local_file(raster.path)  # a subdataset's (NETCDF:"scene.nc":ndvi) is scene.nc
     size = None if is_remote(file) else os.stat(file).st_size
     weights = [p for p in Path(model_source).glob("*") if p.is_file()] if model_source else []
     return tokenize(
-        raster, size,
+        replace(raster, version=None), size,
         sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights),
         config.tile_size, config.overlap, config.chunk_size, config.blend, config.precision,
         config.probabilities, config.encoder_output_stride, config.decoder_atrous_rates,
@@ -314,18 +317,26 @@ def _fingerprint(config: PredictConfig, raster: RasterInfo, model_source: str) -
     )
 
 
-def _source_mtime(raster: RasterInfo) -> int | None:
-    """Newest modification time of the files GDAL reads for the raster: the file itself and,
-    for a VRT or a raster with sidecars (.ovr, .msk), those too."""
-    if is_remote(raster.path):
-        return None
-    try:
-        with open_dataset(raster.path) as src:
-            files = [f for f in src.files if not is_remote(f)] or [raster.path]
-    except rasterio.errors.RasterioIOError:
-        files = [raster.path]
-    times = [os.stat(f).st_mtime_ns for f in files if os.path.exists(f)]
-    return max(times) if times else None
+def _check_source(raster: RasterInfo, recorded: dict[str, Any]) -> bool:
+    """On ``--resume``: the source is the version the interrupted run read, else
+    :class:`SourceChangedError` naming what changed. One exception: a run that stopped on a
+    damaged block (``source_damaged`` in its record) may go on with the file repaired in place
+    (same sizes); True then, and the repaired version is what the run reads from now on."""
+    before = SourceVersion.from_record(recorded.get("source"))
+    now = raster.version
+    if before is None or now is None:
+        return False
+    change = now.change_from(before)
+    if change is None:
+        return False
+    if recorded.get("source_damaged") and now.same_sizes(before):
+        logger.warning("%s changed since the interrupted run, which stopped on a damaged block "
+                       "(%s): taken as repaired; the finished chunks are kept", raster.path, change)
+        return True
+    raise SourceChangedError(
+        f"{raster.path}: changed since the interrupted run ({change}), so its finished chunks "
+        "and the rest would come from two versions; restore it, or pass overwrite to start "
+        "over", params=("overwrite",))
 
 
 def predict(
@@ -395,6 +406,10 @@ def predict(
             with listen_tiles(job.run, tally.on_tiles, run_client):
                 run_graph(mosaic, config.scheduler, config.workers, tally.on_result,
                           client=run_client, device=config.device)
+        except DamagedInputError:
+            # its --resume may go on with the file repaired in place (_check_source)
+            _note(staging, {"source_damaged": True})
+            raise
         finally:  # worker processes close theirs when idle (tileseg.raster._DatasetPool)
             release_datasets(job.run)
         timings.computed, timings.rss_compute_mb = time.perf_counter(), peak_rss_mb()
@@ -468,14 +483,25 @@ def _stage(config: PredictConfig, plan: Plan, staging: Staging, fingerprint: str
                     probabilities=config.probabilities, source=raster.path)
         open_work_dir(stage.work_path).create()
 
-    def on_resume(recorded: dict[str, Any]) -> None:
-        if recorded.get("src_mtime_ns") != _source_mtime(raster):
-            logger.warning("%s changed since the interrupted run; finished chunks are kept "
-                           "as they were", raster.path)
+    repaired: list[bool] = []
 
-    staging.prepare(fingerprint, resume=config.resume, overwrite=config.overwrite,
-                    facts={"src": raster.path, "src_mtime_ns": _source_mtime(raster)},
-                    create=create, on_resume=on_resume)
+    def on_resume(recorded: dict[str, Any]) -> None:
+        repaired.append(_check_source(raster, recorded))
+
+    version = raster.version.to_record() if raster.version is not None else None
+    resumed = staging.prepare(fingerprint, resume=config.resume, overwrite=config.overwrite,
+                              facts={"src": raster.path, "source": version},
+                              create=create, on_resume=on_resume)
+    if resumed and any(repaired):
+        _note(staging, {"source": version, "source_damaged": False})
+
+
+def _note(staging: Staging, facts: dict[str, Any]) -> None:
+    """Add to the run record; a record that cannot be updated costs only the repair's resume."""
+    try:
+        staging.note(facts)
+    except Exception as exc:  # noqa: BLE001 - the run's own error matters more
+        logger.warning("could not update the run record (%s)", exc)
 
 
 def _job(config: PredictConfig, plan: Plan, staging: Staging) -> Job:

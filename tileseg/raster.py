@@ -8,7 +8,8 @@ import os
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,26 @@ from rasterio.enums import MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
-from tileseg.errors import InputError, InputNotFoundError
+from tileseg.errors import InputError, InputNotFoundError, SourceUnavailableError
+from tileseg.gdal_native import (
+    failure_count,
+    forget_cached,
+    install_error_handler,
+    last_failure,
+    library,
+)
 from tileseg.grid import Rect
 from tileseg.metadata import SUPPORTED_DTYPES
+from tileseg.pinning import SourceVersion, current_version
+from tileseg.remote import (
+    RequestPolicy,
+    gdal_options,
+    is_http,
+    is_request_failure,
+    is_transient,
+    readable_failure,
+    vsi_path,
+)
 from tileseg.text import counted
 
 logger = logging.getLogger(__name__)
@@ -50,6 +68,9 @@ class RasterInfo:
     block_shape: tuple[int, int]
     band_descriptions: tuple[str | None, ...]
     crs_is_metric: bool
+    # the source as the run found it, checked after every chunk (tileseg.pinning); not a fact
+    # of the raster: left out of fingerprints, so a repaired file can be resumed
+    version: SourceVersion | None = None
 
     @property
     def affine(self) -> Affine:
@@ -75,15 +96,20 @@ def open_dataset(path: str | os.PathLike[str], mode: str = "r", *, quiet: bool =
     itself, once). ``warnings.catch_warnings`` swaps process-wide state, so concurrent reader
     threads take turns, or one thread's exit could restore filters under another; ``quiet=False``
     (a raster known to be georeferenced, which cannot warn) skips that lock. Remote rasters
-    get the GDAL options of :func:`tileseg.remote.gdal_options` (the S3 endpoint override)."""
-    from tileseg.remote import gdal_options
-
+    get the GDAL options of :func:`tileseg.remote.gdal_options` (the S3 endpoint override,
+    timeouts). GDAL's own error lines go to logging from here on, never to stderr."""
+    install_error_handler()
     with rasterio.Env(**gdal_options(str(path))):
         if not quiet:
             return rasterio.open(path, mode, **profile)
         with _WARNINGS_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path, mode, **profile)
+
+
+def _forget_cached(path: str) -> None:
+    with rasterio.Env(**gdal_options(path)):  # the cache is keyed by the URL these make
+        forget_cached(vsi_path(path))
 
 
 def gdal_message(exc: BaseException) -> str:
@@ -123,23 +149,74 @@ def open_raster(
         raise InputNotFoundError(f"{path}: no such file; check the path")
     if not is_remote(path) and Path(path).is_dir():
         raise InputError(f"{path}: is a directory, not a raster; pass a GeoTIFF or COG file")
+    remote = is_http(path)
+    pinnable = remote and library() is not None
+    policy = RequestPolicy.from_environment() if remote else RequestPolicy(retries=0)
+    failure, unpinned, tries = "", None, 0
+    for tries in policy.tries():
+        if remote:  # from the store, not from what GDAL cached of an earlier (failed) request
+            _forget_cached(path)
+        # taken before the open: a replacement in between shows at the first chunk's check
+        version = current_version(path) if pinnable else None
+        if pinnable and version is None:
+            _forget_cached(path)  # GDAL keeps a failed request as "no such file": ask again
+        try:
+            with open_dataset(path) as src:
+                info = _describe(src, path, bands, nodata, allow_no_crs)
+                files = tuple(str(f) for f in src.files)
+        except RasterioIOError as exc:
+            failure = readable_failure(gdal_message(exc))
+            if not (remote and _transient(exc)):
+                raise _open_error(path, failure, tries) from None
+            logger.info("%s: %s; trying again", path, failure)  # a busy or failing store
+            continue
+        if not remote:
+            return replace(info, version=current_version(path, files))
+        if version is not None or not pinnable:
+            return replace(info, version=version)
+        unpinned = info  # the open was answered, the version request was not: try both again
+    if unpinned is not None:
+        logger.info("%s: the store did not tell its version (ETag, size); a change during the "
+                    "run cannot be noticed", path)
+        return unpinned
+    raise _open_error(path, failure, tries)
+
+
+def why_unreadable(path: str) -> str:
+    """Why the store does not serve remote raster ``path`` now, in GDAL's words from a fresh
+    open (GDAL's requests for object versions and byte ranges do not say)."""
+    _forget_cached(path)
     try:
-        with open_dataset(path) as src:
-            return _describe(src, path, bands, nodata, allow_no_crs)
+        with open_dataset(path):
+            return "it answers again now"
     except RasterioIOError as exc:
-        if not is_remote(path) and not Path(path).exists():  # a subdataset name: its file is
-            raise InputError(  # there, so the rest of the name is wrong (GDAL says "no such file")
-                f"{path}: GDAL cannot open this subdataset ({gdal_message(exc)}); check the "
-                "name after the file (tileseg info FILE lists the subdatasets)"
-            ) from exc
-        if is_remote(path):
-            raise InputError(
-                f"{path}: cannot be read ({gdal_message(exc)}); check the URL, the credentials "
-                "(AWS_* variables or profile) and the endpoint (AWS_ENDPOINT_URL)"
-            ) from exc
-        raise InputError(
-            f"{path}: not a raster GDAL can read ({gdal_message(exc)}); pass a GeoTIFF/COG"
-        ) from exc
+        return readable_failure(gdal_message(exc))
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a failed open may succeed if tried again: the store was busy or failing (HTTP
+    5xx or 429, an S3 error such as SlowDown) or did not answer in time; not a missing object,
+    refused credentials, a wrong endpoint, or a file that is no raster."""
+    current: BaseException | None = exc
+    while current is not None:
+        kind = type(current).__name__
+        if kind in ("CPLE_AWSError", "CPLE_HttpResponseError"):  # not: missing, denied
+            return is_transient(str(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _open_error(path: str, message: str, tries: int) -> InputError:
+    if not is_remote(path) and not Path(path).exists():  # a subdataset name: its file is
+        return InputError(  # there, so the rest of the name is wrong (GDAL says "no such file")
+            f"{path}: GDAL cannot open this subdataset ({message}); check the name after the "
+            "file (tileseg info FILE lists the subdatasets)")
+    if is_remote(path):
+        after = f" after {tries} tries" if tries > 1 else ""
+        return InputError(
+            f"{path}: cannot be read{after} ({message}); check the URL, the credentials "
+            "(AWS_* variables or profile) and the endpoint (AWS_ENDPOINT_URL)")
+    return InputError(f"{path}: not a raster GDAL can read ({message}); pass a GeoTIFF/COG")
 
 
 def _describe(
@@ -166,6 +243,14 @@ def _describe(
             "(e.g. gdal_translate -ot Float32)"
         )
     if src.crs is None:
+        gcps, gcp_crs = src.gcps
+        if gcps and not allow_no_crs:
+            # assigning a CRS would not place it: its pixels are not on a grid of that CRS yet
+            raise InputError(
+                f"{path}: is georeferenced by {len(gcps)} ground control points only, not by a "
+                f"grid in a CRS; rectify it first (gdalwarp -t_srs "
+                f"{_crs_hint(gcp_crs)} {os.path.basename(path)} rectified.tif) or pass "
+                "allow_no_crs to segment it in pixel coordinates", params=("allow_no_crs",))
         if not allow_no_crs:
             raise InputError(
                 f"{path}: has no CRS, so outputs could not be placed on a map; assign one "
@@ -202,6 +287,15 @@ def _describe(
         band_descriptions=tuple(src.descriptions[i - 1] for i in indexes),
         crs_is_metric=metric,
     )
+
+
+def _crs_hint(crs: Any) -> str:
+    """The GCPs' own CRS as ``EPSG:N`` when it has a code, else a placeholder."""
+    try:
+        epsg = crs.to_epsg() if crs is not None else None
+    except Exception:  # noqa: BLE001 - a CRS without a code
+        epsg = None
+    return f"EPSG:{epsg}" if epsg else "EPSG:XXXX"
 
 
 def check_aligned(image: Any, label: Any) -> None:
@@ -337,6 +431,35 @@ def release_datasets(run: str) -> None:
     _DATASETS.release(run)
 
 
+def checked_read(src: Any, *args: Any, **kwargs: Any) -> np.ndarray:
+    """``src.read(*args, **kwargs)`` for a dataset opened with :func:`open_dataset`, under its
+    path's GDAL options; a read that fails, or during which GDAL reported a failed request from
+    a thread of its own (and handed back zeros), is an :class:`InputError`, never data."""
+    before = failure_count()
+    reason = ""
+    try:
+        with rasterio.Env(**gdal_options(src.name)):
+            data = src.read(*args, **kwargs)
+    except RasterioIOError as exc:
+        reason = readable_failure(gdal_message(exc))
+    if not reason and failure_count() == before:
+        return data
+    reason = reason or last_failure()
+    if is_http(src.name) and is_request_failure(reason):
+        raise InputError(f"{src.name}: a read failed ({reason}): the store did not serve it; "
+                         "try again once it answers") from None
+    raise InputError(f"{src.name}: a read failed ({reason}): the file is damaged") from None
+
+
+class _ReadFailed(Exception):
+    """One try at a window failed; ``background``: only a GDAL thread of its own said so."""
+
+    def __init__(self, reason: str, background: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.background = background
+
+
 def reflect_index(positions: np.ndarray, size: int) -> np.ndarray:
     """Where pixel ``positions`` (any integers) of an axis of ``size`` pixels are read from:
     inside, themselves; outside, mirrored about the edge pixel without repeating it (numpy's
@@ -359,27 +482,55 @@ class WindowReader:
     overlapping windows share instead of decoding the blocks again. With ``run`` set, the
     dataset (and so its cached blocks) is handed on to the next reader of the same run in this
     process, so neighbouring chunks fetch their shared halo blocks once.
+
+    A failed read is never data: a read that raises, or during which GDAL reported a failure
+    from a thread of its own (:mod:`tileseg.gdal_native`), is tried again on a freshly opened
+    dataset, up to the retries of :class:`tileseg.remote.RequestPolicy` for a remote raster
+    (once more, for a local one, only when the failure came from such a thread); then it stops
+    with :class:`SourceUnavailableError` (a remote store that did not serve it, exit 5) or
+    :class:`InputError` (a damaged file, exit 2).
     """
 
     def __init__(self, info: RasterInfo, run: str | None = None) -> None:
         self.info = info
         self._key = (run, info.path) if run else None
         self._served = 0  # bytes of windows read through this dataset, by every reader
+        self._remote = is_http(info.path)
+        self._src: Any = None
+        self._open_failure = ""
         pooled = _DATASETS.take(self._key) if self._key else None
         if pooled is not None:
             self._src, self._served = pooled
             return
+        try:
+            self._src = self._open()
+        except RasterioIOError as exc:
+            if not self._remote:
+                raise
+            self._open_failure = gdal_message(exc)  # read() opens it again, with retries
+
+    def _open(self) -> Any:
         # GDAL decodes the blocks of one read on several cores (GTiff/COG reads the setting when
         # the dataset opens): one core decodes a deflate scene too slowly to keep a GPU busy
         with rasterio.Env(GDAL_NUM_THREADS=decode_threads()):
             # every chunk task opens one: only an ungeoreferenced raster needs the warnings lock
-            self._src = open_dataset(info.path, quiet=info.crs_wkt is None)
+            return open_dataset(self.info.path, quiet=self.info.crs_wkt is None)
+
+    def _discard(self) -> None:
+        """Close a dataset that failed a read: it is neither read again nor lent."""
+        if self._src is not None:
+            src, self._src = self._src, None
+            src.close()
+        self._served = 0
 
     def close(self, reusable: bool = False) -> None:
+        if self._src is None:
+            return
         if reusable and self._key is not None:
             _DATASETS.give(self._key, self._src, self._served)
         else:
             self._src.close()
+        self._src = None
 
     def __enter__(self) -> WindowReader:
         return self
@@ -406,22 +557,63 @@ class WindowReader:
         source = Rect.from_bounds(int(rows.min()), int(cols.min()), int(rows.max()) + 1,
                                   int(cols.max()) + 1)
         window = Window(source.col_off, source.row_off, source.width, source.height)
-        try:
-            data = self._src.read(info.indexes, window=window)
-            self._served += data.nbytes
-            valid = self._valid(data, window)
-        except RasterioIOError as exc:
-            raise InputError(
-                f"{info.path}: cannot read rows {source.row_off}-{source.row_end}, cols "
-                f"{source.col_off}-{source.col_end} ({gdal_message(exc)}): the file is damaged "
-                "(truncated, corrupt, or a source it refers to is missing)"
-            ) from exc
+        data, valid = self._read_with_retries(source, window)
         if source != rect:
             # Validity is reflected with the data so padding looks like the image next to it;
             # logits over padding are never written, so it needs no weight of its own.
             at = np.ix_(rows - source.row_off, cols - source.col_off)
             data, valid = data[(slice(None), *at)], valid[at]
         return data, valid
+
+    def _read_with_retries(self, inside: Rect, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        policy = RequestPolicy.from_environment() if self._remote else RequestPolicy(retries=1)
+        reason, opened, tries = self._open_failure, self._src is not None, 0
+        for tries in policy.tries():  # noqa: B007 - the count is told after the loop
+            if self._src is None:
+                if self._remote:  # ask the store again, not what GDAL cached of it
+                    _forget_cached(self.info.path)
+                try:
+                    self._src = self._open()
+                    opened = True
+                except RasterioIOError as exc:
+                    reason, opened = readable_failure(gdal_message(exc)), False
+                    continue
+            try:
+                return self._read_once(window)
+            except _ReadFailed as failed:
+                reason = failed.reason
+                self._discard()
+                if not (self._remote or failed.background):
+                    break  # a local file that fails to read is damaged: no retry mends it
+        raise self._failure(inside, reason, tries, opened)
+
+    def _read_once(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        info = self.info
+        before = failure_count()
+        try:
+            with rasterio.Env(**gdal_options(info.path)) if self._remote else nullcontext():
+                data = self._src.read(info.indexes, window=window)
+                valid = self._valid(data, window)
+        except RasterioIOError as exc:
+            raise _ReadFailed(readable_failure(gdal_message(exc))) from None
+        if failure_count() != before:
+            # GDAL may report a failed request from a thread of its own and still hand back
+            # the zeros it read: that is not data
+            raise _ReadFailed(last_failure() or "GDAL reported a failure during the read",
+                              background=True)
+        self._served += data.nbytes
+        return data, valid
+
+    def _failure(self, inside: Rect, reason: str, tries: int, opened: bool) -> Exception:
+        where = (f"{self.info.path}: cannot read rows {inside.row_off}-{inside.row_end}, cols "
+                 f"{inside.col_off}-{inside.col_end}")
+        if self._remote and (not opened or is_request_failure(reason)):
+            # a request that failed is not a damaged file: the store may answer again
+            return SourceUnavailableError(
+                f"{where} after {tries} tries ({reason}): the store did not serve it; rerun "
+                "with resume once it answers again", params=("resume",))
+        return InputError(f"{where} ({reason}): the file is damaged (truncated, corrupt, or a "
+                          "source it refers to is missing)")
 
     def _valid(self, data: np.ndarray, window: Window) -> np.ndarray:
         info = self.info

@@ -66,6 +66,8 @@ class Staging(Protocol):
                 facts: dict[str, Any], create: Callable[[Any], None],
                 on_resume: Callable[[dict[str, Any]], None] | None = None) -> bool: ...
 
+    def note(self, facts: dict[str, Any]) -> None: ...
+
     def publish(self, built: Path, zarr_too: bool) -> None: ...
 
     def discard(self) -> None: ...
@@ -161,7 +163,8 @@ class LocalStaging:
         """Make the staging folder ready; True when an interrupted run is continued.
 
         ``create`` fills a fresh folder (the Zarr store, the work folders); ``facts`` are stored
-        with the fingerprint in ``run.json`` and handed back to ``on_resume`` on a resume.
+        with the fingerprint in ``run.json`` and handed back to ``on_resume`` on a resume, before
+        the fingerprints are compared (so it can refuse a changed source in its own words).
 
         ``run.json`` is written first (``"ready": false``) and marked ready once ``create`` is
         done, so whatever a run killed at any moment leaves is provably tileseg's: a folder
@@ -171,13 +174,13 @@ class LocalStaging:
             recorded = read_run_record(self.run_file)
             if recorded is not None and recorded.get("ready", True):
                 if resume:
+                    if on_resume is not None:  # first: a changed source is named as such
+                        on_resume(recorded)
                     if recorded.get("fingerprint") != fingerprint:
                         raise RunError(
                             f"{self.path}: left by a run with other inputs or options; rerun "
                             "with the same ones, or pass overwrite to start over",
                             params=("overwrite",))
-                    if on_resume is not None:
-                        on_resume(recorded)
                     return True
                 if not overwrite:
                     raise OutputError(
@@ -214,6 +217,14 @@ class LocalStaging:
             self.path.rmdir()
         elif self.path.exists() or self.path.is_symlink():
             self.path.unlink()
+
+    def note(self, facts: dict[str, Any]) -> None:
+        """Add ``facts`` to the run record (what a later ``--resume`` is handed)."""
+        try:
+            recorded = json.loads(self.run_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            return  # no record: nothing a resume could continue
+        self._write_json(self.run_file, {**recorded, **facts})
 
     # -- publish -----------------------------------------------------------------------------
     def publish(self, built: Path, zarr_too: bool) -> None:

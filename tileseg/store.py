@@ -6,7 +6,10 @@ compact wheel with no aiobotocore stack, zarr v3 ships a store on top of it
 (``If-None-Match: *``) and puts conditional on an ETag (``If-Match``), which make a lock object
 possible without a shared file system. ``s3://``, ``gs://`` and ``az://`` URLs take the same
 path; credentials come from the usual environment variables and profiles, and
-``AWS_ENDPOINT_URL`` selects an S3-compatible endpoint (plain ``http://`` ones included).
+``AWS_ENDPOINT_URL`` selects an S3-compatible endpoint (plain ``http://`` ones included). Every
+request is bounded by :class:`tileseg.remote.RequestPolicy` (``$TILESEG_HTTP_TIMEOUT``,
+``$TILESEG_HTTP_RETRIES``): a store that accepts connections and never answers fails the
+request after the timeout, and its retries stop after a bounded time, not minutes later.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from tileseg.errors import DestinationBusyError, OutputError
@@ -77,7 +81,7 @@ class StoreLocation:
         return StoreLocation(f"{self.root}/{key}", self.root, key)
 
 
-_STORES: dict[tuple[str | None, ...], Any] = {}
+_STORES: dict[tuple[Any, ...], Any] = {}
 _CREDENTIAL_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                          "AWS_PROFILE")
 _STORES_LOCK = threading.Lock()
@@ -89,19 +93,38 @@ def open_store(root: str) -> Any:
     _obstore()
     from obstore.store import from_url
 
-    from tileseg.remote import s3_endpoint
+    from tileseg.remote import RequestPolicy, s3_endpoint
 
     # checked before obstore sees it: a malformed endpoint panics inside it
     endpoint = s3_endpoint() if root.startswith("s3://") else None
+    policy = RequestPolicy.from_environment()
     # a store reads its credentials once: changed ones (fixed after a refusal) make another
-    key = (root, endpoint, *(os.environ.get(name) for name in _CREDENTIAL_VARIABLES))
+    key = (root, endpoint, policy, *(os.environ.get(name) for name in _CREDENTIAL_VARIABLES))
     with _STORES_LOCK:
         if key not in _STORES:
-            options: dict[str, Any] = {}
+            options: dict[str, Any] = _client_options(policy)
             if root.startswith("s3://") and endpoint and endpoint.startswith("http://"):
                 options["allow_http"] = True
-            _STORES[key] = from_url(root, client_options=options or None)  # type: ignore[arg-type]
+            _STORES[key] = from_url(root, client_options=options,  # type: ignore[call-overload]
+                                    retry_config=_retry_config(policy))
         return _STORES[key]
+
+
+def _client_options(policy: Any) -> dict[str, Any]:
+    """Each request: connected within the timeout, answered and done within it (obstore's own
+    default is 30 s for the whole request, which the default timeout keeps)."""
+    timeout = timedelta(seconds=policy.timeout_s)
+    return {"timeout": timeout, "connect_timeout": timeout}
+
+
+def _retry_config(policy: Any) -> dict[str, Any]:
+    """obstore retries 5xx answers, dropped connections and timed-out reads with backoff: as
+    often as the policy says, and never past a few timeouts in all (its own default went on for
+    three minutes against a store that never answered)."""
+    return {"max_retries": policy.retries,
+            "retry_timeout": timedelta(seconds=policy.deadline_s),
+            "backoff": {"init_backoff": timedelta(seconds=policy.backoff_s),
+                        "max_backoff": timedelta(seconds=policy.max_backoff_s), "base": 2}}
 
 
 def zarr_store(path: str | os.PathLike[str], *, read_only: bool = False) -> Any:
@@ -150,6 +173,11 @@ def _describe_failure(location: StoreLocation, exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     if "not found" in text.lower() and "bucket" in text.lower():
         return f"{location.url}: the bucket does not exist; create it or fix the URL"
+    if "kind: Timeout" in text or "TimedOut" in text:
+        from tileseg.remote import within
+
+        return (f"{location.url}: the store did not answer {within()}, on any try; check "
+                "AWS_ENDPOINT_URL and the network")
     first = text.split(": <?xml")[0][:200]
     return (f"{location.url}: the store refused or did not answer ({first}); check the URL, "
             "the credentials and AWS_ENDPOINT_URL")

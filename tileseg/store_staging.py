@@ -237,13 +237,13 @@ class StoreStaging:
                 raise self._foreign_staging()
             if recorded.get("ready", True):
                 if resume:
+                    if on_resume is not None:  # first: a changed source is named as such
+                        on_resume(recorded)
                     if recorded.get("fingerprint") != fingerprint:
                         raise RunError(
                             f"{self.path.url}: left by a run with other inputs or options; "
                             "rerun with the same ones, or pass overwrite to start over",
                             params=("overwrite",))
-                    if on_resume is not None:
-                        on_resume(recorded)
                     return True
                 if not overwrite:
                     raise OutputError(
@@ -276,6 +276,14 @@ class StoreStaging:
     def _remove_prefix(self) -> None:
         """Delete the staging prefix, the run record last (see :meth:`prepare`)."""
         delete_prefix(self.path, last=self.run_file)
+
+    def note(self, facts: dict[str, Any]) -> None:
+        """Add ``facts`` to the run record (what a later ``--resume`` is handed)."""
+        try:
+            recorded = json.loads(read_bytes(self.run_file))
+        except (FileNotFoundError, ValueError):
+            return  # no record: nothing a resume could continue
+        put_bytes(self.run_file, json.dumps({**recorded, **facts}).encode())
 
     # -- publish -----------------------------------------------------------------------------
     def ensure_lock_held(self) -> None:

@@ -18,7 +18,7 @@ from affine import Affine
 
 from tileseg import mask as mask_format
 from tileseg.errors import InputError, InputNotFoundError
-from tileseg.raster import gdal_message, is_remote, open_dataset
+from tileseg.raster import checked_read, gdal_message, is_remote, open_dataset
 from tileseg.store import is_store_url, zarr_store
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class MaskSource:
             return np.asarray(array[row_off : row_off + height, col_off : col_off + width])
         window = rasterio.windows.Window(col_off, row_off, width, height)
         with open_dataset(self.path) as src:
-            return src.read(1, window=window)
+            return checked_read(src, 1, window=window)  # a failed request is never mask
 
     def read_probabilities(self, row_off: int, col_off: int, height: int,
                            width: int) -> np.ndarray:
