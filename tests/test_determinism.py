@@ -147,3 +147,22 @@ def test_a_resume_whose_engine_resolves_otherwise_is_not_published(
     assert result.report["engine"] == "onnxruntime"
     reference = _run(scene, several_class_deeplab, tmp_path, "onnxruntime", LAYOUTS[0])
     assert np.array_equal(zarr.open_group(str(dst), mode="r")["mask"][:], reference[0])
+
+
+def test_a_resume_with_another_chunk_size_is_refused_by_name(scene, several_class_deeplab,
+                                                             tmp_path) -> None:
+    """The staged work is cut in the interrupted run's chunks: continuing it in others is
+    refused with one line naming the option and both values (the CLI says --chunk-size)."""
+    from click.testing import CliRunner
+
+    from tileseg.cli.main import cli
+
+    dst = tmp_path / "chunks.zarr"
+    _interrupted(scene, several_class_deeplab, dst, engine="onnxruntime")
+    result = CliRunner().invoke(cli, [
+        "predict", str(scene), str(dst), "-m", str(several_class_deeplab), "--tile-size", "64",
+        "--overlap", "16", "--probabilities", "float16", "--chunk-size", "144", "--resume"])
+    assert result.exit_code == 2, result.output
+    assert ("--chunk-size 144 (the interrupted run had 96); resume with the interrupted run's "
+            "values, or pass --overwrite") in result.output
+    assert len(result.output.strip().splitlines()) == 1

@@ -363,19 +363,26 @@ def test_the_only_worker_dying_without_a_nanny_is_exit_5_after_a_bounded_wait(
         try:
             client.wait_for_workers(1, timeout=60)
 
-            def kill_the_worker(progress: object) -> None:
-                if "killed_after" not in outcome:  # a chunk is done: the run is under way
-                    os.kill(worker.pid, signal.SIGKILL)
-                    outcome["killed_after"] = progress.done  # type: ignore[attr-defined]
+            done = Path(f"{dst}.partial") / "work" / "done"
+
+            def kill_the_worker_once_a_chunk_is_done() -> None:
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    if done.is_dir() and os.listdir(done):  # the run is under way
+                        os.kill(worker.pid, signal.SIGKILL)
+                        outcome["killed"] = True
+                        return
+                    time.sleep(0.02)
 
             def run() -> None:
                 try:
                     with dask.config.set({"tileseg.no-worker-timeout": "2s"}):
-                        predict(_config(scene, dst, deeplab_dir), client=client,
-                                progress=kill_the_worker)
+                        predict(_config(scene, dst, deeplab_dir), client=client)
                 except Exception as exc:  # noqa: BLE001 - checked below
                     outcome["error"] = exc
 
+            killer = threading.Thread(target=kill_the_worker_once_a_chunk_is_done, daemon=True)
+            killer.start()
             driver = threading.Thread(target=run, daemon=True)
             driver.start()
             driver.join(timeout=120)  # the old code waited here for ever
@@ -388,8 +395,7 @@ def test_the_only_worker_dying_without_a_nanny_is_exit_5_after_a_bounded_wait(
     assert isinstance(error, RunError) and error.exit_code == 5, repr(error)
     assert "has had no worker for 2 s" in str(error) and "resume" in str(error)
     assert not dst.exists()
-    done = Path(f"{dst}.partial") / "work" / "done"
-    assert done.is_dir() and len(os.listdir(done)) >= 1  # what was finished is kept for --resume
+    assert outcome.get("killed") and len(os.listdir(done)) >= 1  # what was finished is kept for --resume
 
 
 def test_progress_on_a_cluster_counts_tiles_within_a_chunk(deeplab_dir, cluster, tmp_path) -> None:

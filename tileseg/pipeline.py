@@ -486,14 +486,48 @@ def _stage(config: PredictConfig, plan: Plan, staging: Staging, fingerprint: str
     repaired: list[bool] = []
 
     def on_resume(recorded: dict[str, Any]) -> None:
+        _check_options(config, recorded)
         repaired.append(_check_source(raster, recorded))
 
     version = raster.version.to_record() if raster.version is not None else None
     resumed = staging.prepare(fingerprint, resume=config.resume, overwrite=config.overwrite,
-                              facts={"src": raster.path, "source": version},
+                              facts={"src": raster.path, "source": version,
+                                     "options": _resume_options(config)},
                               create=create, on_resume=on_resume)
     if resumed and any(repaired):
         _note(staging, {"source": version, "source_damaged": False})
+
+
+# Options the staged work depends on (the chunk layout, what the sums hold): a resume with
+# another value of one is refused by name. Batch size, workers and scheduler may change.
+RESUME_OPTIONS = ("tile_size", "overlap", "chunk_size", "blend", "precision", "probabilities",
+                  "encoder_output_stride", "decoder_atrous_rates")
+
+
+def _resume_options(config: PredictConfig) -> dict[str, Any]:
+    values = {name: getattr(config, name) for name in RESUME_OPTIONS}
+    return {name: list(v) if isinstance(v, tuple) else v for name, v in values.items()}
+
+
+def _check_options(config: PredictConfig, recorded: dict[str, Any]) -> None:
+    """On ``--resume``: every option of :data:`RESUME_OPTIONS` as the interrupted run had it,
+    else one line naming those that differ (before, only "other inputs or options")."""
+    before = recorded.get("options")
+    if not isinstance(before, dict):
+        return  # a record without them: the fingerprint alone decides
+    now = _resume_options(config)
+    changed = [name for name in RESUME_OPTIONS if name in before and before[name] != now[name]]
+    if changed:
+        what = ", ".join(f"{name} {_shown(now[name])} (the interrupted run had "
+                         f"{_shown(before[name])})" for name in changed)
+        raise ConfigError(f"{config.dst}: {what}; resume with the interrupted run's values, "
+                          "or pass overwrite to start over", params=(*changed, "overwrite"))
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "the default"
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def _note(staging: Staging, facts: dict[str, Any]) -> None:
