@@ -486,8 +486,8 @@ def _stage(config: PredictConfig, plan: Plan, staging: Staging, fingerprint: str
     repaired: list[bool] = []
 
     def on_resume(recorded: dict[str, Any]) -> None:
+        repaired.append(_check_source(raster, recorded))  # first: a changed source matters most
         _check_options(config, recorded)
-        repaired.append(_check_source(raster, recorded))
 
     version = raster.version.to_record() if raster.version is not None else None
     resumed = staging.prepare(fingerprint, resume=config.resume, overwrite=config.overwrite,
