@@ -14,6 +14,7 @@ import logging
 import pickle
 import re
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -74,13 +75,9 @@ def read_json(path: Path, what: str) -> Any:
         raise ModelError(f"{path}: not valid JSON ({exc}); fix {what}") from exc
 
 
-class _PlainDict(dict):  # type: ignore[type-arg]
-    """Stands in for Lightning's ``AttributeDict`` (a dict with attribute access) when an older
-    checkpoint's hyper-parameters were saved as one: read as the plain dict it is, without
-    importing Lightning or running any of its code."""
-
-
-# Lightning's dict subclass, under the names older releases pickled it by
+# Lightning's dict with attribute access (older releases saved hyper-parameters as one), under
+# the names it was pickled by: read as the plain ordered dict it is, without importing Lightning
+# or running any of its code (torch's weights-only reader fills only dicts it knows)
 _LIGHTNING_DICTS = ("lightning.fabric.utilities.data.AttributeDict",
                     "pytorch_lightning.utilities.parsing.AttributeDict",
                     "lightning_fabric.utilities.data.AttributeDict")
@@ -94,7 +91,7 @@ def _torch_load(path: Path) -> Any:
     allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
     if allow is None:
         return torch.load(str(path), map_location="cpu", weights_only=True)
-    with _ALLOW_LOCK, allow([(_PlainDict, name) for name in _LIGHTNING_DICTS]):
+    with _ALLOW_LOCK, allow([(OrderedDict, name) for name in _LIGHTNING_DICTS]):
         return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
