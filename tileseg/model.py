@@ -39,6 +39,7 @@ _ALIASES = {
     "deeplabv3+": "DeepLabV3Plus",
     "deeplab": "DeepLabV3Plus",
     "unet++": "UnetPlusPlus",
+    "u-net": "Unet",
 }
 
 

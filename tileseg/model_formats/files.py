@@ -109,9 +109,15 @@ def read_torch(path: Path) -> Any:
             "unpickling them could run any code; save a state dict (torch.save(model.state_dict(), "
             "f)), or model.save_pretrained(dir) for an smp model") from exc
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelError(f"{path}: not a readable PyTorch file, truncated or corrupt "
-                         f"({reason[:200]}); copy or save it again") from exc
+                         f"({first_sentence(exc)}); copy or save it again") from exc
+
+
+def first_sentence(exc: BaseException, limit: int = 160) -> str:
+    """The first sentence of an exception's message, for a one-line error."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = text.split(". ")[0].rstrip(".")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
 FORMATS = ("smp", "torchgeo", "weights", "onnx")
-HINT = ("pass a model: an smp folder (save_pretrained), a TorchGeo .ckpt, a .pt/.pth/"
+HINT = ("give a model: an smp folder (save_pretrained), a TorchGeo .ckpt, a .pt/.pth/"
         ".safetensors state dict, an .onnx file or a STAC MLM item (.json)")
 
 
@@ -45,7 +45,7 @@ def load_any(path: Path, options: LoadOptions) -> LoadedModel:
     except OSError as exc:  # e.g. a folder without read or search permission
         raise unreadable(path, exc) from exc
     if not found:
-        raise InputNotFoundError(f"{path}: not found; {HINT}", params=("model",))
+        raise InputNotFoundError(f"{path}: not found; {HINT}")
     if folder:
         return _load_folder(path, names, options)
     kind = fmt_files.sniff(path)
@@ -125,10 +125,9 @@ def _load_weights(path: Path, state: dict[str, torch.Tensor], given: Given, opti
         named = named_network(given.network, options, where)
         if named is None:
             raise ModelError(
-                f"{where}: plain weights need their network: name it in a tileseg.json beside "
-                "them (\"network\": {\"architecture\": \"Unet\", \"encoder_name\": \"resnet34\"}) "
-                "or give architecture and encoder_name",
-                params=("architecture", "encoder_name"))
+                f"{where}: plain weights need their network: give architecture and encoder_name "
+                "(e.g. Unet and resnet34), or name both in the \"network\" object of a "
+                "tileseg.json beside the weights", params=("architecture", "encoder_name"))
         architecture, encoder, extra = named
         spec = spec_for_state(architecture, encoder, extra, state, where)
         said = ("options" if options.architecture or options.encoder_name

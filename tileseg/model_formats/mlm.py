@@ -457,8 +457,7 @@ def stac_item(model: LoadedModel, item_path: Path) -> dict[str, Any]:
     meta = model.metadata
     stamp = dt.datetime.fromtimestamp(artifact.stat().st_mtime, dt.UTC)
     props = {"datetime": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),
-             "description": meta.description or f"{props['mlm:name']}: {meta.num_classes} classes",
-             **props}
+             **({"description": meta.description} if meta.description else {}), **props}
     if meta.bands:
         props["bands"] = [{"name": b, **({"data_type": meta.dtype} if meta.dtype else {})}
                           for b in meta.bands]

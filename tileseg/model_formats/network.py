@@ -176,11 +176,27 @@ def build_with_weights(spec: ModelSpec, state: dict[str, torch.Tensor], where: s
 
 def load_strict(module: nn.Module, state: dict[str, torch.Tensor], network: str,
                 weights: str) -> None:
-    state = network_state(state, set(module.state_dict()))
+    """Load every tensor of ``state`` into ``module``, each of its shape; a one-line error
+    saying how they differ otherwise."""
+    own = module.state_dict()
+    state = network_state(state, set(own))
+    missing = [k for k in own if k not in state]
+    foreign = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or foreign or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} of its {len(own)} tensors are not in the file "
+                         f"({missing[0]}, ...)")
+        if foreign:
+            parts.append(f"{len(foreign)} in the file are not its own ({foreign[0]}, ...)")
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} differ in shape ({k}: {tuple(state[k].shape)} in the "
+                         f"file, {tuple(own[k].shape)} in the network)")
+        raise ModelError(f"{weights}: weights do not match {network}: {'; '.join(parts)}; name "
+                         "the network they were trained with")
     try:
         module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), "")
-        raise ModelError(f"{weights}: weights do not match {network} ({first} {detail[:200]})"
-                         ) from exc
+    except RuntimeError as exc:  # dtype or other loading problems
+        raise ModelError(f"{weights}: weights do not match {network} ({str(exc)[:160]})") from exc
