@@ -283,3 +283,16 @@ def test_files_that_are_no_model_are_one_line(tmp_path) -> None:
         with pytest.raises(ModelError, match=match) as info:
             load_model(tmp_path / name, architecture="unet", encoder_name="resnet18")
         assert "\n" not in str(info.value)
+
+
+def test_a_batch_manifest_takes_a_checkpoint_and_tta(make_raster, tmp_path,
+                                                    torchgeo_models) -> None:
+    src = make_raster(random_image(3, 70, 80, seed=9))
+    shutil.copytree(torchgeo_models["ckpt"].parent, tmp_path / "checkpoints")
+    manifest = tmp_path / "scenes.yaml"
+    manifest.write_text(f"- src: {src}\n  dst: flips.tif\n  model: checkpoints/epoch=0-step=1.ckpt"
+                        "\n  tta: flips\n  tile_size: 64\n  overlap: 16\n  engine: torch\n")
+    res = CliRunner().invoke(cli, ["batch", str(manifest), "-q"])
+    assert res.exit_code == 0, res.output
+    expected = _predict(src, tmp_path / "one.tif", torchgeo_models["ckpt"], "--tta", "flips")
+    np.testing.assert_array_equal(_mask(tmp_path / "flips.tif"), expected)
