@@ -67,7 +67,7 @@ def _load_folder(path: Path, names: list[str], options: LoadOptions) -> LoadedMo
         state = fmt_files.read_state_dict(weights)
         module = build_with_weights(spec, state, str(path), str(weights))
         return _finish(path, module, spec, given, options, "smp", files,
-                       {"architecture": str(path / "config.json")})
+                       {"architecture": "config.json"})
     if weights is None:
         raise ModelError(f"{path}: no model.safetensors in the directory; save with save_pretrained")
     return _load_weights(weights, fmt_files.read_state_dict(weights), given, options, files,
@@ -213,6 +213,14 @@ def _finish(path: Path, module: nn.Module, spec: ModelSpec | None, given: Given,
     metadata = checked_metadata(given, model_source=where, outputs=outputs,
                                 in_channels=in_channels, raster_dtype=options.raster_dtype)
     divisor = given.input_multiple or _divisor(module)
+    notes = dict(origin)
+    if given.input_size is not None and fixed_input_size(module) is None:
+        # a torch network runs at any multiple of its stride: more context than the tiles it
+        # was trained on, which is what the declared size usually is
+        notes["input size"] = (f"{Path(given.source).name} declares {given.input_size} px (the "
+                               f"size it was trained on); the network runs at any multiple of "
+                               f"{divisor}")
+    origin = notes
     return LoadedModel(
         module=module, metadata=metadata, source=where,
         architecture=architecture or (spec.architecture if spec else type(module).__name__),

@@ -221,7 +221,7 @@ def _one_scaling(obj: Any, where: str) -> tuple[float, float]:
         if kind is None:
             return 0.0, 1.0
         if kind == "z-score":
-            return float(obj["mean"]), float(obj.get("stddev", obj.get("std")))
+            return float(obj["mean"]), float(obj["stddev"] if "stddev" in obj else obj["std"])
         if kind == "min-max":
             low, high = float(obj["minimum"]), float(obj["maximum"])
             return low, high - low
