@@ -296,3 +296,32 @@ def test_a_batch_manifest_takes_a_checkpoint_and_tta(make_raster, tmp_path,
     assert res.exit_code == 0, res.output
     expected = _predict(src, tmp_path / "one.tif", torchgeo_models["ckpt"], "--tta", "flips")
     np.testing.assert_array_equal(_mask(tmp_path / "flips.tif"), expected)
+
+
+def test_a_run_fingerprints_the_model_format_and_the_files_beside_it(
+        make_raster, tmp_path, torchgeo_models, monkeypatch) -> None:
+    """--resume continues only the same model: format facts and every file it was read from
+    (the tileseg.json beside a checkpoint too), by name, whatever path names the model."""
+    from tileseg.config import PredictConfig
+    from tileseg.pipeline import _fingerprint
+    from tileseg.raster import open_raster
+
+    src = make_raster(random_image(3, 40, 40))
+    raster = open_raster(str(src))
+
+    def fingerprint(model: Path | str, **kw: object) -> str:
+        cfg = PredictConfig(str(src), str(tmp_path / "o.tif"), **kw)  # type: ignore[arg-type]
+        return _fingerprint(cfg, raster, str(model), load_model(model))
+
+    folder = tmp_path / "copy"
+    shutil.copytree(torchgeo_models["ckpt"].parent, folder)
+    ckpt = folder / torchgeo_models["ckpt"].name
+    first = fingerprint(ckpt)
+    monkeypatch.chdir(tmp_path)
+    assert fingerprint(Path("copy") / ckpt.name) == first  # another path to the same files
+    assert fingerprint(torchgeo_models["smp"]) != first  # the same weights as an smp folder
+    assert fingerprint(ckpt, tta="flips") != first
+    meta = json.loads((folder / "tileseg.json").read_text())
+    meta["classes"][0]["name"] = "renamed"
+    (folder / "tileseg.json").write_text(json.dumps(meta))
+    assert fingerprint(ckpt) != first

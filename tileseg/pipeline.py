@@ -310,12 +310,13 @@ def _fingerprint(config: PredictConfig, raster: RasterInfo, model_source: str,
     weights = [p for p in Path(model_source).glob("*") if p.is_file()] if model_source else []
     if model is not None and model.files:
         weights = [Path(f) for f in model.files]
+    # names, not paths: the same model given by another path (relative, absolute) resumes
     facts = (None if model is None else
-             (model.format, model.architecture, model.divisor, model.input_size, model.item,
-              model.onnx_path, config.architecture, config.encoder_name))
+             (model.format, model.architecture, model.divisor, model.input_size,
+              model.item is not None, config.architecture, config.encoder_name))
     return tokenize(
         raster, size,
-        sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in weights),
+        sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights),
         config.tile_size, config.overlap, config.chunk_size, config.blend, config.precision,
         config.probabilities, config.encoder_output_stride, config.decoder_atrous_rates,
         SUMS_FORMAT, config.tta, facts,
