@@ -152,7 +152,8 @@ def _load_onnx(path: Path, given: Given, options: LoadOptions, files: tuple[str,
                          "encoder_output_stride and decoder_atrous_rates",
                          params=("encoder_output_stride", "decoder_atrous_rates"))
     signature = inspect_onnx(path)
-    multiple, size, said = network_size(signature, given.input_multiple, given.input_size, where)
+    multiple, size, said = network_size(signature, given.input_multiple, given.input_size, where,
+                                        Path(given.source).name or "the description")
     in_channels = signature.channels or given.in_channels
     outputs = signature.outputs or (len(given.classes) if given.classes else None)
     if in_channels is None or outputs is None:

@@ -131,7 +131,7 @@ class OnnxNetwork(nn.Module):
 
 
 def network_size(signature: OnnxSignature, multiple: int | None, declared: int | None,
-                 where: str) -> tuple[int, int | None, str]:
+                 where: str, described_by: str = "the description") -> tuple[int, int | None, str]:
     """(input multiple, fixed input size or None, where the multiple came from)."""
     size = signature.input_size
     if declared is not None and size is not None and declared != size:
@@ -145,5 +145,5 @@ def network_size(signature: OnnxSignature, multiple: int | None, declared: int |
                              f"multiple {step} the description gives; fix the description")
         return step, size, "the graph's fixed input size"
     if multiple is not None:
-        return multiple, None, "the description"
+        return multiple, None, described_by
     return DEFAULT_MULTIPLE, None, f"assumed ({DEFAULT_MULTIPLE}; give input_multiple)"
