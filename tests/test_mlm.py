@@ -239,3 +239,12 @@ def test_export_stac_replaces_only_an_item_it_wrote(tmp_path, deeplab_dir: Path)
         res = runner.invoke(cli, ["model", "export-stac", str(deeplab_dir), *argv])
         assert res.exit_code == code, res.output
     assert theirs.read_text() == '{"mine": true}\n'
+
+
+def test_an_item_may_point_at_an_smp_folder(foreign, deeplab_dir: Path) -> None:
+    item, data = foreign
+    data["assets"]["weights"]["href"] = str(deeplab_dir)
+    model = _load(item, data)
+    assert model.format == "smp" and model.item == str(item)
+    assert model.metadata.class_names == ("background", "water", "forest")  # the item's
+    assert str(item) in model.files and str(deeplab_dir / "config.json") in model.files

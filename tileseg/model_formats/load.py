@@ -54,9 +54,11 @@ def load_any(path: Path, options: LoadOptions) -> LoadedModel:
     return _load_file(path, kind, read_sidecar(path.parent), options, item=None)
 
 
-def _load_folder(path: Path, names: list[str], options: LoadOptions) -> LoadedModel:
-    given = read_sidecar(path)
-    files = tuple(str(path / n) for n in names if (path / n).is_file())
+def _load_folder(path: Path, names: list[str], options: LoadOptions,
+                 item: Path | None = None, described: Given | None = None) -> LoadedModel:
+    given = described if described is not None else read_sidecar(path)
+    files = ((str(item),) if item else ()) + tuple(str(path / n) for n in names
+                                                   if (path / n).is_file())
     # by name: a folder called config.json is a config that cannot be read, not a missing one
     weights = next((path / n for n in WEIGHT_FILES if n in names), None)
     if "config.json" in names:
@@ -67,11 +69,11 @@ def _load_folder(path: Path, names: list[str], options: LoadOptions) -> LoadedMo
         state = fmt_files.read_state_dict(weights)
         module = build_with_weights(spec, state, str(path), str(weights))
         return _finish(path, module, spec, given, options, "smp", files,
-                       {"architecture": "config.json"})
+                       {"architecture": "config.json"}, item=item)
     if weights is None:
         raise ModelError(f"{path}: no model.safetensors in the directory; save with save_pretrained")
     return _load_weights(weights, fmt_files.read_state_dict(weights), given, options, files,
-                         item=None, source=path)
+                         item=item, source=path)
 
 
 def _load_file(path: Path, kind: str, given: Given, options: LoadOptions,
@@ -183,9 +185,12 @@ def _load_item(path: Path, options: LoadOptions) -> LoadedModel:
                          f"extension (no mlm: properties); {HINT}")
     given, artifact, artifact_type = read_item(data, path)
     try:
-        found = artifact.is_file()
+        found, folder = artifact.is_file(), artifact.is_dir()
+        names = sorted(os.listdir(artifact)) if folder else []
     except OSError as exc:
         raise unreadable(artifact, exc) from exc
+    if folder:  # an smp folder (save_pretrained), described by the item
+        return _load_folder(artifact, names, options, item=path, described=given)
     if not found:
         raise ModelError(f"{path}: its model artifact {artifact} is not there; fix the asset's "
                          "href or copy the file beside the item")
