@@ -74,7 +74,7 @@ def layouts(device: str, size: int, work: Path) -> None:
     with torch.no_grad():
         module.segmentation_head[0].bias -= module(x)[0].mean((1, 2))
     save_model(module, work / "model", ModelMetadata.default(6, 3, "uint8"))
-    print(f"\n| chunk | batch | pixels differing from the first run | classes >= 5% |")
+    print("\n| chunk | batch | pixels differing from the first run | classes >= 5% |")
     print("|---|---|---|---|")
     first = None
     for chunk, batch in ((2048, 16), (1024, 16), (4096, 16), (2048, 7)):

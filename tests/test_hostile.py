@@ -302,6 +302,47 @@ CASES: list[Case] = [
     # ---- reads (issue 18): a raster placed by ground control points only (rectify, not assign)
     Case("predict-gcps-only", f"predict gcps.tif out.tif {M}", 2),
     Case("info-gcps-only", f"info gcps.tif {M}", 2),
+    # ---- issue 21, models as users hold them: checkpoints whose unpickling would run code
+    # (never run: the payload would leave payload-ran here), truncated files, ONNX files
+    # tileseg cannot run, items that point away, and the model command group
+    Case("predict-ckpt-pickled-payload", "predict rgb.tif out.tif -m {payload_ckpt}", 3,
+         absent=("out.tif", "payload-ran")),
+    Case("predict-pth-pickled-payload", "predict rgb.tif out.tif -m {payload_pth} "
+         "--architecture unet --encoder resnet18", 3, absent=("out.tif", "payload-ran")),
+    Case("predict-ckpt-truncated", "predict rgb.tif out.tif -m {cut_ckpt}", 3, absent=("out.tif",)),
+    Case("predict-ckpt-4-bands", "predict rgb.tif out.tif -m {ckpt_4_bands}", 3,
+         absent=("out.tif",)),
+    Case("predict-ckpt-multilabel", "predict rgb.tif out.tif -m {ckpt_multilabel}", 3),
+    Case("predict-ckpt-ok", f"predict rgb.tif out.tif -m {{ckpt}} {FAST} --tta flips -q", 0),
+    Case("predict-weights-no-network", "predict rgb.tif out.tif -m {bare_weights}", 3,
+         absent=("out.tif",)),
+    Case("predict-weights-wrong-network", "predict rgb.tif out.tif -m {bare_weights} "
+         "--architecture pspnet --encoder resnet18", 3, absent=("out.tif",)),
+    Case("predict-weights-unknown-architecture", "predict rgb.tif out.tif -m {bare_weights} "
+         "--architecture transformer9000 --encoder resnet18", 3),
+    Case("predict-onnx-two-outputs", "predict rgb.tif out.tif -m {onnx_two_outputs}", 3,
+         absent=("out.tif",)),
+    Case("predict-onnx-4-bands", "predict rgb.tif out.tif -m {onnx_4_bands}", 3,
+         absent=("out.tif",)),
+    Case("predict-onnx-oblong-input", "predict rgb.tif out.tif -m {onnx_oblong}", 3,
+         absent=("out.tif",)),
+    Case("predict-onnx-truncated", "predict rgb.tif out.tif -m {onnx_cut}", 3,
+         absent=("out.tif",)),
+    Case("predict-onnx-engine-torch", "predict rgb.tif out.tif -m {onnx} --engine torch", 2,
+         absent=("out.tif",)),
+    Case("predict-onnx-ok", f"predict rgb.tif out.tif -m {{onnx}} {FAST} --tta d4 -q", 0),
+    Case("predict-item-remote-href", "predict rgb.tif out.tif -m {item_remote}", 3,
+         absent=("out.tif",)),
+    Case("predict-item-artifact-missing", "predict rgb.tif out.tif -m {item_gone}", 3),
+    Case("predict-tta-unknown", f"predict rgb.tif out.tif {M} --tta rot45", 2),
+    Case("model-info-ok", "model info {ckpt}", 0),
+    Case("model-info-missing", "model info nomodel", 2),
+    Case("model-info-notes", "model info notes.txt", 3),
+    Case("model-info-payload", "model info {payload_ckpt}", 3, absent=("payload-ran",)),
+    Case("model-export-over-user-file", f"model export-stac {M[3:]} precious.tif --overwrite", 4),
+    Case("model-export-read-only-folder", f"model export-stac {M[3:]} /proc/sys/item.json", 4),
+    Case("model-export-ok", "model export-stac {onnx} item.json -q", 0),
+    Case("model-no-subcommand", "model frobnicate", 2),
 ]
 
 
@@ -464,6 +505,7 @@ def models(deeplab_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
         "name_bell": variant("name_bell", tileseg_json=with_class(0, name="water\u0007")),
         "json_folder": folder_at("json_folder", "tileseg.json"),
         "weights_folder": folder_at("weights_folder", "model.safetensors"),
+        **_issue21_models(root / "issue21", meta),
     }
 
 
@@ -539,5 +581,104 @@ def test_models_unchanged_after_the_table(models: dict[str, Path],
 
 def test_the_table_covers_every_command() -> None:
     commands = {shlex.split(c.argv)[0] for c in CASES}
-    assert {"predict", "info", "vectorize", "evaluate", "train", "batch", "sample"} <= commands
+    assert {"predict", "info", "vectorize", "evaluate", "train", "batch", "sample",
+            "model"} <= commands
     assert len(CASES) >= 80 and len({c.id for c in CASES}) == len(CASES)
+
+
+# --------------------------------------------------------------------------- issue 21 models
+
+
+class _Payload:
+    """Unpickled, this would leave ``payload-ran`` in the working folder."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (os.system, ("touch payload-ran",))
+
+
+def _issue21_models(root: Path, meta: dict) -> dict[str, Path]:
+    """Checkpoints, weights, ONNX files and MLM items, good and broken (tiny networks)."""
+    import warnings
+
+    from tileseg.model import ModelSpec, build_model
+
+    root.mkdir()
+    spec = ModelSpec("Unet", "resnet18", in_channels=3, classes=3, extra={"encoder_depth": 3,
+                                                                         "decoder_channels": (16, 8, 4)})
+    net = build_model(spec).eval()
+    task = {"model": "unet", "backbone": "resnet18", "in_channels": 3, "num_classes": 3,
+            "task": "multiclass"}
+
+    def checkpoint(name: str, hparams: dict, module: torch.nn.Module = net, **more: object) -> Path:
+        folder = root / name.split(".")[0]
+        folder.mkdir()
+        state = {f"model.{k}": v for k, v in module.state_dict().items()}
+        torch.save({"state_dict": state, "hyper_parameters": hparams, **more}, folder / name)
+        (folder / "tileseg.json").write_text(json.dumps(meta))
+        return folder / name
+
+    # TorchGeo builds the default U-Net: these are full-depth resnet18 U-Nets
+    unet = build_model(ModelSpec("Unet", "resnet18", in_channels=3, classes=3)).eval()
+    unet4 = build_model(ModelSpec("Unet", "resnet18", in_channels=4, classes=3)).eval()
+    ckpt = checkpoint("good.ckpt", task, unet)
+    cut = root / "cut.ckpt"
+    cut.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 3])
+    (root / "bare").mkdir()
+    torch.save(net.state_dict(), root / "bare" / "weights.pth")
+    torch.save({"state_dict": unet.state_dict(), "extra": _Payload()}, root / "payload.pth")
+
+    def onnx(name: str, module: torch.nn.Module, bands: int = 3,
+             size: tuple[int, int] | None = None, outputs: int = 1) -> Path:
+        folder = root / name
+        folder.mkdir()
+        dims = {0: "b"} if size else {0: "b", 2: "h", 3: "w"}
+        names = ["logits", "extra"][:outputs]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (torch.zeros(1, bands, *(size or (32, 32))),),
+                              str(folder / "net.onnx"), dynamo=False, opset_version=17,
+                              input_names=["x"], output_names=names,
+                              dynamic_axes={n: dims for n in ["x", *names]})
+        (folder / "tileseg.json").write_text(json.dumps(
+            {**meta, "in_channels": bands, "network": {"input_multiple": 2}}))
+        return folder / "net.onnx"
+
+    class Two(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return x, x * 2
+
+    conv = torch.nn.Conv2d(3, 3, 3, padding=1).eval()
+    good_onnx = onnx("onnx", conv)
+    onnx_cut = root / "cut.onnx"
+    onnx_cut.write_bytes(good_onnx.read_bytes()[:300])
+    item_remote = root / "remote.json"
+    item = {"type": "Feature", "stac_version": "1.1.0", "id": "m", "geometry": None,
+            "properties": {"datetime": None, "mlm:name": "m", "mlm:architecture": "Unet",
+                           "mlm:tasks": ["semantic-segmentation"],
+                           "mlm:input": [{"name": "x", "input": {
+                               "shape": [-1, 3, -1, -1],
+                               "dim_order": ["batch", "channel", "height", "width"],
+                               "data_type": "float32"}}],
+                           "mlm:output": [{"name": "y", "tasks": ["semantic-segmentation"]}]},
+            "assets": {"model": {"href": "https://example.com/net.onnx", "roles": ["mlm:model"],
+                                 "mlm:artifact_type": "onnx"}}}
+    item_remote.write_text(json.dumps(item))
+    item["assets"]["model"]["href"] = "gone.onnx"  # type: ignore[index]
+    (root / "gone.json").write_text(json.dumps(item))
+    return {
+        "ckpt": ckpt,
+        "payload_ckpt": checkpoint("payload.ckpt", task, unet, extra=_Payload()),
+        "payload_pth": root / "payload.pth",
+        "cut_ckpt": cut,
+        "ckpt_4_bands": checkpoint("four.ckpt", {**task, "in_channels": 4}, unet4),
+        "ckpt_multilabel": checkpoint("multilabel.ckpt", {**task, "task": "multilabel",
+                                                          "num_labels": 3}, unet),
+        "bare_weights": root / "bare" / "weights.pth",
+        "onnx": good_onnx,
+        "onnx_two_outputs": onnx("onnx2", Two(), outputs=2),
+        "onnx_4_bands": onnx("onnx4", torch.nn.Conv2d(4, 3, 1).eval(), bands=4),
+        "onnx_oblong": onnx("onnx_oblong", conv, size=(32, 16)),
+        "onnx_cut": onnx_cut,
+        "item_remote": item_remote,
+        "item_gone": root / "gone.json",
+    }

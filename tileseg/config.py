@@ -12,6 +12,7 @@ Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Engine = Literal["auto", "torch", "onnxruntime"]
 ProbabilityMode = Literal["none", "uint8", "float16"]
 OutputFormat = Literal["gtiff", "cog", "zarr"]
+TtaMode = Literal["none", "flips", "d4"]
 
 DEFAULT_TILE_SIZE = 513
 DEFAULT_OVERLAP = 64
@@ -44,6 +45,7 @@ class RuntimeConfig:
     batch_size: int | None = None
     compile_model: bool = False
     engine: Engine = "auto"
+    tta: TtaMode = "none"  # test-time augmentation (tileseg.tta)
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,9 @@ class PredictConfig:
 
     src: str
     dst: str
-    model: str | None = None  # model directory; None: the bundled default model
+    # model folder or file (smp folder, TorchGeo .ckpt, state dict, .onnx, STAC MLM item);
+    # None: the bundled default model
+    model: str | None = None
     format: OutputFormat | None = None  # None: from dst's extension
     zarr_path: str | None = None  # also keep the Zarr mosaic here when dst is a GeoTIFF
     bands: tuple[int, ...] | None = None  # 1-based, as rasterio
@@ -83,6 +87,9 @@ class PredictConfig:
     vectorize: str | None = None  # also write polygons here (GPKG, GeoParquet, ...)
     preview: str | None = None  # also draw a PNG quicklook here (tileseg.preview)
     engine: Engine = "auto"  # auto: ONNX Runtime on the CPU when installed, else torch
+    tta: TtaMode = "none"  # test-time augmentation: none, flips (4 passes a tile), d4 (8)
+    architecture: str | None = None  # the network of plain weights (a state dict file)
+    encoder_name: str | None = None
 
     @property
     def tiling(self) -> TilingConfig:
@@ -91,7 +98,7 @@ class PredictConfig:
     @property
     def runtime(self) -> RuntimeConfig:
         return RuntimeConfig(self.device, self.precision, self.batch_size, self.compile_model,
-                             self.engine)
+                             self.engine, self.tta)
 
     def __post_init__(self) -> None:
         if self.tile_size < 16:
@@ -118,6 +125,8 @@ class PredictConfig:
         if self.engine not in ("auto", "torch", "onnxruntime"):
             raise ConfigError(f"engine {self.engine!r}: choose auto, torch or onnxruntime",
                               params=("engine",))
+        if self.tta not in ("none", "flips", "d4"):
+            raise ConfigError(f"tta {self.tta!r}: choose none, flips or d4", params=("tta",))
         if self.probabilities not in ("none", "uint8", "float16"):
             raise ConfigError(
                 f"probabilities {self.probabilities!r}: choose none, uint8 or float16",

@@ -15,7 +15,8 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -38,10 +39,11 @@ from tileseg.engine import (
     resolve_engine,
     worker_cores,
 )
-from tileseg.errors import ModelError, OutputError
+from tileseg.errors import ConfigError, DependencyError, ModelError, OutputError
 from tileseg.grid import Rect, TileGrid
 from tileseg.model import LoadedModel, class_logits
 from tileseg.raster import RasterInfo, WindowReader
+from tileseg.tta import averaged, check_mode
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ class Runtime:
     threads: int | None = None  # CPU intra-op threads (None on a GPU)
     onnx: OnnxForward | None = None
     torch_cpu: TorchCpuForward | None = None
+    tta: str = "none"  # test-time augmentation (tileseg.tta): none, flips or d4
 
     def label(self) -> str:
         """What a tile's logits depend on besides the model and the tiling: the engine, the
@@ -88,7 +91,11 @@ class Runtime:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The float32 logits of a batch of normalized tiles, each independent of the others
         in its batch and of how many there are (see :mod:`tileseg.blend`: the mask must not
-        depend on how tiles are grouped)."""
+        depend on how tiles are grouped); averaged over the test-time augmentation's
+        transforms (:mod:`tileseg.tta`), each tile on its own."""
+        return averaged(self._forward_once, x, self.tta)
+
+    def _forward_once(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         # a binary model's one logit x as [0, x] (see class_logits): argmax = sigmoid > 0.5
@@ -126,6 +133,7 @@ def make_runtime(
     halo_before: int | None = None,
     from_directory: bool = False,
     owned: bool = False,
+    tta: str = "none",
 ) -> Runtime:
     """Place ``model`` for inference: device, precision, engine, threads and blend window.
 
@@ -133,8 +141,15 @@ def make_runtime(
     ``from_directory`` says the model was loaded from files (``auto`` may then export it).
     ``owned=False`` (a caller's model) leaves ``model.module`` as it was: it is copied before
     being moved, switched to eval mode or converted to channels-last, unless it already is
-    on the device in eval mode and needs no conversion.
+    on the device in eval mode and needs no conversion. ``tta``: test-time augmentation
+    (:mod:`tileseg.tta`).
     """
+    check_mode(tta)
+    if model.onnx_path is not None:
+        return _onnx_file_runtime(model, device=device, precision=precision,
+                                  batch_size=batch_size, tile_size=tile_size, overlap=overlap,
+                                  blend=blend, compile_model=compile_model, engine=engine,
+                                  halo_before=halo_before, tta=tta)
     dev = resolve_device(device)
     autocast = resolve_precision(precision, dev)
     context = model.context_size(tile_size)
@@ -164,14 +179,22 @@ def make_runtime(
         module = module.to(memory_format=torch.channels_last)
     if compile_model:
         module = torch.compile(module)  # type: ignore[assignment]
-    placed = LoadedModel(module=module, metadata=model.metadata, source=model.source,
-                         architecture=model.architecture, divisor=model.divisor)
-    a, b = model.metadata.normalization.coefficients(model.metadata.in_channels)
-    scaled, units = fixed_point_window(weight_window(blend, tile_size, overlap, halo_before))
+    placed = replace(model, module=module)
     torch_cpu = (TorchCpuForward(module, threads, autocast, concurrent=owned)
                  if chosen == "torch" and threads is not None else None)
+    return _runtime(placed, dev, autocast, batch_size, context, blend, tile_size, overlap,
+                    halo_before, channels_last=channels_last, engine=chosen, threads=threads,
+                    onnx=onnx, torch_cpu=torch_cpu, tta=tta)
+
+
+def _runtime(model: LoadedModel, dev: torch.device, autocast: torch.dtype | None,
+             batch_size: int | None, context: int, blend: str, tile_size: int, overlap: int,
+             halo_before: int | None, **placed: Any) -> Runtime:
+    """The :class:`Runtime` of a placed model: normalization and blend window on ``dev``."""
+    a, b = model.metadata.normalization.coefficients(model.metadata.in_channels)
+    scaled, units = fixed_point_window(weight_window(blend, tile_size, overlap, halo_before))
     return Runtime(
-        model=placed,
+        model=model,
         device=dev,
         autocast=autocast,
         batch_size=batch_size or default_batch_size(dev, context),
@@ -181,12 +204,58 @@ def make_runtime(
         window=torch.from_numpy(scaled).to(dev),
         window_units=torch.from_numpy(units).to(dev),
         logit_limit=logit_limit(tile_size, overlap),
-        channels_last=channels_last,
-        engine=chosen,
-        threads=threads,
-        onnx=onnx,
-        torch_cpu=torch_cpu,
+        **placed,
     )
+
+
+def _onnx_file_runtime(model: LoadedModel, *, device: str, precision: str,
+                       batch_size: int | None, tile_size: int, overlap: int, blend: str,
+                       compile_model: bool, engine: str, halo_before: int | None,
+                       tta: str) -> Runtime:
+    """A user's ONNX file, run by ONNX Runtime as it is: on the CPU, or on CUDA with
+    onnxruntime-gpu, every pass of the same batch shape there (the last one padded)."""
+    dev = onnx_device(device, precision, engine, compile_model)
+    context = model.context_size(tile_size)
+    threads = worker_cores() if dev.type == "cpu" else None
+    batch = batch_size or default_batch_size(dev, context)
+    providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if dev.type == "cuda"
+                 else ["CPUExecutionProvider"])
+    signature = getattr(model.module, "signature", None)
+    onnx = OnnxForward(Path(str(model.onnx_path)), threads or 1, signature=signature,
+                       providers=providers, pad_to=batch if dev.type == "cuda" else None)
+    return _runtime(model, dev, None, batch, context, blend, tile_size, overlap, halo_before,
+                    channels_last=False, engine="onnxruntime", threads=threads, onnx=onnx,
+                    tta=tta)
+
+
+def onnx_device(device: str, precision: str, engine: str, compile_model: bool) -> torch.device:
+    """Where a user's ONNX file runs: ONNX Runtime in fp32, on the CPU or, with onnxruntime-gpu
+    installed, on CUDA (``auto`` picks CUDA only then). Anything else is one line."""
+    from tileseg.model_formats.onnxfile import import_onnxruntime
+
+    if engine == "torch":
+        raise ConfigError("an ONNX model file runs on ONNX Runtime, not torch; use engine auto "
+                          "or onnxruntime", params=("engine",))
+    if compile_model:
+        raise ConfigError("compile_model is for torch networks; an ONNX model file runs on ONNX "
+                          "Runtime: drop compile_model", params=("compile_model",))
+    if precision not in ("auto", "fp32"):
+        raise ConfigError(f"an ONNX model file runs as it was exported; precision {precision} "
+                          "applies to torch networks: use precision fp32 (or auto)",
+                          params=("precision",))
+    ort = import_onnxruntime()
+    gpu = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device == "auto":
+        dev = resolve_device("auto")
+        return dev if dev.type == "cpu" or gpu else torch.device("cpu")
+    dev = resolve_device(device)
+    if dev.type == "cuda" and not gpu:
+        raise DependencyError(f"running an ONNX model file on {dev} needs onnxruntime-gpu (pip "
+                              "install onnxruntime-gpu); or use device cpu", params=("device",))
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"an ONNX model file runs on the CPU or CUDA, not {dev}",
+                          params=("device",))
+    return dev
 
 
 def context_pad(grid: TileGrid, context: int) -> int:

@@ -126,6 +126,7 @@ def describe(config: PredictConfig, *, flags: bool = False) -> dict[str, Any]:
         },
         "model": {
             "source": plan.model.source,
+            "format": plan.model.format,
             "architecture": plan.model.architecture,
             "classes": list(meta.class_names),
             "input_bands": meta.in_channels,

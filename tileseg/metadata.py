@@ -320,6 +320,12 @@ def save_metadata(metadata: ModelMetadata, directory: str | Path) -> Path:
 def load_metadata(directory: str | Path) -> ModelMetadata | None:
     """Read ``tileseg.json`` from a model directory, or return None when there is none."""
     path = Path(directory) / METADATA_FILENAME
+    data = read_metadata_json(path)
+    return None if data is None else ModelMetadata.from_json(data, source=str(path))
+
+
+def read_metadata_json(path: Path) -> Any:
+    """The JSON document of a ``tileseg.json`` at ``path``, or None when there is none."""
     try:
         os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -335,7 +341,9 @@ def load_metadata(directory: str | Path) -> ModelMetadata | None:
         data = json.loads(text.decode("utf-8"))
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
         raise ModelError(f"{path}: not valid JSON ({exc}); fix or remove it") from exc
-    return ModelMetadata.from_json(data, source=str(path))
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: not a JSON object; fix or remove it")
+    return data
 
 
 def unreadable(path: Path, exc: OSError) -> ModelError:

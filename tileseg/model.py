@@ -1,57 +1,58 @@
 """Building, saving and loading segmentation models.
 
 A model directory is what ``smp``'s ``model.save_pretrained(dir)`` writes (``config.json`` and
-``model.safetensors``), optionally with tileseg's ``tileseg.json`` metadata beside it. Loading
-never touches the network and never executes code from the file: weights come from safetensors,
-or from ``torch.load(weights_only=True)`` for a plain state dict.
+``model.safetensors``), optionally with tileseg's ``tileseg.json`` metadata beside it. Models as
+users hold them otherwise (a TorchGeo checkpoint, plain weights, an ONNX file, a STAC MLM item)
+are read by :mod:`tileseg.model_formats`; :func:`load_model` takes any of them. Loading never
+touches the network and never executes code from the file: weights come from safetensors, or
+from ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import pickle
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
-from tileseg.errors import InputNotFoundError, ModelError, log_params
-from tileseg.metadata import (
-    ModelMetadata,
-    load_metadata,
-    save_metadata,
-    scaling_words,
-    unreadable,
-)
-from tileseg.text import counted
+from tileseg.errors import ModelError, log_params
+from tileseg.metadata import ModelMetadata, save_metadata, scaling_words
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# what `tileseg train` trains; any smp architecture below runs
 ARCHITECTURES: tuple[str, ...] = ("DeepLabV3Plus", "DeepLabV3", "PSPNet")
+SMP_ARCHITECTURES: tuple[str, ...] = (
+    "DeepLabV3Plus", "DeepLabV3", "PSPNet", "Unet", "UnetPlusPlus", "MAnet", "Linknet", "FPN",
+    "PAN", "UPerNet", "Segformer", "DPT",
+)
+DEEPLAB = ("DeepLabV3Plus", "DeepLabV3")  # the architectures with an output stride option
 _ALIASES = {
-    "deeplabv3plus": "DeepLabV3Plus",
+    **{name.lower(): name for name in SMP_ARCHITECTURES},
     "deeplabv3+": "DeepLabV3Plus",
     "deeplab": "DeepLabV3Plus",
-    "deeplabv3": "DeepLabV3",
-    "pspnet": "PSPNet",
+    "unet++": "UnetPlusPlus",
+    "u-net": "Unet",
 }
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
 
 
 def canonical_architecture(name: str) -> str:
-    """Map user spellings (``deeplabv3+``, ``pspnet``) to smp class names."""
+    """Map user spellings (``deeplabv3+``, ``pspnet``, ``unet``) and smp's qualified class names
+    (``segmentation_models_pytorch.decoders.unet.model.Unet``) to smp class names."""
     key = name.strip().lower()
+    if key.startswith("segmentation_models_pytorch.") or key.startswith("smp."):
+        key = key.rsplit(".", 1)[-1]
     if key in _ALIASES:
         return _ALIASES[key]
-    raise ModelError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+    raise ModelError(f"unknown architecture {name!r}; choose one of "
+                     f"{', '.join(SMP_ARCHITECTURES)}")
 
 
 @dataclass(frozen=True)
@@ -72,8 +73,9 @@ class ModelSpec:
             raise ModelError("in_channels and classes must be at least 1")
         if self.encoder_output_stride not in (None, 8, 16):
             raise ModelError("encoder_output_stride must be 8 or 16")
-        if self.encoder_output_stride is not None and self.architecture == "PSPNet":
-            raise ModelError("PSPNet has no output stride option; use DeepLabV3Plus or DeepLabV3")
+        if self.encoder_output_stride is not None and self.architecture not in DEEPLAB:
+            raise ModelError(f"{self.architecture} has no output stride option; use "
+                             "DeepLabV3Plus or DeepLabV3")
 
     def kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {
@@ -83,7 +85,7 @@ class ModelSpec:
             "classes": self.classes,
             **self.extra,
         }
-        if self.architecture != "PSPNet":
+        if self.architecture in DEEPLAB:
             if self.encoder_output_stride is not None:
                 kw["encoder_output_stride"] = self.encoder_output_stride
             if self.decoder_atrous_rates is not None:
@@ -142,66 +144,47 @@ class LoadedModel:
     source: str
     architecture: str
     divisor: int  # input height/width must be a multiple of this
+    # what the model was read from: smp, torchgeo, weights, onnx; "module" for a caller's object
+    format: str = "module"
+    input_size: int | None = None  # a network that takes one input size only (height = width)
+    files: tuple[str, ...] = ()  # every file read to load it (a run fingerprints them)
+    onnx_path: str | None = None  # a user's ONNX file, run by ONNX Runtime as it is
+    spec: ModelSpec | None = None  # how it was built, for an smp network
+    item: str | None = None  # the STAC MLM item it was loaded through, if any
+    origin: dict[str, str] = field(default_factory=dict)  # fact -> where tileseg read it
 
     def context_size(self, tile_size: int) -> int:
         """Smallest network input (>= tile_size) the model accepts."""
+        if self.input_size is not None:
+            return self.input_size
         return -(-tile_size // self.divisor) * self.divisor
-
-
-def _read_config(directory: Path) -> dict[str, Any]:
-    config_path = directory / "config.json"
-    try:
-        with open(config_path, "rb") as f:
-            text = f.read()
-    except OSError as exc:
-        raise unreadable(config_path, exc) from exc
-    try:
-        config = json.loads(text.decode("utf-8"))
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise ModelError(f"{config_path}: not valid JSON ({exc}); re-save the model") from exc
-    if not isinstance(config, dict) or "_model_class" not in config:
-        raise ModelError(
-            f"{config_path}: not an smp config (no _model_class); save the model with "
-            "model.save_pretrained(dir)"
-        )
-    return config
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:  # safetensors reports a file it may not read as "No such file or directory"
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise unreadable(path, exc) from exc
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise ModelError(f"{path}: corrupt safetensors file ({exc}); re-save the model") from exc
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise ModelError(
-            f"{path}: holds pickled Python objects, which tileseg refuses to execute; save a "
-            "state dict (torch.save(model.state_dict(), f)) or use model.save_pretrained(dir)"
-        ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise ModelError(f"{path}: not a readable PyTorch weights file ({exc})") from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(f"{path}: not a state dict of tensors; re-save it with model.state_dict()")
-    return state
 
 
 def _divisor(module: nn.Module) -> int:
     explicit = getattr(module, "tileseg_divisor", None)
     if explicit is not None:
         return int(explicit)
-    if getattr(module, "requires_divisible_input_shape", False):
-        return int(getattr(module.encoder, "output_stride", 32))
+    encoder = getattr(module, "encoder", None)
+    # an smp network: its input on the encoder's grid (a U-Net runs at any size, but pads
+    # inside its decoder differently from one tile to the next off that grid)
+    if getattr(module, "requires_divisible_input_shape", None) is not None and encoder is not None:
+        return int(getattr(encoder, "output_stride", 32))
     return 1
+
+
+def fixed_input_size(module: nn.Module) -> int | None:
+    """The one input size a network takes, or None: a timm ViT encoder (smp's DPT) is built
+    for one image size unless made with ``dynamic_img_size``."""
+    inner = getattr(getattr(module, "encoder", None), "model", None)
+    embed = getattr(inner, "patch_embed", None)
+    size = getattr(embed, "img_size", None)
+    if size is None or getattr(embed, "dynamic_img_size", False):
+        return None
+    height, width = (size, size) if isinstance(size, int) else tuple(size)
+    if height != width:
+        raise ModelError(f"the network takes {height} x {width} inputs only; tileseg's network "
+                         "inputs are square: build it with a square img_size")
+    return int(height)
 
 
 def _infer_classes_and_channels(module: nn.Module) -> tuple[int, int]:
@@ -242,13 +225,14 @@ def wrap_module(
         outputs, in_channels = _infer_classes_and_channels(module)
         metadata = ModelMetadata.default(mask_classes(outputs), in_channels, dtype)
         why = "no metadata given"
-    metadata = _with_scaling(metadata, source, dtype, why)
+    metadata = with_scaling(metadata, source, dtype, why)
     return LoadedModel(
         module=module,
         metadata=metadata,
         source=source,
         architecture=type(module).__name__,
         divisor=_divisor(module),
+        input_size=fixed_input_size(module),
     )
 
 
@@ -282,137 +266,46 @@ def load_model(
     encoder_output_stride: int | None = None,
     decoder_atrous_rates: tuple[int, ...] | None = None,
     raster_dtype: str | None = None,
+    architecture: str | None = None,
+    encoder_name: str | None = None,
 ) -> LoadedModel:
-    """Load a model directory (or a state-dict file plus a ``spec``) in eval mode on the CPU.
+    """Load a model in eval mode on the CPU, whatever form the user holds it in.
 
     Parameters
     ----------
     path
-        A directory written by ``model.save_pretrained(dir)`` (optionally with ``tileseg.json``),
-        or a ``.safetensors``/``.pt`` state dict, in which case ``spec`` says what to build.
+        What the format is, is read from the content (see :mod:`tileseg.model_formats`): a
+        directory written by ``model.save_pretrained(dir)`` (optionally with ``tileseg.json``);
+        a TorchGeo ``SemanticSegmentationTask`` checkpoint (``.ckpt``); plain weights (a
+        ``.pt``/``.pth``/``.safetensors`` state dict) with the architecture in a ``tileseg.json``
+        beside it, in ``spec`` or in ``architecture``/``encoder_name``; an ONNX file with a
+        ``tileseg.json`` or STAC MLM item beside it; or a STAC item using the Machine Learning
+        Model extension that points at any of these.
     encoder_output_stride, decoder_atrous_rates
         Run a DeepLab model at another output stride or with other atrous rates than it was
         saved with (the weights do not change shape).
     raster_dtype
         Used only to choose default normalization when the model has no metadata.
+    architecture, encoder_name
+        The network of plain weights, when no ``tileseg.json`` beside them names it.
 
     Examples
     --------
     >>> model = load_model("models/landcover")          # doctest: +SKIP
     >>> model.metadata.class_names                       # doctest: +SKIP
+    >>> load_model("epoch=9.ckpt").format                # doctest: +SKIP
+    'torchgeo'
     """
-    path = Path(path)
-    config, weights, meta_dir = _locate(path)
-    stored = load_metadata(meta_dir)
-    spec = _resolve_spec(path, config, spec, encoder_output_stride, decoder_atrous_rates)
-    module = _build_with_weights(path, spec, weights)
-    metadata = _checked_metadata(path, stored, spec, raster_dtype)
-    module.eval()
-    return LoadedModel(module=module, metadata=metadata, source=str(path),
-                       architecture=spec.architecture, divisor=_divisor(module))
+    from tileseg.model_formats import LoadOptions, load_any
+
+    options = LoadOptions(spec=spec, encoder_output_stride=encoder_output_stride,
+                          decoder_atrous_rates=decoder_atrous_rates, raster_dtype=raster_dtype,
+                          architecture=architecture, encoder_name=encoder_name)
+    return load_any(Path(path), options)
 
 
-def _locate(path: Path) -> tuple[dict[str, Any] | None, Path, Path]:
-    """The smp config (None for a bare weights file), the weights file and the metadata folder."""
-    try:
-        found, folder = path.exists(), path.is_dir()
-        # listed, not only looked up by name: the run fingerprints and ships every file of it
-        names = set(os.listdir(path)) if folder else set()
-    except OSError as exc:  # e.g. a folder without read or search permission
-        raise unreadable(path, exc) from exc
-    if not found:
-        raise InputNotFoundError(f"{path}: not found; pass model DIR (a save_pretrained dir)",
-                                 params=("model",))
-    if not folder:
-        return None, path, path.parent
-    # by name: a folder called config.json is a config that cannot be read, not a missing one
-    config = _read_config(path) if "config.json" in names else None
-    weights = next((path / n for n in WEIGHT_FILES if n in names), None)
-    if weights is None:
-        raise ModelError(f"{path}: no model.safetensors in the directory; save with save_pretrained")
-    return config, weights, path
-
-
-def _resolve_spec(path: Path, config: dict[str, Any] | None, spec: ModelSpec | None,
-                  encoder_output_stride: int | None,
-                  decoder_atrous_rates: tuple[int, ...] | None) -> ModelSpec:
-    """What to build: the directory's config (else the caller's spec), with the overrides."""
-    if config is not None:
-        spec = _spec_from_config(config, path / "config.json")
-    elif spec is None:
-        raise ModelError(
-            f"{path}: a bare weights file needs the architecture; pass a save_pretrained "
-            "directory instead (config.json + model.safetensors)"
-        )
-    overrides: dict[str, Any] = {}
-    if encoder_output_stride is not None:
-        overrides["encoder_output_stride"] = encoder_output_stride
-    if decoder_atrous_rates is not None:
-        overrides["decoder_atrous_rates"] = tuple(decoder_atrous_rates)
-    if not overrides:
-        return spec
-    if spec.architecture == "PSPNet":
-        raise ModelError("encoder_output_stride and decoder_atrous_rates apply to DeepLab models "
-                         "only", params=("encoder_output_stride", "decoder_atrous_rates"))
-    return replace(spec, **overrides)
-
-
-def _build_with_weights(path: Path, spec: ModelSpec, weights: Path) -> nn.Module:
-    state = _read_state_dict(weights)
-    try:
-        # built without memory or random initialization (4-7x faster: every worker process
-        # loads the model): the weights then become its tensors
-        with torch.device("meta"):
-            module = build_model(spec)
-    except ModelError as exc:
-        raise ModelError(f"{path}: {exc}") from exc
-    # assigned tensors keep their dtype: cast to the module's, as copying into it would (a
-    # model saved in half precision runs in float32)
-    wanted = {k: t.dtype for k, t in module.state_dict().items()}
-    state = {k: v.to(wanted[k]) if k in wanted and v.is_floating_point() else v
-             for k, v in state.items()}
-    try:
-        module.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as exc:
-        first = str(exc).splitlines()[0]
-        raise ModelError(f"{weights}: weights do not match {spec.architecture}/"
-                         f"{spec.encoder_name} ({first})") from exc
-    if any(t.is_meta for t in (*module.parameters(), *module.buffers())):
-        # a tensor the weights file does not hold (a non-persistent buffer): built for real
-        module = build_model(spec)
-        module.load_state_dict(state, strict=True)
-    return module
-
-
-def _checked_metadata(path: Path, metadata: ModelMetadata | None, spec: ModelSpec,
-                      raster_dtype: str | None) -> ModelMetadata:
-    """The model's tileseg.json, checked against its weights; numbered defaults without one."""
-    classes = mask_classes(spec.classes)
-    if metadata is None:
-        warn_once(
-            logger, str(path.resolve()),
-            "%s has no tileseg.json: classes are numbered and the input is scaled by a guess "
-            "(%s); add metadata (tileseg.metadata.save_metadata) for real class names and "
-            "normalization", path, scaling_words(raster_dtype),
-        )
-        return ModelMetadata.default(classes, spec.in_channels, raster_dtype)
-    if spec.classes == 1 and metadata.num_classes == 1:
-        raise ModelError(
-            f"{path}: the model has one output (a binary model, thresholded at sigmoid 0.5) but "
-            "tileseg.json names one class; name two in tileseg.json: below 0.5, then above "
-            "(e.g. background, building)"
-        )
-    if metadata.num_classes != classes or metadata.in_channels != spec.in_channels:
-        raise ModelError(
-            f"{path}: tileseg.json says {counted(metadata.num_classes, 'class')}/"
-            f"{counted(metadata.in_channels, 'band')} but the weights have "
-            f"{classes}/{spec.in_channels}; fix tileseg.json"
-        )
-    return _with_scaling(metadata, str(path), raster_dtype, "tileseg.json gives no normalization")
-
-
-def _with_scaling(metadata: ModelMetadata, source: str, raster_dtype: str | None,
-                  why: str) -> ModelMetadata:
+def with_scaling(metadata: ModelMetadata, source: str, raster_dtype: str | None,
+                 why: str) -> ModelMetadata:
     """``metadata`` with the dtype-default scaling where it gives no normalization (the model's
     dtype, else the raster's), said in a warning: tileseg guessed it."""
     if not metadata.guessed_scaling:
@@ -421,30 +314,6 @@ def _with_scaling(metadata: ModelMetadata, source: str, raster_dtype: str | None
               "(scale, offset, mean, std) for the values the model was trained on",
               source, why, scaling_words(metadata.dtype or raster_dtype))
     return metadata.with_guessed_scaling(raster_dtype)
-
-
-def _spec_from_config(config: dict[str, Any], config_path: Path) -> ModelSpec:
-    """The :class:`ModelSpec` smp's ``config.json`` describes; a :class:`ModelError` naming the
-    file for anything missing or malformed."""
-    known = {"encoder_name", "in_channels", "classes", "encoder_output_stride",
-             "decoder_atrous_rates"}
-    try:
-        rates = config.get("decoder_atrous_rates")
-        return ModelSpec(
-            architecture=canonical_architecture(str(config["_model_class"])),
-            encoder_name=str(config["encoder_name"]),
-            in_channels=int(config.get("in_channels", 3)),
-            classes=int(config.get("classes", 1)),
-            encoder_output_stride=config.get("encoder_output_stride"),
-            decoder_atrous_rates=None if rates is None else tuple(int(r) for r in rates),
-            extra={k: v for k, v in config.items()
-                   if k not in known and k != "encoder_weights" and not k.startswith("_")},
-        )
-    except ModelError as exc:
-        raise ModelError(f"{config_path}: {exc}") from exc
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelError(f"{config_path}: invalid smp config ({type(exc).__name__}: {exc}); "
-                         "re-save the model with model.save_pretrained(dir)") from exc
 
 
 _WARNED: set[tuple[str, str]] = set()

@@ -96,6 +96,8 @@ class ModelRef:
     encoder_output_stride: int | None = None
     decoder_atrous_rates: tuple[int, ...] | None = None
     files: tuple[tuple[str, int, int], ...] = ()
+    architecture: str | None = None  # the network of plain weights
+    encoder_name: str | None = None
 
     def load(self, raster_dtype: str) -> LoadedModel:
         with _HANDED_OVER_LOCK:
@@ -112,7 +114,8 @@ class ModelRef:
                 ) from None
         assert self.path is not None
         return load_model(self.path, encoder_output_stride=self.encoder_output_stride,
-                          decoder_atrous_rates=self.decoder_atrous_rates, raster_dtype=raster_dtype)
+                          decoder_atrous_rates=self.decoder_atrous_rates, raster_dtype=raster_dtype,
+                          architecture=self.architecture, encoder_name=self.encoder_name)
 
 
 # A model the driver loaded while planning, handed to the first runtime of this process that
@@ -129,11 +132,18 @@ def hand_over(ref: ModelRef, model: LoadedModel) -> None:
         _HANDED_OVER[ref] = model
 
 
-def model_files(path: str | os.PathLike[str]) -> tuple[tuple[str, int, int], ...]:
-    """(name, size, mtime_ns) of the files of a model directory (or of a weights file)."""
+def model_files(path: str | os.PathLike[str],
+                model: LoadedModel | None = None) -> tuple[tuple[str, int, int], ...]:
+    """(name, size, mtime_ns) of the files of a model: every file ``model`` was loaded from
+    (a checkpoint and the tileseg.json beside it, an MLM item and its artifact), else those of
+    the directory (or the weights file) at ``path``."""
     root = Path(path)
-    files = sorted(p for p in root.iterdir() if p.is_file()) if root.is_dir() else [root]
-    return tuple((p.name, (st := p.stat()).st_size, st.st_mtime_ns) for p in files)
+    if model is not None and model.files:
+        files = [Path(f) for f in model.files]
+    else:
+        files = sorted(p for p in root.iterdir() if p.is_file()) if root.is_dir() else [root]
+    return tuple((str(p) if model is not None and model.files else p.name,
+                  (st := p.stat()).st_size, st.st_mtime_ns) for p in files)
 
 
 @dataclass(frozen=True)
@@ -166,7 +176,7 @@ class Job:
             blend=self.blend, compile_model=s.compile_model, engine=s.engine,
             halo_before=self.grid.halo_before, from_directory=self.model.path is not None,
             # a model loaded from a path is the runtime's own; a caller's object is copied
-            owned=self.model.path is not None))
+            owned=self.model.path is not None, tta=s.tta))
 
     @property
     def token(self) -> str:

@@ -112,7 +112,8 @@ def resolve_model(config: PredictConfig, raster: RasterInfo) -> tuple[LoadedMode
             params=("model",),
         )
     model = load_model(path, encoder_output_stride=config.encoder_output_stride,
-                       decoder_atrous_rates=config.decoder_atrous_rates, raster_dtype=raster.dtype)
+                       decoder_atrous_rates=config.decoder_atrous_rates, raster_dtype=raster.dtype,
+                       architecture=config.architecture, encoder_name=config.encoder_name)
     return model, path
 
 
@@ -172,12 +173,29 @@ def make_plan(config: PredictConfig, model: LoadedModel | None = None, *,
     if check_fits:
         check_model_fits(model, raster)
     tile_size = clamped_tile_size(config, raster, model.divisor)
+    if model.input_size is not None:
+        tile_size = fixed_input_tile_size(model, tile_size, config.overlap)
     # The tile step is rounded down to the model's input multiple so every network input
     # window sits on the phase a whole-raster pass would use (see tileseg.grid).
     overlap = aligned_overlap(tile_size, config.overlap, model.divisor)
     grid = TileGrid.for_raster(raster.height, raster.width, tile_size, overlap,
                                config.chunk_size, divisor=model.divisor)
     return Plan(raster, model, grid, model.context_size(tile_size))
+
+
+def fixed_input_tile_size(model: LoadedModel, tile_size: int, overlap: int) -> int:
+    """The tile size for a network that takes one input size: at most that size (its input
+    is the tile with context around it, never more)."""
+    size = model.input_size
+    assert size is not None
+    if tile_size > size:
+        logger.info("the model takes %d x %d inputs only: tiles of %d px", size, size, size)
+        tile_size = size
+    if overlap >= tile_size:
+        raise ConfigError(f"{model.source}: the model takes {size} px inputs only, so tiles are "
+                          f"at most {size} px; use an overlap below that (e.g. overlap "
+                          f"{max(size // 8, 1)})", params=("overlap",))
+    return tile_size
 
 
 def clamped_tile_size(config: PredictConfig, raster: RasterInfo, divisor: int = 1) -> int:
@@ -298,22 +316,32 @@ def _check_report(path: str, config: PredictConfig) -> None:
         check_replaceable(report, "report path", params=("report",))
 
 
-def _fingerprint(config: PredictConfig, raster: RasterInfo, model_source: str) -> str:
+def _fingerprint(config: PredictConfig, raster: RasterInfo, model_source: str,
+                 model: LoadedModel | None = None) -> str:
     """What must not change between a run and its --resume.
 
     The source's version (modification time, ETag) is left out on purpose: it is compared on
     its own (:func:`_check_source`), which names what changed and lets a file repaired in place
     after a damaged block resume. Its size and raster facts must match here too.
+    The model counts by its files (every one it was read from: a checkpoint and the
+    tileseg.json beside it, an MLM item and its artifact) and its format facts, and the
+    test-time augmentation with it.
     """
     file = local_file(raster.path)  # a subdataset's (NETCDF:"scene.nc":ndvi) is scene.nc
     size = None if is_remote(file) else os.stat(file).st_size
     weights = [p for p in Path(model_source).glob("*") if p.is_file()] if model_source else []
+    if model is not None and model.files:
+        weights = [Path(f) for f in model.files]
+    # names, not paths: the same model given by another path (relative, absolute) resumes
+    facts = (None if model is None else
+             (model.format, model.architecture, model.divisor, model.input_size,
+              model.item is not None, config.architecture, config.encoder_name))
     return tokenize(
         replace(raster, version=None), size,
         sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights),
         config.tile_size, config.overlap, config.chunk_size, config.blend, config.precision,
         config.probabilities, config.encoder_output_stride, config.decoder_atrous_rates,
-        SUMS_FORMAT,
+        SUMS_FORMAT, config.tta, facts,
     )
 
 
@@ -382,7 +410,7 @@ def predict(
         from tileseg.execution import no_worker_timeout
 
         no_worker_timeout()  # a setting that is not a duration: exit 2 before any staging
-    fingerprint = _fingerprint(config, plan.raster, plan.model_source)
+    fingerprint = _fingerprint(config, plan.raster, plan.model_source, plan.model)
 
     # the cluster is reached before anything is written: unreachable is exit 2, nothing staged
     with cluster_client(address, client) as run_client, staging.lock():
@@ -450,10 +478,11 @@ def _plan_run(config: PredictConfig, model: LoadedModel | None) -> Plan:
         ref = ModelRef(path=str(Path(source).absolute()),
                        encoder_output_stride=config.encoder_output_stride,
                        decoder_atrous_rates=config.decoder_atrous_rates,
-                       files=model_files(source))
+                       files=model_files(source, model), architecture=config.architecture,
+                       encoder_name=config.encoder_name)
         hand_over(ref, model)  # in-process tasks use it instead of loading the model again
     plan = replace(make_plan(config, model, raster=raster), model_ref=ref, model_source=source)
-    _check_device(config)
+    _check_device(config, plan.model)
     _check_export_cache(config, plan)
     return plan
 
@@ -462,7 +491,8 @@ def _check_export_cache(config: PredictConfig, plan: Plan) -> None:
     """With engine onnxruntime here, the export is in the cache or can be written there; an
     OutputError naming the cache otherwise (exit 4), before anything is staged. (``auto`` uses
     torch instead, with a warning; a cluster's workers each have their own cache.)"""
-    if config.engine != "onnxruntime" or scheduler_address(config.scheduler) is not None:
+    if (config.engine != "onnxruntime" or scheduler_address(config.scheduler) is not None
+            or plan.model.onnx_path is not None):  # a user's ONNX file is run as it is
         return
     from tileseg.engine import check_export_cache
 
@@ -500,7 +530,7 @@ def _stage(config: PredictConfig, plan: Plan, staging: Staging, fingerprint: str
 
 # Options the staged work depends on (the chunk layout, what the sums hold): a resume with
 # another value of one is refused by name. Batch size, workers and scheduler may change.
-RESUME_OPTIONS = ("tile_size", "overlap", "chunk_size", "blend", "precision", "probabilities",
+RESUME_OPTIONS = ("tile_size", "overlap", "chunk_size", "blend", "precision", "probabilities", "tta",
                   "encoder_output_stride", "decoder_atrous_rates")
 
 
@@ -607,14 +637,23 @@ def _follow_ups(result: PredictResult, config: PredictConfig) -> None:
             write_text_atomic(config.report, text)
 
 
-def _check_device(config: PredictConfig) -> None:
-    """Fail before anything is written: locally the device must exist, remotely parse."""
+def _check_device(config: PredictConfig, model: LoadedModel | None = None) -> None:
+    """Fail before anything is written: locally the device must exist, remotely parse; a
+    user's ONNX file runs on ONNX Runtime, in fp32, where it is installed."""
     import torch
 
     from tileseg.device import resolve_device, resolve_precision
     from tileseg.engine import resolve_engine
     from tileseg.scheduler import scheduler_address
 
+    if model is not None and model.onnx_path is not None:
+        from tileseg.infer import onnx_device
+
+        local = scheduler_address(config.scheduler) is None
+        onnx_device(config.device if local else "cpu", config.precision, config.engine,
+                    config.compile_model)
+        if local:
+            return
     if scheduler_address(config.scheduler) is None:
         device = resolve_device(config.device)
         autocast = resolve_precision(config.precision, device)

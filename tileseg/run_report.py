@@ -13,6 +13,7 @@ import rasterio
 
 from tileseg.ownership import REPORT_MARKER, REPORT_VERSION
 from tileseg.progress import Progress, ProgressCallback
+from tileseg.tta import passes
 
 if TYPE_CHECKING:
     from tileseg.config import PredictConfig
@@ -169,6 +170,10 @@ class RunReport:
             "km2_per_hour": (area_km2 / seconds * 3600) if area_km2 else None,
             **used,
             "engine": ",".join(sorted(tally.engines)) or config.engine,
+            "model_format": plan.model.format,
+            # test-time augmentation: each tile's logits averaged over this many passes
+            "tta": config.tta,
+            "forward_passes_per_tile": passes(config.tta),
             "scheduler": self.cluster or config.scheduler or "threads",
             "peak_rss_mb": peak_rss_mb(),
             "peak_rss_mb_compute": t.rss_compute_mb,  # before the GeoTIFF/COG pass

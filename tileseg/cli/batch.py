@@ -55,6 +55,8 @@ SUMMARY.previews/), its status, tiles, time and area per class.
 @click.option("--probabilities", type=click.Choice(["none", "uint8", "float16"]))
 @click.option("--engine", type=click.Choice(["auto", "torch", "onnxruntime"]),
               help="Default inference engine (auto: ONNX Runtime on the CPU when installed).")
+@click.option("--tta", type=click.Choice(["none", "flips", "d4"]),
+              help="Default test-time augmentation (flips: 4 passes a tile, d4: 8).")
 @scheduler_option(
               help="threads (default), sync, or a dask.distributed address shared by all scenes.")
 @click.option("--workers", type=int,
@@ -70,7 +72,7 @@ def command(manifest: str, output_dir: str | None, suffix: str, summary: str | N
             model: str | None, bands: tuple[int, ...] | None, tile_size: int | None,
             overlap: int | None, chunk_size: int | None, blend: str | None, device: str | None,
             batch_size: int | None, precision: str | None, probabilities: str | None,
-            engine: str | None, scheduler: str | None, workers: int | None,
+            engine: str | None, tta: str | None, scheduler: str | None, workers: int | None,
             concurrent_scenes: int, no_previews: bool, verbose: int, quiet: bool) -> None:
     """Segment every scene listed in MANIFEST (text, CSV or YAML), idempotently."""
     from tileseg.batch import BatchConfig, SceneResult, default_summary_path, run_manifest
@@ -81,6 +83,7 @@ def command(manifest: str, output_dir: str | None, suffix: str, summary: str | N
             model=model, bands=bands, tile_size=tile_size, overlap=overlap,
             chunk_size=chunk_size, blend=blend, device=device, batch_size=batch_size,
             precision=precision, probabilities=probabilities, workers=workers, engine=engine,
+            tta=tta,
         ).items() if v is not None
     }
     config = BatchConfig(output_dir=output_dir, suffix=suffix, defaults=defaults,

@@ -13,7 +13,9 @@ from tileseg.config import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZ
 
 @click.command()
 @click.argument("src")
-@click.option("--model", "-m", help="Model directory (default: the bundled model).")
+@click.option("--model", "-m", help="Model (as predict takes it; default: the bundled model).")
+@click.option("--architecture", help="The smp network of plain weights (Unet, ...).")
+@click.option("--encoder", "encoder_name", help="The encoder of plain weights (resnet34, ...).")
 @click.option("--bands", callback=int_list, help="1-based bands to read, e.g. 4,3,2.")
 @click.option("--nodata", type=float, help="Nodata value, overriding the file's.")
 @click.option("--allow-no-crs", is_flag=True, help="Accept a raster without CRS.")
@@ -26,7 +28,8 @@ from tileseg.config import DEFAULT_CHUNK_SIZE, DEFAULT_OVERLAP, DEFAULT_TILE_SIZ
               help="Print JSON: snake_case keys, numbers as numbers, sizes as [height, width].")
 @verbosity_options
 @handle_errors
-def command(src: str, model: str | None, bands: tuple[int, ...] | None, nodata: float | None,
+def command(src: str, model: str | None, architecture: str | None, encoder_name: str | None,
+            bands: tuple[int, ...] | None, nodata: float | None,
             allow_no_crs: bool, tile_size: int, overlap: int, chunk_size: int,
             batch_size: int | None, as_json: bool, verbose: int, quiet: bool) -> None:
     """Show SRC's facts and how predict would tile it.
@@ -42,7 +45,8 @@ def command(src: str, model: str | None, bands: tuple[int, ...] | None, nodata: 
     configure_logging(verbose, quiet)
     config = PredictConfig(src=src, dst="-.tif", model=model, bands=bands, nodata=nodata,
                            allow_no_crs=allow_no_crs, tile_size=tile_size, overlap=overlap,
-                           chunk_size=chunk_size, batch_size=batch_size)
+                           chunk_size=chunk_size, batch_size=batch_size,
+                           architecture=architecture, encoder_name=encoder_name)
     facts = describe(config, flags=True)
     if as_json:
         click.echo(json.dumps(facts, indent=2))

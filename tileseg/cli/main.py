@@ -20,6 +20,7 @@ _COMMANDS = {
     "train": "tileseg.cli.train",
     "evaluate": "tileseg.cli.evaluate",
     "sample": "tileseg.cli.sample",
+    "model": "tileseg.cli.model",
 }
 
 

@@ -18,6 +18,7 @@ from tileseg.config import (
     Precision,
     PredictConfig,
     ProbabilityMode,
+    TtaMode,
 )
 from tileseg.text import counted
 
@@ -32,14 +33,20 @@ Examples:
   tileseg predict s2.tif mask.tif --bands 4,3,2 --overlap 128 --report run.json
   tileseg predict huge.vrt mask.tif --scheduler tcp://scheduler:8786 --resume
   tileseg predict scene.tif mask.tif --vectorize polygons.gpkg
+  tileseg predict scene.tif mask.tif -m epoch=9.ckpt --tta flips   # a TorchGeo checkpoint
+  tileseg predict scene.tif mask.tif -m unet.onnx                  # + tileseg.json beside it
 """
 
 
 @click.command(epilog=EPILOG)
 @click.argument("src")
 @click.argument("dst", required=False)
-@click.option("--model", "-m", help="Model directory (save_pretrained + tileseg.json). "
-              "Default: the bundled land-cover model.")
+@click.option("--model", "-m", help="Model: an smp folder (save_pretrained + tileseg.json), a "
+              "TorchGeo .ckpt, a .pt/.pth/.safetensors state dict, an .onnx file, or a STAC "
+              "MLM item (.json); see 'tileseg model info'. Default: the bundled land-cover model.")
+@click.option("--architecture", help="The smp network of plain weights (Unet, DeepLabV3Plus, "
+              "...), when no tileseg.json beside them names it.")
+@click.option("--encoder", "encoder_name", help="The encoder of plain weights (resnet34, ...).")
 @click.option("--format", "fmt", type=click.Choice(["gtiff", "cog", "zarr"]),
               help="Output format; default from DST's extension (.tif: cog, .gtiff: gtiff, "
               ".zarr: zarr). cog: a Cloud-Optimized GeoTIFF, overviews and tile index at the "
@@ -71,6 +78,9 @@ Examples:
 @click.option("--output-stride", type=click.Choice(["8", "16"]),
               help="Run a DeepLab model at this output stride.")
 @click.option("--atrous-rates", callback=int_list, help="DeepLab atrous rates, e.g. 6,12,18.")
+@click.option("--tta", type=click.Choice(["none", "flips", "d4"]), default="none",
+              show_default=True, help="Test-time augmentation: average each tile's logits over "
+              "flips (4 passes a tile) or flips and 90-degree rotations (d4: 8 passes).")
 @click.option("--probabilities", type=click.Choice(["none", "uint8", "float16"]), default="none",
               show_default=True, help="Also store per-class probabilities in the Zarr.")
 @overwrite_option()
@@ -86,13 +96,14 @@ Examples:
               "class areas (see tileseg preview).")
 @verbosity_options
 @handle_errors(stopped=RESUME_HINT)
-def command(src: str, dst: str | None, model: str | None, fmt: OutputFormat | None,
+def command(src: str, dst: str | None, model: str | None, architecture: str | None,
+            encoder_name: str | None, fmt: OutputFormat | None,
             zarr_path: str | None,
             bands: tuple[int, ...] | None, nodata: float | None, allow_no_crs: bool,
             tile_size: int, overlap: int, chunk_size: int, blend: BlendName, device: str,
             batch_size: int | None, precision: Precision, compile_model: bool, engine: str,
             output_stride: str | None, atrous_rates: tuple[int, ...] | None,
-            probabilities: ProbabilityMode,
+            tta: TtaMode, probabilities: ProbabilityMode,
             overwrite: bool, resume: bool, scheduler: str | None, workers: int | None,
             report: str | None, vectorize: str | None, preview: str | None, verbose: int,
             quiet: bool) -> None:
@@ -119,6 +130,7 @@ def command(src: str, dst: str | None, model: str | None, fmt: OutputFormat | No
         overwrite=overwrite, resume=resume, scheduler=scheduler, workers=workers,
         report=report, vectorize=vectorize, preview=preview,
         engine=engine,  # type: ignore[arg-type]
+        tta=tta, architecture=architecture, encoder_name=encoder_name,
     )
     bar = ProgressBar("predict", enabled=not quiet)
     try:
@@ -152,6 +164,9 @@ def summary_line(result: PredictResult) -> str:
             f"({rate:.1f} tiles/s on {ran_on or 'the cluster'}"
             f"{f', batch {batch}' if batch else ''}{f', engine {engine}' if engine else ''})")
     extra = []
+    if report.get("tta", "none") != "none":
+        extra.append(f"tta {report['tta']}: {report['forward_passes_per_tile']} forward passes "
+                     "a tile")
     if result.tiles_skipped_nodata:
         extra.append(f"{counted(result.tiles_skipped_nodata, 'nodata tile')} skipped")
     if report.get("tiles_reused"):

@@ -91,10 +91,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         try:
-            object.__setattr__(self, "architecture", canonical_architecture(self.architecture))
+            canonical = canonical_architecture(self.architecture)
         except ModelError:  # an option value here, not a broken model file
+            canonical = ""
+        if canonical not in ARCHITECTURES:  # what train trains; any smp network runs
             raise ConfigError(f"architecture {self.architecture!r}: choose one of "
-                              f"{', '.join(ARCHITECTURES)}", params=("architecture",)) from None
+                              f"{', '.join(ARCHITECTURES)}", params=("architecture",))
+        object.__setattr__(self, "architecture", canonical)
         if not self.sources:
             raise ConfigError("give at least one training image with its labels")
         n = len(self.class_names)
