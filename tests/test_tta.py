@@ -17,7 +17,7 @@ from torch import nn
 from tileseg import tta
 from tileseg.cli.main import cli
 from tileseg.config import PredictConfig
-from tileseg.errors import ConfigError, RunError
+from tileseg.errors import ConfigError
 from tileseg.infer import make_runtime
 from tileseg.model import load_model, wrap_module
 from tileseg.pipeline import predict
@@ -146,7 +146,7 @@ def test_resume_refuses_another_tta(make_raster, tmp_path) -> None:
     with pytest.raises(KeyboardInterrupt):
         predict(_config(src, dst, workers=1), model=per_pixel_model(3, 4),
                 progress=interrupt_after(2))
-    with pytest.raises(RunError, match="other inputs"):
+    with pytest.raises(ConfigError, match="tta flips [(]the interrupted run had none[)]"):
         predict(_config(src, dst, resume=True, tta="flips"), model=per_pixel_model(3, 4))
 
 
