@@ -28,7 +28,7 @@ import uuid
 import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,6 +42,9 @@ from tileseg.infer import Runtime, blend_to_mask, infer_chunk_logits, make_runti
 from tileseg.model import LoadedModel, cached, forget_cached, load_model
 from tileseg.raster import RasterInfo
 from tileseg.store import zarr_store
+
+if TYPE_CHECKING:
+    from tileseg.scenes.aoi import AoiMask
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +147,7 @@ class Job:
     # this run's own id: the open datasets chunk tasks hand on (tileseg.raster) are this run's
     # only; not part of the token, so graph names stay the same for the same job
     run: str = ""
+    aoi: AoiMask | None = None  # an area of interest: pixels outside are nodata, tiles skipped
 
     def runtime(self) -> Runtime:
         # every field that shapes the runtime, as frozen values: the key is never listed by hand
@@ -430,13 +434,16 @@ def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
     work = open_work_dir(job.work_dir)
     grid = job.grid
     if work.has_piece(row, col) or all(work.is_done(r, c) for r, c in grid.neighbours(row, col)):
-        tiles, skipped = _saved_tile_counts(work, row, col)
+        tiles, skipped, outside_aoi = _saved_tile_counts(work, row, col)
         return {"chunk": (row, col), "tiles": 0, "skipped": 0, "reused": True,
-                "reused_tiles": tiles, "reused_skipped": skipped}
+                "reused_tiles": tiles, "reused_skipped": skipped,
+                "skipped_aoi": outside_aoi}
     failure: Exception | None = None
+    outside = job.aoi.tiles_outside(grid, row, col) if job.aoi is not None else set()
     try:
         runtime = job.runtime()
-        result = infer_chunk_logits(runtime, job.raster, grid, row, col, run=job.run)
+        result = infer_chunk_logits(runtime, job.raster, grid, row, col, run=job.run,
+                                    leave_out=outside)
     except TilesegError as exc:
         if not isinstance(exc, InputError):  # model/config errors: the same for every chunk
             raise
@@ -445,7 +452,8 @@ def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
         failure = exc
     if failure is not None:  # raised out here, so the error carries no __context__ either
         raise _chunk_error(job, row, col, failure)
-    arrays: dict[str, np.ndarray] = {"tiles": np.array([result.tiles, result.skipped])}
+    arrays: dict[str, np.ndarray] = {"tiles": np.array([result.tiles, result.skipped,
+                                                        len(outside)])}
     safe = grid.chunk_safe(row, col)
     if not safe.empty:
         rs, cs = safe.relative_to(result.extent)
@@ -475,24 +483,26 @@ def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
         torch.cuda.empty_cache() if torch.cuda.memory_reserved() > 8e9 else None
     logger.debug("chunk (%d, %d): %d tiles inferred", row, col, int(arrays["tiles"][0]))
     return {"chunk": (row, col), "tiles": int(arrays["tiles"][0]),
-            "skipped": int(arrays["tiles"][1]), "reused": False, **runtime.resolved(),
-            "engine": runtime.engine, "spans": spans}
+            "skipped": int(arrays["tiles"][1]), "skipped_aoi": len(outside), "reused": False,
+            **runtime.resolved(), "engine": runtime.engine, "spans": spans}
 
 
-def _saved_tile_counts(work: WorkDir | StoreWorkDir, row: int, col: int) -> tuple[int, int]:
-    """Tiles inferred and skipped by an earlier run of chunk ``(row, col)``: from its saved
-    piece or, once that is cleaned up (only after the chunk is done), from its done record."""
+def _saved_tile_counts(work: WorkDir | StoreWorkDir, row: int,
+                       col: int) -> tuple[int, int, int]:
+    """Tiles inferred, skipped (nodata) and left out (outside an AOI) by an earlier run of chunk
+    ``(row, col)``: from its saved piece or, once that is cleaned up (only after the chunk is
+    done), from its done record."""
     try:
         with work.load_piece(row, col) as piece:
-            tiles, skipped = (int(v) for v in piece["tiles"])
-            return tiles, skipped
+            counts = [int(v) for v in piece["tiles"]]
+            return counts[0], counts[1], counts[2] if len(counts) > 2 else 0
     except (OSError, KeyError, ValueError, RunError):
         pass
     try:
         info = work.read_done(row, col)
-        return int(info["tiles"]), int(info["skipped"])
+        return int(info["tiles"]), int(info["skipped"]), int(info.get("skipped_aoi", 0))
     except (OSError, KeyError, ValueError):  # a count is not worth failing the run over
-        return 0, 0
+        return 0, 0, 0
 
 
 def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any]:
@@ -511,7 +521,8 @@ def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any
         pdtype = np.uint8 if job.probabilities == "uint8" else np.float16
         probs = np.zeros((job.num_classes, chunk.height, chunk.width), dtype=pdtype)
     own = work.load_piece(row, col)
-    tiles, skipped = (int(v) for v in own["tiles"])
+    counts = [int(v) for v in own["tiles"]]
+    tiles, skipped, outside_aoi = counts[0], counts[1], counts[2] if len(counts) > 2 else 0
     safe = grid.chunk_safe(row, col)
     if not safe.empty:
         rs, cs = safe.relative_to(chunk)
@@ -544,6 +555,11 @@ def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any
             mask[rs, cs] = m
             if probs is not None and p is not None:
                 probs[:, rs, cs] = p
+    if job.aoi is not None:  # outside the AOI: nodata, whatever tiles reached it
+        outside = ~job.aoi.inside(chunk)
+        mask[outside] = job.nodata
+        if probs is not None:
+            probs[:, outside] = 0
     region = (slice(chunk.row_off, chunk.row_end), slice(chunk.col_off, chunk.col_end))
     store = zarr_store(job.zarr_path)
     # the run's own Zarr is v3 (create_zarr): naming it spares a store the v2 metadata probes
@@ -551,7 +567,7 @@ def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any
     if probs is not None:
         zarr.open_array(store, path="probabilities", mode="r+",
                         zarr_format=3)[(slice(None), *region)] = probs
-    info = {"tiles": tiles, "skipped": skipped}
+    info = {"tiles": tiles, "skipped": skipped, "skipped_aoi": outside_aoi}
     work.mark_done(row, col, info)
     _cleanup(work, grid, row, col)
     return {"chunk": (row, col), "reused": False, **info}

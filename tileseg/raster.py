@@ -10,7 +10,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -22,6 +22,9 @@ from rasterio.windows import Window
 from tileseg.errors import InputError, InputNotFoundError
 from tileseg.grid import Rect
 from tileseg.metadata import SUPPORTED_DTYPES
+
+if TYPE_CHECKING:
+    from tileseg.scenes.stack import StackSpec
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +52,13 @@ class RasterInfo:
     block_shape: tuple[int, int]
     band_descriptions: tuple[str | None, ...]
     crs_is_metric: bool
+    # several files read as one, on one grid (tileseg.scenes.stack); ``path`` then names them
+    stack: StackSpec | None = None
+    # a window of a larger raster (an area of interest's, tileseg.scenes.aoi): its pixel (0, 0)
+    # is pixel ``origin`` (row, col) of a raster of ``base_shape``, read past the window's
+    # edges and reflected about the larger raster's own, as a run over all of it would
+    origin: tuple[int, int] = (0, 0)
+    base_shape: tuple[int, int] | None = None
 
     @property
     def affine(self) -> Affine:
@@ -83,6 +93,14 @@ def open_dataset(path: str | os.PathLike[str], mode: str = "r", *, quiet: bool =
         with _WARNINGS_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             return rasterio.open(path, mode, **profile)
+
+
+def open_source(info: RasterInfo) -> Any:
+    """The dataset behind ``info``: the raster file, or the stack of files
+    (:class:`tileseg.scenes.stack.StackDataset`, with the same ``read``/``read_masks``)."""
+    if info.stack is not None:
+        return info.stack.open()
+    return open_dataset(info.path, quiet=info.crs_wkt is None)
 
 
 def gdal_message(exc: BaseException) -> str:
@@ -371,7 +389,7 @@ class WindowReader:
         # the dataset opens): one core decodes a deflate scene too slowly to keep a GPU busy
         with rasterio.Env(GDAL_NUM_THREADS=decode_threads()):
             # every chunk task opens one: only an ungeoreferenced raster needs the warnings lock
-            self._src = open_dataset(info.path, quiet=info.crs_wkt is None)
+            self._src = open_source(info)
 
     def close(self, reusable: bool = False) -> None:
         if reusable and self._key is not None:
@@ -398,8 +416,11 @@ class WindowReader:
         inside = rect.intersection(Rect(0, 0, info.height, info.width))
         if inside.empty:
             raise InputError(f"{info.path}: window {rect} lies outside the raster")
-        rows = reflect_index(np.arange(rect.row_off, rect.row_end), info.height)
-        cols = reflect_index(np.arange(rect.col_off, rect.col_end), info.width)
+        # a window of a larger raster reads it, and reflects about its edges
+        (row0, col0), (height, width) = info.origin, info.base_shape or (info.height, info.width)
+        rect = Rect(rect.row_off + row0, rect.col_off + col0, rect.height, rect.width)
+        rows = reflect_index(np.arange(rect.row_off, rect.row_end), height)
+        cols = reflect_index(np.arange(rect.col_off, rect.col_end), width)
         # the reflection may need pixels beyond the part of rect inside the raster
         source = Rect.from_bounds(int(rows.min()), int(cols.min()), int(rows.max()) + 1,
                                   int(cols.max()) + 1)
