@@ -473,7 +473,7 @@ def _scene(manifest: Path | str, where: str, row: dict[str, Any], base: Path | s
         if key not in SCENE_OPTIONS:
             raise InputError(f"{manifest}: {where} has unknown option {key!r}; choose from "
                              f"{', '.join(SCENE_OPTIONS)}")
-        options[key] = _option(manifest, where, key, value, base, dst)
+        options[key] = _option(manifest, where, key, value, base, dst, src)
     scene = Scene(src, dst, options)
     try:
         scene.config({})
@@ -488,7 +488,7 @@ _SHORT_REPR.maxstring = _SHORT_REPR.maxother = 60
 
 
 def _option(manifest: Path | str, where: str, key: str, value: Any, base: Path | str,
-            dst: str) -> Any:
+            dst: str, src: str | tuple[str, ...] = "") -> Any:
     def bad(expected: str) -> InputError:
         shown = _SHORT_REPR.repr(value)  # a value may be huge: the message stays one short line
         return InputError(f"{manifest}: {where}: {key} must be {expected}, got {shown}")
@@ -520,8 +520,10 @@ def _option(manifest: Path | str, where: str, key: str, value: Any, base: Path |
             raise bad("a list such as 4,3,2 or red,green,blue")
         if all(isinstance(v, int) or str(v).lstrip("-").isdigit() for v in items):
             return tuple(int(v) for v in items)
-        if any(isinstance(v, int | float) for v in items):
-            raise bad("band numbers or band names, not both")
+        from tileseg.scenes import is_item_source
+
+        if any(isinstance(v, int | float) for v in items) or not is_item_source(src):
+            raise bad("a list of integers such as 4,3,2 (band names are for STAC items)")
         return tuple(str(v) for v in items)
     if key == "resolution":
         if isinstance(value, str) and value.strip().lower() == "model":

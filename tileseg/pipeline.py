@@ -244,15 +244,23 @@ def clamped_tile_size(config: PredictConfig, raster: RasterInfo, divisor: int = 
     return config.tile_size
 
 
-def has_valid_pixel(raster: RasterInfo) -> bool:
-    """True as soon as one valid pixel is found, reading masks block row by block row."""
+def has_valid_pixel(raster: RasterInfo, run: str | None = None) -> bool:
+    """True as soon as one valid pixel is found, reading masks block row by block row.
+
+    ``run``: the run's id; the open raster (and the blocks it read) is then handed on to the
+    run's first chunk task in this process, which reads those blocks again."""
     from tileseg.grid import Rect
     from tileseg.raster import WindowReader
 
     if not raster.has_mask and not raster.dtype.startswith("float"):
         return True
+    if raster.stack is not None:
+        from tileseg.scenes import overview_has_valid_pixel
+
+        if overview_has_valid_pixel(raster):  # a cheap yes; a no is checked in full below
+            return True
     step = max(raster.block_shape[0], 256)
-    with WindowReader(raster) as reader:
+    with WindowReader(raster, run) as reader:
         for row in range(0, raster.height, step):
             rect = Rect(row, 0, min(step, raster.height - row), raster.width)
             if reader.read(rect)[1].any():
@@ -442,8 +450,9 @@ def predict(
             logger.info("%s is already complete; nothing to resume", config.dst)
             return PredictResult(config.dst, config.zarr_path, plan.grid.num_tiles, 0, 0,
                                  plan.grid.num_chunks, 0.0, {"status": "already complete"})
-        _stage(config, plan, staging, fingerprint)
-        job = _job(config, plan, staging)
+        run = uuid.uuid4().hex
+        _stage(config, plan, staging, fingerprint, run)
+        job = _job(config, plan, staging, run)
         mosaic = build_graph(job)
         timings = Timings(started, graph_built=time.perf_counter())
         tally = Tally.for_run(plan, open_work_dir(staging.work_path), progress,
@@ -504,10 +513,11 @@ def _check_export_cache(config: PredictConfig, plan: Plan) -> None:
     check_export_cache(model.module, plan.context, model.metadata.in_channels, model.architecture)
 
 
-def _stage(config: PredictConfig, plan: Plan, staging: Staging, fingerprint: str) -> None:
+def _stage(config: PredictConfig, plan: Plan, staging: Staging, fingerprint: str,
+           run: str | None = None) -> None:
     """Create (or, resuming, reopen) the staged Zarr store and work folder of the run."""
     raster = plan.raster
-    if not staging.in_progress() and not has_valid_pixel(raster):
+    if not staging.in_progress() and not has_valid_pixel(raster, run):
         # the hint says "value", not the parameter: its name is also the state of the pixels
         raise InputError(f"{raster.path}: every pixel is nodata; nothing to segment (check "
                          "the nodata value or the file's mask)")
@@ -537,7 +547,7 @@ def _run_zarr(staging: Staging, plan: Plan) -> Any:
     return f"{work}/window.zarr" if isinstance(work, str) else Path(work) / "window.zarr"
 
 
-def _job(config: PredictConfig, plan: Plan, staging: Staging) -> Job:
+def _job(config: PredictConfig, plan: Plan, staging: Staging, run: str = "") -> Job:
     """What every task of the run gets: small, picklable settings and paths."""
     assert plan.model_ref is not None
     mask_dtype, nodata = mask_dtype_for(plan.model.metadata.num_classes)
@@ -549,7 +559,7 @@ def _job(config: PredictConfig, plan: Plan, staging: Staging) -> Job:
         work_dir=open_work_dir(staging.work_path).location,
         zarr_path=(zarr_store if isinstance(zarr_store := _run_zarr(staging, plan), str)
                    else str(zarr_store.absolute())),
-        run=uuid.uuid4().hex,
+        run=run or uuid.uuid4().hex,
         aoi=plan.aoi.mask if plan.aoi is not None else None,
     )
 

@@ -304,8 +304,8 @@ def footprint(raster: RasterInfo) -> tuple[dict[str, Any] | None, list[float] | 
     from rasterio.warp import transform_geom
 
     t = raster.affine
-    corners = [t * (0, 0), t * (raster.width, 0), t * (raster.width, raster.height),
-               t * (0, raster.height)]
+    corners = [t @ (0, 0), t @ (raster.width, 0), t @ (raster.width, raster.height),
+               t @ (0, raster.height)]
     outline = shapely.Polygon(corners)
     side = max(outline.bounds[2] - outline.bounds[0], outline.bounds[3] - outline.bounds[1])
     dense = shapely.segmentize(outline, side / 16 or 1.0)
@@ -332,8 +332,8 @@ def _proj_fields(raster: RasterInfo) -> dict[str, Any]:
         out["proj:code"] = None
         out["proj:wkt2"] = crs.to_wkt(version="WKT2_2019")
     t = raster.affine
-    xs = [(t * (c, r))[0] for c in (0, raster.width) for r in (0, raster.height)]
-    ys = [(t * (c, r))[1] for c in (0, raster.width) for r in (0, raster.height)]
+    xs = [(t @ (c, r))[0] for c in (0, raster.width) for r in (0, raster.height)]
+    ys = [(t @ (c, r))[1] for c in (0, raster.width) for r in (0, raster.height)]
     out["proj:bbox"] = [min(xs), min(ys), max(xs), max(ys)]
     return out
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from tileseg.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
@@ -266,7 +268,9 @@ def gsd_note(raster: RasterInfo, gsd: float | None, flags: bool = True) -> str |
         return None
     if abs(size - gsd) / gsd <= GSD_TOLERANCE:
         return None
-    option = "--resolution model" if flags else "resolution='model'"
+    from tileseg.errors import flag_for
+
+    option = f"{flag_for('resolution')} model" if flags else "resolution='model'"
     looks = "larger" if size < gsd else "smaller"
     return (f"{raster.path}: pixel size {size:g} m but the model was trained at {gsd:g} m; "
             f"objects look {looks} to it than in training ({option} runs at the model's pixel "
@@ -282,3 +286,21 @@ def check_named_bands_fit(config: PredictConfig) -> None:
                          "item's assets have; give 1-based band numbers, e.g. bands 3,2,1",
                          params=("bands",))
 
+
+
+def overview_has_valid_pixel(raster: RasterInfo, side: int = 64) -> bool:
+    """True when a coarse look (about ``side`` pixels a side, nearest neighbour: overviews
+    where the files have them) finds a pixel valid in every band. A value read by nearest
+    neighbour is a real pixel's, so a yes is sure; a no proves nothing (the caller checks in
+    full). Masks only: float bands (NaN) and a nodata given by the caller answer no."""
+    from rasterio.enums import Resampling
+
+    from tileseg.raster import open_source
+
+    if raster.nodata is not None or raster.dtype.startswith("float"):
+        return False
+    shape = (len(raster.indexes), max(1, min(side, raster.height)),
+             max(1, min(side, raster.width)))
+    with open_source(raster) as src:
+        masks = src.read_masks(raster.indexes, out_shape=shape, resampling=Resampling.nearest)
+    return bool((np.asarray(masks) != 0).all(axis=0).any())

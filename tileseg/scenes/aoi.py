@@ -100,7 +100,7 @@ class AoiPlan:
     def output_raster(self) -> RasterInfo:
         """The published grid's facts (a crop of the window)."""
         r = self.output
-        t = self.raster.affine * Affine.translation(r.col_off, r.row_off)
+        t = self.raster.affine @ Affine.translation(r.col_off, r.row_off)
         return replace(self.raster, height=r.height, width=r.width, transform=tuple(t)[:6],
                        origin=(self.raster.origin[0] + r.row_off,
                                self.raster.origin[1] + r.col_off))
@@ -266,13 +266,13 @@ def plan_aoi(aoi: str, aoi_crs: str | None, raster: RasterInfo, grid: TileGrid) 
     if not mask.inside(output).any():
         raise InputError(f"{aoi}: the AOI covers no pixel centre of {raster.path}; give a larger "
                          "area", params=("aoi",))
-    t = raster.affine * Affine.translation(window.col_off, window.row_off)
+    t = raster.affine @ Affine.translation(window.col_off, window.row_off)
     cropped = replace(raster, height=window.height, width=window.width, transform=tuple(t)[:6],
                       origin=(raster.origin[0] + window.row_off,
                               raster.origin[1] + window.col_off),
                       base_shape=raster.base_shape or (raster.height, raster.width))
-    o = raster.affine * Affine.translation(bounds.col_off, bounds.row_off)
-    far = raster.affine * Affine.translation(bounds.col_end, bounds.row_end)
+    o = raster.affine @ Affine.translation(bounds.col_off, bounds.row_off)
+    far = raster.affine @ Affine.translation(bounds.col_end, bounds.row_end)
     left, right = sorted((o.c, far.c))
     bottom, top = sorted((o.f, far.f))
     logger.info("AOI %s: output %d x %d pixels (rows %d-%d, cols %d-%d of the raster)", aoi,

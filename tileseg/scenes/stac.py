@@ -239,8 +239,8 @@ def _from_pystac(item: Any) -> SceneItem:
     except ImportError:
         pystac = None
     if pystac is None or not isinstance(item, pystac.Item):
-        raise InputError(f"src {type(item).__name__}: not a path, URL, list of files or "
-                         "pystac.Item", params=("src",))
+        raise InputError(f"a source of type {type(item).__name__} cannot be read; give a path "
+                         "or URL, a list of files, or a pystac.Item")
     data = item.to_dict(include_self_link=False, transform_hrefs=False)
     for key, asset in item.assets.items():
         data["assets"][key]["href"] = asset.get_absolute_href() or asset.href

@@ -242,7 +242,7 @@ def choose_grid(files: Sequence[_FileFacts], resolution: float | None, label: st
         if col1 <= col0 or row1 <= row0:
             raise InputError(f"{label}: the bands do not overlap on a whole pixel; check that "
                              "they belong to one scene")
-        grid_t = t * Affine.translation(col0, row0)
+        grid_t = t @ Affine.translation(col0, row0)
         return Grid(ref.crs.to_wkt(), tuple(grid_t)[:6], row1 - row0, col1 - col0)
     if not (math.isfinite(resolution) and resolution > 0):
         raise ConfigError(f"resolution {resolution}: give a positive pixel size in the CRS's "
