@@ -123,9 +123,10 @@ def test_an_item_gives_the_mask_of_the_bands_stacked_by_hand_bitwise(scene, tmp_
 
 
 def test_a_band_in_a_second_crs_stays_within_the_stated_bound(scene, tmp_path) -> None:
-    """reproject always interpolates source positions (0.125 px at most off); tileseg computes
-    each exactly, so values may differ by 0.125 px times the band's slope, plus one for
-    rounding, never more; where no input value differs, neither does the mask."""
+    """Across CRSs, reproject approximates source positions to 1/8 pixel over its chunks and
+    tileseg to 1/100 pixel over its fixed blocks, so values may differ by 0.135 source pixel
+    times the band's slope (in x and y), plus one for rounding, never more; where no input value
+    differs, neither does the mask."""
     item, files = scene
     model = named(per_pixel_model(4, 5, scale=1e-4, seed=4), NAMES4)
     expected = stacked(files, NAMES4)
@@ -135,8 +136,7 @@ def test_a_band_in_a_second_crs_stays_within_the_stated_bound(scene, tmp_path) -
         source = src.read(1).astype(np.int64)
     slope = max(np.abs(np.diff(source, axis=0)).max(), np.abs(np.diff(source, axis=1)).max())
     diff = np.abs(got[3].astype(np.int64) - expected[3])
-    assert diff.max() <= 0.125 * 2 * slope + 1, (diff.max(), slope)
-    assert diff.any()  # the approximation did move some positions: the bound is the point
+    assert diff.max() <= (0.125 + 0.01) * 2 * slope + 1, (diff.max(), slope)
     ref = predict(PredictConfig(str(write_stack(tmp_path / "ref.tif", expected)),
                                 str(tmp_path / "ref.mask.tif"), stac_item=False, **FAST),
                   model=model)
@@ -156,6 +156,24 @@ def test_reads_of_a_warped_stack_do_not_depend_on_the_window(scene) -> None:
         for r in range(0, SIDE, 37):
             for c in range(0, SIDE, 23):
                 rect = Rect(r, c, min(37, SIDE - r), min(23, SIDE - c))
+                pieces[:, rect.row_off:rect.row_end, rect.col_off:rect.col_end] = \
+                    reader.read(rect)[0]
+    np.testing.assert_array_equal(pieces, whole)
+
+
+def test_warped_blocks_on_a_fixed_grid_make_reads_independent_of_the_window(tmp_path) -> None:
+    """Across CRSs GDAL approximates positions along each block it warps: tileseg warps whole
+    blocks of a fixed grid only (here 3 x 3 of them), so any window gives the same pixels."""
+    files = write_scene(tmp_path, side=1100, block=256)
+    config = PredictConfig((str(files["blue"]), str(files["swir16"])), "x.tif")
+    raster = open_scene(config, None).raster
+    assert raster.stack is not None and raster.stack.bands[1].resampling == "bilinear"
+    whole = read_all(config)
+    pieces = np.zeros_like(whole)
+    with WindowReader(raster) as reader:
+        for r in range(0, 1100, 301):
+            for c in range(0, 1100, 433):
+                rect = Rect(r, c, min(301, 1100 - r), min(433, 1100 - c))
                 pieces[:, rect.row_off:rect.row_end, rect.col_off:rect.col_end] = \
                     reader.read(rect)[0]
     np.testing.assert_array_equal(pieces, whole)
