@@ -627,6 +627,9 @@ def s3_scene(tmp_path_factory):
         client.create_bucket(Bucket=BUCKET)
         for path in folder.iterdir():
             client.upload_file(str(path), BUCKET, f"scenes/{path.name}")
+            # and readable anonymously over http(s), as a public catalogue's items are
+            client.upload_file(str(path), BUCKET, f"public/{path.name}",
+                               ExtraArgs={"ACL": "public-read"})
         yield server, item, files
 
 
@@ -655,3 +658,35 @@ def test_an_item_on_s3_reads_each_asset_about_once(s3_scene, tmp_path) -> None:
     assert written["assets"]["mask"]["href"] == "./mask.tif"
     assert written["assets"]["mask"]["file:size"] == fetched.stat().st_size
     assert written["links"][0]["href"] == f"s3://{BUCKET}/scenes/item.json"
+
+
+def test_an_item_over_http_with_relative_hrefs(s3_scene, tmp_path) -> None:
+    server, item, _ = s3_scene
+    model = named(per_pixel_model(4, 5, scale=1e-4, seed=4), NAMES4)
+    settings = dict(tile_size=128, overlap=16, precision="fp32", stac_item=False)
+    local = predict(PredictConfig(str(item), str(tmp_path / "local.tif"), **settings),
+                    model=model)
+    url = f"{server.endpoint}/{BUCKET}/public/item.json"  # assets resolved against it
+    remote = predict(PredictConfig(url, str(tmp_path / "http.tif"), **settings), model=model)
+    np.testing.assert_array_equal(mask_of(remote.dst), mask_of(local.dst))
+
+
+def test_an_interrupted_item_run_with_an_aoi_resumes_to_the_same_mask(scene, tmp_path) -> None:
+    from conftest import interrupt_after
+
+    item, _ = scene
+    keys = ("blue", "green", "nir08")
+    model = named(per_pixel_model(3, 5, scale=1e-4, seed=2), keys)
+    aoi = aoi_polygon()
+    path = write_vector(tmp_path / "aoi.gpkg", aoi, CRS)
+    settings = dict(aoi=str(path), tile_size=64, overlap=16, chunk_size=48, precision="fp32")
+    whole = predict(PredictConfig(str(item), str(tmp_path / "whole.tif"), **settings),
+                    model=model)
+    with pytest.raises(KeyboardInterrupt):
+        predict(PredictConfig(str(item), str(tmp_path / "resumed.tif"), **settings), model=model,
+                progress=interrupt_after(1))
+    assert (tmp_path / "resumed.tif.partial").is_dir()
+    resumed = predict(PredictConfig(str(item), str(tmp_path / "resumed.tif"), resume=True,
+                                    **settings), model=model)
+    assert resumed.report["tiles_reused"] > 0
+    np.testing.assert_array_equal(mask_of(resumed.dst), mask_of(whole.dst))

@@ -16,7 +16,7 @@ use) interpolates source positions along the rows of each block it warps, so a p
 depends on the block it was warped in: with blocks on a fixed grid, that is a function of the
 pixel's position alone, and the mask stays the same whatever the chunk size. Between grids of one
 CRS the warp uses the exact transformer (the transform is affine, the cost nil) and agrees with
-``reproject`` bitwise; across CRSs, computing every pixel's position with PROJ costs about 1 s
+``reproject`` bitwise; across CRSs, computing every pixel's position with PROJ costs about 2 s
 per 2048 x 2048 pixels, so positions are approximated to 1/100 pixel (:data:`WARP_MAX_ERROR`),
 against 1/8 for ``reproject``: their values differ by at most 0.135 source pixel times the band's
 slope, plus one for rounding (see README, "Scenes").
