@@ -323,7 +323,7 @@ def _with_suffix(path: str, suffix: str) -> str:
 
 def _check_scene_paths(manifest: Path | str, scenes: list[Scene]) -> None:
     """No scene writes onto, or into, any scene's source or another scene's outputs."""
-    named: dict[str, str | None] = {}
+    named: dict[str, str | tuple[str, ...] | None] = {}
     sources = []
     for n, scene in enumerate(scenes, 1):
         named[f"scene {n} src"] = scene.src

@@ -187,8 +187,8 @@ class PredictConfig:
                 raise ConfigError("bands lists an empty name; give asset keys or common names, "
                                   "e.g. bands red,green,blue", params=("bands",))
             return
-        if (not bands or not all(isinstance(b, int) and not isinstance(b, bool) for b in bands)
-                or min(bands) < 1):  # type: ignore[type-var]
+        numbers = [b for b in bands if isinstance(b, int) and not isinstance(b, bool)]
+        if not bands or len(numbers) != len(bands) or min(numbers) < 1:
             raise ConfigError("bands takes 1-based band numbers, e.g. bands 3,2,1 (or, for a "
                               "STAC item, asset keys or common names)", params=("bands",))
 

@@ -190,8 +190,9 @@ def _item_from_dict(data: dict[str, Any], href: str | None, base: str | None) ->
         if not isinstance(asset, dict) or not isinstance(asset.get("href"), str):
             raise InputError(f"{href or 'item'}: asset {key!r} has no href")
         absolute[str(key)] = {**asset, "href": resolve_href(asset["href"], base)}
-    properties = data.get("properties") if isinstance(data.get("properties"), dict) else {}
-    return SceneItem(id=str(data.get("id", "item")), href=href, properties=dict(properties),
+    properties = data.get("properties")
+    return SceneItem(id=str(data.get("id", "item")), href=href,
+                     properties=dict(properties) if isinstance(properties, dict) else {},
                      assets=absolute, bbox=data.get("bbox"), geometry=data.get("geometry"),
                      collection=data.get("collection"),
                      links=[link for link in data.get("links", []) if isinstance(link, dict)])
@@ -235,10 +236,10 @@ def collection_items(location: str) -> list[str] | None:
 
 def _from_pystac(item: Any) -> SceneItem:
     try:
-        import pystac
-    except ImportError:
-        pystac = None
-    if pystac is None or not isinstance(item, pystac.Item):
+        from pystac import Item
+    except ImportError:  # no pystac: then no pystac.Item either
+        Item = None  # type: ignore[assignment,misc]
+    if Item is None or not isinstance(item, Item):
         raise InputError(f"a source of type {type(item).__name__} cannot be read; give a path "
                          "or URL, a list of files, or a pystac.Item")
     data = item.to_dict(include_self_link=False, transform_hrefs=False)
@@ -305,8 +306,9 @@ def _band_entries(asset: dict[str, Any]) -> list[dict[str, Any]]:
     bands = asset.get("bands")
     if isinstance(bands, list) and bands:
         return [b if isinstance(b, dict) else {} for b in bands]
-    eo = asset.get("eo:bands") if isinstance(asset.get("eo:bands"), list) else []
-    raster = asset.get("raster:bands") if isinstance(asset.get("raster:bands"), list) else []
+    eo_field, raster_field = asset.get("eo:bands"), asset.get("raster:bands")
+    eo: list[Any] = eo_field if isinstance(eo_field, list) else []
+    raster: list[Any] = raster_field if isinstance(raster_field, list) else []
     merged = []
     for i in range(max(len(eo), len(raster))):
         entry: dict[str, Any] = {}

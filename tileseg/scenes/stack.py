@@ -338,12 +338,11 @@ def common_dtype(dtypes: Sequence[str], label: str) -> str:
 
 
 def build_stack(requests: Sequence[BandRequest], *, resolution: float | None, label: str,
-                default_resampling: dict[str, str] | None = None,
-                same_grid_as: Grid | None = None) -> StackSpec:
+                default_resampling: dict[str, str] | None = None) -> StackSpec:
     """Open each file once, choose the grid and describe how every band reaches it.
 
     ``default_resampling`` maps ``"continuous"`` and ``"categorical"`` to the methods used
-    for bands without their own; ``same_grid_as`` forces a grid (tests, or a caller's).
+    for bands without their own.
     """
     if not requests:
         raise InputError(f"{label}: no band to read")
@@ -358,7 +357,7 @@ def build_stack(requests: Sequence[BandRequest], *, resolution: float | None, la
             raise InputError(f"{label}: {req.name or req.href} asks for band {req.band} of "
                              f"{req.href}, which has {len(f.dtypes)}")
     used = [facts[h] for h in dict.fromkeys(r.href for r in requests)]
-    grid = same_grid_as or choose_grid(used, resolution, label)
+    grid = choose_grid(used, resolution, label)
     sources: list[StackSource] = []
     index: dict[tuple[str, str | None], int] = {}
     bands: list[StackBand] = []
