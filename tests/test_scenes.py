@@ -161,9 +161,11 @@ def test_reads_of_a_warped_stack_do_not_depend_on_the_window(scene) -> None:
     np.testing.assert_array_equal(pieces, whole)
 
 
-def test_warped_blocks_on_a_fixed_grid_make_reads_independent_of_the_window(tmp_path) -> None:
+def test_warped_blocks_on_a_fixed_grid_make_reads_independent_of_the_window(
+        tmp_path, monkeypatch) -> None:
     """Across CRSs GDAL approximates positions along each block it warps: tileseg warps whole
-    blocks of a fixed grid only (here 3 x 3 of them), so any window gives the same pixels."""
+    blocks of a fixed grid only (here 3 x 3 of them), so any window gives the same pixels, and
+    so does any number of warping threads."""
     files = write_scene(tmp_path, side=1100, block=256)
     config = PredictConfig((str(files["blue"]), str(files["swir16"])), "x.tif")
     raster = open_scene(config, None).raster
@@ -177,6 +179,8 @@ def test_warped_blocks_on_a_fixed_grid_make_reads_independent_of_the_window(tmp_
                 pieces[:, rect.row_off:rect.row_end, rect.col_off:rect.col_end] = \
                     reader.read(rect)[0]
     np.testing.assert_array_equal(pieces, whole)
+    monkeypatch.setenv("GDAL_NUM_THREADS", "1")
+    np.testing.assert_array_equal(read_all(config), whole)
 
 
 def test_two_chunk_sizes_give_the_same_mask_with_a_mixed_item(scene, deeplab4, tmp_path) -> None:

@@ -327,6 +327,14 @@ def warped_vrt(href: str, grid: Grid, resampling: str, nodata: float | None) -> 
     return re.sub(r"<BlockYSize>\d+</BlockYSize>", f"<BlockYSize>{side_y}</BlockYSize>", exact)
 
 
+def with_warp_threads(vrt: str, threads: str) -> str:
+    """``vrt`` warping on ``threads`` threads (``GDAL_NUM_THREADS``'s values): the warper
+    splits a block's rows among them, each row interpolated as a whole, so the values do not
+    change, only the time (the reader's own setting, added where it opens the VRT)."""
+    option = f'<Option name="NUM_THREADS">{escape(threads)}</Option>'
+    return vrt.replace("<WarpMemoryLimit>", option + "<WarpMemoryLimit>", 1)
+
+
 def common_dtype(dtypes: Sequence[str], label: str) -> str:
     """The dtype every band fits without loss (numpy's promotion), if tileseg reads it."""
     result = np.result_type(*[np.dtype(d) for d in dtypes]).name
@@ -402,7 +410,7 @@ class StackDataset:
     """
 
     def __init__(self, spec: StackSpec) -> None:
-        from tileseg.raster import open_dataset
+        from tileseg.raster import decode_threads, open_dataset
         from tileseg.remote import gdal_options
 
         self.spec = spec
@@ -416,9 +424,12 @@ class StackDataset:
         self._blocks: OrderedDict[tuple[int, int, bool, int, int], np.ndarray] = OrderedDict()
         self._block_bytes = 0
         try:
+            threads = decode_threads()
             for source, options in zip(spec.sources, self._options, strict=True):
                 with rasterio.Env(**options):
-                    self._datasets.append(open_dataset(source.vrt or source.href, quiet=False))
+                    name = source.href if source.vrt is None else with_warp_threads(source.vrt,
+                                                                                    threads)
+                    self._datasets.append(open_dataset(name, quiet=False))
         except RasterioIOError as exc:
             self.close()
             from tileseg.raster import gdal_message
