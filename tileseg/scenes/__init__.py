@@ -63,17 +63,6 @@ def stack_label(files: tuple[str, ...]) -> str:
     return f"{names[0]}+...+{names[-1]} ({len(names)} files)"
 
 
-def source_name(src: Any) -> str:
-    """The name default outputs are called after: a file's, an item's id."""
-    from tileseg.naming import source_name as file_name
-
-    if isinstance(src, tuple):
-        return file_name(src[0])
-    if isinstance(src, str):
-        return file_name(src)
-    return f"{getattr(src, 'id', 'item')}.json"
-
-
 def source_files(src: Any) -> list[str]:
     """The paths a run reads (for the checks that no output replaces an input): local files
     with their sidecars, remote URLs as they are; a local item and its local assets."""

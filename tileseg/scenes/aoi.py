@@ -95,7 +95,6 @@ class AoiPlan:
     output: Rect  # the published grid (the AOI's bounds), relative to the window
     mask: AoiMask  # in the window's pixel coordinates
     source: str  # the aoi as given
-    bounds_crs: tuple[float, float, float, float]  # the output's bounds in the raster's CRS
 
     def output_raster(self) -> RasterInfo:
         """The published grid's facts (a crop of the window)."""
@@ -271,11 +270,7 @@ def plan_aoi(aoi: str, aoi_crs: str | None, raster: RasterInfo, grid: TileGrid) 
                       origin=(raster.origin[0] + window.row_off,
                               raster.origin[1] + window.col_off),
                       base_shape=raster.base_shape or (raster.height, raster.width))
-    o = raster.affine @ Affine.translation(bounds.col_off, bounds.row_off)
-    far = raster.affine @ Affine.translation(bounds.col_end, bounds.row_end)
-    left, right = sorted((o.c, far.c))
-    bottom, top = sorted((o.f, far.f))
     logger.info("AOI %s: output %d x %d pixels (rows %d-%d, cols %d-%d of the raster)", aoi,
                 bounds.height, bounds.width, bounds.row_off, bounds.row_end, bounds.col_off,
                 bounds.col_end)
-    return AoiPlan(cropped, output, mask, aoi, (left, bottom, right, top))
+    return AoiPlan(cropped, output, mask, aoi)
