@@ -241,6 +241,18 @@ def test_matching_reads_stac_1_0_and_1_1_bands_and_prefers_cogs() -> None:
     assert "thumbnail" not in {b.asset for b in asset_bands(item)}
 
 
+def test_what_counts_as_a_stac_source() -> None:
+    from tileseg.scenes.stac import is_stac_source, split_fragment
+
+    assert is_stac_source("item.json") and is_stac_source("s3://b/k/item.JSON")
+    assert is_stac_source("https://earth-search.aws.element84.com/v1/collections/"
+                          "sentinel-2-l2a/items/S2B_31UDQ_20240601_0_L2A")
+    assert not is_stac_source("https://example.com/items/scene.tif")
+    assert not is_stac_source("scene.tif") and not is_stac_source("s3://b/scene.tif")
+    assert split_fragment("search.json#S2B_X") == ("search.json", "S2B_X")
+    assert split_fragment("scene.tif#x") == ("scene.tif#x", None)
+
+
 def test_a_band_the_item_lacks_names_what_it_has(scene) -> None:
     item, _ = scene
     with pytest.raises(InputError) as caught:

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 MAX_STAC_BYTES = 64 << 20  # an item is a few kB; a saved search of thousands of items, MBs
 HTTP_TIMEOUT_S = 30.0
 STAC_SUFFIXES = (".json", ".geojson")
+_RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".nc", ".h5", ".img", ".zarr")
 # roles and media types of assets that are never a band to read
 _SKIP_ROLES = {"thumbnail", "overview", "metadata"}
 _NOT_RASTER = ("application/json", "application/geo+json", "application/xml", "text/",
@@ -91,7 +92,8 @@ def is_stac_source(src: str) -> bool:
     path = urlsplit(location).path if "://" in location else location
     if path.lower().endswith(STAC_SUFFIXES):
         return True
-    return location.startswith(("http://", "https://")) and "/items/" in path
+    return (location.startswith(("http://", "https://")) and "/items/" in path
+            and not path.lower().endswith(_RASTER_SUFFIXES))
 
 
 def split_fragment(src: str) -> tuple[str, str | None]:
