@@ -42,6 +42,9 @@ class Traffic:
     bytes_in: int = 0
     per_bucket: dict[str, Traffic] = field(default_factory=dict)
     log: list[tuple[str, str]] = field(default_factory=list)
+    # body bytes sent back and GET requests, per object path (/bucket/key, no query string)
+    per_object: dict[str, int] = field(default_factory=dict)
+    gets_per_object: dict[str, int] = field(default_factory=dict)
     in_flight: int = 0
     peak_in_flight: int = 0
     request_s: float = 0.0  # summed over requests, from arrival to answer
@@ -73,10 +76,14 @@ class Traffic:
 
     def add(self, method: str, nbytes: int, nbytes_in: int = 0, path: str = "") -> None:
         bucket = path.lstrip("/").split("/")[0].split("?")[0]
+        key = path.split("?", 1)[0]
         with self.lock:
             self._count(method, nbytes, nbytes_in)
             self.per_bucket.setdefault(bucket, Traffic())._count(method, nbytes, nbytes_in)
             self.log.append((method, path))
+            if method == "GET":
+                self.per_object[key] = self.per_object.get(key, 0) + nbytes
+                self.gets_per_object[key] = self.gets_per_object.get(key, 0) + 1
 
     def _count(self, method: str, nbytes: int, nbytes_in: int) -> None:
         self.requests[method] = self.requests.get(method, 0) + 1
@@ -90,6 +97,8 @@ class Traffic:
             self.bytes_in = 0
             self.per_bucket.clear()
             self.log.clear()
+            self.per_object.clear()
+            self.gets_per_object.clear()
             self.peak_in_flight = self.in_flight
             self.request_s = self.busy_s = 0.0
             self._busy_since = time.perf_counter()

@@ -79,7 +79,8 @@ def test_cog_on_s3_equals_the_local_run(s3: S3Server, scene, tmp_path: Path) -> 
         np.testing.assert_array_equal(out.read(1), expected)
         assert "TILESEG_CLASSES" in out.tags()
     # no staging, lock or probe left; the style sidecars beside it
-    assert _keys(s3, "cog/") == ["cog/out.qml", "cog/out.tif", "cog/out.tif.aux.xml"]
+    assert _keys(s3, "cog/") == ["cog/out.qml", "cog/out.stac.json", "cog/out.tif",
+                                 "cog/out.tif.aux.xml"]
 
 
 def test_interrupted_run_resumes_from_the_store(s3: S3Server, scene) -> None:
@@ -293,7 +294,8 @@ def test_cluster_workers_share_only_the_store(s3: S3Server, make_raster, several
     written = _files(tmp_path) - before
     assert not [f for f in written if f.endswith((".npz", ".json")) or ".zarr" in f
                 or ".partial" in f], written
-    assert not [k for k in _keys(s3, "cluster/") if not k.startswith("cluster/out.zarr/")]
+    assert [k for k in _keys(s3, "cluster/") if not k.startswith("cluster/out.zarr/")] == [
+        "cluster/out.stac.json"]  # the output's STAC item, beside it
 
 
 def test_report_on_s3_is_written_once_and_a_foreign_one_kept(s3: S3Server, scene) -> None:
@@ -394,7 +396,8 @@ def test_killed_worker_the_s3_run_finishes_identically(s3: S3Server, make_raster
         np.testing.assert_array_equal(out.read(1), ref.read(1))
     # saved spills are reused, never inferred twice: the count can only fall short
     assert result.tiles_inferred <= result.tiles_total
-    assert _keys(s3, "killed/") == ["killed/out.qml", "killed/out.tif", "killed/out.tif.aux.xml"]
+    assert _keys(s3, "killed/") == ["killed/out.qml", "killed/out.stac.json", "killed/out.tif",
+                                    "killed/out.tif.aux.xml"]
 
 
 def test_cog_with_zarr_on_s3_keeps_both(s3: S3Server, scene) -> None:
@@ -472,8 +475,9 @@ def test_killed_driver_resumes_from_the_store_at_once(s3: S3Server, make_raster,
                                                Key="killed-driver/out.tif")["Body"].read())
     with rasterio.open(fetched) as out:
         np.testing.assert_array_equal(out.read(1), expected)
-    assert _keys(s3, "killed-driver/") == ["killed-driver/out.qml", "killed-driver/out.tif",
-                                        "killed-driver/out.tif.aux.xml"]  # no lock, no staging
+    assert _keys(s3, "killed-driver/") == [
+        "killed-driver/out.qml", "killed-driver/out.stac.json", "killed-driver/out.tif",
+        "killed-driver/out.tif.aux.xml"]  # no lock, no staging
 
 
 # -- staging that resume or overwrite can always clear; what is not tileseg's stays (issue 18) --

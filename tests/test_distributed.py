@@ -407,3 +407,45 @@ def test_progress_on_a_cluster_counts_tiles_within_a_chunk(deeplab_dir, cluster,
                              batch_size=4), client=cluster, progress=events.append)
     assert result.chunks == 1 and result.tiles_total == 16
     assert [e.done for e in events] == [4, 8, 12, 16]  # type: ignore[attr-defined]
+
+
+def test_a_stac_item_on_the_store_on_workers_that_share_no_disk(cluster, tmp_path) -> None:
+    """Issue 20: a mixed-resolution, two-CRS item on the store, run by worker processes that
+    get the item's bands and write the mask only through the store: the mask of the same item
+    read locally in-process, and its STAC item beside it on the store."""
+    import dataclasses
+
+    from conftest import metadata
+    from s3_server import running_s3, s3_environment
+    from stac_scenes import write_item, write_scene
+
+    from tileseg.model import ModelSpec, build_model, save_model
+
+    files = write_scene(tmp_path / "scene")
+    item = write_item(tmp_path / "scene", files)
+    model = tmp_path / "model"
+    bands = ("blue", "green", "nir08", "swir16")
+    save_model(build_model(ModelSpec(encoder_name="resnet18", in_channels=4, classes=3)), model,
+               dataclasses.replace(metadata(3, 4, scale=1e-4, dtype="uint16"), bands=bands))
+    settings = dict(model=str(model), **SMALL)
+    local = predict(PredictConfig(str(item), str(tmp_path / "local.tif"), **settings))  # type: ignore[arg-type]
+    with running_s3() as server, s3_environment(server):
+        client = server.client()
+        client.create_bucket(Bucket="scenes")
+        for path in item.parent.iterdir():
+            client.upload_file(str(path), "scenes", f"s2/{path.name}")
+        env = dict(server.env)  # the workers reach the store as this process does
+        cluster.run(lambda: os.environ.update(env))
+        try:
+            result = predict(PredictConfig("s3://scenes/s2/item.json", "s3://scenes/out/m.tif",
+                                           **settings), client=cluster)  # type: ignore[arg-type]
+        finally:
+            cluster.run(lambda: [os.environ.pop(k, None) for k in env])
+        fetched = tmp_path / "fetched.tif"
+        fetched.write_bytes(client.get_object(Bucket="scenes", Key="out/m.tif")["Body"].read())
+        written = json.loads(client.get_object(Bucket="scenes", Key="out/m.stac.json")["Body"]
+                             .read())
+    assert result.chunks > 1 and result.tiles_inferred == local.tiles_inferred
+    with rasterio.open(fetched) as out, rasterio.open(local.dst) as ref:
+        np.testing.assert_array_equal(out.read(1), ref.read(1))
+    assert written["links"][0]["href"] == "s3://scenes/s2/item.json"

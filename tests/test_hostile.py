@@ -57,6 +57,8 @@ NON_UTF8 = os.fsdecode(b"sc\xffne.tif")  # a name GDAL cannot take (not valid UT
 M = "-m {model}"
 FAST = "--tile-size 64 --overlap 16"
 KEYS = (("AWS_ACCESS_KEY_ID", "x"), ("AWS_SECRET_ACCESS_KEY", "y"))  # no credential lookup first
+NOTHING = ("out.tif", "out.tif.partial", "out.stac.json")  # a refusal before any work
+AOI_INSIDE = "3.0023,54.1450,3.0076,54.1472"  # lon/lat, inside rgb.tif (UTM 31N)
 TRAIN = "--classes bg,water,forest --crop-size 32 --epochs 1 --steps-per-epoch 1 --batch-size 2"
 
 CASES: list[Case] = [
@@ -343,6 +345,71 @@ CASES: list[Case] = [
     Case("model-export-read-only-folder", f"model export-stac {M[3:]} /proc/sys/item.json", 4),
     Case("model-export-ok", "model export-stac {onnx} item.json -q", 0),
     Case("model-no-subcommand", "model frobnicate", 2),
+    # ---- issue 20, scenes: STAC items, several files as one raster, the resolution, areas of
+    # interest and the output's STAC item; every refusal before any work, nothing written
+    Case("predict-item-ok", f"predict item.json out.tif {M} --bands red,green,blue {FAST} -q", 0),
+    Case("predict-stack-ok", f"predict b1.tif b2.tif b3.tif -o out.tif {M} {FAST} -q", 0),
+    Case("predict-stack-last-is-dst", f"predict b1.tif b2.tif b3.tif out.tif {M} {FAST} -q", 0),
+    Case("predict-item-no-matching-assets",
+         f"predict item-nomatch.json out.tif {M} --bands red,green,blue", 2, absent=NOTHING),
+    Case("predict-item-model-names-no-bands", f"predict item.json out.tif {M}", 2,
+         absent=NOTHING),
+    Case("predict-item-numbered-bands", f"predict item.json out.tif {M} --bands 1,2,3", 2,
+         absent=NOTHING),
+    Case("predict-item-unreachable-asset",
+         f"predict item-gone.json out.tif {M} --bands red,green,blue", 2, absent=NOTHING),
+    Case("predict-item-assets-apart",
+         f"predict item-apart.json out.tif {M} --bands red,green,blue", 2, absent=NOTHING),
+    Case("predict-item-collection", f"predict collection.json out.tif {M}", 2, absent=NOTHING),
+    Case("predict-item-collection-unknown-id",
+         f"predict 'collection.json#nope' out.tif {M} --bands red,green,blue", 2,
+         absent=NOTHING),
+    Case("predict-item-missing", f"predict nothere.json out.tif {M}", 2, absent=NOTHING),
+    Case("predict-item-not-json", f"predict bad.json out.tif {M}", 2, absent=NOTHING),
+    Case("predict-item-no-assets", f"predict item-empty.json out.tif {M}", 2, absent=NOTHING),
+    Case("predict-stack-missing-file", f"predict b1.tif gone.tif b3.tif out.tif {M}", 2,
+         absent=NOTHING),
+    Case("predict-stack-apart", f"predict b1.tif far.tif b3.tif out.tif {M}", 2,
+         absent=NOTHING),
+    Case("predict-stack-not-a-raster", f"predict b1.tif notes.txt b3.tif out.tif {M}", 2,
+         absent=NOTHING),
+    Case("predict-bands-names-on-raster", f"predict rgb.tif out.tif {M} --bands red,green,blue",
+         2, absent=NOTHING),
+    Case("predict-resolution-negative", f"predict rgb.tif out.tif {M} --resolution -10", 2),
+    Case("predict-resolution-word", f"predict rgb.tif out.tif {M} --resolution fine", 2),
+    Case("predict-resolution-model-no-gsd", f"predict rgb.tif out.tif {M} --resolution model", 2,
+         absent=NOTHING),
+    Case("predict-resolution-absurdly-fine",
+         f"predict rgb.tif out.tif {M} --resolution 0.000001", 2, absent=NOTHING),
+    Case("predict-resampling-unknown", f"predict rgb.tif out.tif {M} --resampling fancy", 2),
+    Case("predict-aoi-points", f"predict rgb.tif out.tif {M} --aoi points.geojson", 2,
+         absent=NOTHING),
+    Case("predict-aoi-outside", f"predict rgb.tif out.tif {M} --aoi far.geojson", 2,
+         absent=NOTHING),
+    Case("predict-aoi-bbox-outside", f"predict rgb.tif out.tif {M} --aoi 10,10,11,11", 2,
+         absent=NOTHING),
+    Case("predict-aoi-bbox-reversed", f"predict rgb.tif out.tif {M} --aoi 3.01,54.15,3,54.14",
+         2),
+    Case("predict-aoi-missing-file", f"predict rgb.tif out.tif {M} --aoi nothere.gpkg", 2),
+    Case("predict-aoi-not-vector", f"predict rgb.tif out.tif {M} --aoi notes.txt", 2,
+         absent=NOTHING),
+    Case("predict-aoi-crs-without-aoi", f"predict rgb.tif out.tif {M} --aoi-crs EPSG:4326", 2),
+    Case("predict-aoi-crs-unknown",
+         f"predict rgb.tif out.tif {M} --aoi {AOI_INSIDE} --aoi-crs EPSG:999999", 2,
+         absent=NOTHING),
+    Case("predict-aoi-ok", f"predict rgb.tif out.tif {M} {FAST} --aoi {AOI_INSIDE} -q", 0),
+    Case("predict-stac-item-user-file", f"predict rgb.tif mine.tif {M} {FAST}", 4,
+         absent=("mine.tif",)),
+    Case("predict-stac-item-user-file-overwrite", f"predict rgb.tif mine.tif {M} {FAST} "
+         "--overwrite", 4, absent=("mine.tif",)),
+    Case("predict-no-stac-item-beside-user-file",
+         f"predict rgb.tif mine.tif {M} {FAST} --no-stac-item -q", 0),
+    Case("info-item", f"info item.json {M} --bands red,green,blue", 0),
+    Case("info-stack", f"info b1.tif b2.tif b3.tif {M}", 0),
+    Case("info-item-no-matching-assets", f"info item-nomatch.json {M} --bands red", 2),
+    Case("batch-collection", f"batch collection.json -o masks {M} --bands red,green,blue {FAST} -q",
+         0),
+    Case("batch-named-bands-on-rasters", f"batch scenes.txt -o masks {M} --bands red", 2),
 ]
 
 
@@ -424,7 +491,50 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
         dst.write(image)
         dst.gcps = ([GroundControlPoint(r, c, 500000 + 10 * c, 6000000 - 10 * r)
                      for r, c in ((0, 0), (0, 69), (59, 0), (59, 69))], "EPSG:32631")
+    _scenes(root, image)
     return root
+
+
+def _scenes(root: Path, image: np.ndarray) -> None:
+    """Issue 20: one file per band, STAC items (good, and each way of being bad), an
+    ItemCollection, AOIs that are not polygons or lie elsewhere, a user's file where the
+    output's STAC item would go."""
+    import geopandas as gpd
+    import shapely
+
+    for n in range(3):
+        _write(root / f"b{n + 1}.tif", image[n])
+    _write(root / "far.tif", image[1], transform=Affine(10.0, 0.0, 600000.0, 0.0, -10.0,
+                                                        6000000.0))
+
+    def item(name: str, assets: dict[str, tuple[str, str]]) -> dict[str, object]:
+        doc = {"type": "Feature", "stac_version": "1.0.0", "id": name, "geometry": None,
+               "properties": {"datetime": "2024-06-01T10:00:00Z"}, "links": [],
+               "assets": {key: {"href": href, "type": "image/tiff; application=geotiff",
+                                "roles": ["data"], "eo:bands": [{"name": key,
+                                                                 "common_name": common}]}
+                          for key, (href, common) in assets.items()}}
+        (root / f"{name}.json").write_text(json.dumps(doc))
+        return doc
+
+    rgb = {"B04": ("./b1.tif", "red"), "B03": ("./b2.tif", "green"), "B02": ("./b3.tif", "blue")}
+    good = item("item", rgb)
+    item("item-nomatch", {"B01": ("./b1.tif", "coastal"), "B09": ("./b2.tif", "nir09"),
+                          "B10": ("./b3.tif", "cirrus")})
+    item("item-gone", {**rgb, "B03": ("./gone.tif", "green")})
+    item("item-apart", {**rgb, "B03": ("./far.tif", "green")})
+    empty = {**good, "id": "item-empty", "assets": {}}
+    (root / "item-empty.json").write_text(json.dumps(empty))
+    other = {**good, "id": "scene-b"}
+    (root / "collection.json").write_text(json.dumps(
+        {"type": "FeatureCollection", "features": [{**good, "id": "scene-a"}, other]}))
+    (root / "bad.json").write_text("not json at all\n")
+    gpd.GeoDataFrame({"n": [1, 2]}, geometry=[shapely.Point(3.005, 54.146),
+                                             shapely.Point(3.006, 54.147)],
+                     crs="EPSG:4326").to_file(root / "points.geojson")
+    gpd.GeoDataFrame({"n": [1]}, geometry=[shapely.box(10, 10, 11, 11)],
+                     crs="EPSG:4326").to_file(root / "far.geojson")
+    (root / "mine.stac.json").write_text('{"type": "Feature", "note": "my own catalogue"}\n')
 
 
 def _containers(root: Path, image: np.ndarray) -> None:

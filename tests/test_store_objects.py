@@ -121,8 +121,8 @@ def test_predict_writes_polygons_and_preview_to_s3(s3: S3Server, scene, tmp_path
     with Image.open(_fetch(s3, "run/out.png", tmp_path / "fetched.png")) as picture:
         assert picture.text["Software"].startswith("tileseg")
     keys = _keys(s3, "run/")
-    assert keys == ["run/out.gpkg", "run/out.png", "run/out.qml", "run/out.tif",
-                    "run/out.tif.aux.xml"], keys  # no lock, staging, probe left
+    assert keys == ["run/out.gpkg", "run/out.png", "run/out.qml", "run/out.stac.json",
+                    "run/out.tif", "run/out.tif.aux.xml"], keys  # no lock, staging, probe left
     qml = s3.client().get_object(Bucket=BUCKET, Key="run/out.qml")["Body"].read().decode()
     assert "paletted" in qml and "class 3" in qml  # tileseg's QGIS style beside the COG
 
@@ -306,7 +306,8 @@ def test_cog_on_s3_gets_its_sidecars_and_a_user_style_stays(s3: S3Server, scene,
     users = b"<qgis><!-- tuned by hand --></qgis>"
     s3.client().put_object(Bucket=BUCKET, Key="styled/b.qml", Body=users)
     predict(_config(src, f"s3://{BUCKET}/styled/b.tif"), model=per_pixel_model(3, 4))
-    assert _keys(s3, "styled/") == ["styled/b.qml", "styled/b.tif", "styled/b.tif.aux.xml"]
+    assert _keys(s3, "styled/") == ["styled/b.qml", "styled/b.stac.json", "styled/b.tif",
+                                    "styled/b.tif.aux.xml"]
     assert s3.client().get_object(Bucket=BUCKET, Key="styled/b.qml")["Body"].read() == users
     # what a reader gets after a plain download: GDAL reads the class names from the sidecar
     folder = tmp_path / "download"

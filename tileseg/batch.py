@@ -10,6 +10,13 @@ A *manifest* lists scenes, each a source raster, a destination and optional per-
                          cell means "the batch default".
 ``.yaml`` / ``.yml``     a list of mappings (``src``, ``dst``, options), or a mapping with
                          ``defaults:`` (options for every scene) and ``scenes:`` (that list).
+``.json``                a STAC ItemCollection (a saved search): one scene an item, its
+                         source ``collection.json#ITEM_ID``, its destination
+                         ``OUTPUT_DIR/<item id><suffix>``.
+
+A scene's source may be several files read as one raster (one file per band): a YAML list, or
+one CSV cell with the files separated by ``;``. A STAC item (``.json`` path or URL) is a source
+like a raster.
 
 Relative paths in a manifest are relative to the manifest's folder (a relative ``dst`` to
 ``--output-dir`` when one is given), so a scheduled job finds the same files whatever its working
@@ -67,7 +74,7 @@ from tileseg.text import counted
 logger = logging.getLogger(__name__)
 
 SceneStatus = Literal["succeeded", "resumed", "skipped", "failed", "pending"]  # pending: not run yet
-ManifestFormat = Literal["text", "csv", "yaml"]
+ManifestFormat = Literal["text", "csv", "yaml", "stac"]
 
 DEFAULT_SUFFIX = "_mask.tif"
 # 16 MiB holds some 100,000 scenes; beyond, a manifest is more likely a wrong file (or a bomb)
@@ -88,17 +95,24 @@ _ALIASES = {
 _PATH_OPTIONS = ("model", "zarr_path", "vectorize", "preview")
 _INT_OPTIONS = ("tile_size", "overlap", "chunk_size", "batch_size", "workers",
                 "encoder_output_stride")
-_BOOL_OPTIONS = ("allow_no_crs", "compile_model")
-_INT_TUPLE_OPTIONS = ("bands", "decoder_atrous_rates")
+_BOOL_OPTIONS = ("allow_no_crs", "compile_model", "stac_item")
+_INT_TUPLE_OPTIONS = ("decoder_atrous_rates",)
 
 
 @dataclass(frozen=True)
 class Scene:
     """One line of a manifest: a source, a destination and its own options."""
 
-    src: str
+    src: str | tuple[str, ...]  # a raster or STAC item; several files read as one
     dst: str
     options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """How the summary names the source."""
+        from tileseg.scenes import source_label
+
+        return source_label(self.src)
 
     @property
     def staging(self) -> Path | str:
@@ -201,6 +215,8 @@ def manifest_format(path: str | os.PathLike[str]) -> ManifestFormat:
         return "csv"
     if suffix in (".yaml", ".yml"):
         return "yaml"
+    if suffix in (".json", ".geojson"):
+        return "stac"
     return "text"
 
 
@@ -245,6 +261,8 @@ def load_manifest(
         rows = _csv_rows(manifest, text)
     elif fmt == "yaml":
         rows = _yaml_rows(manifest, text)
+    elif fmt == "stac":
+        rows = _stac_rows(manifest, text)
     else:
         rows = _text_rows(text)
     if not rows:
@@ -254,9 +272,9 @@ def load_manifest(
     for scene in scenes:
         key = os.path.normpath(scene.dst)
         if key in seen:
-            raise InputError(f"{manifest}: {seen[key]} and {scene.src} both write {scene.dst}; "
+            raise InputError(f"{manifest}: {seen[key]} and {scene.label} both write {scene.dst}; "
                              "give each scene its own dst")
-        seen[key] = scene.src
+        seen[key] = scene.label
     _check_scene_paths(manifest, scenes)
     return scenes
 
@@ -307,7 +325,7 @@ def _with_suffix(path: str, suffix: str) -> str:
 
 def _check_scene_paths(manifest: Path | str, scenes: list[Scene]) -> None:
     """No scene writes onto, or into, any scene's source or another scene's outputs."""
-    named: dict[str, str | None] = {}
+    named: dict[str, str | tuple[str, ...] | None] = {}
     sources = []
     for n, scene in enumerate(scenes, 1):
         named[f"scene {n} src"] = scene.src
@@ -323,6 +341,34 @@ def _check_scene_paths(manifest: Path | str, scenes: list[Scene]) -> None:
 
 
 Row = tuple[str, dict[str, Any]]  # (where in the manifest, raw fields)
+
+
+def _stac_rows(manifest: Path | str, text: str) -> list[Row]:
+    """A STAC ItemCollection (or one item): one scene an item, ``manifest#ITEM_ID``."""
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise InputError(f"{manifest}: not valid JSON ({exc}); a JSON manifest is a STAC "
+                         "ItemCollection") from None
+    if isinstance(doc, dict) and doc.get("type") == "Feature":
+        return [("item", {"src": str(manifest.absolute()) if isinstance(manifest, Path)
+                          else manifest})]
+    if not (isinstance(doc, dict) and doc.get("type") == "FeatureCollection"):
+        raise InputError(f"{manifest}: a JSON manifest is a STAC ItemCollection (\"type\": "
+                         "\"FeatureCollection\") or one item")
+    rows: list[Row] = []
+    seen: set[str] = set()
+    for n, feature in enumerate(doc.get("features") or [], 1):
+        item_id = feature.get("id") if isinstance(feature, dict) else None
+        if not isinstance(item_id, str) or not item_id or "#" in item_id:
+            raise InputError(f"{manifest}: item {n} has no usable id")
+        if item_id in seen:
+            raise InputError(f"{manifest}: item id {item_id} is listed twice; each scene needs "
+                             "its own id")
+        seen.add(item_id)
+        where = str(manifest.absolute()) if isinstance(manifest, Path) else manifest
+        rows.append((f"item {item_id}", {"src": f"{where}#{item_id}"}))
+    return rows
 
 
 def _text_rows(text: str) -> list[Row]:
@@ -398,29 +444,38 @@ def _scene(manifest: Path | str, where: str, row: dict[str, Any], base: Path | s
            out_dir: Path | str | None, suffix: str) -> Scene:
     row = {_ALIASES.get(str(k).replace("-", "_"), str(k).replace("-", "_")): v
            for k, v in row.items()}
-    src = row.pop("src", None)
-    if not src or not isinstance(src, str):
+    raw = row.pop("src", None)
+    if isinstance(raw, str) and ";" in raw:  # a CSV cell naming several files
+        raw = [part.strip() for part in raw.split(";")]
+    src: str | tuple[str, ...]
+    if isinstance(raw, list) and raw and all(isinstance(p, str) and p for p in raw):
+        files = tuple(_resolve(p, base) for p in raw)
+        src = files[0] if len(files) == 1 else files
+    elif raw and isinstance(raw, str):
+        src = _resolve(raw, base)
+    else:
         raise InputError(f"{manifest}: {where} has no src")
-    src = _resolve(src, base)
     dst = row.pop("dst", None)
     if dst is None:
         if out_dir is None:
             raise InputError(f"{manifest}: {where} has no dst; give one, or pass output_dir "
                              "to write <stem>{suffix} there".replace("{suffix}", suffix),
                              params=("output_dir",))
-        dst = _join(out_dir, PurePosixPath(source_name(src)).stem + suffix)
+        first = src if isinstance(src, str) else src[0]
+        dst = _join(out_dir, PurePosixPath(source_name(first)).stem + suffix)
     else:
         where_to = out_dir.absolute() if isinstance(out_dir, Path) else out_dir
         dst = _resolve(str(dst), where_to if where_to is not None else base)
-    if os.path.normpath(dst) == os.path.normpath(src):
-        raise InputError(f"{manifest}: {where} would overwrite its source {src}; change dst or "
+    if any(os.path.normpath(dst) == os.path.normpath(f)
+           for f in ((src,) if isinstance(src, str) else src)):
+        raise InputError(f"{manifest}: {where} would overwrite its source {dst}; change dst or "
                          "suffix", params=("suffix",))
     options: dict[str, Any] = {}
     for key, value in row.items():
         if key not in SCENE_OPTIONS:
             raise InputError(f"{manifest}: {where} has unknown option {key!r}; choose from "
                              f"{', '.join(SCENE_OPTIONS)}")
-        options[key] = _option(manifest, where, key, value, base, dst)
+        options[key] = _option(manifest, where, key, value, base, dst, src)
     scene = Scene(src, dst, options)
     try:
         scene.config({})
@@ -435,7 +490,7 @@ _SHORT_REPR.maxstring = _SHORT_REPR.maxother = 60
 
 
 def _option(manifest: Path | str, where: str, key: str, value: Any, base: Path | str,
-            dst: str) -> Any:
+            dst: str, src: str | tuple[str, ...] = "") -> Any:
     def bad(expected: str) -> InputError:
         shown = _SHORT_REPR.repr(value)  # a value may be huge: the message stays one short line
         return InputError(f"{manifest}: {where}: {key} must be {expected}, got {shown}")
@@ -461,6 +516,37 @@ def _option(manifest: Path | str, where: str, key: str, value: Any, base: Path |
             return tuple(int(v) for v in items)
         except (TypeError, ValueError):
             raise bad("a list of integers such as 4,3,2") from None
+    if key == "bands":  # numbers, or a STAC item's asset keys / common names
+        items = value if isinstance(value, list | tuple) else str(value).replace(" ", "").split(",")
+        if not items or any(isinstance(v, bool) or not str(v).strip() for v in items):
+            raise bad("a list such as 4,3,2 or red,green,blue")
+        if all(isinstance(v, int) or str(v).lstrip("-").isdigit() for v in items):
+            return tuple(int(v) for v in items)
+        from tileseg.scenes import is_item_source
+
+        if any(isinstance(v, int | float) for v in items) or not is_item_source(src):
+            raise bad("a list of integers such as 4,3,2 (band names are for STAC items)")
+        return tuple(str(v) for v in items)
+    if key == "resolution":
+        if isinstance(value, str) and value.strip().lower() == "model":
+            return "model"
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise bad("a pixel size such as 10, or model") from None
+    if key == "resampling":
+        items = value if isinstance(value, list | tuple) else str(value).replace(" ", "").split(",")
+        return tuple(str(v) for v in items if str(v))
+    if key == "aoi":
+        from tileseg.scenes.aoi import parse_bbox
+
+        if isinstance(value, list | tuple) and len(value) == 4:
+            value = ",".join(str(v) for v in value)  # a bbox as a YAML list
+        if not isinstance(value, str):
+            raise bad("a vector file or a bbox west,south,east,north")
+        return value if parse_bbox(value) else _resolve(value, base)
     if key == "nodata":
         try:
             return float(value)
@@ -484,6 +570,18 @@ def _option(manifest: Path | str, where: str, key: str, value: Any, base: Path |
 # --------------------------------------------------------------------------------------------
 # Running
 # --------------------------------------------------------------------------------------------
+
+
+def check_named_bands(scenes: list[Scene], defaults: dict[str, Any]) -> None:
+    """Before any scene runs: bands given by name (asset keys, common names) suit STAC items
+    only; a raster scene given names is refused (exit 2), not failed one by one."""
+    from tileseg.scenes import check_named_bands_fit
+
+    for scene in scenes:
+        try:
+            check_named_bands_fit(scene.config(defaults))
+        except TilesegError as exc:
+            raise InputError(flagged_message(exc), params=exc.params) from None
 
 
 def scene_state(scene: Scene) -> Literal["complete", "partial", "missing"]:
@@ -599,14 +697,14 @@ def _run_scene(scene: Scene, config: BatchConfig, client: Any) -> SceneResult:
     try:
         state = scene_state(scene)
     except TilesegError as exc:  # a store that does not answer: this scene fails, not the batch
-        return SceneResult(scene.src, scene.dst, "failed", error=flagged_message(exc))
+        return SceneResult(scene.label, scene.dst, "failed", error=flagged_message(exc))
     if state == "complete":
         logger.info("%s: complete, skipped", scene.dst)
-        return SceneResult(scene.src, scene.dst, "skipped")
+        return SceneResult(scene.label, scene.dst, "skipped")
     try:
         _create_dst_folder(scene)
     except OutputError as exc:
-        return SceneResult(scene.src, scene.dst, "failed", error=flagged_message(exc))
+        return SceneResult(scene.label, scene.dst, "failed", error=flagged_message(exc))
     # predict() then reports the cluster and leaves device checks to the workers.
     scheduler = config.scheduler or (client.scheduler.address if client is not None else None)
     started = time.perf_counter()
@@ -617,21 +715,22 @@ def _run_scene(scene: Scene, config: BatchConfig, client: Any) -> SceneResult:
                 and not _output_exists(scene.staging)):
             # The mask is published but its polygons are missing: only vectorize again.
             _vectorize_only(predict_config)
-            return SceneResult(scene.src, scene.dst, "resumed",
+            return SceneResult(scene.label, scene.dst, "resumed",
                                seconds=time.perf_counter() - started)
-        logger.info("%s -> %s (%s)", scene.src, scene.dst,
+        logger.info("%s -> %s (%s)", scene.label, scene.dst,
                     "resuming" if state == "partial" else "starting")
         result = predict(predict_config, client=client)
     except TilesegError as exc:
         logger.info("scene failed: %s", exc)  # the result (and summary) carry the message
-        return SceneResult(scene.src, scene.dst, "failed", seconds=time.perf_counter() - started,
-                           error=flagged_message(exc))
+        return SceneResult(scene.label, scene.dst, "failed",
+                           seconds=time.perf_counter() - started, error=flagged_message(exc))
     except Exception as exc:  # a bug or an unexpected library error: record it, go on
-        logger.exception("%s: unexpected error", scene.src)
-        return SceneResult(scene.src, scene.dst, "failed", seconds=time.perf_counter() - started,
+        logger.exception("%s: unexpected error", scene.label)
+        return SceneResult(scene.label, scene.dst, "failed",
+                           seconds=time.perf_counter() - started,
                            error=f"{type(exc).__name__}: {exc}")
     return SceneResult(
-        scene.src, scene.dst, "resumed" if state == "partial" else "succeeded",
+        scene.label, scene.dst, "resumed" if state == "partial" else "succeeded",
         tiles_total=result.tiles_total, tiles_inferred=result.tiles_inferred,
         tiles_skipped_nodata=result.tiles_skipped_nodata, chunks=result.chunks,
         seconds=time.perf_counter() - started,
@@ -765,7 +864,7 @@ def _write_summary(path: str, scenes: list[Scene], results: dict[int, SceneResul
     rows = []
     for i, scene in enumerate(scenes):
         rows.append(asdict(results[i]) if i in results else
-                    asdict(SceneResult(scene.src, scene.dst, "pending")))
+                    asdict(SceneResult(scene.label, scene.dst, "pending")))
     counts: dict[str, int] = {"succeeded": 0, "resumed": 0, "skipped": 0, "failed": 0,
                               "pending": 0}
     for row in rows:
@@ -851,6 +950,7 @@ def run_manifest(
     """
     config = config or BatchConfig(summary=default_summary_path(manifest))
     scenes = load_manifest(manifest, output_dir=config.output_dir, suffix=config.suffix)
+    check_named_bands(scenes, config.defaults)
     if config.output_dir is not None and is_store_url(config.output_dir):
         from tileseg.store_objects import check_store_answers
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from tileseg.blend import DEFAULT_BLEND, WINDOWS, BlendName
 from tileseg.errors import ConfigError
@@ -13,6 +14,9 @@ Engine = Literal["auto", "torch", "onnxruntime"]
 ProbabilityMode = Literal["none", "uint8", "float16"]
 OutputFormat = Literal["gtiff", "cog", "zarr"]
 TtaMode = Literal["none", "flips", "d4"]
+# the pixel size to run at: a number (in the CRS's units), "model" (the model's gsd), or None
+# (the source's own; for several files, the finest one's)
+Resolution = float | Literal["model"] | None
 
 DEFAULT_TILE_SIZE = 513
 DEFAULT_OVERLAP = 64
@@ -58,14 +62,17 @@ class PredictConfig:
     513
     """
 
-    src: str
+    # a raster (path or URL), a STAC item (.json path or URL, collection.json#ID, or a
+    # pystac.Item), or several rasters read as one (a tuple of paths: one band file each...)
+    src: str | tuple[str, ...] | Any
     dst: str
     # model folder or file (smp folder, TorchGeo .ckpt, state dict, .onnx, STAC MLM item);
     # None: the bundled default model
     model: str | None = None
     format: OutputFormat | None = None  # None: from dst's extension
     zarr_path: str | None = None  # also keep the Zarr mosaic here when dst is a GeoTIFF
-    bands: tuple[int, ...] | None = None  # 1-based, as rasterio
+    # 1-based band numbers, as rasterio; for a STAC item, asset keys or common names
+    bands: tuple[int, ...] | tuple[str, ...] | None = None
     nodata: float | None = None  # overrides the file's nodata
     allow_no_crs: bool = False
     tile_size: int = DEFAULT_TILE_SIZE
@@ -90,6 +97,14 @@ class PredictConfig:
     tta: TtaMode = "none"  # test-time augmentation: none, flips (4 passes a tile), d4 (8)
     architecture: str | None = None  # the network of plain weights (a state dict file)
     encoder_name: str | None = None
+    resolution: Resolution = None  # run at this pixel size (see Resolution)
+    # resampling onto the run's grid: "METHOD" for every continuous band, "NAME=METHOD" for one
+    # band (an asset key, common name, or 1-based band number); default bilinear, nearest
+    # for categorical bands (tileseg.scenes.stack)
+    resampling: tuple[str, ...] = ()
+    aoi: str | None = None  # area of interest: a vector file, or a bbox "W,S,E,N"
+    aoi_crs: str | None = None  # the bbox's CRS (default EPSG:4326), or a file's without one
+    stac_item: bool = True  # write a STAC item describing the outputs beside the mask
 
     @property
     def tiling(self) -> TilingConfig:
@@ -131,8 +146,24 @@ class PredictConfig:
             raise ConfigError(
                 f"probabilities {self.probabilities!r}: choose none, uint8 or float16",
                 params=("probabilities",))
-        if self.bands is not None and (not self.bands or min(self.bands) < 1):
-            raise ConfigError("bands takes 1-based band numbers, e.g. bands 3,2,1", params=("bands",))
+        self._normalize_sources()
+        if self.bands is not None:
+            self._check_bands()
+        self._check_resolution()
+        from tileseg.scenes.stack import check_resampling
+
+        for entry in self.resampling:
+            name, _, method = entry.rpartition("=")
+            if not method or (_ and not name):
+                raise ConfigError(f"resampling {entry!r}: give METHOD or NAME=METHOD, e.g. "
+                                  "resampling cubic,scl=nearest", params=("resampling",))
+            check_resampling(method, f"resampling {entry!r}")
+        if self.aoi_crs is not None and self.aoi is None:
+            raise ConfigError("aoi_crs names the CRS of an aoi; give aoi too",
+                              params=("aoi_crs", "aoi"))
+        if self.aoi is not None and not str(self.aoi).strip():
+            raise ConfigError("aoi is empty; give a vector file or a bbox W,S,E,N",
+                              params=("aoi",))
         if self.encoder_output_stride not in (None, 8, 16):
             raise ConfigError("encoder_output_stride must be 8 or 16", params=("encoder_output_stride",))
         rates = self.decoder_atrous_rates
@@ -142,3 +173,43 @@ class PredictConfig:
         if self.resume and self.overwrite:
             raise ConfigError("resume and overwrite contradict each other; pick one",
                               params=("resume", "overwrite"))
+
+    def _normalize_sources(self) -> None:
+        if isinstance(self.src, list | tuple):
+            files = tuple(str(f) for f in self.src)
+            if not files or any(not f for f in files):
+                raise ConfigError("src lists no file; give one raster, or several to read as "
+                                  "one")
+            object.__setattr__(self, "src", files[0] if len(files) == 1 else files)
+        if isinstance(self.bands, list):
+            object.__setattr__(self, "bands", tuple(self.bands))
+        if isinstance(self.resampling, str):
+            object.__setattr__(self, "resampling", tuple(
+                p for p in self.resampling.replace(" ", "").split(",") if p))
+        elif isinstance(self.resampling, list):
+            object.__setattr__(self, "resampling", tuple(self.resampling))
+
+    def _check_bands(self) -> None:
+        bands = self.bands or ()
+        if bands and all(isinstance(b, str) for b in bands):
+            if any(not b.strip() for b in bands):  # type: ignore[union-attr]
+                raise ConfigError("bands lists an empty name; give asset keys or common names, "
+                                  "e.g. bands red,green,blue", params=("bands",))
+            return
+        numbers = [b for b in bands if isinstance(b, int) and not isinstance(b, bool)]
+        if not bands or len(numbers) != len(bands) or min(numbers) < 1:
+            raise ConfigError("bands takes 1-based band numbers, e.g. bands 3,2,1 (or, for a "
+                              "STAC item, asset keys or common names)", params=("bands",))
+
+    def _check_resolution(self) -> None:
+        value = self.resolution
+        if value is None or value == "model":
+            return
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if isinstance(value, bool) or not (math.isfinite(number) and number > 0):
+            raise ConfigError(f"resolution {value!r}: give a positive pixel size (in the CRS's "
+                              "units, e.g. 10 for 10 m) or model", params=("resolution",))
+        object.__setattr__(self, "resolution", number)

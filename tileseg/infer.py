@@ -392,11 +392,14 @@ class ChunkLogits:
 def infer_chunk_logits(
     runtime: Runtime, raster: RasterInfo, grid: TileGrid, row: int, col: int, run: str = "",
     on_tiles: Callable[[int], None] | None = None,
+    leave_out: set[tuple[int, int]] | frozenset[tuple[int, int]] = frozenset(),
 ) -> ChunkLogits:
     """Infer every tile whose core lies in chunk ``(row, col)`` and sum their weighted logits.
 
     ``run``: the run's id, under which the open raster is handed on to its next chunk here.
     ``on_tiles``: called after each batch with the tiles of the chunk inferred so far.
+    ``leave_out``: tiles not to infer (outside an area of interest); ``skipped`` does not count
+    them.
     """
     extent = grid.chunk_extent(row, col)
     classes = runtime.model.metadata.num_classes
@@ -408,7 +411,9 @@ def infer_chunk_logits(
     logit_sum = torch.zeros((classes, extent.height, extent.width), dtype=torch.int64, device=dev)
     weight_sum = torch.zeros((extent.height, extent.width), dtype=torch.int64, device=dev)
     not_finite = torch.zeros((), dtype=torch.bool, device=dev)
-    tiles = grid.chunk_tiles_of(row, col)
+    tiles = [t for t in grid.chunk_tiles_of(row, col) if t not in leave_out]
+    if not tiles:  # nothing to infer: the raster need not even be opened
+        return ChunkLogits(extent, logit_sum, weight_sum, 0, 0)
     done = 0
     with WindowReader(raster, run or None) as reader, torch.inference_mode():
         batches = iter_batches(reader, grid, tiles, extent, runtime.context, runtime.batch_size,

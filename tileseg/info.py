@@ -14,7 +14,7 @@ from tileseg.config import PredictConfig
 from tileseg.errors import ModelError, flag_for, flagged_message
 from tileseg.grid import TileGrid
 from tileseg.pipeline import check_model_fits, make_plan
-from tileseg.raster import RasterInfo, open_dataset
+from tileseg.raster import RasterInfo, open_source
 
 
 def crs_label(wkt: str | None) -> str:
@@ -44,7 +44,14 @@ def validity_label(raster: RasterInfo, *, flags: bool = False) -> str:
     the file's nodata value, its mask, or none."""
     if raster.nodata is not None:
         return f"{flag_for('nodata') if flags else 'nodata'} {raster.nodata:g}"
-    with open_dataset(raster.path) as src:
+    if raster.stack is not None:
+        values = sorted({b.nodata for b in raster.stack.bands if b.nodata is not None})
+        masked = any(s.mask_from_gdal for s in raster.stack.sources)
+        parts = ([f"nodata value{'s' if len(values) > 1 else ''} "
+                  f"{', '.join(f'{v:g}' for v in values)} in the files"] if values else [])
+        parts += ["the files' masks"] if masked else []
+        return " and ".join(parts) or "all (no nodata, no mask)"
+    with open_source(raster) as src:
         nodata = src.nodata
         mask_flags = [src.mask_flag_enums[i - 1] for i in raster.indexes]
     if nodata is not None:
@@ -64,7 +71,7 @@ def estimate_nodata_tiles(raster: RasterInfo, grid: TileGrid) -> set[tuple[int, 
     # Sample each core with at least 8x8 mask pixels, but never read more than ~4 Mpixels.
     factor = max(1, min(stride // 8, math.ceil(math.sqrt(raster.height * raster.width / 4e6))))
     shape = (max(1, raster.height // factor), max(1, raster.width // factor))
-    with open_dataset(raster.path) as src:
+    with open_source(raster) as src:
         masks = src.read_masks(raster.indexes, out_shape=(len(raster.indexes), *shape),
                                resampling=Resampling.nearest)
     valid = (masks != 0).all(axis=0)
@@ -97,13 +104,18 @@ def describe(config: PredictConfig, *, flags: bool = False) -> dict[str, Any]:
     """
     from tileseg.device import default_batch_size, resolve_device
 
-    plan = make_plan(config, check_fits=False)
+    plan = make_plan(config, check_fits=False, note_resolution=False)
     raster, grid = plan.raster, plan.grid
     warnings: list[str] = []
     try:
         check_model_fits(plan.model, raster)
     except ModelError as exc:
         warnings.append(flagged_message(exc) if flags else str(exc))
+    from tileseg.scenes import gsd_note, pixel_size_m
+
+    note = gsd_note(raster, plan.model.metadata.gsd, flags=flags)
+    if note is not None and config.resolution != "model":
+        warnings.append(note)
     t = raster.affine
     skipped = estimate_nodata_tiles(raster, grid)
     nodata_tiles = len(skipped)
@@ -116,13 +128,15 @@ def describe(config: PredictConfig, *, flags: bool = False) -> dict[str, Any]:
             "path": raster.path,
             "size": [raster.height, raster.width],
             "bands": raster.count,
-            "bands_read": list(raster.indexes),
+            "bands_read": (list(raster.band_descriptions) if raster.stack is not None
+                           else list(raster.indexes)),
             "dtype": raster.dtype,
             "crs": crs_label(raster.crs_wkt),
             "pixel_size": [math.hypot(t.b, t.e), math.hypot(t.a, t.d)],
             "rotated": bool(t.b or t.d),
             "internal_block": list(raster.block_shape),
             "valid_pixels": validity_label(raster, flags=flags),
+            **_scene_facts(raster, plan, pixel_size_m(raster)),
         },
         "model": {
             "source": plan.model.source,
@@ -130,7 +144,9 @@ def describe(config: PredictConfig, *, flags: bool = False) -> dict[str, Any]:
             "architecture": plan.model.architecture,
             "classes": list(meta.class_names),
             "input_bands": meta.in_channels,
+            "band_names": list(meta.bands),
             "dtype": meta.dtype,
+            "gsd": meta.gsd,  # the pixel size (m) the model was trained at, if it says
         },
         "plan": {
             "tile_size": grid.tile_size,
@@ -152,3 +168,19 @@ def describe(config: PredictConfig, *, flags: bool = False) -> dict[str, Any]:
         },
         "warnings": warnings,
     }
+
+
+def _scene_facts(raster: RasterInfo, plan: Any, pixel_m: float | None) -> dict[str, Any]:
+    """For a stack of files or a STAC item: which file each band is read from and how it
+    reaches the grid; for every raster, its pixel size in metres when known."""
+    out: dict[str, Any] = {"pixel_size_m": None if pixel_m is None else round(pixel_m, 6)}
+    if plan.item is not None:
+        out["stac_item"] = plan.item.label
+    spec = raster.stack
+    if spec is None:
+        return out
+    out["band_sources"] = [
+        f"{b.name}: {spec.sources[b.source].href}"
+        + (f" (resampled, {b.resampling})" if b.resampling else "")
+        for b in spec.bands]
+    return out

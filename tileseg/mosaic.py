@@ -28,7 +28,7 @@ import uuid
 import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -52,6 +52,9 @@ from tileseg.pinning import check_unchanged
 from tileseg.progress import report_tiles
 from tileseg.raster import RasterInfo
 from tileseg.store import zarr_store
+
+if TYPE_CHECKING:
+    from tileseg.scenes.aoi import AoiMask
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +167,7 @@ class Job:
     # this run's own id: the open datasets chunk tasks hand on (tileseg.raster) are this run's
     # only; not part of the token, so graph names stay the same for the same job
     run: str = ""
+    aoi: AoiMask | None = None  # an area of interest: pixels outside are nodata, tiles skipped
 
     def runtime(self) -> Runtime:
         # every field that shapes the runtime, as frozen values: the key is never listed by hand
@@ -521,15 +525,18 @@ def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
     work = open_work_dir(job.work_dir)
     grid = job.grid
     if work.has_piece(row, col) or all(work.is_done(r, c) for r, c in grid.neighbours(row, col)):
-        tiles, skipped, used = _saved_tile_counts(work, row, col)
+        tiles, skipped, outside_aoi, used = _saved_tile_counts(work, row, col)
         return {"chunk": (row, col), "tiles": 0, "skipped": 0, "reused": True,
-                "reused_tiles": tiles, "reused_skipped": skipped, "runtime": used}
+                "reused_tiles": tiles, "reused_skipped": skipped,
+                "skipped_aoi": outside_aoi, "runtime": used}
     failure: Exception | None = None
+    outside = job.aoi.tiles_outside(grid, row, col) if job.aoi is not None else set()
     try:
         runtime = job.runtime()
         _check_runtime(job, work, runtime)
         result = infer_chunk_logits(runtime, job.raster, grid, row, col, run=job.run,
-                                    on_tiles=lambda n: report_tiles(job.run, (row, col), n))
+                                    on_tiles=lambda n: report_tiles(job.run, (row, col), n),
+                                    leave_out=outside)
         # after every read of the chunk: a source replaced meanwhile is never saved as this run's
         check_unchanged(job.raster.path, job.raster.version)
     except TilesegError as exc:
@@ -540,7 +547,8 @@ def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
         failure = exc
     if failure is not None:  # raised out here, so the error carries no __context__ either
         raise _chunk_error(job, row, col, failure)
-    arrays: dict[str, np.ndarray] = {"tiles": np.array([result.tiles, result.skipped]),
+    arrays: dict[str, np.ndarray] = {"tiles": np.array([result.tiles, result.skipped,
+                                                        len(outside)]),
                                      "runtime": np.array(runtime.label())}
     safe = grid.chunk_safe(row, col)
     if not safe.empty:
@@ -571,26 +579,29 @@ def infer_task(job: Job, row: int, col: int) -> dict[str, Any]:
         torch.cuda.empty_cache() if torch.cuda.memory_reserved() > 8e9 else None
     logger.debug("chunk (%d, %d): %d tiles inferred", row, col, int(arrays["tiles"][0]))
     return {"chunk": (row, col), "tiles": int(arrays["tiles"][0]),
-            "skipped": int(arrays["tiles"][1]), "reused": False, **runtime.resolved(),
-            "engine": runtime.engine, "runtime": runtime.label(), "spans": spans}
+            "skipped": int(arrays["tiles"][1]), "skipped_aoi": len(outside), "reused": False,
+            **runtime.resolved(), "engine": runtime.engine, "runtime": runtime.label(),
+            "spans": spans}
 
 
-def _saved_tile_counts(work: WorkDir | StoreWorkDir, row: int, col: int) -> tuple[int, int, str]:
-    """Tiles inferred and skipped by an earlier run of chunk ``(row, col)`` and the runtime that
-    inferred them (:meth:`Runtime.label`): from its saved piece or, once that is cleaned up
-    (only after the chunk is done), from its done record."""
+def _saved_tile_counts(work: WorkDir | StoreWorkDir, row: int,
+                       col: int) -> tuple[int, int, int, str]:
+    """Tiles inferred, skipped (nodata) and left out (outside an AOI) by an earlier run of chunk
+    ``(row, col)``, and the runtime that inferred them (:meth:`Runtime.label`): from its saved
+    piece or, once that is cleaned up (only after the chunk is done), from its done record."""
     try:
         with work.load_piece(row, col) as piece:
-            tiles, skipped = (int(v) for v in piece["tiles"])
+            counts = [int(v) for v in piece["tiles"]]
             used = str(piece["runtime"]) if "runtime" in piece.files else ""
-            return tiles, skipped, used
+            return counts[0], counts[1], counts[2] if len(counts) > 2 else 0, used
     except (OSError, KeyError, ValueError, RunError):
         pass
     try:
         info = work.read_done(row, col)
-        return int(info["tiles"]), int(info["skipped"]), str(info.get("runtime", ""))
+        return (int(info["tiles"]), int(info["skipped"]), int(info.get("skipped_aoi", 0)),
+                str(info.get("runtime", "")))
     except (OSError, KeyError, ValueError):  # a count is not worth failing the run over
-        return 0, 0, ""
+        return 0, 0, 0, ""
 
 
 def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any]:
@@ -609,7 +620,8 @@ def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any
         pdtype = np.uint8 if job.probabilities == "uint8" else np.float16
         probs = np.zeros((job.num_classes, chunk.height, chunk.width), dtype=pdtype)
     own = work.load_piece(row, col)
-    tiles, skipped = (int(v) for v in own["tiles"])
+    counts = [int(v) for v in own["tiles"]]
+    tiles, skipped, outside_aoi = counts[0], counts[1], counts[2] if len(counts) > 2 else 0
     safe = grid.chunk_safe(row, col)
     if not safe.empty:
         rs, cs = safe.relative_to(chunk)
@@ -642,6 +654,11 @@ def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any
             mask[rs, cs] = m
             if probs is not None and p is not None:
                 probs[:, rs, cs] = p
+    if job.aoi is not None:  # outside the AOI: nodata, whatever tiles reached it
+        outside = ~job.aoi.inside(chunk)
+        mask[outside] = job.nodata
+        if probs is not None:
+            probs[:, outside] = 0
     region = (slice(chunk.row_off, chunk.row_end), slice(chunk.col_off, chunk.col_end))
     store = zarr_store(job.zarr_path)
     # a chunk left half written is written again: the chunk is not marked done yet
@@ -651,7 +668,7 @@ def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any
         if probs is not None:
             zarr.open_array(store, path="probabilities", mode="r+",
                             zarr_format=3)[(slice(None), *region)] = probs
-    info = {"tiles": tiles, "skipped": skipped,
+    info = {"tiles": tiles, "skipped": skipped, "skipped_aoi": outside_aoi,
             "runtime": str(own["runtime"]) if "runtime" in own.files else ""}
     work.mark_done(row, col, info)
     _cleanup(work, grid, row, col)

@@ -15,13 +15,17 @@ from tileseg.errors import OutputError
 
 
 def source_name(src: str) -> str:
-    """The file name of a local or remote source, without a URL's query string."""
+    """The file name of a local or remote source, without a URL's query string (an item of a
+    STAC ItemCollection, ``collection.json#ID``, is named ``ID.json``)."""
     from tileseg.subdatasets import parse_subdataset
 
     sub = parse_subdataset(src)
     if sub is not None and sub.file is not None:  # NETCDF:"scene.nc":ndvi -> scene_ndvi.nc
         file = Path(sub.file)
         return f"{file.stem}_{sub.label}{file.suffix}" if sub.label else file.name
+    location, sep, fragment = src.partition("#")
+    if sep and fragment and location.lower().endswith((".json", ".geojson")):
+        return f"{fragment}.json"  # an item of an ItemCollection: collection.json#ITEM_ID
     path = src.split("?", 1)[0].rstrip("/")
     name = PurePosixPath(path).name if "://" in path or path.startswith("/vsi") else Path(path).name
     return name or "output"

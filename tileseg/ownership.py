@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 REPORT_MARKER = "tileseg_report"  # a report's own mark: {"tileseg_report": 1, ...}
 REPORT_VERSION = 1
+# an output's STAC item (tileseg.stac_output) carries {"properties": {ITEM_MARK: ...}}
+ITEM_MARK = "tileseg:output"
+ITEM_MARK_VALUE = "stac-item/1"
 TIFF_TAG = CLASSES_TAG  # written on every GeoTIFF/COG mask
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -67,7 +70,7 @@ def is_tileseg_output(path: str | os.PathLike[str]) -> bool:
     if head in _TIFF_MAGIC:
         return TIFF_TAG in _tiff_tags(p)
     if head[:1] in (b"{", b" ", b"\n"):
-        return _is_report(p)
+        return _is_report(p) or is_output_item(p)
     return any(check(p) for check in _EXTRA_CHECKS)
 
 
@@ -141,6 +144,14 @@ def _read_json(path: Path) -> object:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def is_output_item(path: Path) -> bool:
+    """An output's STAC item: a GeoJSON Feature whose properties carry tileseg's mark."""
+    data = _read_json(path)
+    return (isinstance(data, dict) and data.get("type") == "Feature"
+            and isinstance(data.get("properties"), dict)
+            and data["properties"].get(ITEM_MARK) == ITEM_MARK_VALUE)
 
 
 def _is_report(path: Path) -> bool:

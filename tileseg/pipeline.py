@@ -18,7 +18,6 @@ from tileseg.config import PredictConfig
 from tileseg.destination import (
     check_distinct_paths,
     check_output_folder,
-    raster_files,
     write_text_atomic,
 )
 from tileseg.diskspace import full_disk_as_error, temporary_folder
@@ -55,8 +54,9 @@ from tileseg.outputs import (
 from tileseg.ownership import check_replaceable
 from tileseg.pinning import SourceVersion
 from tileseg.progress import ProgressCallback, listen_tiles
-from tileseg.raster import RasterInfo, is_remote, open_raster, release_datasets
+from tileseg.raster import RasterInfo, is_remote, release_datasets
 from tileseg.run_report import RunReport, Tally, Timings, peak_rss_mb
+from tileseg.scenes import is_item_source
 from tileseg.scheduler import cluster_client, run_graph, scheduler_address
 from tileseg.staging import STAGING_SUFFIX, LocalStaging, Staging  # noqa: F401 (re-exported)
 from tileseg.store import is_store_url
@@ -65,6 +65,9 @@ from tileseg.subdatasets import local_file
 from tileseg.text import counted
 
 if TYPE_CHECKING:
+    from tileseg.metadata import ModelMetadata
+    from tileseg.scenes.aoi import AoiPlan
+    from tileseg.scenes.stac import SceneItem
     from tileseg.vectorization import VectorizeResult
 
 logger = logging.getLogger(__name__)
@@ -84,6 +87,8 @@ class PredictResult:
     chunks: int
     seconds: float
     report: dict[str, Any] = field(default_factory=dict)
+    tiles_skipped_aoi: int = 0  # tiles with no pixel in the area of interest, never inferred
+    stac_item: str | None = None  # the output's STAC item, when written
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,13 @@ class Plan:
     context: int
     model_ref: ModelRef | None = None  # how the tasks get the model (set by predict)
     model_source: str = ""  # the model directory; "" for a caller's model object
+    aoi: AoiPlan | None = None  # an area of interest: raster is then its window
+    item: SceneItem | None = None  # the STAC item the source was, if any
+
+    @property
+    def output_raster(self) -> RasterInfo:
+        """The grid of the published outputs: the raster's, or the AOI's crop of it."""
+        return self.aoi.output_raster() if self.aoi is not None else self.raster
 
 
 def resolve_model(config: PredictConfig, raster: RasterInfo) -> tuple[LoadedModel, str]:
@@ -159,19 +171,23 @@ def lossy_cast_reason(src: str, dst: str) -> str | None:
 
 
 def make_plan(config: PredictConfig, model: LoadedModel | None = None, *,
-              check_fits: bool = True, raster: RasterInfo | None = None) -> Plan:
+              check_fits: bool = True, raster: RasterInfo | None = None,
+              note_resolution: bool = True) -> Plan:
     """Open the raster and model and build the tiling plan (reads no pixels).
 
     ``check_fits=False`` plans even for a model that does not take the raster (``info`` reports
     the mismatch instead of failing). ``raster``: the raster already opened from ``config``.
     """
+    item = None
     if raster is None:
-        raster = open_raster(config.src, bands=config.bands, nodata=config.nodata,
-                             allow_no_crs=config.allow_no_crs)
+        scene = open_scene(config, model_hint(config, model))
+        raster, item = scene.raster, scene.item
     if model is None:
         model, _ = resolve_model(config, raster)
     if check_fits:
         check_model_fits(model, raster)
+    if note_resolution:
+        _note_resolution(config, raster, model)
     tile_size = clamped_tile_size(config, raster, model.divisor)
     if model.input_size is not None:
         tile_size = fixed_input_tile_size(model, tile_size, config.overlap)
@@ -180,7 +196,49 @@ def make_plan(config: PredictConfig, model: LoadedModel | None = None, *,
     overlap = aligned_overlap(tile_size, config.overlap, model.divisor)
     grid = TileGrid.for_raster(raster.height, raster.width, tile_size, overlap,
                                config.chunk_size, divisor=model.divisor)
-    return Plan(raster, model, grid, model.context_size(tile_size))
+    aoi = None
+    if config.aoi is not None:
+        from tileseg.scenes.aoi import plan_aoi
+
+        # the window's tiles are the whole raster's: the same tile size, step and phase
+        aoi = plan_aoi(config.aoi, config.aoi_crs, raster, grid)
+        raster = aoi.raster
+        grid = TileGrid.for_raster(raster.height, raster.width, tile_size, overlap,
+                                   config.chunk_size, divisor=model.divisor)
+    return Plan(raster, model, grid, model.context_size(tile_size), aoi=aoi, item=item)
+
+
+def open_scene(config: PredictConfig, model: ModelMetadata | None) -> Any:
+    """The run's source (:func:`tileseg.scenes.open_scene`)."""
+    from tileseg.scenes import open_scene as open_source_scene
+
+    return open_source_scene(config, model)
+
+
+def model_hint(config: PredictConfig, model: LoadedModel | None) -> ModelMetadata | None:
+    """What the model says about its input before it is loaded: band names (to find a STAC
+    item's assets), input count and pixel size (``tileseg.json``); None when it says nothing."""
+    from tileseg.metadata import load_metadata
+
+    if model is not None:
+        return model.metadata
+    path = Path(config.model) if config.model is not None else BUNDLED_MODEL
+    if config.model is not None and not (path.exists() or path.is_symlink()):
+        load_model(path)  # the model's own error (exit 2), before any word about the source
+    if not path.is_dir():
+        return None  # resolve_model says what is wrong with it
+    return load_metadata(path)
+
+
+def _note_resolution(config: PredictConfig, raster: RasterInfo, model: LoadedModel) -> None:
+    """Say once when the input's pixel size is far from the model's (both numbers)."""
+    from tileseg.scenes import gsd_note
+
+    if config.resolution == "model":
+        return
+    note = gsd_note(raster, model.metadata.gsd)
+    if note is not None:
+        warn_once(logger, "gsd", note)
 
 
 def fixed_input_tile_size(model: LoadedModel, tile_size: int, overlap: int) -> int:
@@ -212,15 +270,23 @@ def clamped_tile_size(config: PredictConfig, raster: RasterInfo, divisor: int = 
     return config.tile_size
 
 
-def has_valid_pixel(raster: RasterInfo) -> bool:
-    """True as soon as one valid pixel is found, reading masks block row by block row."""
+def has_valid_pixel(raster: RasterInfo, run: str | None = None) -> bool:
+    """True as soon as one valid pixel is found, reading masks block row by block row.
+
+    ``run``: the run's id; the open raster (and the blocks it read) is then handed on to the
+    run's first chunk task in this process, which reads those blocks again."""
     from tileseg.grid import Rect
     from tileseg.raster import WindowReader
 
     if not raster.has_mask and not raster.dtype.startswith("float"):
         return True
+    if raster.stack is not None:
+        from tileseg.scenes import overview_has_valid_pixel
+
+        if overview_has_valid_pixel(raster):  # a cheap yes; a no is checked in full below
+            return True
     step = max(raster.block_shape[0], 256)
-    with WindowReader(raster) as reader:
+    with WindowReader(raster, run) as reader:
         for row in range(0, raster.height, step):
             rect = Rect(row, 0, min(step, raster.height - row), raster.width)
             if reader.read(rect)[1].any():
@@ -231,11 +297,15 @@ def has_valid_pixel(raster: RasterInfo) -> bool:
 def _check_paths(config: PredictConfig) -> None:
     """Every path the run reads or writes, pairwise: none the same file as, or inside, another
     (exit 2), so no output can replace an input, before anything is written."""
+    from tileseg.scenes import source_files
+
     check_distinct_paths(
-        {"SRC": config.src if is_remote(config.src) else raster_files(config.src),
+        {"SRC": source_files(config.src),
          "DST": config.dst, "preview": config.preview, "zarr_path": config.zarr_path,
-         "vectorize": config.vectorize, "report": config.report, "model": config.model},
-        read_only=("SRC", "model"),
+         "vectorize": config.vectorize, "report": config.report, "model": config.model,
+         "aoi": config.aoi if config.aoi and Path(config.aoi).exists() else None,
+         "stac_item": stac_item_path(config)},
+        read_only=("SRC", "model", "aoi"),
     )
 
 
@@ -250,6 +320,15 @@ def _check_store_keys(config: PredictConfig) -> None:
                       ("vectorize", config.vectorize), ("preview", config.preview)):
         if url and is_store_url(url):
             StoreLocation.parse(url).require_key(f"{name} path", params=(name,))
+
+
+def stac_item_path(config: PredictConfig) -> str | None:
+    """Where the output's STAC item goes, or None when it is not written."""
+    if not config.stac_item:
+        return None
+    from tileseg.stac_output import item_path
+
+    return item_path(config.dst)
 
 
 def _staging_for(config: PredictConfig, fmt: str) -> Staging:
@@ -298,6 +377,13 @@ def _check_outputs(config: PredictConfig, fmt: str, staging: Staging) -> None:
         check_preview_destination(config.preview, config.overwrite)
     if config.report:
         _check_report(config.report, config)
+    item = stac_item_path(config)
+    if item is not None:
+        from tileseg.stac_output import check_item_destination
+
+        if not on_store:
+            check_output_folder(item, "STAC item path", params=("stac_item",))
+        check_item_destination(item)
 
 
 def _check_report(path: str, config: PredictConfig) -> None:
@@ -317,7 +403,7 @@ def _check_report(path: str, config: PredictConfig) -> None:
 
 
 def _fingerprint(config: PredictConfig, raster: RasterInfo, model_source: str,
-                 model: LoadedModel | None = None) -> str:
+                 model: LoadedModel | None = None, aoi: Any = None) -> str:
     """What must not change between a run and its --resume.
 
     The source's version (modification time, ETag) is left out on purpose: it is compared on
@@ -327,8 +413,12 @@ def _fingerprint(config: PredictConfig, raster: RasterInfo, model_source: str,
     tileseg.json beside it, an MLM item and its artifact) and its format facts, and the
     test-time augmentation with it.
     """
-    file = local_file(raster.path)  # a subdataset's (NETCDF:"scene.nc":ndvi) is scene.nc
-    size = None if is_remote(file) else os.stat(file).st_size
+    if raster.stack is not None:  # every local file of the stack
+        size: Any = tuple(None if is_remote(f) else os.stat(f).st_size
+                          for f in raster.stack.hrefs)
+    else:
+        file = local_file(raster.path)  # a subdataset's (NETCDF:"scene.nc":ndvi) is scene.nc
+        size = None if is_remote(file) else os.stat(file).st_size
     weights = [p for p in Path(model_source).glob("*") if p.is_file()] if model_source else []
     if model is not None and model.files:
         weights = [Path(f) for f in model.files]
@@ -337,7 +427,7 @@ def _fingerprint(config: PredictConfig, raster: RasterInfo, model_source: str,
              (model.format, model.architecture, model.divisor, model.input_size,
               model.item is not None, config.architecture, config.encoder_name))
     return tokenize(
-        replace(raster, version=None), size,
+        replace(raster, version=None), size, aoi,
         sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights),
         config.tile_size, config.overlap, config.chunk_size, config.blend, config.precision,
         config.probabilities, config.encoder_output_stride, config.decoder_atrous_rates,
@@ -410,7 +500,8 @@ def predict(
         from tileseg.execution import no_worker_timeout
 
         no_worker_timeout()  # a setting that is not a duration: exit 2 before any staging
-    fingerprint = _fingerprint(config, plan.raster, plan.model_source, plan.model)
+    fingerprint = _fingerprint(config, plan.raster, plan.model_source, plan.model,
+                               plan.aoi.mask if plan.aoi is not None else None)
 
     # the cluster is reached before anything is written: unreachable is exit 2, nothing staged
     with cluster_client(address, client) as run_client, staging.lock():
@@ -420,8 +511,9 @@ def predict(
             logger.info("%s is already complete; nothing to resume", config.dst)
             return PredictResult(config.dst, config.zarr_path, plan.grid.num_tiles, 0, 0,
                                  plan.grid.num_chunks, 0.0, {"status": "already complete"})
-        _stage(config, plan, staging, fingerprint)
-        job = _job(config, plan, staging)
+        run = uuid.uuid4().hex
+        _stage(config, plan, staging, fingerprint, run)
+        job = _job(config, plan, staging, run)
         mosaic = build_graph(job)
         timings = Timings(started, graph_built=time.perf_counter())
         tally = Tally.for_run(plan, open_work_dir(staging.work_path), progress,
@@ -442,15 +534,17 @@ def predict(
             release_datasets(job.run)
         timings.computed, timings.rss_compute_mb = time.perf_counter(), peak_rss_mb()
         _check_one_runtime(config, tally)
-        zarr_out = _publish(config, plan, fmt, staging, fingerprint)
+        zarr_out = _publish(config, plan, fmt, staging, fingerprint, tally)
         timings.finished = time.perf_counter()
         report = RunReport(config, plan, tally, timings,
                            plan.model_source or "<in-process model>", len(mosaic.graph),
                            _cluster_address(config, run_client)).to_json()
         result = PredictResult(config.dst, zarr_out, plan.grid.num_tiles, tally.tiles,
                                tally.skipped, plan.grid.num_chunks,
-                               timings.finished - timings.started, report)
-        _follow_ups(result, config)
+                               timings.finished - timings.started, report,
+                               tiles_skipped_aoi=tally.skipped_aoi,
+                               stac_item=stac_item_path(config))
+        _follow_ups(result, config, plan, fingerprint)
         return result
 
 
@@ -469,8 +563,8 @@ def _check_one_runtime(config: PredictConfig, tally: Tally) -> None:
 def _plan_run(config: PredictConfig, model: LoadedModel | None) -> Plan:
     """The run's plan: the raster opened once, the model loaded (or registered, for a caller's
     object) and checked against it, the tiling, and the device checked."""
-    raster = open_raster(config.src, bands=config.bands, nodata=config.nodata,
-                         allow_no_crs=config.allow_no_crs)
+    scene = open_scene(config, model_hint(config, model))
+    raster = scene.raster
     if model is not None:
         ref, source = ModelRef(key=register_model(model)), ""
     else:
@@ -481,7 +575,8 @@ def _plan_run(config: PredictConfig, model: LoadedModel | None) -> Plan:
                        files=model_files(source, model), architecture=config.architecture,
                        encoder_name=config.encoder_name)
         hand_over(ref, model)  # in-process tasks use it instead of loading the model again
-    plan = replace(make_plan(config, model, raster=raster), model_ref=ref, model_source=source)
+    plan = replace(make_plan(config, model, raster=raster), model_ref=ref, model_source=source,
+                   item=scene.item)
     _check_device(config, plan.model)
     _check_export_cache(config, plan)
     return plan
@@ -500,17 +595,20 @@ def _check_export_cache(config: PredictConfig, plan: Plan) -> None:
     check_export_cache(model.module, plan.context, model.metadata.in_channels, model.architecture)
 
 
-def _stage(config: PredictConfig, plan: Plan, staging: Staging, fingerprint: str) -> None:
+def _stage(config: PredictConfig, plan: Plan, staging: Staging, fingerprint: str,
+           run: str | None = None) -> None:
     """Create (or, resuming, reopen) the staged Zarr store and work folder of the run."""
     raster = plan.raster
-    if not staging.in_progress() and not has_valid_pixel(raster):
+    if not staging.in_progress() and not has_valid_pixel(raster, run):
         # the hint says "value", not the parameter: its name is also the state of the pixels
         raise InputError(f"{raster.path}: every pixel is nodata; nothing to segment (check "
                          "the nodata value or the file's mask)")
 
     def create(stage: Staging) -> None:
-        create_zarr(stage.zarr_store, raster, plan.model.metadata, chunk_side=plan.grid.chunk_side,
-                    probabilities=config.probabilities, source=raster.path)
+        # with an AOI the tasks fill the window's Zarr; the output is cut from it when published
+        create_zarr(_run_zarr(stage, plan), raster, plan.model.metadata,
+                    chunk_side=plan.grid.chunk_side, probabilities=config.probabilities,
+                    source=raster.path)
         open_work_dir(stage.work_path).create()
 
     repaired: list[bool] = []
@@ -568,7 +666,15 @@ def _note(staging: Staging, facts: dict[str, Any]) -> None:
         logger.warning("could not update the run record (%s)", exc)
 
 
-def _job(config: PredictConfig, plan: Plan, staging: Staging) -> Job:
+def _run_zarr(staging: Staging, plan: Plan) -> Any:
+    """The Zarr the tasks write: the output's, or with an AOI the window's in the work folder."""
+    if plan.aoi is None:
+        return staging.zarr_store
+    work = staging.work_path
+    return f"{work}/window.zarr" if isinstance(work, str) else Path(work) / "window.zarr"
+
+
+def _job(config: PredictConfig, plan: Plan, staging: Staging, run: str = "") -> Job:
     """What every task of the run gets: small, picklable settings and paths."""
     assert plan.model_ref is not None
     mask_dtype, nodata = mask_dtype_for(plan.model.metadata.num_classes)
@@ -578,21 +684,29 @@ def _job(config: PredictConfig, plan: Plan, staging: Staging) -> Job:
         blend=config.blend, probabilities=config.probabilities,
         mask_dtype=mask_dtype.name, nodata=nodata,
         work_dir=open_work_dir(staging.work_path).location,
-        zarr_path=(zarr_store if isinstance(zarr_store := staging.zarr_store, str)
+        zarr_path=(zarr_store if isinstance(zarr_store := _run_zarr(staging, plan), str)
                    else str(zarr_store.absolute())),
-        run=uuid.uuid4().hex,
+        run=run or uuid.uuid4().hex,
+        aoi=plan.aoi.mask if plan.aoi is not None else None,
     )
 
 
 def _publish(config: PredictConfig, plan: Plan, fmt: str, staging: Staging,
-             fingerprint: str) -> str | None:
+             fingerprint: str, tally: Any = None) -> str | None:
     """Mark the Zarr complete and move the outputs into place; the Zarr path kept, if any."""
     zarr_store, dst = staging.zarr_store, config.dst
     on_store = is_store_url(dst)
+    if plan.aoi is not None:  # the output is the AOI's bounds, cut from the window's Zarr
+        from tileseg.scenes.crop import crop_zarr
+
+        crop_zarr(_run_zarr(staging, plan), zarr_store, plan.aoi.output,
+                  plan.output_raster, plan.model.metadata, chunk_side=plan.grid.chunk_side,
+                  probabilities=config.probabilities)
     # the fingerprint travels into the published output: a later --resume compares it
     with full_disk_as_error(str(zarr_store), resumable=True):
         mark_zarr_complete(zarr_store, {"tiles": plan.grid.num_tiles, "fingerprint": fingerprint})
     if fmt == "zarr":
+        _write_stac_item(config, plan, fingerprint, tally, fmt, None, staging)
         staging.publish(zarr_store, zarr_too=False)
         return str(dst)
     # a full disk in the GeoTIFF pass: every chunk is done and kept, --resume only redoes this;
@@ -611,12 +725,57 @@ def _publish(config: PredictConfig, plan: Plan, fmt: str, staging: Staging,
             publish_raster_styles_to_store(dst, plan.model.metadata.classes, workdir=scratch)
         else:
             publish_raster_styles(Path(dst), plan.model.metadata.classes, workdir=scratch)
+        # the item, like the styles, is in place before the mask: a published mask has its item
+        _write_stac_item(config, plan, fingerprint, tally, fmt, tif_tmp, staging)
     staging.publish(tif_tmp, zarr_too=config.zarr_path is not None)
     return config.zarr_path
 
 
-def _follow_ups(result: PredictResult, config: PredictConfig) -> None:
-    """Polygons, a preview and the report file, each when asked for (the report last)."""
+def _write_stac_item(config: PredictConfig, plan: Plan, fingerprint: str, tally: Any, fmt: str,
+                     mask_file: Path | None, staging: Staging | None = None,
+                     polygons: str | None = None, preview: str | None = None) -> None:
+    """Write (or, after the follow-ups, rewrite) the output's STAC item."""
+    path = stac_item_path(config)
+    if path is None:
+        return
+    from tileseg.stac_output import OutputAssets, build_item, write_item
+
+    if staging is not None and is_store_url(config.dst):
+        from tileseg.store_staging import StoreStaging
+
+        assert isinstance(staging, StoreStaging)
+        staging.ensure_lock_held()  # a run that lost its lock uploads nothing
+    mask_dtype, nodata = mask_dtype_for(plan.model.metadata.num_classes)
+    tiles = None
+    if tally is not None:
+        tiles = {"total": plan.grid.num_tiles, "inferred": tally.tiles,
+                 "skipped_nodata": tally.skipped, "skipped_aoi": tally.skipped_aoi}
+    extra = {}
+    if preview and not is_store_url(preview) and Path(preview).is_file():
+        extra["preview"] = Path(preview)
+    if polygons and not is_store_url(polygons) and Path(polygons).is_file():
+        extra["polygons"] = Path(polygons)
+    if mask_file is None and fmt != "zarr" and not is_store_url(config.dst):
+        mask_file = Path(config.dst)  # the rewrite after the follow-ups: the published file
+    assets = OutputAssets(
+        mask=config.dst, mask_format=fmt, mask_file=mask_file,
+        zarr=config.zarr_path or (config.dst if fmt == "zarr" else None),
+        probabilities=None if config.probabilities == "none" else config.probabilities,
+        polygons=polygons, preview=preview, extra_files=extra)
+    raster = plan.output_raster
+    item = build_item(item_href=path, raster=raster, model=plan.model,
+                      input_size=plan.context, assets=assets, nodata=nodata,
+                      mask_dtype=mask_dtype.name, source=raster.path,
+                      source_item=plan.item, fingerprint=fingerprint, tiles=tiles,
+                      source_bands=tuple(b or "" for b in raster.band_descriptions)
+                      if plan.item is not None else ())
+    write_item(path, item)
+
+
+def _follow_ups(result: PredictResult, config: PredictConfig, plan: Plan | None = None,
+                fingerprint: str = "") -> None:
+    """Polygons, a preview and the report file, each when asked for (the report last); the
+    STAC item is written again with the polygons and preview as assets."""
     report = result.report
     if config.vectorize:
         polygons = _vectorize(result, config)
@@ -626,6 +785,11 @@ def _follow_ups(result: PredictResult, config: PredictConfig) -> None:
                                                       for k, v in polygons.counts.items()}}
     if config.preview:
         report["preview"] = _preview(result, config)
+    if plan is not None and (config.vectorize or config.preview) and config.stac_item:
+        fmt = format_for(config.dst, config.format)
+        _write_stac_item(config, plan, fingerprint, _ReportTally(report), fmt, None,
+                         polygons=report.get("vectorize", {}).get("dst"),
+                         preview=report.get("preview", {}).get("path"))
     if config.report:
         _check_report(config.report, config)  # again: the run took a while
         text = json.dumps(report, indent=2) + "\n"
@@ -635,6 +799,25 @@ def _follow_ups(result: PredictResult, config: PredictConfig) -> None:
             write_report_object(config.report, text)
         else:
             write_text_atomic(config.report, text)
+
+
+@dataclass(frozen=True)
+class _ReportTally:
+    """A finished run's tile counts, read back from its report (for the item's rewrite)."""
+
+    report: dict[str, Any]
+
+    @property
+    def tiles(self) -> int:
+        return int(self.report.get("tiles_inferred", 0))
+
+    @property
+    def skipped(self) -> int:
+        return int(self.report.get("tiles_skipped_nodata", 0))
+
+    @property
+    def skipped_aoi(self) -> int:
+        return int(self.report.get("tiles_skipped_aoi", 0))
 
 
 def _check_device(config: PredictConfig, model: LoadedModel | None = None) -> None:
@@ -685,8 +868,12 @@ def _preview(result: PredictResult, config: PredictConfig) -> dict[str, Any]:
     from tileseg.preview import PreviewConfig, make_preview
 
     assert config.preview is not None
-    bands = config.bands if config.bands and len(config.bands) == 3 else None  # e.g. 4,3,2
-    drawn = make_preview(result.dst, config.preview, PreviewConfig(over=config.src, bands=bands))
+    plain = isinstance(config.src, str) and not is_item_source(config.src)
+    bands = (config.bands if plain and config.bands and len(config.bands) == 3
+             else None)  # e.g. 4,3,2
+    over = config.src if plain else None  # drawn over a raster; a stack's mask alone
+    drawn = make_preview(result.dst, config.preview,
+                         PreviewConfig(over=over, bands=bands))  # type: ignore[arg-type]
     return {"path": drawn.path, "km2_per_class": {a.name: None if a.km2 is None else
                                                   round(a.km2, 4) for a in drawn.areas}}
 

@@ -11,7 +11,7 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -42,6 +42,9 @@ from tileseg.remote import (
 )
 from tileseg.text import counted
 
+if TYPE_CHECKING:
+    from tileseg.scenes.stack import StackSpec
+
 logger = logging.getLogger(__name__)
 
 _REMOTE_PREFIXES = ("/vsi", "s3://", "gs://", "az://", "http://", "https://", "zip://", "tar://")
@@ -71,6 +74,13 @@ class RasterInfo:
     # the source as the run found it, checked after every chunk (tileseg.pinning); not a fact
     # of the raster: left out of fingerprints, so a repaired file can be resumed
     version: SourceVersion | None = None
+    # several files read as one, on one grid (tileseg.scenes.stack); ``path`` then names them
+    stack: StackSpec | None = None
+    # a window of a larger raster (an area of interest's, tileseg.scenes.aoi): its pixel (0, 0)
+    # is pixel ``origin`` (row, col) of a raster of ``base_shape``, read past the window's
+    # edges and reflected about the larger raster's own, as a run over all of it would
+    origin: tuple[int, int] = (0, 0)
+    base_shape: tuple[int, int] | None = None
 
     @property
     def affine(self) -> Affine:
@@ -110,6 +120,14 @@ def open_dataset(path: str | os.PathLike[str], mode: str = "r", *, quiet: bool =
 def _forget_cached(path: str) -> None:
     with rasterio.Env(**gdal_options(path)):  # the cache is keyed by the URL these make
         forget_cached(vsi_path(path))
+
+
+def open_source(info: RasterInfo) -> Any:
+    """The dataset behind ``info``: the raster file, or the stack of files
+    (:class:`tileseg.scenes.stack.StackDataset`, with the same ``read``/``read_masks``)."""
+    if info.stack is not None:
+        return info.stack.open()
+    return open_dataset(info.path, quiet=info.crs_wkt is None)
 
 
 def gdal_message(exc: BaseException) -> str:
@@ -514,7 +532,7 @@ class WindowReader:
         # the dataset opens): one core decodes a deflate scene too slowly to keep a GPU busy
         with rasterio.Env(GDAL_NUM_THREADS=decode_threads()):
             # every chunk task opens one: only an ungeoreferenced raster needs the warnings lock
-            return open_dataset(self.info.path, quiet=self.info.crs_wkt is None)
+            return open_source(self.info)
 
     def _discard(self) -> None:
         """Close a dataset that failed a read: it is neither read again nor lent."""
@@ -551,8 +569,11 @@ class WindowReader:
         inside = rect.intersection(Rect(0, 0, info.height, info.width))
         if inside.empty:
             raise InputError(f"{info.path}: window {rect} lies outside the raster")
-        rows = reflect_index(np.arange(rect.row_off, rect.row_end), info.height)
-        cols = reflect_index(np.arange(rect.col_off, rect.col_end), info.width)
+        # a window of a larger raster reads it, and reflects about its edges
+        (row0, col0), (height, width) = info.origin, info.base_shape or (info.height, info.width)
+        rect = Rect(rect.row_off + row0, rect.col_off + col0, rect.height, rect.width)
+        rows = reflect_index(np.arange(rect.row_off, rect.row_end), height)
+        cols = reflect_index(np.arange(rect.col_off, rect.col_end), width)
         # the reflection may need pixels beyond the part of rect inside the raster
         source = Rect.from_bounds(int(rows.min()), int(cols.min()), int(rows.max()) + 1,
                                   int(cols.max()) + 1)

@@ -36,6 +36,7 @@ class Tally:
     clock_start: float  # progress rates count from here (the graph built)
     tiles: int = 0
     skipped: int = 0
+    skipped_aoi: int = 0  # tiles with no pixel in the area of interest: never inferred
     reused_chunks: int = 0
     reused_tiles: int = 0
     resolved: dict[str, set[Any]] = field(default_factory=lambda: {k: set() for k in RESOLVED_KEYS})
@@ -77,6 +78,7 @@ class Tally:
             return
         self.tiles += result["tiles"]
         self.skipped += result["skipped"]
+        self.skipped_aoi += result.get("skipped_aoi", 0)
         if result.get("reused"):
             self.reused_chunks += 1
             self.reused_tiles += result.get("reused_tiles", 0)
@@ -159,6 +161,7 @@ class RunReport:
             "tiles_total": plan.grid.num_tiles,
             "tiles_inferred": tally.tiles,
             "tiles_skipped_nodata": tally.skipped,
+            "tiles_skipped_aoi": tally.skipped_aoi,
             # an interrupted run's work that this one kept instead of inferring again
             "tiles_reused": tally.reused_tiles,
             "chunks": plan.grid.num_chunks,

@@ -8,7 +8,7 @@ import click
 
 from tileseg.blend import WINDOWS
 from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
-from tileseg.cli.options import int_list, scheduler_option
+from tileseg.cli.options import band_list, resampling_list, scene_options, scheduler_option
 from tileseg.text import counted
 
 EPILOG = """\b
@@ -17,12 +17,16 @@ Examples:
   tileseg batch scenes.csv --scheduler tcp://scheduler:8786 --summary runs/summary.json
   tileseg batch scenes.yaml --concurrent-scenes 2   # per-scene model, bands, overlap...
   tileseg batch s3://jobs/scenes.txt --output-dir s3://results/run1/   # all on the store
+  tileseg batch search.json -o masks/ -m models/s2 --aoi fields.gpkg   # a STAC ItemCollection
 
 \b
 Manifests (relative paths are relative to the manifest's folder):
   .txt   one source per line (# comments); writes OUTPUT_DIR/<stem><suffix>
   .csv   header src,dst[,model,bands,overlap,probabilities,vectorize,...]
   .yaml  - {src: a.tif, dst: a_mask.zarr, bands: [4, 3, 2], probabilities: uint8}
+         - {src: [B04.tif, B03.tif, B02.tif], dst: b_mask.tif}   # one file per band
+         - {src: item.json, bands: [red, green, blue], resolution: model}
+  .json  a STAC ItemCollection (a saved search): one scene an item, OUTPUT_DIR/<id><suffix>
 
 \b
 Complete outputs are skipped, interrupted ones resumed, failures recorded in the summary and
@@ -43,7 +47,8 @@ SUMMARY.previews/), its status, tiles, time and area per class.
               ".summary.json (scenes.csv.summary.json) "
               "beside MANIFEST, or under --output-dir when that is an s3:// prefix.")
 @click.option("--model", "-m", help="Default model directory (a scene's model overrides it).")
-@click.option("--bands", callback=int_list, help="Default 1-based bands, e.g. 4,3,2.")
+@click.option("--bands", callback=band_list, help="Default 1-based bands, e.g. 4,3,2 (for "
+              "STAC items, asset keys or common names, e.g. red,green,blue).")
 @click.option("--tile-size", type=int, help="Default tile size in pixels.")
 @click.option("--overlap", type=int, help="Default overlap in pixels.")
 @click.option("--chunk-size", type=int, help="Default chunk side in pixels.")
@@ -63,17 +68,22 @@ SUMMARY.previews/), its status, tiles, time and area per class.
               help="Threads of the in-process scheduler (default: 1 on a CPU, 2 on a GPU).")
 @click.option("--concurrent-scenes", type=int, default=1, show_default=True,
               help="Scenes in flight at once (keeps a big cluster busy between scenes).")
+@scene_options()
+@click.option("--no-stac-item", is_flag=True, help="Write no STAC item beside each mask.")
 @click.option("--no-previews", is_flag=True,
               help="Skip the scenes' thumbnails and class areas on the summary's HTML page.")
 @verbosity_options
 @handle_errors(stopped="run the same command again to continue: finished scenes are skipped, "
                "the interrupted one resumed")
 def command(manifest: str, output_dir: str | None, suffix: str, summary: str | None,
-            model: str | None, bands: tuple[int, ...] | None, tile_size: int | None,
+            model: str | None, bands: tuple[int, ...] | tuple[str, ...] | None,
+            tile_size: int | None,
             overlap: int | None, chunk_size: int | None, blend: str | None, device: str | None,
             batch_size: int | None, precision: str | None, probabilities: str | None,
             engine: str | None, tta: str | None, scheduler: str | None, workers: int | None,
-            concurrent_scenes: int, no_previews: bool, verbose: int, quiet: bool) -> None:
+            concurrent_scenes: int, resolution: float | str | None, resampling: str | None,
+            aoi: str | None, aoi_crs: str | None, no_stac_item: bool, no_previews: bool,
+            verbose: int, quiet: bool) -> None:
     """Segment every scene listed in MANIFEST (text, CSV or YAML), idempotently."""
     from tileseg.batch import BatchConfig, SceneResult, default_summary_path, run_manifest
 
@@ -84,6 +94,8 @@ def command(manifest: str, output_dir: str | None, suffix: str, summary: str | N
             chunk_size=chunk_size, blend=blend, device=device, batch_size=batch_size,
             precision=precision, probabilities=probabilities, workers=workers, engine=engine,
             tta=tta,
+            resolution=resolution, resampling=resampling_list(resampling) or None, aoi=aoi,
+            aoi_crs=aoi_crs, stac_item=False if no_stac_item else None,
         ).items() if v is not None
     }
     config = BatchConfig(output_dir=output_dir, suffix=suffix, defaults=defaults,

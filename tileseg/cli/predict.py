@@ -8,7 +8,14 @@ import click
 
 from tileseg.blend import WINDOWS, BlendName
 from tileseg.cli.common import RESUME_HINT, configure_logging, handle_errors, verbosity_options
-from tileseg.cli.options import int_list, overwrite_option, scheduler_option
+from tileseg.cli.options import (
+    band_list,
+    int_list,
+    overwrite_option,
+    resampling_list,
+    scene_options,
+    scheduler_option,
+)
 from tileseg.cli.render import ProgressBar
 from tileseg.config import (
     DEFAULT_CHUNK_SIZE,
@@ -35,12 +42,19 @@ Examples:
   tileseg predict scene.tif mask.tif --vectorize polygons.gpkg
   tileseg predict scene.tif mask.tif -m epoch=9.ckpt --tta flips   # a TorchGeo checkpoint
   tileseg predict scene.tif mask.tif -m unet.onnx                  # + tileseg.json beside it
+  tileseg predict S2B_31UFT_20240601_0_L2A.json --model models/s2 --resolution model
+  tileseg predict https://earth-search.aws.element84.com/v1/collections/sentinel-2-l2a/items/ID
+  tileseg predict item.json mask.tif --bands red,green,blue,nir --aoi fields.gpkg
+  tileseg predict B04.tif B03.tif B02.tif B08.tif -o mask.tif   # one file per band
+  tileseg predict scene.tif --aoi 2.20,48.80,2.45,48.92          # a bbox in lon/lat
 """
 
 
 @click.command(epilog=EPILOG)
-@click.argument("src")
-@click.argument("dst", required=False)
+@click.argument("paths", nargs=-1, required=True, metavar="SRC... [DST]")
+@click.option("--output", "-o", "output", help="DST: the mask to write; with it every path "
+              "given is a source (several files are read as one raster, one band file each, "
+              "as rio stack).")
 @click.option("--model", "-m", help="Model: an smp folder (save_pretrained + tileseg.json), a "
               "TorchGeo .ckpt, a .pt/.pth/.safetensors state dict, an .onnx file, or a STAC "
               "MLM item (.json); see 'tileseg model info'. Default: the bundled land-cover model.")
@@ -54,7 +68,9 @@ Examples:
               "pass; gtiff: the same tiled, compressed GeoTIFF with internal overviews, written "
               "in place without that copy (local disks, quicker); zarr: a Zarr v3 store.")
 @click.option("--zarr", "zarr_path", help="Also keep the Zarr mosaic here (GeoTIFF outputs).")
-@click.option("--bands", callback=int_list, help="1-based bands to read, e.g. 4,3,2.")
+@click.option("--bands", callback=band_list, help="1-based bands to read, e.g. 4,3,2; for a "
+              "STAC item, asset keys or common names, e.g. red,green,blue,nir (default: the "
+              "model's band names).")
 @click.option("--nodata", type=float, help="Nodata value, overriding the file's.")
 @click.option("--allow-no-crs", is_flag=True, help="Accept a raster without CRS (pixel coords).")
 @click.option("--tile-size", type=int, default=DEFAULT_TILE_SIZE, show_default=True,
@@ -94,30 +110,43 @@ Examples:
 @click.option("--preview", type=click.Path(dir_okay=False),
               help="Also draw a PNG quicklook here: the classes over SRC, with a legend of "
               "class areas (see tileseg preview).")
+@scene_options()
+@click.option("--stac-item/--no-stac-item", default=True, show_default=True,
+              help="Write a STAC item describing the outputs beside the mask "
+              "(DST's name with .stac.json).")
 @verbosity_options
 @handle_errors(stopped=RESUME_HINT)
-def command(src: str, dst: str | None, model: str | None, architecture: str | None,
-            encoder_name: str | None, fmt: OutputFormat | None,
-            zarr_path: str | None,
-            bands: tuple[int, ...] | None, nodata: float | None, allow_no_crs: bool,
+def command(paths: tuple[str, ...], output: str | None, model: str | None,
+            architecture: str | None, encoder_name: str | None,
+            fmt: OutputFormat | None, zarr_path: str | None,
+            bands: tuple[int, ...] | tuple[str, ...] | None, nodata: float | None,
+            allow_no_crs: bool,
             tile_size: int, overlap: int, chunk_size: int, blend: BlendName, device: str,
             batch_size: int | None, precision: Precision, compile_model: bool, engine: str,
             output_stride: str | None, atrous_rates: tuple[int, ...] | None,
             tta: TtaMode, probabilities: ProbabilityMode,
             overwrite: bool, resume: bool, scheduler: str | None, workers: int | None,
-            report: str | None, vectorize: str | None, preview: str | None, verbose: int,
-            quiet: bool) -> None:
-    """Segment SRC (any GDAL raster) into a class mask DST (GeoTIFF/COG or Zarr).
+            report: str | None, vectorize: str | None, preview: str | None,
+            resolution: float | str | None, resampling: str | None, aoi: str | None,
+            aoi_crs: str | None, stac_item: bool, verbose: int, quiet: bool) -> None:
+    """Segment SRC into a class mask DST (GeoTIFF/COG or Zarr).
 
-    DST defaults to SRC's name with .mask.tif (.mask.zarr for --format zarr) in the current
-    folder, e.g. scene.tif -> ./scene.mask.tif. SRC, DST, --zarr, --vectorize, --preview and
-    --report may be s3:// (gs://, az://) URLs; see the README, "Outputs on object storage".
+    SRC is any GDAL raster; a STAC item (item.json, an https:// or s3:// item URL, or
+    collection.json#ITEM_ID), whose assets are matched to the model's bands; or several
+    rasters read as one (one file per band, at any resolutions and CRSs), as with rio: the
+    last path is DST unless -o names it.
+
+    DST defaults to SRC's name (an item's id) with .mask.tif (.mask.zarr for --format zarr) in
+    the current folder, e.g. scene.tif -> ./scene.mask.tif. SRC, DST, --zarr, --vectorize,
+    --preview and --report may be s3:// (gs://, az://) URLs; see the README, "Outputs on
+    object storage". Beside DST goes its STAC item (scene.mask.stac.json).
     """
     from tileseg.naming import default_mask_path
     from tileseg.pipeline import predict
 
     configure_logging(verbose, quiet)
-    dst = dst or default_mask_path(src, fmt)
+    src, dst = split_paths(paths, output)
+    dst = dst or default_mask_path(src if isinstance(src, str) else src[0], fmt)
     config = PredictConfig(
         src=src, dst=dst, model=model, format=fmt, zarr_path=zarr_path, bands=bands,
         nodata=nodata, allow_no_crs=allow_no_crs, tile_size=tile_size, overlap=overlap,
@@ -131,6 +160,9 @@ def command(src: str, dst: str | None, model: str | None, architecture: str | No
         report=report, vectorize=vectorize, preview=preview,
         engine=engine,  # type: ignore[arg-type]
         tta=tta, architecture=architecture, encoder_name=encoder_name,
+        resolution=resolution,  # type: ignore[arg-type]
+        resampling=resampling_list(resampling),
+        aoi=aoi, aoi_crs=aoi_crs, stac_item=stac_item,
     )
     bar = ProgressBar("predict", enabled=not quiet)
     try:
@@ -145,6 +177,19 @@ def command(src: str, dst: str | None, model: str | None, architecture: str | No
                        err=True)
         if result.report.get("preview"):
             click.echo(f"{result.report['preview']['path']}: preview", err=True)
+
+
+def split_paths(paths: tuple[str, ...], output: str | None
+                ) -> tuple[str | tuple[str, ...], str | None]:
+    """SRC and DST from the positional paths, as rio does: with ``-o`` every path is a source;
+    without it one path is SRC, two are SRC DST, and more are sources then DST."""
+    if output is not None:
+        return (paths[0] if len(paths) == 1 else paths), output
+    if len(paths) == 1:
+        return paths[0], None
+    if len(paths) == 2:
+        return paths[0], paths[1]
+    return paths[:-1], paths[-1]
 
 
 def summary_line(result: PredictResult) -> str:
@@ -169,6 +214,8 @@ def summary_line(result: PredictResult) -> str:
                      "a tile")
     if result.tiles_skipped_nodata:
         extra.append(f"{counted(result.tiles_skipped_nodata, 'nodata tile')} skipped")
+    if result.tiles_skipped_aoi:
+        extra.append(f"{counted(result.tiles_skipped_aoi, 'tile')} outside the AOI skipped")
     if report.get("tiles_reused"):
         extra.append(f"{counted(report['tiles_reused'], 'tile')} of "
                      f"{counted(report['chunks_resumed'], 'chunk')} reused from the interrupted "
