@@ -120,7 +120,7 @@ def test_a_full_disk_is_one_line_exit_5_and_resume_after_freeing_space_finishes(
     resumed = CliRunner().invoke(cli, ["predict", *args[:1], str(dst), *args[1:], "--resume"])
     assert resumed.exit_code == 0, resumed.output
     np.testing.assert_array_equal(_mask(dst), _mask(tmp_path / "ref.tif"))
-    assert _files(small_disk) == ["mask.qml", "mask.tif", "mask.tif.aux.xml"]
+    assert _files(small_disk) == ["mask.qml", "mask.stac.json", "mask.tif", "mask.tif.aux.xml"]
 
 
 def test_the_cog_pass_on_a_full_disk_removes_its_files_and_resume_redoes_only_it(
@@ -251,7 +251,7 @@ def test_each_run_write_on_a_full_disk_is_one_error_naming_its_folder_then_resum
     monkeypatch.undo()
     result = predict(_config(scene, dst, resume=True), model=per_pixel_model(3, 4))
     np.testing.assert_array_equal(_mask(result.dst), expected)
-    assert _files(out) == ["mask.qml", "mask.tif", "mask.tif.aux.xml"]
+    assert _files(out) == ["mask.qml", "mask.stac.json", "mask.tif", "mask.tif.aux.xml"]
 
 
 def test_a_full_disk_in_the_spill_via_the_cli_is_one_line_exit_5(
@@ -317,7 +317,7 @@ def test_a_full_disk_after_the_mask_is_published_is_exit_4_and_leaves_no_partial
     assert caught.value.exit_code == 4 and caught.value.folder == str(out)
     assert str(caught.value).endswith("free space there, then run again")
     np.testing.assert_array_equal(_mask(out / "mask.tif"), expected)  # the mask is complete
-    assert _files(out) == ["mask.qml", "mask.tif", "mask.tif.aux.xml"]  # no partial file
+    assert _files(out) == ["mask.qml", "mask.stac.json", "mask.tif", "mask.tif.aux.xml"]  # no partial file
 
 
 def test_a_full_disk_anywhere_else_is_one_line_not_a_traceback() -> None:
