@@ -343,7 +343,7 @@ CASES: list[Case] = [
     Case("model-info-payload", "model info {payload_ckpt}", 3, absent=("payload-ran",)),
     Case("model-export-over-user-file", f"model export-stac {M[3:]} precious.tif --overwrite", 4),
     Case("model-export-read-only-folder", f"model export-stac {M[3:]} /proc/sys/item.json", 4),
-    Case("model-export-ok", "model export-stac {onnx} item.json -q", 0),
+    Case("model-export-ok", "model export-stac {onnx} model-item.json -q", 0),
     Case("model-no-subcommand", "model frobnicate", 2),
     # ---- issue 20, scenes: STAC items, several files as one raster, the resolution, areas of
     # interest and the output's STAC item; every refusal before any work, nothing written

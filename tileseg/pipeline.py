@@ -575,10 +575,12 @@ def _plan_run(config: PredictConfig, model: LoadedModel | None) -> Plan:
                        files=model_files(source, model), architecture=config.architecture,
                        encoder_name=config.encoder_name)
         hand_over(ref, model)  # in-process tasks use it instead of loading the model again
-    plan = replace(make_plan(config, model, raster=raster), model_ref=ref, model_source=source,
-                   item=scene.item)
+    plan = replace(make_plan(config, model, raster=raster, note_resolution=False),
+                   model_ref=ref, model_source=source, item=scene.item)
     _check_device(config, plan.model)
     _check_export_cache(config, plan)
+    # said once every check has passed: a warning never stands before an error line
+    _note_resolution(config, raster, plan.model)
     return plan
 
 
