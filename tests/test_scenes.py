@@ -575,7 +575,7 @@ def test_the_output_item_reads_back_with_every_extension(scene, deeplab4, tmp_pa
     props = out.properties
     assert "https://stac-extensions.github.io/processing/v1.2.0/schema.json" in \
         out.stac_extensions  # pystac has no accessor for processing: read as fields
-    from tileseg import __version__
+    from tileseg._version import __version__
 
     assert props["processing:software"] == {"tileseg": __version__}
     assert props["processing:lineage"].startswith("tileseg predict of")

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-import tileseg
+from tileseg._version import __version__
 from tileseg.errors import ConfigError, DependencyError, ModelError, OutputError
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def model_key(module: nn.Module, context: int, bands: int) -> str:
         h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     # The structure (dilations, output stride, atrous rates) is in the module's repr.
     h.update(repr(module).encode())
-    h.update(f"{context}|{bands}|{OPSET}|{torch.__version__}|{tileseg.__version__}".encode())
+    h.update(f"{context}|{bands}|{OPSET}|{torch.__version__}|{__version__}".encode())
     return h.hexdigest()[:24]
 
 

@@ -14,12 +14,12 @@ import os
 import warnings
 from typing import Any
 
-import tileseg
 from tileseg.errors import flagged
 
 # Libraries that log about things tileseg already checks or that are not the user's business.
 CHATTY = ("rasterio", "pyogrio", "fiona", "distributed", "fsspec", "urllib3", "numcodecs", "zarr")
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(tileseg.__file__)) + os.sep
+# this module lies at the package's top: its folder is the package's
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 class FlagFormatter(logging.Formatter):

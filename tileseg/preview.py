@@ -200,7 +200,7 @@ def make_preview(
         picture = _with_legend(picture, areas, legend_width, config, approximate)
     from PIL.PngImagePlugin import PngInfo
 
-    from tileseg import __version__
+    from tileseg._version import __version__
 
     info = PngInfo()
     info.add_text("Software", f"{PNG_MARKER} {__version__}")

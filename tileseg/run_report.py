@@ -229,7 +229,7 @@ def versions() -> dict[str, str | None]:
 
     import torch
 
-    from tileseg import __version__
+    from tileseg._version import __version__
 
     def dist(name: str) -> str | None:
         try:

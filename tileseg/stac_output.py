@@ -344,7 +344,7 @@ def build_item(*, item_href: str, raster: RasterInfo, model: LoadedModel, input_
                tiles: dict[str, int] | None = None,
                source_bands: tuple[str, ...] = ()) -> dict[str, Any]:
     """The output item as a dict (see the module docstring)."""
-    from tileseg import __version__
+    from tileseg._version import __version__
 
     now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     geometry, bbox = footprint(raster)

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from tileseg import __version__
+from tileseg._version import __version__
 
 # Each module defines a click command named ``command``; listed here so `tileseg --help` is fast
 # to build and a missing optional feature fails only when used.

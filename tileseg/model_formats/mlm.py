@@ -463,7 +463,7 @@ def stac_item(model: LoadedModel, item_path: Path) -> dict[str, Any]:
                           for b in meta.bands]
     if meta.gsd is not None:
         props["gsd"] = meta.gsd
-    from tileseg import __version__
+    from tileseg._version import __version__
 
     props[MARK] = __version__
     href = os.path.relpath(artifact.resolve(), item_path.resolve().parent)

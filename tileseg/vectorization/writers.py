@@ -209,7 +209,7 @@ def _alive(pid: int) -> bool:
 
 
 def default_marker() -> dict[str, Any]:
-    from tileseg import __version__
+    from tileseg._version import __version__
 
     return {"writer": "tileseg", "version": __version__}
 
