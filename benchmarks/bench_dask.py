@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 def fake_raster(height: int, width: int, bands: int = 3) -> Any:
-    from tileseg.raster import RasterInfo
+    from tileseg.sources.raster import RasterInfo
 
     return RasterInfo(path="/dry-run/huge.vrt", height=height, width=width, count=bands,
                       indexes=tuple(range(1, bands + 1)), dtype="uint8", crs_wkt=None,

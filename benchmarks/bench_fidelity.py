@@ -36,8 +36,8 @@ from tileseg.config import PredictConfig
 from tileseg.grid import TileGrid
 from tileseg.model import LoadedModel, ModelSpec, build_model, load_model, save_model
 from tileseg.pipeline import BUNDLED_MODEL, predict
-from tileseg.raster import WindowReader, open_raster
 from tileseg.samples import fetch
+from tileseg.sources.raster import WindowReader, open_raster
 
 
 def mirrored_sample(size: int, path: Path) -> Path:

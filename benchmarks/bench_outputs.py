@@ -30,7 +30,7 @@ def make_zarr(path: Path, size: int) -> None:
 
     from tileseg.metadata import ModelMetadata
     from tileseg.outputs import create_zarr, mark_zarr_complete
-    from tileseg.raster import RasterInfo
+    from tileseg.sources.raster import RasterInfo
 
     crs = CRS.from_epsg(32631).to_wkt()
     raster = RasterInfo(str(path), size, size, 3, (1, 2, 3), "uint8", crs,

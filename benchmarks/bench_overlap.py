@@ -24,7 +24,7 @@ import zarr
 from tileseg.config import PredictConfig
 from tileseg.model import LoadedModel, ModelSpec, build_model, load_model, wrap_module
 from tileseg.pipeline import predict
-from tileseg.raster import WindowReader, open_raster
+from tileseg.sources.raster import WindowReader, open_raster
 
 
 def reference(model: LoadedModel, src: str) -> np.ndarray:

@@ -93,7 +93,7 @@ def input_only(src: Path, model_dir: Path, args: argparse.Namespace, batch: int,
     from tileseg.grid import TileGrid, chunk_tiles_for
     from tileseg.infer import iter_batches
     from tileseg.model import load_model
-    from tileseg.raster import WindowReader, open_raster
+    from tileseg.sources.raster import WindowReader, open_raster
 
     previous = os.environ.get("GDAL_NUM_THREADS")
     os.environ["GDAL_NUM_THREADS"] = decode_threads

@@ -499,7 +499,7 @@ def test_default_model_warning_once_per_process(scene, caplog, monkeypatch) -> N
     monkeypatch.setattr("tileseg.model._WARNED", set())  # as in a fresh process
     from tileseg.config import PredictConfig
     from tileseg.pipeline import BUNDLED_MODEL, resolve_model
-    from tileseg.raster import open_raster
+    from tileseg.sources.raster import open_raster
 
     if not (BUNDLED_MODEL / "config.json").is_file():
         pytest.skip("no bundled model in this install")

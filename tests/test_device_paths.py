@@ -16,7 +16,7 @@ from tileseg.grid import TileGrid
 from tileseg.infer import infer_chunk_logits, make_runtime
 from tileseg.model import load_model
 from tileseg.pipeline import predict
-from tileseg.raster import open_raster
+from tileseg.sources.raster import open_raster
 
 
 def test_uint16_above_32767_is_read_exactly(make_raster, tmp_path: Path) -> None:

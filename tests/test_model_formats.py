@@ -304,7 +304,7 @@ def test_a_run_fingerprints_the_model_format_and_the_files_beside_it(
     (the tileseg.json beside a checkpoint too), by name, whatever path names the model."""
     from tileseg.config import PredictConfig
     from tileseg.pipeline import _fingerprint
-    from tileseg.raster import open_raster
+    from tileseg.sources.raster import open_raster
 
     src = make_raster(random_image(3, 40, 40))
     raster = open_raster(str(src))

@@ -13,7 +13,7 @@ from tileseg.config import RuntimeConfig
 from tileseg.grid import TileGrid
 from tileseg.mosaic import Job, ModelRef, WorkDir, build_graph, finalize_task, infer_task, register_model
 from tileseg.outputs import create_zarr, mask_dtype_for
-from tileseg.raster import open_raster
+from tileseg.sources.raster import open_raster
 
 
 def _job(make_raster, tmp_path: Path):  # type: ignore[no-untyped-def]

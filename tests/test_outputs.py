@@ -12,7 +12,7 @@ from conftest import metadata, random_image
 
 from tileseg import mask as mask_format
 from tileseg.outputs import create_zarr, mark_zarr_complete, mask_dtype_for, zarr_to_geotiff
-from tileseg.raster import open_raster
+from tileseg.sources.raster import open_raster
 from tileseg.styles import mask_legend
 from tileseg.vectorization.source import open_mask
 

@@ -107,13 +107,13 @@ def test_a_file_repaired_after_a_damaged_block_still_resumes(make_raster, tmp_pa
 def test_gdal_errors_outside_rasterio_go_to_the_log_not_stderr(capfd, caplog) -> None:
     """What GDAL reports from threads of its own reaches no rasterio handler: it used to print
     ``ERROR 1: ...`` on file descriptor 2; now it is logged and counted as a failure."""
-    from tileseg.gdal_native import failure_count, install_error_handler, last_failure, library
+    from tileseg.sources.gdal_native import failure_count, install_error_handler, last_failure, library
 
     assert install_error_handler()
     lib = library()
     before = failure_count()
     capfd.readouterr()
-    with caplog.at_level(logging.DEBUG, logger="tileseg.gdal_native"):
+    with caplog.at_level(logging.DEBUG, logger="tileseg.sources.gdal_native"):
         # a fresh thread has no rasterio handler pushed, as a GDAL worker thread
         thread = threading.Thread(target=lib.CPLError, args=(
             ctypes.c_int(3), ctypes.c_int(1), b"%s", b"Request for 0-9 failed"))
@@ -129,7 +129,7 @@ def test_the_gdal_called_is_rasterios_not_another_wheels_copy() -> None:
     the error handler, object versions and cache clearing must reach rasterio's."""
     import pyogrio
 
-    from tileseg.gdal_native import library
+    from tileseg.sources.gdal_native import library
 
     if pyogrio.__gdal_version_string__ == rasterio.__gdal_version__:
         pytest.skip("pyogrio's GDAL is rasterio's version: the two cannot be told apart")

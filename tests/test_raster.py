@@ -7,7 +7,7 @@ import pytest
 
 from tileseg.errors import InputError
 from tileseg.grid import Rect
-from tileseg.raster import WindowReader, open_raster
+from tileseg.sources.raster import WindowReader, open_raster
 
 
 def test_window_past_the_edge_is_reflected(make_raster) -> None:
@@ -37,7 +37,7 @@ def test_a_window_outside_the_raster_is_an_input_error(make_raster) -> None:
 
 
 def test_an_open_dataset_is_handed_on_within_one_run_only(make_raster) -> None:
-    from tileseg.raster import release_datasets
+    from tileseg.sources.raster import release_datasets
 
     info = open_raster(make_raster(np.zeros((1, 8, 8), np.uint8)))
     with WindowReader(info, run="run-a") as first:
@@ -60,10 +60,10 @@ def test_an_open_dataset_is_handed_on_within_one_run_only(make_raster) -> None:
 
 def test_a_dataset_that_served_its_budget_is_closed_not_handed_on(make_raster,
                                                                   monkeypatch) -> None:
-    import tileseg.raster
+    import tileseg.sources.raster
 
     info = open_raster(make_raster(np.zeros((1, 64, 64), np.uint8)))
-    monkeypatch.setattr(tileseg.raster._DatasetPool, "MAX_BYTES", 3000)
+    monkeypatch.setattr(tileseg.sources.raster._DatasetPool, "MAX_BYTES", 3000)
     with WindowReader(info, run="budget") as reader:
         reader.read(Rect(0, 0, 32, 32))  # 1024 bytes: under the budget
         kept = reader._src
@@ -73,7 +73,7 @@ def test_a_dataset_that_served_its_budget_is_closed_not_handed_on(make_raster,
     assert kept.closed  # its cached blocks go with it
     with WindowReader(info, run="budget") as reader:
         assert reader._src is not kept
-    tileseg.raster.release_datasets("budget")
+    tileseg.sources.raster.release_datasets("budget")
 
 
 @pytest.mark.filterwarnings("ignore::rasterio.errors.NotGeoreferencedWarning")

@@ -21,7 +21,7 @@ from tileseg.cli.main import cli
 from tileseg.config import PredictConfig
 from tileseg.errors import InputError
 from tileseg.pipeline import predict
-from tileseg.raster import open_raster
+from tileseg.sources.raster import open_raster
 
 BUCKET = "tileseg-scenes"
 SHAPE = (3, 700, 600)
@@ -135,7 +135,7 @@ def test_an_unreachable_endpoint_is_one_clear_error(s3: tuple[S3Server, Path],
 
 def test_chunks_of_one_run_fetch_the_blocks_they_share_once(
         s3: tuple[S3Server, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tileseg.raster
+    import tileseg.sources.raster
 
     server, local = s3
     src = f"s3://{BUCKET}/scenes/scene.tif"
@@ -145,10 +145,10 @@ def test_chunks_of_one_run_fetch_the_blocks_they_share_once(
     predict(_config(src, tmp_path / "shared.tif"), model=model)
     shared = server.traffic.bytes_out / local.stat().st_size
     # the same run with every chunk opening the raster afresh, as before datasets were handed on
-    monkeypatch.setattr(tileseg.raster._DATASETS, "MAX_IDLE", 0)
+    monkeypatch.setattr(tileseg.sources.raster._DATASETS, "MAX_IDLE", 0)
     server.traffic.reset()
     predict(_config(src, tmp_path / "fresh.tif"), model=model)
     fresh = server.traffic.bytes_out / local.stat().st_size
     assert shared <= 1.05, (shared, fresh)
     assert fresh > 1.3 * shared, (shared, fresh)  # the comparison measures something
-    assert tileseg.raster._DATASETS._idle == []  # the run closed what it kept
+    assert tileseg.sources.raster._DATASETS._idle == []  # the run closed what it kept

@@ -27,7 +27,7 @@ from tileseg.config import PredictConfig
 from tileseg.errors import ConfigError, SourceUnavailableError
 from tileseg.grid import Rect
 from tileseg.pipeline import predict
-from tileseg.raster import WindowReader, open_raster
+from tileseg.sources.raster import WindowReader, open_raster
 
 BUCKET = "tileseg-faults"
 OUT_BUCKET = "tileseg-faults-out"
@@ -232,7 +232,7 @@ def test_a_destination_store_that_never_answers_fails_in_seconds_with_one_line(
                                              ("TILESEG_HTTP_TIMEOUT", "0"),
                                              ("TILESEG_HTTP_RETRIES", "-1")])
 def test_request_settings_are_checked(monkeypatch, name: str, value: str) -> None:
-    from tileseg.remote import RequestPolicy
+    from tileseg.sources.remote import RequestPolicy
 
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=name):

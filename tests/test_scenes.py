@@ -32,9 +32,9 @@ from tileseg.errors import ConfigError, InputError
 from tileseg.grid import Rect
 from tileseg.model import LoadedModel
 from tileseg.pipeline import predict
-from tileseg.raster import WindowReader
 from tileseg.scenes import open_scene
 from tileseg.scenes.stac import asset_bands, find_band
+from tileseg.sources.raster import WindowReader
 
 FAST = dict(tile_size=64, overlap=16, chunk_size=256, precision="fp32")
 NAMES4 = ("blue", "green", "nir08", "swir16")

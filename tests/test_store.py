@@ -269,7 +269,7 @@ def test_a_malformed_endpoint_is_refused_before_any_request(
     # obstore panics on these (a Rust backtrace on stderr, then an exception that is not an
     # Exception); GDAL would fail with a network error
     from tileseg.errors import ConfigError
-    from tileseg.remote import gdal_options
+    from tileseg.sources.remote import gdal_options
     from tileseg.store import open_store
 
     monkeypatch.setenv(variable, value)
@@ -286,7 +286,7 @@ def test_a_malformed_endpoint_is_refused_before_any_request(
 @pytest.mark.parametrize("value", ["http://127.0.0.1:9000", "https://minio.example.org/",
                                    "http://[::1]:9000"])
 def test_a_well_formed_endpoint_passes(value: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tileseg.remote import s3_endpoint
+    from tileseg.sources.remote import s3_endpoint
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", value)
     assert s3_endpoint() == value

@@ -15,8 +15,8 @@ from tileseg.config import PredictConfig
 from tileseg.errors import InputError, InputNotFoundError
 from tileseg.naming import default_mask_path
 from tileseg.pipeline import predict
-from tileseg.raster import open_raster
-from tileseg.subdatasets import parse_subdataset, raster_exists
+from tileseg.sources.raster import open_raster
+from tileseg.sources.subdatasets import parse_subdataset, raster_exists
 
 
 @pytest.fixture

@@ -66,7 +66,7 @@ from tileseg.errors import (
     flagged_message,
 )
 from tileseg.naming import source_name
-from tileseg.raster import is_remote
+from tileseg.sources.raster import is_remote
 from tileseg.staging import STAGING_SUFFIX, staging_path_for
 from tileseg.store import is_store_url
 from tileseg.text import counted

@@ -100,7 +100,7 @@ class PredictConfig:
     resolution: Resolution = None  # run at this pixel size (see Resolution)
     # resampling onto the run's grid: "METHOD" for every continuous band, "NAME=METHOD" for one
     # band (an asset key, common name, or 1-based band number); default bilinear, nearest
-    # for categorical bands (tileseg.scenes.stack)
+    # for categorical bands (tileseg.sources.stack)
     resampling: tuple[str, ...] = ()
     aoi: str | None = None  # area of interest: a vector file, or a bbox "W,S,E,N"
     aoi_crs: str | None = None  # the bbox's CRS (default EPSG:4326), or a file's without one
@@ -150,7 +150,7 @@ class PredictConfig:
         if self.bands is not None:
             self._check_bands()
         self._check_resolution()
-        from tileseg.scenes.stack import check_resampling
+        from tileseg.sources.stack import check_resampling
 
         for entry in self.resampling:
             name, _, method = entry.rpartition("=")

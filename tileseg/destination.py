@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePath, PurePosixPath
 
 from tileseg.errors import ConfigError, OutputError
-from tileseg.raster import is_remote
+from tileseg.sources.raster import is_remote
 from tileseg.store import is_store_url
 
 PathLike = str | os.PathLike[str]
@@ -192,7 +192,7 @@ def raster_files(path: PathLike) -> list[str]:
     if is_remote(name):
         return []
     try:
-        from tileseg.raster import open_dataset
+        from tileseg.sources.raster import open_dataset
 
         with open_dataset(name) as src:
             files = [f for f in src.files if not is_remote(f)]

@@ -19,7 +19,7 @@ from rasterio.windows import Window
 from tileseg import mask as mask_format
 from tileseg.errors import ConfigError, InputError, InputNotFoundError
 from tileseg.metrics import SegmentationMetrics, compute_metrics, confusion_matrix, format_table
-from tileseg.subdatasets import raster_exists
+from tileseg.sources.subdatasets import raster_exists
 from tileseg.text import counted
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def evaluate(config: EvaluateConfig) -> EvaluationReport:
     >>> report = evaluate(EvaluateConfig("mask.tif", "labels.tif"))     # doctest: +SKIP
     >>> print(report.table())                                          # doctest: +SKIP
     """
-    from tileseg.raster import check_aligned
+    from tileseg.sources.raster import check_aligned
 
     for path in (config.predicted, config.labels):
         if not raster_exists(str(path)):  # a file, or a subdataset name whose file exists

@@ -42,7 +42,7 @@ from tileseg.engine import (
 from tileseg.errors import ConfigError, DependencyError, ModelError, OutputError
 from tileseg.grid import Rect, TileGrid
 from tileseg.model import LoadedModel, class_logits
-from tileseg.raster import RasterInfo, WindowReader
+from tileseg.sources.raster import RasterInfo, WindowReader
 from tileseg.tta import averaged, check_mode
 
 logger = logging.getLogger(__name__)

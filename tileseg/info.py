@@ -14,7 +14,7 @@ from tileseg.config import PredictConfig
 from tileseg.errors import ModelError, flag_for, flagged_message
 from tileseg.grid import TileGrid
 from tileseg.pipeline import check_model_fits, make_plan
-from tileseg.raster import RasterInfo, open_source
+from tileseg.sources.raster import RasterInfo, open_source
 
 
 def crs_label(wkt: str | None) -> str:

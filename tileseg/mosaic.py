@@ -48,9 +48,9 @@ from tileseg.errors import (
 from tileseg.grid import Rect, TileGrid
 from tileseg.infer import Runtime, blend_to_mask, infer_chunk_logits, make_runtime
 from tileseg.model import LoadedModel, cached, forget_cached, load_model
-from tileseg.pinning import check_unchanged
 from tileseg.progress import report_tiles
-from tileseg.raster import RasterInfo
+from tileseg.sources.pinning import check_unchanged
+from tileseg.sources.raster import RasterInfo
 from tileseg.store import zarr_store
 
 if TYPE_CHECKING:
@@ -164,7 +164,7 @@ class Job:
     nodata: int
     work_dir: str
     zarr_path: str
-    # this run's own id: the open datasets chunk tasks hand on (tileseg.raster) are this run's
+    # this run's own id: the open datasets chunk tasks hand on (tileseg.sources.raster) are this run's
     # only; not part of the token, so graph names stay the same for the same job
     run: str = ""
     aoi: AoiMask | None = None  # an area of interest: pixels outside are nodata, tiles skipped

@@ -17,7 +17,7 @@ from tileseg.errors import OutputError
 def source_name(src: str) -> str:
     """The file name of a local or remote source, without a URL's query string (an item of a
     STAC ItemCollection, ``collection.json#ID``, is named ``ID.json``)."""
-    from tileseg.subdatasets import parse_subdataset
+    from tileseg.sources.subdatasets import parse_subdataset
 
     sub = parse_subdataset(src)
     if sub is not None and sub.file is not None:  # NETCDF:"scene.nc":ndvi -> scene_ndvi.nc

@@ -19,7 +19,7 @@ from tileseg import mask as mask_format
 from tileseg.config import OutputFormat
 from tileseg.errors import OutputError
 from tileseg.metadata import ModelMetadata
-from tileseg.raster import RasterInfo, open_dataset
+from tileseg.sources.raster import RasterInfo, open_dataset
 from tileseg.store import zarr_store
 
 logger = logging.getLogger(__name__)

@@ -160,7 +160,7 @@ def _is_report(path: Path) -> bool:
 
 
 def _tiff_tags(path: Path) -> dict[str, str]:
-    from tileseg.raster import open_dataset
+    from tileseg.sources.raster import open_dataset
 
     try:
         with open_dataset(path) as src:

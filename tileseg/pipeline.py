@@ -52,16 +52,16 @@ from tileseg.outputs import (
     zarr_to_geotiff,
 )
 from tileseg.ownership import check_replaceable
-from tileseg.pinning import SourceVersion
 from tileseg.progress import ProgressCallback, listen_tiles
-from tileseg.raster import RasterInfo, is_remote, release_datasets
 from tileseg.run_report import RunReport, Tally, Timings, peak_rss_mb
 from tileseg.scenes import is_item_source
 from tileseg.scheduler import cluster_client, run_graph, scheduler_address
+from tileseg.sources.pinning import SourceVersion
+from tileseg.sources.raster import RasterInfo, is_remote, release_datasets
+from tileseg.sources.subdatasets import local_file
 from tileseg.staging import STAGING_SUFFIX, LocalStaging, Staging  # noqa: F401 (re-exported)
 from tileseg.store import is_store_url
 from tileseg.styles import publish_raster_styles, publish_raster_styles_to_store
-from tileseg.subdatasets import local_file
 from tileseg.text import counted
 
 if TYPE_CHECKING:
@@ -276,7 +276,7 @@ def has_valid_pixel(raster: RasterInfo, run: str | None = None) -> bool:
     ``run``: the run's id; the open raster (and the blocks it read) is then handed on to the
     run's first chunk task in this process, which reads those blocks again."""
     from tileseg.grid import Rect
-    from tileseg.raster import WindowReader
+    from tileseg.sources.raster import WindowReader
 
     if not raster.has_mask and not raster.dtype.startswith("float"):
         return True
@@ -530,7 +530,7 @@ def predict(
             # its --resume may go on with the file repaired in place (_check_source)
             _note(staging, {"source_damaged": True})
             raise
-        finally:  # worker processes close theirs when idle (tileseg.raster._DatasetPool)
+        finally:  # worker processes close theirs when idle (tileseg.sources.raster._DatasetPool)
             release_datasets(job.run)
         timings.computed, timings.rss_compute_mb = time.perf_counter(), peak_rss_mb()
         _check_one_runtime(config, tally)

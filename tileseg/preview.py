@@ -33,10 +33,10 @@ from tileseg.destination import writable_folder
 from tileseg.diskspace import full_disk_as_error
 from tileseg.errors import ConfigError, DiskFullError, InputError, InputNotFoundError, OutputError
 from tileseg.metadata import ClassInfo
-from tileseg.raster import is_remote, open_dataset
+from tileseg.sources.raster import is_remote, open_dataset
+from tileseg.sources.subdatasets import raster_exists
 from tileseg.store import is_store_url, zarr_store
 from tileseg.styles import legend_for, mask_legend
-from tileseg.subdatasets import raster_exists
 from tileseg.text import counted
 
 logger = logging.getLogger(__name__)

@@ -35,8 +35,8 @@ from tileseg.store import is_store_url
 
 if TYPE_CHECKING:
     from tileseg.model import LoadedModel
-    from tileseg.raster import RasterInfo
     from tileseg.scenes.stac import SceneItem
+    from tileseg.sources.raster import RasterInfo
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ compact wheel with no aiobotocore stack, zarr v3 ships a store on top of it
 possible without a shared file system. ``s3://``, ``gs://`` and ``az://`` URLs take the same
 path; credentials come from the usual environment variables and profiles, and
 ``AWS_ENDPOINT_URL`` selects an S3-compatible endpoint (plain ``http://`` ones included). Every
-request is bounded by :class:`tileseg.remote.RequestPolicy` (``$TILESEG_HTTP_TIMEOUT``,
+request is bounded by :class:`tileseg.sources.remote.RequestPolicy` (``$TILESEG_HTTP_TIMEOUT``,
 ``$TILESEG_HTTP_RETRIES``): a store that accepts connections and never answers fails the
 request after the timeout, and its retries stop after a bounded time, not minutes later.
 """
@@ -60,7 +60,7 @@ class StoreLocation:
         if not bucket:
             raise OutputError(f"{url}: no bucket in the URL; use {scheme}://BUCKET/KEY")
         if scheme == "s3":  # every store operation parses first: a bad endpoint stops here
-            from tileseg.remote import s3_endpoint
+            from tileseg.sources.remote import s3_endpoint
 
             s3_endpoint()
         return cls(url, f"{scheme}://{bucket}", key.strip("/"))
@@ -93,7 +93,7 @@ def open_store(root: str) -> Any:
     _obstore()
     from obstore.store import from_url
 
-    from tileseg.remote import RequestPolicy, s3_endpoint
+    from tileseg.sources.remote import RequestPolicy, s3_endpoint
 
     # checked before obstore sees it: a malformed endpoint panics inside it
     endpoint = s3_endpoint() if root.startswith("s3://") else None
@@ -174,7 +174,7 @@ def _describe_failure(location: StoreLocation, exc: BaseException) -> str:
     if "not found" in text.lower() and "bucket" in text.lower():
         return f"{location.url}: the bucket does not exist; create it or fix the URL"
     if "kind: Timeout" in text or "TimedOut" in text:
-        from tileseg.remote import within
+        from tileseg.sources.remote import within
 
         return (f"{location.url}: the store did not answer {within()}, on any try; check "
                 "AWS_ENDPOINT_URL and the network")

@@ -58,7 +58,7 @@ def mask_legend(path: str | os.PathLike[str]) -> tuple[ClassInfo, ...]:
     raster with a colour table but no tileseg tag yields one class per entry that is not fully
     transparent (named ``class_<value>``).
     """
-    from tileseg.raster import open_dataset
+    from tileseg.sources.raster import open_dataset
     from tileseg.store import is_store_url, zarr_store
 
     path = os.fspath(path)

@@ -1,8 +1,8 @@
 """Scenes as users hold them: a raster, several rasters read as one, or a STAC item; the pixel
 size to run at; an area of interest.
 
-:func:`open_scene` turns a run's ``src`` into the :class:`~tileseg.raster.RasterInfo` the rest
-of tileseg reads (a stack of files is one, with its :class:`~tileseg.scenes.stack.StackSpec`),
+:func:`open_scene` turns a run's ``src`` into the :class:`~tileseg.sources.raster.RasterInfo` the rest
+of tileseg reads (a stack of files is one, with its :class:`~tileseg.sources.stack.StackSpec`),
 and keeps the STAC item it came from, if any, for the output item.
 """
 
@@ -21,9 +21,9 @@ from tileseg.errors import ConfigError, InputError
 if TYPE_CHECKING:
     from tileseg.config import PredictConfig
     from tileseg.metadata import ModelMetadata
-    from tileseg.raster import RasterInfo
     from tileseg.scenes.stac import SceneItem
-    from tileseg.scenes.stack import StackSpec
+    from tileseg.sources.raster import RasterInfo
+    from tileseg.sources.stack import StackSpec
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def source_files(src: Any) -> list[str]:
     """The paths a run reads (for the checks that no output replaces an input): local files
     with their sidecars, remote URLs as they are; a local item and its local assets."""
     from tileseg.destination import raster_files
-    from tileseg.raster import is_remote
+    from tileseg.sources.raster import is_remote
 
     if isinstance(src, tuple):
         return [f for path in src for f in ([path] if is_remote(path) else raster_files(path))]
@@ -126,7 +126,7 @@ def open_scene(config: PredictConfig, model: ModelMetadata | None) -> Scene:
         return Scene(stack_info(spec, config.nodata))
     if is_item_source(src):
         from tileseg.scenes.stac import band_requests, load_item
-        from tileseg.scenes.stack import build_stack
+        from tileseg.sources.stack import build_stack
 
         if config.bands is not None and not all(isinstance(b, str) for b in config.bands):
             raise InputError(f"{label}: bands of a STAC item are named, not numbered: give asset "
@@ -144,7 +144,7 @@ def open_scene(config: PredictConfig, model: ModelMetadata | None) -> Scene:
 
 def _single_raster(src: str, config: PredictConfig, resolution: float | None,
                    defaults: dict[str, str], by_name: dict[str, str]) -> RasterInfo:
-    from tileseg.raster import open_raster
+    from tileseg.sources.raster import open_raster
 
     if config.bands is not None and not all(isinstance(b, int) for b in config.bands):
         raise InputError(f"{src}: bands {','.join(map(str, config.bands))} are names, which only "
@@ -158,7 +158,7 @@ def _single_raster(src: str, config: PredictConfig, resolution: float | None,
     native = math.sqrt(abs(t.determinant))
     if math.isclose(native, resolution, rel_tol=1e-9) and not (t.b or t.d):
         return info
-    from tileseg.scenes.stack import BandRequest, build_stack
+    from tileseg.sources.stack import BandRequest, build_stack
 
     requests = [BandRequest(src, b, name=f"band {b}",
                             resampling=by_name.get(str(b)))
@@ -170,8 +170,8 @@ def _single_raster(src: str, config: PredictConfig, resolution: float | None,
 def _file_stack(files: tuple[str, ...], config: PredictConfig, resolution: float | None,
                 defaults: dict[str, str], by_name: dict[str, str]) -> StackSpec:
     """Every band of every file, in order; ``bands`` numbers pick among them."""
-    from tileseg.raster import gdal_message, is_remote, open_dataset
-    from tileseg.scenes.stack import BandRequest, build_stack
+    from tileseg.sources.raster import gdal_message, is_remote, open_dataset
+    from tileseg.sources.stack import BandRequest, build_stack
 
     label = stack_label(files)
     requests: list[BandRequest] = []
@@ -208,8 +208,8 @@ def stack_info(spec: StackSpec, nodata: float | None) -> RasterInfo:
     """The :class:`RasterInfo` of a stack: its grid, dtype, bands and validity."""
     from rasterio.crs import CRS
 
-    from tileseg.raster import RasterInfo, _check_nodata_fits
-    from tileseg.scenes.stack import WARP_BLOCK
+    from tileseg.sources.raster import RasterInfo, _check_nodata_fits
+    from tileseg.sources.stack import WARP_BLOCK
 
     grid = spec.grid
     if nodata is not None:
@@ -284,7 +284,7 @@ def overview_has_valid_pixel(raster: RasterInfo, side: int = 64) -> bool:
     full). Masks only: float bands (NaN) and a nodata given by the caller answer no."""
     from rasterio.enums import Resampling
 
-    from tileseg.raster import open_source
+    from tileseg.sources.raster import open_source
 
     if raster.nodata is not None or raster.dtype.startswith("float"):
         return False

@@ -26,7 +26,7 @@ from affine import Affine
 
 from tileseg.errors import ConfigError, InputError, InputNotFoundError
 from tileseg.grid import Rect, TileGrid
-from tileseg.raster import RasterInfo
+from tileseg.sources.raster import RasterInfo
 
 logger = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def read_aoi(aoi: str, aoi_crs: str | None) -> tuple[Any, Any]:
 def _read_vector(path: str) -> tuple[Any, str | None]:
     import shapely
 
-    from tileseg.raster import is_remote
+    from tileseg.sources.raster import is_remote
 
     if not is_remote(path) and not Path(path).exists():
         raise InputNotFoundError(f"{path}: no such AOI file; check the path, or give a bbox "

@@ -16,7 +16,7 @@ import numpy as np
 from tileseg.grid import Rect
 from tileseg.metadata import ModelMetadata
 from tileseg.outputs import create_zarr
-from tileseg.raster import RasterInfo
+from tileseg.sources.raster import RasterInfo
 from tileseg.store import zarr_store
 
 

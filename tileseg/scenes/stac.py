@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 from tileseg.errors import InputError, InputNotFoundError
-from tileseg.scenes.stack import BandRequest
+from tileseg.sources.stack import BandRequest
 
 logger = logging.getLogger(__name__)
 

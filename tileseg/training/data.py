@@ -18,8 +18,8 @@ import rasterio
 from rasterio.windows import Window
 
 from tileseg.errors import InputError, InputNotFoundError
-from tileseg.raster import check_aligned
-from tileseg.subdatasets import raster_exists
+from tileseg.sources.raster import check_aligned
+from tileseg.sources.subdatasets import raster_exists
 from tileseg.text import counted
 from tileseg.training.config import IGNORE_INDEX, Holdout, TrainConfig, TrainSource
 

@@ -17,7 +17,7 @@ import shapely
 from tileseg.errors import ConfigError, InputError, log_params
 from tileseg.naming import check_not_source
 from tileseg.progress import Progress, ProgressCallback
-from tileseg.raster import is_remote
+from tileseg.sources.raster import is_remote
 from tileseg.store import is_store_url
 from tileseg.styles import legend_for, mask_legend
 from tileseg.text import counted

@@ -18,7 +18,7 @@ from affine import Affine
 
 from tileseg import mask as mask_format
 from tileseg.errors import InputError, InputNotFoundError
-from tileseg.raster import checked_read, gdal_message, is_remote, open_dataset
+from tileseg.sources.raster import checked_read, gdal_message, is_remote, open_dataset
 from tileseg.store import is_store_url, zarr_store
 
 logger = logging.getLogger(__name__)

@@ -106,8 +106,8 @@ def stamp_object(path: str) -> FileStamp | None:
     the GDAL library could not be reached)."""
     import rasterio
 
-    from tileseg.gdal_native import http_headers
-    from tileseg.remote import gdal_options, vsi_path
+    from tileseg.sources.gdal_native import http_headers
+    from tileseg.sources.remote import gdal_options, vsi_path
 
     with rasterio.Env(**gdal_options(path)):
         headers = http_headers(vsi_path(path))
@@ -130,7 +130,7 @@ def current_version(path: str, files: tuple[str, ...] = ()) -> SourceVersion | N
     """The version of raster ``path`` now: the object (one request) for a remote raster, the
     file and ``files`` (the others GDAL reads for it) for a local one. None when a remote
     store did not answer, or when there is nothing to stamp (an in-memory dataset)."""
-    from tileseg.remote import is_http
+    from tileseg.sources.remote import is_http
 
     if is_http(path):
         stamp = stamp_object(path)
@@ -145,7 +145,7 @@ def check_unchanged(path: str, pinned: SourceVersion | None) -> None:
     :class:`SourceUnavailableError` (exit 5) when its store does not answer the check."""
     if pinned is None:
         return
-    from tileseg.remote import RequestPolicy, is_http
+    from tileseg.sources.remote import RequestPolicy, is_http
 
     files = tuple(f.path for f in pinned.files)
     if not is_http(path):
@@ -158,7 +158,7 @@ def check_unchanged(path: str, pinned: SourceVersion | None) -> None:
             if now is not None:
                 break
         if now is None:
-            from tileseg.raster import why_unreadable
+            from tileseg.sources.raster import why_unreadable
 
             raise SourceUnavailableError(
                 f"{path}: the store did not serve the source's version after {tries} tries "

@@ -21,17 +21,17 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from tileseg.errors import InputError, InputNotFoundError, SourceUnavailableError
-from tileseg.gdal_native import (
+from tileseg.grid import Rect
+from tileseg.metadata import SUPPORTED_DTYPES
+from tileseg.sources.gdal_native import (
     failure_count,
     forget_cached,
     install_error_handler,
     last_failure,
     library,
 )
-from tileseg.grid import Rect
-from tileseg.metadata import SUPPORTED_DTYPES
-from tileseg.pinning import SourceVersion, current_version
-from tileseg.remote import (
+from tileseg.sources.pinning import SourceVersion, current_version
+from tileseg.sources.remote import (
     RequestPolicy,
     gdal_options,
     is_http,
@@ -43,7 +43,7 @@ from tileseg.remote import (
 from tileseg.text import counted
 
 if TYPE_CHECKING:
-    from tileseg.scenes.stack import StackSpec
+    from tileseg.sources.stack import StackSpec
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +71,10 @@ class RasterInfo:
     block_shape: tuple[int, int]
     band_descriptions: tuple[str | None, ...]
     crs_is_metric: bool
-    # the source as the run found it, checked after every chunk (tileseg.pinning); not a fact
+    # the source as the run found it, checked after every chunk (tileseg.sources.pinning); not a fact
     # of the raster: left out of fingerprints, so a repaired file can be resumed
     version: SourceVersion | None = None
-    # several files read as one, on one grid (tileseg.scenes.stack); ``path`` then names them
+    # several files read as one, on one grid (tileseg.sources.stack); ``path`` then names them
     stack: StackSpec | None = None
     # a window of a larger raster (an area of interest's, tileseg.scenes.aoi): its pixel (0, 0)
     # is pixel ``origin`` (row, col) of a raster of ``base_shape``, read past the window's
@@ -106,7 +106,7 @@ def open_dataset(path: str | os.PathLike[str], mode: str = "r", *, quiet: bool =
     itself, once). ``warnings.catch_warnings`` swaps process-wide state, so concurrent reader
     threads take turns, or one thread's exit could restore filters under another; ``quiet=False``
     (a raster known to be georeferenced, which cannot warn) skips that lock. Remote rasters
-    get the GDAL options of :func:`tileseg.remote.gdal_options` (the S3 endpoint override,
+    get the GDAL options of :func:`tileseg.sources.remote.gdal_options` (the S3 endpoint override,
     timeouts). GDAL's own error lines go to logging from here on, never to stderr."""
     install_error_handler()
     with rasterio.Env(**gdal_options(str(path))):
@@ -124,7 +124,7 @@ def _forget_cached(path: str) -> None:
 
 def open_source(info: RasterInfo) -> Any:
     """The dataset behind ``info``: the raster file, or the stack of files
-    (:class:`tileseg.scenes.stack.StackDataset`, with the same ``read``/``read_masks``)."""
+    (:class:`tileseg.sources.stack.StackDataset`, with the same ``read``/``read_masks``)."""
     if info.stack is not None:
         return info.stack.open()
     return open_dataset(info.path, quiet=info.crs_wkt is None)
@@ -160,7 +160,7 @@ def open_raster(
     allow_no_crs: bool = False,
 ) -> RasterInfo:
     """Open and validate a raster, returning its facts. Raises one-line :class:`InputError` s."""
-    from tileseg.subdatasets import check_subdataset_name
+    from tileseg.sources.subdatasets import check_subdataset_name
 
     path = str(path)
     if not is_remote(path) and not Path(path).exists() and check_subdataset_name(path) is None:
@@ -241,7 +241,7 @@ def _describe(
     src: Any, path: str, bands: tuple[int, ...] | None, nodata: float | None, allow_no_crs: bool
 ) -> RasterInfo:
     if src.count == 0:  # a container (NetCDF with several variables...): which raster?
-        from tileseg.subdatasets import container_error
+        from tileseg.sources.subdatasets import container_error
 
         raise container_error(src, path)
     indexes = tuple(bands) if bands else tuple(src.indexes)
@@ -502,8 +502,8 @@ class WindowReader:
     process, so neighbouring chunks fetch their shared halo blocks once.
 
     A failed read is never data: a read that raises, or during which GDAL reported a failure
-    from a thread of its own (:mod:`tileseg.gdal_native`), is tried again on a freshly opened
-    dataset, up to the retries of :class:`tileseg.remote.RequestPolicy` for a remote raster
+    from a thread of its own (:mod:`tileseg.sources.gdal_native`), is tried again on a freshly opened
+    dataset, up to the retries of :class:`tileseg.sources.remote.RequestPolicy` for a remote raster
     (once more, for a local one, only when the failure came from such a thread); then it stops
     with :class:`SourceUnavailableError` (a remote store that did not serve it, exit 5) or
     :class:`InputError` (a damaged file, exit 2).

@@ -181,7 +181,7 @@ class _FileFacts:
 def _open_facts(href: str, name: str, label: str) -> _FileFacts:
     from rasterio.enums import MaskFlags
 
-    from tileseg.raster import gdal_message, is_remote, open_dataset
+    from tileseg.sources.raster import gdal_message, is_remote, open_dataset
 
     try:
         with open_dataset(href) as src:
@@ -295,7 +295,7 @@ def warped_vrt(href: str, grid: Grid, resampling: str, nodata: float | None) -> 
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
 
-    from tileseg.raster import open_dataset
+    from tileseg.sources.raster import open_dataset
 
     options: dict[str, Any] = {}
     if nodata is not None:
@@ -406,12 +406,12 @@ class StackDataset:
 
     Each source file (or warped VRT) is opened once and kept, so GDAL's block cache serves the
     blocks that neighbouring windows share. Not thread-safe, like a rasterio dataset: one reader
-    at a time (:class:`tileseg.raster.WindowReader` and its pool see to that).
+    at a time (:class:`tileseg.sources.raster.WindowReader` and its pool see to that).
     """
 
     def __init__(self, spec: StackSpec) -> None:
-        from tileseg.raster import decode_threads, open_dataset
-        from tileseg.remote import gdal_options
+        from tileseg.sources.raster import decode_threads, open_dataset
+        from tileseg.sources.remote import gdal_options
 
         self.spec = spec
         self.count = len(spec.bands)
@@ -432,7 +432,7 @@ class StackDataset:
                     self._datasets.append(open_dataset(name, quiet=False))
         except RasterioIOError as exc:
             self.close()
-            from tileseg.raster import gdal_message
+            from tileseg.sources.raster import gdal_message
 
             raise RasterioIOError(f"{source.href}: {gdal_message(exc)}") from exc
         except BaseException:
@@ -528,7 +528,7 @@ class StackDataset:
                     return np.asarray(ds.read_masks(band.band, **kwargs))
                 return np.asarray(ds.read(band.band, **kwargs))
             except RasterioIOError as exc:
-                from tileseg.raster import gdal_message
+                from tileseg.sources.raster import gdal_message
 
                 href = self.spec.sources[band.source].href
                 raise RasterioIOError(f"{band.name} ({href}): {gdal_message(exc)}") from exc

@@ -222,7 +222,7 @@ def gdal_options(path: str) -> dict[str, str]:
     {'GDAL_DISABLE_READDIR_ON_OPEN': 'EMPTY_DIR', ..., 'GDAL_HTTP_LOW_SPEED_TIME': '30', ...,
      'AWS_S3_ENDPOINT': '127.0.0.1:9000', 'AWS_HTTPS': 'NO', 'AWS_VIRTUAL_HOSTING': 'FALSE'}
     """
-    from tileseg.raster import is_remote
+    from tileseg.sources.raster import is_remote
 
     options: dict[str, str] = {}
     if not is_remote(path):
@@ -232,11 +232,11 @@ def gdal_options(path: str) -> dict[str, str]:
     options["GDAL_DISABLE_READDIR_ON_OPEN"] = "EMPTY_DIR"
     # GDAL fetches the ranges of a multi-threaded read ahead of time, merged, in a thread of its
     # own that reports a failed request only through its error handler, and the read then
-    # returns zeros without raising: tileseg.gdal_native counts those reports and
-    # tileseg.raster fails (and retries) such a read. Kept on: 3.3x fewer requests and 1.25x
+    # returns zeros without raising: tileseg.sources.gdal_native counts those reports and
+    # tileseg.sources.raster fails (and retries) such a read. Kept on: 3.3x fewer requests and 1.25x
     # the tiles/s of one request per block (benchmarks/bench_remote.py, 20 ms latency).
     # No answer (or no byte, mid-transfer) for the timeout abandons a request; tileseg retries
-    # (tileseg.raster), so GDAL's own retries would only multiply the waits.
+    # (tileseg.sources.raster), so GDAL's own retries would only multiply the waits.
     policy = RequestPolicy.from_environment()
     options["GDAL_HTTP_CONNECTTIMEOUT"] = str(policy.whole_s)
     options["GDAL_HTTP_LOW_SPEED_TIME"] = str(policy.whole_s)
