@@ -83,7 +83,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                 "tiles": result.tiles_inferred, "engine": result.report["engine"],
                 "rss_mb": _peak_rss_mb()}
     from tileseg.infer import make_runtime
-    from tileseg.model import load_model
+    from tileseg.models.loaded import load_model
 
     runtime = make_runtime(load_model(spec["model"]), device="cpu", precision=precision,
                            batch_size=spec["batch_size"], tile_size=513, overlap=65,
@@ -128,8 +128,8 @@ def prepare(work: Path, size: int) -> dict[str, dict[str, Any]]:
     import torch
     from bench_fidelity import mirrored_sample  # the same scene as the fidelity benchmark
 
-    from tileseg.metadata import ModelMetadata, Normalization
-    from tileseg.model import ModelSpec, build_model, save_model
+    from tileseg.models.loaded import ModelSpec, build_model, save_model
+    from tileseg.models.metadata import ModelMetadata, Normalization
     from tileseg.pipeline import BUNDLED_MODEL
     from tileseg.samples import fetch
 
@@ -153,7 +153,7 @@ def prepare(work: Path, size: int) -> dict[str, dict[str, Any]]:
 
 def warm_export(model_dir: str) -> float:
     from tileseg.infer import make_runtime
-    from tileseg.model import clear_cache, load_model
+    from tileseg.models.loaded import clear_cache, load_model
 
     started = time.perf_counter()
     make_runtime(load_model(model_dir), device="cpu", precision="auto", batch_size=4,

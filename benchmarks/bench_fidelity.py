@@ -34,7 +34,7 @@ import torch
 import tileseg.pipeline as predict_module
 from tileseg.config import PredictConfig
 from tileseg.grid import TileGrid
-from tileseg.model import LoadedModel, ModelSpec, build_model, load_model, save_model
+from tileseg.models.loaded import LoadedModel, ModelSpec, build_model, load_model, save_model
 from tileseg.pipeline import BUNDLED_MODEL, predict
 from tileseg.samples import fetch
 from tileseg.sources.raster import WindowReader, open_raster
@@ -101,7 +101,7 @@ def unaligned() -> Iterator[None]:
 def random_model(path: Path, bands: int, src: str) -> Path:
     """resnet18 DeepLabV3+ with random weights, its head bias shifted so that about equal
     shares of the reference's pixels go to each of 6 classes."""
-    from tileseg.metadata import ModelMetadata
+    from tileseg.models.metadata import ModelMetadata
 
     torch.manual_seed(0)
     module = build_model(ModelSpec("DeepLabV3Plus", "resnet18", in_channels=bands, classes=6))
@@ -112,7 +112,7 @@ def random_model(path: Path, bands: int, src: str) -> Path:
     meta = ModelMetadata.default(6, bands, "float32")
     from dataclasses import replace
 
-    from tileseg.metadata import Normalization
+    from tileseg.models.metadata import Normalization
 
     meta = replace(meta, normalization=Normalization(mean=tuple(mean), std=tuple(std)))
     save_model(module, path, meta)

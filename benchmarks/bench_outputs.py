@@ -28,7 +28,7 @@ def make_zarr(path: Path, size: int) -> None:
     """A blocky, many-class mask (fields of 64-256 px), written chunk by chunk."""
     from rasterio.crs import CRS
 
-    from tileseg.metadata import ModelMetadata
+    from tileseg.models.metadata import ModelMetadata
     from tileseg.outputs import create_zarr, mark_zarr_complete
     from tileseg.sources.raster import RasterInfo
 

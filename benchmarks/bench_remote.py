@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
 from s3_server import Traffic, running_s3, s3_environment  # noqa: E402
 
 from tileseg.config import PredictConfig  # noqa: E402
-from tileseg.metadata import ClassInfo, ModelMetadata, Normalization  # noqa: E402
-from tileseg.model import LoadedModel, ModelSpec, build_model, wrap_module  # noqa: E402
+from tileseg.models.loaded import LoadedModel, ModelSpec, build_model, wrap_module  # noqa: E402
+from tileseg.models.metadata import ClassInfo, ModelMetadata, Normalization  # noqa: E402
 from tileseg.pipeline import predict  # noqa: E402
 
 BUCKET = "tileseg-bench"

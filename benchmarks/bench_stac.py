@@ -40,8 +40,8 @@ from s3_server import running_s3, s3_environment  # noqa: E402
 from stac_scenes import CRS, X0, Y0, write_item, write_scene  # noqa: E402
 
 from tileseg.config import PredictConfig  # noqa: E402
-from tileseg.metadata import ClassInfo, ModelMetadata, Normalization  # noqa: E402
-from tileseg.model import LoadedModel, ModelSpec, build_model, wrap_module  # noqa: E402
+from tileseg.models.loaded import LoadedModel, ModelSpec, build_model, wrap_module  # noqa: E402
+from tileseg.models.metadata import ClassInfo, ModelMetadata, Normalization  # noqa: E402
 from tileseg.pipeline import predict  # noqa: E402
 
 BANDS = ("blue", "green", "nir08", "swir16")

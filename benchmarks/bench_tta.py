@@ -59,7 +59,7 @@ def cost(engines: list[str], repeats: int) -> dict[str, dict[str, float]]:
 
     from tileseg import tta
     from tileseg.infer import make_runtime
-    from tileseg.model import load_model
+    from tileseg.models.loaded import load_model
     from tileseg.pipeline import BUNDLED_MODEL
 
     out: dict[str, dict[str, float]] = {}

@@ -28,7 +28,7 @@ def per_tile(device: str, batch: int) -> None:
     import torch
 
     from tileseg.infer import make_runtime
-    from tileseg.model import ModelSpec, build_model, wrap_module
+    from tileseg.models.loaded import ModelSpec, build_model, wrap_module
 
     torch.manual_seed(0)
     module = build_model(ModelSpec("DeepLabV3Plus", "resnet50", in_channels=3, classes=6))
@@ -57,8 +57,8 @@ def layouts(device: str, size: int, work: Path) -> None:
     from affine import Affine
 
     from tileseg.config import PredictConfig
-    from tileseg.metadata import ModelMetadata
-    from tileseg.model import ModelSpec, build_model, save_model
+    from tileseg.models.loaded import ModelSpec, build_model, save_model
+    from tileseg.models.metadata import ModelMetadata
     from tileseg.pipeline import predict
 
     rng = np.random.default_rng(0)

@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from tileseg.metadata import load_metadata
 from tileseg.metrics import SegmentationMetrics, compute_metrics, confusion_matrix
+from tileseg.models.metadata import load_metadata
 from tileseg.samples import cache_dir, fetch
 from tileseg.training import Holdout, TrainConfig, TrainResult, TrainSource, train, write_model_card
 from tileseg.training.data import split_holdout

@@ -14,8 +14,8 @@ import torch
 from affine import Affine
 from torch import nn
 
-from tileseg.metadata import ClassInfo, ModelMetadata, Normalization
-from tileseg.model import LoadedModel, wrap_module
+from tileseg.models.loaded import LoadedModel, wrap_module
+from tileseg.models.metadata import ClassInfo, ModelMetadata, Normalization
 
 SUITE_CACHE = Path(__file__).resolve().parents[1] / ".cache" / "tileseg-tests"
 HOME_CACHE = Path.home() / ".cache" / "tileseg"
@@ -160,7 +160,7 @@ def untiled_mask(model: LoadedModel, data: np.ndarray, scale: float = 1.0) -> np
 @pytest.fixture(scope="session")
 def deeplab_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real smp DeepLabV3+ (resnet18, random weights) saved with save_pretrained + metadata."""
-    from tileseg.model import ModelSpec, build_model, save_model
+    from tileseg.models.loaded import ModelSpec, build_model, save_model
 
     torch.manual_seed(0)
     module = build_model(ModelSpec(encoder_name="resnet18", in_channels=3, classes=3))
@@ -174,7 +174,7 @@ def several_class_deeplab(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight DeepLabV3+ whose head bias is shifted by each class's mean logit on an
     image, so its mask has several classes (unshifted it predicts one class almost everywhere,
     which would hide a wrong mask)."""
-    from tileseg.model import ModelSpec, build_model, save_model
+    from tileseg.models.loaded import ModelSpec, build_model, save_model
 
     torch.manual_seed(0)
     module = build_model(ModelSpec(encoder_name="resnet18", in_channels=3, classes=3)).eval()
@@ -192,7 +192,7 @@ def near_tie_deeplab(tmp_path_factory: pytest.TempPathFactory) -> Path:
     scaled by 1 + 1e-6 and shifted back by 1e-6 times class 0's median logit, so the two
     logits differ by a few float32 rounding steps, either way about as often: the order in
     which overlapping tiles are summed would decide the class of many pixels."""
-    from tileseg.model import ModelSpec, build_model, save_model
+    from tileseg.models.loaded import ModelSpec, build_model, save_model
 
     torch.manual_seed(1)
     module = build_model(ModelSpec(encoder_name="resnet18", in_channels=3, classes=2)).eval()

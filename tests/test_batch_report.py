@@ -18,8 +18,8 @@ from conftest import NORTH_UP, UTM, random_image
 from PIL import Image
 
 from tileseg.cli.main import cli
-from tileseg.metadata import ClassInfo, ModelMetadata, Normalization
-from tileseg.model import ModelSpec, build_model, save_model
+from tileseg.models.loaded import ModelSpec, build_model, save_model
+from tileseg.models.metadata import ClassInfo, ModelMetadata, Normalization
 
 SMALL = ["--tile-size", "64", "--overlap", "16", "--chunk-size", "96"]
 RED, GREEN, BLUE = (230, 60, 60), (60, 170, 90), (70, 90, 220)

@@ -427,7 +427,7 @@ def test_every_model_metadata_error_names_the_file(scene, deeplab_dir, tmp_path)
 def test_too_few_bands_never_suggests_impossible_bands(make_raster, tmp_path) -> None:
     from conftest import metadata
 
-    from tileseg.model import ModelSpec, build_model, save_model
+    from tileseg.models.loaded import ModelSpec, build_model, save_model
 
     five = tmp_path / "five"
     save_model(build_model(ModelSpec(encoder_name="resnet18", in_channels=5, classes=2)), five,
@@ -484,19 +484,19 @@ def test_library_warnings_are_one_log_line_shown_with_v() -> None:
 def test_no_metadata_warning_once_per_process(scene, deeplab_dir, tmp_path, caplog) -> None:
     import shutil
 
-    from tileseg.model import load_model
+    from tileseg.models.loaded import load_model
 
     bare = tmp_path / "bare"
     shutil.copytree(deeplab_dir, bare)
     (bare / "tileseg.json").unlink()
-    with caplog.at_level("WARNING", logger="tileseg.model"):
+    with caplog.at_level("WARNING", logger="tileseg.models.loaded"):
         for _ in range(3):
             load_model(bare, raster_dtype="uint8")
     assert sum("no tileseg.json" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_default_model_warning_once_per_process(scene, caplog, monkeypatch) -> None:
-    monkeypatch.setattr("tileseg.model._WARNED", set())  # as in a fresh process
+    monkeypatch.setattr("tileseg.models.loaded._WARNED", set())  # as in a fresh process
     from tileseg.config import PredictConfig
     from tileseg.pipeline import BUNDLED_MODEL, resolve_model
     from tileseg.sources.raster import open_raster
@@ -510,7 +510,7 @@ def test_default_model_warning_once_per_process(scene, caplog, monkeypatch) -> N
     # the library names the parameter, the CLI its flag
     assert sum(r.getMessage().startswith("no model given: the bundled land-cover")
                for r in caplog.records) == 1
-    monkeypatch.setattr("tileseg.model._WARNED", set())
+    monkeypatch.setattr("tileseg.models.loaded._WARNED", set())
     code, out = run("predict", str(scene), "o.tif")  # 3 bands for the 5-band model: exit 3
     assert code == 3 and "no --model given: the bundled land-cover one" in out, out
 

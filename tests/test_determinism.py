@@ -127,7 +127,7 @@ def test_a_resume_whose_engine_resolves_otherwise_is_not_published(
     ONNX Runtime is back finishes the run with the mask of an uninterrupted one."""
     import tileseg.engine
     from tileseg.errors import RunError
-    from tileseg.model import clear_cache
+    from tileseg.models.loaded import clear_cache
 
     dst = tmp_path / "mixed.zarr"
     _interrupted(scene, several_class_deeplab, dst, engine="auto")

@@ -419,7 +419,7 @@ def test_a_stac_item_on_the_store_on_workers_that_share_no_disk(cluster, tmp_pat
     from s3_server import running_s3, s3_environment
     from stac_scenes import write_item, write_scene
 
-    from tileseg.model import ModelSpec, build_model, save_model
+    from tileseg.models.loaded import ModelSpec, build_model, save_model
 
     files = write_scene(tmp_path / "scene")
     item = write_item(tmp_path / "scene", files)

@@ -20,7 +20,7 @@ from tileseg.cli.main import cli
 from tileseg.config import PredictConfig
 from tileseg.errors import DependencyError, ModelError
 from tileseg.infer import make_runtime
-from tileseg.model import ModelSpec, build_model, clear_cache, load_model, save_model, wrap_module
+from tileseg.models.loaded import ModelSpec, build_model, clear_cache, load_model, save_model, wrap_module
 from tileseg.pipeline import BUNDLED_MODEL, predict
 
 pytest.importorskip("onnxruntime")

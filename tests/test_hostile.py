@@ -710,7 +710,7 @@ def _issue21_models(root: Path, meta: dict) -> dict[str, Path]:
     """Checkpoints, weights, ONNX files and MLM items, good and broken (tiny networks)."""
     import warnings
 
-    from tileseg.model import ModelSpec, build_model
+    from tileseg.models.loaded import ModelSpec, build_model
 
     root.mkdir()
     spec = ModelSpec("Unet", "resnet18", in_channels=3, classes=3, extra={"encoder_depth": 3,

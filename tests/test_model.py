@@ -23,12 +23,12 @@ import torch
 from click.testing import CliRunner
 from conftest import CountingModel, metadata, per_pixel_model, random_image
 
-from tileseg import model as model_mod
 from tileseg import mosaic
 from tileseg.cli.main import cli
 from tileseg.errors import ModelError
-from tileseg.metadata import ClassInfo, ModelMetadata, Normalization
-from tileseg.model import ModelSpec, build_model, load_model, save_model, wrap_module
+from tileseg.models import loaded as model_mod
+from tileseg.models.loaded import ModelSpec, build_model, load_model, save_model, wrap_module
+from tileseg.models.metadata import ClassInfo, ModelMetadata, Normalization
 
 
 def test_cached_calls_the_factory_once_per_key_and_does_not_block_other_keys() -> None:
@@ -156,7 +156,7 @@ def test_a_negative_std_is_refused() -> None:
 
 def test_tileseg_json_without_normalization_is_scaled_by_the_dtype_with_a_warning(
         deeplab_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("WARNING", logger="tileseg.model")
+    caplog.set_level("WARNING", logger="tileseg.models.loaded")
     meta = _meta(deeplab_dir)
     del meta["normalization"]
     stated = _variant(deeplab_dir, tmp_path / "stated", tileseg_json=meta)  # dtype uint8
@@ -179,7 +179,7 @@ def test_tileseg_json_without_normalization_is_scaled_by_the_dtype_with_a_warnin
 
 def test_a_module_without_metadata_is_scaled_by_a_guess_with_a_warning(
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("WARNING", logger="tileseg.model")
+    caplog.set_level("WARNING", logger="tileseg.models.loaded")
     model = wrap_module(CountingModel(3, 2), source="<test module>", dtype="uint8")
     assert model.metadata.normalization.scale == (1 / 255,)
     assert "<test module>: no metadata given" in caplog.text

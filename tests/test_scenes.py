@@ -30,7 +30,7 @@ from tileseg.cli.main import cli
 from tileseg.config import PredictConfig
 from tileseg.errors import ConfigError, InputError
 from tileseg.grid import Rect
-from tileseg.model import LoadedModel
+from tileseg.models.loaded import LoadedModel
 from tileseg.pipeline import predict
 from tileseg.scenes import open_scene
 from tileseg.scenes.stac import asset_bands, find_band
@@ -88,7 +88,7 @@ def read_all(config: PredictConfig, model: LoadedModel | None = None) -> np.ndar
 def deeplab4(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A DeepLabV3+ taking the scene's four bands by name, its head shifted so that its mask
     has several classes (a spatial model: tiles and their context matter)."""
-    from tileseg.model import ModelSpec, build_model, save_model
+    from tileseg.models.loaded import ModelSpec, build_model, save_model
 
     torch.manual_seed(3)
     module = build_model(ModelSpec(encoder_name="resnet18", in_channels=4, classes=3)).eval()

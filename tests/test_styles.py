@@ -25,7 +25,7 @@ import rasterio
 from conftest import interrupt_after, per_pixel_model, random_image
 
 from tileseg.config import PredictConfig
-from tileseg.metadata import ClassInfo
+from tileseg.models.metadata import ClassInfo
 from tileseg.pipeline import predict
 from tileseg.styles import is_tileseg_qml, pam_xml, raster_qml, sidecar_paths, vector_qml
 from tileseg.vectorization import vectorize
@@ -239,7 +239,7 @@ def test_styles_stay_well_formed_xml_with_control_characters(style: Any) -> None
 
 
 def test_published_styles_parse_with_awkward_class_names(make_raster, tmp_path) -> None:
-    from tileseg.metadata import ModelMetadata, Normalization
+    from tileseg.models.metadata import ModelMetadata, Normalization
 
     src = make_raster(random_image(3, 40, 40))
     meta = ModelMetadata(classes=tuple(ClassInfo(i, n, (9 * i, 9, 9)) for i, n in enumerate(AWKWARD)),

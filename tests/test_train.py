@@ -15,7 +15,7 @@ from click.testing import CliRunner
 
 from tileseg.cli.main import cli
 from tileseg.errors import ModelError
-from tileseg.model import ModelSpec, build_model, load_model
+from tileseg.models.loaded import ModelSpec, build_model, load_model
 from tileseg.training import IGNORE_INDEX, Holdout, TrainConfig, TrainSource, train
 from tileseg.training.data import CropSampler, Source, split_holdout
 
@@ -106,7 +106,7 @@ def test_class_weights_favour_rare_classes_with_unit_mean() -> None:
 
 
 def test_default_class_colours_are_distinct_and_never_black_or_white() -> None:
-    from tileseg.metadata import ModelMetadata, default_color
+    from tileseg.models.metadata import ModelMetadata, default_color
 
     def min_distance(n: int) -> float:
         rgb = np.array([default_color(i) for i in range(n)], dtype=float)

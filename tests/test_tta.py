@@ -19,7 +19,7 @@ from tileseg.cli.main import cli
 from tileseg.config import PredictConfig
 from tileseg.errors import ConfigError
 from tileseg.infer import make_runtime
-from tileseg.model import load_model, wrap_module
+from tileseg.models.loaded import load_model, wrap_module
 from tileseg.pipeline import predict
 
 

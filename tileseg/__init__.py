@@ -11,7 +11,7 @@ rasterio until a function needs them)::
 Functions: :func:`predict`, :func:`vectorize`, :func:`evaluate`, :func:`train`,
 :func:`run_batch`, :func:`load_model`; their configuration types, results and errors. The
 modules behind them (``tileseg.pipeline``, ``tileseg.vectorization``, ``tileseg.evaluation``,
-``tileseg.training``, ``tileseg.batch``, ``tileseg.model``) hold the rest.
+``tileseg.training``, ``tileseg.batch``, ``tileseg.models.loaded``) hold the rest.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ _EXPORTS: dict[str, str] = {
     "load_manifest": "tileseg.batch",
     "BatchConfig": "tileseg.batch",
     "BatchResult": "tileseg.batch",
-    "load_model": "tileseg.model",
-    "LoadedModel": "tileseg.model",
+    "load_model": "tileseg.models.loaded",
+    "LoadedModel": "tileseg.models.loaded",
     "TilesegError": "tileseg.errors",
     "InputError": "tileseg.errors",
     "InputNotFoundError": "tileseg.errors",
@@ -102,7 +102,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         TilesegError,
     )
     from tileseg.evaluation import EvaluateConfig, EvaluationReport, evaluate
-    from tileseg.model import LoadedModel, load_model
+    from tileseg.models.loaded import LoadedModel, load_model
     from tileseg.pipeline import PredictResult, predict
     from tileseg.training import Holdout, TrainConfig, TrainResult, TrainSource, train
     from tileseg.vectorization import VectorizeConfig, VectorizeResult, vectorize

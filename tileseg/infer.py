@@ -41,7 +41,7 @@ from tileseg.engine import (
 )
 from tileseg.errors import ConfigError, DependencyError, ModelError, OutputError
 from tileseg.grid import Rect, TileGrid
-from tileseg.model import LoadedModel, class_logits
+from tileseg.models.loaded import LoadedModel, class_logits
 from tileseg.sources.raster import RasterInfo, WindowReader
 from tileseg.tta import averaged, check_mode
 
@@ -231,7 +231,7 @@ def _onnx_file_runtime(model: LoadedModel, *, device: str, precision: str,
 def onnx_device(device: str, precision: str, engine: str, compile_model: bool) -> torch.device:
     """Where a user's ONNX file runs: ONNX Runtime in fp32, on the CPU or, with onnxruntime-gpu
     installed, on CUDA (``auto`` picks CUDA only then). Anything else is one line."""
-    from tileseg.model_formats.onnxfile import import_onnxruntime
+    from tileseg.models.formats.onnxfile import import_onnxruntime
 
     if engine == "torch":
         raise ConfigError("an ONNX model file runs on ONNX Runtime, not torch; use engine auto "

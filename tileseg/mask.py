@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from tileseg.metadata import ClassInfo, class_json, parse_color
+from tileseg.models.metadata import ClassInfo, class_json, parse_color
 
 logger = logging.getLogger(__name__)
 

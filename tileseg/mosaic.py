@@ -47,7 +47,7 @@ from tileseg.errors import (
 )
 from tileseg.grid import Rect, TileGrid
 from tileseg.infer import Runtime, blend_to_mask, infer_chunk_logits, make_runtime
-from tileseg.model import LoadedModel, cached, forget_cached, load_model
+from tileseg.models.loaded import LoadedModel, cached, forget_cached, load_model
 from tileseg.progress import report_tiles
 from tileseg.sources.pinning import check_unchanged
 from tileseg.sources.raster import RasterInfo

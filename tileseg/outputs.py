@@ -18,7 +18,7 @@ from rasterio.windows import Window
 from tileseg import mask as mask_format
 from tileseg.config import OutputFormat
 from tileseg.errors import OutputError
-from tileseg.metadata import ModelMetadata
+from tileseg.models.metadata import ModelMetadata
 from tileseg.sources.raster import RasterInfo, open_dataset
 from tileseg.store import zarr_store
 

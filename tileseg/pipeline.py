@@ -33,7 +33,7 @@ from tileseg.errors import (
 )
 from tileseg.grid import TileGrid, aligned_overlap
 from tileseg.memory import check_memory
-from tileseg.model import LoadedModel, load_model, warn_once
+from tileseg.models.loaded import LoadedModel, load_model, warn_once
 from tileseg.mosaic import (
     SUMS_FORMAT,
     Job,
@@ -65,7 +65,7 @@ from tileseg.styles import publish_raster_styles, publish_raster_styles_to_store
 from tileseg.text import counted
 
 if TYPE_CHECKING:
-    from tileseg.metadata import ModelMetadata
+    from tileseg.models.metadata import ModelMetadata
     from tileseg.scenes.aoi import AoiPlan
     from tileseg.scenes.stac import SceneItem
     from tileseg.vectorization import VectorizeResult
@@ -218,7 +218,7 @@ def open_scene(config: PredictConfig, model: ModelMetadata | None) -> Any:
 def model_hint(config: PredictConfig, model: LoadedModel | None) -> ModelMetadata | None:
     """What the model says about its input before it is loaded: band names (to find a STAC
     item's assets), input count and pixel size (``tileseg.json``); None when it says nothing."""
-    from tileseg.metadata import load_metadata
+    from tileseg.models.metadata import load_metadata
 
     if model is not None:
         return model.metadata

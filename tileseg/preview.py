@@ -32,7 +32,7 @@ from tileseg import mask as mask_format
 from tileseg.destination import writable_folder
 from tileseg.diskspace import full_disk_as_error
 from tileseg.errors import ConfigError, DiskFullError, InputError, InputNotFoundError, OutputError
-from tileseg.metadata import ClassInfo
+from tileseg.models.metadata import ClassInfo
 from tileseg.sources.raster import is_remote, open_dataset
 from tileseg.sources.subdatasets import raster_exists
 from tileseg.store import is_store_url, zarr_store

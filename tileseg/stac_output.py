@@ -34,7 +34,7 @@ from tileseg.ownership import ITEM_MARK, ITEM_MARK_VALUE, is_output_item
 from tileseg.store import is_store_url
 
 if TYPE_CHECKING:
-    from tileseg.model import LoadedModel
+    from tileseg.models.loaded import LoadedModel
     from tileseg.scenes.stac import SceneItem
     from tileseg.sources.raster import RasterInfo
 

@@ -31,7 +31,7 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 
 from tileseg import mask as mask_format
-from tileseg.metadata import ClassInfo, default_color
+from tileseg.models.metadata import ClassInfo, default_color
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ def _colors(ctx: click.Context, param: click.Parameter,
             value: str | None) -> tuple[tuple[int, int, int], ...] | None:
     if not value:
         return None
-    from tileseg.metadata import parse_color
+    from tileseg.models.metadata import parse_color
 
     try:
         return tuple(parse_color(v.strip(), i) for i, v in enumerate(value.split(",")))

@@ -20,7 +20,7 @@ from tileseg.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
     from tileseg.config import PredictConfig
-    from tileseg.metadata import ModelMetadata
+    from tileseg.models.metadata import ModelMetadata
     from tileseg.scenes.stac import SceneItem
     from tileseg.sources.raster import RasterInfo
     from tileseg.sources.stack import StackSpec

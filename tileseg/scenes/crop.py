@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from tileseg.grid import Rect
-from tileseg.metadata import ModelMetadata
+from tileseg.models.metadata import ModelMetadata
 from tileseg.outputs import create_zarr
 from tileseg.sources.raster import RasterInfo
 from tileseg.store import zarr_store

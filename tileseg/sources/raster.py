@@ -22,7 +22,7 @@ from rasterio.windows import Window
 
 from tileseg.errors import InputError, InputNotFoundError, SourceUnavailableError
 from tileseg.grid import Rect
-from tileseg.metadata import SUPPORTED_DTYPES
+from tileseg.models.metadata import SUPPORTED_DTYPES
 from tileseg.sources.gdal_native import (
     failure_count,
     forget_cached,

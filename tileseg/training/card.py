@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from tileseg.metadata import ModelMetadata
 from tileseg.metrics import SegmentationMetrics
+from tileseg.models.metadata import ModelMetadata
 from tileseg.text import counted
 from tileseg.training.result import TrainResult
 

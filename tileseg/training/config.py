@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from tileseg.errors import ConfigError, ModelError
-from tileseg.model import ARCHITECTURES, canonical_architecture
+from tileseg.models.loaded import ARCHITECTURES, canonical_architecture
 from tileseg.text import counted
 
 HoldoutSide = Literal["left", "right", "top", "bottom"]

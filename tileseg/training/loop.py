@@ -20,9 +20,9 @@ from torch import nn
 
 from tileseg.device import resolve_device
 from tileseg.errors import ConfigError, InputError, OutputError
-from tileseg.metadata import ClassInfo, ModelMetadata, Normalization, default_color
 from tileseg.metrics import SegmentationMetrics, compute_metrics, confusion_matrix
-from tileseg.model import ModelSpec, build_model, readable_like_others, save_model
+from tileseg.models.loaded import ModelSpec, build_model, readable_like_others, save_model
+from tileseg.models.metadata import ClassInfo, ModelMetadata, Normalization, default_color
 from tileseg.training.card import write_model_card
 from tileseg.training.config import IGNORE_INDEX, TrainConfig
 from tileseg.training.data import (
@@ -252,7 +252,7 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
     """Refuse a model folder that would lose someone's files: a file, a non-empty folder without
     ``overwrite``, or (even with it) a folder that is not a model folder tileseg wrote."""
     from tileseg.destination import check_folder_creatable
-    from tileseg.metadata import METADATA_FILENAME
+    from tileseg.models.metadata import METADATA_FILENAME
 
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: is a file, not a folder; out_dir names the model folder "

@@ -41,7 +41,7 @@ import shapely
 from tileseg.destination import writable_folder
 from tileseg.diskspace import full_disk_as_error
 from tileseg.errors import DestinationBusyError, DiskFullError, OutputError
-from tileseg.metadata import ClassInfo
+from tileseg.models.metadata import ClassInfo
 from tileseg.runlock import check_lock_name
 from tileseg.store import is_store_url
 from tileseg.styles import add_layer_style

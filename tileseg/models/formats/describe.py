@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tileseg.model import LoadedModel
+from tileseg.models.loaded import LoadedModel
 
 FORMAT_NAMES = {
     "smp": "smp model folder (save_pretrained)",

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 
 from tileseg.errors import ModelError
-from tileseg.metadata import unreadable
+from tileseg.models.metadata import unreadable
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from tileseg.errors import ModelError
-from tileseg.metadata import (
+from tileseg.models.loaded import mask_classes, warn_once, with_scaling
+from tileseg.models.metadata import (
     METADATA_FILENAME,
     ClassInfo,
     ModelMetadata,
@@ -23,7 +24,6 @@ from tileseg.metadata import (
     read_metadata_json,
     scaling_words,
 )
-from tileseg.model import mask_classes, warn_once, with_scaling
 from tileseg.text import counted
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class Given:
 def read_sidecar(folder: Path) -> Given:
     """The ``tileseg.json`` in ``folder``; an empty :class:`Given` when there is none.
 
-    Besides the metadata :func:`tileseg.metadata.save_metadata` writes, it may name the network
+    Besides the metadata :func:`tileseg.models.metadata.save_metadata` writes, it may name the network
     of plain weights or an ONNX file: ``"network": {"architecture": "Unet", "encoder_name":
     "resnet34", "input_multiple": 32}`` (other keys are smp keyword arguments).
     """
@@ -106,7 +106,7 @@ def checked_metadata(given: Given, *, model_source: str, outputs: int, in_channe
             warn_once(
                 logger, str(Path(model_source).resolve()),
                 "%s has no tileseg.json: classes are numbered and the input is scaled by a guess "
-                "(%s); add metadata (tileseg.metadata.save_metadata) for real class names and "
+                "(%s); add metadata (tileseg.models.metadata.save_metadata) for real class names and "
                 "normalization", model_source, scaling_words(raster_dtype))
             return ModelMetadata.default(classes, in_channels, raster_dtype)
         warn_once(logger, where, "%s names no classes: they are numbered (class_0, class_1, ...)",

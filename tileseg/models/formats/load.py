@@ -12,12 +12,10 @@ import torch
 from torch import nn
 
 from tileseg.errors import InputNotFoundError, ModelError
-from tileseg.metadata import unreadable
-from tileseg.model import LoadedModel, ModelSpec, _divisor, fixed_input_size
-from tileseg.model_formats import files as fmt_files
-from tileseg.model_formats import torchgeo
-from tileseg.model_formats.given import Given, checked_metadata, read_sidecar
-from tileseg.model_formats.network import (
+from tileseg.models.formats import files as fmt_files
+from tileseg.models.formats import torchgeo
+from tileseg.models.formats.given import Given, checked_metadata, read_sidecar
+from tileseg.models.formats.network import (
     LoadOptions,
     build_with_weights,
     load_strict,
@@ -27,6 +25,8 @@ from tileseg.model_formats.network import (
     spec_from_config,
     with_overrides,
 )
+from tileseg.models.loaded import LoadedModel, ModelSpec, _divisor, fixed_input_size
+from tileseg.models.metadata import unreadable
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ HINT = ("give a model: an smp folder (save_pretrained), a TorchGeo .ckpt, a .pt/
 
 
 def load_any(path: Path, options: LoadOptions) -> LoadedModel:
-    """Load the model at ``path`` (see :func:`tileseg.model.load_model`)."""
+    """Load the model at ``path`` (see :func:`tileseg.models.loaded.load_model`)."""
     try:
         found, folder = path.exists(), path.is_dir()
         # listed, not only looked up by name: the run fingerprints and ships every file of it
@@ -143,7 +143,7 @@ def _load_weights(path: Path, state: dict[str, torch.Tensor], given: Given, opti
 
 def _load_onnx(path: Path, given: Given, options: LoadOptions, files: tuple[str, ...],
                item: Path | None) -> LoadedModel:
-    from tileseg.model_formats.onnxfile import OnnxNetwork, inspect_onnx, network_size
+    from tileseg.models.formats.onnxfile import OnnxNetwork, inspect_onnx, network_size
 
     where = str(item or path)
     if options.spec is not None or options.architecture or options.encoder_name:
@@ -177,7 +177,7 @@ def _load_onnx(path: Path, given: Given, options: LoadOptions, files: tuple[str,
 
 
 def _load_item(path: Path, options: LoadOptions) -> LoadedModel:
-    from tileseg.model_formats.mlm import ARTIFACT_KINDS, is_mlm_item, read_item
+    from tileseg.models.formats.mlm import ARTIFACT_KINDS, is_mlm_item, read_item
 
     data = fmt_files.read_json(path, "the model's STAC item")
     if not is_mlm_item(data):
@@ -208,7 +208,7 @@ def _finish(path: Path, module: nn.Module, spec: ModelSpec | None, given: Given,
             options: LoadOptions, fmt: str, files: tuple[str, ...], origin: dict[str, str],
             *, item: Path | None = None, architecture: str | None = None) -> LoadedModel:
     """The loaded torch network with its metadata, checked against it."""
-    from tileseg.model import _infer_classes_and_channels
+    from tileseg.models.loaded import _infer_classes_and_channels
 
     module.eval()
     if spec is not None:

@@ -3,7 +3,7 @@
 A model directory is what ``smp``'s ``model.save_pretrained(dir)`` writes (``config.json`` and
 ``model.safetensors``), optionally with tileseg's ``tileseg.json`` metadata beside it. Models as
 users hold them otherwise (a TorchGeo checkpoint, plain weights, an ONNX file, a STAC MLM item)
-are read by :mod:`tileseg.model_formats`; :func:`load_model` takes any of them. Loading never
+are read by :mod:`tileseg.models.formats`; :func:`load_model` takes any of them. Loading never
 touches the network and never executes code from the file: weights come from safetensors, or
 from ``torch.load(weights_only=True)``.
 """
@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from tileseg.errors import ModelError, log_params
-from tileseg.metadata import ModelMetadata, save_metadata, scaling_words
+from tileseg.models.metadata import ModelMetadata, save_metadata, scaling_words
 
 logger = logging.getLogger(__name__)
 
@@ -274,7 +274,7 @@ def load_model(
     Parameters
     ----------
     path
-        What the format is, is read from the content (see :mod:`tileseg.model_formats`): a
+        What the format is, is read from the content (see :mod:`tileseg.models.formats`): a
         directory written by ``model.save_pretrained(dir)`` (optionally with ``tileseg.json``);
         a TorchGeo ``SemanticSegmentationTask`` checkpoint (``.ckpt``); plain weights (a
         ``.pt``/``.pth``/``.safetensors`` state dict) with the architecture in a ``tileseg.json``
@@ -296,7 +296,7 @@ def load_model(
     >>> load_model("epoch=9.ckpt").format                # doctest: +SKIP
     'torchgeo'
     """
-    from tileseg.model_formats import LoadOptions, load_any
+    from tileseg.models.formats import LoadOptions, load_any
 
     options = LoadOptions(spec=spec, encoder_output_stride=encoder_output_stride,
                           decoder_atrous_rates=decoder_atrous_rates, raster_dtype=raster_dtype,

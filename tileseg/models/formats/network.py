@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from tileseg.errors import ModelError
-from tileseg.metadata import unreadable
-from tileseg.model import DEEPLAB, ModelSpec, build_model, canonical_architecture
+from tileseg.models.loaded import DEEPLAB, ModelSpec, build_model, canonical_architecture
+from tileseg.models.metadata import unreadable
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ _SPEC_KEYS = {"encoder_name", "in_channels", "classes", "encoder_output_stride",
 
 @dataclass(frozen=True)
 class LoadOptions:
-    """How to load a model, beyond its files (see :func:`tileseg.model.load_model`)."""
+    """How to load a model, beyond its files (see :func:`tileseg.models.loaded.load_model`)."""
 
     spec: ModelSpec | None = None  # the network of plain weights, built by the caller's hand
     encoder_output_stride: int | None = None

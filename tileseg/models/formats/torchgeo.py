@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from tileseg.errors import DependencyError, ModelError
-from tileseg.model import ModelSpec
+from tileseg.models.loaded import ModelSpec
 
 logger = logging.getLogger(__name__)
 

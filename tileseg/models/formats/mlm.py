@@ -32,10 +32,10 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from tileseg.errors import ModelError, OutputError
-from tileseg.metadata import SUPPORTED_DTYPES, ClassInfo, Normalization, parse_color
-from tileseg.model import LoadedModel
-from tileseg.model_formats.given import Given
-from tileseg.model_formats.network import spec_config
+from tileseg.models.formats.given import Given
+from tileseg.models.formats.network import spec_config
+from tileseg.models.loaded import LoadedModel
+from tileseg.models.metadata import SUPPORTED_DTYPES, ClassInfo, Normalization, parse_color
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ MLM_SCHEMA = f"https://stac-extensions.github.io/mlm/v{MLM_VERSION}/schema.json"
 STAC_VERSION = "1.1.0"
 MARK = "tileseg:version"  # in the properties of an item tileseg wrote: what it may replace
 
-# artifact types tileseg runs -> the file kinds (tileseg.model_formats.files.sniff) they are
+# artifact types tileseg runs -> the file kinds (tileseg.models.formats.files.sniff) they are
 ARTIFACT_KINDS = {
     "torch.save": ("torch",),
     "safetensors.torch.save_file": ("safetensors",),
@@ -486,7 +486,7 @@ def artifact_of(model: LoadedModel) -> Path:
     checkpoint, weights or ONNX file itself."""
     if model.format == "module":
         raise ModelError("a model object has no file an item could point at; save it with "
-                         "tileseg.model.save_model and export that folder")
+                         "tileseg.models.loaded.save_model and export that folder")
     weights = next((f for f in model.files if Path(f).suffix in (".safetensors", ".bin", ".pt",
                                                                  ".pth", ".ckpt", ".onnx")), None)
     if model.onnx_path:
@@ -497,7 +497,7 @@ def artifact_of(model: LoadedModel) -> Path:
 
 
 def _artifact_fields(model: LoadedModel, artifact: Path) -> dict[str, Any]:
-    from tileseg.model_formats.files import sniff
+    from tileseg.models.formats.files import sniff
 
     kind = sniff(artifact)
     if kind == "onnx":
@@ -515,7 +515,7 @@ def _artifact_fields(model: LoadedModel, artifact: Path) -> dict[str, Any]:
 
 def is_our_item(path: Path) -> bool:
     """Whether ``path`` is an MLM item tileseg wrote (an existing one it may replace)."""
-    from tileseg.model_formats.files import read_json
+    from tileseg.models.formats.files import read_json
 
     try:
         data = read_json(path, "an MLM item")

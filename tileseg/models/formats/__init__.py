@@ -12,7 +12,7 @@ weights    a plain state dict (``.pt``, ``.pth``, ``.safetensors``): the network
            the tensors' shapes
 onnx       an ONNX file from any framework, run by ONNX Runtime as it is
 mlm        a STAC item using the Machine Learning Model extension that points at any of the
-           above (:mod:`tileseg.model_formats.mlm`)
+           above (:mod:`tileseg.models.formats.mlm`)
 ========== ==============================================================================
 
 Loading never executes code from a file: ``torch.load(weights_only=True)`` (tensors, numbers,
@@ -22,7 +22,7 @@ keeps tileseg's defaults (numbered classes, the dtype's scaling) and their warni
 
 from __future__ import annotations
 
-from tileseg.model_formats.load import FORMATS, load_any
-from tileseg.model_formats.network import LoadOptions
+from tileseg.models.formats.load import FORMATS, load_any
+from tileseg.models.formats.network import LoadOptions
 
 __all__ = ["FORMATS", "LoadOptions", "load_any"]
