@@ -44,8 +44,8 @@ def fake_raster(height: int, width: int, bands: int = 3) -> Any:
 
 def make_job(raster: Any, tile_size: int, overlap: int, chunk_size: int, work: str) -> Any:
     from tileseg.config import RuntimeConfig
-    from tileseg.grid import TileGrid, chunk_tiles_for
-    from tileseg.mosaic import Job, ModelRef
+    from tileseg.inference.grid import TileGrid, chunk_tiles_for
+    from tileseg.inference.mosaic import Job, ModelRef
 
     grid = TileGrid(raster.height, raster.width, tile_size, overlap,
                     chunk_tiles_for(tile_size - overlap, chunk_size))
@@ -55,7 +55,7 @@ def make_job(raster: Any, tile_size: int, overlap: int, chunk_size: int, work: s
 
 
 def dry_run(size: int, tile_size: int, overlap: int, chunk_size: int) -> list[tuple[str, str]]:
-    from tileseg.mosaic import build_graph
+    from tileseg.inference.mosaic import build_graph
 
     started = time.perf_counter()
     job = make_job(fake_raster(size, size), tile_size, overlap, chunk_size, "/dry-run")
@@ -166,7 +166,7 @@ def _noop_finalize(job: Any, row: int, col: int, *deps: Any) -> dict[str, Any]:
 
 def overhead(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     """Seconds per task for the real graph shape with no-op tasks."""
-    from tileseg.mosaic import MosaicGraph, build_graph, finalize_task, infer_task
+    from tileseg.inference.mosaic import MosaicGraph, build_graph, finalize_task, infer_task
     from tileseg.scheduler import run_graph
 
     size = args.overhead_chunks * 64
@@ -194,7 +194,7 @@ def overhead(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1,
                                   dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as client:
-        client.run(lambda: __import__("tileseg.mosaic"))
+        client.run(lambda: __import__("tileseg.inference.mosaic"))
         measure("distributed, 2 worker processes", scheduler=None, workers=None, client=client)
     return rows
 

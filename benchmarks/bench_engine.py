@@ -53,7 +53,7 @@ def _peak_rss_mb() -> float:
 
 def _apply_variant(variant: str) -> tuple[str, int, str]:
     """Set the process up for a variant; returns (engine, workers, precision)."""
-    import tileseg.infer as infer
+    import tileseg.inference.infer as infer
 
     if variant in ("torch-nchw", "torch-before"):
         infer.CPU_CHANNELS_LAST = False
@@ -82,7 +82,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                 "total_s": result.report["seconds"]["total"],
                 "tiles": result.tiles_inferred, "engine": result.report["engine"],
                 "rss_mb": _peak_rss_mb()}
-    from tileseg.infer import make_runtime
+    from tileseg.inference.infer import make_runtime
     from tileseg.models.loaded import load_model
 
     runtime = make_runtime(load_model(spec["model"]), device="cpu", precision=precision,
@@ -152,7 +152,7 @@ def prepare(work: Path, size: int) -> dict[str, dict[str, Any]]:
 
 
 def warm_export(model_dir: str) -> float:
-    from tileseg.infer import make_runtime
+    from tileseg.inference.infer import make_runtime
     from tileseg.models.loaded import clear_cache, load_model
 
     started = time.perf_counter()

@@ -33,7 +33,7 @@ import torch
 
 import tileseg.pipeline as predict_module
 from tileseg.config import PredictConfig
-from tileseg.grid import TileGrid
+from tileseg.inference.grid import TileGrid
 from tileseg.models.loaded import LoadedModel, ModelSpec, build_model, load_model, save_model
 from tileseg.pipeline import BUNDLED_MODEL, predict
 from tileseg.samples import fetch
@@ -62,7 +62,7 @@ def reference_logits(model: LoadedModel, src: str, shift: int = 0) -> np.ndarray
     d = model.divisor
     ph = -(-(info.height + shift) // d) * d
     pw = -(-(info.width + shift) // d) * d
-    from tileseg.grid import Rect
+    from tileseg.inference.grid import Rect
 
     with WindowReader(info) as reader:
         data, valid = reader.read(Rect(-shift, -shift, ph, pw))

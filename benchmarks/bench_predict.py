@@ -61,7 +61,7 @@ def make_model(path: Path, encoder: str, classes: int) -> None:
 
 
 def model_only(model_dir: Path, args: argparse.Namespace) -> tuple[float, int, str]:
-    from tileseg.infer import make_runtime
+    from tileseg.inference.infer import make_runtime
     from tileseg.models.loaded import load_model
 
     rt = make_runtime(load_model(model_dir), device=args.device, precision=args.precision,
@@ -90,8 +90,8 @@ def input_only(src: Path, model_dir: Path, args: argparse.Namespace, batch: int,
     """Tiles/s one reader thread delivers (read, decode, cut, stack; no model): the ceiling of
     the input side for one task. ``decode_threads`` is GDAL_NUM_THREADS for the reads."""
     from tileseg.config import DEFAULT_CHUNK_SIZE
-    from tileseg.grid import TileGrid, chunk_tiles_for
-    from tileseg.infer import iter_batches
+    from tileseg.inference.grid import TileGrid, chunk_tiles_for
+    from tileseg.inference.infer import iter_batches
     from tileseg.models.loaded import load_model
     from tileseg.sources.raster import WindowReader, open_raster
 

@@ -57,8 +57,8 @@ def cost(engines: list[str], repeats: int) -> dict[str, dict[str, float]]:
     returns precomputed logits)."""
     import torch
 
-    from tileseg import tta
-    from tileseg.infer import make_runtime
+    from tileseg.inference import tta
+    from tileseg.inference.infer import make_runtime
     from tileseg.models.loaded import load_model
     from tileseg.pipeline import BUNDLED_MODEL
 

@@ -27,7 +27,7 @@ import numpy as np
 def per_tile(device: str, batch: int) -> None:
     import torch
 
-    from tileseg.infer import make_runtime
+    from tileseg.inference.infer import make_runtime
     from tileseg.models.loaded import ModelSpec, build_model, wrap_module
 
     torch.manual_seed(0)
@@ -89,7 +89,7 @@ def layouts(device: str, size: int, work: Path) -> None:
 
 
 def padding_cost(size: int, batch: int) -> None:
-    from tileseg.grid import TileGrid
+    from tileseg.inference.grid import TileGrid
 
     print(f"\n| chunk | tiles | tiles run with the last batch padded to {batch} | overhead |")
     print("|---|---|---|---|")
@@ -110,7 +110,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=3072)
     parser.add_argument("--batch", type=int, default=16)
     args = parser.parse_args()
-    from tileseg.device import resolve_device
+    from tileseg.inference.device import resolve_device
 
     device = str(resolve_device(args.device))
     print(f"device {device}\n")

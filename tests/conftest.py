@@ -28,7 +28,7 @@ def pytest_configure(config: pytest.Config | None) -> None:
     ONNX exports of the suite's models (hundreds of MB) always to the suite's own folder, never
     to the user's $TILESEG_CACHE. Set here, before any test runs, so subprocesses and worker
     processes inherit it too."""
-    from tileseg.engine import ONNX_CACHE_ENV, onnx_cache_dir
+    from tileseg.inference.engine import ONNX_CACHE_ENV, onnx_cache_dir
 
     USER_EXPORTS[:] = [onnx_cache_dir(), HOME_CACHE / "onnx"]
     current = os.environ.get("TILESEG_CACHE")
@@ -43,7 +43,7 @@ def _user_exports_untouched() -> Any:
     (Exports are recorded as they are made, not found by listing the folder afterwards: other
     programs the user runs meanwhile may well write there. Worker and CLI processes the tests
     start inherit TILESEG_ONNX_CACHE, which test_samples checks.)"""
-    from tileseg import engine
+    from tileseg.inference import engine
 
     suite = (SUITE_CACHE / "onnx").resolve()
     users = [f.resolve() for f in USER_EXPORTS if f.resolve() != suite]

@@ -84,7 +84,7 @@ def test_info_shows_the_plan(scene, deeplab_dir) -> None:
     assert facts["raster"]["size"] == [140, 150] and facts["raster"]["pixel_size"] == [10.0, 10.0]
     assert facts["warnings"] == []
     # the batch size predict would pick on this machine, which has no GPU in CI
-    from tileseg.infer import default_batch_size, resolve_device
+    from tileseg.inference.infer import default_batch_size, resolve_device
 
     assert facts["plan"]["batch_size"] == default_batch_size(resolve_device("auto"), 224)
 
@@ -115,7 +115,7 @@ def test_info_shows_the_chunk_side_and_the_requested_chunk_size(make_raster, dee
 
 
 def test_info_counts_batches_per_chunk_as_predict_runs_them() -> None:
-    from tileseg.grid import TileGrid, aligned_overlap
+    from tileseg.inference.grid import TileGrid, aligned_overlap
     from tileseg.info import count_batches
 
     # 4096² at 513/64: 100 tiles in 2x2 chunks of 5x5 tiles; each chunk batches its own 25
@@ -162,7 +162,7 @@ def test_info_names_the_crs_and_where_valid_pixels_come_from(make_raster, deepla
 
 
 def test_predict_help_gives_the_defaults_of_a_cpu_and_a_gpu() -> None:
-    from tileseg.device import CPU_BATCH_SIZE
+    from tileseg.inference.device import CPU_BATCH_SIZE
     from tileseg.scheduler import default_workers
 
     code, out = run("predict", "--help")

@@ -125,7 +125,7 @@ def test_a_resume_whose_engine_resolves_otherwise_is_not_published(
     """The interrupted run had ONNX Runtime (``auto`` picked it); the resumed one does not: its
     chunks' logits would differ from the kept ones, so nothing is published, and resuming where
     ONNX Runtime is back finishes the run with the mask of an uninterrupted one."""
-    import tileseg.engine
+    import tileseg.inference.engine
     from tileseg.errors import RunError
     from tileseg.models.loaded import clear_cache
 
@@ -135,7 +135,7 @@ def test_a_resume_whose_engine_resolves_otherwise_is_not_published(
                            chunk_size=96, device="cpu", resume=True, **TILING)  # type: ignore[arg-type]
     clear_cache()  # as in another process: the interrupted run's runtime is not cached here
     with monkeypatch.context() as patch:
-        patch.setattr(tileseg.engine, "_import_onnxruntime", lambda: None)
+        patch.setattr(tileseg.inference.engine, "_import_onnxruntime", lambda: None)
         work = Path(f"{dst}.partial") / "work"
         kept = sorted(p.name for p in work.rglob("*"))
         with pytest.raises(RunError, match="inferred by onnxruntime cpu fp32, this worker would "

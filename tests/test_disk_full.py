@@ -158,13 +158,13 @@ def test_the_cog_pass_on_a_full_disk_removes_its_files_and_resume_redoes_only_it
 # -- every place tileseg writes, made to fail with ENOSPC --------------------------------------
 
 def _fail_spill(monkeypatch: pytest.MonkeyPatch) -> None:
-    import tileseg.mosaic
+    import tileseg.inference.mosaic
 
     def savez(path: object, **arrays: object) -> None:
         Path(str(path)).write_bytes(b"half a piece")  # what a write cut short leaves
         raise _full()
 
-    monkeypatch.setattr(tileseg.mosaic.np, "savez", savez)
+    monkeypatch.setattr(tileseg.inference.mosaic.np, "savez", savez)
 
 
 def _fail_text_writes(monkeypatch: pytest.MonkeyPatch, chosen: Callable[[Path], bool]) -> None:

@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from conftest import metadata, random_image
 from torch import nn
 
-from tileseg import engine
 from tileseg.cli.main import cli
 from tileseg.config import PredictConfig
 from tileseg.errors import DependencyError, ModelError
-from tileseg.infer import make_runtime
+from tileseg.inference import engine
+from tileseg.inference.infer import make_runtime
 from tileseg.models.loaded import ModelSpec, build_model, clear_cache, load_model, save_model, wrap_module
 from tileseg.pipeline import BUNDLED_MODEL, predict
 
@@ -250,7 +250,7 @@ def test_a_binary_model_is_the_sigmoid_threshold_on_either_engine(
 def test_a_cached_file_that_is_not_this_models_export_is_exported_again(
         deeplab_dir: Path, tmp_path: Path, onnx_cache: dict[str, int],
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level("WARNING", logger="tileseg.engine")
+    caplog.set_level("WARNING", logger="tileseg.inference.engine")
     first = _runtime(deeplab_dir)
     path: Path = first.onnx.path  # type: ignore[attr-defined]
     # another model's export under this model's name (a copied cache, a hand-made file)

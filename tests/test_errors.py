@@ -201,7 +201,7 @@ def test_a_log_line_names_the_parameter_and_the_cli_its_flag(make_raster, tmp_pa
 def test_a_parameter_spelt_otherwise_on_the_command_line() -> None:
     import torch
 
-    from tileseg.engine import resolve_engine
+    from tileseg.inference.engine import resolve_engine
 
     with pytest.raises(ConfigError) as info:
         resolve_engine("onnxruntime", torch.device("cpu"), compile_model=True)

@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import per_pixel_model
 
-from tileseg import device
 from tileseg.errors import ConfigError
-from tileseg.infer import make_runtime
+from tileseg.inference import device
+from tileseg.inference.infer import make_runtime
 
 
 def test_make_runtime_leaves_a_callers_training_model_alone() -> None:

@@ -23,9 +23,9 @@ import torch
 from click.testing import CliRunner
 from conftest import CountingModel, metadata, per_pixel_model, random_image
 
-from tileseg import mosaic
 from tileseg.cli.main import cli
 from tileseg.errors import ModelError
+from tileseg.inference import mosaic
 from tileseg.models import loaded as model_mod
 from tileseg.models.loaded import ModelSpec, build_model, load_model, save_model, wrap_module
 from tileseg.models.metadata import ClassInfo, ModelMetadata, Normalization

@@ -10,8 +10,16 @@ import zarr
 from conftest import per_pixel_model, random_image, untiled_mask
 
 from tileseg.config import RuntimeConfig
-from tileseg.grid import TileGrid
-from tileseg.mosaic import Job, ModelRef, WorkDir, build_graph, finalize_task, infer_task, register_model
+from tileseg.inference.grid import TileGrid
+from tileseg.inference.mosaic import (
+    Job,
+    ModelRef,
+    WorkDir,
+    build_graph,
+    finalize_task,
+    infer_task,
+    register_model,
+)
 from tileseg.outputs import create_zarr, mask_dtype_for
 from tileseg.sources.raster import open_raster
 

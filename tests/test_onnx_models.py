@@ -229,7 +229,7 @@ def test_model_info_of_an_onnx_file(onnx_files) -> None:
     assert facts["engines"][0] == "onnxruntime (CPU)"
     assert "ONNX graph" in facts["read_from"]["network"]
     with pytest.raises(ConfigError, match="drop compile_model"):
-        from tileseg.infer import make_runtime
+        from tileseg.inference.infer import make_runtime
 
         make_runtime(load_model(onnx_files["dynamic"]), device="cpu", precision="auto",
                      batch_size=2, tile_size=64, overlap=16, blend="hann", engine="auto",

@@ -314,7 +314,7 @@ def test_a_model_retrained_in_place_is_used_by_the_next_run(make_raster, tmp_pat
     in-process task instead of loading the model twice."""
     import shutil
 
-    import tileseg.mosaic as mosaic
+    import tileseg.inference.mosaic as mosaic
     from tileseg.models.loaded import load_model, save_model
 
     model_dir = tmp_path / "model"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tileseg.errors import InputError
-from tileseg.grid import Rect
+from tileseg.inference.grid import Rect
 from tileseg.sources.raster import WindowReader, open_raster
 
 

@@ -57,7 +57,7 @@ def test_the_suite_exports_models_into_its_own_cache(tmp_path: Path,
     process exports into the user's export folder."""
     import conftest
 
-    from tileseg.engine import onnx_cache_dir
+    from tileseg.inference.engine import onnx_cache_dir
 
     monkeypatch.setattr(conftest, "USER_EXPORTS", [], raising=False)
     monkeypatch.setenv("TILESEG_CACHE", str(tmp_path / "mine"))

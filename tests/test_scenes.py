@@ -29,7 +29,7 @@ from stac_scenes import CRS, GRID, SIDE, X0, Y0, write_item, write_scene
 from tileseg.cli.main import cli
 from tileseg.config import PredictConfig
 from tileseg.errors import ConfigError, InputError
-from tileseg.grid import Rect
+from tileseg.inference.grid import Rect
 from tileseg.models.loaded import LoadedModel
 from tileseg.pipeline import predict
 from tileseg.scenes import open_scene

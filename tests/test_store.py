@@ -237,7 +237,7 @@ def test_an_output_whose_lock_key_holds_a_users_object_is_refused_before_any_wor
 def test_a_neighbour_downloads_only_its_spill_from_a_piece(s3: S3Server) -> None:
     import numpy as np
 
-    from tileseg.mosaic import StoreWorkDir
+    from tileseg.inference.mosaic import StoreWorkDir
 
     rng = np.random.default_rng(0)
     arrays = {"tiles": np.array([9, 0]), "mask": rng.integers(0, 7, (600, 600), dtype=np.uint8)}

@@ -14,11 +14,11 @@ from click.testing import CliRunner
 from conftest import interrupt_after, metadata, per_pixel_model, random_image, untiled_mask
 from torch import nn
 
-from tileseg import tta
 from tileseg.cli.main import cli
 from tileseg.config import PredictConfig
 from tileseg.errors import ConfigError
-from tileseg.infer import make_runtime
+from tileseg.inference import tta
+from tileseg.inference.infer import make_runtime
 from tileseg.models.loaded import load_model, wrap_module
 from tileseg.pipeline import predict
 

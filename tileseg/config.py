@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tileseg.blend import DEFAULT_BLEND, WINDOWS, BlendName
 from tileseg.errors import ConfigError
+from tileseg.inference.blend import DEFAULT_BLEND, WINDOWS, BlendName
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Engine = Literal["auto", "torch", "onnxruntime"]
@@ -29,7 +29,7 @@ MAX_TILE_SIZE = 16384
 
 @dataclass(frozen=True)
 class TilingConfig:
-    """How the raster is cut and blended; the grid (:class:`tileseg.grid.TileGrid`) derives
+    """How the raster is cut and blended; the grid (:class:`tileseg.inference.grid.TileGrid`) derives
     the stride and halo from it."""
 
     tile_size: int = DEFAULT_TILE_SIZE
@@ -42,14 +42,14 @@ class TilingConfig:
 @dataclass(frozen=True)
 class RuntimeConfig:
     """Where and how the model runs; ``auto`` values resolve on the process running the tasks
-    (:mod:`tileseg.device`)."""
+    (:mod:`tileseg.inference.device`)."""
 
     device: str = "auto"
     precision: Precision = "auto"
     batch_size: int | None = None
     compile_model: bool = False
     engine: Engine = "auto"
-    tta: TtaMode = "none"  # test-time augmentation (tileseg.tta)
+    tta: TtaMode = "none"  # test-time augmentation (tileseg.inference.tta)
 
 
 @dataclass(frozen=True)

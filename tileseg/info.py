@@ -12,7 +12,7 @@ from rasterio.enums import MaskFlags, Resampling
 
 from tileseg.config import PredictConfig
 from tileseg.errors import ModelError, flag_for, flagged_message
-from tileseg.grid import TileGrid
+from tileseg.inference.grid import TileGrid
 from tileseg.pipeline import check_model_fits, make_plan
 from tileseg.sources.raster import RasterInfo, open_source
 
@@ -102,7 +102,7 @@ def describe(config: PredictConfig, *, flags: bool = False) -> dict[str, Any]:
     ``warnings``, and the raster facts and plan are still given. Texts name parameters as
     Python does (``nodata``), or as command-line flags (``--nodata``) with ``flags``.
     """
-    from tileseg.device import default_batch_size, resolve_device
+    from tileseg.inference.device import default_batch_size, resolve_device
 
     plan = make_plan(config, check_fits=False, note_resolution=False)
     raster, grid = plan.raster, plan.grid

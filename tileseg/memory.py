@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FLOAT32 = 4
-INT64 = 8  # blended sums are fixed-point integers (tileseg.blend)
+INT64 = 8  # blended sums are fixed-point integers (tileseg.inference.blend)
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def check_memory(config: PredictConfig, plan: Plan) -> None:
     memory of its device: host memory on the CPU, the card's free memory on CUDA."""
     import torch
 
-    from tileseg.device import default_batch_size, resolve_device
+    from tileseg.inference.device import default_batch_size, resolve_device
 
     device = resolve_device(config.device)
     batch = config.batch_size or default_batch_size(device, plan.context)

@@ -31,10 +31,8 @@ from tileseg.errors import (
     SourceChangedError,
     log_params,
 )
-from tileseg.grid import TileGrid, aligned_overlap
-from tileseg.memory import check_memory
-from tileseg.models.loaded import LoadedModel, load_model, warn_once
-from tileseg.mosaic import (
+from tileseg.inference.grid import TileGrid, aligned_overlap
+from tileseg.inference.mosaic import (
     SUMS_FORMAT,
     Job,
     ModelRef,
@@ -44,6 +42,8 @@ from tileseg.mosaic import (
     open_work_dir,
     register_model,
 )
+from tileseg.memory import check_memory
+from tileseg.models.loaded import LoadedModel, load_model, warn_once
 from tileseg.outputs import (
     create_zarr,
     format_for,
@@ -192,7 +192,7 @@ def make_plan(config: PredictConfig, model: LoadedModel | None = None, *,
     if model.input_size is not None:
         tile_size = fixed_input_tile_size(model, tile_size, config.overlap)
     # The tile step is rounded down to the model's input multiple so every network input
-    # window sits on the phase a whole-raster pass would use (see tileseg.grid).
+    # window sits on the phase a whole-raster pass would use (see tileseg.inference.grid).
     overlap = aligned_overlap(tile_size, config.overlap, model.divisor)
     grid = TileGrid.for_raster(raster.height, raster.width, tile_size, overlap,
                                config.chunk_size, divisor=model.divisor)
@@ -275,7 +275,7 @@ def has_valid_pixel(raster: RasterInfo, run: str | None = None) -> bool:
 
     ``run``: the run's id; the open raster (and the blocks it read) is then handed on to the
     run's first chunk task in this process, which reads those blocks again."""
-    from tileseg.grid import Rect
+    from tileseg.inference.grid import Rect
     from tileseg.sources.raster import WindowReader
 
     if not raster.has_mask and not raster.dtype.startswith("float"):
@@ -591,7 +591,7 @@ def _check_export_cache(config: PredictConfig, plan: Plan) -> None:
     if (config.engine != "onnxruntime" or scheduler_address(config.scheduler) is not None
             or plan.model.onnx_path is not None):  # a user's ONNX file is run as it is
         return
-    from tileseg.engine import check_export_cache
+    from tileseg.inference.engine import check_export_cache
 
     model = plan.model
     check_export_cache(model.module, plan.context, model.metadata.in_channels, model.architecture)
@@ -827,12 +827,12 @@ def _check_device(config: PredictConfig, model: LoadedModel | None = None) -> No
     user's ONNX file runs on ONNX Runtime, in fp32, where it is installed."""
     import torch
 
-    from tileseg.device import resolve_device, resolve_precision
-    from tileseg.engine import resolve_engine
+    from tileseg.inference.device import resolve_device, resolve_precision
+    from tileseg.inference.engine import resolve_engine
     from tileseg.scheduler import scheduler_address
 
     if model is not None and model.onnx_path is not None:
-        from tileseg.infer import onnx_device
+        from tileseg.inference.infer import onnx_device
 
         local = scheduler_address(config.scheduler) is None
         onnx_device(config.device if local else "cpu", config.precision, config.engine,

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 import rasterio
 
+from tileseg.inference.tta import passes
 from tileseg.ownership import REPORT_MARKER, REPORT_VERSION
 from tileseg.progress import Progress, ProgressCallback
-from tileseg.tta import passes
 
 if TYPE_CHECKING:
     from tileseg.config import PredictConfig
-    from tileseg.mosaic import StoreWorkDir, WorkDir
+    from tileseg.inference.mosaic import StoreWorkDir, WorkDir
     from tileseg.pipeline import Plan
 
 RESOLVED_KEYS = ("device", "precision", "batch_size")
@@ -209,7 +209,7 @@ def resolved_settings(config: PredictConfig, plan: Plan, resolved: dict[str, set
     Several values (workers on different GPUs) are listed; a run that inferred nothing (all
     reused) resolves them here, or reports None for a cluster, whose workers may differ.
     """
-    from tileseg.device import default_batch_size, precision_name, resolve_device, resolve_precision
+    from tileseg.inference.device import default_batch_size, precision_name, resolve_device, resolve_precision
 
     if not resolved["device"] and cluster is None:
         device = resolve_device(config.device)

@@ -21,7 +21,7 @@ from tileseg.execution import (
     scheduler_address,
 )
 from tileseg.execution import run_graph as run_tasks
-from tileseg.mosaic import MosaicGraph
+from tileseg.inference.mosaic import MosaicGraph
 
 __all__ = ["SCHEDULER_ENV", "cluster_client", "gpu_workers", "resolve_mosaic_scheduler",
            "run_graph", "scheduler_address"]
@@ -97,6 +97,6 @@ def default_workers(device: str) -> int:
     and a second task in flight mostly holds another chunk's buffers (``benchmarks/bench_engine.py``:
     2 was 1-12% faster at 1024-px chunks but no faster at 2048, for 9-26% more peak memory).
     """
-    from tileseg.device import resolve_device
+    from tileseg.inference.device import resolve_device
 
     return 2 if resolve_device(device).type == "cuda" else 1

@@ -3,7 +3,7 @@
 A store has no rename, so completion is marked instead of moved into place:
 
 - the run record (``run.json`` with the fingerprint) and the per-chunk work objects (spills and
-  done markers, :class:`tileseg.mosaic.StoreWorkDir`) live under the staging prefix
+  done markers, :class:`tileseg.inference.mosaic.StoreWorkDir`) live under the staging prefix
   ``DST.partial/``, which every worker reaches: workers share no disk;
 - a Zarr destination is written directly at ``DST``. Its root attributes say
   ``tileseg.complete: false`` from the first chunk on and are flipped to ``true`` (with the

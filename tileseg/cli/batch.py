@@ -6,9 +6,9 @@ from typing import Any
 
 import click
 
-from tileseg.blend import WINDOWS
 from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
 from tileseg.cli.options import band_list, resampling_list, scene_options, scheduler_option
+from tileseg.inference.blend import WINDOWS
 from tileseg.text import counted
 
 EPILOG = """\b

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 import click
 
-from tileseg.blend import WINDOWS, BlendName
 from tileseg.cli.common import RESUME_HINT, configure_logging, handle_errors, verbosity_options
 from tileseg.cli.options import (
     band_list,
@@ -27,6 +26,7 @@ from tileseg.config import (
     ProbabilityMode,
     TtaMode,
 )
+from tileseg.inference.blend import WINDOWS, BlendName
 from tileseg.text import counted
 
 if TYPE_CHECKING:

@@ -25,7 +25,7 @@ import numpy as np
 from affine import Affine
 
 from tileseg.errors import ConfigError, InputError, InputNotFoundError
-from tileseg.grid import Rect, TileGrid
+from tileseg.inference.grid import Rect, TileGrid
 from tileseg.sources.raster import RasterInfo
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from tileseg.grid import Rect
+from tileseg.inference.grid import Rect
 from tileseg.models.metadata import ModelMetadata
 from tileseg.outputs import create_zarr
 from tileseg.sources.raster import RasterInfo

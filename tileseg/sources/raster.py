@@ -21,7 +21,7 @@ from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.windows import Window
 
 from tileseg.errors import InputError, InputNotFoundError, SourceUnavailableError
-from tileseg.grid import Rect
+from tileseg.inference.grid import Rect
 from tileseg.models.metadata import SUPPORTED_DTYPES
 from tileseg.sources.gdal_native import (
     failure_count,

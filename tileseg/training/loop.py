@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tileseg.device import resolve_device
 from tileseg.errors import ConfigError, InputError, OutputError
+from tileseg.inference.device import resolve_device
 from tileseg.metrics import SegmentationMetrics, compute_metrics, confusion_matrix
 from tileseg.models.loaded import ModelSpec, build_model, readable_like_others, save_model
 from tileseg.models.metadata import ClassInfo, ModelMetadata, Normalization, default_color

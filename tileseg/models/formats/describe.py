@@ -18,7 +18,7 @@ FORMAT_NAMES = {
 
 def engines(model: LoadedModel) -> list[str]:
     """The engines ``model`` can run on here."""
-    from tileseg.engine import onnxruntime_available
+    from tileseg.inference.engine import onnxruntime_available
 
     if model.onnx_path is not None:
         import onnxruntime

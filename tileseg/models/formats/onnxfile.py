@@ -110,7 +110,7 @@ class OnnxNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._forward is None:
-            from tileseg.engine import OnnxForward, worker_cores
+            from tileseg.inference.engine import OnnxForward, worker_cores
 
             self._forward = OnnxForward(self.path, worker_cores(), signature=self.signature)
         out: torch.Tensor = self._forward(x)

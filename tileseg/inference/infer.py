@@ -3,7 +3,7 @@
 Reading and decoding happen in a prefetch thread that fills (pinned, on CUDA) host batches
 while the device works on the previous batch; host-to-device copies are non-blocking. Only the
 blended result of a chunk leaves the device. On the CPU a process runs one forward pass at a
-time with all the cores the worker may use (see :mod:`tileseg.engine`), by eager PyTorch or by
+time with all the cores the worker may use (see :mod:`tileseg.inference.engine`), by eager PyTorch or by
 ONNX Runtime.
 """
 
@@ -22,8 +22,9 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from tileseg.blend import fixed_point_window, logit_limit, weight_window
-from tileseg.device import (  # noqa: F401  (re-exported: older imports)
+from tileseg.errors import ConfigError, DependencyError, ModelError, OutputError
+from tileseg.inference.blend import fixed_point_window, logit_limit, weight_window
+from tileseg.inference.device import (  # noqa: F401  (re-exported: older imports)
     CPU_BATCH_SIZE,
     Precision,
     default_batch_size,
@@ -31,7 +32,7 @@ from tileseg.device import (  # noqa: F401  (re-exported: older imports)
     resolve_device,
     resolve_precision,
 )
-from tileseg.engine import (
+from tileseg.inference.engine import (
     CPU_FORWARD_LOCK,
     OnnxForward,
     TorchCpuForward,
@@ -39,11 +40,10 @@ from tileseg.engine import (
     resolve_engine,
     worker_cores,
 )
-from tileseg.errors import ConfigError, DependencyError, ModelError, OutputError
-from tileseg.grid import Rect, TileGrid
+from tileseg.inference.grid import Rect, TileGrid
+from tileseg.inference.tta import averaged, check_mode
 from tileseg.models.loaded import LoadedModel, class_logits
 from tileseg.sources.raster import RasterInfo, WindowReader
-from tileseg.tta import averaged, check_mode
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class Runtime:
     threads: int | None = None  # CPU intra-op threads (None on a GPU)
     onnx: OnnxForward | None = None
     torch_cpu: TorchCpuForward | None = None
-    tta: str = "none"  # test-time augmentation (tileseg.tta): none, flips or d4
+    tta: str = "none"  # test-time augmentation (tileseg.inference.tta): none, flips or d4
 
     def label(self) -> str:
         """What a tile's logits depend on besides the model and the tiling: the engine, the
@@ -90,9 +90,9 @@ class Runtime:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The float32 logits of a batch of normalized tiles, each independent of the others
-        in its batch and of how many there are (see :mod:`tileseg.blend`: the mask must not
+        in its batch and of how many there are (see :mod:`tileseg.inference.blend`: the mask must not
         depend on how tiles are grouped); averaged over the test-time augmentation's
-        transforms (:mod:`tileseg.tta`), each tile on its own."""
+        transforms (:mod:`tileseg.inference.tta`), each tile on its own."""
         return averaged(self._forward_once, x, self.tta)
 
     def _forward_once(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,12 +137,12 @@ def make_runtime(
 ) -> Runtime:
     """Place ``model`` for inference: device, precision, engine, threads and blend window.
 
-    ``halo_before`` is where each tile's core starts (see :class:`~tileseg.grid.TileGrid`);
+    ``halo_before`` is where each tile's core starts (see :class:`~tileseg.inference.grid.TileGrid`);
     ``from_directory`` says the model was loaded from files (``auto`` may then export it).
     ``owned=False`` (a caller's model) leaves ``model.module`` as it was: it is copied before
     being moved, switched to eval mode or converted to channels-last, unless it already is
     on the device in eval mode and needs no conversion. ``tta``: test-time augmentation
-    (:mod:`tileseg.tta`).
+    (:mod:`tileseg.inference.tta`).
     """
     check_mode(tta)
     if model.onnx_path is not None:
@@ -380,7 +380,7 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
 @dataclass
 class ChunkLogits:
     """Blended logit sums of one chunk's tiles over the chunk extent, on the device, as
-    fixed-point integers (:mod:`tileseg.blend`), so sums of other chunks add to them exactly."""
+    fixed-point integers (:mod:`tileseg.inference.blend`), so sums of other chunks add to them exactly."""
 
     extent: Rect
     logit_sum: torch.Tensor  # (classes, h, w) int64
@@ -485,7 +485,7 @@ def _accumulate_on_host(logit_sum: torch.Tensor, weight_sum: torch.Tensor, logit
                         pad: int, size: int) -> None:
     """Add each tile's weighted logits to the chunk's sums, in numpy on the CPU (the tensors
     share their memory with the arrays), with the same float32 products and rounding as on a
-    device (:func:`tileseg.blend.quantize`)."""
+    device (:func:`tileseg.inference.blend.quantize`)."""
     sums, weights_sum = logit_sum.numpy(), weight_sum.numpy()
     scores = logits.float().numpy()
     if np.isnan(scores).any():
@@ -508,7 +508,7 @@ def blend_to_mask(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Normalize summed logits per pixel; return the class mask and optional probabilities.
 
-    The sums are fixed-point integers (:mod:`tileseg.blend`); a pixel's weight sum is common to
+    The sums are fixed-point integers (:mod:`tileseg.inference.blend`); a pixel's weight sum is common to
     its classes, so the class is the argmax of the integer sums themselves: exact, with the
     first of equal maxima winning. Probabilities come from the normalized logits.
     """

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from dask.base import tokenize
 
-from tileseg.blend import FIXED_POINT_BITS
 from tileseg.config import ProbabilityMode, RuntimeConfig
 from tileseg.diskspace import full_disk_as_error
 from tileseg.errors import (
@@ -45,8 +44,9 @@ from tileseg.errors import (
     SourceUnavailableError,
     TilesegError,
 )
-from tileseg.grid import Rect, TileGrid
-from tileseg.infer import Runtime, blend_to_mask, infer_chunk_logits, make_runtime
+from tileseg.inference.blend import FIXED_POINT_BITS
+from tileseg.inference.grid import Rect, TileGrid
+from tileseg.inference.infer import Runtime, blend_to_mask, infer_chunk_logits, make_runtime
 from tileseg.models.loaded import LoadedModel, cached, forget_cached, load_model
 from tileseg.progress import report_tiles
 from tileseg.sources.pinning import check_unchanged
@@ -631,7 +631,7 @@ def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any
     border = grid.chunk_border(row, col)
     if border:
         key = _spill_key(row, col)
-        # fixed-point integers (tileseg.blend): the neighbours' sums add up exactly, in any order
+        # fixed-point integers (tileseg.inference.blend): the neighbours' sums add up exactly, in any order
         sums = np.zeros((job.num_classes, chunk.height, chunk.width), dtype=np.int64)
         weights = np.zeros((chunk.height, chunk.width), dtype=np.int64)
         spans = {tuple(r["chunk"]): r.get("spans", {}).get(key)
