@@ -1,7 +1,7 @@
 """Benchmark: what each mask output costs to write, and what the preview/styles add.
 
 Builds a synthetic SIZE x SIZE class mask as the tileseg Zarr that ``predict`` stages, then times
-:func:`tileseg.outputs.zarr_to_geotiff` as a COG and as a plain GeoTIFF (``--format cog`` vs
+:func:`tileseg.outputs.mask_files.zarr_to_geotiff` as a COG and as a plain GeoTIFF (``--format cog`` vs
 ``gtiff``), the GDAL/QGIS style sidecars, and :func:`tileseg.preview.make_preview` from the COG
 with exact and estimated class areas.
 
@@ -29,7 +29,7 @@ def make_zarr(path: Path, size: int) -> None:
     from rasterio.crs import CRS
 
     from tileseg.models.metadata import ModelMetadata
-    from tileseg.outputs import create_zarr, mark_zarr_complete
+    from tileseg.outputs.mask_files import create_zarr, mark_zarr_complete
     from tileseg.sources.raster import RasterInfo
 
     crs = CRS.from_epsg(32631).to_wkt()
@@ -58,9 +58,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=8192)
     args = parser.parse_args()
 
-    from tileseg.outputs import zarr_to_geotiff
+    from tileseg.outputs.mask_files import zarr_to_geotiff
+    from tileseg.outputs.styles import mask_legend, publish_raster_styles
     from tileseg.preview import PreviewConfig, make_preview
-    from tileseg.styles import mask_legend, publish_raster_styles
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -1,7 +1,7 @@
 """What single-object outputs on a store cost: requests and bytes of polygon layers, previews and
 a COG's style sidecars on a loopback S3 server (moto behind a counting proxy).
 
-The ownership check of an existing object downloads it once (see tileseg.store_objects); this
+The ownership check of an existing object downloads it once (see tileseg.outputs.store_objects); this
 shows how that compares with the upload itself. Loopback: no latency, no bandwidth limit, so the
 figures count what tileseg asks for, not how long a real store takes.
 

@@ -365,7 +365,7 @@ def test_the_source_is_never_a_destination(scene, deeplab_dir) -> None:
     ("noext", "noext.mask.tif"),
 ])
 def test_default_names(src: str, mask: str) -> None:
-    from tileseg.naming import default_mask_path, default_polygons_path
+    from tileseg.outputs.naming import default_mask_path, default_polygons_path
 
     assert default_mask_path(src) == mask
     assert default_mask_path(src, "zarr") == mask.replace(".tif", ".zarr")

@@ -17,8 +17,8 @@ from s3_server import S3Server, checking_credentials, running_s3, s3_environment
 
 from tileseg.config import PredictConfig
 from tileseg.errors import DestinationBusyError
+from tileseg.outputs.store import StoreLocation, StoreLock, check_writable, put_bytes, zarr_store
 from tileseg.pipeline import predict
-from tileseg.store import StoreLocation, StoreLock, check_writable, put_bytes, zarr_store
 
 BUCKET = "tileseg-cloud-out"
 
@@ -117,7 +117,7 @@ def test_second_run_on_one_destination_exits_75(s3: S3Server, scene) -> None:
 
 HOLDER = """
 import sys, time
-from tileseg.store import StoreLocation, StoreLock
+from tileseg.outputs.store import StoreLocation, StoreLock
 with StoreLock(StoreLocation.parse(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(120)

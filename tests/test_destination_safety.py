@@ -21,9 +21,9 @@ from conftest import per_pixel_model, random_image
 
 from tileseg.cli.main import cli
 from tileseg.config import PredictConfig
-from tileseg.destination import check_distinct_paths
 from tileseg.errors import ConfigError, InputError, OutputError
-from tileseg.ownership import is_tileseg_output
+from tileseg.outputs.ownership import is_tileseg_output
+from tileseg.outputs.paths import check_distinct_paths
 from tileseg.pipeline import predict
 
 SMALL = ["--tile-size", "64", "--overlap", "16", "--chunk-size", "96"]
@@ -441,7 +441,7 @@ def test_batch_manifest_outputs_may_not_overlap_sources_or_each_other(tmp_path) 
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path) -> None:
-    from tileseg.destination import write_text_atomic
+    from tileseg.outputs.paths import write_text_atomic
 
     report = tmp_path / "run.json"
     write_text_atomic(report, '{"tileseg_report": 1}\n')
@@ -551,7 +551,7 @@ def test_an_output_in_a_folder_nobody_can_write_is_refused_up_front(check, targe
 
 
 def test_a_model_folder_is_made_with_its_parents_where_that_is_possible(tmp_path) -> None:
-    from tileseg.destination import check_folder_creatable
+    from tileseg.outputs.paths import check_folder_creatable
 
     check_folder_creatable(tmp_path / "new" / "deeper", "out_dir")
     (tmp_path / "notes.txt").write_text("mine")

@@ -136,7 +136,7 @@ def test_the_cog_pass_on_a_full_disk_removes_its_files_and_resume_redoes_only_it
 
     monkeypatch.setattr(tileseg.pipeline, "zarr_to_geotiff", fill_then_convert)
     # no help from the free-space check: the reason must come from what libtiff said
-    monkeypatch.setattr("tileseg.diskspace.LOW_SPACE_BYTES", 0)
+    monkeypatch.setattr("tileseg.outputs.diskspace.LOW_SPACE_BYTES", 0)
     dst = small_disk / "mask.tif"
     capfd.readouterr()
     with pytest.raises(DiskFullError) as caught:
@@ -208,7 +208,7 @@ def _fail_run_record(monkeypatch: pytest.MonkeyPatch) -> None:
 def _fail_cog_pass(monkeypatch: pytest.MonkeyPatch) -> None:
     import rasterio.errors
 
-    import tileseg.outputs
+    import tileseg.outputs.mask_files
 
     def copy(src: str, dst: str, **options: object) -> None:
         # what GDAL does on a full disk: libtiff prints the reason on descriptor 2, GDAL
@@ -217,7 +217,7 @@ def _fail_cog_pass(monkeypatch: pytest.MonkeyPatch) -> None:
         os.write(2, b"_tiffWriteProc: No space left on device.\n")
         raise rasterio.errors.RasterioIOError("TIFFAppendToStrip:Write error at scanline 0")
 
-    monkeypatch.setattr(tileseg.outputs.rasterio.shutil, "copy", copy)
+    monkeypatch.setattr(tileseg.outputs.mask_files.rasterio.shutil, "copy", copy)
 
 
 SITES = {  # where, how it fails, and the folder the error names (in the destination's folder)
@@ -292,7 +292,7 @@ def _fail_layer(monkeypatch: pytest.MonkeyPatch) -> None:
                                              "feature")
 
     monkeypatch.setattr(pyogrio.raw, "write", write)
-    monkeypatch.setattr("tileseg.diskspace.free_bytes", lambda folder: 4096)
+    monkeypatch.setattr("tileseg.outputs.diskspace.free_bytes", lambda folder: 4096)
 
 
 FOLLOW_UPS = {  # written after the mask is published: nothing to resume (exit 4)
@@ -339,7 +339,7 @@ def test_a_full_disk_anywhere_else_is_one_line_not_a_traceback() -> None:
 def test_a_full_disk_error_crosses_to_the_client_process_whole() -> None:
     import pickle
 
-    from tileseg.diskspace import disk_full_error
+    from tileseg.outputs.diskspace import disk_full_error
 
     error = pickle.loads(pickle.dumps(disk_full_error("/scratch/x.partial/work",
                                                       resumable=True)))
@@ -349,7 +349,7 @@ def test_a_full_disk_error_crosses_to_the_client_process_whole() -> None:
 
 
 def test_only_libtiffs_lines_are_kept_off_the_terminal(capfd: pytest.CaptureFixture[str]) -> None:
-    from tileseg.diskspace import gdal_stderr
+    from tileseg.outputs.diskspace import gdal_stderr
 
     captured: list[str] = []
     capfd.readouterr()

@@ -222,7 +222,7 @@ def test_the_scheduled_batch_entry_point_prints_its_flags(tmp_path, monkeypatch,
 
 
 def test_overlapping_paths_name_the_parameter(tmp_path) -> None:
-    from tileseg.destination import check_distinct_paths
+    from tileseg.outputs.paths import check_distinct_paths
 
     src = tmp_path / "scene.tif"
     with pytest.raises(ConfigError) as info:

@@ -1,4 +1,4 @@
-"""tileseg.liveness: a lock holder counts as gone only when it provably ran on this machine and
+"""tileseg.outputs.liveness: a lock holder counts as gone only when it provably ran on this machine and
 its process no longer runs (real processes: started, killed, reaped or not)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 
-from tileseg.liveness import ProcessIdentity, is_gone
+from tileseg.outputs.liveness import ProcessIdentity, is_gone
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="the proofs of identity come from /proc")
@@ -55,7 +55,7 @@ def test_a_reused_pid_is_gone_but_an_unproven_machine_never_is() -> None:
     here = ProcessIdentity.current()
     parent = ProcessIdentity.from_record({**here.to_record(), "pid": os.getppid()})
     assert parent is not None
-    from tileseg.liveness import start_ticks
+    from tileseg.outputs.liveness import start_ticks
 
     ticks = start_ticks(os.getppid())
     assert ticks is not None and not is_gone(replace(parent, started_ticks=ticks))

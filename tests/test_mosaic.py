@@ -20,7 +20,7 @@ from tileseg.inference.mosaic import (
     infer_task,
     register_model,
 )
-from tileseg.outputs import create_zarr, mask_dtype_for
+from tileseg.outputs.mask_files import create_zarr, mask_dtype_for
 from tileseg.sources.raster import open_raster
 
 

@@ -1,4 +1,4 @@
-"""outputs and mask: the Zarr mask and its GeoTIFF carry the format tileseg.mask reads back."""
+"""outputs and mask: the Zarr mask and its GeoTIFF carry the format tileseg.outputs.mask reads back."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import rasterio
 import zarr
 from conftest import metadata, random_image
 
-from tileseg import mask as mask_format
-from tileseg.outputs import create_zarr, mark_zarr_complete, mask_dtype_for, zarr_to_geotiff
+from tileseg.outputs import mask as mask_format
+from tileseg.outputs.mask_files import create_zarr, mark_zarr_complete, mask_dtype_for, zarr_to_geotiff
+from tileseg.outputs.styles import mask_legend
 from tileseg.sources.raster import open_raster
-from tileseg.styles import mask_legend
 from tileseg.vectorization.source import open_mask
 
 

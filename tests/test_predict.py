@@ -188,7 +188,7 @@ def test_interrupted_run_leaves_no_output_and_resume_completes_identically(make_
 def test_a_run_killed_before_its_first_chunk_is_recovered_by_resume_or_overwrite(
         make_raster, tmp_path, monkeypatch: pytest.MonkeyPatch, recover: str) -> None:
     import tileseg.pipeline
-    from tileseg.staging import LocalStaging
+    from tileseg.outputs.staging import LocalStaging
 
     src = make_raster(random_image(3, 150, 230))
     clean = predict(_config(src, tmp_path / "clean.tif"), model=per_pixel_model(3, 4))

@@ -15,13 +15,13 @@ from conftest import per_pixel_model, random_image
 
 from tileseg.config import PredictConfig
 from tileseg.errors import DestinationBusyError, OutputError, RunError
+from tileseg.outputs.runlock import exclusive_run, lock_path_for
 from tileseg.pipeline import predict
-from tileseg.runlock import exclusive_run, lock_path_for
 
 HOLDER = """
 import sys, time
 from pathlib import Path
-from tileseg.runlock import exclusive_run
+from tileseg.outputs.runlock import exclusive_run
 with exclusive_run(Path(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(120)
@@ -92,7 +92,7 @@ def test_destination_published_while_waiting_is_not_clobbered(make_raster, tmp_p
     """A run that passed the first existence check re-checks it once it holds the lock."""
     import contextlib
 
-    import tileseg.staging as staging_module
+    import tileseg.outputs.staging as staging_module
     from tileseg.errors import OutputError
 
     src = make_raster(random_image(3, 60, 60))

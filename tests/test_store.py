@@ -1,4 +1,4 @@
-"""tileseg.store against a real S3 API server (moto) on loopback: objects, uploads, the lease lock."""
+"""tileseg.outputs.store against a real S3 API server (moto) on loopback: objects, uploads, the lease lock."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from s3_server import S3Server, running_s3, s3_environment
 
 from tileseg.errors import DestinationBusyError, OutputError
-from tileseg.store import (
+from tileseg.outputs.store import (
     StoreLocation,
     StoreLock,
     check_writable,
@@ -143,7 +143,7 @@ def test_a_stale_lease_is_taken_over_and_the_old_holder_cannot_delete_it(s3: S3S
 def _forge_holder(where: StoreLocation, **fields: object) -> None:
     """A lock object as a run on this machine would have left it, its lease ten minutes long,
     with ``fields`` changed."""
-    from tileseg.liveness import ProcessIdentity
+    from tileseg.outputs.liveness import ProcessIdentity
 
     record = {"tileseg_lock": 1, **ProcessIdentity.current().to_record(),
               "token": "the holder", "started": time.time(),
@@ -166,7 +166,7 @@ def test_a_killed_holder_on_this_machine_is_taken_over_without_waiting(
     where = loc("locks/killed-here.lock")
     _forge_holder(where, pid=_dead_pid())
     taker = StoreLock(where, lease_s=30)
-    with caplog.at_level("WARNING", logger="tileseg.store"):
+    with caplog.at_level("WARNING", logger="tileseg.outputs.store"):
         started = time.monotonic()
         taker.acquire()
     assert time.monotonic() - started < 5  # not the holder's 600 s lease
@@ -191,7 +191,7 @@ def test_a_holder_that_is_alive_or_elsewhere_keeps_the_lock(s3: S3Server) -> Non
 
 
 def test_two_takers_of_a_stale_lock_cannot_both_win(s3: S3Server) -> None:
-    from tileseg.store import _obstore, open_store
+    from tileseg.outputs.store import _obstore, open_store
 
     where = loc("locks/race.lock")
     _forge_holder(where, host="another-node", lease_expires=time.time() - 1)  # expired
@@ -224,7 +224,7 @@ def test_an_object_by_the_lock_key_that_tileseg_did_not_write_is_left_alone(
 
 def test_an_output_whose_lock_key_holds_a_users_object_is_refused_before_any_work(
         s3: S3Server) -> None:
-    from tileseg.store_objects import check_object_destination
+    from tileseg.outputs.store_objects import check_object_destination
 
     where = loc("layers/parcels.gpkg.lock")
     put_bytes(where, b"my notes", create_only=True)
@@ -269,8 +269,8 @@ def test_a_malformed_endpoint_is_refused_before_any_request(
     # obstore panics on these (a Rust backtrace on stderr, then an exception that is not an
     # Exception); GDAL would fail with a network error
     from tileseg.errors import ConfigError
+    from tileseg.outputs.store import open_store
     from tileseg.sources.remote import gdal_options
-    from tileseg.store import open_store
 
     monkeypatch.setenv(variable, value)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")

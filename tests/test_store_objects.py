@@ -18,9 +18,9 @@ from test_styles import gdal_categories_and_rat
 
 from tileseg.config import PredictConfig
 from tileseg.errors import OutputError
+from tileseg.outputs.store import StoreLocation, put_bytes
+from tileseg.outputs.store_objects import ObjectState, upload_checked
 from tileseg.pipeline import predict
-from tileseg.store import StoreLocation, put_bytes
-from tileseg.store_objects import ObjectState, upload_checked
 
 BUCKET = "tileseg-objects"
 

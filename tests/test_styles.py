@@ -26,8 +26,8 @@ from conftest import interrupt_after, per_pixel_model, random_image
 
 from tileseg.config import PredictConfig
 from tileseg.models.metadata import ClassInfo
+from tileseg.outputs.styles import is_tileseg_qml, pam_xml, raster_qml, sidecar_paths, vector_qml
 from tileseg.pipeline import predict
-from tileseg.styles import is_tileseg_qml, pam_xml, raster_qml, sidecar_paths, vector_qml
 from tileseg.vectorization import vectorize
 
 # conftest's per_pixel_model: class i is "class i" coloured (10i, 20i, 30i)
@@ -117,7 +117,7 @@ def test_mask_has_gdal_categories_rat_and_a_qgis_palette(make_raster, tmp_path, 
 
 
 def test_styles_are_in_place_when_the_mask_appears(make_raster, tmp_path, monkeypatch) -> None:
-    from tileseg.staging import LocalStaging
+    from tileseg.outputs.staging import LocalStaging
 
     seen: dict[str, bool] = {}
     replace = LocalStaging._replace

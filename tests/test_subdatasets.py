@@ -13,7 +13,7 @@ from conftest import per_pixel_model, random_image
 
 from tileseg.config import PredictConfig
 from tileseg.errors import InputError, InputNotFoundError
-from tileseg.naming import default_mask_path
+from tileseg.outputs.naming import default_mask_path
 from tileseg.pipeline import predict
 from tileseg.sources.raster import open_raster
 from tileseg.sources.subdatasets import parse_subdataset, raster_exists

@@ -543,7 +543,7 @@ def test_class_ids_beyond_int32_read_back_exactly(tmp_path: Path) -> None:
 def test_second_run_to_the_same_destination_is_refused(tmp_path: Path,
                                                       mask_tif: Callable[..., Path]) -> None:
     from tileseg.errors import DestinationBusyError
-    from tileseg.runlock import exclusive_run
+    from tileseg.outputs.runlock import exclusive_run
 
     src, dst = mask_tif(seam_mask()), tmp_path / "out.gpkg"
     with exclusive_run(dst):  # another run is writing dst (flock: a second open conflicts)
@@ -570,7 +570,7 @@ def test_partials_of_dead_runs_are_removed_and_live_ones_kept(
         tmp_path: Path, mask_tif: Callable[..., Path]) -> None:
     import os
 
-    from tileseg.runlock import exclusive_run
+    from tileseg.outputs.runlock import exclusive_run
 
     src, dead = mask_tif(seam_mask()), _dead_pid()
     # partials of the destination itself are stale once its lock is ours, whatever their pid

@@ -55,7 +55,6 @@ from typing import Any, Literal
 
 from tileseg.batch_report import ScenePicture, html_path, render_html, scene_picture
 from tileseg.config import PredictConfig
-from tileseg.destination import check_distinct_paths, check_output_folder, writable_folder
 from tileseg.errors import (
     ConfigError,
     InputError,
@@ -65,10 +64,11 @@ from tileseg.errors import (
     TilesegError,
     flagged_message,
 )
-from tileseg.naming import source_name
+from tileseg.outputs.naming import source_name
+from tileseg.outputs.paths import check_distinct_paths, check_output_folder, writable_folder
+from tileseg.outputs.staging import STAGING_SUFFIX, staging_path_for
+from tileseg.outputs.store import is_store_url
 from tileseg.sources.raster import is_remote
-from tileseg.staging import STAGING_SUFFIX, staging_path_for
-from tileseg.store import is_store_url
 from tileseg.text import counted
 
 logger = logging.getLogger(__name__)
@@ -292,7 +292,7 @@ def _read_at_most(path: Path, limit: int) -> bytes:
 
 
 def _read_store_manifest(url: str) -> str:
-    from tileseg.store_objects import read_text_object
+    from tileseg.outputs.store_objects import read_text_object
 
     try:
         text = read_text_object(url, limit=MAX_MANIFEST_BYTES)
@@ -600,7 +600,7 @@ def _output_exists(path: str | os.PathLike[str]) -> bool:
     """A file or folder, or on a store an object or a prefix with objects under it."""
     text = os.fspath(path)
     if is_store_url(text):
-        from tileseg.store_objects import output_exists
+        from tileseg.outputs.store_objects import output_exists
 
         return output_exists(text)
     return Path(text).exists()
@@ -807,7 +807,7 @@ def _summary_targets(summary: str | os.PathLike[str]) -> tuple[Any, Any, Any]:
 def _check_store_summary(checks: tuple[tuple[Any, Callable[[str], bool]], ...]) -> None:
     """On a store: the bucket answers (exit 2), and existing summary objects are an earlier
     batch's (read from downloaded copies), else exit 4 before any scene runs."""
-    from tileseg.store_objects import check_store_answers, inspect_object
+    from tileseg.outputs.store_objects import check_store_answers, inspect_object
 
     check_store_answers(checks[0][0])
     for url, ours in checks:
@@ -828,7 +828,7 @@ def _earlier_results(summary: str | os.PathLike[str]) -> dict[tuple[str, str], S
     json_path = _summary_targets(summary)[0]
     try:
         if isinstance(json_path, str):
-            from tileseg.store_objects import read_text_object
+            from tileseg.outputs.store_objects import read_text_object
 
             text = read_text_object(json_path, limit=64 << 20)
         else:
@@ -887,7 +887,7 @@ def _write_summary(path: str, scenes: list[Scene], results: dict[int, SceneResul
     for target, text in ((json_path, json.dumps(doc, indent=2) + "\n"), (csv_path, "".join(lines)),
                          (page_path, render_html(title, doc, pictures or {}))):
         if isinstance(target, str):  # on a store: one PUT, whole or not at all
-            from tileseg.store import StoreLocation, put_bytes
+            from tileseg.outputs.store import StoreLocation, put_bytes
 
             put_bytes(StoreLocation.parse(target), text.encode("utf-8"))
         else:
@@ -903,7 +903,7 @@ class _ListWriter:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    from tileseg.diskspace import full_disk_as_error
+    from tileseg.outputs.diskspace import full_disk_as_error
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with full_disk_as_error(path.absolute().parent, resumable=False, cleanup=[tmp]):
@@ -952,7 +952,7 @@ def run_manifest(
     scenes = load_manifest(manifest, output_dir=config.output_dir, suffix=config.suffix)
     check_named_bands(scenes, config.defaults)
     if config.output_dir is not None and is_store_url(config.output_dir):
-        from tileseg.store_objects import check_store_answers
+        from tileseg.outputs.store_objects import check_store_answers
 
         check_store_answers(config.output_dir.rstrip("/"))  # a missing bucket: exit 2, no scene
     elif config.output_dir is not None:  # named for this batch: create it, as mkdir -p would

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tileseg.diskspace import full_disk_as_error
 from tileseg.errors import TilesegError
+from tileseg.outputs.diskspace import full_disk_as_error
 from tileseg.text import counted
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def previews_dir(summary: str | os.PathLike[str]) -> Path:
 
 def _mask_stamp(dst: Path | str) -> list[Any]:
     if isinstance(dst, str):  # on a store: the object's (or Zarr's zarr.json's) ETag and date
-        from tileseg.store_objects import version_stamp
+        from tileseg.outputs.store_objects import version_stamp
 
         stamp = version_stamp(dst)
         if stamp is None:
@@ -68,9 +68,9 @@ def scene_picture(dst: str | os.PathLike[str], index: int,
 
     A failure here never fails the scene: the mask is complete, only its picture is missing.
     """
-    from tileseg.naming import source_name
+    from tileseg.outputs.naming import source_name
+    from tileseg.outputs.store import is_store_url
     from tileseg.preview import PreviewConfig, make_preview
-    from tileseg.store import is_store_url
 
     mask: Path | str = os.fspath(dst) if is_store_url(os.fspath(dst)) else Path(dst)
     folder = previews_dir(summary)

@@ -16,9 +16,9 @@ import numpy as np
 import rasterio
 from rasterio.windows import Window
 
-from tileseg import mask as mask_format
 from tileseg.errors import ConfigError, InputError, InputNotFoundError
 from tileseg.metrics import SegmentationMetrics, compute_metrics, confusion_matrix, format_table
+from tileseg.outputs import mask as mask_format
 from tileseg.sources.subdatasets import raster_exists
 from tileseg.text import counted
 

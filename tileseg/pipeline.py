@@ -15,12 +15,6 @@ import numpy as np
 from dask.base import tokenize
 
 from tileseg.config import PredictConfig
-from tileseg.destination import (
-    check_distinct_paths,
-    check_output_folder,
-    write_text_atomic,
-)
-from tileseg.diskspace import full_disk_as_error, temporary_folder
 from tileseg.errors import (
     ConfigError,
     DamagedInputError,
@@ -44,14 +38,23 @@ from tileseg.inference.mosaic import (
 )
 from tileseg.memory import check_memory
 from tileseg.models.loaded import LoadedModel, load_model, warn_once
-from tileseg.outputs import (
+from tileseg.outputs.diskspace import full_disk_as_error, temporary_folder
+from tileseg.outputs.mask_files import (
     create_zarr,
     format_for,
     mark_zarr_complete,
     mask_dtype_for,
     zarr_to_geotiff,
 )
-from tileseg.ownership import check_replaceable
+from tileseg.outputs.ownership import check_replaceable
+from tileseg.outputs.paths import (
+    check_distinct_paths,
+    check_output_folder,
+    write_text_atomic,
+)
+from tileseg.outputs.staging import STAGING_SUFFIX, LocalStaging, Staging  # noqa: F401 (re-exported)
+from tileseg.outputs.store import is_store_url
+from tileseg.outputs.styles import publish_raster_styles, publish_raster_styles_to_store
 from tileseg.progress import ProgressCallback, listen_tiles
 from tileseg.run_report import RunReport, Tally, Timings, peak_rss_mb
 from tileseg.scenes import is_item_source
@@ -59,9 +62,6 @@ from tileseg.scheduler import cluster_client, run_graph, scheduler_address
 from tileseg.sources.pinning import SourceVersion
 from tileseg.sources.raster import RasterInfo, is_remote, release_datasets
 from tileseg.sources.subdatasets import local_file
-from tileseg.staging import STAGING_SUFFIX, LocalStaging, Staging  # noqa: F401 (re-exported)
-from tileseg.store import is_store_url
-from tileseg.styles import publish_raster_styles, publish_raster_styles_to_store
 from tileseg.text import counted
 
 if TYPE_CHECKING:
@@ -312,7 +312,7 @@ def _check_paths(config: PredictConfig) -> None:
 def _check_store_keys(config: PredictConfig) -> None:
     """No output on a store is a bucket root (exit 4), before any request and before the
     format is told from a key that a root does not have."""
-    from tileseg.store import StoreLocation
+    from tileseg.outputs.store import StoreLocation
 
     if is_store_url(config.dst):
         StoreLocation.parse(config.dst).require_key()
@@ -326,7 +326,7 @@ def stac_item_path(config: PredictConfig) -> str | None:
     """Where the output's STAC item goes, or None when it is not written."""
     if not config.stac_item:
         return None
-    from tileseg.stac_output import item_path
+    from tileseg.outputs.stac_item import item_path
 
     return item_path(config.dst)
 
@@ -338,7 +338,7 @@ def _staging_for(config: PredictConfig, fmt: str) -> Staging:
             raise ConfigError(f"zarr_path {config.zarr_path}: on a store while DST is local; "
                               "write both to the store or both locally", params=("zarr_path",))
         return LocalStaging(Path(config.dst), Path(config.zarr_path) if config.zarr_path else None)
-    from tileseg.store_staging import StoreStaging
+    from tileseg.outputs.store_staging import StoreStaging
 
     if config.zarr_path and not is_store_url(config.zarr_path):
         raise ConfigError(f"zarr_path {config.zarr_path}: local while DST is on a store; give a "
@@ -379,7 +379,7 @@ def _check_outputs(config: PredictConfig, fmt: str, staging: Staging) -> None:
         _check_report(config.report, config)
     item = stac_item_path(config)
     if item is not None:
-        from tileseg.stac_output import check_item_destination
+        from tileseg.outputs.stac_item import check_item_destination
 
         if not on_store:
             check_output_folder(item, "STAC item path", params=("stac_item",))
@@ -389,7 +389,7 @@ def _check_outputs(config: PredictConfig, fmt: str, staging: Staging) -> None:
 def _check_report(path: str, config: PredictConfig) -> None:
     """``--report`` replaces only a tileseg report, and only with --overwrite (or --resume)."""
     if is_store_url(path):
-        from tileseg.store_staging import check_report_object
+        from tileseg.outputs.store_staging import check_report_object
 
         check_report_object(path, replace=config.overwrite or config.resume)
         return
@@ -699,7 +699,7 @@ def _publish(config: PredictConfig, plan: Plan, fmt: str, staging: Staging,
     zarr_store, dst = staging.zarr_store, config.dst
     on_store = is_store_url(dst)
     if plan.aoi is not None:  # the output is the AOI's bounds, cut from the window's Zarr
-        from tileseg.scenes.crop import crop_zarr
+        from tileseg.outputs.crop import crop_zarr
 
         crop_zarr(_run_zarr(staging, plan), zarr_store, plan.aoi.output,
                   plan.output_raster, plan.model.metadata, chunk_side=plan.grid.chunk_side,
@@ -720,7 +720,7 @@ def _publish(config: PredictConfig, plan: Plan, fmt: str, staging: Staging,
         zarr_to_geotiff(zarr_store, tif_tmp, cog=fmt == "cog", workdir=scratch)
         # the styles are in place before the mask: a complete mask always has them
         if on_store:  # uploaded before the mask, as they are renamed before it locally
-            from tileseg.store_staging import StoreStaging
+            from tileseg.outputs.store_staging import StoreStaging
 
             assert isinstance(staging, StoreStaging)
             staging.ensure_lock_held()  # a run that lost its lock uploads nothing
@@ -740,10 +740,10 @@ def _write_stac_item(config: PredictConfig, plan: Plan, fingerprint: str, tally:
     path = stac_item_path(config)
     if path is None:
         return
-    from tileseg.stac_output import OutputAssets, build_item, write_item
+    from tileseg.outputs.stac_item import OutputAssets, build_item, write_item
 
     if staging is not None and is_store_url(config.dst):
-        from tileseg.store_staging import StoreStaging
+        from tileseg.outputs.store_staging import StoreStaging
 
         assert isinstance(staging, StoreStaging)
         staging.ensure_lock_held()  # a run that lost its lock uploads nothing
@@ -796,7 +796,7 @@ def _follow_ups(result: PredictResult, config: PredictConfig, plan: Plan | None 
         _check_report(config.report, config)  # again: the run took a while
         text = json.dumps(report, indent=2) + "\n"
         if is_store_url(config.report):
-            from tileseg.store_staging import write_report_object
+            from tileseg.outputs.store_staging import write_report_object
 
             write_report_object(config.report, text)
         else:

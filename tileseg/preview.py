@@ -28,15 +28,15 @@ import rasterio
 from affine import Affine
 from rasterio.enums import ColorInterp, Resampling
 
-from tileseg import mask as mask_format
-from tileseg.destination import writable_folder
-from tileseg.diskspace import full_disk_as_error
 from tileseg.errors import ConfigError, DiskFullError, InputError, InputNotFoundError, OutputError
 from tileseg.models.metadata import ClassInfo
+from tileseg.outputs import mask as mask_format
+from tileseg.outputs.diskspace import full_disk_as_error
+from tileseg.outputs.paths import writable_folder
+from tileseg.outputs.store import is_store_url, zarr_store
+from tileseg.outputs.styles import legend_for, mask_legend
 from tileseg.sources.raster import is_remote, open_dataset
 from tileseg.sources.subdatasets import raster_exists
-from tileseg.store import is_store_url, zarr_store
-from tileseg.styles import legend_for, mask_legend
 from tileseg.text import counted
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def check_preview_destination(dst: str | os.PathLike[str], overwrite: bool = Tru
     if out.suffix.lower() != ".png":
         raise OutputError(f"{os.fspath(dst)}: a preview is a PNG; name it .png")
     if is_store_url(os.fspath(dst)):
-        from tileseg.store_objects import check_object_destination
+        from tileseg.outputs.store_objects import check_object_destination
 
         check_object_destination(os.fspath(dst), overwrite=overwrite, owned=is_tileseg_png,
                                  foreign=_foreign_png(dst))
@@ -205,7 +205,7 @@ def make_preview(
     info = PngInfo()
     info.add_text("Software", f"{PNG_MARKER} {__version__}")
     if is_store_url(os.fspath(dst)):  # drawn locally, uploaded once over what was checked
-        from tileseg.store_objects import staged_object
+        from tileseg.outputs.store_objects import staged_object
 
         url = os.fspath(dst)
         with staged_object(url, overwrite=True, owned=is_tileseg_png,
@@ -296,7 +296,7 @@ def _zarr_mask(path: str) -> Any:
 
 
 def is_store_zarr(url: str) -> bool:
-    from tileseg.store_objects import is_store_zarr as on_store
+    from tileseg.outputs.store_objects import is_store_zarr as on_store
 
     return on_store(url)
 

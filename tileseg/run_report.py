@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import rasterio
 
 from tileseg.inference.tta import passes
-from tileseg.ownership import REPORT_MARKER, REPORT_VERSION
+from tileseg.outputs.ownership import REPORT_MARKER, REPORT_VERSION
 from tileseg.progress import Progress, ProgressCallback
 
 if TYPE_CHECKING:

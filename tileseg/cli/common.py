@@ -115,7 +115,7 @@ def handle_errors(func: F | None = None, *, stopped: str = STOPPED_HINT) -> Any:
                 raise
             _fail(error)
         except Exception as exc:
-            from tileseg.diskspace import disk_full_error, is_disk_full
+            from tileseg.outputs.diskspace import disk_full_error, is_disk_full
 
             if not is_disk_full(exc):
                 raise  # a bug: the traceback is the report

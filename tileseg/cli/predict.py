@@ -141,7 +141,7 @@ def command(paths: tuple[str, ...], output: str | None, model: str | None,
     --preview and --report may be s3:// (gs://, az://) URLs; see the README, "Outputs on
     object storage". Beside DST goes its STAC item (scene.mask.stac.json).
     """
-    from tileseg.naming import default_mask_path
+    from tileseg.outputs.naming import default_mask_path
     from tileseg.pipeline import predict
 
     configure_logging(verbose, quiet)

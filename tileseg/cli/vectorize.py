@@ -73,7 +73,7 @@ def command(mask: str, dst: str | None, classes: tuple[int, ...] | None,
     """
     from rasterio.errors import NotGeoreferencedWarning
 
-    from tileseg.naming import default_polygons_path
+    from tileseg.outputs.naming import default_polygons_path
     from tileseg.vectorization import VectorizeConfig, vectorize
 
     configure_logging(verbose, quiet)

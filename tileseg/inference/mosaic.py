@@ -35,7 +35,6 @@ import torch
 from dask.base import tokenize
 
 from tileseg.config import ProbabilityMode, RuntimeConfig
-from tileseg.diskspace import full_disk_as_error
 from tileseg.errors import (
     DamagedInputError,
     InputError,
@@ -48,10 +47,11 @@ from tileseg.inference.blend import FIXED_POINT_BITS
 from tileseg.inference.grid import Rect, TileGrid
 from tileseg.inference.infer import Runtime, blend_to_mask, infer_chunk_logits, make_runtime
 from tileseg.models.loaded import LoadedModel, cached, forget_cached, load_model
+from tileseg.outputs.diskspace import full_disk_as_error
+from tileseg.outputs.store import zarr_store
 from tileseg.progress import report_tiles
 from tileseg.sources.pinning import check_unchanged
 from tileseg.sources.raster import RasterInfo
-from tileseg.store import zarr_store
 
 if TYPE_CHECKING:
     from tileseg.scenes.aoi import AoiMask
@@ -290,7 +290,7 @@ class StoreWorkDir:
     what the local temporary-name-and-rename gives; a done marker is written last."""
 
     def __init__(self, url: str) -> None:
-        from tileseg.store import StoreLocation
+        from tileseg.outputs.store import StoreLocation
 
         self.root = StoreLocation.parse(url)
 
@@ -308,18 +308,18 @@ class StoreWorkDir:
         return self.root.child(f"done/r{row}_c{col}")
 
     def has_piece(self, row: int, col: int) -> bool:
-        from tileseg.store import exists
+        from tileseg.outputs.store import exists
 
         return exists(self._piece(row, col))
 
     def is_done(self, row: int, col: int) -> bool:
-        from tileseg.store import exists
+        from tileseg.outputs.store import exists
 
         return exists(self._done(row, col))
 
     def save_piece(self, row: int, col: int, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
         """Upload the piece in one PUT; returns where each neighbour's arrays lie in it."""
-        from tileseg.store import put_bytes
+        from tileseg.outputs.store import put_bytes
 
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)  # type: ignore[arg-type]
@@ -328,7 +328,7 @@ class StoreWorkDir:
         return spill_spans(data)
 
     def load_piece(self, row: int, col: int) -> Any:
-        from tileseg.store import read_bytes
+        from tileseg.outputs.store import read_bytes
 
         where = self._piece(row, col)
         try:
@@ -344,7 +344,7 @@ class StoreWorkDir:
         (its zip directory) first, then one ranged request per run of those arrays."""
         import zipfile
 
-        from tileseg.store import RangedObject, read_range
+        from tileseg.outputs.store import RangedObject, read_range
 
         where = self._piece(row, col)
         try:
@@ -373,35 +373,35 @@ class StoreWorkDir:
                            "resume", params=("resume",)) from None
 
     def remove_piece(self, row: int, col: int) -> None:
-        from tileseg.store import delete
+        from tileseg.outputs.store import delete
 
         delete(self._piece(row, col))
 
     def mark_done(self, row: int, col: int, info: dict[str, Any]) -> None:
-        from tileseg.store import put_bytes
+        from tileseg.outputs.store import put_bytes
 
         put_bytes(self._done(row, col), json.dumps(info).encode())
 
     def read_done(self, row: int, col: int) -> dict[str, Any]:
-        from tileseg.store import read_bytes
+        from tileseg.outputs.store import read_bytes
 
         return dict(json.loads(read_bytes(self._done(row, col))))
 
     def done_chunks(self) -> set[tuple[int, int]]:
         """Every chunk marked done, in one listing (instead of a HEAD request per chunk)."""
-        from tileseg.store import list_names
+        from tileseg.outputs.store import list_names
 
         return _parse_done(list_names(self.root.child("done")))
 
     def piece_chunks(self) -> set[tuple[int, int]]:
         """Every chunk whose piece is saved, in one listing."""
-        from tileseg.store import list_names
+        from tileseg.outputs.store import list_names
 
         return _parse_done(n.removesuffix(".npz") for n in list_names(self.root.child("pieces")))
 
     def claim_runtime(self, label: str) -> str:
         """:meth:`WorkDir.claim_runtime` with a conditional PUT (create only)."""
-        from tileseg.store import put_bytes, read_bytes
+        from tileseg.outputs.store import put_bytes, read_bytes
 
         record = self.root.child("runtime")
         try:
@@ -413,7 +413,7 @@ class StoreWorkDir:
 
 def open_work_dir(location: str | os.PathLike[str]) -> WorkDir | StoreWorkDir:
     """The work directory at ``location``: a store URL gives a :class:`StoreWorkDir`."""
-    from tileseg.store import is_store_url
+    from tileseg.outputs.store import is_store_url
 
     text = str(location)
     return StoreWorkDir(text) if is_store_url(text) else WorkDir(text)

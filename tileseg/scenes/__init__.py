@@ -66,7 +66,7 @@ def stack_label(files: tuple[str, ...]) -> str:
 def source_files(src: Any) -> list[str]:
     """The paths a run reads (for the checks that no output replaces an input): local files
     with their sidecars, remote URLs as they are; a local item and its local assets."""
-    from tileseg.destination import raster_files
+    from tileseg.outputs.paths import raster_files
     from tileseg.sources.raster import is_remote
 
     if isinstance(src, tuple):

@@ -106,10 +106,10 @@ def split_fragment(src: str) -> tuple[str, str | None]:
 
 def read_json(location: str) -> Any:
     """The JSON document at ``location`` (local, http(s) or a store URL), bounded in size."""
-    from tileseg.store import is_store_url
+    from tileseg.outputs.store import is_store_url
 
     if is_store_url(location):
-        from tileseg.store_objects import read_text_object
+        from tileseg.outputs.store_objects import read_text_object
 
         try:
             text = read_text_object(location, limit=MAX_STAC_BYTES)

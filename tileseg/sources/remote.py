@@ -12,7 +12,7 @@ GDAL explicitly always win.
 Every request has a bound (:class:`RequestPolicy`, from ``$TILESEG_HTTP_TIMEOUT`` and
 ``$TILESEG_HTTP_RETRIES``): one that gets no answer (or no byte) for the timeout is abandoned,
 and a failed one is tried again a bounded number of times with exponential backoff. The same
-policy governs GDAL's requests for rasters and obstore's for outputs (:mod:`tileseg.store`).
+policy governs GDAL's requests for rasters and obstore's for outputs (:mod:`tileseg.outputs.store`).
 """
 
 from __future__ import annotations

@@ -15,11 +15,11 @@ import numpy as np
 import shapely
 
 from tileseg.errors import ConfigError, InputError, log_params
-from tileseg.naming import check_not_source
+from tileseg.outputs.naming import check_not_source
+from tileseg.outputs.store import is_store_url
+from tileseg.outputs.styles import legend_for, mask_legend
 from tileseg.progress import Progress, ProgressCallback
 from tileseg.sources.raster import is_remote
-from tileseg.store import is_store_url
-from tileseg.styles import legend_for, mask_legend
 from tileseg.text import counted
 from tileseg.vectorization.merge import Components, merge_pieces
 from tileseg.vectorization.polygons import (
@@ -214,10 +214,10 @@ def geojson_crs(to_crs: str | None, dst: str | os.PathLike[str]) -> str:
 def _destination_lock(dst: str | os.PathLike[str]) -> Any:
     """The run lock of ``dst``: a lock file beside a local layer, a lease lock object on a store."""
     if is_store_url(os.fspath(dst)):
-        from tileseg.store_objects import object_lock
+        from tileseg.outputs.store_objects import object_lock
 
         return object_lock(os.fspath(dst))
-    from tileseg.runlock import exclusive_run
+    from tileseg.outputs.runlock import exclusive_run
 
     return exclusive_run(Path(dst))
 
@@ -320,7 +320,7 @@ def build_tasks(source: MaskSource, windows: Sequence[ChunkWindow],
 def _stamp(path: str) -> int | str | None:
     """When the mask was last written: a file's mtime, an object's ETag and date."""
     if is_store_url(path):
-        from tileseg.store_objects import version_stamp
+        from tileseg.outputs.store_objects import version_stamp
 
         return version_stamp(path)
     if is_remote(path):

@@ -16,10 +16,10 @@ import numpy as np
 import rasterio
 from affine import Affine
 
-from tileseg import mask as mask_format
 from tileseg.errors import InputError, InputNotFoundError
+from tileseg.outputs import mask as mask_format
+from tileseg.outputs.store import is_store_url, zarr_store
 from tileseg.sources.raster import checked_read, gdal_message, is_remote, open_dataset
-from tileseg.store import is_store_url, zarr_store
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def open_mask(path: str | os.PathLike[str]) -> MaskSource:
     """
     path = os.fspath(path)
     if is_store_url(path):
-        from tileseg.store_objects import is_store_zarr
+        from tileseg.outputs.store_objects import is_store_zarr
 
         # a Zarr mask through zarr's obstore-backed store, a GeoTIFF/COG through GDAL's /vsis3/
         path = path.rstrip("/") if path.rstrip("/").endswith(".zarr") else path

@@ -19,7 +19,7 @@ layer, never a user's file that happens to have the destination's name:
 Each holds JSON: ``{"writer": "tileseg", "version": ..., "mask": ...}``.
 
 A destination on an object store (``s3://``, ``gs://``, ``az://``) is written to a local
-temporary file and uploaded once (:mod:`tileseg.store_objects`): the object appears whole or not
+temporary file and uploaded once (:mod:`tileseg.outputs.store_objects`): the object appears whole or not
 at all. An existing object is proved tileseg's by downloading it and reading the same marker.
 """
 
@@ -38,13 +38,13 @@ from typing import Any, Literal
 import numpy as np
 import shapely
 
-from tileseg.destination import writable_folder
-from tileseg.diskspace import full_disk_as_error
 from tileseg.errors import DestinationBusyError, DiskFullError, OutputError
 from tileseg.models.metadata import ClassInfo
-from tileseg.runlock import check_lock_name
-from tileseg.store import is_store_url
-from tileseg.styles import add_layer_style
+from tileseg.outputs.diskspace import full_disk_as_error
+from tileseg.outputs.paths import writable_folder
+from tileseg.outputs.runlock import check_lock_name
+from tileseg.outputs.store import is_store_url
+from tileseg.outputs.styles import add_layer_style
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def check_destination(path: str | os.PathLike[str], overwrite: bool) -> VectorFo
     """
     fmt = format_for(path)
     if is_store_url(os.fspath(path)):
-        from tileseg.store_objects import check_object_destination
+        from tileseg.outputs.store_objects import check_object_destination
 
         check_object_destination(os.fspath(path), overwrite=overwrite, owned=_is_layer,
                                  foreign=_foreign(path))
@@ -165,7 +165,7 @@ def remove_stale_partials(dst: Path) -> list[Path]:
     another destination goes only when its process is gone and nobody holds that destination's
     lock. Returns the removed paths.
     """
-    from tileseg.runlock import exclusive_run
+    from tileseg.outputs.runlock import exclusive_run
 
     removed: list[Path] = []
     folder = dst.parent if str(dst.parent) else Path(".")
@@ -233,10 +233,10 @@ def write_layer(
     style, written before the rename like the features. ``marker`` (default: writer and
     version) is stored as the module docstring says; it is what lets a later ``overwrite``
     prove the file is tileseg's. A ``path`` on an object store is written locally and uploaded
-    once, only over what the check found (see :mod:`tileseg.store_objects`).
+    once, only over what the check found (see :mod:`tileseg.outputs.store_objects`).
     """
     if is_store_url(os.fspath(path)):
-        from tileseg.store_objects import staged_object
+        from tileseg.outputs.store_objects import staged_object
 
         format_for(path)  # the destination itself is checked once the layer is written
         with staged_object(os.fspath(path), overwrite=overwrite, owned=_is_layer,

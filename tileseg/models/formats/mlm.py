@@ -535,7 +535,7 @@ def export_stac(model: LoadedModel, dst: str | Path, *, overwrite: bool = False)
     """
     import json
 
-    from tileseg.destination import check_output_folder, write_text_atomic
+    from tileseg.outputs.paths import check_output_folder, write_text_atomic
 
     path = Path(dst)
     check_output_folder(path, "item path")

@@ -15,12 +15,12 @@ import rasterio.shutil
 from affine import Affine
 from rasterio.windows import Window
 
-from tileseg import mask as mask_format
 from tileseg.config import OutputFormat
 from tileseg.errors import OutputError
 from tileseg.models.metadata import ModelMetadata
+from tileseg.outputs import mask as mask_format
+from tileseg.outputs.store import zarr_store
 from tileseg.sources.raster import RasterInfo, open_dataset
-from tileseg.store import zarr_store
 
 logger = logging.getLogger(__name__)
 

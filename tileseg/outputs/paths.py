@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePath, PurePosixPath
 
 from tileseg.errors import ConfigError, OutputError
+from tileseg.outputs.store import is_store_url
 from tileseg.sources.raster import is_remote
-from tileseg.store import is_store_url
 
 PathLike = str | os.PathLike[str]
 NamedPaths = Mapping[str, PathLike | Iterable[PathLike] | None]
@@ -204,7 +204,7 @@ def raster_files(path: PathLike) -> list[str]:
 def write_text_atomic(path: PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary name and a rename: a reader never sees half
     a file, and an interrupted write leaves the old one."""
-    from tileseg.diskspace import full_disk_as_error
+    from tileseg.outputs.diskspace import full_disk_as_error
 
     final = Path(path)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")

@@ -65,7 +65,7 @@ def default_polygons_path(mask: str) -> str:
 def check_not_source(dst: str | os.PathLike[str], src: str) -> None:
     """Refuse a destination that is the source file itself (even with ``--overwrite``)."""
     if "://" in os.fspath(dst) or "://" in src or src.startswith("/vsi"):
-        from tileseg.destination import object_key
+        from tileseg.outputs.paths import object_key
 
         key = object_key(os.fspath(dst))
         if key is not None and key == object_key(src):

@@ -7,7 +7,7 @@ local-disk implementation of the four steps every run goes through:
 
 ``check``    before any work: the destinations may be written (existing ones only with
              ``--overwrite``/``--resume``, and only when tileseg wrote them).
-``lock``     one run per destination (:mod:`tileseg.runlock`).
+``lock``     one run per destination (:mod:`tileseg.outputs.runlock`).
 ``prepare``  start a fresh staging folder, or continue one with ``--resume`` (same fingerprint).
 ``publish``  move the finished outputs into place, replacing only tileseg's own files.
 """
@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from tileseg.diskspace import full_disk_as_error
 from tileseg.errors import OutputError, RunError
-from tileseg.ownership import check_replaceable, is_tileseg_staging, recorded_fingerprint
-from tileseg.runlock import check_lock_name, exclusive_run
+from tileseg.outputs.diskspace import full_disk_as_error
+from tileseg.outputs.ownership import check_replaceable, is_tileseg_staging, recorded_fingerprint
+from tileseg.outputs.runlock import check_lock_name, exclusive_run
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def staging_path_for(dst: str | os.PathLike[str]) -> Path:
 
 class Staging(Protocol):
     """The steps of a run's output life cycle; :class:`LocalStaging` writes to local disk,
-    :class:`tileseg.store_staging.StoreStaging` stages under a prefix on an object store."""
+    :class:`tileseg.outputs.store_staging.StoreStaging` stages under a prefix on an object store."""
 
     @property
     def dst(self) -> Any: ...

@@ -30,8 +30,8 @@ from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
-from tileseg import mask as mask_format
 from tileseg.models.metadata import ClassInfo, default_color
+from tileseg.outputs import mask as mask_format
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ _GFU_GENERIC, _GFU_NAME, _GFU_MINMAX, _GFU_RED, _GFU_GREEN, _GFU_BLUE = 0, 2, 5,
 
 
 def classes_from_json(items: Iterable[dict[str, Any]]) -> tuple[ClassInfo, ...]:
-    """Classes as stored in ``TILESEG_CLASSES`` and Zarr attributes (see :mod:`tileseg.mask`)."""
+    """Classes as stored in ``TILESEG_CLASSES`` and Zarr attributes (see :mod:`tileseg.outputs.mask`)."""
     return mask_format.class_infos(items)
 
 
@@ -58,8 +58,8 @@ def mask_legend(path: str | os.PathLike[str]) -> tuple[ClassInfo, ...]:
     raster with a colour table but no tileseg tag yields one class per entry that is not fully
     transparent (named ``class_<value>``).
     """
+    from tileseg.outputs.store import is_store_url, zarr_store
     from tileseg.sources.raster import open_dataset
-    from tileseg.store import is_store_url, zarr_store
 
     path = os.fspath(path)
     if os.path.isdir(path) or (is_store_url(path) and _store_zarr(path)):
@@ -86,7 +86,7 @@ def mask_legend(path: str | os.PathLike[str]) -> tuple[ClassInfo, ...]:
 
 
 def _store_zarr(url: str) -> bool:
-    from tileseg.store_objects import is_store_zarr
+    from tileseg.outputs.store_objects import is_store_zarr
 
     return is_store_zarr(url)
 
@@ -290,15 +290,15 @@ def publish_raster_styles(dst: str | os.PathLike[str], classes: Sequence[ClassIn
 def publish_raster_styles_to_store(dst: str, classes: Sequence[ClassInfo], *,
                                    workdir: str | os.PathLike[str]) -> list[str]:
     """:func:`publish_raster_styles` for a mask about to be uploaded to ``dst`` on an object
-    store: each sidecar is uploaded (one conditional PUT, :mod:`tileseg.store_objects`) before
+    store: each sidecar is uploaded (one conditional PUT, :mod:`tileseg.outputs.store_objects`) before
     the mask, under the same rules: the ``.aux.xml`` replaced when absent, tileseg's or beside
     the tileseg mask being replaced, the ``.qml`` only when tileseg wrote it (read from a
     downloaded copy); a user's sidecar is kept with a warning. Returns the URLs written."""
     from pathlib import PurePosixPath
 
     from tileseg.errors import OutputError
-    from tileseg.store import StoreLocation, exists
-    from tileseg.store_objects import inspect_object, upload_checked
+    from tileseg.outputs.store import StoreLocation, exists
+    from tileseg.outputs.store_objects import inspect_object, upload_checked
 
     if not classes:
         return []

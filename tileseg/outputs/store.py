@@ -25,7 +25,7 @@ from datetime import timedelta
 from typing import Any
 
 from tileseg.errors import DestinationBusyError, OutputError
-from tileseg.liveness import ProcessIdentity, is_gone
+from tileseg.outputs.liveness import ProcessIdentity, is_gone
 
 logger = logging.getLogger(__name__)
 
@@ -348,7 +348,7 @@ class StoreLock:
 
     The object is created with a create-only put, so of two runs starting together exactly one
     succeeds. It holds the host, pid, start time and lease expiry, and what proves the holder's
-    machine (:class:`tileseg.liveness.ProcessIdentity`). A run that finds an expired lease (its
+    machine (:class:`tileseg.outputs.liveness.ProcessIdentity`). A run that finds an expired lease (its
     holder was killed, or lost the network), or a live lease whose holder provably no longer
     runs on this same machine (``kill -9``), takes the lock over with a put conditional on the
     stale object's ETag, so two such runs cannot both take it. The holder renews the lease from

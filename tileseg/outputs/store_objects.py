@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from tileseg.errors import ConfigError, DiskFullError, InputError, OutputError
-from tileseg.store import (
+from tileseg.outputs.store import (
     StoreLocation,
     StoreLock,
     _describe_failure,
@@ -176,7 +176,7 @@ def staged_object(url: str, *, overwrite: bool, owned: OwnedCheck,
     """A local temporary file (named as the object) to write; uploaded once when the ``with``
     body ends without an error, after the destination is checked again. On an error nothing is
     uploaded and the file is removed."""
-    from tileseg.diskspace import disk_full_error, full_disk_as_error, temporary_folder
+    from tileseg.outputs.diskspace import disk_full_error, full_disk_as_error, temporary_folder
 
     scratch = temporary_folder()
     try:

@@ -23,8 +23,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tileseg.diskspace import disk_full_error, is_disk_full
 from tileseg.errors import DestinationBusyError, OutputError, RunError
+from tileseg.outputs.diskspace import disk_full_error, is_disk_full
 
 logger = logging.getLogger(__name__)
 

@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from tileseg.errors import OutputError
-from tileseg.mask import CLASSES_TAG, FINGERPRINT_TAG, ZARR_ATTRIBUTE
+from tileseg.outputs.mask import CLASSES_TAG, FINGERPRINT_TAG, ZARR_ATTRIBUTE
 
 logger = logging.getLogger(__name__)
 
 REPORT_MARKER = "tileseg_report"  # a report's own mark: {"tileseg_report": 1, ...}
 REPORT_VERSION = 1
-# an output's STAC item (tileseg.stac_output) carries {"properties": {ITEM_MARK: ...}}
+# an output's STAC item (tileseg.outputs.stac_item) carries {"properties": {ITEM_MARK: ...}}
 ITEM_MARK = "tileseg:output"
 ITEM_MARK_VALUE = "stac-item/1"
 TIFF_TAG = CLASSES_TAG  # written on every GeoTIFF/COG mask

@@ -15,9 +15,9 @@ import numpy as np
 
 from tileseg.inference.grid import Rect
 from tileseg.models.metadata import ModelMetadata
-from tileseg.outputs import create_zarr
+from tileseg.outputs.mask_files import create_zarr
+from tileseg.outputs.store import zarr_store
 from tileseg.sources.raster import RasterInfo
-from tileseg.store import zarr_store
 
 
 def crop_zarr(src: str | os.PathLike[str], dst: str | os.PathLike[str], window: Rect,

@@ -30,8 +30,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from tileseg.errors import OutputError
-from tileseg.ownership import ITEM_MARK, ITEM_MARK_VALUE, is_output_item
-from tileseg.store import is_store_url
+from tileseg.outputs.ownership import ITEM_MARK, ITEM_MARK_VALUE, is_output_item
+from tileseg.outputs.store import is_store_url
 
 if TYPE_CHECKING:
     from tileseg.models.loaded import LoadedModel
@@ -90,7 +90,7 @@ def _foreign(path: str) -> str:
 def check_item_destination(path: str) -> None:
     """Before any work: an item there may be replaced (tileseg wrote it), else exit 4."""
     if is_store_url(path):
-        from tileseg.store_objects import inspect_object
+        from tileseg.outputs.store_objects import inspect_object
 
         if inspect_object(path, is_tileseg_item) is None:
             raise OutputError(_foreign(path), params=("stac_item",))
@@ -105,13 +105,13 @@ def write_item(path: str, item: dict[str, Any]) -> None:
     """Write ``item`` at ``path`` whole or not at all, over an item tileseg wrote only."""
     text = json.dumps(item, indent=2) + "\n"
     if is_store_url(path):
-        from tileseg.store_objects import staged_object
+        from tileseg.outputs.store_objects import staged_object
 
         with staged_object(path, overwrite=True, owned=is_tileseg_item,
                            foreign=_foreign(path)) as local:
             local.write_text(text, encoding="utf-8")
         return
-    from tileseg.destination import write_text_atomic
+    from tileseg.outputs.paths import write_text_atomic
 
     check_item_destination(path)  # again: the run took a while
     write_text_atomic(path, text)

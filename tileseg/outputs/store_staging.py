@@ -12,7 +12,7 @@ A store has no rename, so completion is marked instead of moved into place:
 - a GeoTIFF/COG destination is built from the finished Zarr mosaic (staged at
   ``DST.partial/mosaic.zarr``) into a local temporary file on the driver and uploaded once, so
   the object appears whole or not at all;
-- one run per destination: a :class:`tileseg.store.StoreLock` object at ``DST.lock``.
+- one run per destination: a :class:`tileseg.outputs.store.StoreLock` object at ``DST.lock``.
 
 What already exists at ``DST`` is replaced only with ``--overwrite`` and only when it carries
 tileseg's mark (Zarr root attribute ``tileseg``, GeoTIFF tag ``TILESEG_CLASSES``), read through
@@ -32,15 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from tileseg.errors import ConfigError, OutputError, RunError
-from tileseg.ownership import (
+from tileseg.outputs.ownership import (
     FINGERPRINT_TAG,
     REPORT_MARKER,
     REPORT_VERSION,
     TIFF_TAG,
     ZARR_ATTRIBUTE,
 )
-from tileseg.staging import STAGING_SUFFIX
-from tileseg.store import (
+from tileseg.outputs.staging import STAGING_SUFFIX
+from tileseg.outputs.store import (
     StoreLocation,
     StoreLock,
     any_under,

@@ -1,0 +1,1 @@
+"""Destinations: where tileseg writes, on a disk or an object store, and how."""
