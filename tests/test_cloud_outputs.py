@@ -17,7 +17,7 @@ from s3_server import S3Server, checking_credentials, running_s3, s3_environment
 
 from tileseg.config import PredictConfig
 from tileseg.errors import DestinationBusyError
-from tileseg.outputs.store import StoreLocation, StoreLock, check_writable, put_bytes, zarr_store
+from tileseg.outputs.store import StoreLock, StoreURL, check_writable, put_bytes, zarr_store
 from tileseg.pipeline import predict
 
 BUCKET = "tileseg-cloud-out"
@@ -107,7 +107,7 @@ def test_interrupted_run_resumes_from_the_store(s3: S3Server, scene) -> None:
 def test_second_run_on_one_destination_exits_75(s3: S3Server, scene) -> None:
     src, _ = scene
     url = f"s3://{BUCKET}/busy/out.tif"
-    with StoreLock(StoreLocation.parse(url + ".lock")):
+    with StoreLock(StoreURL.parse(url + ".lock")):
         with pytest.raises(DestinationBusyError) as caught:
             predict(_config(src, url), model=per_pixel_model(3, 4))
     assert caught.value.exit_code == 75
@@ -117,8 +117,8 @@ def test_second_run_on_one_destination_exits_75(s3: S3Server, scene) -> None:
 
 HOLDER = """
 import sys, time
-from tileseg.outputs.store import StoreLocation, StoreLock
-with StoreLock(StoreLocation.parse(sys.argv[1])):
+from tileseg.outputs.store import StoreURL, StoreLock
+with StoreLock(StoreURL.parse(sys.argv[1])):
     print("locked", flush=True)
     time.sleep(120)
 """
@@ -170,7 +170,7 @@ def test_missing_bucket_is_one_line_exit_2(s3: S3Server, scene, deeplab_dir: Pat
 def test_overwrite_refuses_a_foreign_object(s3: S3Server, scene) -> None:
     src, _ = scene
     url = f"s3://{BUCKET}/foreign/out.tif"
-    put_bytes(StoreLocation.parse(url), b"someone's data")
+    put_bytes(StoreURL.parse(url), b"someone's data")
     with pytest.raises(Exception) as caught:
         predict(_config(src, url, overwrite=True), model=per_pixel_model(3, 4))
     assert getattr(caught.value, "exit_code", None) == 4 and "not written by tileseg" in str(
@@ -220,7 +220,7 @@ def test_wrong_credentials_are_one_line_exit_2_and_leave_nothing(
         code, output = _cli(["predict", str(src), url, "--model", str(deeplab_dir)])
         for name, value in good.items():
             monkeypatch.setenv(name, value)
-        check_writable(StoreLocation.parse(url))  # the good key passes: the refusal was the key's
+        check_writable(StoreURL.parse(url))  # the good key passes: the refusal was the key's
     lines = [line for line in output.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1, output
     assert f"{url}: " in lines[0] and "credentials" in lines[0]  # where, and what to check
@@ -232,7 +232,7 @@ def test_the_driver_counts_finished_chunks_with_one_listing(s3: S3Server) -> Non
     from types import SimpleNamespace
 
     from tileseg.inference.grid import TileGrid
-    from tileseg.inference.mosaic import open_work_dir
+    from tileseg.outputs.workdir import open_work_dir
     from tileseg.run_report import Tally
 
     grid = TileGrid.for_raster(300, 300, 64, 16, 96)
@@ -306,7 +306,7 @@ def test_report_on_s3_is_written_once_and_a_foreign_one_kept(s3: S3Server, scene
     body = json.loads(s3.client().get_object(Bucket=BUCKET, Key="report/run.json")["Body"].read())
     assert body["tileseg_report"] == 1 and body["dst"] == url and body["tiles_total"] > 0
     foreign = f"s3://{BUCKET}/report/notes.json"
-    put_bytes(StoreLocation.parse(foreign), b'{"mine": true}')
+    put_bytes(StoreURL.parse(foreign), b'{"mine": true}')
     with pytest.raises(Exception, match="not written by tileseg") as caught:
         predict(_config(src, url, report=foreign, overwrite=True), model=per_pixel_model(3, 4))
     assert getattr(caught.value, "exit_code", None) == 4
@@ -535,7 +535,7 @@ def test_a_users_objects_under_the_staging_prefix_are_not_tileseg_s_and_stay(
     src, _ = scene
     prefix = f"users-partial-{len(flags) and flags[0].strip('-')}"
     url = f"s3://{BUCKET}/{prefix}/out.tif"
-    put_bytes(StoreLocation.parse(f"{url}.partial/notes.txt"), b"mine")
+    put_bytes(StoreURL.parse(f"{url}.partial/notes.txt"), b"mine")
     code, output = _cli(["predict", str(src), url, "--model", str(deeplab_dir), *flags])
     lines = [line for line in output.splitlines() if line.strip()]
     assert code == 4 and len(lines) == 1, output

@@ -441,12 +441,13 @@ def test_batch_manifest_outputs_may_not_overlap_sources_or_each_other(tmp_path) 
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path) -> None:
-    from tileseg.outputs.paths import write_text_atomic
+    from tileseg.outputs.location import location
 
     report = tmp_path / "run.json"
-    write_text_atomic(report, '{"tileseg_report": 1}\n')
-    with pytest.raises(UnicodeEncodeError):
-        write_text_atomic(report, "half \udc80 written")  # fails part-way through encoding
+    location(report).write_text('{"tileseg_report": 1}\n')
+    with pytest.raises(UnicodeEncodeError), location(report).writing() as tmp:
+        tmp.write_text("half ", encoding="utf-8")
+        tmp.write_text("half \udc80 written", encoding="utf-8")  # fails part-way through
     assert report.read_text() == '{"tileseg_report": 1}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["run.json"]  # no temporary left behind
 
@@ -551,7 +552,7 @@ def test_an_output_in_a_folder_nobody_can_write_is_refused_up_front(check, targe
 
 
 def test_a_model_folder_is_made_with_its_parents_where_that_is_possible(tmp_path) -> None:
-    from tileseg.outputs.paths import check_folder_creatable
+    from tileseg.outputs.location import check_folder_creatable
 
     check_folder_creatable(tmp_path / "new" / "deeper", "out_dir")
     (tmp_path / "notes.txt").write_text("mine")

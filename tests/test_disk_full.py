@@ -158,13 +158,13 @@ def test_the_cog_pass_on_a_full_disk_removes_its_files_and_resume_redoes_only_it
 # -- every place tileseg writes, made to fail with ENOSPC --------------------------------------
 
 def _fail_spill(monkeypatch: pytest.MonkeyPatch) -> None:
-    import tileseg.inference.mosaic
+    import tileseg.outputs.workdir
 
     def savez(path: object, **arrays: object) -> None:
         Path(str(path)).write_bytes(b"half a piece")  # what a write cut short leaves
         raise _full()
 
-    monkeypatch.setattr(tileseg.inference.mosaic.np, "savez", savez)
+    monkeypatch.setattr(tileseg.outputs.workdir.np, "savez", savez)
 
 
 def _fail_text_writes(monkeypatch: pytest.MonkeyPatch, chosen: Callable[[Path], bool]) -> None:
@@ -202,7 +202,7 @@ def _fail_zarr_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _fail_run_record(monkeypatch: pytest.MonkeyPatch) -> None:
-    _fail_text_writes(monkeypatch, lambda p: p.name == "run.json.tmp")
+    _fail_text_writes(monkeypatch, lambda p: p.name.startswith(".run.json."))
 
 
 def _fail_cog_pass(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -25,8 +25,8 @@ from conftest import CountingModel, metadata, per_pixel_model, random_image
 
 from tileseg.cli.main import cli
 from tileseg.errors import ModelError
-from tileseg.inference import mosaic
 from tileseg.models import loaded as model_mod
+from tileseg.models import registry
 from tileseg.models.loaded import ModelSpec, build_model, load_model, save_model, wrap_module
 from tileseg.models.metadata import ClassInfo, ModelMetadata, Normalization
 
@@ -55,14 +55,14 @@ def test_cached_calls_the_factory_once_per_key_and_does_not_block_other_keys() -
 
 def test_registry_forgets_a_released_model_and_its_runtime() -> None:
     model = per_pixel_model(2, 3)
-    key = mosaic.register_model(model)
-    assert mosaic.register_model(model) == key  # one key per object
-    ref = mosaic.ModelRef(key=key)
+    key = registry.register_model(model)
+    assert registry.register_model(model) == key  # one key per object
+    ref = registry.ModelRef(key=key)
     model_mod.cached(("runtime", ref), lambda: "placed")
     del model
     gc.collect()
-    assert key not in mosaic._IN_PROCESS_MODELS
-    mosaic.register_model(per_pixel_model(2, 3))  # registering prunes dead entries' runtimes
+    assert key not in registry._IN_PROCESS_MODELS
+    registry.register_model(per_pixel_model(2, 3))  # registering prunes dead entries' runtimes
     assert all(k[1:2] != (ref,) for k in model_mod._CACHE)
 
 

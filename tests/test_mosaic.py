@@ -11,16 +11,10 @@ from conftest import per_pixel_model, random_image, untiled_mask
 
 from tileseg.config import RuntimeConfig
 from tileseg.inference.grid import TileGrid
-from tileseg.inference.mosaic import (
-    Job,
-    ModelRef,
-    WorkDir,
-    build_graph,
-    finalize_task,
-    infer_task,
-    register_model,
-)
+from tileseg.inference.mosaic import Job, build_graph, finalize_task, infer_task
+from tileseg.models.registry import ModelRef, register_model
 from tileseg.outputs.mask_files import create_zarr, mask_dtype_for
+from tileseg.outputs.workdir import LocalWorkDir
 from tileseg.sources.raster import open_raster
 
 
@@ -29,7 +23,7 @@ def _job(make_raster, tmp_path: Path):  # type: ignore[no-untyped-def]
     raster = open_raster(make_raster(data))
     model = per_pixel_model(2, 3)
     grid = TileGrid(70, 90, tile_size=32, overlap=8, chunk_tiles=2)
-    store, work = tmp_path / "m.zarr", WorkDir(tmp_path / "work")
+    store, work = tmp_path / "m.zarr", LocalWorkDir(tmp_path / "work")
     create_zarr(store, raster, model.metadata, chunk_side=grid.chunk_side, probabilities="none",
                 source="test")
     work.create()

@@ -314,15 +314,15 @@ def test_a_model_retrained_in_place_is_used_by_the_next_run(make_raster, tmp_pat
     in-process task instead of loading the model twice."""
     import shutil
 
-    import tileseg.inference.mosaic as mosaic
+    import tileseg.models.registry as registry
     from tileseg.models.loaded import load_model, save_model
 
     model_dir = tmp_path / "model"
     shutil.copytree(several_class_deeplab, model_dir)
     src = make_raster(random_image(3, 300, 280, seed=5))
     loads = []
-    real_load = mosaic.load_model
-    monkeypatch.setattr(mosaic, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    real_load = registry.load_model
+    monkeypatch.setattr(registry, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
 
     def run(name: str) -> np.ndarray:
         result = predict(PredictConfig(str(src), str(tmp_path / name), model=str(model_dir),

@@ -14,8 +14,8 @@ from s3_server import S3Server, running_s3, s3_environment
 
 from tileseg.errors import DestinationBusyError, OutputError
 from tileseg.outputs.store import (
-    StoreLocation,
     StoreLock,
+    StoreURL,
     check_writable,
     delete_prefix,
     exists,
@@ -34,16 +34,16 @@ def s3() -> Iterator[S3Server]:
         yield server
 
 
-def loc(key: str) -> StoreLocation:
-    return StoreLocation.parse(f"s3://{BUCKET}/{key}")
+def loc(key: str) -> StoreURL:
+    return StoreURL.parse(f"s3://{BUCKET}/{key}")
 
 
 def test_urls_split_into_bucket_and_key() -> None:
-    where = StoreLocation.parse("s3://bucket/a/b/mask.zarr/")
+    where = StoreURL.parse("s3://bucket/a/b/mask.zarr/")
     assert (where.root, where.key) == ("s3://bucket", "a/b/mask.zarr")
     assert where.child("zarr.json").url == "s3://bucket/a/b/mask.zarr/zarr.json"
     with pytest.raises(OutputError, match="no bucket"):
-        StoreLocation.parse("s3:///key")
+        StoreURL.parse("s3:///key")
 
 
 def test_objects_round_trip_and_create_only_refuses_a_second_writer(s3: S3Server) -> None:
@@ -92,7 +92,7 @@ def test_a_prefix_is_deleted_with_its_run_record_last(s3: S3Server,
 
 def test_a_missing_bucket_is_one_clear_error(s3: S3Server) -> None:
     with pytest.raises(OutputError, match="no-such-bucket-9.*bucket does not exist"):
-        check_writable(StoreLocation.parse("s3://no-such-bucket-9/out/mask.zarr"))
+        check_writable(StoreURL.parse("s3://no-such-bucket-9/out/mask.zarr"))
     check_writable(loc("out/mask.zarr"))  # and a good one passes, leaving nothing
     assert not any(k.startswith("out/") for k in _keys(s3))
 
@@ -140,7 +140,7 @@ def test_a_stale_lease_is_taken_over_and_the_old_holder_cannot_delete_it(s3: S3S
     assert not exists(where)
 
 
-def _forge_holder(where: StoreLocation, **fields: object) -> None:
+def _forge_holder(where: StoreURL, **fields: object) -> None:
     """A lock object as a run on this machine would have left it, its lease ten minutes long,
     with ``fields`` changed."""
     from tileseg.outputs.liveness import ProcessIdentity
@@ -224,20 +224,19 @@ def test_an_object_by_the_lock_key_that_tileseg_did_not_write_is_left_alone(
 
 def test_an_output_whose_lock_key_holds_a_users_object_is_refused_before_any_work(
         s3: S3Server) -> None:
-    from tileseg.outputs.store_objects import check_object_destination
+    from tileseg.vectorization import check_destination
 
     where = loc("layers/parcels.gpkg.lock")
     put_bytes(where, b"my notes", create_only=True)
     with pytest.raises(OutputError, match="not a tileseg lock"):
-        check_object_destination(loc("layers/parcels.gpkg").url, overwrite=False,
-                                 owned=lambda _: True, foreign="not ours")
+        check_destination(loc("layers/parcels.gpkg").url, overwrite=False)
     assert read_bytes(where) == b"my notes"
 
 
 def test_a_neighbour_downloads_only_its_spill_from_a_piece(s3: S3Server) -> None:
     import numpy as np
 
-    from tileseg.inference.mosaic import StoreWorkDir
+    from tileseg.outputs.workdir import StoreWorkDir
 
     rng = np.random.default_rng(0)
     arrays = {"tiles": np.array([9, 0]), "mask": rng.integers(0, 7, (600, 600), dtype=np.uint8)}
@@ -275,12 +274,12 @@ def test_a_malformed_endpoint_is_refused_before_any_request(
     monkeypatch.setenv(variable, value)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
-    for attempt in (lambda: StoreLocation.parse("s3://bucket/key"),
+    for attempt in (lambda: StoreURL.parse("s3://bucket/key"),
                     lambda: open_store("s3://bucket"),
                     lambda: gdal_options("s3://bucket/scene.tif")):
         with pytest.raises(ConfigError, match=f"^{variable} .* is not an http:// or https:// URL"):
             attempt()
-    StoreLocation.parse("gs://bucket/key")  # not S3's business
+    StoreURL.parse("gs://bucket/key")  # not S3's business
 
 
 @pytest.mark.parametrize("value", ["http://127.0.0.1:9000", "https://minio.example.org/",

@@ -18,7 +18,7 @@ from test_styles import gdal_categories_and_rat
 
 from tileseg.config import PredictConfig
 from tileseg.errors import OutputError
-from tileseg.outputs.store import StoreLocation, put_bytes
+from tileseg.outputs.store import StoreURL, put_bytes
 from tileseg.outputs.store_objects import ObjectState, upload_checked
 from tileseg.pipeline import predict
 
@@ -196,7 +196,7 @@ def test_predict_refuses_an_object_in_the_way_before_the_run(s3: S3Server, scene
                                                              match: str) -> None:
     src, _ = scene
     prefix = f"early-{option}-{overwrite}"
-    put_bytes(StoreLocation.parse(f"s3://{BUCKET}/{prefix}/{name}"), b"a user's file")
+    put_bytes(StoreURL.parse(f"s3://{BUCKET}/{prefix}/{name}"), b"a user's file")
     with pytest.raises(OutputError, match=match):
         predict(_config(src, f"s3://{BUCKET}/{prefix}/out.tif", overwrite=overwrite,
                         **{option: f"s3://{BUCKET}/{prefix}/{name}"}), model=per_pixel_model(3, 4))
@@ -260,7 +260,7 @@ def test_a_failed_preview_leaves_no_object(s3: S3Server, scene, monkeypatch,
 def test_an_object_put_after_the_check_is_not_replaced(s3: S3Server, tmp_path: Path) -> None:
     url = f"s3://{BUCKET}/race/out.gpkg"
     checked = ObjectState(url)  # absent when checked; then a user puts a file there
-    put_bytes(StoreLocation.parse(url), b"arrived meanwhile")
+    put_bytes(StoreURL.parse(url), b"arrived meanwhile")
     local = tmp_path / "out.gpkg"
     local.write_bytes(b"tileseg's layer")
     with pytest.raises(OutputError, match="changed on the store"):

@@ -41,7 +41,6 @@ import csv
 import json
 import logging
 import os
-import posixpath
 import reprlib
 import threading
 import time
@@ -53,20 +52,20 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from tileseg.batch_report import ScenePicture, html_path, render_html, scene_picture
+from tileseg.batch_report import ScenePicture, render_html, scene_picture
 from tileseg.config import PredictConfig
 from tileseg.errors import (
     ConfigError,
     InputError,
-    InputNotFoundError,
     OutputError,
     RunError,
     TilesegError,
     flagged_message,
 )
+from tileseg.outputs.location import Location, location
 from tileseg.outputs.naming import source_name
-from tileseg.outputs.paths import check_distinct_paths, check_output_folder, writable_folder
-from tileseg.outputs.staging import STAGING_SUFFIX, staging_path_for
+from tileseg.outputs.paths import check_distinct_paths
+from tileseg.outputs.staging import STAGING_SUFFIX
 from tileseg.outputs.store import is_store_url
 from tileseg.sources.raster import is_remote
 from tileseg.text import counted
@@ -115,10 +114,8 @@ class Scene:
         return source_label(self.src)
 
     @property
-    def staging(self) -> Path | str:
-        if is_store_url(self.dst):
-            return self.dst.rstrip("/") + STAGING_SUFFIX
-        return staging_path_for(self.dst)
+    def staging(self) -> Location:
+        return location(self.dst).sibling(STAGING_SUFFIX)
 
     def config(self, defaults: dict[str, Any], **extra: Any) -> PredictConfig:
         """The scene's PredictConfig: batch defaults, overridden by the scene's own options."""
@@ -234,28 +231,10 @@ def load_manifest(
     >>> scenes[0].options  # doctest: +SKIP
     {'model': '/data/models/buildings', 'bands': (4, 3, 2)}
     """
-    manifest: Path | str
-    base: Path | str
-    if is_store_url(os.fspath(path)):
-        manifest, text = os.fspath(path), _read_store_manifest(os.fspath(path))
-        base = manifest.rsplit("/", 1)[0]
-    else:
-        manifest = Path(path)
-        if not manifest.is_file():
-            raise InputNotFoundError(f"{manifest}: no such manifest file; check the path")
-        try:
-            data = _read_at_most(manifest, MAX_MANIFEST_BYTES + 1)
-            if len(data) > MAX_MANIFEST_BYTES:
-                raise InputError(f"{manifest}: the manifest is over {MAX_MANIFEST_BYTES >> 20} "
-                                 "MiB; split it into several batches")
-            text = data.decode("utf-8-sig")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"{manifest}: cannot read the manifest ({exc})") from exc
-        base = manifest.absolute().parent
-    out_dir: Path | str | None = None
-    if output_dir is not None:
-        out_dir = (os.fspath(output_dir).rstrip("/") if is_store_url(os.fspath(output_dir))
-                   else Path(output_dir))
+    source = location(path)
+    text = source.read_document(MAX_MANIFEST_BYTES, "manifest")
+    manifest, base = source.text, source.parent
+    out_dir = location(output_dir) if output_dir is not None else None
     fmt = manifest_format(manifest)
     if fmt == "csv":
         rows = _csv_rows(manifest, text)
@@ -279,48 +258,14 @@ def load_manifest(
     return scenes
 
 
-def _read_at_most(path: Path, limit: int) -> bytes:
-    """Up to ``limit`` bytes of ``path``, read in pieces (one large read of a pseudo-file, as
-    under /proc, can fail for its size alone)."""
-    parts: list[bytes] = []
-    size = 0
-    with open(path, "rb") as f:
-        while size < limit and (part := f.read(min(1 << 20, limit - size))):
-            parts.append(part)
-            size += len(part)
-    return b"".join(parts)
-
-
-def _read_store_manifest(url: str) -> str:
-    from tileseg.outputs.store_objects import read_text_object
-
-    try:
-        text = read_text_object(url, limit=MAX_MANIFEST_BYTES)
-    except TilesegError:
-        raise
-    except Exception as exc:  # the store's own error: one line naming the manifest
-        raise InputError(f"{url}: cannot read the manifest ({' '.join(str(exc).split())[:200]})"
-                         "; check the URL, the credentials and AWS_ENDPOINT_URL") from None
-    if text is None:
-        raise InputNotFoundError(f"{url}: no such manifest object (or over "
-                                 f"{MAX_MANIFEST_BYTES >> 20} MiB); check the URL")
-    return text.removeprefix("\ufeff")
-
-
-def _join(base: Path | str, name: str) -> str:
+def _join(base: Location, name: str) -> str:
     """``name`` under ``base``: a folder, or a prefix URL on a store (``..`` resolved)."""
-    if isinstance(base, Path):
-        return str(base / name)
-    scheme, _, rest = base.partition("://")
-    return f"{scheme}://{posixpath.normpath(posixpath.join(rest, name))}"
+    return base.child(name).text
 
 
 def _with_suffix(path: str, suffix: str) -> str:
     """``path`` with its extension replaced, for a file path or an object URL alike."""
-    if is_store_url(path):
-        head, _, name = path.rpartition("/")
-        return f"{head}/{PurePosixPath(name).with_suffix(suffix)}"
-    return str(Path(path).with_suffix(suffix))
+    return location(path).with_suffix(suffix).text
 
 
 def _check_scene_paths(manifest: Path | str, scenes: list[Scene]) -> None:
@@ -433,15 +378,15 @@ def _yaml_rows(manifest: Path | str, text: str) -> list[Row]:
     return rows
 
 
-def _resolve(value: str, base: Path | str) -> str:
+def _resolve(value: str, base: Location) -> str:
     value = os.path.expanduser(str(value))
     if is_remote(value) or os.path.isabs(value):
         return value
     return _join(base, value)
 
 
-def _scene(manifest: Path | str, where: str, row: dict[str, Any], base: Path | str,
-           out_dir: Path | str | None, suffix: str) -> Scene:
+def _scene(manifest: str, where: str, row: dict[str, Any], base: Location,
+           out_dir: Location | None, suffix: str) -> Scene:
     row = {_ALIASES.get(str(k).replace("-", "_"), str(k).replace("-", "_")): v
            for k, v in row.items()}
     raw = row.pop("src", None)
@@ -464,8 +409,8 @@ def _scene(manifest: Path | str, where: str, row: dict[str, Any], base: Path | s
         first = src if isinstance(src, str) else src[0]
         dst = _join(out_dir, PurePosixPath(source_name(first)).stem + suffix)
     else:
-        where_to = out_dir.absolute() if isinstance(out_dir, Path) else out_dir
-        dst = _resolve(str(dst), where_to if where_to is not None else base)
+        where_to = location(out_dir.address) if out_dir is not None else base
+        dst = _resolve(str(dst), where_to)
     if any(os.path.normpath(dst) == os.path.normpath(f)
            for f in ((src,) if isinstance(src, str) else src)):
         raise InputError(f"{manifest}: {where} would overwrite its source {dst}; change dst or "
@@ -489,7 +434,7 @@ _SHORT_REPR.maxlevel, _SHORT_REPR.maxlist, _SHORT_REPR.maxdict = 2, 6, 4
 _SHORT_REPR.maxstring = _SHORT_REPR.maxother = 60
 
 
-def _option(manifest: Path | str, where: str, key: str, value: Any, base: Path | str,
+def _option(manifest: str, where: str, key: str, value: Any, base: Location,
             dst: str, src: str | tuple[str, ...] = "") -> Any:
     def bad(expected: str) -> InputError:
         shown = _SHORT_REPR.repr(value)  # a value may be huge: the message stays one short line
@@ -596,14 +541,9 @@ def scene_state(scene: Scene) -> Literal["complete", "partial", "missing"]:
     return "missing"
 
 
-def _output_exists(path: str | os.PathLike[str]) -> bool:
+def _output_exists(path: str | os.PathLike[str] | Location) -> bool:
     """A file or folder, or on a store an object or a prefix with objects under it."""
-    text = os.fspath(path)
-    if is_store_url(text):
-        from tileseg.outputs.store_objects import output_exists
-
-        return output_exists(text)
-    return Path(text).exists()
+    return location(path).exists()
 
 
 SceneCallback = Callable[[Scene, SceneResult], None]
@@ -740,13 +680,10 @@ def _run_scene(scene: Scene, config: BatchConfig, client: Any) -> SceneResult:
 def _create_dst_folder(scene: Scene) -> None:
     """The folder of a scene's local ``dst``, created as ``output_dir`` is (``mkdir -p``): a
     CSV or YAML manifest names its own destinations, and they get the same treatment."""
-    if is_store_url(scene.dst):
-        return  # a prefix exists as soon as an object is written under it
-    folder = Path(scene.dst).parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        location(scene.dst).make_parent()  # on a store a prefix needs no making
     except OSError as exc:
-        raise OutputError(f"{folder}: cannot create the folder of {scene.dst} "
+        raise OutputError(f"{Path(scene.dst).parent}: cannot create the folder of {scene.dst} "
                           f"({exc.strerror}); create it or change the scene's dst") from exc
 
 
@@ -770,56 +707,30 @@ def check_summary_targets(summary: str | os.PathLike[str]) -> None:
     from tileseg.batch_report import HTML_MARKER
 
     header = ",".join(SUMMARY_COLUMNS)
-    checks: tuple[tuple[Any, Callable[[str], bool]], ...] = tuple(zip(
-        _summary_targets(summary), (_is_summary_json, lambda text: text.splitlines()[:1] == [header],
-                                    lambda text: HTML_MARKER in text), strict=True))
-    if is_store_url(os.fspath(summary)):
-        _check_store_summary(checks)
-        return
-    # written after each scene: a folder that cannot take it is found now, not after the first
-    check_output_folder(checks[0][0], "summary path", params=("summary",))
-    for path, ours in checks:
-        if path.is_symlink() or path.is_dir():
-            mine = False
-        elif not path.exists():
-            continue
-        else:
-            try:
-                mine = ours(path.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError):
-                mine = False
-        if not mine:
-            raise OutputError(f"{path}: exists and is not a tileseg batch summary, so it is left "
-                              "as it is; choose another summary path or remove it")
-
-
-def _summary_targets(summary: str | os.PathLike[str]) -> tuple[Any, Any, Any]:
-    """The summary's JSON, CSV and HTML: paths, or object URLs for a summary on a store."""
-    text = os.fspath(summary)
-    if is_store_url(text):
-        json_url = _with_suffix(text, ".json") if text.lower().endswith(".csv") else text
-        return json_url, _with_suffix(text, ".csv"), _with_suffix(json_url, ".html")
-    target = Path(summary)
-    json_path = target.with_suffix(".json") if target.suffix.lower() == ".csv" else target
-    return json_path, summary_csv_path(target), html_path(json_path)
-
-
-def _check_store_summary(checks: tuple[tuple[Any, Callable[[str], bool]], ...]) -> None:
-    """On a store: the bucket answers (exit 2), and existing summary objects are an earlier
-    batch's (read from downloaded copies), else exit 4 before any scene runs."""
-    from tileseg.outputs.store_objects import check_store_answers, inspect_object
-
-    check_store_answers(checks[0][0])
-    for url, ours in checks:
+    targets = _summary_targets(summary)
+    targets[0].check_answers()  # on a store: the bucket answers (exit 2), before any scene
+    for target, ours in zip(targets, (_is_summary_json,
+                                      lambda text: text.splitlines()[:1] == [header],
+                                      lambda text: HTML_MARKER in text), strict=True):
         def owned(local: Path, ours: Callable[[str], bool] = ours) -> bool:
             try:
                 return ours(local.read_text(encoding="utf-8"))
             except (OSError, UnicodeDecodeError):
                 return False
 
-        if inspect_object(url, owned) is None:
-            raise OutputError(f"{url}: exists and is not a tileseg batch summary, so it is left "
-                              "as it is; choose another summary path or remove it")
+        # written after each scene: a folder that cannot take it is found now, not later
+        target.check_replaceable(
+            overwrite=True, owned=owned, what="summary path", params=("summary",),
+            foreign_params=(),
+            foreign=(f"{target}: exists and is not a tileseg batch summary, so it is left as "
+                     "it is; choose another summary path or remove it"))
+
+
+def _summary_targets(summary: str | os.PathLike[str]) -> tuple[Location, Location, Location]:
+    """The summary's JSON, CSV and HTML."""
+    target = location(summary)
+    json_path = target.with_suffix(".json") if target.name.lower().endswith(".csv") else target
+    return json_path, target.with_suffix(".csv"), json_path.with_suffix(".html")
 
 
 def _earlier_results(summary: str | os.PathLike[str]) -> dict[tuple[str, str], SceneResult]:
@@ -827,12 +738,7 @@ def _earlier_results(summary: str | os.PathLike[str]) -> dict[tuple[str, str], S
     scene that is complete now is skipped, and keeps those figures (tiles, chunks, seconds)."""
     json_path = _summary_targets(summary)[0]
     try:
-        if isinstance(json_path, str):
-            from tileseg.outputs.store_objects import read_text_object
-
-            text = read_text_object(json_path, limit=64 << 20)
-        else:
-            text = json_path.read_text(encoding="utf-8") if json_path.is_file() else None
+        text = json_path.read_text(limit=64 << 20)
         doc = json.loads(text) if text else {}
     except (OSError, UnicodeDecodeError, ValueError, TilesegError):
         return {}
@@ -883,15 +789,10 @@ def _write_summary(path: str, scenes: list[Scene], results: dict[int, SceneResul
     writer.writeheader()
     for row in rows:
         writer.writerow({**row, "seconds": f"{row['seconds']:.3f}"})
-    title = f"tileseg batch: {PurePosixPath(os.fspath(json_path)).stem}"
+    title = f"tileseg batch: {PurePosixPath(json_path.text).stem}"
     for target, text in ((json_path, json.dumps(doc, indent=2) + "\n"), (csv_path, "".join(lines)),
                          (page_path, render_html(title, doc, pictures or {}))):
-        if isinstance(target, str):  # on a store: one PUT, whole or not at all
-            from tileseg.outputs.store import StoreLocation, put_bytes
-
-            put_bytes(StoreLocation.parse(target), text.encode("utf-8"))
-        else:
-            _atomic_write(target, text)
+        target.write_text(text)  # whole or not at all: a rename, one PUT
 
 
 class _ListWriter:
@@ -900,15 +801,6 @@ class _ListWriter:
 
     def write(self, text: str) -> None:
         self.lines.append(text)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    from tileseg.outputs.diskspace import full_disk_as_error
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with full_disk_as_error(path.absolute().parent, resumable=False, cleanup=[tmp]):
-        tmp.write_text(text)
-        os.replace(tmp, path)
 
 
 def default_summary_path(manifest: str | os.PathLike[str],
@@ -927,11 +819,8 @@ def default_summary_path(manifest: str | os.PathLike[str],
     """
     name = source_name(os.fspath(manifest)) + ".summary.json"
     if output_dir is not None and is_store_url(os.fspath(output_dir)):
-        return _join(os.fspath(output_dir).rstrip("/"), name)
-    if is_store_url(os.fspath(manifest)):
-        return _join(os.fspath(manifest).rsplit("/", 1)[0], name)
-    path = Path(manifest)
-    return str(path.with_name(name))
+        return _join(location(output_dir), name)
+    return location(manifest).with_name(name).text
 
 
 def run_manifest(
@@ -951,18 +840,7 @@ def run_manifest(
     config = config or BatchConfig(summary=default_summary_path(manifest))
     scenes = load_manifest(manifest, output_dir=config.output_dir, suffix=config.suffix)
     check_named_bands(scenes, config.defaults)
-    if config.output_dir is not None and is_store_url(config.output_dir):
-        from tileseg.outputs.store_objects import check_store_answers
-
-        check_store_answers(config.output_dir.rstrip("/"))  # a missing bucket: exit 2, no scene
-    elif config.output_dir is not None:  # named for this batch: create it, as mkdir -p would
-        try:
-            Path(config.output_dir).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"{config.output_dir}: cannot create the output folder "
-                              f"({exc.strerror}); choose a writable output_dir",
-                              params=("output_dir",)) from exc
-        if not writable_folder(config.output_dir):  # else every scene would fail alike
-            raise OutputError(f"{config.output_dir}: the output folder is not writable; choose "
-                              "a writable output_dir", params=("output_dir",))
+    if config.output_dir is not None:  # named for this batch: made as mkdir -p would
+        # (on a store: the bucket answers, exit 2 before any scene)
+        location(config.output_dir).make_folder("output_dir", params=("output_dir",))
     return run_batch(scenes, config, client=client, on_scene=on_scene)

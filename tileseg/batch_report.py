@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from tileseg.errors import TilesegError
-from tileseg.outputs.diskspace import full_disk_as_error
 from tileseg.text import counted
 
 logger = logging.getLogger(__name__)
@@ -48,48 +47,35 @@ def previews_dir(summary: str | os.PathLike[str]) -> Path:
     return path.with_name(path.with_suffix("").name + ".previews")
 
 
-def _mask_stamp(dst: Path | str) -> list[Any]:
-    if isinstance(dst, str):  # on a store: the object's (or Zarr's zarr.json's) ETag and date
-        from tileseg.outputs.store_objects import version_stamp
-
-        stamp = version_stamp(dst)
-        if stamp is None:
-            raise OSError(f"{dst}: not found on the store")
-        return [stamp]
-    # A Zarr mask is a folder renamed into place: its root metadata file says when it was made.
-    target = dst / "zarr.json" if dst.is_dir() and (dst / "zarr.json").exists() else dst
-    stat = target.stat()
-    return [stat.st_mtime_ns, stat.st_size]
-
-
 def scene_picture(dst: str | os.PathLike[str], index: int,
                   summary: str | os.PathLike[str]) -> ScenePicture | None:
     """Draw (or reuse) the thumbnail of the mask at ``dst``; None when it cannot be drawn.
 
     A failure here never fails the scene: the mask is complete, only its picture is missing.
     """
+    from tileseg.outputs.location import location
     from tileseg.outputs.naming import source_name
-    from tileseg.outputs.store import is_store_url
     from tileseg.preview import PreviewConfig, make_preview
 
-    mask: Path | str = os.fspath(dst) if is_store_url(os.fspath(dst)) else Path(dst)
+    mask = location(dst)
     folder = previews_dir(summary)
     png = folder / f"{index + 1:04d}-{source_name(str(mask))}.png"
     record = png.with_suffix(".json")
     relative = f"{folder.name}/{png.name}"
     try:
-        stamp = _mask_stamp(mask)
+        # when the mask was written (a Zarr: its root zarr.json; an object: its ETag)
+        stamp = mask.stamp()
+        if stamp is None:
+            raise OSError(f"{mask}: cannot tell when it was written")
         if png.exists() and record.exists():
             known = json.loads(record.read_text())
             if known.get("mask") == str(mask) and known.get("stamp") == stamp:
                 return ScenePicture(relative, tuple(known["areas"]))
         folder.mkdir(exist_ok=True)
-        drawn = make_preview(mask, png, PreviewConfig(size=THUMBNAIL_SIZE, legend=False))
+        drawn = make_preview(str(mask), png, PreviewConfig(size=THUMBNAIL_SIZE, legend=False))
         areas = tuple({**asdict(a), "color": list(a.color)} for a in drawn.areas)
-        tmp = record.with_name(f".{record.name}.{os.getpid()}.tmp")
-        with full_disk_as_error(folder, resumable=False, cleanup=[tmp]):
-            tmp.write_text(json.dumps({"mask": str(mask), "stamp": stamp, "areas": areas}))
-            os.replace(tmp, record)
+        location(record).write_text(json.dumps({"mask": str(mask), "stamp": stamp,
+                                                 "areas": areas}))
         return ScenePicture(relative, areas)
     except (TilesegError, OSError, ValueError, KeyError) as exc:
         logger.warning("%s: no preview (%s)", mask, exc)

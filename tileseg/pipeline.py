@@ -20,25 +20,17 @@ from tileseg.errors import (
     DamagedInputError,
     InputError,
     ModelError,
-    OutputError,
     RunError,
     SourceChangedError,
     log_params,
 )
 from tileseg.inference.grid import TileGrid, aligned_overlap
-from tileseg.inference.mosaic import (
-    SUMS_FORMAT,
-    Job,
-    ModelRef,
-    build_graph,
-    hand_over,
-    model_files,
-    open_work_dir,
-    register_model,
-)
+from tileseg.inference.mosaic import SUMS_FORMAT, Job, build_graph
 from tileseg.memory import check_memory
 from tileseg.models.loaded import LoadedModel, load_model, warn_once
-from tileseg.outputs.diskspace import full_disk_as_error, temporary_folder
+from tileseg.models.registry import ModelRef, hand_over, model_files, register_model
+from tileseg.outputs.diskspace import full_disk_as_error
+from tileseg.outputs.location import location
 from tileseg.outputs.mask_files import (
     create_zarr,
     format_for,
@@ -46,15 +38,11 @@ from tileseg.outputs.mask_files import (
     mask_dtype_for,
     zarr_to_geotiff,
 )
-from tileseg.outputs.ownership import check_replaceable
-from tileseg.outputs.paths import (
-    check_distinct_paths,
-    check_output_folder,
-    write_text_atomic,
-)
-from tileseg.outputs.staging import STAGING_SUFFIX, LocalStaging, Staging  # noqa: F401 (re-exported)
-from tileseg.outputs.store import is_store_url
-from tileseg.outputs.styles import publish_raster_styles, publish_raster_styles_to_store
+from tileseg.outputs.ownership import is_report
+from tileseg.outputs.paths import check_distinct_paths
+from tileseg.outputs.staging import Staging
+from tileseg.outputs.styles import publish_raster_styles
+from tileseg.outputs.workdir import open_work_dir
 from tileseg.progress import ProgressCallback, listen_tiles
 from tileseg.run_report import RunReport, Tally, Timings, peak_rss_mb
 from tileseg.scenes import is_item_source
@@ -312,14 +300,11 @@ def _check_paths(config: PredictConfig) -> None:
 def _check_store_keys(config: PredictConfig) -> None:
     """No output on a store is a bucket root (exit 4), before any request and before the
     format is told from a key that a root does not have."""
-    from tileseg.outputs.store import StoreLocation
-
-    if is_store_url(config.dst):
-        StoreLocation.parse(config.dst).require_key()
+    location(config.dst).require_name()
     for name, url in (("zarr_path", config.zarr_path), ("report", config.report),
                       ("vectorize", config.vectorize), ("preview", config.preview)):
-        if url and is_store_url(url):
-            StoreLocation.parse(url).require_key(f"{name} path", params=(name,))
+        if url:
+            location(url).require_name(f"{name} path", params=(name,))
 
 
 def stac_item_path(config: PredictConfig) -> str | None:
@@ -331,29 +316,9 @@ def stac_item_path(config: PredictConfig) -> str | None:
     return item_path(config.dst)
 
 
-def _staging_for(config: PredictConfig, fmt: str) -> Staging:
-    """Local staging beside DST, or staging on the object store DST names."""
-    if not is_store_url(config.dst):
-        if config.zarr_path and is_store_url(config.zarr_path):
-            raise ConfigError(f"zarr_path {config.zarr_path}: on a store while DST is local; "
-                              "write both to the store or both locally", params=("zarr_path",))
-        return LocalStaging(Path(config.dst), Path(config.zarr_path) if config.zarr_path else None)
-    from tileseg.outputs.store_staging import StoreStaging
-
-    if config.zarr_path and not is_store_url(config.zarr_path):
-        raise ConfigError(f"zarr_path {config.zarr_path}: local while DST is on a store; give a "
-                          "store URL for zarr_path too", params=("zarr_path",))
-    return StoreStaging(config.dst, config.zarr_path, zarr_dst=fmt == "zarr")
-
-
 def _check_outputs(config: PredictConfig, fmt: str, staging: Staging) -> None:
     """Every destination can be written, and what exists there may be replaced (exit 4)."""
-    on_store = is_store_url(config.dst)
-    if is_remote(config.dst) and not on_store:
-        raise OutputError(f"{config.dst}: only s3://, gs:// and az:// outputs are supported; "
-                          "write locally and copy")
-    if not on_store:
-        check_output_folder(config.dst, "destination")
+    location(config.dst).check_folder("destination")
     if fmt == "zarr" and config.zarr_path:
         raise ConfigError("zarr_path is for GeoTIFF destinations; the destination is already Zarr",
                           params=("zarr_path",))
@@ -361,14 +326,13 @@ def _check_outputs(config: PredictConfig, fmt: str, staging: Staging) -> None:
         raise ConfigError(f"probabilities {config.probabilities} is stored in the Zarr mosaic "
                           "only; add zarr_path PATH to keep it, or write DST as .zarr",
                           params=("probabilities", "zarr_path"))
-    if config.zarr_path and not on_store:
-        check_output_folder(config.zarr_path, "zarr_path path", params=("zarr_path",))
+    if config.zarr_path:
+        location(config.zarr_path).check_folder("zarr_path path", params=("zarr_path",))
     staging.check(overwrite=config.overwrite, resume=config.resume)
     if config.vectorize:
         from tileseg.vectorization import check_destination as check_vector_destination
 
-        if not is_store_url(config.vectorize):
-            check_output_folder(config.vectorize, "vectorize path", params=("vectorize",))
+        location(config.vectorize).check_folder("vectorize path", params=("vectorize",))
         # before the run: --overwrite replaces only a layer tileseg wrote (its marker)
         check_vector_destination(config.vectorize, config.overwrite)
     if config.preview:
@@ -381,25 +345,17 @@ def _check_outputs(config: PredictConfig, fmt: str, staging: Staging) -> None:
     if item is not None:
         from tileseg.outputs.stac_item import check_item_destination
 
-        if not on_store:
-            check_output_folder(item, "STAC item path", params=("stac_item",))
+        location(item).check_folder("STAC item path", params=("stac_item",))
         check_item_destination(item)
 
 
 def _check_report(path: str, config: PredictConfig) -> None:
     """``--report`` replaces only a tileseg report, and only with --overwrite (or --resume)."""
-    if is_store_url(path):
-        from tileseg.outputs.store_staging import check_report_object
-
-        check_report_object(path, replace=config.overwrite or config.resume)
-        return
-    report = Path(path)
-    check_output_folder(report, "report path", params=("report",))
-    if report.exists() or report.is_symlink():
-        if not (config.overwrite or config.resume):
-            raise OutputError(f"{report}: already exists; pass overwrite to replace it",
-                              params=("overwrite",))
-        check_replaceable(report, "report path", params=("report",))
+    location(path).check_replaceable(
+        overwrite=config.overwrite or config.resume, owned=is_report,
+        foreign=(f"{path}: exists and was not written by tileseg (no tileseg marker key), so "
+                 "overwrite does not replace it; move it away or choose another report path"),
+        what="report path", params=("report",))
 
 
 def _fingerprint(config: PredictConfig, raster: RasterInfo, model_source: str,
@@ -490,7 +446,7 @@ def predict(
     _check_store_keys(config)
     fmt = format_for(config.dst, config.format)
     _check_paths(config)
-    staging = _staging_for(config, fmt)
+    staging = location(config.dst).staging(config.zarr_path, zarr_dst=fmt == "zarr")
     _check_outputs(config, fmt, staging)
     plan = _plan_run(config, model)
     address = scheduler_address(config.scheduler)
@@ -668,12 +624,11 @@ def _note(staging: Staging, facts: dict[str, Any]) -> None:
         logger.warning("could not update the run record (%s)", exc)
 
 
-def _run_zarr(staging: Staging, plan: Plan) -> Any:
+def _run_zarr(staging: Staging, plan: Plan) -> str:
     """The Zarr the tasks write: the output's, or with an AOI the window's in the work folder."""
     if plan.aoi is None:
-        return staging.zarr_store
-    work = staging.work_path
-    return f"{work}/window.zarr" if isinstance(work, str) else Path(work) / "window.zarr"
+        return str(staging.zarr_store)
+    return location(str(staging.work_path)).child("window.zarr").text
 
 
 def _job(config: PredictConfig, plan: Plan, staging: Staging, run: str = "") -> Job:
@@ -686,8 +641,7 @@ def _job(config: PredictConfig, plan: Plan, staging: Staging, run: str = "") -> 
         blend=config.blend, probabilities=config.probabilities,
         mask_dtype=mask_dtype.name, nodata=nodata,
         work_dir=open_work_dir(staging.work_path).location,
-        zarr_path=(zarr_store if isinstance(zarr_store := _run_zarr(staging, plan), str)
-                   else str(zarr_store.absolute())),
+        zarr_path=location(_run_zarr(staging, plan)).address,
         run=run or uuid.uuid4().hex,
         aoi=plan.aoi.mask if plan.aoi is not None else None,
     )
@@ -697,7 +651,6 @@ def _publish(config: PredictConfig, plan: Plan, fmt: str, staging: Staging,
              fingerprint: str, tally: Any = None) -> str | None:
     """Mark the Zarr complete and move the outputs into place; the Zarr path kept, if any."""
     zarr_store, dst = staging.zarr_store, config.dst
-    on_store = is_store_url(dst)
     if plan.aoi is not None:  # the output is the AOI's bounds, cut from the window's Zarr
         from tileseg.outputs.crop import crop_zarr
 
@@ -711,22 +664,14 @@ def _publish(config: PredictConfig, plan: Plan, fmt: str, staging: Staging,
         _write_stac_item(config, plan, fingerprint, tally, fmt, None, staging)
         staging.publish(zarr_store, zarr_too=False)
         return str(dst)
-    # a full disk in the GeoTIFF pass: every chunk is done and kept, --resume only redoes this;
-    # on a store the scratch is a temporary folder of this machine (TMPDIR)
-    folder = temporary_folder() if on_store else str(Path(dst).absolute().parent)
-    with full_disk_as_error(folder, resumable=True, gdal=True, temporary=on_store):
-        scratch = staging.scratch()
+    # a full disk in the GeoTIFF pass: every chunk is done and kept, --resume only redoes this
+    # (on a store the scratch is a temporary folder of this machine, TMPDIR)
+    with staging.building() as scratch:
         tif_tmp = scratch / ("output" + (Path(dst).suffix or ".tif"))
         zarr_to_geotiff(zarr_store, tif_tmp, cog=fmt == "cog", workdir=scratch)
         # the styles are in place before the mask: a complete mask always has them
-        if on_store:  # uploaded before the mask, as they are renamed before it locally
-            from tileseg.outputs.store_staging import StoreStaging
-
-            assert isinstance(staging, StoreStaging)
-            staging.ensure_lock_held()  # a run that lost its lock uploads nothing
-            publish_raster_styles_to_store(dst, plan.model.metadata.classes, workdir=scratch)
-        else:
-            publish_raster_styles(Path(dst), plan.model.metadata.classes, workdir=scratch)
+        staging.ensure_lock_held()  # a run that lost its lock (on a store) uploads nothing
+        publish_raster_styles(dst, plan.model.metadata.classes)
         # the item, like the styles, is in place before the mask: a published mask has its item
         _write_stac_item(config, plan, fingerprint, tally, fmt, tif_tmp, staging)
     staging.publish(tif_tmp, zarr_too=config.zarr_path is not None)
@@ -742,23 +687,21 @@ def _write_stac_item(config: PredictConfig, plan: Plan, fingerprint: str, tally:
         return
     from tileseg.outputs.stac_item import OutputAssets, build_item, write_item
 
-    if staging is not None and is_store_url(config.dst):
-        from tileseg.outputs.store_staging import StoreStaging
-
-        assert isinstance(staging, StoreStaging)
-        staging.ensure_lock_held()  # a run that lost its lock uploads nothing
+    if staging is not None:
+        staging.ensure_lock_held()  # a run that lost its lock (on a store) uploads nothing
     mask_dtype, nodata = mask_dtype_for(plan.model.metadata.num_classes)
     tiles = None
     if tally is not None:
         tiles = {"total": plan.grid.num_tiles, "inferred": tally.tiles,
                  "skipped_nodata": tally.skipped, "skipped_aoi": tally.skipped_aoi}
     extra = {}
-    if preview and not is_store_url(preview) and Path(preview).is_file():
-        extra["preview"] = Path(preview)
-    if polygons and not is_store_url(polygons) and Path(polygons).is_file():
-        extra["polygons"] = Path(polygons)
-    if mask_file is None and fmt != "zarr" and not is_store_url(config.dst):
-        mask_file = Path(config.dst)  # the rewrite after the follow-ups: the published file
+    for name, written in (("preview", preview), ("polygons", polygons)):
+        local = location(written).local_file() if written else None
+        if local is not None:  # measured and hashed here; an object on a store is not
+            extra[name] = local
+    if mask_file is None and fmt != "zarr":
+        # the rewrite after the follow-ups: the published file (on this disk)
+        mask_file = location(config.dst).local_file()
     assets = OutputAssets(
         mask=config.dst, mask_format=fmt, mask_file=mask_file,
         zarr=config.zarr_path or (config.dst if fmt == "zarr" else None),
@@ -794,13 +737,7 @@ def _follow_ups(result: PredictResult, config: PredictConfig, plan: Plan | None 
                          preview=report.get("preview", {}).get("path"))
     if config.report:
         _check_report(config.report, config)  # again: the run took a while
-        text = json.dumps(report, indent=2) + "\n"
-        if is_store_url(config.report):
-            from tileseg.outputs.store_staging import write_report_object
-
-            write_report_object(config.report, text)
-        else:
-            write_text_atomic(config.report, text)
+        location(config.report).write_text(json.dumps(report, indent=2) + "\n")
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,7 @@ from rasterio.enums import ColorInterp, Resampling
 from tileseg.errors import ConfigError, DiskFullError, InputError, InputNotFoundError, OutputError
 from tileseg.models.metadata import ClassInfo
 from tileseg.outputs import mask as mask_format
-from tileseg.outputs.diskspace import full_disk_as_error
-from tileseg.outputs.paths import writable_folder
-from tileseg.outputs.store import is_store_url, zarr_store
+from tileseg.outputs.location import location
 from tileseg.outputs.styles import legend_for, mask_legend
 from tileseg.sources.raster import is_remote, open_dataset
 from tileseg.sources.subdatasets import raster_exists
@@ -111,21 +109,8 @@ def check_preview_destination(dst: str | os.PathLike[str], overwrite: bool = Tru
     out = Path(dst)
     if out.suffix.lower() != ".png":
         raise OutputError(f"{os.fspath(dst)}: a preview is a PNG; name it .png")
-    if is_store_url(os.fspath(dst)):
-        from tileseg.outputs.store_objects import check_object_destination
-
-        check_object_destination(os.fspath(dst), overwrite=overwrite, owned=is_tileseg_png,
-                                 foreign=_foreign_png(dst))
-        return out
-    if not out.absolute().parent.is_dir():
-        raise OutputError(f"{out}: folder {out.absolute().parent} does not exist; create it first")
-    if not writable_folder(out.absolute().parent):  # found now, not after the whole run
-        raise OutputError(f"{out}: folder {out.absolute().parent} is not writable; choose "
-                          "another file name")
-    if out.exists() and not overwrite:
-        raise OutputError(f"{out}: already exists; pass overwrite to replace it",
-                          params=("overwrite",))
-    check_replaceable_png(out)
+    location(dst).check_replaceable(overwrite=overwrite, owned=is_tileseg_png,
+                                    foreign=_foreign_png(dst), what="file name")
     return out
 
 
@@ -148,12 +133,6 @@ def _foreign_png(out: str | os.PathLike[str]) -> str:
             "is; choose another file name or remove it")
 
 
-def check_replaceable_png(out: Path) -> None:
-    """A preview replaces only a preview tileseg drew; anything else there stays (exit 4)."""
-    if out.is_symlink() or out.is_dir() or (out.exists() and not is_tileseg_png(out)):
-        raise OutputError(_foreign_png(out))
-
-
 def make_preview(
     mask: str | os.PathLike[str],
     dst: str | os.PathLike[str],
@@ -171,7 +150,7 @@ def make_preview(
 
     config = config or PreviewConfig()
     mask_path = os.fspath(mask)
-    out = check_preview_destination(dst)
+    check_preview_destination(dst)
     view = _open_view(mask_path)
     legend_width = min(320, config.size // 3) if config.legend else 0
     map_h, map_w = fit_shape(view.height, view.width, max_height=config.size,
@@ -204,34 +183,16 @@ def make_preview(
 
     info = PngInfo()
     info.add_text("Software", f"{PNG_MARKER} {__version__}")
-    if is_store_url(os.fspath(dst)):  # drawn locally, uploaded once over what was checked
-        from tileseg.outputs.store_objects import staged_object
-
-        url = os.fspath(dst)
-        with staged_object(url, overwrite=True, owned=is_tileseg_png,
-                           foreign=_foreign_png(url)) as local:
-            try:
-                with full_disk_as_error(local.parent, resumable=False):
-                    picture.save(local, format="PNG", optimize=False, pnginfo=info)
-            except DiskFullError:  # staged_object names the temporary folder
-                raise
-            except OSError as exc:  # nothing is uploaded: the with body failed
-                raise OutputError(f"{url}: cannot write the preview ({exc})") from exc
-        return PreviewResult(url, picture.width, picture.height, (map_h, map_w),
-                             (view.height, view.width), areas, config.areas, approximate)
-    check_replaceable_png(out)  # again: a batch draws thumbnails without the CLI's check
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        with full_disk_as_error(out.absolute().parent, resumable=False):
+        # drawn to a temporary file, then renamed (or uploaded once) over what was checked
+        with location(dst).replacing(owned=is_tileseg_png, foreign=_foreign_png(dst),
+                                     what="file name") as tmp:
             picture.save(tmp, format="PNG", optimize=False, pnginfo=info)
-            os.replace(tmp, out)
     except DiskFullError:
         raise
     except OSError as exc:
-        raise OutputError(f"{out}: cannot write the preview ({exc})") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-    return PreviewResult(str(out), picture.width, picture.height, (map_h, map_w),
+        raise OutputError(f"{os.fspath(dst)}: cannot write the preview ({exc})") from exc
+    return PreviewResult(os.fspath(dst), picture.width, picture.height, (map_h, map_w),
                          (view.height, view.width), areas, config.areas, approximate)
 
 
@@ -292,23 +253,18 @@ class _MaskView:
 def _zarr_mask(path: str) -> Any:
     import zarr
 
-    return zarr.open_group(zarr_store(path, read_only=True), mode="r")["mask"]
-
-
-def is_store_zarr(url: str) -> bool:
-    from tileseg.outputs.store_objects import is_store_zarr as on_store
-
-    return on_store(url)
+    return zarr.open_group(location(path).zarr_store(read_only=True), mode="r")["mask"]
 
 
 def _open_view(path: str) -> _MaskView:
     if not is_remote(path) and not os.path.exists(path):
         raise InputNotFoundError(f"{path}: no such file or directory; check the mask path")
-    if os.path.isdir(path) or (is_store_url(path) and is_store_zarr(path)):
+    mask = location(path)
+    if mask.is_zarr():
         try:
             import zarr
 
-            root: Any = zarr.open_group(zarr_store(path, read_only=True), mode="r")
+            root: Any = zarr.open_group(mask.zarr_store(read_only=True), mode="r")
             facts: dict[str, Any] = dict(root.attrs[mask_format.ZARR_ATTRIBUTE])
             shape = root["mask"].shape
         except Exception as exc:  # zarr raises several unrelated types for a broken store

@@ -17,7 +17,7 @@ from tileseg.progress import Progress, ProgressCallback
 
 if TYPE_CHECKING:
     from tileseg.config import PredictConfig
-    from tileseg.inference.mosaic import StoreWorkDir, WorkDir
+    from tileseg.outputs.workdir import WorkDir
     from tileseg.pipeline import Plan
 
 RESOLVED_KEYS = ("device", "precision", "batch_size")
@@ -48,7 +48,7 @@ class Tally:
     _pending: BaseException | None = None  # what the progress callback raised in a task thread
 
     @classmethod
-    def for_run(cls, plan: Plan, work: WorkDir | StoreWorkDir, progress: ProgressCallback | None,
+    def for_run(cls, plan: Plan, work: WorkDir, progress: ProgressCallback | None,
                 clock_start: float, *, resuming: bool = False) -> Tally:
         """The tally of a run; ``resuming``: also list the chunks an interrupted run inferred
         without finishing them (one more listing), which progress counts as done before."""

@@ -1,4 +1,5 @@
-"""A full disk or quota as one line naming the folder, never a traceback.
+"""Local writes: whole or not at all (:func:`atomic_file`), and a full disk or quota as one line
+naming the folder, never a traceback.
 
 Every local write of a run goes through :func:`full_disk_as_error`: the staging folder (spills,
 done markers, Zarr chunks, ``run.json``), the GeoTIFF/COG pass, the style sidecars, polygon
@@ -133,6 +134,31 @@ def full_disk_as_error(folder: str | os.PathLike[str], *, resumable: bool,
         _remove(cleanup)
         # no cause attached: the error crosses process boundaries and is the whole story
         raise disk_full_error(folder, resumable=resumable, temporary=temporary) from None
+
+
+@contextlib.contextmanager
+def atomic_file(final: Path, *, resumable: bool = False, gdal: bool = False,
+                temporary: Path | None = None,
+                folder: str | os.PathLike[str] | None = None) -> Iterator[Path]:
+    """How tileseg writes every local file: into a temporary name beside ``final`` (one file
+    system, so the rename is atomic), renamed over ``final`` when the ``with`` body ends
+    without an error; otherwise removed, and ``final`` is as it was. A reader sees the old
+    file or the new one, never half of one.
+
+    A full disk or quota is one line (:func:`~tileseg.outputs.diskspace.full_disk_as_error`)
+    naming ``folder`` (default: ``final``'s). ``temporary`` names the temporary file (default:
+    hidden, per process and thread: ``.NAME.PID.THREAD.tmp.SUFFIX``, the suffix kept for
+    writers that go by it).
+    """
+    tmp = temporary or final.with_name(
+        f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp{final.suffix}")
+    try:
+        with full_disk_as_error(folder if folder is not None else final.absolute().parent,
+                                resumable=resumable, gdal=gdal, cleanup=[tmp]):
+            yield tmp
+            os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def temporary_folder() -> str:

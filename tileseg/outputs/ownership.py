@@ -70,7 +70,7 @@ def is_tileseg_output(path: str | os.PathLike[str]) -> bool:
     if head in _TIFF_MAGIC:
         return TIFF_TAG in _tiff_tags(p)
     if head[:1] in (b"{", b" ", b"\n"):
-        return _is_report(p) or is_output_item(p)
+        return is_report(p) or is_output_item(p)
     return any(check(p) for check in _EXTRA_CHECKS)
 
 
@@ -154,7 +154,8 @@ def is_output_item(path: Path) -> bool:
             and data["properties"].get(ITEM_MARK) == ITEM_MARK_VALUE)
 
 
-def _is_report(path: Path) -> bool:
+def is_report(path: Path) -> bool:
+    """A run report tileseg wrote (its ``tileseg_report`` field)."""
     data = _read_json(path)
     return isinstance(data, dict) and data.get(REPORT_MARKER) == REPORT_VERSION
 

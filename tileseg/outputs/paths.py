@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePath, PurePosixPath
 
-from tileseg.errors import ConfigError, OutputError
+from tileseg.errors import ConfigError
 from tileseg.outputs.store import is_store_url
 from tileseg.sources.raster import is_remote
 
@@ -143,75 +143,3 @@ def check_distinct_paths(paths: NamedPaths, *, read_only: Iterable[str] = ()) ->
             seen = by_real.get(parent)
             if seen is not None and clash(seen, name):
                 raise refuse((name, path), seen[0], seen[1], "first inside")
-
-
-def check_output_folder(path: PathLike, what: str = "output", *,
-                        params: tuple[str, ...] = ()) -> None:
-    """The folder that will hold ``path`` exists and is writable (:class:`OutputError`, exit 4).
-
-    ``what`` names the path in the message (``"zarr_path path"``), ``params`` the parameters
-    it names (``("zarr_path",)``), shown as flags by the CLI.
-    """
-    if is_remote(os.fspath(path)):
-        raise OutputError(f"{path}: remote outputs are not supported; write locally and copy")
-    parent = Path(path).absolute().parent
-    if not parent.is_dir():
-        raise OutputError(f"{path}: folder {parent} does not exist; create it first or choose "
-                          f"another {what}", params=params)
-    if not writable_folder(parent):
-        raise OutputError(f"{path}: folder {parent} is not writable; choose another {what}",
-                          params=params)
-
-
-def writable_folder(folder: PathLike) -> bool:
-    """Whether files can be made in ``folder``: write and search permission, as the process's
-    real user (``os.access``; root too is refused on a read-only file system)."""
-    return os.access(folder, os.W_OK | os.X_OK)
-
-
-def check_folder_creatable(folder: PathLike, what: str, *, params: tuple[str, ...] = ()) -> None:
-    """``folder`` is a writable folder, or can be made with its missing parents (``mkdir -p``):
-    its nearest existing ancestor is a writable folder (:class:`OutputError`, exit 4)."""
-    target = Path(folder).absolute()
-    existing = target
-    while not (existing.exists() or existing.is_symlink()) and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir():
-        where = "is" if existing == target else f"lies in {existing}, which is"
-        raise OutputError(f"{folder}: {where} not a folder; choose another {what}",
-                          params=params)
-    if not writable_folder(existing):
-        where = "" if existing == target else f" {existing}, where it would be made,"
-        raise OutputError(f"{folder}: folder{where} is not writable; choose another {what}",
-                          params=params)
-
-
-def raster_files(path: PathLike) -> list[str]:
-    """The local files GDAL reads for a raster: the file itself, a VRT's sources, sidecars."""
-    name = os.fspath(path)
-    if is_remote(name):
-        return []
-    try:
-        from tileseg.sources.raster import open_dataset
-
-        with open_dataset(name) as src:
-            files = [f for f in src.files if not is_remote(f)]
-    except Exception:  # unreadable: open_raster says why, later
-        files = []
-    return [name, *[f for f in files if f != name]]
-
-
-def write_text_atomic(path: PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary name and a rename: a reader never sees half
-    a file, and an interrupted write leaves the old one."""
-    from tileseg.outputs.diskspace import full_disk_as_error
-
-    final = Path(path)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    try:
-        with full_disk_as_error(final.absolute().parent, resumable=False):
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

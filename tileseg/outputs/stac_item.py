@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from tileseg.errors import OutputError
+from tileseg.outputs.location import location
 from tileseg.outputs.ownership import ITEM_MARK, ITEM_MARK_VALUE, is_output_item
 from tileseg.outputs.store import is_store_url
 
@@ -103,18 +104,9 @@ def check_item_destination(path: str) -> None:
 
 def write_item(path: str, item: dict[str, Any]) -> None:
     """Write ``item`` at ``path`` whole or not at all, over an item tileseg wrote only."""
-    text = json.dumps(item, indent=2) + "\n"
-    if is_store_url(path):
-        from tileseg.outputs.store_objects import staged_object
-
-        with staged_object(path, overwrite=True, owned=is_tileseg_item,
-                           foreign=_foreign(path)) as local:
-            local.write_text(text, encoding="utf-8")
-        return
-    from tileseg.outputs.paths import write_text_atomic
-
-    check_item_destination(path)  # again: the run took a while
-    write_text_atomic(path, text)
+    with location(path).replacing(owned=is_tileseg_item, foreign=_foreign(path),
+                                  what="STAC item path", params=("stac_item",)) as local:
+        local.write_text(json.dumps(item, indent=2) + "\n", encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tileseg.errors import OutputError, RunError
-from tileseg.outputs.diskspace import full_disk_as_error
+from tileseg.outputs.diskspace import atomic_file, full_disk_as_error
 from tileseg.outputs.ownership import check_replaceable, is_tileseg_staging, recorded_fingerprint
 from tileseg.outputs.runlock import check_lock_name, exclusive_run
 
@@ -55,6 +55,10 @@ class Staging(Protocol):
     def in_progress(self) -> bool: ...
 
     def scratch(self) -> Path: ...
+
+    def building(self) -> contextlib.AbstractContextManager[Path]: ...
+
+    def ensure_lock_held(self) -> None: ...
 
     def check(self, *, overwrite: bool, resume: bool) -> None: ...
 
@@ -115,6 +119,16 @@ class LocalStaging:
     def scratch(self) -> Path:
         """Where a GeoTIFF is built before its rename (same filesystem as ``dst``)."""
         return self.path
+
+    @contextlib.contextmanager
+    def building(self) -> Iterator[Path]:
+        """:meth:`scratch`, for the outputs built from the finished mosaic (the GeoTIFF/COG,
+        its sidecars and item): a full disk meanwhile keeps every chunk for ``resume``."""
+        with full_disk_as_error(self.dst.absolute().parent, resumable=True, gdal=True):
+            yield self.scratch()
+
+    def ensure_lock_held(self) -> None:
+        """A lock on a disk is held until the process ends: nothing can take it over."""
 
     # -- check -------------------------------------------------------------------------------
     def check(self, *, overwrite: bool, resume: bool) -> None:
@@ -262,14 +276,10 @@ class LocalStaging:
         else:
             parked.unlink()
 
-    @staticmethod
-    def _write_json(path: Path, data: dict[str, Any]) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        try:
+    def _write_json(self, path: Path, data: dict[str, Any]) -> None:
+        # a full disk names the destination's folder, as the rest of the staging's writes do
+        with atomic_file(path, folder=self.dst.absolute().parent, resumable=True) as tmp:
             tmp.write_text(json.dumps(data))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
 
 
 def read_run_record(path: Path) -> dict[str, Any] | None:

@@ -44,7 +44,7 @@ def _obstore() -> Any:
 
 
 @dataclass(frozen=True)
-class StoreLocation:
+class StoreURL:
     """An object URL split into the store's root (scheme + bucket) and the key inside it."""
 
     url: str
@@ -52,7 +52,7 @@ class StoreLocation:
     key: str
 
     @classmethod
-    def parse(cls, url: str) -> StoreLocation:
+    def parse(cls, url: str) -> StoreURL:
         if not is_store_url(url):
             raise OutputError(f"{url}: not an object-store URL (s3://, gs://, az://)")
         scheme, _, rest = url.partition("://")
@@ -66,7 +66,7 @@ class StoreLocation:
         return cls(url, f"{scheme}://{bucket}", key.strip("/"))
 
     def require_key(self, what: str = "destination", *,
-                    params: tuple[str, ...] = ()) -> StoreLocation:
+                    params: tuple[str, ...] = ()) -> StoreURL:
         """``self`` when it names an object or prefix inside its bucket; :class:`OutputError`
         (exit 4, before any request) for a bucket root, where the lock (``KEY.lock``) and the
         staging prefix (``KEY.partial/``) tileseg writes beside an output have no place."""
@@ -76,9 +76,9 @@ class StoreLocation:
                               params=params)
         return self
 
-    def child(self, name: str) -> StoreLocation:
+    def child(self, name: str) -> StoreURL:
         key = f"{self.key}/{name}" if self.key else name
-        return StoreLocation(f"{self.root}/{key}", self.root, key)
+        return StoreURL(f"{self.root}/{key}", self.root, key)
 
 
 _STORES: dict[tuple[Any, ...], Any] = {}
@@ -138,7 +138,7 @@ def zarr_store(path: str | os.PathLike[str], *, read_only: bool = False) -> Any:
     return ObjectStore(open_store(text.rstrip("/")), read_only=read_only)
 
 
-def any_under(location: StoreLocation) -> bool:
+def any_under(location: StoreURL) -> bool:
     """True when at least one object lies under ``location/``."""
     obstore = _obstore()
     try:
@@ -151,7 +151,7 @@ def any_under(location: StoreLocation) -> bool:
     return False
 
 
-def list_names(location: StoreLocation) -> list[str]:
+def list_names(location: StoreURL) -> list[str]:
     """The names of the objects directly or deeper under ``location/``, relative to it."""
     obstore = _obstore()
     prefix = location.key + "/"
@@ -160,7 +160,7 @@ def list_names(location: StoreLocation) -> list[str]:
             for meta in batch]
 
 
-def delete(location: StoreLocation) -> None:
+def delete(location: StoreURL) -> None:
     """Delete one object (nothing happens when it is absent)."""
     obstore = _obstore()
     try:
@@ -169,7 +169,7 @@ def delete(location: StoreLocation) -> None:
         pass
 
 
-def _describe_failure(location: StoreLocation, exc: BaseException) -> str:
+def _describe_failure(location: StoreURL, exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     if "not found" in text.lower() and "bucket" in text.lower():
         return f"{location.url}: the bucket does not exist; create it or fix the URL"
@@ -183,7 +183,7 @@ def _describe_failure(location: StoreLocation, exc: BaseException) -> str:
             "the credentials and AWS_ENDPOINT_URL")
 
 
-def exists(location: StoreLocation) -> bool:
+def exists(location: StoreURL) -> bool:
     obstore = _obstore()
     try:
         obstore.head(open_store(location.root), location.key)
@@ -192,12 +192,12 @@ def exists(location: StoreLocation) -> bool:
     return True
 
 
-def read_bytes(location: StoreLocation) -> bytes:
+def read_bytes(location: StoreURL) -> bytes:
     obstore = _obstore()
     return bytes(obstore.get(open_store(location.root), location.key).bytes())
 
 
-def read_range(location: StoreLocation, start: int, end: int) -> bytes:
+def read_range(location: StoreURL, start: int, end: int) -> bytes:
     """Bytes ``[start, end)`` of one object, in one request."""
     obstore = _obstore()
     return bytes(obstore.get_range(open_store(location.root), location.key, start=start, end=end))
@@ -211,7 +211,7 @@ class RangedObject:
     read outside what was fetched downloads what it needs (at least ``min_read`` bytes).
     """
 
-    def __init__(self, location: StoreLocation, *, tail: int = 1 << 16,
+    def __init__(self, location: StoreURL, *, tail: int = 1 << 16,
                  min_read: int = 1 << 16) -> None:
         obstore = _obstore()
         self._store = open_store(location.root)
@@ -261,7 +261,7 @@ class RangedObject:
         return bytes(out)
 
 
-def put_bytes(location: StoreLocation, data: bytes, *, create_only: bool = False) -> str | None:
+def put_bytes(location: StoreURL, data: bytes, *, create_only: bool = False) -> str | None:
     """Write one object (whole or not at all: a PUT is atomic); returns its ETag."""
     obstore = _obstore()
     try:
@@ -276,7 +276,7 @@ def put_bytes(location: StoreLocation, data: bytes, *, create_only: bool = False
     return result.get("e_tag") if isinstance(result, dict) else None
 
 
-def upload_file(local_path: str | os.PathLike[str], location: StoreLocation) -> None:
+def upload_file(local_path: str | os.PathLike[str], location: StoreURL) -> None:
     """Upload a finished local file; the object appears whole (multipart completes last)."""
     obstore = _obstore()
     try:
@@ -290,7 +290,7 @@ def upload_file(local_path: str | os.PathLike[str], location: StoreLocation) -> 
         raise OutputError(_describe_failure(location, exc)) from exc
 
 
-def delete_prefix(location: StoreLocation, *, last: StoreLocation | None = None) -> int:
+def delete_prefix(location: StoreURL, *, last: StoreURL | None = None) -> int:
     """Delete every object under ``location/``; returns how many were removed.
 
     ``last``: one of them deleted only after all the others (a batch delete has no order), so
@@ -309,7 +309,7 @@ def delete_prefix(location: StoreLocation, *, last: StoreLocation | None = None)
     return len(paths)
 
 
-def check_writable(location: StoreLocation) -> None:
+def check_writable(location: StoreURL) -> None:
     """Fail before any work when the bucket is missing or refuses writes (one probe object)."""
     probe = location.child(f".tileseg-probe-{uuid.uuid4().hex}")
     try:
@@ -319,7 +319,7 @@ def check_writable(location: StoreLocation) -> None:
     _obstore().delete(open_store(probe.root), probe.key)
 
 
-def check_lock_object(location: StoreLocation) -> None:
+def check_lock_object(location: StoreURL) -> None:
     """Before any work: :class:`OutputError` (exit 4) when an object sits at the lock key
     ``location`` and tileseg did not write it (taking the lock would otherwise meet it late)."""
     try:
@@ -329,7 +329,7 @@ def check_lock_object(location: StoreLocation) -> None:
     _lock_record(location, content)
 
 
-def _lock_record(location: StoreLocation, content: bytes) -> dict[str, Any]:
+def _lock_record(location: StoreURL, content: bytes) -> dict[str, Any]:
     """The record of the lock object at ``location``; :class:`OutputError` when tileseg did
     not write it (every lock object tileseg writes carries the ``tileseg_lock`` marker)."""
     try:
@@ -356,7 +356,7 @@ class StoreLock:
     that lost the lock to a takeover notices and says so.
     """
 
-    def __init__(self, location: StoreLocation, *, lease_s: float = DEFAULT_LEASE_S) -> None:
+    def __init__(self, location: StoreURL, *, lease_s: float = DEFAULT_LEASE_S) -> None:
         self.location = location
         self.lease_s = lease_s
         self.token = uuid.uuid4().hex

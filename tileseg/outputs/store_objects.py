@@ -18,22 +18,19 @@ multipart one (completing last, still all or nothing) right after a second check
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from tileseg.errors import ConfigError, DiskFullError, InputError, OutputError
+from tileseg.errors import ConfigError, InputError, OutputError
 from tileseg.outputs.store import (
-    StoreLocation,
-    StoreLock,
+    StoreURL,
     _describe_failure,
     _obstore,
     any_under,
-    check_lock_object,
     check_writable,
     exists,
     is_store_url,
@@ -59,13 +56,13 @@ class ObjectState:
 
 def object_name(url: str) -> str:
     """The object's file name (the last part of its key)."""
-    return PurePosixPath(StoreLocation.parse(url).key).name or "object"
+    return PurePosixPath(StoreURL.parse(url).key).name or "object"
 
 
 def check_store_answers(url: str) -> None:
     """A missing bucket, refused credentials or a silent endpoint: exit 2, before any work."""
     try:
-        check_writable(StoreLocation.parse(url))
+        check_writable(StoreURL.parse(url))
     except OutputError as exc:  # the user's setup, not the output
         raise ConfigError(str(exc)) from None
 
@@ -73,7 +70,7 @@ def check_store_answers(url: str) -> None:
 def download(url: str, local: Path) -> str | None:
     """Copy the object at ``url`` to ``local``; its ETag (the version the copy is of)."""
     obstore = _obstore()
-    where = StoreLocation.parse(url)
+    where = StoreURL.parse(url)
     result = obstore.get(open_store(where.root), where.key)
     with open(local, "wb") as handle:
         for part in result:
@@ -87,7 +84,7 @@ def inspect_object(url: str, owned: OwnedCheck) -> ObjectState | None:
     An object counts as tileseg's when ``owned`` says so of a downloaded copy of it. Objects
     *under* ``url/`` (a "folder") are never tileseg's single-file output.
     """
-    where = StoreLocation.parse(url)
+    where = StoreURL.parse(url)
     if any_under(where):
         return None
     known = _VERIFIED.get((url, owned))
@@ -114,7 +111,7 @@ def inspect_object(url: str, owned: OwnedCheck) -> ObjectState | None:
 _VERIFIED: dict[tuple[str, OwnedCheck], str] = {}
 
 
-def _etag(where: StoreLocation) -> str | None:
+def _etag(where: StoreURL) -> str | None:
     try:
         return _obstore().head(open_store(where.root), where.key).get("e_tag")
     except FileNotFoundError:
@@ -124,11 +121,13 @@ def _etag(where: StoreLocation) -> str | None:
 
 
 def check_object_destination(url: str, *, overwrite: bool, owned: OwnedCheck,
-                             foreign: str, probe: bool = True) -> ObjectState:
+                             foreign: str, probe: bool = True,
+                             params: tuple[str, ...] = ("overwrite",)) -> ObjectState:
     """Before any work: the store answers (exit 2; ``probe=False`` skips that, for a check
     made again later), and an object at ``url`` is replaced only with ``overwrite`` and only
-    when ``owned`` proves tileseg wrote it (exit 4, with the ``foreign`` message, otherwise)."""
-    where = StoreLocation.parse(url).require_key()
+    when ``owned`` proves tileseg wrote it (exit 4, with the ``foreign`` message naming
+    ``params``, otherwise)."""
+    where = StoreURL.parse(url).require_key()
     if probe:
         check_store_answers(url)
     if not overwrite and (exists(where) or any_under(where)):
@@ -136,16 +135,14 @@ def check_object_destination(url: str, *, overwrite: bool, owned: OwnedCheck,
                           params=("overwrite",))
     state = inspect_object(url, owned)
     if state is None:
-        raise OutputError(foreign, params=("overwrite",))
-    if probe:
-        check_lock_object(StoreLocation.parse(url + ".lock"))
+        raise OutputError(foreign, params=params)
     return state
 
 
 def upload_checked(local: Path, state: ObjectState, *, owned: OwnedCheck, foreign: str) -> None:
     """Upload ``local`` to ``state.url`` in one go, only over what was checked (see the module
     docstring); a changed destination is :class:`OutputError` and nothing is replaced."""
-    where = StoreLocation.parse(state.url)
+    where = StoreURL.parse(state.url)
     if os.path.getsize(local) > CONDITIONAL_PUT_MAX:
         again = inspect_object(state.url, owned)
         if again is None:
@@ -170,40 +167,10 @@ def upload_checked(local: Path, state: ObjectState, *, owned: OwnedCheck, foreig
         _VERIFIED[(state.url, owned)] = result["e_tag"]
 
 
-@contextlib.contextmanager
-def staged_object(url: str, *, overwrite: bool, owned: OwnedCheck,
-                  foreign: str) -> Iterator[Path]:
-    """A local temporary file (named as the object) to write; uploaded once when the ``with``
-    body ends without an error, after the destination is checked again. On an error nothing is
-    uploaded and the file is removed."""
-    from tileseg.outputs.diskspace import disk_full_error, full_disk_as_error, temporary_folder
-
-    scratch = temporary_folder()
-    try:
-        with full_disk_as_error(scratch, resumable=False, temporary=True), \
-                tempfile.TemporaryDirectory(prefix="tileseg-upload-") as folder:
-            local = Path(folder) / object_name(url)
-            yield local
-            state = check_object_destination(url, overwrite=overwrite, owned=owned,
-                                             foreign=foreign, probe=False)
-            upload_checked(local, state, owned=owned, foreign=foreign)
-    except DiskFullError as exc:  # the writer named its temporary file's folder: say TMPDIR
-        if exc.folder == scratch:
-            raise
-        raise disk_full_error(scratch, resumable=False, temporary=True) from None
-
-
-@contextlib.contextmanager
-def object_lock(url: str) -> Iterator[None]:
-    """One writer per destination object: the lease lock object ``URL.lock``."""
-    with StoreLock(StoreLocation.parse(url + ".lock")):
-        yield
-
-
 def read_text_object(url: str, limit: int = 1 << 20) -> str | None:
     """The object's text (UTF-8) when it exists and is at most ``limit`` bytes, else None."""
     obstore = _obstore()
-    where = StoreLocation.parse(url)
+    where = StoreURL.parse(url)
     try:
         meta = obstore.head(open_store(where.root), where.key)
     except FileNotFoundError:
@@ -222,7 +189,7 @@ def version_stamp(url: str) -> str | None:
     if not is_store_url(url):
         return None
     obstore = _obstore()
-    where = StoreLocation.parse(url.rstrip("/"))
+    where = StoreURL.parse(url.rstrip("/"))
     for candidate in (where, where.child("zarr.json")):
         try:
             meta = obstore.head(open_store(candidate.root), candidate.key)
@@ -236,7 +203,7 @@ def version_stamp(url: str) -> str | None:
 
 def is_store_zarr(url: str) -> bool:
     """True when ``url`` is a Zarr group on the store (it has a root ``zarr.json``)."""
-    where = StoreLocation.parse(url.rstrip("/"))
+    where = StoreURL.parse(url.rstrip("/"))
     try:
         return exists(where.child("zarr.json"))
     except Exception as exc:  # a missing bucket, refused credentials, no answer: the input's
@@ -246,7 +213,7 @@ def is_store_zarr(url: str) -> bool:
 def output_exists(url: str) -> bool:
     """An object at ``url`` or objects under ``url/``; a store that fails to answer is
     :class:`OutputError` (one line), never a library traceback."""
-    where = StoreLocation.parse(url.rstrip("/"))
+    where = StoreURL.parse(url.rstrip("/"))
     try:
         return exists(where) or any_under(where)
     except OutputError:

@@ -3,7 +3,7 @@
 A store has no rename, so completion is marked instead of moved into place:
 
 - the run record (``run.json`` with the fingerprint) and the per-chunk work objects (spills and
-  done markers, :class:`tileseg.inference.mosaic.StoreWorkDir`) live under the staging prefix
+  done markers, :class:`tileseg.outputs.workdir.StoreWorkDir`) live under the staging prefix
   ``DST.partial/``, which every worker reaches: workers share no disk;
 - a Zarr destination is written directly at ``DST``. Its root attributes say
   ``tileseg.complete: false`` from the first chunk on and are flipped to ``true`` (with the
@@ -32,17 +32,16 @@ from pathlib import Path
 from typing import Any
 
 from tileseg.errors import ConfigError, OutputError, RunError
+from tileseg.outputs.diskspace import full_disk_as_error, temporary_folder
 from tileseg.outputs.ownership import (
     FINGERPRINT_TAG,
-    REPORT_MARKER,
-    REPORT_VERSION,
     TIFF_TAG,
     ZARR_ATTRIBUTE,
 )
 from tileseg.outputs.staging import STAGING_SUFFIX
 from tileseg.outputs.store import (
-    StoreLocation,
     StoreLock,
+    StoreURL,
     any_under,
     check_writable,
     delete_prefix,
@@ -77,16 +76,16 @@ class StoreStaging:
     _locks: list[StoreLock] = field(default_factory=list, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        StoreLocation.parse(self.dst).require_key()
+        StoreURL.parse(self.dst).require_key()
         if self.zarr_path:
-            StoreLocation.parse(self.zarr_path).require_key("zarr_path", params=("zarr_path",))
+            StoreURL.parse(self.zarr_path).require_key("zarr_path", params=("zarr_path",))
         if self.zarr_dst and self.zarr_path:
             raise ConfigError("zarr_path is for GeoTIFF destinations; the destination is already "
                               "Zarr", params=("zarr_path",))
 
     @property
-    def path(self) -> StoreLocation:
-        return StoreLocation.parse(self.dst.rstrip("/") + STAGING_SUFFIX)
+    def path(self) -> StoreURL:
+        return StoreURL.parse(self.dst.rstrip("/") + STAGING_SUFFIX)
 
     @property
     def zarr_store(self) -> str:
@@ -101,7 +100,7 @@ class StoreStaging:
         return self.path.child("work").url
 
     @property
-    def run_file(self) -> StoreLocation:
+    def run_file(self) -> StoreURL:
         return self.path.child("run.json")
 
     @property
@@ -121,11 +120,18 @@ class StoreStaging:
             self._scratch.append(Path(tempfile.mkdtemp(prefix="tileseg-upload-")))
         return self._scratch[0]
 
+    @contextlib.contextmanager
+    def building(self) -> Iterator[Path]:
+        """:meth:`scratch`, for the outputs built from the finished mosaic before their upload:
+        a full ``TMPDIR`` meanwhile keeps every chunk for ``resume``."""
+        with full_disk_as_error(temporary_folder(), resumable=True, gdal=True, temporary=True):
+            yield self.scratch()
+
     # -- check -------------------------------------------------------------------------------
     def check(self, *, overwrite: bool, resume: bool) -> None:
         """The store answers and what exists at the destinations may be replaced."""
         for out in self.outputs:
-            where = StoreLocation.parse(out)
+            where = StoreURL.parse(out)
             try:
                 check_writable(where)
             except OutputError as exc:  # missing bucket, credentials, endpoint: the user's setup
@@ -147,7 +153,7 @@ class StoreStaging:
             "move them away or choose another destination")
 
     def _exists(self, out: str) -> bool:
-        where = StoreLocation.parse(out.rstrip("/"))
+        where = StoreURL.parse(out.rstrip("/"))
         if self._is_zarr(out):
             return any_under(where)
         return exists(where) or any_under(where)
@@ -167,7 +173,7 @@ class StoreStaging:
     @staticmethod
     def _zarr_attrs(out: str) -> dict[str, Any] | None:
         try:
-            meta = json.loads(read_bytes(StoreLocation.parse(out.rstrip("/")).child("zarr.json")))
+            meta = json.loads(read_bytes(StoreURL.parse(out.rstrip("/")).child("zarr.json")))
             attrs = meta["attributes"][ZARR_ATTRIBUTE]
         except (FileNotFoundError, ValueError, KeyError, TypeError):
             return None
@@ -195,7 +201,7 @@ class StoreStaging:
         """Hold a lease lock object beside every destination (exit 75 while another run does)."""
         with contextlib.ExitStack() as stack:
             for out in self.outputs:
-                held = StoreLock(StoreLocation.parse(out.rstrip("/") + ".lock"))
+                held = StoreLock(StoreURL.parse(out.rstrip("/") + ".lock"))
                 stack.enter_context(held)
                 self._locks.append(held)
             try:
@@ -261,7 +267,7 @@ class StoreStaging:
         for out in self.outputs:
             if self._is_zarr(out) and self._exists(out):
                 self._check_replaceable(out)
-                delete_prefix(StoreLocation.parse(out.rstrip("/")))
+                delete_prefix(StoreURL.parse(out.rstrip("/")))
         create(self)
         put_bytes(self.run_file, json.dumps({**record, "ready": True}).encode())
         return False
@@ -305,7 +311,7 @@ class StoreStaging:
         if isinstance(built, Path):
             if self._exists(self.dst):
                 self._check_replaceable(self.dst)  # a user may have put something there meanwhile
-            upload_file(built, StoreLocation.parse(self.dst))
+            upload_file(built, StoreURL.parse(self.dst))
         self._remove_prefix()
         self._remove_scratch()
 
@@ -316,32 +322,3 @@ class StoreStaging:
     def _remove_scratch(self) -> None:
         while self._scratch:
             shutil.rmtree(self._scratch.pop(), ignore_errors=True)
-
-
-
-def check_report_object(url: str, *, replace: bool) -> None:
-    """``--report`` on a store: the store answers, and an existing object is replaced only when
-    ``replace`` (--overwrite/--resume) and only when it is a tileseg report."""
-    where = StoreLocation.parse(url).require_key("report path", params=("report",))
-    try:
-        check_writable(where)
-    except OutputError as exc:
-        raise ConfigError(str(exc), params=exc.params) from None
-    if not exists(where):
-        return
-    if not replace:
-        raise OutputError(f"{url}: already exists; pass overwrite to replace it",
-                          params=("overwrite",))
-    try:
-        data = json.loads(read_bytes(where))
-    except (FileNotFoundError, ValueError):
-        data = None
-    if not (isinstance(data, dict) and data.get(REPORT_MARKER) == REPORT_VERSION):
-        raise OutputError(f"{url}: exists and was not written by tileseg (no tileseg marker "
-                          "key), so overwrite does not replace it; move it away or choose "
-                          "another report path", params=("overwrite", "report"))
-
-
-def write_report_object(url: str, text: str) -> None:
-    """One PUT: the report object appears whole or not at all."""
-    put_bytes(StoreLocation.parse(url), text.encode("utf-8"))

@@ -30,8 +30,10 @@ from xml.sax.saxutils import escape, quoteattr
 
 import numpy as np
 
+from tileseg.errors import OutputError
 from tileseg.models.metadata import ClassInfo, default_color
 from tileseg.outputs import mask as mask_format
+from tileseg.outputs.location import location
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +60,14 @@ def mask_legend(path: str | os.PathLike[str]) -> tuple[ClassInfo, ...]:
     raster with a colour table but no tileseg tag yields one class per entry that is not fully
     transparent (named ``class_<value>``).
     """
-    from tileseg.outputs.store import is_store_url, zarr_store
     from tileseg.sources.raster import open_dataset
 
     path = os.fspath(path)
-    if os.path.isdir(path) or (is_store_url(path) and _store_zarr(path)):
+    mask = location(path)
+    if mask.is_zarr():
         import zarr  # a Zarr mask: the group attribute holds the classes
 
-        root = zarr.open_group(zarr_store(path, read_only=True), mode="r")
+        root = zarr.open_group(mask.zarr_store(read_only=True), mode="r")
         facts = mask_format.read_facts(root) or {}
         return classes_from_json(facts.get("classes", []))
     with open_dataset(path) as src:
@@ -83,12 +85,6 @@ def mask_legend(path: str | os.PathLike[str]) -> tuple[ClassInfo, ...]:
     return tuple(ClassInfo(v, f"class_{v}", (int(r), int(g), int(b)))
                  for v, (r, g, b, a) in sorted(cmap.items())
                  if a > 0 and v != nodata and (r, g, b) != (0, 0, 0))
-
-
-def _store_zarr(url: str) -> bool:
-    from tileseg.outputs.store_objects import is_store_zarr
-
-    return is_store_zarr(url)
 
 
 def hex_color(color: Sequence[int]) -> str:
@@ -254,58 +250,22 @@ def is_tileseg_qml(path: Path) -> bool:
 
 
 def publish_raster_styles(dst: str | os.PathLike[str], classes: Sequence[ClassInfo], *,
-                          workdir: str | os.PathLike[str]) -> list[Path]:
-    """Write the GDAL and QGIS sidecars for the mask that is about to appear at ``dst``.
+                          resumable: bool = True) -> list[str]:
+    """Write the GDAL and QGIS sidecars for the mask that is about to appear at ``dst`` (a path
+    or a store URL).
 
-    Call it right before the mask's own rename: each file is written in ``workdir`` and renamed
-    beside ``dst``, so whoever sees the finished mask also sees its styles. The ``.aux.xml`` is
-    replaced (it describes the file at ``dst``, which is being replaced); a ``.qml`` is replaced
-    only when tileseg wrote it, so a style the user tuned and saved in QGIS is kept.
-    Returns the sidecars written.
+    Call it right before the mask is put in place (renamed, uploaded): whoever sees the
+    finished mask also sees its styles. Each sidecar appears whole (a rename, one conditional
+    upload). The ``.aux.xml`` is replaced when absent, tileseg's, or beside the tileseg mask
+    being replaced (it describes that file); a ``.qml`` only when tileseg wrote it, so a style
+    the user tuned and saved in QGIS is kept, with a warning. Returns the sidecars written.
+    ``resumable``: a full disk keeps the run's chunks for ``resume`` (exit 5).
     """
     if not classes:
         return []
-    aux, qml = sidecar_paths(dst)
-    written = []
-    replacing_mask = Path(dst).exists()  # tileseg's own, or staging would have refused
-    for target, text in ((aux, pam_xml(classes)), (qml, raster_qml(classes))):
-        if target.is_symlink() or target.is_dir():
-            mine = False
-        elif target == qml:
-            mine = not target.exists() or is_tileseg_qml(target)
-        else:  # GDAL rewrites a mask's .aux.xml (statistics); it belongs with the mask replaced
-            mine = not target.exists() or replacing_mask or AUX_MARKER in target.read_text(
-                encoding="utf-8", errors="replace")
-        if not mine:
-            logger.warning("%s: kept (not written by tileseg); delete it to get the class "
-                           "palette", target)
-            continue
-        tmp = Path(workdir) / f"style-{target.name}"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
-        written.append(target)
-    return written
-
-
-def publish_raster_styles_to_store(dst: str, classes: Sequence[ClassInfo], *,
-                                   workdir: str | os.PathLike[str]) -> list[str]:
-    """:func:`publish_raster_styles` for a mask about to be uploaded to ``dst`` on an object
-    store: each sidecar is uploaded (one conditional PUT, :mod:`tileseg.outputs.store_objects`) before
-    the mask, under the same rules: the ``.aux.xml`` replaced when absent, tileseg's or beside
-    the tileseg mask being replaced, the ``.qml`` only when tileseg wrote it (read from a
-    downloaded copy); a user's sidecar is kept with a warning. Returns the URLs written."""
-    from pathlib import PurePosixPath
-
-    from tileseg.errors import OutputError
-    from tileseg.outputs.store import StoreLocation, exists
-    from tileseg.outputs.store_objects import inspect_object, upload_checked
-
-    if not classes:
-        return []
-    where = StoreLocation.parse(dst)
-    qml_key = str(PurePosixPath(where.key).with_suffix(".qml"))
-    aux, qml = f"{dst}.aux.xml", f"{where.root}/{qml_key}"
-    replacing_mask = exists(where)  # tileseg's own, or staging would have refused
+    mask = location(dst)
+    aux, qml = mask.sibling(".aux.xml"), mask.with_suffix(".qml")
+    replacing_mask = mask.exists()  # tileseg's own, or staging would have refused
 
     def aux_mine(path: Path) -> bool:
         return replacing_mask or AUX_MARKER in path.read_text(encoding="utf-8", errors="replace")
@@ -313,21 +273,14 @@ def publish_raster_styles_to_store(dst: str, classes: Sequence[ClassInfo], *,
     written = []
     for target, text, mine in ((aux, pam_xml(classes), aux_mine),
                                (qml, raster_qml(classes), is_tileseg_qml)):
-        state = inspect_object(target, mine)
-        if state is None:
-            logger.warning("%s: kept (not written by tileseg); delete it to get the class "
-                           "palette", target)
-            continue
-        local = Path(workdir) / f"style-{PurePosixPath(target).name}"
-        local.write_text(text, encoding="utf-8")
         try:
-            upload_checked(local, state, owned=mine, foreign=target)
-        except OutputError as exc:  # someone put a file there meanwhile: theirs stays
+            with target.replacing(owned=mine, foreign=f"{target}: kept (not written by tileseg)",
+                                  resumable=resumable) as local:
+                local.write_text(text, encoding="utf-8")
+        except OutputError as exc:  # a user's sidecar (or one put there meanwhile) stays
             logger.warning("%s; delete it to get the class palette", exc)
             continue
-        finally:
-            local.unlink(missing_ok=True)
-        written.append(target)
+        written.append(str(target))
     return written
 
 

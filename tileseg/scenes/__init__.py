@@ -66,8 +66,7 @@ def stack_label(files: tuple[str, ...]) -> str:
 def source_files(src: Any) -> list[str]:
     """The paths a run reads (for the checks that no output replaces an input): local files
     with their sidecars, remote URLs as they are; a local item and its local assets."""
-    from tileseg.outputs.paths import raster_files
-    from tileseg.sources.raster import is_remote
+    from tileseg.sources.raster import is_remote, raster_files
 
     if isinstance(src, tuple):
         return [f for path in src for f in ([path] if is_remote(path) else raster_files(path))]

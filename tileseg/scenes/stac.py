@@ -104,43 +104,18 @@ def split_fragment(src: str) -> tuple[str, str | None]:
     return src, None
 
 
-def read_json(location: str) -> Any:
-    """The JSON document at ``location`` (local, http(s) or a store URL), bounded in size."""
-    from tileseg.outputs.store import is_store_url
+def read_json(place: str) -> Any:
+    """The JSON document at ``place`` (local, http(s) or a store URL), bounded in size."""
+    from tileseg.outputs.location import location
 
-    if is_store_url(location):
-        from tileseg.outputs.store_objects import read_text_object
-
-        try:
-            text = read_text_object(location, limit=MAX_STAC_BYTES)
-        except InputError:
-            raise
-        except Exception as exc:  # the store's own error, on one line
-            raise InputError(f"{location}: cannot read the STAC document ("
-                             f"{' '.join(str(exc).split())[:200]}); check the URL, the "
-                             "credentials and AWS_ENDPOINT_URL") from None
-        if text is None:
-            raise InputNotFoundError(f"{location}: no such object (or over "
-                                     f"{MAX_STAC_BYTES >> 20} MiB); check the URL")
-    elif location.startswith(("http://", "https://")):
-        text = _read_http(location)
+    if place.startswith(("http://", "https://")):
+        text = _read_http(place)
     else:
-        path = Path(location)
-        if not path.is_file():
-            raise InputNotFoundError(f"{location}: no such file; check the path")
-        try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_STAC_BYTES + 1)
-        except OSError as exc:
-            raise InputError(f"{location}: cannot read it ({exc.strerror})") from None
-        if len(data) > MAX_STAC_BYTES:
-            raise InputError(f"{location}: over {MAX_STAC_BYTES >> 20} MiB, too large for a STAC "
-                             "item or saved search; split it")
-        text = data.decode("utf-8", "replace")
+        text = location(place).read_document(MAX_STAC_BYTES, "STAC document")
     try:
         return json.loads(text)
     except ValueError as exc:
-        raise InputError(f"{location}: not valid JSON ({exc}); pass a STAC item or "
+        raise InputError(f"{place}: not valid JSON ({exc}); pass a STAC item or "
                          "ItemCollection") from None
 
 

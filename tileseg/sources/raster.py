@@ -649,3 +649,16 @@ class WindowReader:
         if data.dtype.kind == "f":
             valid &= np.isfinite(data).all(axis=0)
         return valid
+
+
+def raster_files(path: str | os.PathLike[str]) -> list[str]:
+    """The local files GDAL reads for a raster: the file itself, a VRT's sources, sidecars."""
+    name = os.fspath(path)
+    if is_remote(name):
+        return []
+    try:
+        with open_dataset(name) as src:
+            files = [f for f in src.files if not is_remote(f)]
+    except Exception:  # unreadable: open_raster says why, later
+        files = []
+    return [name, *[f for f in files if f != name]]

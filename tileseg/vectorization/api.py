@@ -8,18 +8,16 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import shapely
 
 from tileseg.errors import ConfigError, InputError, log_params
+from tileseg.outputs.location import location
 from tileseg.outputs.naming import check_not_source
-from tileseg.outputs.store import is_store_url
 from tileseg.outputs.styles import legend_for, mask_legend
 from tileseg.progress import Progress, ProgressCallback
-from tileseg.sources.raster import is_remote
 from tileseg.text import counted
 from tileseg.vectorization.merge import Components, merge_pieces
 from tileseg.vectorization.polygons import (
@@ -166,9 +164,7 @@ def vectorize(
     if fmt == "geojson" and source.crs_wkt:
         config = replace(config, to_crs=geojson_crs(config.to_crs, dst))
     # One run per destination: a second one stops (exit 75) instead of racing for the rename.
-    with _destination_lock(dst):
-        if not is_store_url(os.fspath(dst)):
-            remove_stale_partials(Path(dst))
+    with location(dst).lock(sweep=remove_stale_partials):
         polygons = polygonize(source, config, progress=progress)
         # QGIS colours a GeoPackage by class on opening: the mask's palette, defaults for the rest
         style = legend_for(mask_legend(source.path), polygons.fields["class_id"])
@@ -209,17 +205,6 @@ def geojson_crs(to_crs: str | None, dst: str | os.PathLike[str]) -> str:
     raise ConfigError(f"{os.fspath(dst)}: GeoJSON can record only WGS 84 or a CRS with an EPSG "
                       f"code, and to_crs {to_crs!r} has none; write .gpkg, .fgb or .parquet "
                       "(they store any CRS), or give an EPSG code", params=("to_crs",))
-
-
-def _destination_lock(dst: str | os.PathLike[str]) -> Any:
-    """The run lock of ``dst``: a lock file beside a local layer, a lease lock object on a store."""
-    if is_store_url(os.fspath(dst)):
-        from tileseg.outputs.store_objects import object_lock
-
-        return object_lock(os.fspath(dst))
-    from tileseg.outputs.runlock import exclusive_run
-
-    return exclusive_run(Path(dst))
 
 
 def polygonize(
@@ -307,7 +292,7 @@ def build_tasks(source: MaskSource, windows: Sequence[ChunkWindow],
     classes = ClassFilter(config.classes, dropped, source.nodata)
     stride = max(w.height * w.width for w in windows) + 1  # more than any chunk's label count
     probabilities = config.probabilities and source.has_probabilities
-    stamp = _stamp(source.path)  # a rewritten mask must not reuse cached results
+    stamp = location(source.path).stamp()  # a rewritten mask must not reuse cached results
     token = tokenize(source, stamp, classes, config.connectivity, stride, probabilities)
     task = dask.delayed(vectorize_chunk, pure=True)
     return [
@@ -315,17 +300,6 @@ def build_tasks(source: MaskSource, windows: Sequence[ChunkWindow],
              dask_key_name=f"tileseg-vectorize-chunk-{token}-{w.index}")
         for w in windows
     ]
-
-
-def _stamp(path: str) -> int | str | None:
-    """When the mask was last written: a file's mtime, an object's ETag and date."""
-    if is_store_url(path):
-        from tileseg.outputs.store_objects import version_stamp
-
-        return version_stamp(path)
-    if is_remote(path):
-        return None
-    return os.stat(path).st_mtime_ns
 
 
 def compute_tasks(tasks: list[Any], scheduler: str | Any | None, workers: int | None,

@@ -18,7 +18,7 @@ from affine import Affine
 
 from tileseg.errors import InputError, InputNotFoundError
 from tileseg.outputs import mask as mask_format
-from tileseg.outputs.store import is_store_url, zarr_store
+from tileseg.outputs.location import location
 from tileseg.sources.raster import checked_read, gdal_message, is_remote, open_dataset
 
 logger = logging.getLogger(__name__)
@@ -78,19 +78,13 @@ def open_mask(path: str | os.PathLike[str]) -> MaskSource:
     a single-band integer raster or an incomplete tileseg Zarr.
     """
     path = os.fspath(path)
-    if is_store_url(path):
-        from tileseg.outputs.store_objects import is_store_zarr
-
-        # a Zarr mask through zarr's obstore-backed store, a GeoTIFF/COG through GDAL's /vsis3/
-        path = path.rstrip("/") if path.rstrip("/").endswith(".zarr") else path
-        return _open_zarr(path) if is_store_zarr(path) else _open_gdal(path)
-    if is_remote(path):
-        return _open_gdal(path)
-    if not os.path.exists(path):
+    mask = location(path)
+    # a Zarr mask through zarr (its obstore-backed store on a store), anything else through GDAL
+    if mask.is_zarr():
+        return _open_zarr(path.rstrip("/") if path.rstrip("/").endswith(".zarr") else path)
+    if not is_remote(path) and not os.path.exists(path):
         raise InputNotFoundError(f"{path}: no such file or directory; check the mask path")
-    is_zarr = os.path.isdir(path) and (
-        path.rstrip("/").endswith(".zarr") or os.path.exists(os.path.join(path, "zarr.json")))
-    return _open_zarr(path) if is_zarr else _open_gdal(path)
+    return _open_gdal(path)
 
 
 def _open_gdal(path: str) -> MaskSource:
@@ -141,7 +135,7 @@ def _open_zarr(path: str) -> MaskSource:
     import zarr
 
     try:
-        root = zarr.open_group(zarr_store(path, read_only=True), mode="r")
+        root = zarr.open_group(location(path).zarr_store(read_only=True), mode="r")
     except Exception as exc:  # zarr raises several unrelated types for a broken store
         raise InputError(f"{path}: not a readable Zarr group ({exc}); pass a mask written by "
                          "predict") from None
@@ -181,7 +175,7 @@ def _zarr_array(path: str, name: str, root: Any = None) -> Any:
     import zarr
 
     if root is None:
-        root = zarr.open_group(zarr_store(path, read_only=True), mode="r")
+        root = zarr.open_group(location(path).zarr_store(read_only=True), mode="r")
     node = root[name]
     if not isinstance(node, zarr.Array):
         raise InputError(f"{path}: '{name}' is a group, not an array; rewrite it with predict")

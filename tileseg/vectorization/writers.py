@@ -40,10 +40,7 @@ import shapely
 
 from tileseg.errors import DestinationBusyError, DiskFullError, OutputError
 from tileseg.models.metadata import ClassInfo
-from tileseg.outputs.diskspace import full_disk_as_error
-from tileseg.outputs.paths import writable_folder
-from tileseg.outputs.runlock import check_lock_name
-from tileseg.outputs.store import is_store_url
+from tileseg.outputs.location import location
 from tileseg.outputs.styles import add_layer_style
 
 logger = logging.getLogger(__name__)
@@ -80,26 +77,9 @@ def check_destination(path: str | os.PathLike[str], overwrite: bool) -> VectorFo
     :class:`OutputError` (exit 4).
     """
     fmt = format_for(path)
-    if is_store_url(os.fspath(path)):
-        from tileseg.outputs.store_objects import check_object_destination
-
-        check_object_destination(os.fspath(path), overwrite=overwrite, owned=_is_layer,
-                                 foreign=_foreign(path))
-        return fmt
-    dst = Path(path)
-    if dst.is_dir():
-        raise OutputError(f"{dst}: is a directory; pass a file name such as polygons.gpkg")
-    if dst.exists() and not overwrite:
-        raise OutputError(f"{dst}: already exists; pass overwrite to replace it",
-                          params=("overwrite",))
-    if dst.exists() and read_marker(dst) is None:
-        raise OutputError(_foreign(dst), params=("overwrite",))
-    if not dst.parent.is_dir():
-        raise OutputError(f"{dst.parent}: folder does not exist; create it first")
-    if not writable_folder(dst.absolute().parent):
-        raise OutputError(f"{dst}: folder {dst.absolute().parent} is not writable; choose "
-                          "another destination")
-    check_lock_name(dst)
+    dst = location(path)
+    dst.check_replaceable(overwrite=overwrite, owned=_is_layer, foreign=_foreign(path))
+    dst.check_lock_name()
     return fmt
 
 
@@ -235,41 +215,36 @@ def write_layer(
     prove the file is tileseg's. A ``path`` on an object store is written locally and uploaded
     once, only over what the check found (see :mod:`tileseg.outputs.store_objects`).
     """
-    if is_store_url(os.fspath(path)):
-        from tileseg.outputs.store_objects import staged_object
-
-        format_for(path)  # the destination itself is checked once the layer is written
-        with staged_object(os.fspath(path), overwrite=overwrite, owned=_is_layer,
-                           foreign=_foreign(path)) as local:
-            write_layer(local, geometry, fields, crs_wkt, overwrite=False, style=style,
-                        marker=marker)
-        return
-    fmt = check_destination(path, overwrite)
+    fmt = format_for(path)
     from tileseg.deps import require
 
     # before the temporary file exists: a missing writer is exit 6 with nothing left behind
     require("pyarrow.parquet" if fmt == "parquet" else "pyogrio.raw", f"{fmt} output")
-    dst = Path(path)
-    tmp = partial_path(dst)
+    layer = Path(os.fspath(path)).stem
     text = json.dumps({**default_marker(), **(marker or {})})
     try:
         # OGR's errors carry no errno: a full disk is also told from the space left (before
-        # the partial file is removed below)
-        with full_disk_as_error(dst.absolute().parent, resumable=False, gdal=fmt != "parquet"):
-            if fmt == "parquet":
-                _write_geoparquet(tmp, geometry, fields, crs_wkt, text)
-            else:
-                _write_ogr(tmp, fmt, dst.stem, geometry, fields, crs_wkt, text)
-                if fmt == "gpkg":
-                    add_layer_style(tmp, dst.stem, style)
-            os.replace(tmp, dst)
+        # the partial file is removed); on a disk the partial file has a name a later run
+        # sweeps if this process dies (remove_stale_partials)
+        with location(path).replacing(owned=_is_layer, foreign=_foreign(path),
+                                      overwrite=overwrite, gdal=fmt != "parquet",
+                                      temporary=partial_path(Path(os.fspath(path)))) as tmp:
+            try:
+                if fmt == "parquet":
+                    _write_geoparquet(tmp, geometry, fields, crs_wkt, text)
+                else:
+                    _write_ogr(tmp, fmt, layer, geometry, fields, crs_wkt, text)
+                    if fmt == "gpkg":
+                        add_layer_style(tmp, layer, style)
+            finally:  # what SQLite may leave beside a GeoPackage it did not finish
+                for leftover in (tmp.with_name(tmp.name + end) for end in ("-journal", "-wal",
+                                                                          "-shm")):
+                    leftover.unlink(missing_ok=True)
     except (OSError, sqlite3.Error) as exc:
         if isinstance(exc, DiskFullError):
             raise
-        raise OutputError(f"{dst}: cannot write ({exc}); check the folder and free space") from exc
-    finally:
-        for leftover in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-journal", "-wal", "-shm"))):
-            leftover.unlink(missing_ok=True)
+        raise OutputError(f"{os.fspath(path)}: cannot write ({exc}); check the folder and "
+                          "free space") from exc
 
 
 def _write_ogr(tmp: Path, fmt: VectorFormat, layer: str, geometry: np.ndarray,

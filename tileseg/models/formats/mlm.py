@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from tileseg.errors import ModelError, OutputError
+from tileseg.errors import ModelError
 from tileseg.models.formats.given import Given
 from tileseg.models.formats.network import spec_config
 from tileseg.models.loaded import LoadedModel
@@ -535,17 +535,14 @@ def export_stac(model: LoadedModel, dst: str | Path, *, overwrite: bool = False)
     """
     import json
 
-    from tileseg.outputs.paths import check_output_folder, write_text_atomic
+    from tileseg.outputs.location import location
 
     path = Path(dst)
-    check_output_folder(path, "item path")
-    if path.exists() or path.is_symlink():
-        if not overwrite:
-            raise OutputError(f"{path}: already exists; pass overwrite to replace it",
-                              params=("overwrite",))
-        if path.is_symlink() or not path.is_file() or not is_our_item(path):
-            raise OutputError(f"{path}: exists and is not an item tileseg wrote; it is left "
-                              "as it is: choose another path")
+    target = location(path)
+    target.check_replaceable(
+        overwrite=overwrite, owned=is_our_item, what="item path",
+        foreign=(f"{path}: exists and is not an item tileseg wrote; it is left as it is: choose "
+                 "another path"))
     item = stac_item(model, path)
-    write_text_atomic(path, json.dumps(item, indent=2) + "\n")
+    target.write_text(json.dumps(item, indent=2) + "\n")
     return path
