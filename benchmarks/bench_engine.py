@@ -128,9 +128,9 @@ def prepare(work: Path, size: int) -> dict[str, dict[str, Any]]:
     import torch
     from bench_fidelity import mirrored_sample  # the same scene as the fidelity benchmark
 
+    from tileseg.models import BUNDLED_MODEL
     from tileseg.models.loaded import ModelSpec, build_model, save_model
     from tileseg.models.metadata import ModelMetadata, Normalization
-    from tileseg.pipeline import BUNDLED_MODEL
     from tileseg.samples import fetch
 
     with rasterio.open(fetch("landsat-multiband")) as src:

@@ -498,13 +498,14 @@ def test_no_metadata_warning_once_per_process(scene, deeplab_dir, tmp_path, capl
 def test_default_model_warning_once_per_process(scene, caplog, monkeypatch) -> None:
     monkeypatch.setattr("tileseg.models.loaded._WARNED", set())  # as in a fresh process
     from tileseg.config import PredictConfig
-    from tileseg.pipeline import BUNDLED_MODEL, resolve_model
+    from tileseg.models import BUNDLED_MODEL
+    from tileseg.plan import resolve_model
     from tileseg.sources.raster import open_raster
 
     if not (BUNDLED_MODEL / "config.json").is_file():
         pytest.skip("no bundled model in this install")
     raster = open_raster(str(scene))
-    with caplog.at_level("WARNING", logger="tileseg.pipeline"):
+    with caplog.at_level("WARNING", logger="tileseg.plan"):
         for _ in range(2):
             resolve_model(PredictConfig(src=str(scene), dst="o.tif"), raster)
     # the library names the parameter, the CLI its flag
@@ -578,7 +579,7 @@ def test_a_broken_dask_config_is_one_line_exit_2(tmp_path, content, reason) -> N
     config = tmp_path / "dask.yaml"
     config.write_text(content)
     env = {**os.environ, "DASK_CONFIG": str(config)}
-    done = subprocess.run([sys.executable, "-m", "tileseg", "info", str(tmp_path / "x.tif")],
+    done = subprocess.run([sys.executable, "-m", "tileseg", "predict", str(tmp_path / "x.tif")],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1

@@ -185,11 +185,11 @@ def test_a_log_line_names_the_parameter_and_the_cli_its_flag(make_raster, tmp_pa
                                                              caplog) -> None:
     """The library logs ``tile_size 600 is larger than the raster``; ``-v`` on the command line
     shows ``--tile-size 600``."""
-    from tileseg.pipeline import clamped_tile_size
+    from tileseg.plan import clamped_tile_size
     from tileseg.sources.raster import open_raster
 
     src = make_raster(random_image(3, 40, 50))
-    with caplog.at_level("INFO", logger="tileseg.pipeline"):
+    with caplog.at_level("INFO", logger="tileseg.plan"):
         clamped_tile_size(PredictConfig(str(src), "o.tif", tile_size=600), open_raster(str(src)))
     assert any(r.getMessage().startswith("tile_size 600 is larger than the raster")
                for r in caplog.records)

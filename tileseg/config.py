@@ -23,7 +23,7 @@ DEFAULT_OVERLAP = 64
 DEFAULT_CHUNK_SIZE = 2048
 # A DeepLabV3+ needs about 0.6 GB of activations per 528 px tile in bf16: a 16384 px tile needs
 # some 580 GB, beyond any single device. Larger values are typing mistakes; smaller ones larger
-# than the raster are clamped to it (see tileseg.pipeline.make_plan).
+# than the raster are clamped to it (see tileseg.plan.make_plan).
 MAX_TILE_SIZE = 16384
 
 

@@ -18,7 +18,7 @@ from tileseg.text import counted
 
 if TYPE_CHECKING:
     from tileseg.config import PredictConfig
-    from tileseg.pipeline import Plan
+    from tileseg.plan import Plan
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from tileseg.progress import Progress, ProgressCallback
 if TYPE_CHECKING:
     from tileseg.config import PredictConfig
     from tileseg.outputs.workdir import WorkDir
-    from tileseg.pipeline import Plan
+    from tileseg.plan import Plan
 
 RESOLVED_KEYS = ("device", "precision", "batch_size")
 

@@ -9,3 +9,7 @@
                 STAC MLM items (read and written)
 ``landcover/``  the bundled land-cover model (package data, not code)
 """
+
+from pathlib import Path
+
+BUNDLED_MODEL = Path(__file__).parent / "landcover"  # used when no model is given
