@@ -83,7 +83,7 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
                 "tiles": result.tiles_inferred, "engine": result.report["engine"],
                 "rss_mb": _peak_rss_mb()}
     from tileseg.inference.infer import make_runtime
-    from tileseg.models.loaded import load_model
+    from tileseg.models.formats import load_model
 
     runtime = make_runtime(load_model(spec["model"]), device="cpu", precision=precision,
                            batch_size=spec["batch_size"], tile_size=513, overlap=65,
@@ -153,7 +153,8 @@ def prepare(work: Path, size: int) -> dict[str, dict[str, Any]]:
 
 def warm_export(model_dir: str) -> float:
     from tileseg.inference.infer import make_runtime
-    from tileseg.models.loaded import clear_cache, load_model
+    from tileseg.models.formats import load_model
+    from tileseg.models.loaded import clear_cache
 
     started = time.perf_counter()
     make_runtime(load_model(model_dir), device="cpu", precision="auto", batch_size=4,

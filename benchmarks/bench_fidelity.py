@@ -35,7 +35,8 @@ import tileseg.pipeline as predict_module
 from tileseg.config import PredictConfig
 from tileseg.inference.grid import TileGrid
 from tileseg.models import BUNDLED_MODEL
-from tileseg.models.loaded import LoadedModel, ModelSpec, build_model, load_model, save_model
+from tileseg.models.formats import load_model
+from tileseg.models.loaded import LoadedModel, ModelSpec, build_model, save_model
 from tileseg.pipeline import predict
 from tileseg.samples import fetch
 from tileseg.sources.raster import WindowReader, open_raster

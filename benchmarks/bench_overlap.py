@@ -22,7 +22,8 @@ import torch
 import zarr
 
 from tileseg.config import PredictConfig
-from tileseg.models.loaded import LoadedModel, ModelSpec, build_model, load_model, wrap_module
+from tileseg.models.formats import load_model
+from tileseg.models.loaded import LoadedModel, ModelSpec, build_model, wrap_module
 from tileseg.pipeline import predict
 from tileseg.sources.raster import WindowReader, open_raster
 

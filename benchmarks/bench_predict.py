@@ -62,7 +62,7 @@ def make_model(path: Path, encoder: str, classes: int) -> None:
 
 def model_only(model_dir: Path, args: argparse.Namespace) -> tuple[float, int, str]:
     from tileseg.inference.infer import make_runtime
-    from tileseg.models.loaded import load_model
+    from tileseg.models.formats import load_model
 
     rt = make_runtime(load_model(model_dir), device=args.device, precision=args.precision,
                       batch_size=args.batch_size, tile_size=args.tile_size, overlap=args.overlap,
@@ -92,7 +92,7 @@ def input_only(src: Path, model_dir: Path, args: argparse.Namespace, batch: int,
     from tileseg.config import DEFAULT_CHUNK_SIZE
     from tileseg.inference.grid import TileGrid, chunk_tiles_for
     from tileseg.inference.infer import iter_batches
-    from tileseg.models.loaded import load_model
+    from tileseg.models.formats import load_model
     from tileseg.sources.raster import WindowReader, open_raster
 
     previous = os.environ.get("GDAL_NUM_THREADS")

@@ -60,7 +60,7 @@ def cost(engines: list[str], repeats: int) -> dict[str, dict[str, float]]:
     from tileseg.inference import tta
     from tileseg.inference.infer import make_runtime
     from tileseg.models import BUNDLED_MODEL
-    from tileseg.models.loaded import load_model
+    from tileseg.models.formats import load_model
 
     out: dict[str, dict[str, float]] = {}
     x = torch.randn(4, 5, 528, 528)

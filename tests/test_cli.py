@@ -484,7 +484,7 @@ def test_library_warnings_are_one_log_line_shown_with_v() -> None:
 def test_no_metadata_warning_once_per_process(scene, deeplab_dir, tmp_path, caplog) -> None:
     import shutil
 
-    from tileseg.models.loaded import load_model
+    from tileseg.models.formats import load_model
 
     bare = tmp_path / "bare"
     shutil.copytree(deeplab_dir, bare)

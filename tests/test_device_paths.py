@@ -14,7 +14,7 @@ from conftest import per_pixel_model, random_image, untiled_mask
 from tileseg.config import PredictConfig
 from tileseg.inference.grid import TileGrid
 from tileseg.inference.infer import infer_chunk_logits, make_runtime
-from tileseg.models.loaded import load_model
+from tileseg.models.formats import load_model
 from tileseg.pipeline import predict
 from tileseg.sources.raster import open_raster
 

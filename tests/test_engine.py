@@ -21,7 +21,8 @@ from tileseg.errors import DependencyError, ModelError
 from tileseg.inference import engine
 from tileseg.inference.infer import make_runtime
 from tileseg.models import BUNDLED_MODEL
-from tileseg.models.loaded import ModelSpec, build_model, clear_cache, load_model, save_model, wrap_module
+from tileseg.models.formats import load_model
+from tileseg.models.loaded import ModelSpec, build_model, clear_cache, save_model, wrap_module
 from tileseg.pipeline import predict
 
 pytest.importorskip("onnxruntime")

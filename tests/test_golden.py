@@ -16,7 +16,7 @@ import rasterio
 import torch
 from rasterio.windows import Window
 
-from tileseg.models.loaded import load_model
+from tileseg.models.formats import load_model
 from tileseg.samples import fetch
 
 GOLDEN = Path(__file__).parent / "data" / "golden_landcover_logits.npz"

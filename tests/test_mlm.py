@@ -18,8 +18,8 @@ from conftest import random_image
 
 from tileseg.cli.main import cli
 from tileseg.errors import ModelError
+from tileseg.models.formats import load_model
 from tileseg.models.formats.mlm import MLM_SCHEMA, mlm_properties, stac_item
-from tileseg.models.loaded import load_model
 
 TILING = ["--tile-size", "64", "--overlap", "16", "--engine", "torch", "-q"]
 

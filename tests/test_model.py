@@ -27,7 +27,8 @@ from tileseg.cli.main import cli
 from tileseg.errors import ModelError
 from tileseg.models import loaded as model_mod
 from tileseg.models import registry
-from tileseg.models.loaded import ModelSpec, build_model, load_model, save_model, wrap_module
+from tileseg.models.formats import load_model
+from tileseg.models.loaded import ModelSpec, build_model, save_model, wrap_module
 from tileseg.models.metadata import ClassInfo, ModelMetadata, Normalization
 
 

@@ -18,7 +18,8 @@ from conftest import metadata, random_image
 
 from tileseg.cli.main import cli
 from tileseg.errors import ModelError
-from tileseg.models.loaded import ModelSpec, build_model, load_model, save_model
+from tileseg.models.formats import load_model
+from tileseg.models.loaded import ModelSpec, build_model, save_model
 from tileseg.models.metadata import save_metadata
 
 TILING = ["--tile-size", "64", "--overlap", "16", "-q"]

@@ -19,7 +19,8 @@ from torch import nn
 from tileseg.cli.main import cli
 from tileseg.config import PredictConfig
 from tileseg.errors import ConfigError, ModelError
-from tileseg.models.loaded import load_model, wrap_module
+from tileseg.models.formats import load_model
+from tileseg.models.loaded import wrap_module
 from tileseg.models.metadata import save_metadata
 from tileseg.pipeline import predict
 

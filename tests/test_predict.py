@@ -134,7 +134,7 @@ def test_nodata_pixels_stay_nodata_and_empty_tiles_are_skipped(make_raster, tmp_
 
 
 def test_deeplab_at_513_uses_real_neighbours_and_crops(make_raster, tmp_path, deeplab_dir) -> None:
-    from tileseg.models.loaded import load_model
+    from tileseg.models.formats import load_model
 
     data = random_image(3, 600, 560)
     src = make_raster(data)
@@ -315,7 +315,8 @@ def test_a_model_retrained_in_place_is_used_by_the_next_run(make_raster, tmp_pat
     import shutil
 
     import tileseg.models.registry as registry
-    from tileseg.models.loaded import load_model, save_model
+    from tileseg.models.formats import load_model
+    from tileseg.models.loaded import save_model
 
     model_dir = tmp_path / "model"
     shutil.copytree(several_class_deeplab, model_dir)

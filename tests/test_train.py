@@ -15,7 +15,8 @@ from click.testing import CliRunner
 
 from tileseg.cli.main import cli
 from tileseg.errors import ModelError
-from tileseg.models.loaded import ModelSpec, build_model, load_model
+from tileseg.models.formats import load_model
+from tileseg.models.loaded import ModelSpec, build_model
 from tileseg.training import IGNORE_INDEX, Holdout, TrainConfig, TrainSource, train
 from tileseg.training.data import CropSampler, Source, split_holdout
 

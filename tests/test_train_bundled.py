@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from tileseg.models.loaded import load_model
+from tileseg.models.formats import load_model
 
 BUNDLED = Path(__file__).resolve().parents[1] / "tileseg" / "models" / "landcover"
 CLASSES = ("developed", "agriculture", "herbaceous", "shrubland", "forest", "water", "sediment")

@@ -19,7 +19,8 @@ from tileseg.config import PredictConfig
 from tileseg.errors import ConfigError
 from tileseg.inference import tta
 from tileseg.inference.infer import make_runtime
-from tileseg.models.loaded import load_model, wrap_module
+from tileseg.models.formats import load_model
+from tileseg.models.loaded import wrap_module
 from tileseg.pipeline import predict
 
 

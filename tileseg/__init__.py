@@ -41,7 +41,7 @@ _EXPORTS: dict[str, str] = {
     "load_manifest": "tileseg.batch",
     "BatchConfig": "tileseg.batch",
     "BatchResult": "tileseg.batch",
-    "load_model": "tileseg.models.loaded",
+    "load_model": "tileseg.models.formats",
     "LoadedModel": "tileseg.models.loaded",
     "TilesegError": "tileseg.errors",
     "InputError": "tileseg.errors",
@@ -102,7 +102,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ lo
         TilesegError,
     )
     from tileseg.evaluation import EvaluateConfig, EvaluationReport, evaluate
-    from tileseg.models.loaded import LoadedModel, load_model
+    from tileseg.models.formats import load_model
+    from tileseg.models.loaded import LoadedModel
     from tileseg.pipeline import PredictResult, predict
     from tileseg.training import Holdout, TrainConfig, TrainResult, TrainSource, train
     from tileseg.vectorization import VectorizeConfig, VectorizeResult, vectorize

@@ -67,7 +67,7 @@ from tileseg.outputs.naming import source_name
 from tileseg.outputs.paths import check_distinct_paths
 from tileseg.outputs.staging import STAGING_SUFFIX
 from tileseg.outputs.store import is_store_url
-from tileseg.sources.raster import is_remote
+from tileseg.sources.remote import is_remote
 from tileseg.text import counted
 
 logger = logging.getLogger(__name__)

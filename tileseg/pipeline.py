@@ -45,7 +45,8 @@ from tileseg.run_report import RunReport, Tally, Timings, peak_rss_mb
 from tileseg.scenes import is_item_source
 from tileseg.scheduler import cluster_client, run_graph, scheduler_address
 from tileseg.sources.pinning import SourceVersion
-from tileseg.sources.raster import RasterInfo, is_remote, release_datasets
+from tileseg.sources.raster import RasterInfo, release_datasets
+from tileseg.sources.remote import is_remote
 from tileseg.sources.subdatasets import local_file
 from tileseg.text import counted
 

@@ -21,7 +21,8 @@ from tileseg.config import PredictConfig
 from tileseg.errors import ConfigError, ModelError, log_params
 from tileseg.inference.grid import TileGrid, aligned_overlap
 from tileseg.models import BUNDLED_MODEL
-from tileseg.models.loaded import LoadedModel, load_model, warn_once
+from tileseg.models.formats import load_model
+from tileseg.models.loaded import LoadedModel, warn_once
 from tileseg.models.registry import ModelRef
 from tileseg.sources.raster import RasterInfo
 

@@ -33,7 +33,8 @@ from tileseg.models.metadata import ClassInfo
 from tileseg.outputs import mask as mask_format
 from tileseg.outputs.location import location
 from tileseg.outputs.styles import legend_for, mask_legend
-from tileseg.sources.raster import is_remote, open_dataset
+from tileseg.sources.datasets import open_dataset
+from tileseg.sources.remote import is_remote
 from tileseg.sources.subdatasets import raster_exists
 from tileseg.text import counted
 

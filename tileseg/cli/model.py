@@ -42,8 +42,8 @@ def info(model: str, architecture: str | None, encoder_name: str | None, as_json
     Example:
       tileseg model info epoch=9.ckpt
     """
+    from tileseg.models.formats import load_model
     from tileseg.models.formats.describe import describe_model
-    from tileseg.models.loaded import load_model
 
     configure_logging(verbose, quiet)
     facts = describe_model(load_model(model, architecture=architecture,
@@ -95,8 +95,8 @@ def export_stac(model: str, item: str, architecture: str | None, encoder_name: s
       tileseg model export-stac epoch=9.ckpt model.json
       tileseg predict scene.tif mask.tif -m model.json
     """
+    from tileseg.models.formats import load_model
     from tileseg.models.formats.mlm import export_stac as export
-    from tileseg.models.loaded import load_model
 
     configure_logging(verbose, quiet)
     loaded = load_model(model, architecture=architecture, encoder_name=encoder_name)

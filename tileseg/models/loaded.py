@@ -3,7 +3,8 @@
 A model directory is what ``smp``'s ``model.save_pretrained(dir)`` writes (``config.json`` and
 ``model.safetensors``), optionally with tileseg's ``tileseg.json`` metadata beside it. Models as
 users hold them otherwise (a TorchGeo checkpoint, plain weights, an ONNX file, a STAC MLM item)
-are read by :mod:`tileseg.models.formats`; :func:`load_model` takes any of them. Loading never
+are read by :mod:`tileseg.models.formats`, whose :func:`~tileseg.models.formats.load_model` takes any of
+them. Loading never
 touches the network and never executes code from the file: weights come from safetensors, or
 from ``torch.load(weights_only=True)``.
 """
@@ -257,51 +258,6 @@ def class_logits(out: torch.Tensor, classes: int) -> torch.Tensor:
         raise ModelError(f"the model gives {channels} output channels but its metadata names "
                          f"{classes} classes; give metadata with {mask_classes(channels)} classes")
     return out
-
-
-def load_model(
-    path: str | Path,
-    *,
-    spec: ModelSpec | None = None,
-    encoder_output_stride: int | None = None,
-    decoder_atrous_rates: tuple[int, ...] | None = None,
-    raster_dtype: str | None = None,
-    architecture: str | None = None,
-    encoder_name: str | None = None,
-) -> LoadedModel:
-    """Load a model in eval mode on the CPU, whatever form the user holds it in.
-
-    Parameters
-    ----------
-    path
-        What the format is, is read from the content (see :mod:`tileseg.models.formats`): a
-        directory written by ``model.save_pretrained(dir)`` (optionally with ``tileseg.json``);
-        a TorchGeo ``SemanticSegmentationTask`` checkpoint (``.ckpt``); plain weights (a
-        ``.pt``/``.pth``/``.safetensors`` state dict) with the architecture in a ``tileseg.json``
-        beside it, in ``spec`` or in ``architecture``/``encoder_name``; an ONNX file with a
-        ``tileseg.json`` or STAC MLM item beside it; or a STAC item using the Machine Learning
-        Model extension that points at any of these.
-    encoder_output_stride, decoder_atrous_rates
-        Run a DeepLab model at another output stride or with other atrous rates than it was
-        saved with (the weights do not change shape).
-    raster_dtype
-        Used only to choose default normalization when the model has no metadata.
-    architecture, encoder_name
-        The network of plain weights, when no ``tileseg.json`` beside them names it.
-
-    Examples
-    --------
-    >>> model = load_model("models/landcover")          # doctest: +SKIP
-    >>> model.metadata.class_names                       # doctest: +SKIP
-    >>> load_model("epoch=9.ckpt").format                # doctest: +SKIP
-    'torchgeo'
-    """
-    from tileseg.models.formats import LoadOptions, load_any
-
-    options = LoadOptions(spec=spec, encoder_output_stride=encoder_output_stride,
-                          decoder_atrous_rates=decoder_atrous_rates, raster_dtype=raster_dtype,
-                          architecture=architecture, encoder_name=encoder_name)
-    return load_any(Path(path), options)
 
 
 def with_scaling(metadata: ModelMetadata, source: str, raster_dtype: str | None,

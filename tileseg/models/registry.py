@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tileseg.errors import RunError
-from tileseg.models.loaded import LoadedModel, forget_cached, load_model
+from tileseg.models.formats import load_model
+from tileseg.models.loaded import LoadedModel, forget_cached
 
 # Models handed to predict() as objects live here, keyed by a token, so jobs stay small and
 # picklable; a worker process that lacks the key must load the model from its path instead.

@@ -349,7 +349,7 @@ class LocalLocation(Location):
     def stamp(self) -> Any:
         """The modification time and size (of a Zarr's root ``zarr.json``, which every write
         of the group rewrites); None for a URL GDAL reads."""
-        from tileseg.sources.raster import is_remote
+        from tileseg.sources.remote import is_remote
 
         if is_remote(self.text):
             return None
@@ -402,7 +402,7 @@ def check_output_folder(path: str | os.PathLike[str], what: str = "output", *,
     ``what`` names the path in the message (``"zarr_path path"``), ``params`` the parameters
     it names (``("zarr_path",)``), shown as flags by the CLI.
     """
-    from tileseg.sources.raster import is_remote
+    from tileseg.sources.remote import is_remote
 
     if is_remote(os.fspath(path)):
         raise OutputError(f"{path}: only s3://, gs:// and az:// outputs are supported; write "

@@ -20,7 +20,8 @@ from tileseg.errors import OutputError
 from tileseg.models.metadata import ModelMetadata
 from tileseg.outputs import mask as mask_format
 from tileseg.outputs.store import zarr_store
-from tileseg.sources.raster import RasterInfo, open_dataset
+from tileseg.sources.datasets import open_dataset
+from tileseg.sources.raster import RasterInfo
 
 logger = logging.getLogger(__name__)
 

@@ -161,7 +161,7 @@ def is_report(path: Path) -> bool:
 
 
 def _tiff_tags(path: Path) -> dict[str, str]:
-    from tileseg.sources.raster import open_dataset
+    from tileseg.sources.datasets import open_dataset
 
     try:
         with open_dataset(path) as src:

@@ -16,7 +16,7 @@ from pathlib import Path, PurePath, PurePosixPath
 
 from tileseg.errors import ConfigError
 from tileseg.outputs.store import is_store_url
-from tileseg.sources.raster import is_remote
+from tileseg.sources.remote import is_remote
 
 PathLike = str | os.PathLike[str]
 NamedPaths = Mapping[str, PathLike | Iterable[PathLike] | None]

@@ -183,7 +183,7 @@ class StoreStaging:
     def _tiff_tags(out: str) -> dict[str, str]:
         import rasterio
 
-        from tileseg.sources.raster import open_dataset
+        from tileseg.sources.datasets import open_dataset
 
         scheme, _, rest = out.partition("://")
         vsi = {"s3": "/vsis3/", "gs": "/vsigs/"}.get(scheme, "/vsiaz/") + rest

@@ -60,7 +60,7 @@ def mask_legend(path: str | os.PathLike[str]) -> tuple[ClassInfo, ...]:
     raster with a colour table but no tileseg tag yields one class per entry that is not fully
     transparent (named ``class_<value>``).
     """
-    from tileseg.sources.raster import open_dataset
+    from tileseg.sources.datasets import open_dataset
 
     path = os.fspath(path)
     mask = location(path)

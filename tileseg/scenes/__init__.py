@@ -66,7 +66,8 @@ def stack_label(files: tuple[str, ...]) -> str:
 def source_files(src: Any) -> list[str]:
     """The paths a run reads (for the checks that no output replaces an input): local files
     with their sidecars, remote URLs as they are; a local item and its local assets."""
-    from tileseg.sources.raster import is_remote, raster_files
+    from tileseg.sources.raster import raster_files
+    from tileseg.sources.remote import is_remote
 
     if isinstance(src, tuple):
         return [f for path in src for f in ([path] if is_remote(path) else raster_files(path))]
@@ -169,7 +170,8 @@ def _single_raster(src: str, config: PredictConfig, resolution: float | None,
 def _file_stack(files: tuple[str, ...], config: PredictConfig, resolution: float | None,
                 defaults: dict[str, str], by_name: dict[str, str]) -> StackSpec:
     """Every band of every file, in order; ``bands`` numbers pick among them."""
-    from tileseg.sources.raster import gdal_message, is_remote, open_dataset
+    from tileseg.sources.datasets import gdal_message, open_dataset
+    from tileseg.sources.remote import is_remote
     from tileseg.sources.stack import BandRequest, build_stack
 
     label = stack_label(files)

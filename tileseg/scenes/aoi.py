@@ -149,7 +149,7 @@ def read_aoi(aoi: str, aoi_crs: str | None) -> tuple[Any, Any]:
 def _read_vector(path: str) -> tuple[Any, str | None]:
     import shapely
 
-    from tileseg.sources.raster import is_remote
+    from tileseg.sources.remote import is_remote
 
     if not is_remote(path) and not Path(path).exists():
         raise InputNotFoundError(f"{path}: no such AOI file; check the path, or give a bbox "

@@ -158,7 +158,7 @@ def check_unchanged(path: str, pinned: SourceVersion | None) -> None:
             if now is not None:
                 break
         if now is None:
-            from tileseg.sources.raster import why_unreadable
+            from tileseg.sources.datasets import why_unreadable
 
             raise SourceUnavailableError(
                 f"{path}: the store did not serve the source's version after {tries} tries "

@@ -7,7 +7,6 @@ import math
 import os
 import threading
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -17,16 +16,20 @@ import numpy as np
 import rasterio
 from affine import Affine
 from rasterio.enums import MaskFlags
-from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from tileseg.errors import InputError, InputNotFoundError, SourceUnavailableError
 from tileseg.inference.grid import Rect
 from tileseg.models.metadata import SUPPORTED_DTYPES
+from tileseg.sources.datasets import (
+    decode_threads,
+    forget_cached_file,
+    gdal_message,
+    open_dataset,
+)
 from tileseg.sources.gdal_native import (
     failure_count,
-    forget_cached,
-    install_error_handler,
     last_failure,
     library,
 )
@@ -35,10 +38,10 @@ from tileseg.sources.remote import (
     RequestPolicy,
     gdal_options,
     is_http,
+    is_remote,
     is_request_failure,
     is_transient,
     readable_failure,
-    vsi_path,
 )
 from tileseg.text import counted
 
@@ -46,13 +49,6 @@ if TYPE_CHECKING:
     from tileseg.sources.stack import StackSpec
 
 logger = logging.getLogger(__name__)
-
-_REMOTE_PREFIXES = ("/vsi", "s3://", "gs://", "az://", "http://", "https://", "zip://", "tar://")
-
-
-def is_remote(path: str) -> bool:
-    return path.startswith(_REMOTE_PREFIXES)
-
 
 @dataclass(frozen=True)
 class RasterInfo:
@@ -92,64 +88,12 @@ class RasterInfo:
         return abs(self.affine.determinant)
 
 
-_WARNINGS_LOCK = threading.Lock()
-
-
-def decode_threads() -> str:
-    """GDAL decoding threads per read: ``$GDAL_NUM_THREADS`` when set, else all cores."""
-    return os.environ.get("GDAL_NUM_THREADS", "ALL_CPUS")
-
-
-def open_dataset(path: str | os.PathLike[str], mode: str = "r", *, quiet: bool = True,
-                 **profile: Any) -> Any:
-    """``rasterio.open`` without rasterio's NotGeoreferencedWarning (tileseg reports a missing CRS
-    itself, once). ``warnings.catch_warnings`` swaps process-wide state, so concurrent reader
-    threads take turns, or one thread's exit could restore filters under another; ``quiet=False``
-    (a raster known to be georeferenced, which cannot warn) skips that lock. Remote rasters
-    get the GDAL options of :func:`tileseg.sources.remote.gdal_options` (the S3 endpoint override,
-    timeouts). GDAL's own error lines go to logging from here on, never to stderr."""
-    install_error_handler()
-    with rasterio.Env(**gdal_options(str(path))):
-        if not quiet:
-            return rasterio.open(path, mode, **profile)
-        with _WARNINGS_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path, mode, **profile)
-
-
-def _forget_cached(path: str) -> None:
-    with rasterio.Env(**gdal_options(path)):  # the cache is keyed by the URL these make
-        forget_cached(vsi_path(path))
-
-
 def open_source(info: RasterInfo) -> Any:
     """The dataset behind ``info``: the raster file, or the stack of files
     (:class:`tileseg.sources.stack.StackDataset`, with the same ``read``/``read_masks``)."""
     if info.stack is not None:
         return info.stack.open()
     return open_dataset(info.path, quiet=info.crs_wkt is None)
-
-
-def gdal_message(exc: BaseException) -> str:
-    """GDAL's own words for a rasterio error, on one line.
-
-    rasterio raises "Read failed. See previous exception for details." with the GDAL errors
-    chained behind it; the user needs those (which block, which codec), outermost and root cause.
-    """
-    messages: list[str] = []
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        text = " ".join(str(current).split())
-        if text and "see previous exception" not in text.lower() and text not in messages:
-            messages.append(text)
-        current = current.__cause__ or current.__context__
-    if not messages:
-        return " ".join(str(exc).split()) or type(exc).__name__
-    if len(messages) == 1:
-        return messages[0]
-    return f"{messages[0]}; {messages[-1]}"
 
 
 def open_raster(
@@ -173,11 +117,11 @@ def open_raster(
     failure, unpinned, tries = "", None, 0
     for tries in policy.tries():
         if remote:  # from the store, not from what GDAL cached of an earlier (failed) request
-            _forget_cached(path)
+            forget_cached_file(path)
         # taken before the open: a replacement in between shows at the first chunk's check
         version = current_version(path) if pinnable else None
         if pinnable and version is None:
-            _forget_cached(path)  # GDAL keeps a failed request as "no such file": ask again
+            forget_cached_file(path)  # GDAL keeps a failed request as "no such file": ask again
         try:
             with open_dataset(path) as src:
                 info = _describe(src, path, bands, nodata, allow_no_crs)
@@ -198,17 +142,6 @@ def open_raster(
                     "run cannot be noticed", path)
         return unpinned
     raise _open_error(path, failure, tries)
-
-
-def why_unreadable(path: str) -> str:
-    """Why the store does not serve remote raster ``path`` now, in GDAL's words from a fresh
-    open (GDAL's requests for object versions and byte ranges do not say)."""
-    _forget_cached(path)
-    try:
-        with open_dataset(path):
-            return "it answers again now"
-    except RasterioIOError as exc:
-        return readable_failure(gdal_message(exc))
 
 
 def _transient(exc: BaseException) -> bool:
@@ -592,7 +525,7 @@ class WindowReader:
         for tries in policy.tries():  # noqa: B007 - the count is told after the loop
             if self._src is None:
                 if self._remote:  # ask the store again, not what GDAL cached of it
-                    _forget_cached(self.info.path)
+                    forget_cached_file(self.info.path)
                 try:
                     self._src = self._open()
                     opened = True

@@ -31,6 +31,13 @@ TIMEOUT_VARIABLE = "TILESEG_HTTP_TIMEOUT"
 RETRIES_VARIABLE = "TILESEG_HTTP_RETRIES"
 
 
+_REMOTE_PREFIXES = ("/vsi", "s3://", "gs://", "az://", "http://", "https://", "zip://", "tar://")
+
+
+def is_remote(path: str) -> bool:
+    return path.startswith(_REMOTE_PREFIXES)
+
+
 @dataclass(frozen=True)
 class RequestPolicy:
     """How long one request may go unanswered, and how often a failed one is tried again.
@@ -222,8 +229,6 @@ def gdal_options(path: str) -> dict[str, str]:
     {'GDAL_DISABLE_READDIR_ON_OPEN': 'EMPTY_DIR', ..., 'GDAL_HTTP_LOW_SPEED_TIME': '30', ...,
      'AWS_S3_ENDPOINT': '127.0.0.1:9000', 'AWS_HTTPS': 'NO', 'AWS_VIRTUAL_HOSTING': 'FALSE'}
     """
-    from tileseg.sources.raster import is_remote
-
     options: dict[str, str] = {}
     if not is_remote(path):
         return options

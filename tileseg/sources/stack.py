@@ -181,7 +181,8 @@ class _FileFacts:
 def _open_facts(href: str, name: str, label: str) -> _FileFacts:
     from rasterio.enums import MaskFlags
 
-    from tileseg.sources.raster import gdal_message, is_remote, open_dataset
+    from tileseg.sources.datasets import gdal_message, open_dataset
+    from tileseg.sources.remote import is_remote
 
     try:
         with open_dataset(href) as src:
@@ -295,7 +296,7 @@ def warped_vrt(href: str, grid: Grid, resampling: str, nodata: float | None) -> 
     from rasterio.enums import Resampling
     from rasterio.vrt import WarpedVRT
 
-    from tileseg.sources.raster import open_dataset
+    from tileseg.sources.datasets import open_dataset
 
     options: dict[str, Any] = {}
     if nodata is not None:
@@ -410,7 +411,7 @@ class StackDataset:
     """
 
     def __init__(self, spec: StackSpec) -> None:
-        from tileseg.sources.raster import decode_threads, open_dataset
+        from tileseg.sources.datasets import decode_threads, open_dataset
         from tileseg.sources.remote import gdal_options
 
         self.spec = spec
@@ -432,7 +433,7 @@ class StackDataset:
                     self._datasets.append(open_dataset(name, quiet=False))
         except RasterioIOError as exc:
             self.close()
-            from tileseg.sources.raster import gdal_message
+            from tileseg.sources.datasets import gdal_message
 
             raise RasterioIOError(f"{source.href}: {gdal_message(exc)}") from exc
         except BaseException:
@@ -528,7 +529,7 @@ class StackDataset:
                     return np.asarray(ds.read_masks(band.band, **kwargs))
                 return np.asarray(ds.read(band.band, **kwargs))
             except RasterioIOError as exc:
-                from tileseg.sources.raster import gdal_message
+                from tileseg.sources.datasets import gdal_message
 
                 href = self.spec.sources[band.source].href
                 raise RasterioIOError(f"{band.name} ({href}): {gdal_message(exc)}") from exc

@@ -19,7 +19,9 @@ from affine import Affine
 from tileseg.errors import InputError, InputNotFoundError
 from tileseg.outputs import mask as mask_format
 from tileseg.outputs.location import location
-from tileseg.sources.raster import checked_read, gdal_message, is_remote, open_dataset
+from tileseg.sources.datasets import gdal_message, open_dataset
+from tileseg.sources.raster import checked_read
+from tileseg.sources.remote import is_remote
 
 logger = logging.getLogger(__name__)
 
