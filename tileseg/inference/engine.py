@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from tileseg._version import __version__
-from tileseg.errors import ConfigError, DependencyError, ModelError, OutputError
+from tileseg.errors import ConfigError, DependencyError, DiskFullError, ModelError, OutputError
+from tileseg.outputs.diskspace import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -137,10 +138,11 @@ def export_onnx(module: nn.Module, path: Path, context: int, bands: int, key: st
     """Export ``module`` (fp32, CPU) with a dynamic batch axis to ``path``, atomically, and record
     ``key`` and the file's SHA-256 beside it (:func:`export_record`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.onnx")
-    record_tmp = tmp.with_suffix(".json")
     dummy = torch.zeros((1, bands, context, context))
-    try:
+    # concurrent workers never see a half-written file: the export is renamed into place, then
+    # its record; one that reads the file and the record of two different exports in between
+    # exports once more, never uses a wrong one
+    with atomic_file(export_record(path)) as record_tmp, atomic_file(path) as tmp:
         with warnings.catch_warnings():
             # the TorchScript exporter is deprecated in favour of the dynamo one, which needs
             # onnxscript and handles smp's models no better; its tracer warnings are noise here
@@ -152,13 +154,6 @@ def export_onnx(module: nn.Module, path: Path, context: int, bands: int, key: st
             )
         record_tmp.write_text(json.dumps({"tileseg_onnx_export": 1, "model_key": key,
                                           "sha256": _sha256(tmp)}) + "\n")
-        # concurrent workers never see a half-written file; one that reads the file and the
-        # record of two different exports in between exports once more, never uses a wrong one
-        os.replace(tmp, path)
-        os.replace(record_tmp, export_record(path))
-    finally:
-        tmp.unlink(missing_ok=True)
-        record_tmp.unlink(missing_ok=True)
 
 
 def export_record(path: Path) -> Path:
@@ -259,7 +254,9 @@ def ensure_onnx(module: nn.Module, context: int, bands: int, architecture: str) 
     try:
         module.eval()
         export_onnx(module, path, context, bands, key=key)
-    except OSError as exc:  # writing into the cache (a full disk, say): not the model's fault
+    except DiskFullError:  # one line naming the cache's folder already
+        raise
+    except OSError as exc:  # writing into the cache: not the model's fault
         raise cache_error(path.parent, exc.strerror or str(exc)) from exc
     except Exception as exc:
         raise ModelError(_export_failure(architecture, context, exc),
