@@ -64,7 +64,9 @@ def test_an_independent_reader_reads_the_item(tmp_path, deeplab_dir: Path) -> No
     assert ext.mlm_name == "deeplab" and ext.architecture == "DeepLabV3Plus"
     assert [str(t) for t in ext.tasks] == ["semantic-segmentation"]
     assert ext.input[0].input.shape == [-1, 3, -1, -1]
-    assert [c.name for c in ext.output[0].classes or []] == ["class 0", "class 1", "class 2"]
+    # the classification extension's names (no spaces), the classes' own names as titles
+    assert [(c.name, c.title) for c in ext.output[0].classes or []] == [
+        ("class_0", "class 0"), ("class_1", "class 1"), ("class_2", "class 2")]
     asset = AssetGeneralMLMExtension.ext(item.assets["model"])
     assert asset.artifact_type == "safetensors.torch.save_file"
     scaling = data["properties"]["mlm:input"][0]["value_scaling"]
@@ -226,6 +228,30 @@ def test_properties_of_any_model_for_an_output_item(deeplab_dir: Path) -> None:
     assert props["mlm:output"][0]["result"]["shape"] == [-1, 3, -1, -1]
     assert props["mlm:hyperparameters"]["network"]["encoder_name"] == "resnet18"
     assert props["mlm:total_parameters"] > 0
+
+
+def test_a_runs_output_item_describes_its_model_as_the_models_own_item_does(
+        make_raster, tmp_path, deeplab_dir: Path) -> None:
+    """One description of a model in MLM's terms: the output item of a run adds only the
+    run's facts (the input side it used) to what ``model export-stac`` writes."""
+    from tileseg.outputs.stac_item import OutputAssets, build_item
+    from tileseg.sources.raster import open_raster
+
+    model = load_model(deeplab_dir)
+    raster = open_raster(str(make_raster(random_image(3, 40, 50))))
+    output = build_item(item_href=str(tmp_path / "m.stac.json"), raster=raster, model=model,
+                        input_size=64, assets=OutputAssets(str(tmp_path / "m.tif"), "cog"),
+                        nodata=255, mask_dtype="uint8", source=raster.path, source_item=None,
+                        fingerprint="f")
+    own = stac_item(model, tmp_path / "model.json")
+    run_mlm = {k: v for k, v in output["properties"].items() if k.startswith("mlm:")}
+    own_mlm = {k: v for k, v in own["properties"].items() if k.startswith("mlm:")}
+    for io, field in (("mlm:input", "input"), ("mlm:output", "result")):
+        assert run_mlm[io][0][field]["shape"][2:] == [64, 64]  # the side this run used
+        run_mlm[io][0][field]["shape"][2:] = own_mlm[io][0][field]["shape"][2:]
+    assert run_mlm == own_mlm
+    assert output["assets"]["model"]["mlm:artifact_type"] == own["assets"]["model"][
+        "mlm:artifact_type"]
 
 
 def test_export_stac_replaces_only_an_item_it_wrote(tmp_path, deeplab_dir: Path) -> None:

@@ -588,7 +588,7 @@ def test_the_output_item_reads_back_with_every_extension(scene, deeplab4, tmp_pa
                                                          "stddev": pytest.approx(1e4)}
     (model_output,) = mlm.output or []
     assert model_output.result.shape == [-1, 3, 64, 64] and len(model_output.classes) == 3
-    assert out.assets["model"].roles == ["mlm:model"]
+    assert out.assets["model"].roles == ["mlm:model", "mlm:weights"]  # as the model's own item
     (source,) = [link for link in out.links if link.rel == "derived_from"]
     assert source.get_absolute_href() == str(item)
     assert props["tileseg:tiles"]["total"] == 9

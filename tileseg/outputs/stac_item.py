@@ -29,7 +29,14 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from tileseg.errors import OutputError
+from tileseg.errors import ModelError, OutputError
+from tileseg.models.formats.mlm import (
+    MLM_SCHEMA,
+    artifact_fields,
+    artifact_of,
+    classification_classes,
+    mlm_properties,
+)
 from tileseg.outputs.location import location
 from tileseg.outputs.ownership import ITEM_MARK, ITEM_MARK_VALUE, is_output_item
 from tileseg.outputs.store import is_store_url
@@ -50,7 +57,7 @@ EXTENSIONS = {
     "classification": "https://stac-extensions.github.io/classification/v2.0.0/schema.json",
     "file": "https://stac-extensions.github.io/file/v2.1.0/schema.json",
     "processing": "https://stac-extensions.github.io/processing/v1.2.0/schema.json",
-    "mlm": "https://stac-extensions.github.io/mlm/v1.4.0/schema.json",
+    "mlm": MLM_SCHEMA,
 }
 MEDIA_TYPES = {
     "cog": "image/tiff; application=geotiff; profile=cloud-optimized",
@@ -110,75 +117,8 @@ def write_item(path: str, item: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------
-# The model, in the MLM extension's terms
+# The model (its MLM fields are tileseg.models.formats.mlm's)
 # ------------------------------------------------------------------------------------------
-
-
-def model_mlm_fields(model: LoadedModel, *, input_size: int | None = None,
-                     bands: tuple[str, ...] = ()) -> dict[str, Any]:
-    """The MLM extension's fields (``mlm:*``) describing ``model``, from its metadata alone:
-    name, architecture, task, input (bands, shape, dtype, value scaling) and output (shape,
-    classes). ``input_size`` is the network input side used (None: any); ``bands`` names the
-    inputs when the model's metadata does not.
-
-    tileseg's normalization ``((x * scale + offset) - mean) / std`` is MLM's ``z-score`` with
-    mean ``(mean - offset) / scale`` and stddev ``std / scale`` per band.
-    """
-    meta = model.metadata
-    channels = meta.in_channels
-    names = input_band_names(model, bands)
-    side = input_size if input_size is not None else -1
-    scaling = _value_scaling(model)
-    model_input: dict[str, Any] = {
-        "name": "bands",
-        "bands": names,
-        "input": {"shape": [-1, channels, side, side],
-                  "dim_order": ["batch", "bands", "height", "width"],
-                  "data_type": "float32"},
-        "value_scaling": scaling,
-        "resize_type": None,
-        "pre_processing_function": None,
-    }
-    if meta.description:
-        model_input["description"] = meta.description[:500]
-    output = {
-        "name": "classes",
-        "tasks": ["semantic-segmentation"],
-        "result": {"shape": [-1, meta.num_classes, side, side],
-                   "dim_order": ["batch", "channel", "height", "width"],
-                   "data_type": "float32"},
-        "classification:classes": class_list(model),
-        "post_processing_function": None,
-    }
-    source = model.source.rstrip("/") if model.source else ""
-    fields: dict[str, Any] = {
-        "mlm:name": _mlm_name(PurePosixPath(source).name or model.architecture),
-        "mlm:architecture": model.architecture,
-        "mlm:tasks": ["semantic-segmentation"],
-        "mlm:framework": "PyTorch",
-        "mlm:input": [model_input],
-        "mlm:output": [output],
-    }
-    try:
-        import torch
-
-        fields["mlm:framework_version"] = torch.__version__.split("+")[0]
-        fields["mlm:total_parameters"] = int(sum(p.numel() for p in model.module.parameters()))
-    except Exception:  # noqa: BLE001 - facts worth having, not worth failing over
-        pass
-    if meta.gsd is not None:
-        fields["gsd"] = meta.gsd
-    return fields
-
-
-def _mlm_name(name: str) -> str:
-    """A name MLM accepts: a letter first, letters, digits and ``_.-`` or spaces inside, a
-    letter or digit last."""
-    cleaned = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "_.- ") else "_"
-                      for ch in name).strip("_.- ")
-    if len(cleaned) < 3 or not cleaned[0].isalpha():
-        cleaned = f"model-{cleaned}".strip("_.- ") if cleaned else "tileseg-model"
-    return cleaned
 
 
 def input_band_names(model: LoadedModel, bands: tuple[str, ...] = ()) -> list[str]:
@@ -193,53 +133,19 @@ def input_band_names(model: LoadedModel, bands: tuple[str, ...] = ()) -> list[st
 
 def model_asset(model: LoadedModel, item_href: str,
                 bands: tuple[str, ...] = ()) -> dict[str, Any] | None:
-    """The model's weights as an ``mlm:model`` asset (its input bands named in
+    """The model's file as an ``mlm:model`` asset (described as the model's own MLM item
+    describes it, :mod:`tileseg.models.formats.mlm`; its input bands named in
     ``raster:bands``), or None for a model object that came from no file."""
-    if not model.source:
+    try:
+        artifact = artifact_of(model)
+    except ModelError:
         return None
-    root = Path(model.source)
-    weights = root
-    if root.is_dir():
-        found = sorted(p for p in root.iterdir()
-                       if p.suffix in (".safetensors", ".pt", ".pth", ".bin", ".onnx"))
-        if not found:
-            return None
-        weights = found[0]
-    if not weights.is_file():
+    if not artifact.is_file():
         return None
     names = input_band_names(model, bands)
-    return {"href": relative_href(str(weights.absolute()), item_href),
-            "type": "application/octet-stream", "title": f"model weights ({weights.name})",
-            "roles": ["mlm:model"], "raster:bands": [{"name": n} for n in names]}
-
-
-def _value_scaling(model: LoadedModel) -> list[dict[str, Any]] | None:
-    meta = model.metadata
-    a, b = meta.normalization.coefficients(meta.in_channels)  # x_norm = x * a + b
-    out = []
-    for ai, bi in zip(a.tolist(), b.tolist(), strict=True):
-        if ai <= 0:
-            return None  # not a z-score; MLM has no plain affine scaling
-        out.append({"type": "z-score", "mean": -bi / ai, "stddev": 1.0 / ai})
-    return out
-
-
-def class_list(model: LoadedModel) -> list[dict[str, Any]]:
-    """The classes as the classification extension writes them."""
-    out = []
-    for c in model.metadata.classes:
-        entry: dict[str, Any] = {"value": c.id, "name": _class_name(c.name),
-                                 "color_hint": "{:02X}{:02X}{:02X}".format(*c.color)}
-        if c.name != entry["name"]:
-            entry["title"] = c.name
-        out.append(entry)
-    return out
-
-
-def _class_name(name: str) -> str:
-    # classification v2 names match ^[0-9A-Za-z-_]+$: spaces and others become underscores
-    cleaned = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_") else "_" for ch in name)
-    return cleaned or "class"
+    return {"href": relative_href(str(artifact.absolute()), item_href),
+            **artifact_fields(model, artifact, data=False),
+            "raster:bands": [{"name": n} for n in names]}
 
 
 # ------------------------------------------------------------------------------------------
@@ -357,8 +263,7 @@ def build_item(*, item_href: str, raster: RasterInfo, model: LoadedModel, input_
         "processing:lineage": f"tileseg predict of {source} with model "
                               f"{PurePosixPath(model.source.rstrip('/')).name or 'in-process'}",
         "processing:level": "L4",
-        **{k: v for k, v in model_mlm_fields(model, input_size=input_size,
-                                             bands=source_bands).items() if k != "gsd"},
+        **mlm_properties(model, input_size=input_size, bands=source_bands),
         ITEM_MARK: ITEM_MARK_VALUE,
         "tileseg:fingerprint": fingerprint,
     })
@@ -366,7 +271,7 @@ def build_item(*, item_href: str, raster: RasterInfo, model: LoadedModel, input_
         properties["tileseg:tiles"] = tiles
     if pixel and raster.crs_is_metric:
         properties["gsd"] = pixel
-    classes = class_list(model)
+    classes = classification_classes(model.metadata.classes)
     band = {"data_type": mask_dtype, "nodata": nodata}
     if pixel:
         band["spatial_resolution"] = pixel

@@ -27,6 +27,7 @@ import datetime as dt
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -299,6 +300,8 @@ def _classes(output: dict[str, Any], where: str) -> tuple[ClassInfo, ...] | None
     out = []
     for value, c in zip(values, ordered, strict=True):
         name = c.get("name") or c.get("title") or c.get("description") or f"class_{value}"
+        if c.get("title") and name == _class_name(str(c["title"])):
+            name = c["title"]  # the class's own name, which the name field could not hold
         try:
             color = parse_color(c.get("color_hint"), value)
         except ValueError as exc:
@@ -332,10 +335,18 @@ def _number(value: Any) -> float | None:
 # --------------------------------------------------------------------------- writing
 
 
-def mlm_properties(model: LoadedModel) -> dict[str, Any]:
-    """The MLM fields (``mlm:*``) describing ``model``: any model tileseg runs.
+def mlm_properties(model: LoadedModel, *, input_size: int | None = None,
+                   bands: Sequence[str] = ()) -> dict[str, Any]:
+    """The MLM fields (``mlm:*``) describing ``model``: any model tileseg runs. The one
+    description of a model in MLM's terms: the item :func:`export_stac` writes and the output
+    item of every predict run (:mod:`tileseg.outputs.stac_item`) both take them as they are.
 
-    The other side of an output STAC item may put them in its properties as they are.
+    ``input_size``: the input side a run used (default: the model's fixed one, else any);
+    ``bands``: the input bands' names when the model's metadata does not name them (a run's
+    source bands).
+
+    tileseg's normalization ``((x * scale + offset) - mean) / std`` is MLM's ``z-score`` with
+    mean ``(mean - offset) / scale`` and stddev ``std / scale``.
 
     Examples
     --------
@@ -344,11 +355,14 @@ def mlm_properties(model: LoadedModel) -> dict[str, Any]:
     """
     meta = model.metadata
     outputs = _outputs(model)
-    size = model.input_size if model.input_size is not None else -1
+    if input_size is None:
+        input_size = model.input_size
+    size = input_size if input_size is not None else -1
     batch = getattr(getattr(model.module, "signature", None), "batch", None) or -1
-    bands = list(meta.bands)
+    names = list(meta.bands) or (list(bands) if len(bands) == meta.in_channels and all(bands)
+                                 else [])
     props: dict[str, Any] = {
-        "mlm:name": _name(model),
+        "mlm:name": mlm_name(_name(model) or model.architecture),
         "mlm:architecture": model.architecture,
         "mlm:tasks": ["semantic-segmentation"],
         "mlm:framework": "ONNX" if model.onnx_path else "PyTorch",
@@ -358,9 +372,9 @@ def mlm_properties(model: LoadedModel) -> dict[str, Any]:
             "name": "image",
             "description": ("float32 tiles of the raster's bands after value_scaling; nodata "
                             "pixels are 0"),
-            "bands": bands,
+            "bands": names,
             "input": {"shape": [batch, meta.in_channels, size, size],
-                      "dim_order": ["batch", "bands" if bands else "channel", "height", "width"],
+                      "dim_order": ["batch", "bands" if names else "channel", "height", "width"],
                       "data_type": "float32"},
             "value_scaling": _value_scaling(meta.normalization, meta.in_channels),
             "resize_type": None,
@@ -373,7 +387,7 @@ def mlm_properties(model: LoadedModel) -> dict[str, Any]:
             "result": {"shape": [batch, outputs, size, size],
                        "dim_order": ["batch", "channel", "height", "width"],
                        "data_type": "float32"},
-            "classification:classes": [_class(c) for c in meta.classes],
+            "classification:classes": classification_classes(meta.classes),
             "post_processing_function": None,
         }],
         "mlm:hyperparameters": _hyperparameters(model),
@@ -406,6 +420,8 @@ def _output_description(outputs: int) -> str:
 
 
 def _name(model: LoadedModel) -> str:
+    if not (model.item or model.source):
+        return ""  # a model object that came from no file
     source = Path(model.item or model.source)
     return source.name if source.is_dir() else source.stem
 
@@ -432,9 +448,33 @@ def _plain(value: float) -> float | int:
     return int(value) if float(value).is_integer() and abs(value) < 2**53 else float(value)
 
 
-def _class(c: ClassInfo) -> dict[str, Any]:
-    return {"value": c.id, "name": c.name, "description": c.name,
-            "color_hint": "{:02x}{:02x}{:02x}".format(*c.color)}
+def classification_classes(classes: Sequence[ClassInfo]) -> list[dict[str, Any]]:
+    """Classes as the classification extension writes them (the mask's and the model output's):
+    a name it accepts (``^[0-9A-Za-z-_]+$``: others become underscores), the class's own name
+    as ``title`` when that differs, and the colour."""
+    out = []
+    for c in classes:
+        entry: dict[str, Any] = {"value": c.id, "name": _class_name(c.name),
+                                 "color_hint": "{:02X}{:02X}{:02X}".format(*c.color)}
+        if c.name != entry["name"]:
+            entry["title"] = c.name
+        out.append(entry)
+    return out
+
+
+def _class_name(name: str) -> str:
+    cleaned = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_") else "_" for ch in name)
+    return cleaned or "class"
+
+
+def mlm_name(name: str) -> str:
+    """A name MLM accepts: a letter first, letters, digits and ``_.-`` or spaces inside, a
+    letter or digit last."""
+    cleaned = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "_.- ") else "_"
+                      for ch in name).strip("_.- ")
+    if len(cleaned) < 3 or not cleaned[0].isalpha():
+        cleaned = f"model-{cleaned}".strip("_.- ") if cleaned else "tileseg-model"
+    return cleaned
 
 
 def _hyperparameters(model: LoadedModel) -> dict[str, Any]:
@@ -477,7 +517,7 @@ def stac_item(model: LoadedModel, item_path: Path) -> dict[str, Any]:
         "geometry": None,
         "properties": props,
         "links": [],
-        "assets": {"model": {"href": Path(href).as_posix(), **_artifact_fields(model, artifact)}},
+        "assets": {"model": {"href": Path(href).as_posix(), **artifact_fields(model, artifact)}},
     }
 
 
@@ -496,14 +536,19 @@ def artifact_of(model: LoadedModel) -> Path:
     return Path(weights)
 
 
-def _artifact_fields(model: LoadedModel, artifact: Path) -> dict[str, Any]:
+def artifact_fields(model: LoadedModel, artifact: Path, *, data: bool = True) -> dict[str, Any]:
+    """The asset fields of ``model``'s file ``artifact`` (:func:`artifact_of`): its media type,
+    title, MLM roles and artifact type. ``data``: the model is the item's data (its own
+    item), not a means to it (a predict run's output item, whose data is the mask)."""
     from tileseg.models.formats.files import sniff
 
     kind = sniff(artifact)
+    tail = ["data"] if data else []
     if kind == "onnx":
         return {"type": "application/octet-stream; framework=onnx", "title": "ONNX model",
-                "roles": ["mlm:model", "mlm:compiled", "data"], "mlm:artifact_type": "onnx"}
-    roles = ["mlm:model", "mlm:checkpoint" if model.format == "torchgeo" else "mlm:weights", "data"]
+                "roles": ["mlm:model", "mlm:compiled", *tail], "mlm:artifact_type": "onnx"}
+    roles = ["mlm:model", "mlm:checkpoint" if model.format == "torchgeo" else "mlm:weights",
+             *tail]
     if kind == "safetensors":
         return {"type": "application/octet-stream; framework=pytorch; application=safetensors",
                 "title": "PyTorch weights (safetensors)", "roles": roles,
