@@ -40,7 +40,7 @@ step "device"
 
 step "tests on the GPU"
 # (rioxarray is not among the device's wheels: its xarray test is left to CI)
-timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/test_grid.py tests/test_blend.py \
+timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/inference/test_grid.py tests/inference/test_blend.py \
   tests/test_predict.py -k "not xarray" 2>&1 | tail -15 | tee "$out/tests.txt"
 
 step "layout"

@@ -100,7 +100,7 @@ class Runtime:
             x = x.contiguous(memory_format=torch.channels_last)
         # a binary model's one logit x as [0, x] (see class_logits): argmax = sigmoid > 0.5
         classes = self.model.metadata.num_classes
-        if self.onnx is not None:  # its kernels depend on neither (tests/test_determinism.py)
+        if self.onnx is not None:  # its kernels depend on neither (tests/inference/test_determinism.py)
             return class_logits(self.onnx(x), classes)
         if self.torch_cpu is not None:
             return class_logits(self.torch_cpu(x), classes)

@@ -12,7 +12,7 @@ import rasterio
 
 from tileseg.models.formats import load_model
 
-BUNDLED = Path(__file__).resolve().parents[1] / "tileseg" / "models" / "landcover"
+BUNDLED = Path(__file__).resolve().parents[2] / "tileseg" / "models" / "landcover"
 CLASSES = ("developed", "agriculture", "herbaceous", "shrubland", "forest", "water", "sediment")
 
 pytestmark = pytest.mark.skipif(not (BUNDLED / "model.safetensors").is_file(),

@@ -1,6 +1,6 @@
 """pinning: a local raster that changes under a run, or between a run and its --resume, is
 refused in one line naming what changed; a file repaired after a damaged block still resumes.
-(Remote objects: tests/test_remote_faults.py.)"""
+(Remote objects: tests/sources/test_remote_faults.py.)"""
 
 from __future__ import annotations
 

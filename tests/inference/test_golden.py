@@ -3,7 +3,7 @@
 The reference was computed once with this code on CPU in fp32 and stored as float16 (a few KB).
 A change to loading, normalization, the architecture or an upgrade of smp/timm/torch that
 moves these logits fails here before it reaches anyone's masks. To regenerate after a
-deliberate change: ``TILESEG_REGENERATE_GOLDEN=1 python -m pytest tests/test_golden.py``.
+deliberate change: ``TILESEG_REGENERATE_GOLDEN=1 python -m pytest tests/inference/test_golden.py``.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from rasterio.windows import Window
 from tileseg.models.formats import load_model
 from tileseg.samples import fetch
 
-GOLDEN = Path(__file__).parent / "data" / "golden_landcover_logits.npz"
-BUNDLED = Path(__file__).parent.parent / "tileseg" / "models" / "landcover"
+GOLDEN = Path(__file__).parents[1] / "data" / "golden_landcover_logits.npz"
+BUNDLED = Path(__file__).parents[2] / "tileseg" / "models" / "landcover"
 CROP = Window(col_off=160, row_off=200, width=96, height=96)  # fields, forest and built-up
 
 

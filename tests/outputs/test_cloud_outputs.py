@@ -330,7 +330,7 @@ def test_cog_on_s3_resume_when_finished_and_overwrite_read_its_tag(s3: S3Server,
 def test_kubernetes_s3_job_shares_no_volume_and_its_arguments_parse(monkeypatch) -> None:
     import yaml
 
-    path = Path(__file__).parents[1] / "workflows" / "kubernetes" / "predict-s3-job.yaml"
+    path = Path(__file__).parents[2] / "workflows" / "kubernetes" / "predict-s3-job.yaml"
     (job,) = [d for d in yaml.safe_load_all(path.read_text()) if d]
     spec = job["spec"]["template"]["spec"]
     (container,) = spec["containers"]

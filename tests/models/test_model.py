@@ -124,7 +124,7 @@ def test_a_binary_model_gives_two_classes_where_its_sigmoid_crosses_one_half(
     assert names == ["class_0", "class_1"]
     share = (mask == 1).mean()  # before: class 0 everywhere (the argmax of one channel)
     assert set(np.unique(mask)) == {0, 1} and 0.2 < share < 0.8, share
-    # exactly the sigmoid's 0.5 threshold, blended, on either engine: tests/test_engine.py
+    # exactly the sigmoid's 0.5 threshold, blended, on either engine: tests/inference/test_engine.py
 
 
 def test_a_binary_model_takes_its_two_class_names_from_tileseg_json(
