@@ -552,7 +552,7 @@ def test_an_output_in_a_folder_nobody_can_write_is_refused_up_front(check, targe
 
 
 def test_a_model_folder_is_made_with_its_parents_where_that_is_possible(tmp_path) -> None:
-    from tileseg.outputs.location import check_folder_creatable
+    from tileseg.outputs.paths import check_folder_creatable
 
     check_folder_creatable(tmp_path / "new" / "deeper", "out_dir")
     (tmp_path / "notes.txt").write_text("mine")

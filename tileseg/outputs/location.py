@@ -45,6 +45,7 @@ from tileseg.outputs.diskspace import (
     full_disk_as_error,
     temporary_folder,
 )
+from tileseg.outputs.paths import check_output_folder, writable_folder
 from tileseg.outputs.runlock import check_lock_name, exclusive_run
 from tileseg.outputs.staging import LocalStaging, Staging
 from tileseg.outputs.store import (
@@ -393,51 +394,6 @@ class LocalLocation(Location):
             raise ConfigError(f"zarr_path {zarr_path}: on a store while DST is local; write both "
                               "to the store or both locally", params=("zarr_path",))
         return LocalStaging(self.path, Path(zarr_path) if zarr_path else None)
-
-
-def check_output_folder(path: str | os.PathLike[str], what: str = "output", *,
-                        params: tuple[str, ...] = ()) -> None:
-    """The folder that will hold ``path`` exists and is writable (:class:`OutputError`, exit 4).
-
-    ``what`` names the path in the message (``"zarr_path path"``), ``params`` the parameters
-    it names (``("zarr_path",)``), shown as flags by the CLI.
-    """
-    from tileseg.sources.remote import is_remote
-
-    if is_remote(os.fspath(path)):
-        raise OutputError(f"{path}: only s3://, gs:// and az:// outputs are supported; write "
-                          "locally and copy", params=params)
-    parent = Path(path).absolute().parent
-    if not parent.is_dir():
-        raise OutputError(f"{path}: folder {parent} does not exist; create it first or choose "
-                          f"another {what}", params=params)
-    if not writable_folder(parent):
-        raise OutputError(f"{path}: folder {parent} is not writable; choose another {what}",
-                          params=params)
-
-
-def writable_folder(folder: str | os.PathLike[str]) -> bool:
-    """Whether files can be made in ``folder``: write and search permission, as the process's
-    real user (``os.access``; root too is refused on a read-only file system)."""
-    return os.access(folder, os.W_OK | os.X_OK)
-
-
-def check_folder_creatable(folder: str | os.PathLike[str], what: str, *,
-                           params: tuple[str, ...] = ()) -> None:
-    """``folder`` is a writable folder, or can be made with its missing parents (``mkdir -p``):
-    its nearest existing ancestor is a writable folder (:class:`OutputError`, exit 4)."""
-    target = Path(folder).absolute()
-    existing = target
-    while not (existing.exists() or existing.is_symlink()) and existing.parent != existing:
-        existing = existing.parent
-    if not existing.is_dir():
-        where = "is" if existing == target else f"lies in {existing}, which is"
-        raise OutputError(f"{folder}: {where} not a folder; choose another {what}",
-                          params=params)
-    if not writable_folder(existing):
-        where = "" if existing == target else f" {existing}, where it would be made,"
-        raise OutputError(f"{folder}: folder{where} is not writable; choose another {what}",
-                          params=params)
 
 
 # ------------------------------------------------------------------------------------------

@@ -6,6 +6,9 @@ the other's. Either is a mistake that could make an output replace an input (``p
 s.tif --overwrite``), or the deletion of an old output take an input with it (``predict
 p.zarr/small.tif p.zarr --overwrite``), so it is refused with :class:`~tileseg.errors.ConfigError`
 (exit 2) before any work.
+
+The folder an output goes into is checked here too (:func:`check_output_folder`: it exists and
+takes files, exit 4), before any work and again by the writer.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePath, PurePosixPath
 
-from tileseg.errors import ConfigError
+from tileseg.errors import ConfigError, OutputError
 from tileseg.outputs.store import is_store_url
 from tileseg.sources.remote import is_remote
 
@@ -143,3 +146,46 @@ def check_distinct_paths(paths: NamedPaths, *, read_only: Iterable[str] = ()) ->
             seen = by_real.get(parent)
             if seen is not None and clash(seen, name):
                 raise refuse((name, path), seen[0], seen[1], "first inside")
+
+
+def check_output_folder(path: str | os.PathLike[str], what: str = "output", *,
+                        params: tuple[str, ...] = ()) -> None:
+    """The folder that will hold ``path`` exists and is writable (:class:`OutputError`, exit 4).
+
+    ``what`` names the path in the message (``"zarr_path path"``), ``params`` the parameters
+    it names (``("zarr_path",)``), shown as flags by the CLI.
+    """
+    if is_remote(os.fspath(path)):
+        raise OutputError(f"{path}: only s3://, gs:// and az:// outputs are supported; write "
+                          "locally and copy", params=params)
+    parent = Path(path).absolute().parent
+    if not parent.is_dir():
+        raise OutputError(f"{path}: folder {parent} does not exist; create it first or choose "
+                          f"another {what}", params=params)
+    if not writable_folder(parent):
+        raise OutputError(f"{path}: folder {parent} is not writable; choose another {what}",
+                          params=params)
+
+
+def writable_folder(folder: str | os.PathLike[str]) -> bool:
+    """Whether files can be made in ``folder``: write and search permission, as the process's
+    real user (``os.access``; root too is refused on a read-only file system)."""
+    return os.access(folder, os.W_OK | os.X_OK)
+
+
+def check_folder_creatable(folder: str | os.PathLike[str], what: str, *,
+                           params: tuple[str, ...] = ()) -> None:
+    """``folder`` is a writable folder, or can be made with its missing parents (``mkdir -p``):
+    its nearest existing ancestor is a writable folder (:class:`OutputError`, exit 4)."""
+    target = Path(folder).absolute()
+    existing = target
+    while not (existing.exists() or existing.is_symlink()) and existing.parent != existing:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is" if existing == target else f"lies in {existing}, which is"
+        raise OutputError(f"{folder}: {where} not a folder; choose another {what}",
+                          params=params)
+    if not writable_folder(existing):
+        where = "" if existing == target else f" {existing}, where it would be made,"
+        raise OutputError(f"{folder}: folder{where} is not writable; choose another {what}",
+                          params=params)

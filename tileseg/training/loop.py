@@ -252,7 +252,7 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
     """Refuse a model folder that would lose someone's files: a file, a non-empty folder without
     ``overwrite``, or (even with it) a folder that is not a model folder tileseg wrote."""
     from tileseg.models.metadata import METADATA_FILENAME
-    from tileseg.outputs.location import check_folder_creatable
+    from tileseg.outputs.paths import check_folder_creatable
 
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"{out_dir}: is a file, not a folder; out_dir names the model folder "
