@@ -44,9 +44,9 @@ def fake_raster(height: int, width: int, bands: int = 3) -> Any:
 
 def make_job(raster: Any, tile_size: int, overlap: int, chunk_size: int, work: str) -> Any:
     from tileseg.config import RuntimeConfig
-    from tileseg.inference.grid import TileGrid, chunk_tiles_for
     from tileseg.inference.mosaic import Job
     from tileseg.models.registry import ModelRef
+    from tileseg.tiling.grid import TileGrid, chunk_tiles_for
 
     grid = TileGrid(raster.height, raster.width, tile_size, overlap,
                     chunk_tiles_for(tile_size - overlap, chunk_size))

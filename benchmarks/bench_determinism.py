@@ -71,7 +71,7 @@ def blend_micro(classes: int = 6, tiles_per_side: int = 5, repeats: int = 3) -> 
     """Per-tile cost of adding a tile to a chunk's sums, and of the argmax, before and now."""
     import numpy as np
 
-    from tileseg.inference.blend import fixed_point_window, logit_limit, weight_window
+    from tileseg.tiling.blend import fixed_point_window, logit_limit, weight_window
 
     size, step = 513, 448
     side = step * (tiles_per_side - 1) + size

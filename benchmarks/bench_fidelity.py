@@ -33,13 +33,13 @@ import torch
 
 import tileseg.pipeline as predict_module
 from tileseg.config import PredictConfig
-from tileseg.inference.grid import TileGrid
 from tileseg.models import BUNDLED_MODEL
 from tileseg.models.formats import load_model
 from tileseg.models.loaded import LoadedModel, ModelSpec, build_model, save_model
 from tileseg.pipeline import predict
 from tileseg.samples import fetch
 from tileseg.sources.raster import WindowReader, open_raster
+from tileseg.tiling.grid import TileGrid
 
 
 def mirrored_sample(size: int, path: Path) -> Path:
@@ -64,7 +64,7 @@ def reference_logits(model: LoadedModel, src: str, shift: int = 0) -> np.ndarray
     d = model.divisor
     ph = -(-(info.height + shift) // d) * d
     pw = -(-(info.width + shift) // d) * d
-    from tileseg.inference.grid import Rect
+    from tileseg.tiling.grid import Rect
 
     with WindowReader(info) as reader:
         data, valid = reader.read(Rect(-shift, -shift, ph, pw))

@@ -32,7 +32,7 @@ def reference(model: LoadedModel, src: str) -> np.ndarray:
     """Whole-raster probabilities from a single forward pass (reflect-padded to the divisor)."""
     info = open_raster(src)
     with WindowReader(info) as reader:
-        from tileseg.inference.grid import Rect
+        from tileseg.tiling.grid import Rect
 
         d = model.divisor
         ph = -(-info.height // d) * d

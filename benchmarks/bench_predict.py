@@ -90,10 +90,10 @@ def input_only(src: Path, model_dir: Path, args: argparse.Namespace, batch: int,
     """Tiles/s one reader thread delivers (read, decode, cut, stack; no model): the ceiling of
     the input side for one task. ``decode_threads`` is GDAL_NUM_THREADS for the reads."""
     from tileseg.config import DEFAULT_CHUNK_SIZE
-    from tileseg.inference.grid import TileGrid, chunk_tiles_for
     from tileseg.inference.infer import iter_batches
     from tileseg.models.formats import load_model
     from tileseg.sources.raster import WindowReader, open_raster
+    from tileseg.tiling.grid import TileGrid, chunk_tiles_for
 
     previous = os.environ.get("GDAL_NUM_THREADS")
     os.environ["GDAL_NUM_THREADS"] = decode_threads

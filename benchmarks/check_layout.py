@@ -89,7 +89,7 @@ def layouts(device: str, size: int, work: Path) -> None:
 
 
 def padding_cost(size: int, batch: int) -> None:
-    from tileseg.inference.grid import TileGrid
+    from tileseg.tiling.grid import TileGrid
 
     print(f"\n| chunk | tiles | tiles run with the last batch padded to {batch} | overhead |")
     print("|---|---|---|---|")

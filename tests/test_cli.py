@@ -115,8 +115,8 @@ def test_info_shows_the_chunk_side_and_the_requested_chunk_size(make_raster, dee
 
 
 def test_info_counts_batches_per_chunk_as_predict_runs_them() -> None:
-    from tileseg.inference.grid import TileGrid, aligned_overlap
     from tileseg.info import count_batches
+    from tileseg.tiling.grid import TileGrid, aligned_overlap
 
     # 4096² at 513/64: 100 tiles in 2x2 chunks of 5x5 tiles; each chunk batches its own 25
     # tiles, 7 batches of 4: 28 batches, where 100 tiles / 16 per batch would say 7

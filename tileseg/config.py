@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tileseg.errors import ConfigError
-from tileseg.inference.blend import DEFAULT_BLEND, WINDOWS, BlendName
+from tileseg.tiling.blend import DEFAULT_BLEND, WINDOWS, BlendName
 
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 Engine = Literal["auto", "torch", "onnxruntime"]
@@ -29,7 +29,7 @@ MAX_TILE_SIZE = 16384
 
 @dataclass(frozen=True)
 class TilingConfig:
-    """How the raster is cut and blended; the grid (:class:`tileseg.inference.grid.TileGrid`) derives
+    """How the raster is cut and blended; the grid (:class:`tileseg.tiling.grid.TileGrid`) derives
     the stride and halo from it."""
 
     tile_size: int = DEFAULT_TILE_SIZE

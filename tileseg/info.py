@@ -12,9 +12,9 @@ from rasterio.enums import MaskFlags, Resampling
 
 from tileseg.config import PredictConfig
 from tileseg.errors import ModelError, flag_for, flagged_message
-from tileseg.inference.grid import TileGrid
 from tileseg.plan import check_model_fits, make_plan
 from tileseg.sources.raster import RasterInfo, open_source
+from tileseg.tiling.grid import TileGrid
 
 
 def crs_label(wkt: str | None) -> str:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 FLOAT32 = 4
-INT64 = 8  # blended sums are fixed-point integers (tileseg.inference.blend)
+INT64 = 8  # blended sums are fixed-point integers (tileseg.tiling.blend)
 
 
 @dataclass(frozen=True)

@@ -76,8 +76,8 @@ def has_valid_pixel(raster: RasterInfo, run: str | None = None) -> bool:
 
     ``run``: the run's id; the open raster (and the blocks it read) is then handed on to the
     run's first chunk task in this process, which reads those blocks again."""
-    from tileseg.inference.grid import Rect
     from tileseg.sources.raster import WindowReader
+    from tileseg.tiling.grid import Rect
 
     if not raster.has_mask and not raster.dtype.startswith("float"):
         return True

@@ -3,7 +3,7 @@ computed or written.
 
 :func:`make_plan` opens the source (a file, a stack of band files, a STAC item; see
 :mod:`tileseg.scenes`) and the model, checks that one fits the other, and lays out the tiles and
-chunks on the model's input grid (:mod:`tileseg.inference.grid`), cut to an area of interest
+chunks on the model's input grid (:mod:`tileseg.tiling.grid`), cut to an area of interest
 when one is given. It reads no pixels. :func:`tileseg.pipeline.predict` runs a plan;
 ``tileseg info`` (:mod:`tileseg.info`) reports one, and :mod:`tileseg.memory` sizes one.
 """
@@ -19,12 +19,12 @@ import numpy as np
 
 from tileseg.config import PredictConfig
 from tileseg.errors import ConfigError, ModelError, log_params
-from tileseg.inference.grid import TileGrid, aligned_overlap
 from tileseg.models import BUNDLED_MODEL
 from tileseg.models.formats import load_model
 from tileseg.models.loaded import LoadedModel, warn_once
 from tileseg.models.registry import ModelRef
 from tileseg.sources.raster import RasterInfo
+from tileseg.tiling.grid import TileGrid, aligned_overlap
 
 if TYPE_CHECKING:
     from tileseg.models.metadata import ModelMetadata
@@ -135,7 +135,7 @@ def make_plan(config: PredictConfig, model: LoadedModel | None = None, *,
     if model.input_size is not None:
         tile_size = fixed_input_tile_size(model, tile_size, config.overlap)
     # The tile step is rounded down to the model's input multiple so every network input
-    # window sits on the phase a whole-raster pass would use (see tileseg.inference.grid).
+    # window sits on the phase a whole-raster pass would use (see tileseg.tiling.grid).
     overlap = aligned_overlap(tile_size, config.overlap, model.divisor)
     grid = TileGrid.for_raster(raster.height, raster.width, tile_size, overlap,
                                config.chunk_size, divisor=model.divisor)

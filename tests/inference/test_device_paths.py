@@ -12,11 +12,11 @@ import torch
 from conftest import per_pixel_model, random_image, untiled_mask
 
 from tileseg.config import PredictConfig
-from tileseg.inference.grid import TileGrid
 from tileseg.inference.infer import infer_chunk_logits, make_runtime
 from tileseg.models.formats import load_model
 from tileseg.pipeline import predict
 from tileseg.sources.raster import open_raster
+from tileseg.tiling.grid import TileGrid
 
 
 def test_uint16_above_32767_is_read_exactly(make_raster, tmp_path: Path) -> None:

@@ -10,12 +10,12 @@ import zarr
 from conftest import per_pixel_model, random_image, untiled_mask
 
 from tileseg.config import RuntimeConfig
-from tileseg.inference.grid import TileGrid
 from tileseg.inference.mosaic import Job, build_graph, finalize_task, infer_task
 from tileseg.models.registry import ModelRef, register_model
 from tileseg.outputs.mask_files import create_zarr, mask_dtype_for
 from tileseg.outputs.workdir import LocalWorkDir
 from tileseg.sources.raster import open_raster
+from tileseg.tiling.grid import TileGrid
 
 
 def _job(make_raster, tmp_path: Path):  # type: ignore[no-untyped-def]

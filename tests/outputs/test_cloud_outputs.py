@@ -231,9 +231,9 @@ def test_wrong_credentials_are_one_line_exit_2_and_leave_nothing(
 def test_the_driver_counts_finished_chunks_with_one_listing(s3: S3Server) -> None:
     from types import SimpleNamespace
 
-    from tileseg.inference.grid import TileGrid
     from tileseg.outputs.workdir import open_work_dir
     from tileseg.run_report import Tally
+    from tileseg.tiling.grid import TileGrid
 
     grid = TileGrid.for_raster(300, 300, 64, 16, 96)
     work = open_work_dir(f"s3://{BUCKET}/tally/out.zarr.partial/work")

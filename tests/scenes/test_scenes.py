@@ -29,12 +29,12 @@ from stac_scenes import CRS, GRID, SIDE, X0, Y0, write_item, write_scene
 from tileseg.cli.main import cli
 from tileseg.config import PredictConfig
 from tileseg.errors import ConfigError, InputError
-from tileseg.inference.grid import Rect
 from tileseg.models.loaded import LoadedModel
 from tileseg.pipeline import predict
 from tileseg.scenes import open_scene
 from tileseg.scenes.stac import asset_bands, find_band
 from tileseg.sources.raster import WindowReader
+from tileseg.tiling.grid import Rect
 
 FAST = dict(tile_size=64, overlap=16, chunk_size=256, precision="fp32")
 NAMES4 = ("blue", "green", "nir08", "swir16")

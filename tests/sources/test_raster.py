@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from tileseg.errors import InputError
-from tileseg.inference.grid import Rect
 from tileseg.sources.raster import WindowReader, open_raster
+from tileseg.tiling.grid import Rect
 
 
 def test_window_past_the_edge_is_reflected(make_raster) -> None:

@@ -25,9 +25,9 @@ from s3_server import S3Server, running_s3, s3_environment
 from tileseg.cli.main import cli
 from tileseg.config import PredictConfig
 from tileseg.errors import ConfigError, SourceUnavailableError
-from tileseg.inference.grid import Rect
 from tileseg.pipeline import predict
 from tileseg.sources.raster import WindowReader, open_raster
+from tileseg.tiling.grid import Rect
 
 BUCKET = "tileseg-faults"
 OUT_BUCKET = "tileseg-faults-out"

@@ -8,8 +8,8 @@ import click
 
 from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
 from tileseg.cli.options import band_list, resampling_list, scene_options, scheduler_option
-from tileseg.inference.blend import WINDOWS
 from tileseg.text import counted
+from tileseg.tiling.blend import WINDOWS
 
 EPILOG = """\b
 Examples:

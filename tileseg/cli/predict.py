@@ -26,8 +26,8 @@ from tileseg.config import (
     ProbabilityMode,
     TtaMode,
 )
-from tileseg.inference.blend import WINDOWS, BlendName
 from tileseg.text import counted
+from tileseg.tiling.blend import WINDOWS, BlendName
 
 if TYPE_CHECKING:
     from tileseg.pipeline import PredictResult

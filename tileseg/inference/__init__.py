@@ -1,7 +1,6 @@
-"""From pixels to blended logits: the tile grid, the network's forward pass, the mosaic graph.
+"""From pixels to blended logits: the network's forward pass over tiles, and the mosaic graph
+(where the tiles go: :mod:`tileseg.tiling`).
 
-``grid``    cores, halos, tiles and chunks on the model's divisor grid (:class:`Rect`)
-``blend``   the weights that sum overlapping tiles' logits into one seamless mosaic
 ``device``  device, precision and batch size, resolved on the worker
 ``engine``  torch or ONNX Runtime: the cached ONNX export, a user's ONNX file
 ``tta``     test-time augmentation: flips and turns, averaged

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from tileseg.errors import ConfigError, DependencyError, ModelError, OutputError
-from tileseg.inference.blend import fixed_point_window, logit_limit, weight_window
 from tileseg.inference.device import (  # noqa: F401  (re-exported: older imports)
     CPU_BATCH_SIZE,
     Precision,
@@ -40,10 +39,11 @@ from tileseg.inference.engine import (
     resolve_engine,
     worker_cores,
 )
-from tileseg.inference.grid import Rect, TileGrid
 from tileseg.inference.tta import averaged, check_mode
 from tileseg.models.loaded import LoadedModel, class_logits
 from tileseg.sources.raster import RasterInfo, WindowReader
+from tileseg.tiling.blend import fixed_point_window, logit_limit, weight_window
+from tileseg.tiling.grid import Rect, TileGrid
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class Runtime:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The float32 logits of a batch of normalized tiles, each independent of the others
-        in its batch and of how many there are (see :mod:`tileseg.inference.blend`: the mask must not
+        in its batch and of how many there are (see :mod:`tileseg.tiling.blend`: the mask must not
         depend on how tiles are grouped); averaged over the test-time augmentation's
         transforms (:mod:`tileseg.inference.tta`), each tile on its own."""
         return averaged(self._forward_once, x, self.tta)
@@ -137,7 +137,7 @@ def make_runtime(
 ) -> Runtime:
     """Place ``model`` for inference: device, precision, engine, threads and blend window.
 
-    ``halo_before`` is where each tile's core starts (see :class:`~tileseg.inference.grid.TileGrid`);
+    ``halo_before`` is where each tile's core starts (see :class:`~tileseg.tiling.grid.TileGrid`);
     ``from_directory`` says the model was loaded from files (``auto`` may then export it).
     ``owned=False`` (a caller's model) leaves ``model.module`` as it was: it is copied before
     being moved, switched to eval mode or converted to channels-last, unless it already is
@@ -380,7 +380,7 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
 @dataclass
 class ChunkLogits:
     """Blended logit sums of one chunk's tiles over the chunk extent, on the device, as
-    fixed-point integers (:mod:`tileseg.inference.blend`), so sums of other chunks add to them exactly."""
+    fixed-point integers (:mod:`tileseg.tiling.blend`), so sums of other chunks add to them exactly."""
 
     extent: Rect
     logit_sum: torch.Tensor  # (classes, h, w) int64
@@ -485,7 +485,7 @@ def _accumulate_on_host(logit_sum: torch.Tensor, weight_sum: torch.Tensor, logit
                         pad: int, size: int) -> None:
     """Add each tile's weighted logits to the chunk's sums, in numpy on the CPU (the tensors
     share their memory with the arrays), with the same float32 products and rounding as on a
-    device (:func:`tileseg.inference.blend.quantize`)."""
+    device (:func:`tileseg.tiling.blend.quantize`)."""
     sums, weights_sum = logit_sum.numpy(), weight_sum.numpy()
     scores = logits.float().numpy()
     if np.isnan(scores).any():
@@ -508,7 +508,7 @@ def blend_to_mask(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Normalize summed logits per pixel; return the class mask and optional probabilities.
 
-    The sums are fixed-point integers (:mod:`tileseg.inference.blend`); a pixel's weight sum is common to
+    The sums are fixed-point integers (:mod:`tileseg.tiling.blend`); a pixel's weight sum is common to
     its classes, so the class is the argmax of the integer sums themselves: exact, with the
     first of equal maxima winning. Probabilities come from the normalized logits.
     """

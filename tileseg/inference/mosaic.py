@@ -36,8 +36,6 @@ from tileseg.errors import (
     SourceUnavailableError,
     TilesegError,
 )
-from tileseg.inference.blend import FIXED_POINT_BITS
-from tileseg.inference.grid import Rect, TileGrid
 from tileseg.inference.infer import Runtime, blend_to_mask, infer_chunk_logits, make_runtime
 from tileseg.models.loaded import cached
 from tileseg.models.registry import ModelRef
@@ -47,6 +45,8 @@ from tileseg.outputs.workdir import WorkDir, open_work_dir
 from tileseg.progress import report_tiles
 from tileseg.sources.pinning import check_unchanged
 from tileseg.sources.raster import RasterInfo
+from tileseg.tiling.blend import FIXED_POINT_BITS
+from tileseg.tiling.grid import Rect, TileGrid
 
 if TYPE_CHECKING:
     from tileseg.scenes.aoi import AoiMask
@@ -265,7 +265,7 @@ def finalize_task(job: Job, row: int, col: int, *inferred: Any) -> dict[str, Any
     border = grid.chunk_border(row, col)
     if border:
         key = _spill_key(row, col)
-        # fixed-point integers (tileseg.inference.blend): the neighbours' sums add up exactly, in any order
+        # fixed-point integers (tileseg.tiling.blend): the neighbours' sums add up exactly, in any order
         sums = np.zeros((job.num_classes, chunk.height, chunk.width), dtype=np.int64)
         weights = np.zeros((chunk.height, chunk.width), dtype=np.int64)
         spans = {tuple(r["chunk"]): r.get("spans", {}).get(key)

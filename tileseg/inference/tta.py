@@ -8,7 +8,7 @@ fixed order, as a balanced tree of pairwise sums scaled by 1/4 or 1/8 (powers of
 The average of a tile therefore depends on that tile alone (not on its batch), and passes
 that agree give their common value exactly: a per-pixel model (a 1x1 convolution) gives the
 same logits with and without TTA, and a constant tile's constant logits stay that constant.
-Blending (:mod:`tileseg.inference.blend`) happens after, on the averaged logits.
+Blending (:mod:`tileseg.tiling.blend`) happens after, on the averaged logits.
 """
 
 from __future__ import annotations

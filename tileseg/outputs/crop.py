@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from tileseg.inference.grid import Rect
 from tileseg.models.metadata import ModelMetadata
 from tileseg.outputs.mask_files import create_zarr
 from tileseg.outputs.store import zarr_store
 from tileseg.sources.raster import RasterInfo
+from tileseg.tiling.grid import Rect
 
 
 def crop_zarr(src: str | os.PathLike[str], dst: str | os.PathLike[str], window: Rect,

@@ -70,7 +70,7 @@ def create_zarr(
     """Create the Zarr v3 group (empty arrays + georeferencing) that the tasks fill chunk by chunk.
 
     ``chunk_side`` is the Zarr chunk side in pixels: the grid's actual chunk side
-    (:attr:`tileseg.inference.grid.TileGrid.chunk_side`), so that each task writes whole Zarr chunks.
+    (:attr:`tileseg.tiling.grid.TileGrid.chunk_side`), so that each task writes whole Zarr chunks.
 
     The layout opens georeferenced in xarray + rioxarray: ``mask(y, x)`` with a ``spatial_ref``
     grid mapping (``crs_wkt``, ``GeoTransform``), and ``x``/``y`` pixel-centre coordinates when the

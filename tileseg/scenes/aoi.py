@@ -25,8 +25,8 @@ import numpy as np
 from affine import Affine
 
 from tileseg.errors import ConfigError, InputError, InputNotFoundError
-from tileseg.inference.grid import Rect, TileGrid
 from tileseg.sources.raster import RasterInfo
+from tileseg.tiling.grid import Rect, TileGrid
 
 logger = logging.getLogger(__name__)
 

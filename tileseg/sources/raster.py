@@ -20,7 +20,6 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from tileseg.errors import InputError, InputNotFoundError, SourceUnavailableError
-from tileseg.inference.grid import Rect
 from tileseg.models.metadata import SUPPORTED_DTYPES
 from tileseg.sources.datasets import (
     decode_threads,
@@ -44,6 +43,7 @@ from tileseg.sources.remote import (
     readable_failure,
 )
 from tileseg.text import counted
+from tileseg.tiling.grid import Rect
 
 if TYPE_CHECKING:
     from tileseg.sources.stack import StackSpec

@@ -17,7 +17,7 @@ import shapely
 from affine import Affine
 from scipy import ndimage
 
-from tileseg.inference.grid import Rect
+from tileseg.tiling.grid import Rect
 from tileseg.vectorization.source import MaskSource
 
 Connectivity = Literal[4, 8]
@@ -25,7 +25,7 @@ Connectivity = Literal[4, 8]
 
 @dataclass(frozen=True, order=True)
 class ChunkWindow(Rect):
-    """Where a chunk lies in the mask (a :class:`~tileseg.inference.grid.Rect`), plus its linear index in
+    """Where a chunk lies in the mask (a :class:`~tileseg.tiling.grid.Rect`), plus its linear index in
     the chunk grid, which numbers the chunk's polygon ids (``gid``)."""
 
     index: int = 0

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tileseg.inference.blend import WINDOWS, weight_window
-from tileseg.inference.grid import TileGrid, aligned_overlap
+from tileseg.tiling.blend import WINDOWS, weight_window
+from tileseg.tiling.grid import TileGrid, aligned_overlap
 
 
 def _accumulate(grid: TileGrid, window: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, ...]:

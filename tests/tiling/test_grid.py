@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tileseg.errors import ConfigError
-from tileseg.inference.grid import Rect, TileGrid, aligned_overlap
+from tileseg.tiling.grid import Rect, TileGrid, aligned_overlap
 
 # divisor 1: any overlap; > 1: a network's input multiple, the step rounded to it
 grids = st.builds(
@@ -116,8 +116,8 @@ def test_rect_subtract_returns_disjoint_bands() -> None:
 
 def test_for_raster_rounds_chunks_to_whole_cores_and_halos_split_once() -> None:
     from tileseg.config import PredictConfig
-    from tileseg.inference.blend import window_1d
-    from tileseg.inference.grid import split_halo
+    from tileseg.tiling.blend import window_1d
+    from tileseg.tiling.grid import split_halo
 
     config = PredictConfig("a.tif", "b.tif", tile_size=100, overlap=21, chunk_size=500)
     t = config.tiling
