@@ -42,8 +42,8 @@ def info(model: str, architecture: str | None, encoder_name: str | None, as_json
     Example:
       tileseg model info epoch=9.ckpt
     """
+    from tileseg.inference.describe import describe_model
     from tileseg.models.formats import load_model
-    from tileseg.models.formats.describe import describe_model
 
     configure_logging(verbose, quiet)
     facts = describe_model(load_model(model, architecture=architecture,
@@ -96,7 +96,7 @@ def export_stac(model: str, item: str, architecture: str | None, encoder_name: s
       tileseg predict scene.tif mask.tif -m model.json
     """
     from tileseg.models.formats import load_model
-    from tileseg.models.formats.mlm import export_stac as export
+    from tileseg.outputs.stac_item import export_stac as export
 
     configure_logging(verbose, quiet)
     loaded = load_model(model, architecture=architecture, encoder_name=encoder_name)

@@ -6,4 +6,5 @@
 ``tta``     test-time augmentation: flips and turns, averaged
 ``infer``   a :class:`Runtime` and the batches of tiles of one chunk through it
 ``mosaic``  the dask graph: one infer and one finalize task per chunk
+``describe`` a model as ``tileseg model info`` shows it, with the engines that run it here
 """

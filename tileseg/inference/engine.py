@@ -26,7 +26,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -282,81 +281,6 @@ def _export_failure(architecture: str, context: int, exc: Exception) -> str:
                 "engine torch, or a tile_size whose input is a multiple of 48 (e.g. 513 -> 528)")
     return (f"{architecture} cannot be exported for engine onnxruntime ({reason[:200]}); "
             "use engine torch")
-
-
-class OnnxForward:
-    """Runs an ONNX model with ONNX Runtime; torch tensors in and out.
-
-    An export of tileseg's own (input ``x``, output ``logits``, dynamic batch) runs on the CPU
-    provider. A user's file (``signature``) runs as its graph declares: a fixed batch gets that
-    many tiles a pass (the last pass padded), and logits at a fraction of the input's size are
-    upsampled to it. ``providers`` puts it on a GPU (``CUDAExecutionProvider``), where
-    ``pad_to`` gives every pass the same batch shape, as for torch on CUDA.
-    """
-
-    def __init__(self, path: Path, threads: int, *, signature: Any = None,
-                 providers: list[str] | None = None, pad_to: int | None = None) -> None:
-        ort = _import_onnxruntime()
-        if ort is None:
-            raise DependencyError(f"engine onnxruntime needs ONNX Runtime: {INSTALL_HINT}",
-                                  params=("engine",))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        # Idle pool threads sleep instead of spinning, so the prefetch thread that reads and
-        # decodes the next batch gets the cores between forward passes.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(str(path), options,
-                                                providers=providers or ["CPUExecutionProvider"])
-        except Exception as exc:  # a corrupt or foreign file in the cache
-            hint = ("export or copy it again" if signature is not None else
-                    "delete it to export again, or use engine torch")
-            raise ModelError(f"{path}: ONNX Runtime cannot load this model ({exc}); {hint}",
-                             params=("engine",)) from exc
-        self.path = path
-        self.threads = threads
-        self.input_name = signature.input_name if signature is not None else "x"
-        self.output_name = signature.output_name if signature is not None else "logits"
-        self.fixed_batch = signature.batch if signature is not None else None
-        self.pad_to = self.fixed_batch or pad_to
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
-        n = len(array)
-        step = self.fixed_batch or max(n, self.pad_to or 1)
-        parts = []
-        for start in range(0, n, step):
-            part = array[start : start + step]
-            if self.pad_to is not None and len(part) < self.pad_to:
-                # a fixed-batch graph takes nothing else; on a GPU the same shape every pass
-                pad = np.zeros((self.pad_to - len(part), *part.shape[1:]), np.float32)
-                part = np.concatenate([part, pad])
-            (out,) = self.session.run([self.output_name], {self.input_name: part})
-            parts.append(out[: min(step, n - start)])
-        logits = torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts))
-        return _at_input_size(logits, x.shape[-2:], self.path).to(x.device)
-
-
-def _at_input_size(out: torch.Tensor, size: Any, path: Path) -> torch.Tensor:
-    """Logits at the input's height and width: as they are, or upsampled bilinearly from an
-    integer fraction of it (a SegFormer's 1/4), as the model's own post-processing does."""
-    if out.ndim != 4:
-        raise ModelError(f"{path}: the model gave {tuple(out.shape)} logits; tileseg needs "
-                         "(batch, classes, height, width)")
-    height, width = int(size[0]), int(size[1])
-    got = (int(out.shape[2]), int(out.shape[3]))
-    if got == (height, width):
-        return out
-    if (got[0] and got[1] and height % got[0] == 0 and width % got[1] == 0
-            and height // got[0] == width // got[1]):
-        return torch.nn.functional.interpolate(out.float(), size=(height, width),
-                                               mode="bilinear", align_corners=False)
-    raise ModelError(f"{path}: the model gave {got[0]} x {got[1]} logits for a {height} x {width} "
-                     "input; tileseg needs them at the input's size or a whole fraction of it")
 
 
 class TorchCpuForward:

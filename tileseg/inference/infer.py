@@ -33,13 +33,13 @@ from tileseg.inference.device import (  # noqa: F401  (re-exported: older import
 )
 from tileseg.inference.engine import (
     CPU_FORWARD_LOCK,
-    OnnxForward,
     TorchCpuForward,
     ensure_onnx,
     resolve_engine,
     worker_cores,
 )
 from tileseg.inference.tta import averaged, check_mode
+from tileseg.models.formats.onnxfile import OnnxForward
 from tileseg.models.loaded import LoadedModel, class_logits
 from tileseg.sources.raster import RasterInfo, WindowReader
 from tileseg.tiling.blend import fixed_point_window, logit_limit, weight_window

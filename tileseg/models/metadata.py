@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from tileseg.errors import ModelError
+from tileseg.sources import SUPPORTED_DTYPES
 from tileseg.text import counted
 
 logger = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ _SEED_PALETTE = (
 )
 PALETTE_SIZE = 256  # beyond this many classes the colours repeat
 
-# Defaults used when a model has no tileseg.json: bring every dtype roughly into [0, 1].
+# Defaults used when a model has no tileseg.json: bring every dtype tileseg reads
+# (SUPPORTED_DTYPES) roughly into [0, 1].
 DEFAULT_SCALE = {
     "uint8": 1.0 / 255.0,
     "uint16": 1.0 / 10000.0,  # surface reflectance products scale 0..10000; DNs up to 65535 stay O(1)
@@ -49,7 +51,6 @@ DEFAULT_SCALE = {
     "float32": 1.0,
     "float64": 1.0,
 }
-SUPPORTED_DTYPES = tuple(DEFAULT_SCALE)
 _SCALE_WORDS = {1.0 / 255.0: "divided by 255", 1.0 / 10000.0: "divided by 10000", 1.0: "as they are"}
 
 _HEX_COLOR = re.compile(r"#?[0-9a-fA-F]{6}")

@@ -15,6 +15,8 @@ pystac's extension accessors.
 
 It is written atomically (a temporary name and a rename; one conditional PUT on a store) and
 replaces only an item tileseg wrote (its ``tileseg:output`` property), as every output does.
+A model's own MLM item (``tileseg model export-stac``, :func:`export_stac`) is written the same
+way; what both say about the model is :func:`tileseg.models.formats.mlm.mlm_properties`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import posixpath
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tileseg.errors import ModelError, OutputError
 from tileseg.models.formats.mlm import (
@@ -35,15 +37,16 @@ from tileseg.models.formats.mlm import (
     artifact_fields,
     artifact_of,
     classification_classes,
+    is_our_item,
     mlm_properties,
 )
+from tileseg.models.formats.mlm import stac_item as model_item
 from tileseg.outputs.location import location
 from tileseg.outputs.ownership import ITEM_MARK, ITEM_MARK_VALUE, is_output_item
 from tileseg.outputs.store import is_store_url
 
 if TYPE_CHECKING:
     from tileseg.models.loaded import LoadedModel
-    from tileseg.scenes.stac import SceneItem
     from tileseg.sources.raster import RasterInfo
 
 logger = logging.getLogger(__name__)
@@ -153,6 +156,17 @@ def model_asset(model: LoadedModel, item_href: str,
 # ------------------------------------------------------------------------------------------
 
 
+class SourceItem(Protocol):
+    """What the output item takes from the STAC item a run's source was
+    (:class:`tileseg.scenes.stac.SceneItem`): its times, its link, its collection."""
+
+    id: str
+    href: str | None
+    properties: dict[str, Any]
+    collection: str | None
+    links: list[dict[str, Any]]
+
+
 @dataclass
 class OutputAssets:
     """What a run wrote, as the item lists it: paths or URLs, with local files for sizes."""
@@ -238,7 +252,7 @@ def _proj_fields(raster: RasterInfo) -> dict[str, Any]:
 
 def build_item(*, item_href: str, raster: RasterInfo, model: LoadedModel, input_size: int,
                assets: OutputAssets, nodata: int, mask_dtype: str, source: str,
-               source_item: SceneItem | None, fingerprint: str,
+               source_item: SourceItem | None, fingerprint: str,
                tiles: dict[str, int] | None = None,
                source_bands: tuple[str, ...] = ()) -> dict[str, Any]:
     """The output item as a dict (see the module docstring)."""
@@ -345,3 +359,28 @@ def _absolute(href: str) -> str:
     if "://" in href or href.startswith("/"):
         return href
     return str(Path(href).absolute())
+
+
+# ------------------------------------------------------------------------------------------
+# A model's own item (its content: tileseg.models.formats.mlm.stac_item)
+# ------------------------------------------------------------------------------------------
+
+
+def export_stac(model: LoadedModel, dst: str | Path, *, overwrite: bool = False) -> Path:
+    """Write an MLM item describing ``model`` to ``dst`` (JSON); return its path.
+
+    An existing ``dst`` is replaced only with ``overwrite`` and only when tileseg wrote it.
+
+    Examples
+    --------
+    >>> export_stac(load_model("epoch=9.ckpt"), "model.json")  # doctest: +SKIP
+    """
+    path = Path(dst)
+    target = location(path)
+    target.check_replaceable(
+        overwrite=overwrite, owned=is_our_item, what="item path",
+        foreign=(f"{path}: exists and is not an item tileseg wrote; it is left as it is: choose "
+                 "another path"))
+    item = model_item(model, path)
+    target.write_text(json.dumps(item, indent=2) + "\n")
+    return path

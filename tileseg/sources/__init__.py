@@ -6,4 +6,9 @@
 ``pinning``      the version of what a run read (size, mtime, ETag), checked per chunk
 ``gdal_native``  the few GDAL calls rasterio does not wrap (error handler, object headers)
 ``subdatasets``  one raster inside a container file (NetCDF, HDF5, GeoPackage...)
+``datasets``     opening a raster with GDAL the way tileseg always does
 """
+
+# The raster dtypes tileseg reads (a model's default scaling has one for each:
+# tileseg.models.metadata.DEFAULT_SCALE)
+SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "uint32", "int32", "float32", "float64")

@@ -20,7 +20,7 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from tileseg.errors import InputError, InputNotFoundError, SourceUnavailableError
-from tileseg.models.metadata import SUPPORTED_DTYPES
+from tileseg.sources import SUPPORTED_DTYPES
 from tileseg.sources.datasets import (
     decode_threads,
     forget_cached_file,

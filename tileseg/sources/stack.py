@@ -40,7 +40,7 @@ from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
 from tileseg.errors import ConfigError, InputError
-from tileseg.models.metadata import SUPPORTED_DTYPES
+from tileseg.sources import SUPPORTED_DTYPES
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,8 @@ from tileseg.errors import ModelError
 from tileseg.models.formats.given import Given
 from tileseg.models.formats.network import spec_config
 from tileseg.models.loaded import LoadedModel
-from tileseg.models.metadata import SUPPORTED_DTYPES, ClassInfo, Normalization, parse_color
+from tileseg.models.metadata import ClassInfo, Normalization, parse_color
+from tileseg.sources import SUPPORTED_DTYPES
 
 logger = logging.getLogger(__name__)
 
@@ -567,27 +568,3 @@ def is_our_item(path: Path) -> bool:
     except ModelError:
         return False
     return is_mlm_item(data) and MARK in data["properties"]
-
-
-def export_stac(model: LoadedModel, dst: str | Path, *, overwrite: bool = False) -> Path:
-    """Write an MLM item describing ``model`` to ``dst`` (JSON); return its path.
-
-    An existing ``dst`` is replaced only with ``overwrite`` and only when tileseg wrote it.
-
-    Examples
-    --------
-    >>> export_stac(load_model("epoch=9.ckpt"), "model.json")  # doctest: +SKIP
-    """
-    import json
-
-    from tileseg.outputs.location import location
-
-    path = Path(dst)
-    target = location(path)
-    target.check_replaceable(
-        overwrite=overwrite, owned=is_our_item, what="item path",
-        foreign=(f"{path}: exists and is not an item tileseg wrote; it is left as it is: choose "
-                 "another path"))
-    item = stac_item(model, path)
-    target.write_text(json.dumps(item, indent=2) + "\n")
-    return path

@@ -1,4 +1,5 @@
-"""What tileseg read about a model, and from where: ``tileseg model info``."""
+"""What tileseg read about a model, and from where, and the engines that run it here:
+``tileseg model info``."""
 
 from __future__ import annotations
 
