@@ -578,7 +578,7 @@ def run_batch(
     (True, {'succeeded': 3, 'resumed': 1, 'skipped': 12, 'failed': 0})
     """
     config = config or BatchConfig()
-    earlier: dict[tuple[str, str], SceneResult] = {}
+    earlier: dict[tuple[Any, str], SceneResult] = {}
     if config.summary:
         check_summary_targets(config.summary)
         earlier = _earlier_results(config.summary)
@@ -732,7 +732,7 @@ def _summary_targets(summary: str | os.PathLike[str]) -> tuple[Location, Locatio
     return json_path, target.with_suffix(".csv"), json_path.with_suffix(".html")
 
 
-def _earlier_results(summary: str | os.PathLike[str]) -> dict[tuple[str, str], SceneResult]:
+def _earlier_results(summary: str | os.PathLike[str]) -> dict[tuple[Any, str], SceneResult]:
     """The scenes an earlier batch finished, as its summary recorded them, by (src, dst): a
     scene that is complete now is skipped, and keeps those figures (tiles, chunks, seconds)."""
     json_path = _summary_targets(summary)[0]
@@ -741,7 +741,7 @@ def _earlier_results(summary: str | os.PathLike[str]) -> dict[tuple[str, str], S
         doc = json.loads(text) if text else {}
     except (OSError, UnicodeDecodeError, ValueError, TilesegError):
         return {}
-    earlier: dict[tuple[str, str], SceneResult] = {}
+    earlier: dict[tuple[Any, str], SceneResult] = {}
     for row in doc.get("scenes", []) if isinstance(doc, dict) else []:
         try:
             result = SceneResult(**{k: row[k] for k in SUMMARY_COLUMNS})

@@ -39,7 +39,7 @@ from tileseg.outputs.paths import check_distinct_paths
 from tileseg.outputs.staging import Staging
 from tileseg.outputs.styles import publish_raster_styles
 from tileseg.outputs.workdir import open_work_dir
-from tileseg.plan import Plan, make_plan, model_hint, note_resolution, open_scene, resolve_model
+from tileseg.plan import Plan, make_plan, model_hint, open_scene, resolve_model, warn_resolution
 from tileseg.progress import ProgressCallback, listen_tiles
 from tileseg.run_report import RunReport, Tally, Timings, peak_rss_mb
 from tileseg.scenes import is_item_source
@@ -349,7 +349,7 @@ def _plan_run(config: PredictConfig, model: LoadedModel | None) -> Plan:
     _check_device(config, plan.model)
     _check_export_cache(config, plan)
     # said once every check has passed: a warning never stands before an error line
-    note_resolution(config, raster, plan.model)
+    warn_resolution(config, raster, plan.model)
     return plan
 
 

@@ -130,7 +130,7 @@ def make_plan(config: PredictConfig, model: LoadedModel | None = None, *,
     if check_fits:
         check_model_fits(model, raster)
     if note_resolution:
-        note_resolution(config, raster, model)
+        warn_resolution(config, raster, model)
     tile_size = clamped_tile_size(config, raster, model.divisor)
     if model.input_size is not None:
         tile_size = fixed_input_tile_size(model, tile_size, config.overlap)
@@ -173,7 +173,7 @@ def model_hint(config: PredictConfig, model: LoadedModel | None) -> ModelMetadat
     return load_metadata(path)
 
 
-def note_resolution(config: PredictConfig, raster: RasterInfo, model: LoadedModel) -> None:
+def warn_resolution(config: PredictConfig, raster: RasterInfo, model: LoadedModel) -> None:
     """Say once when the input's pixel size is far from the model's (both numbers)."""
     from tileseg.scenes import gsd_note
 

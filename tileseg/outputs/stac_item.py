@@ -160,11 +160,20 @@ class SourceItem(Protocol):
     """What the output item takes from the STAC item a run's source was
     (:class:`tileseg.scenes.stac.SceneItem`): its times, its link, its collection."""
 
-    id: str
-    href: str | None
-    properties: dict[str, Any]
-    collection: str | None
-    links: list[dict[str, Any]]
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def href(self) -> str | None: ...
+
+    @property
+    def properties(self) -> dict[str, Any]: ...
+
+    @property
+    def collection(self) -> str | None: ...
+
+    @property
+    def links(self) -> list[dict[str, Any]]: ...
 
 
 @dataclass

@@ -516,7 +516,7 @@ class WindowReader:
             # Validity is reflected with the data so padding looks like the image next to it;
             # logits over padding are never written, so it needs no weight of its own.
             at = np.ix_(rows - source.row_off, cols - source.col_off)
-            data, valid = data[(slice(None), *at)], valid[at]
+            data, valid = data[:, at[0], at[1]], valid[at]
         return data, valid
 
     def _read_with_retries(self, inside: Rect, window: Window) -> tuple[np.ndarray, np.ndarray]:
