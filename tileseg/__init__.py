@@ -11,7 +11,8 @@ rasterio until a function needs them)::
 Functions: :func:`predict`, :func:`vectorize`, :func:`evaluate`, :func:`train`,
 :func:`run_batch`, :func:`load_model`; their configuration types, results and errors. The
 modules behind them (``tileseg.pipeline``, ``tileseg.vectorization``, ``tileseg.evaluation``,
-``tileseg.training``, ``tileseg.batch``, ``tileseg.models.loaded``) hold the rest.
+``tileseg.training``, ``tileseg.batch``, ``tileseg.models``) hold the rest; docs/architecture.md
+maps the package.
 """
 
 from __future__ import annotations

@@ -68,6 +68,7 @@ from tileseg.outputs.store_objects import (
     version_stamp,
 )
 from tileseg.outputs.store_staging import StoreStaging
+from tileseg.sources.remote import is_remote
 
 
 class Location(ABC):
@@ -350,8 +351,6 @@ class LocalLocation(Location):
     def stamp(self) -> Any:
         """The modification time and size (of a Zarr's root ``zarr.json``, which every write
         of the group rewrites); None for a URL GDAL reads."""
-        from tileseg.sources.remote import is_remote
-
         if is_remote(self.text):
             return None
         root = self.path / "zarr.json"

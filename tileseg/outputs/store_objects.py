@@ -1,4 +1,5 @@
-"""Single-object outputs on a store: polygon layers, previews, style sidecars, batch summaries.
+"""Single-object outputs on a store: polygon layers, previews, style sidecars, STAC items,
+reports, batch summaries (behind :meth:`tileseg.outputs.location.StoreLocation.replacing`).
 
 Each is written whole to a local temporary file and then uploaded in one request, so the object
 appears whole or not at all (a store has no rename). What already exists at the destination is
