@@ -26,7 +26,7 @@ import shlex
 import subprocess
 import sys
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,7 +132,7 @@ def commands(text: str) -> Iterator[list[str]]:
             yield words
 
 
-def expand(word: str, variables: dict[str, str], sample_path: object) -> str:
+def expand(word: str, variables: dict[str, str], sample_path: Callable[[str], object]) -> str:
     word = SAMPLE.sub(lambda m: str(sample_path(m.group(1))), word)
     return VARIABLE.sub(lambda m: variables.get(m.group(1), m.group(0)), word)
 
@@ -279,7 +279,7 @@ def test_inline_tileseg_commands_name_real_options() -> None:
                 if sub is None:
                     break
                 command = sub
-            if isinstance(command, click.Group):
+            if command is None or isinstance(command, click.Group):
                 if len(words) > 1 and re.fullmatch(r"[a-z][a-z-]*", words[1]):
                     wrong.append(f"{page.name}: `{quoted}`: no command {words[1]!r}")
                 continue
@@ -291,11 +291,27 @@ def test_inline_tileseg_commands_name_real_options() -> None:
     assert not wrong, wrong
 
 
+# option tables of the guide: page -> the command whose options the first column names
+OPTION_TABLES = {"guide/predict.md": "predict", "guide/vectorize.md": "vectorize"}
+
+
+@pytest.mark.parametrize("page", sorted(OPTION_TABLES))
+def test_option_tables_name_real_options(page: str) -> None:
+    command = cli.get_command(click.Context(cli), OPTION_TABLES[page])
+    assert command is not None
+    known = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+    rows = re.findall(r"^\| (`-[^|]*?) \|", (DOCS / page).read_text(), flags=re.M)
+    assert rows, f"docs/{page} has no option table"
+    named = {part for row in rows for part in re.split(r"[`{},/ ]+", row) if part.startswith("-")}
+    assert not named - known, f"docs/{page}: not options of tileseg {OPTION_TABLES[page]}: {named - known}"
+
+
 def epilog_examples() -> Iterator[tuple[str, list[str]]]:
     ctx = click.Context(cli)
-    pending: list[click.Command] = [cli.get_command(ctx, n) for n in cli.list_commands(ctx)]
+    pending: list[click.Command | None] = [cli.get_command(ctx, n) for n in cli.list_commands(ctx)]
     while pending:
         command = pending.pop()
+        assert command is not None
         if isinstance(command, click.Group):
             pending.extend(command.get_command(ctx, n) for n in command.list_commands(ctx))
         text = re.sub(r"\\\n\s*", "", command.epilog or "")
@@ -355,7 +371,13 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Ran]:
 
 
 def test_marked_blocks_run(ran: dict[str, Ran]) -> None:
-    assert {"docs/index.md", "docs/guide/train.md"} <= {w.split(":")[0] for w in ran}
+    assert {"docs/index.md", "docs/guide/train.md", "docs/guide/models.md"} <= {
+        w.split(":")[0] for w in ran}
+    (models,) = [r for w, r in ran.items() if w.startswith("docs/guide/models.md:")]
+    from tileseg.metadata import load_metadata
+
+    written = load_metadata(models.folder / "checkpoints")  # what the TorchGeo example writes
+    assert written is not None and [c.name for c in written.classes] == ["background", "field"]
 
 
 def test_the_front_page_picture_is_what_its_commands_draw(ran: dict[str, Ran]) -> None:
