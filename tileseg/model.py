@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from tileseg.errors import ModelError, log_params
+from tileseg.grid import round_up
 from tileseg.metadata import ModelMetadata, save_metadata, scaling_words
 
 logger = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ class LoadedModel:
         """Smallest network input (>= tile_size) the model accepts."""
         if self.input_size is not None:
             return self.input_size
-        return -(-tile_size // self.divisor) * self.divisor
+        return round_up(tile_size, self.divisor)
 
 
 def _divisor(module: nn.Module) -> int:
