@@ -40,6 +40,7 @@ _FLAG_NAMES = {
     "indexes": "--bands",
     "val_sources": "--val",
     "holdout.fraction": "--holdout-fraction",
+    "holdout.side": "--holdout-side",
     "stac_item": "--no-stac-item",
 }
 
