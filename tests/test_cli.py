@@ -163,7 +163,7 @@ def test_info_names_the_crs_and_where_valid_pixels_come_from(make_raster, deepla
 
 def test_predict_help_gives_the_defaults_of_a_cpu_and_a_gpu() -> None:
     from tileseg.device import CPU_BATCH_SIZE
-    from tileseg.scheduler import default_workers
+    from tileseg.execution import default_workers
 
     code, out = run("predict", "--help")
     text = " ".join(out.split())
