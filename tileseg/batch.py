@@ -651,8 +651,9 @@ def run_batch(
     config
         Batch defaults, scheduler and summary path.
     client
-        A ``dask.distributed.Client`` to share across scenes; by default one is opened for
-        ``config.scheduler`` when that is a cluster address (threads in-process otherwise).
+        A ``dask.distributed.Client`` to share across scenes, or a resolved
+        :class:`~tileseg.execution.Scheduler`; by default ``config.scheduler`` (or
+        ``config.cluster``) is resolved, and a client opened when that is a cluster.
     on_scene
         Called as each scene ends (also for skipped scenes), e.g. to print a line.
 
@@ -972,10 +973,12 @@ def run_manifest(
     """
     config = config or BatchConfig(summary=default_summary_path(manifest))
     with batch_lock(config.lock):
-        return _run_manifest(manifest, config, client, on_scene)
+        # resolved once, before anything is read or created; every scene runs on it
+        scheduler = config.resolved_scheduler(client)
+        return _run_manifest(manifest, config, scheduler, on_scene)
 
 
-def _run_manifest(manifest: str | os.PathLike[str], config: BatchConfig, client: Any,
+def _run_manifest(manifest: str | os.PathLike[str], config: BatchConfig, scheduler: Scheduler,
                   on_scene: SceneCallback | None) -> BatchResult:
     scenes = load_manifest(manifest, output_dir=config.output_dir, suffix=config.suffix)
     check_named_bands(scenes, config.defaults)
@@ -993,4 +996,4 @@ def _run_manifest(manifest: str | os.PathLike[str], config: BatchConfig, client:
         if not writable_folder(config.output_dir):  # else every scene would fail alike
             raise OutputError(f"{config.output_dir}: the output folder is not writable; choose "
                               "a writable output_dir", params=("output_dir",))
-    return run_batch(scenes, config, client=client, on_scene=on_scene)
+    return run_batch(scenes, config, client=scheduler, on_scene=on_scene)
