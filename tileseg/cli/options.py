@@ -20,6 +20,7 @@ change what it shows.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -80,6 +81,7 @@ def choice_option(param: str, values: Sequence[object], *short: str,
     return option(param, *short, type=choice(values), callback=typed, **attrs)
 
 
+@functools.cache
 def _defaults() -> dict[str, Any]:
     from tileseg.config import PredictConfig
 
@@ -190,6 +192,17 @@ def verbosity_options(func: F) -> F:
 # --------------------------------------------------------------------------------------------
 
 
+def plain_weights_options(*, defaults: bool = True) -> Callable[[F], F]:
+    """The network of plain weights (a state dict file): --architecture, --encoder."""
+    return option_group(
+        _predict_option("architecture", defaults=defaults,
+                        help="The smp network of plain weights (Unet, DeepLabV3Plus, ...), when "
+                        "no tileseg.json beside them names it."),
+        _predict_option("encoder_name", defaults=defaults,
+                        help="The encoder of plain weights (resnet34, ...)."),
+    )
+
+
 def model_options(*, defaults: bool = True, network: bool = True) -> Callable[[F], F]:
     """Which model runs: --model, --architecture, --encoder, and (``network``) DeepLab's
     --output-stride and --atrous-rates."""
@@ -199,11 +212,7 @@ def model_options(*, defaults: bool = True, network: bool = True) -> Callable[[F
             help="Model: an smp folder (save_pretrained + tileseg.json), a TorchGeo .ckpt, a "
             ".pt/.pth/.safetensors state dict, an .onnx file, or a STAC MLM item (.json); see "
             "'tileseg model info'. Default: the bundled land-cover model."),
-        _predict_option("architecture", defaults=defaults,
-                        help="The smp network of plain weights (Unet, DeepLabV3Plus, ...), when "
-                        "no tileseg.json beside them names it."),
-        _predict_option("encoder_name", defaults=defaults,
-                        help="The encoder of plain weights (resnet34, ...)."),
+        plain_weights_options(defaults=defaults),
     ]
     if network:
         options += [
