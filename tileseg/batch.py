@@ -680,9 +680,10 @@ def run_batch(
 
     def run_one(index: int, scene: Scene, run: Scheduler) -> None:
         outcome = _run_scene(scene, config, run)
-        if outcome.status == "skipped" and (scene.src, scene.dst) in earlier:
-            # done by an earlier batch: its figures stay in the summary
-            outcome = replace(earlier[(scene.src, scene.dst)], status="skipped", error="")
+        if outcome.status == "skipped" and (scene.label, scene.dst) in earlier:
+            # done by an earlier batch: its figures stay in the summary (which names the
+            # source by its label: a stack of files, too)
+            outcome = replace(earlier[(scene.label, scene.dst)], status="skipped", error="")
         if (config.summary and config.previews and not is_store_url(config.summary)
                 and outcome.ok and _output_exists(scene.dst)):
             pictures[index] = scene_picture(scene.dst, index, config.summary)
