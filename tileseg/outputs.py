@@ -16,7 +16,7 @@ from affine import Affine
 from rasterio.windows import Window
 
 from tileseg import mask as mask_format
-from tileseg.config import OutputFormat
+from tileseg.choices import OUTPUT_FORMATS, OutputFormat, check_choice
 from tileseg.errors import OutputError
 from tileseg.metadata import ModelMetadata
 from tileseg.raster import RasterInfo, open_dataset
@@ -32,8 +32,7 @@ _EXTENSIONS: dict[str, OutputFormat] = {
 def format_for(path: str, explicit: str | None) -> OutputFormat:
     """The output format: ``explicit`` when given, else from the file extension."""
     if explicit:
-        if explicit not in ("gtiff", "cog", "zarr"):
-            raise OutputError(f"format {explicit!r}: choose gtiff, cog or zarr", params=("format",))
+        check_choice(explicit, OUTPUT_FORMATS, "format", error=OutputError)
         return explicit  # type: ignore[return-value]
     ext = Path(path.rstrip("/")).suffix.lower()
     if ext not in _EXTENSIONS:
