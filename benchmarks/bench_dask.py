@@ -167,8 +167,8 @@ def _noop_finalize(job: Any, row: int, col: int, *deps: Any) -> dict[str, Any]:
 
 def overhead(args: argparse.Namespace) -> list[tuple[str, str, str, str]]:
     """Seconds per task for the real graph shape with no-op tasks."""
+    from tileseg.execution import run_graph
     from tileseg.inference.mosaic import MosaicGraph, build_graph, finalize_task, infer_task
-    from tileseg.scheduler import run_graph
 
     size = args.overhead_chunks * 64
     job = make_job(fake_raster(size, size), 64, 16, 64, "/unused")

@@ -8,10 +8,10 @@
    the first run.
 3. What padding the last batch costs: tiles run / tiles needed at each chunk size.
 
-Model: smp DeepLabV3+ resnet50, random weights with its head shifted so its 6 classes are
-balanced on the raster (random uint8, SIZE x SIZE).
+Model: smp DeepLabV3+ (``--encoder``, resnet50 by default), random weights with its head
+shifted so its 6 classes are balanced on the raster (random uint8, SIZE x SIZE).
 
-    python benchmarks/check_layout.py [--device auto] [--size 3072]
+    python benchmarks/check_layout.py [--device auto] [--size 3072] [--encoder resnet50]
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 
 
-def per_tile(device: str, batch: int) -> None:
+def per_tile(device: str, batch: int, encoder: str) -> None:
     import torch
 
     from tileseg.inference.infer import make_runtime
     from tileseg.models.loaded import ModelSpec, build_model, wrap_module
 
     torch.manual_seed(0)
-    module = build_model(ModelSpec("DeepLabV3Plus", "resnet50", in_channels=3, classes=6))
+    module = build_model(ModelSpec("DeepLabV3Plus", encoder, in_channels=3, classes=6))
     print("| precision | batches | bitwise equal to one batch of", batch, "| max abs diff |")
     print("|---|---|---|---|")
     x = torch.randn(batch, 3, 528, 528)
@@ -51,7 +51,7 @@ def per_tile(device: str, batch: int) -> None:
                 print(f"| {precision} | {name} | {torch.equal(got, whole[:at])} | {diff:.3g} |")
 
 
-def layouts(device: str, size: int, work: Path) -> None:
+def layouts(device: str, size: int, work: Path, encoder: str) -> None:
     import rasterio
     import torch
     from affine import Affine
@@ -69,7 +69,7 @@ def layouts(device: str, size: int, work: Path) -> None:
                        blockysize=512, transform=Affine(10, 0, 5e5, 0, -10, 6e6)) as dst:
         dst.write(data)
     torch.manual_seed(0)
-    module = build_model(ModelSpec("DeepLabV3Plus", "resnet50", in_channels=3, classes=6)).eval()
+    module = build_model(ModelSpec("DeepLabV3Plus", encoder, in_channels=3, classes=6)).eval()
     x = torch.from_numpy(data[:, :528, :528].astype(np.float32) / 255)[None]
     with torch.no_grad():
         module.segmentation_head[0].bias -= module(x)[0].mean((1, 2))
@@ -109,13 +109,14 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--size", type=int, default=3072)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--encoder", default="resnet50")
     args = parser.parse_args()
     from tileseg.inference.device import resolve_device
 
     device = str(resolve_device(args.device))
     print(f"device {device}\n")
-    per_tile(device, args.batch)
-    layouts(device, args.size, Path(tempfile.mkdtemp(prefix="check-layout-")))
+    per_tile(device, args.batch, args.encoder)
+    layouts(device, args.size, Path(tempfile.mkdtemp(prefix="check-layout-")), args.encoder)
     padding_cost(args.size * 4, args.batch)
 
 

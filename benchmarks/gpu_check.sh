@@ -19,6 +19,7 @@
 # SIZE, SMALL, DASK_SIZE, DEVICE, PRECISION and SKIP_INSTALL=1 (dependencies already installed)
 # override; a CPU smoke run of the script itself:
 #   SKIP_INSTALL=1 DEVICE=cpu PRECISION=fp32 SIZE=1024 SMALL=512 DASK_SIZE=1024 LAYOUT_SIZE=1024 \
+#     LAYOUT_ENCODER=resnet18 \
 #     bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,7 +46,7 @@ timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/inference/test_gri
 
 step "layout"
 timeout 240 python3 benchmarks/check_layout.py --device "${DEVICE:-auto}" \
-  --size "${LAYOUT_SIZE:-3072}" 2>&1 | grep -v Warning | tee "$out/layout.md"
+  --size "${LAYOUT_SIZE:-3072}" --encoder "${LAYOUT_ENCODER:-resnet50}" 2>&1 | grep -v Warning | tee "$out/layout.md"
 
 step "bench_predict"
 timeout 300 python3 benchmarks/bench_predict.py --size "${SIZE:-16384}" --small "${SMALL:-8192}" \

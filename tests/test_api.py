@@ -1,4 +1,4 @@
-"""The public Python API: light to import, the functions by their names, README's example runs."""
+"""The public Python API: light to import, the functions by their names, the docs' example runs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import rasterio
 
 import tileseg
 
-README = Path(__file__).parent.parent / "README.md"
+API_PAGE = Path(__file__).parent.parent / "docs" / "reference" / "api.md"
 
 
 def test_import_tileseg_loads_neither_torch_nor_rasterio() -> None:
@@ -34,13 +34,12 @@ def test_every_public_name_resolves_and_the_functions_are_functions() -> None:
         tileseg.no_such_name  # noqa: B018
 
 
-def test_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
-    section = README.read_text().split("## Python API", 1)[1]
-    example = re.search(r"```python\n(.*?)```", section, flags=re.S)
-    assert example is not None, "README's Python API section has no example"
+def test_python_api_page_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    example = re.search(r"```python\n(.*?)```", API_PAGE.read_text(), flags=re.S)
+    assert example is not None, "docs/reference/api.md has no example"
     monkeypatch.chdir(tmp_path)
-    exec(compile(example.group(1), "README.md", "exec"), {})  # noqa: S102 - our own README
+    exec(compile(example.group(1), str(API_PAGE), "exec"), {})  # noqa: S102 - our own docs
     printed = capsys.readouterr().out.splitlines()
     assert "tiles -> landcover.tif" in printed[0] and "polygons" in printed[1]
     with rasterio.open(tmp_path / "landcover.tif") as mask:

@@ -24,6 +24,7 @@ BRANCH_TYPES = {"LocalLocation", "StoreLocation", "LocalStaging", "StoreStaging"
 # module) and from lower layers only. Units of one layer are independent of each other.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("errors", "text", "progress", "_version", "yaml_bounds", "metrics"),
+    ("choices",),
     ("deps", "logs"),
     ("tiling",),
     ("sources",),
@@ -31,14 +32,14 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("models",),
     ("outputs",),
     ("scenes", "samples"),
-    ("inference", "execution"),
-    ("plan", "scheduler", "preview", "evaluation", "vectorization", "training"),
-    ("memory", "info", "run_report", "batch_report"),
+    ("inference",),
+    ("execution",),
+    ("plan", "preview", "evaluation", "vectorization", "training"),
+    ("memory", "info", "run_report", "batch_report", "batch_lock"),
     ("pipeline",),
     ("batch",),
-    ("workflows",),
     ("cli",),
-    ("__main__",),
+    ("__main__", "workflows"),
 )
 # the store side of tileseg/outputs, which only that package uses
 STORE_MODULES = {"tileseg.outputs.store", "tileseg.outputs.store_objects",

@@ -162,8 +162,8 @@ def test_info_names_the_crs_and_where_valid_pixels_come_from(make_raster, deepla
 
 
 def test_predict_help_gives_the_defaults_of_a_cpu_and_a_gpu() -> None:
+    from tileseg.execution import default_workers
     from tileseg.inference.device import CPU_BATCH_SIZE
-    from tileseg.scheduler import default_workers
 
     code, out = run("predict", "--help")
     text = " ".join(out.split())
@@ -598,3 +598,74 @@ def test_only_dasks_own_config_errors_are_taken_for_them(tmp_path) -> None:
     error = dask_config_error(info.value)
     assert error is not None and error.exit_code == 2 and str(bad) in str(error)
     assert dask_config_error(ValueError(f"A dask config file at '{bad}' is malformed")) is None
+
+
+# ------------------------------------------------------------------ shared option groups
+
+
+def _options(name: str) -> dict[str, object]:
+    import click
+
+    command = cli.get_command(click.Context(cli), name)
+    assert command is not None
+    return {p.name: p for p in command.params if isinstance(p, click.Option)}
+
+
+def test_batch_offers_every_predict_option() -> None:
+    from tileseg.batch import SCENE_OPTIONS
+
+    predict, batch = _options("predict"), _options("batch")
+    # one path each: a manifest sets them per scene (a batch could not share one)
+    per_scene = {"zarr_path", "vectorize", "preview"}
+    # the batch's own business: where it writes, how it runs, what it reports
+    owned = {"output", "resume", "overwrite", "report", "scheduler", "verbose", "quiet"}
+    assert set(predict) - owned <= set(SCENE_OPTIONS)  # a manifest takes every one
+    shared = set(predict) - owned - per_scene
+    assert shared <= set(batch), sorted(shared - set(batch))
+    for name in shared:  # declared once: the same flags and values, no default of its own
+        ours, theirs = predict[name], batch[name]
+        assert (ours.opts, ours.secondary_opts) == (theirs.opts, theirs.secondary_opts), name
+        assert getattr(ours.type, "choices", None) == getattr(theirs.type, "choices", None)
+        assert theirs.default is None, name
+
+
+def test_batch_options_become_the_scenes_defaults(tmp_path, monkeypatch) -> None:
+    import tileseg.batch
+
+    seen = []
+    monkeypatch.setattr(tileseg.batch, "run_manifest",
+                        lambda manifest, config, **_: seen.append(config) or
+                        tileseg.batch.BatchResult((), 0.0))
+    code, output = run("batch", str(tmp_path / "m.txt"), "-o", str(tmp_path), "--tta", "d4",
+                       "--format", "gtiff", "--output-stride", "8", "--compile",
+                       "--no-stac-item", "--atrous-rates", "6,12", "--resampling", "cubic",
+                       "--encoder", "resnet18", "-q")
+    assert code == 0, output
+    assert seen[0].defaults == {"tta": "d4", "format": "gtiff", "encoder_output_stride": 8,
+                                "compile_model": True, "stac_item": False,
+                                "decoder_atrous_rates": (6, 12), "resampling": ("cubic",),
+                                "encoder_name": "resnet18"}
+
+
+@pytest.mark.parametrize(("command", "config"), [
+    ("predict", "tileseg.config:PredictConfig"), ("info", "tileseg.config:PredictConfig"),
+    ("batch", "tileseg.config:PredictConfig"), ("batch", "tileseg.batch:BatchConfig"),
+    ("vectorize", "tileseg.vectorization:VectorizeConfig"),
+    ("preview", "tileseg.preview:PreviewConfig"), ("train", "tileseg.training:TrainConfig"),
+])
+def test_an_option_named_after_a_parameter_has_the_flag_messages_name(command, config) -> None:
+    # the one parameter -> flag table (tileseg.errors.flag_for) is what click declares and
+    # what messages, log lines and batch manifest aliases use
+    import dataclasses
+    import importlib
+
+    from tileseg.errors import flag_for
+
+    module, _, name = config.partition(":")
+    fields = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), name))}
+    checked = 0
+    for param in _options(command).values():
+        if param.name in fields:
+            checked += 1
+            assert flag_for(param.name) in (*param.opts, *param.secondary_opts), param.name
+    assert checked >= 3

@@ -305,7 +305,7 @@ def test_workers_with_a_gpu_resource_run_one_infer_task_at_a_time(
         scene, deeplab_dir, clean, tmp_path) -> None:
     """``dask worker --resources GPU=1``: infer tasks request the GPU, so a worker with two
     threads never runs two of them at once; finalize tasks need none. Outputs are unchanged."""
-    from tileseg.scheduler import gpu_workers
+    from tileseg.execution import gpu_workers
 
     with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=2,
                                   resources={"GPU": 1}, dashboard_address=":0") as lc, \

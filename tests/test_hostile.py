@@ -410,6 +410,27 @@ CASES: list[Case] = [
     Case("batch-collection", f"batch collection.json -o masks {M} --bands red,green,blue {FAST} -q",
          0),
     Case("batch-named-bands-on-rasters", f"batch scenes.txt -o masks {M} --bands red", 2),
+    # ---- one place for each rule: choice sets, shared option groups, the scheduler resolved
+    # once (before anything is written), the scheduled-job runner folded into tileseg batch
+    Case("predict-scheduler-processes", f"predict rgb.tif out.tif {M} {FAST} --scheduler "
+         "processes", 2, absent=NOTHING),
+    Case("batch-scheduler-processes", f"batch scenes.txt -o masks {M} --scheduler processes", 2,
+         absent=("masks", "scenes.txt.summary.json")),
+    Case("batch-scheduler-and-local-workers", f"batch scenes.txt -o masks {M} --scheduler "
+         "tcp://127.0.0.1:1 --local-workers 1", 2, absent=("masks", "scenes.txt.summary.json")),
+    Case("batch-local-workers-and-slurm-jobs", f"batch scenes.txt -o masks {M} --local-workers 1 "
+         "--slurm-jobs 1", 2, absent=("masks", "scenes.txt.summary.json")),
+    Case("batch-local-workers-0", f"batch scenes.txt -o masks {M} --local-workers 0", 2,
+         absent=("masks", "scenes.txt.summary.json")),
+    Case("batch-wait-workers-negative", f"batch scenes.txt -o masks {M} --wait-workers -1", 2,
+         absent=("masks", "scenes.txt.summary.json")),
+    Case("batch-lock-in-read-only-folder", f"batch scenes.txt -o masks {M} --lock /proc/sys/b.lock",
+         4, absent=("masks", "scenes.txt.summary.json")),
+    Case("batch-tta-unknown", f"batch scenes.txt -o masks {M} --tta rot45", 2, absent=("masks",)),
+    Case("batch-format-unknown", f"batch scenes.txt -o masks {M} --format png", 2,
+         absent=("masks",)),
+    Case("batch-output-stride-unknown", f"batch scenes.txt -o masks {M} --output-stride 4", 2,
+         absent=("masks",)),
 ]
 
 

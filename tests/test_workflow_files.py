@@ -1,6 +1,6 @@
-"""The job definitions in workflows/ call run_batch with flags it accepts and the values they
-document: each command line is extracted (cron, systemd, Kubernetes) or captured by running the
-script against a stand-in ``python`` (Slurm), then parsed by run_batch's own argument parser."""
+"""The job definitions in workflows/ call ``tileseg batch`` with options it accepts and the values
+they document: each command line is extracted (cron, systemd, Kubernetes) or captured by running
+the script against a stand-in ``tileseg`` (Slurm), then parsed by the command itself."""
 
 from __future__ import annotations
 
@@ -9,20 +9,28 @@ import re
 import shlex
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
 from tileseg.batch import default_summary_path
-from tileseg.workflows import parse_args
+from tileseg.cli.batch import command as batch_command
 
 WORKFLOWS = Path(__file__).parent.parent / "workflows"
 
 
 def _run_batch_argv(words: list[str]) -> list[str]:
-    i = words.index("tileseg.workflows")
-    assert words[i - 1] == "-m"
-    return words[i + 1:]
+    """What follows ``tileseg batch`` in a command line."""
+    i = next(i for i, word in enumerate(words) if Path(word).name == "tileseg")
+    assert words[i + 1] == "batch", words
+    return words[i + 2:]
+
+
+def parse_args(argv: list[str]) -> SimpleNamespace:
+    """``tileseg batch``'s options as its own parser reads them (nothing is run)."""
+    with batch_command.make_context("tileseg batch", list(argv)) as ctx:
+        return SimpleNamespace(**ctx.params)
 
 
 def _expand(text: str, env: dict[str, str]) -> str:
@@ -37,7 +45,7 @@ def test_crontab_line() -> None:
     assert len(fields) == 6  # five schedule fields and the command
     command = _expand(fields[5].split(">>")[0], env)
     args = parse_args(_run_batch_argv(shlex.split(command.split("&&", 1)[1])))
-    assert args.scheduler == env["TILESEG_SCHEDULER"] and args.lock
+    assert args.scheduler == env["TILESEG_SCHEDULER"] and args.lock and args.wait_workers == 1
 
 
 def test_systemd_service_and_timer() -> None:
@@ -46,8 +54,8 @@ def test_systemd_service_and_timer() -> None:
     env = dict(line.split("=", 1) for line in env_lines if re.match(r"^[A-Z_]+=", line))
     (exec_start,) = re.findall(r"^ExecStart=(.*)$", unit, flags=re.M)
     args = parse_args(_run_batch_argv(shlex.split(_expand(exec_start, env))))
-    assert (args.manifest, args.scheduler, args.summary) == (
-        env["MANIFEST"], env["TILESEG_SCHEDULER"], env["SUMMARY"])
+    assert (args.manifest, args.scheduler, args.summary, args.wait_workers) == (
+        env["MANIFEST"], env["TILESEG_SCHEDULER"], env["SUMMARY"], 1)
     assert "SuccessExitStatus=75" in unit  # "previous run still going" is not a failure
     timer = (WORKFLOWS / "systemd" / "tileseg-batch.timer").read_text()
     assert re.search(r"^OnCalendar=", timer, flags=re.M) and "Persistent=" in timer
@@ -64,9 +72,10 @@ def test_kubernetes_manifests() -> None:
     config = kinds["ConfigMap"]["data"]
     env = {e["name"]: config[e["valueFrom"]["configMapKeyRef"]["key"]] for e in container["env"]}
     argv = [re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in container["args"]]
-    assert container["command"][-1] == "tileseg.workflows"
+    assert container["command"] == ["tileseg", "batch"]
     args = parse_args(argv)
     assert args.scheduler == config["scheduler-address"] and args.manifest == config["manifest"]
+    assert args.wait_workers == 1
     workers = [d for d in docs if d["kind"] == "Deployment"
                and "worker" in " ".join(d["spec"]["template"]["spec"]["containers"][0]["command"])]
     assert workers, "no dask worker Deployment"
@@ -92,8 +101,8 @@ def test_slurm_batch_script(mode: str, tmp_path: Path) -> None:
     stub = tmp_path / "bin"
     stub.mkdir()
     record = tmp_path / "argv"
-    (stub / "python").write_text(f'#!/bin/sh\nprintf "%s\\0" "$@" > {record}\n')
-    (stub / "python").chmod(0o755)
+    (stub / "tileseg").write_text(f'#!/bin/sh\nprintf "%s\\0" "$0" "$@" > {record}\n')
+    (stub / "tileseg").chmod(0o755)
     env = {**os.environ, "PATH": f"{stub}:{os.environ['PATH']}", "TILESEG_HOME": str(home),
            "TMPDIR": str(tmp_path)}
     manifest = "s3://jobs/scenes.yaml" if mode == "manifest on a store" else "scenes.yaml"
@@ -112,5 +121,7 @@ def test_slurm_batch_script(mode: str, tmp_path: Path) -> None:
     assert args.lock == f"{tmp_path}/tileseg-batch.lock"
     if mode != "dask-jobqueue":
         assert args.scheduler == "tcp://head:8786" and not args.slurm_jobs
+        assert args.wait_workers == 1
     else:
         assert (args.slurm_jobs, args.slurm_gpu, args.slurm_account) == (8, True, "geo")
+        assert (args.wait_workers, args.wait_timeout) == (1, 3600)

@@ -1,6 +1,8 @@
-"""tileseg/workflows.py, the scheduled entry point: local worker processes, the lock that keeps
-cron from starting a second run, and the dask-jobqueue Slurm path against stand-in sbatch/scancel
-commands that run each job script on this machine (real worker processes on loopback)."""
+"""``tileseg batch`` as the entry point of scheduled jobs: a cluster of local worker processes
+it starts, the lock that keeps cron from starting a second run, and the dask-jobqueue Slurm path
+against stand-in sbatch/scancel commands that run each job script on this machine (real worker
+processes on loopback); and ``python -m tileseg.workflows``, the deprecated alias that forwards
+to it."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from click.testing import CliRunner
 from conftest import random_image
 
+from tileseg.cli.main import cli
 from tileseg.config import PredictConfig
 from tileseg.pipeline import predict
 
@@ -52,55 +56,59 @@ def _mask(path: Path) -> np.ndarray:
 
 
 def test_local_workers_run_the_manifest_and_the_lock_stops_a_second_run(
-        manifest: Path, deeplab_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        manifest: Path, deeplab_dir: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
-    import logging
-
-    from tileseg.workflows import EXIT_LOCKED, main
+    from tileseg.workflows import main
 
     out, lock = tmp_path / "masks", tmp_path / "batch.lock"
     argv = [str(manifest), "-o", str(out), "--model", str(deeplab_dir), *OPTIONS,
-            "--local-workers", "1", "--lock", str(lock)]
-    assert main(argv) == 5  # one scene failed; the others ran
-    # a job's log: dask's own start and shutdown lines (some 30 at INFO) are not in it
-    chatter = [r.getMessage() for r in caplog.records
-               if r.name.startswith("distributed") and r.levelno < logging.WARNING]
+            "--local-workers", "1", "--lock", str(lock), "-v"]
+    result = CliRunner().invoke(cli, ["batch", *argv])
+    assert result.exit_code == 5, result.output  # one scene failed; the others ran
+    # a job's log (with -v): dask's own start and shutdown lines (some 30 at INFO) are not in it
+    chatter = [line for line in result.stderr.splitlines()
+               if line.startswith(("INFO distributed", "DEBUG distributed"))]
     assert not chatter, chatter[:3]
-    assert "3 scenes: 2 succeeded, 1 failed" in capsys.readouterr().err
+    assert "waiting for 1 worker(s)" in result.stderr  # a started cluster: its worker first
+    assert "3 scenes: 2 succeeded, 1 failed" in result.stderr
     assert _summary(manifest) == {"s0.tif": "succeeded", "bad.tif": "failed",
                                   "s1.tif": "succeeded"}
     for name in ("s0", "s1"):
         np.testing.assert_array_equal(_mask(out / f"{name}_mask.tif"),
                                       _expected(tmp_path / f"{name}.tif", deeplab_dir, tmp_path))
 
-    # cron fires while a run holds the lock: exit 75 at once, nothing touched
+    # cron fires while a run holds the lock: exit 75 at once, nothing touched (also through
+    # the deprecated alias, which forwards to tileseg batch)
     before = manifest.with_name(manifest.name + ".summary.json").read_text()
     with open(lock, "a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        assert main(argv) == EXIT_LOCKED
+        locked = CliRunner().invoke(cli, ["batch", *argv])
+        assert locked.exit_code == 75
+        assert locked.stderr.strip() == f"Error: another run holds {lock}; nothing to do"
+        assert main(argv) == 75
+        assert capsys.readouterr().err.strip().endswith(f"another run holds {lock}; nothing to do")
     assert manifest.with_name(manifest.name + ".summary.json").read_text() == before
 
     # the next scheduled run retries only the failed scene
-    assert main(argv) == 5
+    assert CliRunner().invoke(cli, ["batch", *argv]).exit_code == 5
     assert _summary(manifest) == {"s0.tif": "skipped", "bad.tif": "failed", "s1.tif": "skipped"}
 
 
 def test_slurm_jobs_through_dask_jobqueue(manifest: Path, deeplab_dir: Path, tmp_path: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("dask_jobqueue")
-    from tileseg.workflows import main
-
     jobs = tmp_path / "slurm"
     jobs.mkdir()
     monkeypatch.setenv("PATH", f"{FAKE_SLURM}:{__import__('os').environ['PATH']}")
     monkeypatch.setenv("FAKE_SLURM_DIR", str(jobs))
     manifest.write_text("s0.tif\ns1.tif\n")
     out = tmp_path / "masks"
-    code = main([str(manifest), "-o", str(out), "--model", str(deeplab_dir), *OPTIONS,
-                 "--slurm-jobs", "1", "--slurm-gpu", "--slurm-cores", "2",
-                 "--slurm-memory", "4GB", "--wait-timeout", "120"])
+    result = CliRunner().invoke(cli, [
+        "batch", str(manifest), "-o", str(out), "--model", str(deeplab_dir), *OPTIONS,
+        "--slurm-jobs", "1", "--slurm-gpu", "--slurm-cores", "2", "--slurm-memory", "4GB",
+        "--wait-timeout", "120"])
     logs = "\n".join(p.read_text() for p in jobs.glob("job-*.log"))
-    assert code == 0, logs[-2000:]
+    assert result.exit_code == 0, result.output + logs[-2000:]
     assert _summary(manifest) == {"s0.tif": "succeeded", "s1.tif": "succeeded"}
     for name in ("s0", "s1"):
         np.testing.assert_array_equal(_mask(out / f"{name}_mask.tif"),
@@ -109,3 +117,16 @@ def test_slurm_jobs_through_dask_jobqueue(manifest: Path, deeplab_dir: Path, tmp
     assert "#SBATCH --gres=gpu:1" in script and "--resources GPU=1" in script
     assert "export TILESEG_SCHEDULER=" in script  # a worker never chains to another cluster
     assert "#SBATCH --cpus-per-task=2" in script and "#SBATCH --mem=4G" in script
+
+
+def test_a_started_cluster_and_an_address_conflict(manifest: Path) -> None:
+    runner, out = CliRunner(), str(manifest.parent / "masks")
+    both = runner.invoke(cli, ["batch", str(manifest), "-o", out, "--scheduler",
+                               "tcp://127.0.0.1:1", "--local-workers", "1"])
+    assert both.exit_code == 2
+    assert both.stderr.strip() == ("Error: --scheduler and --local-workers both say where to "
+                                   "run; give one")
+    two = runner.invoke(cli, ["batch", str(manifest), "-o", out, "--local-workers", "1",
+                              "--slurm-jobs", "1"])
+    assert two.exit_code == 2 and "give one" in two.stderr
+    assert not (manifest.parent / "masks").exists()  # refused before anything was created

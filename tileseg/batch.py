@@ -44,14 +44,14 @@ import os
 import reprlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
+from tileseg.batch_lock import batch_lock
 from tileseg.batch_report import ScenePicture, render_html, scene_picture
 from tileseg.config import PredictConfig
 from tileseg.errors import (
@@ -60,10 +60,19 @@ from tileseg.errors import (
     OutputError,
     RunError,
     TilesegError,
+    flag_for,
     flagged_message,
 )
+from tileseg.execution import (
+    DEFAULT_WAIT_TIMEOUT,
+    LocalWorkers,
+    Scheduler,
+    SlurmJobs,
+    open_client,
+    resolve_mosaic_scheduler,
+)
 from tileseg.outputs.location import Location, is_store_url, location
-from tileseg.outputs.naming import source_name
+from tileseg.outputs.naming import DEFAULT_SUFFIX, source_name
 from tileseg.outputs.paths import check_distinct_paths
 from tileseg.outputs.staging import STAGING_SUFFIX
 from tileseg.sources.remote import is_remote
@@ -74,7 +83,6 @@ logger = logging.getLogger(__name__)
 SceneStatus = Literal["succeeded", "resumed", "skipped", "failed", "pending"]  # pending: not run yet
 ManifestFormat = Literal["text", "csv", "yaml", "stac"]
 
-DEFAULT_SUFFIX = "_mask.tif"
 # 16 MiB holds some 100,000 scenes; beyond, a manifest is more likely a wrong file (or a bomb)
 MAX_MANIFEST_BYTES = 16 << 20
 
@@ -83,12 +91,13 @@ _BATCH_OWNED = {"src", "dst", "resume", "overwrite", "scheduler", "report"}
 SCENE_OPTIONS: tuple[str, ...] = tuple(
     f.name for f in fields(PredictConfig) if f.name not in _BATCH_OWNED
 )
-# CLI spellings accepted as column/key names too.
+# The CLI's spellings (the flag table, tileseg.errors.flag_for) are column/key names too:
+# output_stride, atrous_rates, zarr, compile, encoder. (Not a --no-X switch: no_stac_item would
+# mean the opposite of stac_item.)
 _ALIASES = {
-    "output_stride": "encoder_output_stride",
-    "atrous_rates": "decoder_atrous_rates",
-    "zarr": "zarr_path",
-    "compile": "compile_model",
+    alias: name for name in SCENE_OPTIONS
+    if not flag_for(name).startswith("--no-")
+    and (alias := flag_for(name).removeprefix("--").replace("-", "_")) != name
 }
 _PATH_OPTIONS = ("model", "zarr_path", "vectorize", "preview")
 _INT_OPTIONS = ("tile_size", "overlap", "chunk_size", "batch_size", "workers",
@@ -177,7 +186,14 @@ class BatchResult:
 
 @dataclass(frozen=True)
 class BatchConfig:
-    """How to run a manifest (see :func:`run_batch`)."""
+    """How to run a manifest (see :func:`run_batch`).
+
+    Where: ``scheduler`` (a name or a cluster address; None: ``$TILESEG_SCHEDULER``, dask's
+    ``tileseg.scheduler``, else threads) or ``cluster``, one started for the batch (worker
+    processes here, or Slurm jobs); on a cluster, ``wait_workers`` workers are waited for
+    (``wait_timeout`` seconds at most) before the first scene. ``lock``: a lock file, for a
+    scheduled job: a batch that finds another holding it stops at once (exit 75).
+    """
 
     output_dir: str | None = None  # where text manifests (and CSV rows without dst) write
     suffix: str = DEFAULT_SUFFIX  # destination name: <src stem><suffix>
@@ -186,6 +202,10 @@ class BatchConfig:
     summary: str | None = None  # summary path: JSON (.json) and CSV (.csv) side by side
     concurrent_scenes: int = 1  # scenes in flight at once (useful on a big cluster)
     previews: bool = True  # thumbnails + class areas in the summary's HTML page
+    cluster: LocalWorkers | SlurmJobs | None = None  # started for the batch, closed after it
+    wait_workers: int | None = None  # None: one on a cluster started here, else none
+    wait_timeout: float = DEFAULT_WAIT_TIMEOUT
+    lock: str | None = None  # an flock held for the whole batch (tileseg.batch_lock)
 
     def __post_init__(self) -> None:
         if self.concurrent_scenes < 1:
@@ -198,6 +218,12 @@ class BatchConfig:
         unknown = sorted(set(self.defaults) - set(SCENE_OPTIONS))
         if unknown:
             raise ConfigError(f"unknown batch default option(s) {', '.join(unknown)}")
+
+    def resolved_scheduler(self, client: Any = None) -> Scheduler:
+        """Where the batch runs, resolved (once a batch: scenes are handed the result)."""
+        return resolve_mosaic_scheduler(client if client is not None else self.scheduler,
+                                        start=self.cluster, wait_workers=self.wait_workers,
+                                        wait_timeout=self.wait_timeout)
 
 
 # --------------------------------------------------------------------------------------------
@@ -564,8 +590,9 @@ def run_batch(
     config
         Batch defaults, scheduler and summary path.
     client
-        A ``dask.distributed.Client`` to share across scenes; by default one is opened for
-        ``config.scheduler`` when that is a cluster address (threads in-process otherwise).
+        A ``dask.distributed.Client`` to share across scenes, or a resolved
+        :class:`~tileseg.execution.Scheduler`; by default ``config.scheduler`` (or
+        ``config.cluster``) is resolved, and a client opened when that is a cluster.
     on_scene
         Called as each scene ends (also for skipped scenes), e.g. to print a line.
 
@@ -578,7 +605,10 @@ def run_batch(
     (True, {'succeeded': 3, 'resumed': 1, 'skipped': 12, 'failed': 0})
     """
     config = config or BatchConfig()
-    earlier: dict[tuple[Any, str], SceneResult] = {}
+    # resolved once, before any scene or summary: a scheduler a mosaic cannot run on is refused
+    # now (exit 2), not scene by scene
+    scheduler = config.resolved_scheduler(client)
+    earlier: dict[tuple[str, str], SceneResult] = {}
     if config.summary:
         check_summary_targets(config.summary)
         earlier = _earlier_results(config.summary)
@@ -587,11 +617,12 @@ def run_batch(
     pictures: dict[int, ScenePicture | None] = {}
     lock = threading.Lock()
 
-    def run_one(index: int, scene: Scene, shared_client: Any) -> None:
-        outcome = _run_scene(scene, config, shared_client)
-        if outcome.status == "skipped" and (scene.src, scene.dst) in earlier:
-            # done by an earlier batch: its figures stay in the summary
-            outcome = replace(earlier[(scene.src, scene.dst)], status="skipped", error="")
+    def run_one(index: int, scene: Scene, run: Scheduler) -> None:
+        outcome = _run_scene(scene, config, run)
+        if outcome.status == "skipped" and (scene.label, scene.dst) in earlier:
+            # done by an earlier batch: its figures stay in the summary (which names the
+            # source by its label: a stack of files, too)
+            outcome = replace(earlier[(scene.label, scene.dst)], status="skipped", error="")
         if (config.summary and config.previews and not is_store_url(config.summary)
                 and outcome.ok and _output_exists(scene.dst)):
             pictures[index] = scene_picture(scene.dst, index, config.summary)
@@ -603,13 +634,15 @@ def run_batch(
         if on_scene is not None:
             on_scene(scene, outcome)
 
-    with _cluster(config.scheduler, client) as shared:
+    # one client for the whole batch: workers keep their models loaded between scenes
+    with open_client(scheduler) as shared:
+        run = scheduler if shared is None else replace(scheduler, client=shared, wait_workers=0)
         if config.concurrent_scenes == 1:
             for i, scene in enumerate(scenes):
-                run_one(i, scene, shared)
+                run_one(i, scene, run)
         else:
             with ThreadPoolExecutor(config.concurrent_scenes, "tileseg-scene") as pool:
-                for future in [pool.submit(run_one, i, s, shared) for i, s in enumerate(scenes)]:
+                for future in [pool.submit(run_one, i, s, run) for i, s in enumerate(scenes)]:
                     future.result()
     seconds = time.perf_counter() - started
     if config.summary:
@@ -618,19 +651,7 @@ def run_batch(
     return BatchResult(ordered, seconds, config.summary)
 
 
-@contextmanager
-def _cluster(scheduler: str | None, client: Any) -> Iterator[Any]:
-    """One client for the whole batch: workers keep their models loaded between scenes."""
-    from tileseg.execution import open_client, resolve_scheduler
-
-    if client is not None:
-        yield client
-        return
-    with open_client(resolve_scheduler(scheduler)) as own:
-        yield own
-
-
-def _run_scene(scene: Scene, config: BatchConfig, client: Any) -> SceneResult:
+def _run_scene(scene: Scene, config: BatchConfig, run: Scheduler) -> SceneResult:
     from tileseg.pipeline import predict
 
     try:
@@ -644,8 +665,11 @@ def _run_scene(scene: Scene, config: BatchConfig, client: Any) -> SceneResult:
         _create_dst_folder(scene)
     except OutputError as exc:
         return SceneResult(scene.label, scene.dst, "failed", error=flagged_message(exc))
-    # predict() then reports the cluster and leaves device checks to the workers.
-    scheduler = config.scheduler or (client.scheduler.address if client is not None else None)
+    # The batch's scheduler, never resolved again: on a cluster its client is handed over
+    # (predict then reports the cluster and leaves device checks to the workers).
+    client = run.client
+    scheduler = (str(client.scheduler.address) if client is not None
+                 else None if run.kind == "callable" else run.kind)
     started = time.perf_counter()
     try:
         predict_config = scene.config(config.defaults, resume=state == "partial",
@@ -653,12 +677,12 @@ def _run_scene(scene: Scene, config: BatchConfig, client: Any) -> SceneResult:
         if (state == "partial" and _output_exists(scene.dst)
                 and not _output_exists(scene.staging)):
             # The mask is published but its polygons are missing: only vectorize again.
-            _vectorize_only(predict_config)
+            _vectorize_only(predict_config, run)
             return SceneResult(scene.label, scene.dst, "resumed",
                                seconds=time.perf_counter() - started)
         logger.info("%s -> %s (%s)", scene.label, scene.dst,
                     "resuming" if state == "partial" else "starting")
-        result = predict(predict_config, client=client)
+        result = predict(predict_config, client=run)
     except TilesegError as exc:
         logger.info("scene failed: %s", exc)  # the result (and summary) carry the message
         return SceneResult(scene.label, scene.dst, "failed",
@@ -686,11 +710,11 @@ def _create_dst_folder(scene: Scene) -> None:
                           f"({exc.strerror}); create it or change the scene's dst") from exc
 
 
-def _vectorize_only(config: PredictConfig) -> None:
+def _vectorize_only(config: PredictConfig, run: Scheduler) -> None:
     from tileseg.vectorization import VectorizeConfig, vectorize
 
     assert config.vectorize is not None  # only called when scene_state saw a vectorize option
-    vectorize(config.dst, config.vectorize, VectorizeConfig(overwrite=True))
+    vectorize(config.dst, config.vectorize, VectorizeConfig(overwrite=True), scheduler=run)
 
 
 # --------------------------------------------------------------------------------------------
@@ -837,9 +861,17 @@ def run_manifest(
     >>> result.raise_for_failures()  # doctest: +SKIP
     """
     config = config or BatchConfig(summary=default_summary_path(manifest))
+    with batch_lock(config.lock):
+        # resolved once, before anything is read or created; every scene runs on it
+        scheduler = config.resolved_scheduler(client)
+        return _run_manifest(manifest, config, scheduler, on_scene)
+
+
+def _run_manifest(manifest: str | os.PathLike[str], config: BatchConfig, scheduler: Scheduler,
+                  on_scene: SceneCallback | None) -> BatchResult:
     scenes = load_manifest(manifest, output_dir=config.output_dir, suffix=config.suffix)
     check_named_bands(scenes, config.defaults)
     if config.output_dir is not None:  # named for this batch: made as mkdir -p would
         # (on a store: the bucket answers, exit 2 before any scene)
         location(config.output_dir).make_folder("output_dir", params=("output_dir",))
-    return run_batch(scenes, config, client=client, on_scene=on_scene)
+    return run_batch(scenes, config, client=scheduler, on_scene=on_scene)

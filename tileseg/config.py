@@ -6,14 +6,19 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from tileseg.choices import (  # noqa: F401 (Engine re-exported; each set is declared there)
+    BlendName,
+    Engine,
+    OutputFormat,
+    OutputStride,
+    Precision,
+    ProbabilityMode,
+    TtaMode,
+    check_choices,
+)
 from tileseg.errors import ConfigError
-from tileseg.tiling.blend import DEFAULT_BLEND, WINDOWS, BlendName
+from tileseg.tiling.blend import DEFAULT_BLEND
 
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
-Engine = Literal["auto", "torch", "onnxruntime"]
-ProbabilityMode = Literal["none", "uint8", "float16"]
-OutputFormat = Literal["gtiff", "cog", "zarr"]
-TtaMode = Literal["none", "flips", "d4"]
 # the pixel size to run at: a number (in the CRS's units), "model" (the model's gsd), or None
 # (the source's own; for several files, the finest one's)
 Resolution = float | Literal["model"] | None
@@ -83,7 +88,7 @@ class PredictConfig:
     batch_size: int | None = None  # None: chosen from the device's memory
     precision: Precision = "auto"
     compile_model: bool = False
-    encoder_output_stride: int | None = None
+    encoder_output_stride: OutputStride | None = None
     decoder_atrous_rates: tuple[int, ...] | None = None
     probabilities: ProbabilityMode = "none"
     overwrite: bool = False
@@ -132,20 +137,8 @@ class PredictConfig:
             raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}", params=("batch_size",))
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"workers must be at least 1, got {self.workers}", params=("workers",))
-        if self.blend not in WINDOWS:
-            raise ConfigError(f"blend {self.blend!r}: choose one of {', '.join(WINDOWS)}", params=("blend",))
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ConfigError(f"precision {self.precision!r}: choose auto, fp32, bf16 or fp16",
-                              params=("precision",))
-        if self.engine not in ("auto", "torch", "onnxruntime"):
-            raise ConfigError(f"engine {self.engine!r}: choose auto, torch or onnxruntime",
-                              params=("engine",))
-        if self.tta not in ("none", "flips", "d4"):
-            raise ConfigError(f"tta {self.tta!r}: choose none, flips or d4", params=("tta",))
-        if self.probabilities not in ("none", "uint8", "float16"):
-            raise ConfigError(
-                f"probabilities {self.probabilities!r}: choose none, uint8 or float16",
-                params=("probabilities",))
+        # format, blend, precision, encoder_output_stride, probabilities, engine, tta
+        check_choices(self)
         self._normalize_sources()
         if self.bands is not None:
             self._check_bands()
@@ -164,8 +157,6 @@ class PredictConfig:
         if self.aoi is not None and not str(self.aoi).strip():
             raise ConfigError("aoi is empty; give a vector file or a bbox W,S,E,N",
                               params=("aoi",))
-        if self.encoder_output_stride not in (None, 8, 16):
-            raise ConfigError("encoder_output_stride must be 8 or 16", params=("encoder_output_stride",))
         rates = self.decoder_atrous_rates
         if rates is not None and (not rates or min(rates) < 1):
             raise ConfigError(f"decoder_atrous_rates takes positive dilation rates, e.g. 6,12,18; got "

@@ -24,7 +24,10 @@ class TilesegError(Exception):
         self.params = tuple(params)
 
 
-# Parameters whose command-line flag is not ``--`` plus the name with dashes.
+# The one parameter -> flag table: parameters whose command-line flag is not ``--`` plus the name
+# with dashes. The CLI declares its options from it (tileseg.cli.options.option), messages and
+# log lines show it (flagged_message), and batch manifests take its spellings as aliases. A
+# ``--no-X`` entry is a switch that is on by default: the CLI declares ``--X/--no-X``.
 _FLAG_NAMES = {
     "zarr_path": "--zarr",
     "encoder_output_stride": "--output-stride",
@@ -40,13 +43,14 @@ _FLAG_NAMES = {
     "indexes": "--bands",
     "val_sources": "--val",
     "holdout.fraction": "--holdout-fraction",
+    "holdout.side": "--holdout-side",
     "stac_item": "--no-stac-item",
 }
 
 
 def flag_for(param: str) -> str:
-    """The command-line flag (and batch manifest option) of a library parameter:
-    ``tile_size`` -> ``--tile-size``."""
+    """The command-line flag of a library parameter (a batch manifest takes its spelling too):
+    ``tile_size`` -> ``--tile-size``, ``encoder_output_stride`` -> ``--output-stride``."""
     return _FLAG_NAMES.get(param, "--" + param.replace("_", "-"))
 
 

@@ -1,22 +1,31 @@
 """Where dask graphs run: in-process threads, one task at a time, processes, or a cluster.
 
-One place resolves a scheduler (a name, a cluster address, a ``distributed.Client`` or a
-``get``-like callable, as dask's own ``get_scheduler`` accepts), opens a client and runs a graph
-with a callback per finished task. predict, vectorize and batch all use it. It imports neither
-torch nor the model code: polygonizing a mask must not load a deep-learning framework.
+The one scheduling module. A run resolves its scheduler once (:func:`resolve_scheduler`: a
+name, a cluster address, a ``distributed.Client`` or a ``get``-like callable, as dask's own
+``get_scheduler`` accepts, or a cluster to start here: worker processes or Slurm jobs) and hands
+the :class:`Scheduler` down; :func:`open_client` is the one place a dask client is opened (or a
+caller's borrowed), and :func:`run_graph` runs a graph with a callback per finished task
+(:func:`run_mosaic` for predict's mosaic: infer tasks hold a GPU on clusters that advertise
+one). predict, vectorize and batch all use it. It imports neither torch nor the model code:
+polygonizing a mask must not load a deep-learning framework.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
+from tileseg.choices import SchedulerKind
 from tileseg.errors import ConfigError, RunError, TilesegError
+
+if TYPE_CHECKING:
+    from tileseg.inference.mosaic import MosaicGraph
 
 logger = logging.getLogger(__name__)
 
@@ -30,23 +39,66 @@ DEFAULT_NO_WORKER_TIMEOUT = "10 minutes"
 _IDLE_S = 0.05  # between two looks at the finished tasks while none is ready
 _RESULT_WAIT_S = 1.0  # for one finished task's (small) result before looking at the others
 
-SchedulerKind = Literal["threads", "sync", "processes", "distributed", "callable"]
+# what a mosaic runs on: worker processes cannot take an in-process model (a cluster of local
+# processes, dask scheduler + dask worker, does the same job with resume and model caching)
+MOSAIC_KINDS: tuple[SchedulerKind, ...] = ("threads", "sync", "distributed", "callable")
+DEFAULT_WAIT_TIMEOUT = 600.0  # seconds to wait for the workers a run asks for
 LOCAL_NAMES: dict[str, SchedulerKind] = {
     "threads": "threads", "threading": "threads",
     "sync": "sync", "synchronous": "sync", "single-threaded": "sync",
     "processes": "processes", "multiprocessing": "processes",
 }
 TaskCallback = Callable[[Hashable, Any], None]
+ResultCallback = Callable[[dict[str, Any], str], None]
+
+
+@dataclass(frozen=True)
+class LocalWorkers:
+    """A cluster of ``workers`` worker processes on this machine, started for the run."""
+
+    workers: int
+    threads_per_worker: int = 2
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"local_workers must be at least 1, got {self.workers}",
+                              params=("local_workers",))
+
+
+@dataclass(frozen=True)
+class SlurmJobs:
+    """Workers as ``jobs`` Slurm jobs (dask-jobqueue), one worker process each, started for the
+    run and released when it ends; ``gpu``: one GPU per job, advertised as ``GPU=1``."""
+
+    jobs: int
+    queue: str | None = None
+    account: str | None = None
+    cores: int = 8
+    memory: str = "32GB"
+    gpu: bool = False
+    walltime: str = "04:00:00"
+
+    def __post_init__(self) -> None:
+        if self.jobs < 1:
+            raise ConfigError(f"slurm_jobs must be at least 1, got {self.jobs}",
+                              params=("slurm_jobs",))
+        if self.cores < 1:
+            raise ConfigError(f"slurm_cores must be at least 1, got {self.cores}",
+                              params=("slurm_cores",))
 
 
 @dataclass(frozen=True)
 class Scheduler:
-    """A resolved scheduler: a local kind, a cluster ``address``, a ``client`` or a ``get``."""
+    """A resolved scheduler: a local kind, a cluster ``address``, a ``client``, a cluster to
+    ``start`` here, or a ``get``; on a cluster, how many workers to wait for before any task."""
 
     kind: SchedulerKind
     address: str | None = None
     client: Any = None
     get: Callable[..., Any] | None = None
+    start: LocalWorkers | SlurmJobs | None = None
+    wait_workers: int = 0
+    wait_timeout: float = DEFAULT_WAIT_TIMEOUT
 
     @property
     def is_distributed(self) -> bool:
@@ -55,21 +107,11 @@ class Scheduler:
     def describe(self) -> str:
         if self.client is not None:
             return str(self.client.scheduler.address)
+        if isinstance(self.start, LocalWorkers):
+            return f"{self.start.workers} local worker process(es)"
+        if isinstance(self.start, SlurmJobs):
+            return f"{self.start.jobs} Slurm job(s)"
         return self.address or self.kind
-
-
-def scheduler_address(scheduler: str | None) -> str | None:
-    """A distributed scheduler address, else None (in-process). First of: the value given,
-    ``$TILESEG_SCHEDULER``, and ``tileseg.scheduler`` in dask's configuration (a YAML file in
-    ``~/.config/dask/`` or ``$DASK_CONFIG``, or ``$DASK_TILESEG__SCHEDULER``), so a platform can
-    point every job at its cluster once."""
-    value = configured_scheduler(scheduler)
-    if value is None or value.lower() in LOCAL_NAMES:
-        return None
-    if not _looks_like_address(value.strip()):
-        raise ConfigError(f"scheduler {value!r}: not a scheduler; use threads, sync or a "
-                          "dask.distributed address such as tcp://host:8786")
-    return value.strip()
 
 
 def configured_scheduler(scheduler: str | None) -> str | None:
@@ -88,17 +130,28 @@ def resolve_scheduler(
     scheduler: str | Any | None,
     *,
     allow: Sequence[SchedulerKind] = ("threads", "sync", "processes", "distributed", "callable"),
+    start: LocalWorkers | SlurmJobs | None = None,
+    wait_workers: int | None = None,
+    wait_timeout: float = DEFAULT_WAIT_TIMEOUT,
 ) -> Scheduler:
-    """Turn a scheduler value into a :class:`Scheduler`, or raise :class:`ConfigError`.
+    """Turn a scheduler value into a :class:`Scheduler`, or raise :class:`ConfigError`: once a
+    run, before anything is written; the run hands the result down.
 
     Parameters
     ----------
     scheduler
         ``None`` (the environment or dask's configuration, else threads), a name (``threads``,
         ``sync``, ``processes``), a cluster address (``tcp://host:8786``, ``host:8786``), a
-        ``distributed.Client`` or a callable with dask's ``get`` signature.
+        ``distributed.Client``, a callable with dask's ``get`` signature, or a
+        :class:`Scheduler` resolved already (returned as it is).
     allow
         The kinds the caller can run; anything else is refused with a message listing them.
+    start
+        A cluster to start for the run instead (``scheduler`` must then be None: the
+        environment and dask's configuration are not read).
+    wait_workers
+        On a cluster, wait for this many workers before any task (at most ``wait_timeout``
+        seconds); default none, or one on a cluster started here.
 
     Examples
     --------
@@ -106,12 +159,40 @@ def resolve_scheduler(
     'sync'
     >>> resolve_scheduler("tcp://10.0.0.5:8786").address
     'tcp://10.0.0.5:8786'
+    >>> resolve_scheduler(None, start=LocalWorkers(2)).describe()
+    '2 local worker process(es)'
     """
-    resolved = _resolve(scheduler)
+    if isinstance(scheduler, Scheduler):
+        resolved = scheduler
+    elif start is not None:
+        if scheduler is not None:
+            which = "local_workers" if isinstance(start, LocalWorkers) else "slurm_jobs"
+            raise ConfigError(f"scheduler and {which} both say where to run; give one",
+                              params=("scheduler", which))
+        resolved = Scheduler("distributed", start=start)
+    else:
+        resolved = _resolve(scheduler)
     if resolved.kind not in allow:
         raise ConfigError(f"scheduler {_shown(scheduler)!r}: not usable here; use "
                           f"{_choices(allow)}")
+    if wait_workers is not None and wait_workers < 0:
+        raise ConfigError(f"wait_workers must be zero or more, got {wait_workers}",
+                          params=("wait_workers",))
+    if not wait_timeout > 0:
+        raise ConfigError(f"wait_timeout must be positive, got {wait_timeout}",
+                          params=("wait_timeout",))
+    if resolved.is_distributed and (wait_workers is not None or start is not None):
+        wanted = 1 if wait_workers is None else wait_workers
+        if isinstance(start, LocalWorkers):  # they are all there once the cluster has started
+            wanted = min(wanted, start.workers)
+        resolved = replace(resolved, wait_workers=wanted, wait_timeout=wait_timeout)
     return resolved
+
+
+def resolve_mosaic_scheduler(scheduler: str | Any | None, **kwargs: Any) -> Scheduler:
+    """:func:`resolve_scheduler` for a mosaic: worker processes are refused (see
+    :data:`MOSAIC_KINDS`)."""
+    return resolve_scheduler(scheduler, allow=MOSAIC_KINDS, **kwargs)
 
 
 def _resolve(scheduler: str | Any | None) -> Scheduler:
@@ -142,6 +223,8 @@ def _looks_like_address(value: str) -> bool:
 
 
 def _shown(scheduler: Any) -> str:
+    if isinstance(scheduler, Scheduler):
+        return scheduler.describe()
     return scheduler if isinstance(scheduler, str) else type(scheduler).__name__
 
 
@@ -160,15 +243,22 @@ def _distributed() -> Any:
 
 @contextmanager
 def open_client(scheduler: Scheduler, timeout: str | None = None) -> Iterator[Any]:
-    """Yield a ``distributed.Client`` for a distributed scheduler (None for a local one).
+    """Yield a ``distributed.Client`` for a distributed scheduler (None for a local one): the
+    one place tileseg opens a dask client.
 
-    A client the caller passed in is used as it is and left open; one opened here is closed.
-    ``timeout`` defaults to dask's ``tileseg.connect-timeout`` setting, else 20 s.
+    A client the caller passed in is borrowed: used as it is and left open. Otherwise one is
+    opened to the address, or to a cluster started here (:class:`LocalWorkers`,
+    :class:`SlurmJobs`), and closed with that cluster when the ``with`` body ends. Then, when
+    the scheduler says so, the run waits for its workers (:class:`RunError` when too few join).
+    ``timeout`` (of the connection) defaults to dask's ``tileseg.connect-timeout`` setting, else
+    20 s. An address that does not answer is a :class:`ConfigError` (exit 2), raised before the
+    caller writes anything.
     """
     if not scheduler.is_distributed:
         yield None
         return
     if scheduler.client is not None:
+        _wait_for_workers(scheduler.client, scheduler)
         yield scheduler.client
         return
     distributed = _distributed()
@@ -176,22 +266,72 @@ def open_client(scheduler: Scheduler, timeout: str | None = None) -> Iterator[An
         import dask
 
         timeout = str(dask.config.get(CONNECT_TIMEOUT_KEY, default=DEFAULT_CONNECT_TIMEOUT))
-    try:
-        client = distributed.Client(scheduler.address, timeout=timeout)
-    except (OSError, TimeoutError, ValueError) as exc:
-        raise ConfigError(f"cannot reach the dask scheduler at {scheduler.address} ({exc}); "
-                          "start it or fix the scheduler address") from exc
-    try:
+    with contextlib.ExitStack() as stack:
+        cluster = stack.enter_context(_started_cluster(scheduler.start))
+        try:
+            client = distributed.Client(cluster if cluster is not None else scheduler.address,
+                                        timeout=timeout)
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise ConfigError(f"cannot reach the dask scheduler at {scheduler.describe()} "
+                              f"({exc}); start it or fix the scheduler address") from exc
+        stack.callback(client.close)  # closed before its cluster
+        _wait_for_workers(client, scheduler)
         yield client
+
+
+@contextmanager
+def _started_cluster(start: LocalWorkers | SlurmJobs | None) -> Iterator[Any]:
+    """The cluster ``start`` asks for, closed at the end (None: none to start)."""
+    if start is None:
+        yield None
+        return
+    distributed = _distributed()
+    if isinstance(start, LocalWorkers):
+        cluster = distributed.LocalCluster(n_workers=start.workers, processes=True,
+                                           threads_per_worker=start.threads_per_worker,
+                                           dashboard_address=":0")
+    else:
+        cluster = _slurm_cluster(start)
+        cluster.scale(jobs=start.jobs)
+    try:
+        yield cluster
     finally:
-        client.close()
+        cluster.close()
 
 
-def check_reachable(scheduler: Scheduler, timeout: str | None = None) -> None:
-    """Fail now (before any output exists) when a cluster address does not answer."""
-    if scheduler.is_distributed and scheduler.client is None:
-        with open_client(scheduler, timeout):
-            pass
+def _slurm_cluster(start: SlurmJobs) -> Any:
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError as exc:
+        from tileseg.deps import missing_dependency
+
+        raise missing_dependency(exc, "slurm_jobs", params=("slurm_jobs",)) from exc
+    extra: list[str] = []
+    worker_args: list[str] = []
+    if start.gpu:
+        # One GPU per job and one worker process per job: Slurm sets CUDA_VISIBLE_DEVICES to the
+        # job's card, so "cuda" on that worker is its own GPU. Scale with the jobs = GPUs.
+        extra.append("--gres=gpu:1")
+        worker_args += ["--resources", "GPU=1"]
+    return SLURMCluster(
+        queue=start.queue, account=start.account, cores=start.cores, memory=start.memory,
+        processes=1, walltime=start.walltime, job_extra_directives=extra,
+        worker_extra_args=worker_args,
+        job_script_prologue=[f"export {SCHEDULER_ENV}="],  # workers never chain to another cluster
+    )
+
+
+def _wait_for_workers(client: Any, scheduler: Scheduler) -> None:
+    wanted = scheduler.wait_workers
+    if wanted < 1:
+        return
+    logger.info("waiting for %d worker(s) at %s", wanted, _address(client))
+    try:
+        client.wait_for_workers(wanted, timeout=scheduler.wait_timeout)
+    except TimeoutError as exc:
+        raise RunError(f"fewer than {wanted} dask workers joined within "
+                       f"{scheduler.wait_timeout:.0f} s; start workers or lower wait_workers",
+                       params=("wait_workers",)) from exc
 
 
 def run_graph(
@@ -214,7 +354,8 @@ def run_graph(
     keys: list[Any] = [k for group, _ in groups for k in group]
     wanted = set(keys)
     if scheduler.is_distributed:
-        with open_client(scheduler) if client is None else _given(client) as cluster:
+        with open_client(scheduler if client is None else replace(scheduler, client=client,
+                                                                  wait_workers=0)) as cluster:
             _run_on_cluster(cluster, graph, groups, on_result)
         return
     import dask
@@ -239,11 +380,6 @@ def run_graph(
         else:
             assert scheduler.get is not None
             scheduler.get(dict(graph), keys)
-
-
-@contextmanager
-def _given(client: Any) -> Iterator[Any]:
-    yield client
 
 
 def _run_on_cluster(client: Any, graph: Mapping[Hashable, Any],
@@ -369,3 +505,49 @@ def gpu_workers(client: Any) -> int:
         info = client.scheduler_info()
     return sum(1 for w in info.get("workers", {}).values()
                if (w.get("resources") or {}).get("GPU", 0) >= 1)
+
+
+def run_mosaic(
+    mosaic: MosaicGraph,
+    scheduler: Scheduler,
+    on_result: ResultCallback,
+    *,
+    client: Any = None,
+    workers: int | None = None,
+    device: str = "auto",
+) -> None:
+    """Compute every infer and finalize task of ``mosaic`` on ``scheduler`` (``client``: the
+    run's open client on a cluster), calling ``on_result(value, kind)`` as each one finishes.
+
+    On a cluster whose workers advertise a ``GPU`` resource (``dask worker --resources GPU=1``),
+    each infer task requests one GPU unless ``device`` is ``cpu``, so a worker runs one at a
+    time whatever its thread count; finalize tasks need no GPU and run beside them.
+    """
+    kinds = {k: "infer" for k in mosaic.infer_keys} | {k: "finalize" for k in mosaic.finalize_keys}
+
+    def finished(key: Any, value: Any) -> None:
+        on_result(value, kinds[key])
+
+    infer_resources = None
+    if client is not None and device != "cpu":
+        gpus = gpu_workers(client)
+        if gpus:
+            logger.info("%s a GPU: each infer task requests GPU=1",
+                        "1 worker advertises" if gpus == 1 else f"{gpus} workers advertise")
+            infer_resources = {"GPU": 1}
+    run_graph(mosaic.graph, [(mosaic.infer_keys, infer_resources), (mosaic.finalize_keys, None)],
+              scheduler, on_result=finished, client=client,
+              workers=workers or (None if scheduler.is_distributed else default_workers(device)))
+
+
+def default_workers(device: str) -> int:
+    """Threads of the in-process scheduler when ``--workers`` is not given.
+
+    On a GPU, 2: one chunk task feeds the card while the other reads, blends and writes. On a
+    CPU, 1: a forward pass already uses every core, reading runs in the task's prefetch thread,
+    and a second task in flight mostly holds another chunk's buffers (``benchmarks/bench_engine.py``:
+    2 was 1-12% faster at 1024-px chunks but no faster at 2048, for 9-26% more peak memory).
+    """
+    from tileseg.inference.device import resolve_device
+
+    return 2 if resolve_device(device).type == "cuda" else 1

@@ -1,4 +1,4 @@
-"""Logging of the command-line entry points (``tileseg`` and ``python -m tileseg.workflows``).
+"""Logging of the command-line entry point (``tileseg``; scheduled jobs run ``tileseg batch``).
 
 Only entry points configure handlers; the library only logs. Two rules here: what libraries say
 at INFO (dask's scheduler and nanny chatter, GDAL's notices), and Python warnings they raise

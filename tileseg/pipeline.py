@@ -21,6 +21,7 @@ from tileseg.errors import (
     RunError,
     SourceChangedError,
 )
+from tileseg.execution import Scheduler, open_client, resolve_mosaic_scheduler, run_mosaic
 from tileseg.inference.mosaic import SUMS_FORMAT, Job, build_graph
 from tileseg.memory import check_memory
 from tileseg.models.loaded import LoadedModel
@@ -43,7 +44,6 @@ from tileseg.plan import Plan, make_plan, model_hint, open_scene, resolve_model,
 from tileseg.progress import ProgressCallback, listen_tiles
 from tileseg.run_report import RunReport, Tally, Timings, peak_rss_mb
 from tileseg.scenes import is_item_source
-from tileseg.scheduler import cluster_client, run_graph, scheduler_address
 from tileseg.sources.pinning import SourceVersion
 from tileseg.sources.raster import RasterInfo, release_datasets
 from tileseg.sources.remote import is_remote
@@ -247,8 +247,9 @@ def predict(
         batch), from the thread that inferred them (or the cluster client's); whatever it
         raises (``KeyboardInterrupt`` to stop) is raised here once that chunk is saved.
     client
-        A ``dask.distributed.Client`` to run on; by default ``config.scheduler`` decides
-        (in-process threads when unset).
+        A ``dask.distributed.Client`` to run on, or the :class:`~tileseg.execution.Scheduler`
+        a caller resolved already (a batch hands its own to every scene); by default
+        ``config.scheduler`` is resolved (in-process threads when unset).
 
     Examples
     --------
@@ -261,9 +262,10 @@ def predict(
     _check_paths(config)
     staging = location(config.dst).staging(config.zarr_path, zarr_dst=fmt == "zarr")
     _check_outputs(config, fmt, staging)
-    plan = _plan_run(config, model)
-    address = scheduler_address(config.scheduler)
-    if client is None and address is None:
+    # resolved once, here; everything below is handed this one
+    scheduler = resolve_mosaic_scheduler(client if client is not None else config.scheduler)
+    plan = _plan_run(config, model, scheduler)
+    if not scheduler.is_distributed:
         check_memory(config, plan)
     else:
         from tileseg.execution import no_worker_timeout
@@ -273,7 +275,7 @@ def predict(
                                plan.aoi.mask if plan.aoi is not None else None)
 
     # the cluster is reached before anything is written: unreachable is exit 2, nothing staged
-    with cluster_client(address, client) as run_client, staging.lock():
+    with open_client(scheduler) as run_client, staging.lock():
         # checked again under the lock: a run that just finished may have published dst
         _check_outputs(config, fmt, staging)
         if config.resume and staging.finished(fingerprint):
@@ -293,8 +295,8 @@ def predict(
         try:
             # tiles count as they are inferred, not when their chunk is written: the bar moves
             with listen_tiles(job.run, tally.on_tiles, run_client):
-                run_graph(mosaic, config.scheduler, config.workers, tally.on_result,
-                          client=run_client, device=config.device)
+                run_mosaic(mosaic, scheduler, tally.on_result, client=run_client,
+                           workers=config.workers, device=config.device)
         except DamagedInputError:
             # its --resume may go on with the file repaired in place (_check_source)
             _note(staging, {"source_damaged": True})
@@ -307,13 +309,13 @@ def predict(
         timings.finished = time.perf_counter()
         report = RunReport(config, plan, tally, timings,
                            plan.model_source or "<in-process model>", len(mosaic.graph),
-                           _cluster_address(config, run_client)).to_json()
+                           _cluster_address(scheduler, run_client), scheduler.kind).to_json()
         result = PredictResult(config.dst, zarr_out, plan.grid.num_tiles, tally.tiles,
                                tally.skipped, plan.grid.num_chunks,
                                timings.finished - timings.started, report,
                                tiles_skipped_aoi=tally.skipped_aoi,
                                stac_item=stac_item_path(config))
-        _follow_ups(result, config, plan, fingerprint)
+        _follow_ups(result, config, plan, fingerprint, scheduler, run_client)
         return result
 
 
@@ -329,7 +331,7 @@ def _check_one_runtime(config: PredictConfig, tally: Tally) -> None:
             "over", params=("resume", "engine", "device", "precision", "overwrite"))
 
 
-def _plan_run(config: PredictConfig, model: LoadedModel | None) -> Plan:
+def _plan_run(config: PredictConfig, model: LoadedModel | None, scheduler: Scheduler) -> Plan:
     """The run's plan: the raster opened once, the model loaded (or registered, for a caller's
     object) and checked against it, the tiling, and the device checked."""
     scene = open_scene(config, model_hint(config, model))
@@ -346,18 +348,18 @@ def _plan_run(config: PredictConfig, model: LoadedModel | None) -> Plan:
         hand_over(ref, model)  # in-process tasks use it instead of loading the model again
     plan = replace(make_plan(config, model, raster=raster, note_resolution=False),
                    model_ref=ref, model_source=source, item=scene.item)
-    _check_device(config, plan.model)
-    _check_export_cache(config, plan)
+    _check_device(config, plan.model, local=not scheduler.is_distributed)
+    _check_export_cache(config, plan, local=not scheduler.is_distributed)
     # said once every check has passed: a warning never stands before an error line
     warn_resolution(config, raster, plan.model)
     return plan
 
 
-def _check_export_cache(config: PredictConfig, plan: Plan) -> None:
+def _check_export_cache(config: PredictConfig, plan: Plan, local: bool) -> None:
     """With engine onnxruntime here, the export is in the cache or can be written there; an
     OutputError naming the cache otherwise (exit 4), before anything is staged. (``auto`` uses
     torch instead, with a warning; a cluster's workers each have their own cache.)"""
-    if (config.engine != "onnxruntime" or scheduler_address(config.scheduler) is not None
+    if (config.engine != "onnxruntime" or not local
             or plan.model.onnx_path is not None):  # a user's ONNX file is run as it is
         return
     from tileseg.inference.engine import check_export_cache
@@ -531,12 +533,13 @@ def _write_stac_item(config: PredictConfig, plan: Plan, fingerprint: str, tally:
 
 
 def _follow_ups(result: PredictResult, config: PredictConfig, plan: Plan | None = None,
-                fingerprint: str = "") -> None:
+                fingerprint: str = "", scheduler: Scheduler | None = None,
+                client: Any = None) -> None:
     """Polygons, a preview and the report file, each when asked for (the report last); the
     STAC item is written again with the polygons and preview as assets."""
     report = result.report
     if config.vectorize:
-        polygons = _vectorize(result, config)
+        polygons = _vectorize(result, config, scheduler, client)
         report["vectorize"] = {"dst": polygons.dst, "features": polygons.features,
                                "seconds": round(polygons.seconds, 3),
                                "features_per_class": {polygons.class_names.get(k, str(k)): v
@@ -572,24 +575,24 @@ class _ReportTally:
         return int(self.report.get("tiles_skipped_aoi", 0))
 
 
-def _check_device(config: PredictConfig, model: LoadedModel | None = None) -> None:
-    """Fail before anything is written: locally the device must exist, remotely parse; a
-    user's ONNX file runs on ONNX Runtime, in fp32, where it is installed."""
+def _check_device(config: PredictConfig, model: LoadedModel | None = None, *,
+                  local: bool = True) -> None:
+    """Fail before anything is written: locally (``local``: not on a cluster) the device must
+    exist, remotely parse; a user's ONNX file runs on ONNX Runtime, in fp32, where it is
+    installed."""
     import torch
 
     from tileseg.inference.device import resolve_device, resolve_precision
     from tileseg.inference.engine import resolve_engine
-    from tileseg.scheduler import scheduler_address
 
     if model is not None and model.onnx_path is not None:
         from tileseg.inference.infer import onnx_device
 
-        local = scheduler_address(config.scheduler) is None
         onnx_device(config.device if local else "cpu", config.precision, config.engine,
                     config.compile_model)
         if local:
             return
-    if scheduler_address(config.scheduler) is None:
+    if local:
         device = resolve_device(config.device)
         autocast = resolve_precision(config.precision, device)
         resolve_engine(config.engine, device, autocast=autocast, compile_model=config.compile_model)
@@ -600,7 +603,8 @@ def _check_device(config: PredictConfig, model: LoadedModel | None = None) -> No
             raise ConfigError(f"device {config.device!r} is not a torch device", params=("device",)) from exc
 
 
-def _vectorize(result: PredictResult, config: PredictConfig) -> VectorizeResult:
+def _vectorize(result: PredictResult, config: PredictConfig, scheduler: Scheduler | None,
+               client: Any) -> VectorizeResult:
     try:
         from tileseg.vectorization import VectorizeConfig, vectorize
     except ImportError as exc:
@@ -610,9 +614,11 @@ def _vectorize(result: PredictResult, config: PredictConfig) -> VectorizeResult:
     assert config.vectorize is not None
     # The Zarr carries probabilities when asked for, so polygons get their mean probability.
     source = result.zarr_path or result.dst
+    # on the run's scheduler (and client): not resolved, nor a client opened, again
     return vectorize(source, config.vectorize, VectorizeConfig(
-        overwrite=config.overwrite, allow_no_crs=config.allow_no_crs,
-        scheduler=config.scheduler, workers=config.workers))
+        overwrite=config.overwrite, allow_no_crs=config.allow_no_crs, workers=config.workers),
+        scheduler=scheduler if client is None or scheduler is None
+        else replace(scheduler, client=client, wait_workers=0))
 
 
 def _preview(result: PredictResult, config: PredictConfig) -> dict[str, Any]:
@@ -630,10 +636,8 @@ def _preview(result: PredictResult, config: PredictConfig) -> dict[str, Any]:
                                                   round(a.km2, 4) for a in drawn.areas}}
 
 
-def _cluster_address(config: PredictConfig, client: Any) -> str | None:
-    """Where the tasks ran: the given client's scheduler, the configured one, or None (here)."""
-    from tileseg.scheduler import scheduler_address
-
+def _cluster_address(scheduler: Scheduler, client: Any) -> str | None:
+    """Where the tasks ran: the run's cluster, or None (here)."""
     if client is not None:
         return str(client.scheduler.address)
-    return scheduler_address(config.scheduler)
+    return scheduler.address

@@ -24,7 +24,7 @@ from tileseg.models.formats import load_model
 from tileseg.models.loaded import LoadedModel, warn_once
 from tileseg.models.registry import ModelRef
 from tileseg.sources.raster import RasterInfo
-from tileseg.tiling.grid import TileGrid, aligned_overlap
+from tileseg.tiling.grid import TileGrid, aligned_overlap, round_up
 
 if TYPE_CHECKING:
     from tileseg.models.metadata import ModelMetadata
@@ -204,7 +204,7 @@ def clamped_tile_size(config: PredictConfig, raster: RasterInfo, divisor: int = 
     4096 px tile over a 50 x 70 raster would infer 16 million reflected pixels for 3,500 real
     ones. The grid keeps one tile either way: the core is the raster's longest side rounded up
     to the model's ``divisor``, so the aligned step still covers it."""
-    largest = -(-max(raster.height, raster.width) // divisor) * divisor + config.overlap
+    largest = round_up(max(raster.height, raster.width), divisor) + config.overlap
     if config.tile_size > largest:
         logger.info("tile_size %d is larger than the raster (%d x %d): using %d",
                     config.tile_size, raster.height, raster.width, largest,

@@ -28,6 +28,7 @@ import rasterio
 from affine import Affine
 from rasterio.enums import ColorInterp, Resampling
 
+from tileseg.choices import AreaMethod, check_choices
 from tileseg.errors import ConfigError, DiskFullError, InputError, InputNotFoundError, OutputError
 from tileseg.models.metadata import ClassInfo
 from tileseg.outputs import mask as mask_format
@@ -40,7 +41,6 @@ from tileseg.text import counted
 
 logger = logging.getLogger(__name__)
 
-AreaMethod = Literal["exact", "estimate"]
 WGS84_A, WGS84_F = 6_378_137.0, 1 / 298.257223563  # pixel areas of a geographic CRS
 _NODATA_RGB = (255, 255, 255)
 _MAX_LEGEND_ROWS = 24  # more classes than this: the largest, then "+N more"
@@ -69,8 +69,7 @@ class PreviewConfig:
                               params=("size",))
         if not 0.0 <= self.opacity <= 1.0:
             raise ConfigError(f"opacity {self.opacity}: give a value from 0 to 1", params=("opacity",))
-        if self.areas not in ("exact", "estimate"):
-            raise ConfigError(f"areas {self.areas!r}: choose exact or estimate")
+        check_choices(self)  # areas
         if self.bands is not None and (len(self.bands) not in (1, 3) or min(self.bands) < 1):
             raise ConfigError("bands takes one band (grey) or three (red,green,blue), 1-based, "
                               "e.g. bands 3,2,1", params=("bands",))

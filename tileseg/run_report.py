@@ -137,6 +137,7 @@ class RunReport:
     model_source: str
     tasks: int
     cluster: str | None  # the scheduler address the tasks ran on; None: this process
+    scheduler: str = "threads"  # the kind of scheduler the run resolved (tileseg.execution)
 
     def to_json(self) -> dict[str, Any]:
         config, plan, tally, t = self.config, self.plan, self.tally, self.timings
@@ -177,14 +178,14 @@ class RunReport:
             # test-time augmentation: each tile's logits averaged over this many passes
             "tta": config.tta,
             "forward_passes_per_tile": passes(config.tta),
-            "scheduler": self.cluster or config.scheduler or "threads",
+            "scheduler": self.cluster or self.scheduler,
             "peak_rss_mb": peak_rss_mb(),
             "peak_rss_mb_compute": t.rss_compute_mb,  # before the GeoTIFF/COG pass
             "host": platform.node(),
             "versions": versions(),
         }
         if report["scheduler"] in ("threads", "sync"):
-            from tileseg.scheduler import default_workers
+            from tileseg.execution import default_workers
 
             report["workers"] = 1 if report["scheduler"] == "sync" else (
                 config.workers or default_workers(config.device))

@@ -341,6 +341,11 @@ def test_manifests_take_items_collections_and_lists_of_files(scene, deeplab4, tm
         result = run_manifest(manifest, BatchConfig(defaults=defaults, previews=False,
                                                     summary=str(manifest) + ".summary.json"))
         assert result.ok, result.scenes
+    # run again: the stack is skipped and keeps the figures the summary had for it, as a file
+    again = run_manifest(yaml_manifest, BatchConfig(defaults=defaults, previews=False,
+                                                    summary=str(yaml_manifest) + ".summary.json"))
+    (skipped,) = again.scenes
+    assert skipped.status == "skipped" and skipped.tiles_total > 0, skipped
     np.testing.assert_array_equal(mask_of(tmp_path / "stack.tif"),
                                   mask_of(tmp_path / "out" / "S2B_TEST_0.mask.tif"))
 

@@ -5,6 +5,7 @@ refused in one line naming what changed; a file repaired after a damaged block s
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import logging
 import os
 import threading
@@ -136,3 +137,19 @@ def test_the_gdal_called_is_rasterios_not_another_wheels_copy() -> None:
     lib = library()
     lib.GDALVersionInfo.restype = ctypes.c_char_p
     assert lib.GDALVersionInfo(b"RELEASE_NAME").decode() == rasterio.__gdal_version__
+
+
+def test_a_band_file_of_a_stack_rewritten_mid_run_stops_it(make_raster, tmp_path) -> None:
+    """Several files read as one raster are pinned file by file: one band rewritten while the
+    run reads it stops the run before a chunk that may mix versions is saved, and --resume
+    refuses it too, naming that file."""
+    bands = [make_raster(random_image(1, 256, 256, seed=s), name=f"b{s}.tif") for s in range(3)]
+    dst = tmp_path / "out.tif"
+    sources = tuple(str(b) for b in bands)
+    config = PredictConfig(sources, str(dst), tile_size=64, overlap=16, chunk_size=96)  # type: ignore[arg-type]
+    with pytest.raises(SourceChangedError, match=r"changed while this run read it \(b1.tif: "
+                                                 r"modified at "):
+        predict(config, model=per_pixel_model(3, 4), progress=_touch_after(1, bands[1]))
+    assert not dst.exists() and Path(f"{dst}.partial").is_dir()
+    with pytest.raises(SourceChangedError, match=r"changed since the interrupted run \(b1.tif"):
+        predict(dataclasses.replace(config, resume=True), model=per_pixel_model(3, 4))

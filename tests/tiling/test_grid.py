@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tileseg.errors import ConfigError
-from tileseg.tiling.grid import Rect, TileGrid, aligned_overlap
+from tileseg.tiling.grid import Rect, TileGrid, aligned_overlap, round_up
 
 # divisor 1: any overlap; > 1: a network's input multiple, the step rounded to it
 grids = st.builds(
@@ -137,3 +137,12 @@ def test_chunk_side_is_the_requested_chunk_size_in_whole_cores() -> None:
     assert grid.chunk(2, 1) == Rect(948, 474, 52, 426)  # cut by the raster's edges
     tiny = TileGrid.for_raster(1000, 900, tile_size=100, overlap=21, chunk_size=1)
     assert tiny.chunk_side == tiny.stride  # at least one core
+
+
+@given(st.integers(1, 5000), st.integers(1, 64))
+def test_round_up_is_the_smallest_multiple_holding_the_size(size: int, multiple: int) -> None:
+    rounded = round_up(size, multiple)
+    assert rounded % multiple == 0 and size <= rounded < size + multiple
+    # the grid's network input is that rounding (the model's context_size uses the same rule)
+    overlap = aligned_overlap(size, 0, multiple)
+    assert TileGrid(100, 100, size, overlap, divisor=multiple).context == rounded

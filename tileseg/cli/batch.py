@@ -1,4 +1,5 @@
-"""``tileseg batch MANIFEST``."""
+"""``tileseg batch MANIFEST``: many scenes, idempotently; also the entry point of scheduled
+jobs (cron, systemd, Kubernetes, Slurm: see workflows/)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,19 @@ from typing import Any
 import click
 
 from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
-from tileseg.cli.options import band_list, resampling_list, scene_options, scheduler_option
+from tileseg.cli.options import (
+    model_options,
+    option,
+    option_group,
+    output_options,
+    runtime_options,
+    scene_options,
+    scheduler_option,
+    tiling_options,
+)
+from tileseg.execution import DEFAULT_WAIT_TIMEOUT, LocalWorkers, SlurmJobs
+from tileseg.outputs.naming import DEFAULT_SUFFIX
 from tileseg.text import counted
-from tileseg.tiling.blend import WINDOWS
 
 EPILOG = """\b
 Examples:
@@ -36,70 +47,91 @@ SUMMARY.previews/), its status, tiles, time and area per class.
 """
 
 
+# Where the batch runs: an existing cluster, or one it starts (worker processes here, Slurm
+# jobs), what it waits for, and a scheduled job's lock.
+cluster_options = option_group(
+    scheduler_option(help="threads (default), sync, or a dask.distributed address shared "
+                     "by all scenes. Default: $TILESEG_SCHEDULER, else tileseg.scheduler in "
+                     "dask's config, else threads."),
+    option("local_workers", type=int,
+           help="Start a cluster of N worker processes on this machine for the batch."),
+    option("slurm_jobs", type=int,
+           help="Start N Slurm jobs of one worker each for the batch (dask-jobqueue; "
+           "released when it ends)."),
+    option("wait_workers", type=int,
+           help="Wait for this many workers before the first scene (default: 1 on a "
+           "cluster started here, else none)."),
+    option("wait_timeout", type=float, default=DEFAULT_WAIT_TIMEOUT, show_default=True,
+           help="Seconds to wait for them (exit 5 when fewer join)."),
+    option("slurm_queue", help="Slurm partition of the jobs."),
+    option("slurm_account", help="Slurm account of the jobs."),
+    option("slurm_cores", type=int, default=SlurmJobs.cores, show_default=True,
+           help="CPU cores a job."),
+    option("slurm_memory", default=SlurmJobs.memory, show_default=True, help="Memory a job."),
+    option("slurm_gpu", is_flag=True,
+           help="One GPU a job (--gres=gpu:1), advertised to dask as GPU=1."),
+    option("slurm_walltime", default=SlurmJobs.walltime, show_default=True,
+           help="Time limit of a job."),
+    option("lock", type=click.Path(dir_okay=False),
+           help="Lock file for a scheduled job: when another run holds it, exit 75 at once "
+           "(cron fired while the previous run is still going)."),
+)
+
+
 @click.command(epilog=EPILOG)
 @click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option("--output-dir", "-o", type=click.Path(file_okay=False),
-              help="Folder (or s3:// prefix) for scenes without a dst (text manifests).")
-@click.option("--suffix", default="_mask.tif", show_default=True,
-              help="Destination name <src stem><suffix> (.tif, .zarr...).")
-@click.option("--summary", type=click.Path(dir_okay=False),
-              help="JSON summary path, a CSV beside it. Default: MANIFEST's file name + "
-              ".summary.json (scenes.csv.summary.json) "
-              "beside MANIFEST, or under --output-dir when that is an s3:// prefix.")
-@click.option("--model", "-m", help="Default model directory (a scene's model overrides it).")
-@click.option("--bands", callback=band_list, help="Default 1-based bands, e.g. 4,3,2 (for "
-              "STAC items, asset keys or common names, e.g. red,green,blue).")
-@click.option("--tile-size", type=int, help="Default tile size in pixels.")
-@click.option("--overlap", type=int, help="Default overlap in pixels.")
-@click.option("--chunk-size", type=int, help="Default chunk side in pixels.")
-@click.option("--blend", type=click.Choice(sorted(WINDOWS)), help="Default blend window.")
-@click.option("--device", help="auto, cpu, cuda, cuda:N (on the workers).")
-@click.option("--batch-size", type=int,
-              help="Tiles per batch (default: 4 on a CPU; on a GPU, from its memory).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]))
-@click.option("--probabilities", type=click.Choice(["none", "uint8", "float16"]))
-@click.option("--engine", type=click.Choice(["auto", "torch", "onnxruntime"]),
-              help="Default inference engine (auto: ONNX Runtime on the CPU when installed).")
-@click.option("--tta", type=click.Choice(["none", "flips", "d4"]),
-              help="Default test-time augmentation (flips: 4 passes a tile, d4: 8).")
-@scheduler_option(
-              help="threads (default), sync, or a dask.distributed address shared by all scenes.")
-@click.option("--workers", type=int,
-              help="Threads of the in-process scheduler (default: 1 on a CPU, 2 on a GPU).")
-@click.option("--concurrent-scenes", type=int, default=1, show_default=True,
-              help="Scenes in flight at once (keeps a big cluster busy between scenes).")
-@scene_options()
-@click.option("--no-stac-item", is_flag=True, help="Write no STAC item beside each mask.")
+@option("output_dir", "-o", type=click.Path(file_okay=False),
+        help="Folder (or s3:// prefix) for scenes without a dst (text manifests).")
+@option("suffix", default=DEFAULT_SUFFIX, show_default=True,
+        help="Destination name <src stem><suffix> (.tif, .zarr...).")
+@option("summary", type=click.Path(dir_okay=False),
+        help="JSON summary path, a CSV beside it. Default: MANIFEST's file name + .summary.json "
+        "(scenes.csv.summary.json) beside MANIFEST, or under --output-dir when that is an s3:// "
+        "prefix.")
+@model_options(defaults=False)
+@scene_options(defaults=False)
+@tiling_options(defaults=False)
+@runtime_options(defaults=False)
+@output_options(defaults=False, files=False)
+@option("concurrent_scenes", type=int, default=1, show_default=True,
+        help="Scenes in flight at once (keeps a big cluster busy between scenes).")
+@cluster_options
 @click.option("--no-previews", is_flag=True,
               help="Skip the scenes' thumbnails and class areas on the summary's HTML page.")
 @verbosity_options
 @handle_errors(stopped="run the same command again to continue: finished scenes are skipped, "
                "the interrupted one resumed")
 def command(manifest: str, output_dir: str | None, suffix: str, summary: str | None,
-            model: str | None, bands: tuple[int, ...] | tuple[str, ...] | None,
-            tile_size: int | None,
-            overlap: int | None, chunk_size: int | None, blend: str | None, device: str | None,
-            batch_size: int | None, precision: str | None, probabilities: str | None,
-            engine: str | None, tta: str | None, scheduler: str | None, workers: int | None,
-            concurrent_scenes: int, resolution: float | str | None, resampling: str | None,
-            aoi: str | None, aoi_crs: str | None, no_stac_item: bool, no_previews: bool,
-            verbose: int, quiet: bool) -> None:
-    """Segment every scene listed in MANIFEST (text, CSV or YAML), idempotently."""
+            concurrent_scenes: int, scheduler: str | None, local_workers: int | None,
+            slurm_jobs: int | None, wait_workers: int | None, wait_timeout: float,
+            slurm_queue: str | None, slurm_account: str | None, slurm_cores: int,
+            slurm_memory: str, slurm_gpu: bool, slurm_walltime: str, lock: str | None,
+            no_previews: bool, verbose: int, quiet: bool, **options: Any) -> None:
+    """Segment every scene listed in MANIFEST (text, CSV, YAML or a STAC ItemCollection),
+    idempotently.
+
+    The predict options given here are the defaults of every scene; a scene's own options in
+    the manifest override them. A scheduled job adds --lock, and starts its cluster
+    (--local-workers, --slurm-jobs) or waits for one's workers (--wait-workers).
+    """
     from tileseg.batch import BatchConfig, SceneResult, default_summary_path, run_manifest
 
     configure_logging(verbose, quiet)
-    defaults: dict[str, Any] = {
-        k: v for k, v in dict(
-            model=model, bands=bands, tile_size=tile_size, overlap=overlap,
-            chunk_size=chunk_size, blend=blend, device=device, batch_size=batch_size,
-            precision=precision, probabilities=probabilities, workers=workers, engine=engine,
-            tta=tta,
-            resolution=resolution, resampling=resampling_list(resampling) or None, aoi=aoi,
-            aoi_crs=aoi_crs, stac_item=False if no_stac_item else None,
-        ).items() if v is not None
-    }
+    # every predict option is a PredictConfig parameter of the same name (tileseg.cli.options);
+    # those not given stay the scenes' own
+    defaults = {k: v for k, v in options.items() if v is not None and v != ()}
+    cluster: LocalWorkers | SlurmJobs | None = None
+    if local_workers is not None and slurm_jobs is not None:
+        raise click.UsageError("--local-workers and --slurm-jobs both start a cluster; give one")
+    if local_workers is not None:
+        cluster = LocalWorkers(local_workers)
+    elif slurm_jobs is not None:
+        cluster = SlurmJobs(slurm_jobs, queue=slurm_queue, account=slurm_account,
+                            cores=slurm_cores, memory=slurm_memory, gpu=slurm_gpu,
+                            walltime=slurm_walltime)
     config = BatchConfig(output_dir=output_dir, suffix=suffix, defaults=defaults,
-                         scheduler=scheduler,
+                         scheduler=scheduler, cluster=cluster, wait_workers=wait_workers,
+                         wait_timeout=wait_timeout, lock=lock,
                          summary=summary or default_summary_path(manifest, output_dir),
                          concurrent_scenes=concurrent_scenes, previews=not no_previews)
 

@@ -7,6 +7,7 @@ import json
 import click
 
 from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
+from tileseg.cli.options import overwrite_option, plain_weights_options
 
 EPILOG = """\b
 MODEL is any model predict takes: an smp folder, a TorchGeo .ckpt, a .pt/.pth/.safetensors
@@ -20,16 +21,9 @@ def command() -> None:
     """Inspect a model, or describe it as a STAC Machine Learning Model item."""
 
 
-def _network_options(func):  # type: ignore[no-untyped-def]
-    func = click.option("--encoder", "encoder_name",
-                        help="The encoder of plain weights (resnet34, ...).")(func)
-    return click.option("--architecture",
-                        help="The smp network of plain weights (Unet, DeepLabV3Plus, ...).")(func)
-
-
 @command.command(epilog=EPILOG)
 @click.argument("model")
-@_network_options
+@plain_weights_options()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (snake_case keys).")
 @verbosity_options
 @handle_errors
@@ -81,8 +75,8 @@ def info(model: str, architecture: str | None, encoder_name: str | None, as_json
 @command.command("export-stac", epilog=EPILOG)
 @click.argument("model")
 @click.argument("item", type=click.Path(dir_okay=False))
-@_network_options
-@click.option("--overwrite", is_flag=True, help="Replace an item tileseg wrote before.")
+@plain_weights_options()
+@overwrite_option(help="Replace an item tileseg wrote before.")
 @verbosity_options
 @handle_errors
 def export_stac(model: str, item: str, architecture: str | None, encoder_name: str | None,

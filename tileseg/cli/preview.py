@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
+from tileseg.choices import AREA_METHODS, AreaMethod
 from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
-from tileseg.cli.options import int_list
+from tileseg.cli.options import choice_option, int_list
 from tileseg.text import counted
 
 EPILOG = """\b
@@ -39,20 +40,20 @@ ellipsoid ('~' in the legend); without a CRS only percentages are shown.
               help="Longest side of the picture in pixels, legend included.")
 @click.option("--opacity", type=float, default=0.55, show_default=True,
               help="How strongly the classes cover --over (0-1).")
-@click.option("--areas", type=click.Choice(["exact", "estimate"]), default="exact",
-              show_default=True, help="Class areas from every pixel, or from the picture.")
+@choice_option("areas", AREA_METHODS, default="exact", show_default=True,
+               help="Class areas from every pixel, or from the picture.")
 @click.option("--no-legend", is_flag=True, help="Only the map.")
 @verbosity_options
 @handle_errors
 def command(mask: str, output: str | None, over: str | None, bands: tuple[int, ...] | None,
-            size: int, opacity: float, areas: str, no_legend: bool, verbose: int,
+            size: int, opacity: float, areas: AreaMethod, no_legend: bool, verbose: int,
             quiet: bool) -> None:
     """Draw a class MASK as a PNG quicklook with its palette and a legend of class areas."""
     from tileseg.preview import PreviewConfig, make_preview
 
     configure_logging(verbose, quiet)
     config = PreviewConfig(size=size, over=over, bands=bands, opacity=opacity,
-                           areas=areas,  # type: ignore[arg-type]
+                           areas=areas,
                            legend=not no_legend)
     dst = output or _beside(mask.rstrip("/"), ".png")
     result = make_preview(mask, dst, config)

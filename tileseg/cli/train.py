@@ -7,8 +7,20 @@ from typing import Any
 
 import click
 
+from tileseg.choices import (
+    CLASS_WEIGHTINGS,
+    FLIPS,
+    HOLDOUT_SIDES,
+    OUTPUT_STRIDES,
+    SAVE_DTYPES,
+    ClassWeighting,
+    Flips,
+    HoldoutSide,
+    OutputStride,
+    SaveDtype,
+)
 from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
-from tileseg.cli.options import int_list, overwrite_option
+from tileseg.cli.options import choice_option, int_list, overwrite_option
 from tileseg.cli.render import clock
 
 EPILOG = """\b
@@ -99,8 +111,8 @@ def _tenth(step: int, steps: int) -> bool:
               help="Another training image with its labels (repeatable).")
 @click.option("--val", nargs=2, multiple=True, metavar="IMAGE LABELS",
               help="Validation image with labels (repeatable); default: a holdout strip.")
-@click.option("--holdout-side", type=click.Choice(["left", "right", "top", "bottom"]),
-              default="left", show_default=True, help="Side of each image held out.")
+@choice_option("holdout.side", HOLDOUT_SIDES, name="holdout_side", default="left",
+               show_default=True, help="Side of each image held out.")
 @click.option("--holdout-fraction", type=float, default=0.25, show_default=True,
               help="Fraction of each image held out for validation.")
 @click.option("--bands", callback=int_list, help="1-based image bands, e.g. 1,2,3.")
@@ -112,13 +124,13 @@ def _tenth(step: int, steps: int) -> bool:
 @click.option("--encoder-weights", default="none", show_default=True,
               help="none (random), imagenet (EfficientNet-Lite0; fetch it once first with "
               "`tileseg sample efficientnet-lite0`), or a state-dict file.")
-@click.option("--output-stride", type=click.Choice(["8", "16"]), help="DeepLab output stride.")
+@choice_option("encoder_output_stride", OUTPUT_STRIDES, help="DeepLab output stride.")
 @click.option("--crop-size", type=int, default=513, show_default=True,
               help="Training crop side in pixels.")
 @click.option("--scale-range", callback=_float_pair, default="0.5,2.0", show_default=True,
               help="Random scale range.")
-@click.option("--flips", type=click.Choice(["none", "lr", "dihedral"]), default="dihedral",
-              show_default=True, help="Augmentation: left-right flips, or all flips/90° turns.")
+@choice_option("flips", FLIPS, default="dihedral", show_default=True,
+               help="Augmentation: left-right flips, or all flips/90° turns.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--steps-per-epoch", type=int, default=50, show_default=True)
@@ -126,16 +138,15 @@ def _tenth(step: int, steps: int) -> bool:
 @click.option("--weight-decay", type=float, default=1e-4, show_default=True)
 @click.option("--aux-weight", type=float, default=0.4, show_default=True,
               help="PSPNet auxiliary loss weight.")
-@click.option("--class-weighting", type=click.Choice(["none", "inverse-sqrt", "inverse"]),
-              default="none", show_default=True,
+@choice_option("class_weighting", CLASS_WEIGHTINGS, default="none", show_default=True,
               help="Loss weight per class from its training-pixel frequency (rare classes count "
               "more; capped at 10x).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
 @click.option("--no-amp", is_flag=True, help="No mixed precision on GPU.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--deterministic", is_flag=True, help="Deterministic torch algorithms.")
-@click.option("--save-dtype", type=click.Choice(["float32", "float16"]), default="float32",
-              show_default=True, help="Dtype of the stored weights.")
+@choice_option("save_dtype", SAVE_DTYPES, default="float32", show_default=True,
+               help="Dtype of the stored weights.")
 @click.option("--description", default="", help="Model description stored in metadata.")
 @overwrite_option("Replace an existing model directory.")
 @verbosity_options
@@ -146,12 +157,13 @@ def command(image: str, labels: str, out_dir: str, classes: tuple[str, ...],
             class_values: tuple[int, ...] | None, colors: tuple[tuple[int, int, int], ...] | None,
             class_attribute: str | None, background_class: int | None,
             extra: tuple[tuple[str, str], ...], val: tuple[tuple[str, str], ...],
-            holdout_side: str, holdout_fraction: float, bands: tuple[int, ...] | None,
+            holdout_side: HoldoutSide, holdout_fraction: float, bands: tuple[int, ...] | None,
             band_names: tuple[str, ...] | None, architecture: str, encoder_name: str,
-            encoder_weights: str, output_stride: str | None, crop_size: int,
-            scale_range: tuple[float, float], flips: str, batch_size: int, epochs: int,
+            encoder_weights: str, encoder_output_stride: OutputStride | None, crop_size: int,
+            scale_range: tuple[float, float], flips: Flips, batch_size: int, epochs: int,
             steps_per_epoch: int, learning_rate: float, weight_decay: float, aux_weight: float,
-            class_weighting: str, device: str, no_amp: bool, seed: int, deterministic: bool, save_dtype: str,
+            class_weighting: ClassWeighting, device: str, no_amp: bool, seed: int,
+            deterministic: bool, save_dtype: SaveDtype,
             description: str, overwrite: bool, verbose: int, quiet: bool) -> None:
     """Train a segmentation model on IMAGE with LABELS (a label raster on the same grid, or a
     vector file with --class-attribute) and write a model directory that predict loads."""
@@ -167,17 +179,17 @@ def command(image: str, labels: str, out_dir: str, classes: tuple[str, ...],
         out_dir=out_dir, class_names=classes, class_colors=colors or (),
         class_values=class_values, background_class=background_class,
         val_sources=tuple(source(i, lab) for i, lab in val),
-        holdout=Holdout(holdout_side, holdout_fraction),  # type: ignore[arg-type]
+        holdout=Holdout(holdout_side, holdout_fraction),
         band_names=band_names or (), architecture=architecture, encoder_name=encoder_name,
         encoder_weights=None if encoder_weights == "none" else encoder_weights,
-        encoder_output_stride=int(output_stride) if output_stride else None,
+        encoder_output_stride=encoder_output_stride,
         crop_size=crop_size, scale_range=scale_range,
-        flips=flips,  # type: ignore[arg-type]
+        flips=flips,
         batch_size=batch_size, epochs=epochs, steps_per_epoch=steps_per_epoch,
         learning_rate=learning_rate, weight_decay=weight_decay, aux_weight=aux_weight,
-        class_weighting=class_weighting,  # type: ignore[arg-type]
+        class_weighting=class_weighting,
         device=device, amp=not no_amp, seed=seed, deterministic=deterministic,
-        save_dtype=save_dtype,  # type: ignore[arg-type]
+        save_dtype=save_dtype,
         description=description, overwrite=overwrite,
     )
     result = train(config, progress=_Renderer(quiet))

@@ -6,8 +6,9 @@ import warnings
 
 import click
 
+from tileseg.choices import AREA_UNITS, CONNECTIVITIES, AreaUnit, Connectivity
 from tileseg.cli.common import configure_logging, handle_errors, verbosity_options
-from tileseg.cli.options import int_list, overwrite_option, scheduler_option
+from tileseg.cli.options import choice_option, int_list, overwrite_option, scheduler_option
 from tileseg.cli.render import ProgressBar
 from tileseg.text import counted
 
@@ -33,10 +34,10 @@ Examples:
               "name (land cover), or 0 for a plain integer mask without class names.")
 @click.option("--min-area", type=float, default=0.0, show_default=True,
               help="Drop polygons smaller than this (exact area, before simplifying).")
-@click.option("--min-area-unit", type=click.Choice(["pixels", "map"]), default="pixels",
-              show_default=True, help="Unit of --min-area: pixels, or squared CRS units (m²).")
-@click.option("--connectivity", type=click.Choice(["4", "8"]), default="4", show_default=True,
-              help="4: pixels sharing a side form one polygon; 8: sharing a corner too.")
+@choice_option("min_area_unit", AREA_UNITS, default="pixels", show_default=True,
+               help="Unit of --min-area: pixels, or squared CRS units (m²).")
+@choice_option("connectivity", CONNECTIVITIES, default="4", show_default=True,
+               help="4: pixels sharing a side form one polygon; 8: sharing a corner too.")
 @click.option("--simplify", type=float, default=0.0, show_default=True,
               help="Simplify tolerance in pixels; the whole coverage is simplified together so "
               "neighbours keep a shared border (0: exact pixel edges).")
@@ -58,8 +59,8 @@ Examples:
 @verbosity_options
 @handle_errors
 def command(mask: str, dst: str | None, classes: tuple[int, ...] | None,
-            drop_classes: tuple[int, ...] | None, min_area: float, min_area_unit: str,
-            connectivity: str, simplify: float, to_crs: str | None, allow_no_crs: bool,
+            drop_classes: tuple[int, ...] | None, min_area: float, min_area_unit: AreaUnit,
+            connectivity: Connectivity, simplify: float, to_crs: str | None, allow_no_crs: bool,
             no_probabilities: bool, chunk_size: int | None, overwrite: bool,
             scheduler: str | None, workers: int | None, verbose: int, quiet: bool) -> None:
     """Write the connected components of a class MASK (GeoTIFF or Zarr) as polygons to DST.
@@ -83,8 +84,7 @@ def command(mask: str, dst: str | None, classes: tuple[int, ...] | None,
     warnings.filterwarnings("ignore", category=NotGeoreferencedWarning)
     config = VectorizeConfig(
         classes=classes, drop_classes=drop_classes, min_area=min_area,
-        min_area_unit=min_area_unit,  # type: ignore[arg-type]
-        connectivity=int(connectivity),  # type: ignore[arg-type]
+        min_area_unit=min_area_unit, connectivity=connectivity,
         simplify=simplify, to_crs=to_crs, allow_no_crs=allow_no_crs,
         probabilities=not no_probabilities, chunk_size=chunk_size, overwrite=overwrite,
         scheduler=scheduler, workers=workers,

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 
 import torch
 
-from tileseg.config import Precision  # noqa: F401  (declared with the settings, torch-free)
+from tileseg.choices import PRECISIONS, Precision, check_choice
 from tileseg.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -45,18 +46,20 @@ def resolve_device(device: str) -> torch.device:
 @functools.cache
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for full fp32."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise ConfigError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU",
-                              params=("precision",))
-        return torch.float16
-    raise ConfigError(f"precision {precision!r}: choose auto, fp32, bf16 or fp16", params=("precision",))
+    check_choice(precision, PRECISIONS, "precision")
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("precision fp16 needs a CUDA device; use bf16 or fp32 on the CPU",
+                          params=("precision",))
+    return _AUTOCAST[precision](device)  # type: ignore[index]
+
+
+# the autocast dtype of each precision on a device (None: full fp32)
+_AUTOCAST: dict[Precision, Callable[[torch.device], torch.dtype | None]] = {
+    "auto": lambda device: torch.bfloat16 if device.type == "cuda" else None,
+    "fp32": lambda device: None,
+    "bf16": lambda device: torch.bfloat16,
+    "fp16": lambda device: torch.float16,
+}
 
 
 def precision_name(autocast: torch.dtype | None) -> str:

@@ -24,19 +24,18 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from tileseg._version import __version__
+from tileseg.choices import ENGINES, check_choice
 from tileseg.errors import ConfigError, DependencyError, DiskFullError, ModelError, OutputError
 from tileseg.outputs.diskspace import atomic_file
 
 logger = logging.getLogger(__name__)
 
-EngineName = Literal["auto", "torch", "onnxruntime"]
-ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime")
 OPSET = 17
 ONNX_CACHE_ENV = "TILESEG_ONNX_CACHE"  # where exports go (default: the cache's onnx/)
 INSTALL_HINT = 'pip install "tileseg[cpu]" (or: pip install onnxruntime onnx)'
@@ -87,9 +86,7 @@ def resolve_engine(
     and torch otherwise: on a GPU, with ``compile_model`` or bf16 autocast, and for an ``nn.Module``
     object handed to ``predict()`` (arbitrary Python, run as it is).
     """
-    if engine not in ENGINES:
-        raise ConfigError(f"engine {engine!r}: choose auto, torch or onnxruntime",
-                          params=("engine",))
+    check_choice(engine, ENGINES, "engine")
     if engine == "torch":
         return "torch"
     if engine == "auto":

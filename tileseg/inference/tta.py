@@ -14,15 +14,14 @@ Blending (:mod:`tileseg.tiling.blend`) happens after, on the averaged logits.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import numpy as np
 import torch
 
-TtaMode = Literal["none", "flips", "d4"]
-TTA_MODES: tuple[str, ...] = ("none", "flips", "d4")
+from tileseg.choices import TTA_MODES, check_choice
 
 # (quarter turns counter-clockwise, mirror left-right first), in the order passes are summed
+# (tests/test_choices.py: the modes are those of TtaMode)
 _TRANSFORMS: dict[str, tuple[tuple[int, bool], ...]] = {
     "none": ((0, False),),
     # identity, left-right, up-down (a mirror and a half turn), both (a half turn)
@@ -39,10 +38,7 @@ def passes(mode: str) -> int:
 
 
 def check_mode(mode: str) -> None:
-    if mode not in _TRANSFORMS:
-        from tileseg.errors import ConfigError
-
-        raise ConfigError(f"tta {mode!r}: choose none, flips or d4", params=("tta",))
+    check_choice(mode, TTA_MODES, "tta")
 
 
 def apply(x: torch.Tensor, turns: int, mirror: bool) -> torch.Tensor:

@@ -21,8 +21,10 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from tileseg.choices import OUTPUT_STRIDES, check_choice
 from tileseg.errors import ModelError, log_params
 from tileseg.models.metadata import ModelMetadata, save_metadata, scaling_words
+from tileseg.tiling.grid import round_up
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +74,9 @@ class ModelSpec:
         object.__setattr__(self, "architecture", canonical_architecture(self.architecture))
         if self.in_channels < 1 or self.classes < 1:
             raise ModelError("in_channels and classes must be at least 1")
-        if self.encoder_output_stride not in (None, 8, 16):
-            raise ModelError("encoder_output_stride must be 8 or 16")
+        if self.encoder_output_stride is not None:
+            check_choice(self.encoder_output_stride, OUTPUT_STRIDES, "encoder_output_stride",
+                         error=ModelError)
         if self.encoder_output_stride is not None and self.architecture not in DEEPLAB:
             raise ModelError(f"{self.architecture} has no output stride option; use "
                              "DeepLabV3Plus or DeepLabV3")
@@ -158,7 +161,7 @@ class LoadedModel:
         """Smallest network input (>= tile_size) the model accepts."""
         if self.input_size is not None:
             return self.input_size
-        return -(-tile_size // self.divisor) * self.divisor
+        return round_up(tile_size, self.divisor)
 
 
 def _divisor(module: nn.Module) -> int:

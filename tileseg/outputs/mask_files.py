@@ -15,7 +15,7 @@ import rasterio.shutil
 from affine import Affine
 from rasterio.windows import Window
 
-from tileseg.config import OutputFormat
+from tileseg.choices import OUTPUT_FORMATS, OutputFormat, check_choice
 from tileseg.errors import OutputError
 from tileseg.models.metadata import ModelMetadata
 from tileseg.outputs import mask as mask_format
@@ -33,8 +33,7 @@ _EXTENSIONS: dict[str, OutputFormat] = {
 def format_for(path: str, explicit: str | None) -> OutputFormat:
     """The output format: ``explicit`` when given, else from the file extension."""
     if explicit:
-        if explicit not in ("gtiff", "cog", "zarr"):
-            raise OutputError(f"format {explicit!r}: choose gtiff, cog or zarr", params=("format",))
+        check_choice(explicit, OUTPUT_FORMATS, "format", error=OutputError)
         return explicit  # type: ignore[return-value]
     ext = Path(path.rstrip("/")).suffix.lower()
     if ext not in _EXTENSIONS:

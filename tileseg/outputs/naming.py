@@ -13,6 +13,9 @@ from pathlib import Path, PurePosixPath
 
 from tileseg.errors import OutputError
 
+# a batch scene's destination without a dst of its own: OUTPUT_DIR/<source stem><suffix>
+DEFAULT_SUFFIX = "_mask.tif"
+
 
 def source_name(src: str) -> str:
     """The file name of a local or remote source, without a URL's query string (an item of a

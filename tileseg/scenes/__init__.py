@@ -209,6 +209,7 @@ def stack_info(spec: StackSpec, nodata: float | None) -> RasterInfo:
     """The :class:`RasterInfo` of a stack: its grid, dtype, bands and validity."""
     from rasterio.crs import CRS
 
+    from tileseg.sources.pinning import current_version
     from tileseg.sources.raster import RasterInfo, _check_nodata_fits
     from tileseg.sources.stack import WARP_BLOCK
 
@@ -229,7 +230,9 @@ def stack_info(spec: StackSpec, nodata: float | None) -> RasterInfo:
         indexes=tuple(range(1, count + 1)), dtype=spec.dtype, crs_wkt=grid.crs_wkt,
         transform=grid.transform, nodata=nodata, has_mask=has_mask,
         block_shape=(min(WARP_BLOCK, grid.height), min(WARP_BLOCK, grid.width)),
-        band_descriptions=tuple(b.name for b in spec.bands), crs_is_metric=metric, stack=spec)
+        band_descriptions=tuple(b.name for b in spec.bands), crs_is_metric=metric, stack=spec,
+        # every band file pinned, as a single raster's file is (tileseg.sources.pinning)
+        version=current_version(spec.label, spec.hrefs))
 
 
 def pixel_size_m(raster: RasterInfo) -> float | None:

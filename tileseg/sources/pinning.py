@@ -128,15 +128,21 @@ def stamp_object(path: str) -> FileStamp | None:
 
 def current_version(path: str, files: tuple[str, ...] = ()) -> SourceVersion | None:
     """The version of raster ``path`` now: the object (one request) for a remote raster, the
-    file and ``files`` (the others GDAL reads for it) for a local one. None when a remote
-    store did not answer, or when there is nothing to stamp (an in-memory dataset)."""
+    file and ``files`` (the others GDAL reads for it, or every band file of a stack, local or
+    remote: a request each) for the rest. None when a store did not answer, or when there is
+    nothing to stamp (an in-memory dataset)."""
     from tileseg.sources.remote import is_http
 
-    if is_http(path):
-        stamp = stamp_object(path)
-        return SourceVersion((stamp,)) if stamp is not None else None
-    stamps = [s for f in dict.fromkeys((path, *files)) if not is_http(f)
-              if (s := stamp_file(f)) is not None]
+    stamps = []
+    for name in dict.fromkeys((path, *files)):
+        if is_http(name):
+            stamp = stamp_object(name)
+            if stamp is None:
+                return None  # the store did not answer: no version rather than half a one
+        else:
+            stamp = stamp_file(name)  # None for a name that is no file (a stack's label)
+        if stamp is not None:
+            stamps.append(stamp)
     return SourceVersion(tuple(stamps)) if stamps else None
 
 
@@ -148,7 +154,7 @@ def check_unchanged(path: str, pinned: SourceVersion | None) -> None:
     from tileseg.sources.remote import RequestPolicy, is_http
 
     files = tuple(f.path for f in pinned.files)
-    if not is_http(path):
+    if not any(is_http(name) for name in (path, *files)):
         now = current_version(path, files)
     else:
         policy = RequestPolicy.from_environment()

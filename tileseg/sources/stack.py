@@ -39,14 +39,12 @@ from affine import Affine
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 
+from tileseg.choices import RESAMPLING_METHODS, choice_words
 from tileseg.errors import ConfigError, InputError
 from tileseg.sources import SUPPORTED_DTYPES
 
 logger = logging.getLogger(__name__)
 
-# GDAL's warp resampling methods, by rasterio's names
-RESAMPLING_METHODS = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average",
-                      "mode", "max", "min", "med", "q1", "q3", "sum", "rms")
 CONTINUOUS_DEFAULT = "bilinear"  # reflectance and other measured values
 CATEGORICAL_DEFAULT = "nearest"  # class codes: never averaged into codes that do not exist
 WARP_BLOCK = 512  # the warped VRT's block side: every warp covers one such block of the grid
@@ -143,8 +141,8 @@ def gdal_path(href: str) -> str:
 
 def check_resampling(method: str, where: str = "resampling") -> str:
     if method not in RESAMPLING_METHODS:
-        raise ConfigError(f"{where}: unknown method {method!r}; choose one of "
-                          f"{', '.join(RESAMPLING_METHODS)}", params=("resampling",))
+        raise ConfigError(f"{where}: unknown method {method!r}; choose "
+                          f"{choice_words(RESAMPLING_METHODS)}", params=("resampling",))
     return method
 
 

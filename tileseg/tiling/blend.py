@@ -16,11 +16,10 @@ differently whenever a chunk boundary regroups the tiles of a pixel.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import numpy as np
 
-BlendName = Literal["hann", "gaussian", "triangular", "uniform", "center"]
+from tileseg.choices import BLEND_WINDOWS, BlendName, check_choice
 
 
 def _hann(size: int, overlap: int, before: int) -> np.ndarray:
@@ -51,6 +50,7 @@ def _center(size: int, overlap: int, before: int) -> np.ndarray:
     return w
 
 
+# one function a window name (tests/test_choices.py: the names are those of BlendName)
 WINDOWS: dict[str, Callable[[int, int, int], np.ndarray]] = {
     "hann": _hann,
     "gaussian": _gaussian,
@@ -62,14 +62,8 @@ DEFAULT_BLEND: BlendName = "hann"
 
 
 def window_1d(name: str, size: int, overlap: int = 0, halo_before: int | None = None) -> np.ndarray:
-    try:
-        fn = WINDOWS[name]
-    except KeyError:
-        from tileseg.errors import ConfigError
-
-        raise ConfigError(
-            f"unknown blend window {name!r}; choose one of {', '.join(WINDOWS)}"
-        ) from None
+    check_choice(name, BLEND_WINDOWS, "blend")
+    fn = WINDOWS[name]
     before = overlap // 2 if halo_before is None else halo_before
     return fn(size, overlap, before).astype(np.float64)
 

@@ -173,7 +173,7 @@ class TileGrid:
     @property
     def context(self) -> int:
         """Network input size: the tile size rounded up to a multiple of the divisor."""
-        return -(-self.tile_size // self.divisor) * self.divisor
+        return round_up(self.tile_size, self.divisor)
 
     @property
     def pad_before(self) -> int:
@@ -292,6 +292,16 @@ class TileGrid:
             for c in range(max(col - 1, 0), min(col + 2, self.chunk_cols)):
                 out.append((r, c))
         return out
+
+
+def round_up(size: int, multiple: int) -> int:
+    """``size`` rounded up to a multiple of ``multiple``: the smallest network input that holds
+    ``size`` pixels, for a network whose input multiple (divisor) is ``multiple``.
+
+    >>> round_up(513, 16), round_up(512, 16), round_up(5, 1)
+    (528, 512, 5)
+    """
+    return -(-size // multiple) * multiple
 
 
 def aligned_overlap(tile_size: int, overlap: int, divisor: int) -> int:

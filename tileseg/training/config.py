@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
+from tileseg.choices import (
+    ClassWeighting,
+    Flips,
+    HoldoutSide,
+    OutputStride,
+    SaveDtype,
+    check_choices,
+)
 from tileseg.errors import ConfigError, ModelError
 from tileseg.models.loaded import ARCHITECTURES, canonical_architecture
 from tileseg.text import counted
 
-HoldoutSide = Literal["left", "right", "top", "bottom"]
-Flips = Literal["none", "lr", "dihedral"]
-SaveDtype = Literal["float32", "float16"]
-ClassWeighting = Literal["none", "inverse-sqrt", "inverse"]
 IGNORE_INDEX = 255
 
 
@@ -43,8 +46,7 @@ class Holdout:
     fraction: float = 0.25
 
     def __post_init__(self) -> None:
-        if self.side not in ("left", "right", "top", "bottom"):
-            raise ConfigError(f"holdout side {self.side!r}: choose left, right, top or bottom")
+        check_choices(self, prefix="holdout.")  # side
         if not 0.05 <= self.fraction <= 0.5:
             raise ConfigError(f"holdout fraction {self.fraction} must be within 0.05 and 0.5")
 
@@ -69,7 +71,7 @@ class TrainConfig:
     architecture: str = "DeepLabV3Plus"
     encoder_name: str = "tu-efficientnet_lite0"
     encoder_weights: str | None = None  # None (random), "imagenet", or a .pth state dict path
-    encoder_output_stride: int | None = None
+    encoder_output_stride: OutputStride | None = None
     crop_size: int = 513
     scale_range: tuple[float, float] = (0.5, 2.0)
     flips: Flips = "dihedral"
@@ -127,13 +129,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1")
         if self.learning_rate <= 0:
             raise ConfigError("learning rate must be positive")
-        if self.flips not in ("none", "lr", "dihedral"):
-            raise ConfigError(f"flips {self.flips!r}: choose none, lr or dihedral")
-        if self.class_weighting not in ("none", "inverse-sqrt", "inverse"):
-            raise ConfigError(f"class weighting {self.class_weighting!r}: choose none, "
-                              "inverse-sqrt or inverse")
-        if self.save_dtype not in ("float32", "float16"):
-            raise ConfigError(f"save dtype {self.save_dtype!r}: choose float32 or float16")
+        check_choices(self)  # encoder_output_stride, flips, class_weighting, save_dtype
 
     @property
     def num_classes(self) -> int:

@@ -23,6 +23,7 @@ from tileseg.inference.device import resolve_device
 from tileseg.metrics import SegmentationMetrics, compute_metrics, confusion_matrix
 from tileseg.models.loaded import ModelSpec, build_model, readable_like_others, save_model
 from tileseg.models.metadata import ClassInfo, ModelMetadata, Normalization, default_color
+from tileseg.tiling.grid import round_up
 from tileseg.training.card import write_model_card
 from tileseg.training.config import IGNORE_INDEX, TrainConfig
 from tileseg.training.data import (
@@ -145,7 +146,7 @@ def validate(model: nn.Module, sources: list[Source], regions: list[Region],
             image = image * a[:, None, None] + b[:, None, None]
             image[:, ~valid] = 0.0
             h, w = image.shape[1:]
-            ph, pw = (-h) % divisor, (-w) % divisor
+            ph, pw = round_up(h, divisor) - h, round_up(w, divisor) - w
             x = torch.from_numpy(image)[None]
             if ph or pw:
                 mode = "reflect" if ph < h and pw < w else "replicate"

@@ -8,12 +8,14 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import shapely
 
+from tileseg.choices import AreaUnit, Connectivity, check_choices
 from tileseg.errors import ConfigError, InputError, log_params
+from tileseg.execution import Scheduler
 from tileseg.outputs.location import location
 from tileseg.outputs.naming import check_not_source
 from tileseg.outputs.styles import legend_for, mask_legend
@@ -24,7 +26,6 @@ from tileseg.vectorization.polygons import (
     ChunkPieces,
     ChunkWindow,
     ClassFilter,
-    Connectivity,
     vectorize_chunk,
 )
 from tileseg.vectorization.source import MaskSource, open_mask
@@ -35,8 +36,6 @@ logger = logging.getLogger(__name__)
 # class names that mean "not a thing to map": their polygons are left out by default
 BACKGROUND_NAMES = frozenset({"background", "unlabelled", "unlabeled", "void", "nodata",
                               "no data", "none"})
-
-AreaUnit = Literal["pixels", "map"]
 
 # RFC 7946: GeoJSON is WGS 84 longitude/latitude; other CRSs only by prior arrangement
 GEOJSON_CRS = "OGC:CRS84"
@@ -75,14 +74,9 @@ class VectorizeConfig:
     workers: int | None = None  # threads of the local scheduler
 
     def __post_init__(self) -> None:
-        if self.connectivity not in (4, 8):
-            raise ConfigError(f"connectivity must be 4 or 8, got {self.connectivity}",
-                              params=("connectivity",))
+        check_choices(self)  # min_area_unit, connectivity
         if not 0 <= self.min_area < math.inf:  # NaN fails too: it would drop every polygon
             raise ConfigError(f"min_area must be zero or positive, got {self.min_area}", params=("min_area",))
-        if self.min_area_unit not in ("pixels", "map"):
-            raise ConfigError(f"min_area_unit {self.min_area_unit!r}: choose pixels or map",
-                              params=("min_area_unit",))
         if not 0 <= self.simplify < math.inf:
             raise ConfigError(f"simplify must be zero or positive, got {self.simplify}", params=("simplify",))
         if self.chunk_size is not None and self.chunk_size < 1:
@@ -141,6 +135,7 @@ def vectorize(
     config: VectorizeConfig | None = None,
     *,
     progress: ProgressCallback | None = None,
+    scheduler: Scheduler | None = None,
 ) -> VectorizeResult:
     """Vectorize the class mask ``src`` into the polygon layer ``dst`` (format from extension).
 
@@ -154,9 +149,13 @@ def vectorize(
     >>> vectorize("mask.tif", "buildings.gpkg",
     ...           VectorizeConfig(classes=(3,), min_area=20, connectivity=8))  # doctest: +SKIP
     VectorizeResult(dst='buildings.gpkg', features=1812, ...)
+
+    ``scheduler``: the run's, resolved already (predict hands down its own, with its client);
+    by default ``config.scheduler`` is resolved, once, before anything is written.
     """
     config = config or VectorizeConfig()
     started = time.perf_counter()
+    scheduler = _scheduler(config, scheduler)
     if not isinstance(src, MaskSource):
         check_not_source(dst, os.fspath(src))
     fmt = check_destination(dst, config.overwrite)  # fail before the (long) work, not after
@@ -165,7 +164,7 @@ def vectorize(
         config = replace(config, to_crs=geojson_crs(config.to_crs, dst))
     # One run per destination: a second one stops (exit 75) instead of racing for the rename.
     with location(dst).lock(sweep=remove_stale_partials):
-        polygons = polygonize(source, config, progress=progress)
+        polygons = polygonize(source, config, progress=progress, scheduler=scheduler)
         # QGIS colours a GeoPackage by class on opening: the mask's palette, defaults for the rest
         style = legend_for(mask_legend(source.path), polygons.fields["class_id"])
         write_layer(dst, polygons.geometry, polygons.fields, polygons.crs_wkt,
@@ -212,8 +211,10 @@ def polygonize(
     config: VectorizeConfig | None = None,
     *,
     progress: ProgressCallback | None = None,
+    scheduler: Scheduler | None = None,
 ) -> Polygons:
-    """The polygons :func:`vectorize` writes, in memory (for callers that post-process them).
+    """The polygons :func:`vectorize` writes, in memory (for callers that post-process them);
+    ``scheduler`` as for :func:`vectorize`.
 
     Examples
     --------
@@ -221,13 +222,14 @@ def polygonize(
     >>> polys.fields["area"].sum()  # doctest: +SKIP
     """
     config = config or VectorizeConfig()
+    scheduler = _scheduler(config, scheduler)
     source = src if isinstance(src, MaskSource) else open_mask(src)
     _check_classes(source, config)
     crs_wkt = _check_crs(source, config)
     dst_crs = _parse_crs(config.to_crs) if config.to_crs else None  # fail before the work
     windows, grid_shape = chunk_windows(source, config.chunk_size)
     tasks = build_tasks(source, windows, config)
-    results = compute_tasks(tasks, config.scheduler, config.workers, progress)
+    results = compute_tasks(tasks, scheduler, config.workers, progress)
     grid = [results[r * grid_shape[1] : (r + 1) * grid_shape[1]] for r in range(grid_shape[0])]
     components = merge_pieces(grid, config.connectivity)
     del results, grid
@@ -302,14 +304,21 @@ def build_tasks(source: MaskSource, windows: Sequence[ChunkWindow],
     ]
 
 
-def compute_tasks(tasks: list[Any], scheduler: str | Any | None, workers: int | None,
-                  progress: ProgressCallback | None) -> list[ChunkPieces]:
-    """Run the chunk tasks on ``scheduler`` (see :func:`tileseg.execution.resolve_scheduler`;
-    None: ``$TILESEG_SCHEDULER``, dask's ``tileseg.scheduler``, else threads), reporting each
-    finished one."""
-    from tileseg.execution import resolve_scheduler, run_graph
+def _scheduler(config: VectorizeConfig, scheduler: Scheduler | None) -> Scheduler:
+    """The run's scheduler: the one handed down, else ``config.scheduler`` resolved (None:
+    ``$TILESEG_SCHEDULER``, dask's ``tileseg.scheduler``, else threads)."""
+    from tileseg.execution import resolve_scheduler
 
-    resolved = resolve_scheduler(scheduler)
+    return scheduler if scheduler is not None else resolve_scheduler(config.scheduler)
+
+
+def compute_tasks(tasks: list[Any], scheduler: Scheduler, workers: int | None,
+                  progress: ProgressCallback | None) -> list[ChunkPieces]:
+    """Run the chunk tasks on ``scheduler`` (resolved: :func:`tileseg.execution.resolve_scheduler`),
+    reporting each finished one."""
+    from tileseg.execution import run_graph
+
+    resolved = scheduler
     total, started = len(tasks), time.perf_counter()
     index = {task.key: i for i, task in enumerate(tasks)}
     graph: dict[Any, Any] = {}

@@ -17,7 +17,8 @@ import shapely
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from tileseg.vectorization.polygons import ChunkPieces, Connectivity
+from tileseg.choices import Connectivity
+from tileseg.vectorization.polygons import ChunkPieces
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import rasterio.features
@@ -17,10 +17,9 @@ import shapely
 from affine import Affine
 from scipy import ndimage
 
+from tileseg.choices import Connectivity
 from tileseg.tiling.grid import Rect
 from tileseg.vectorization.source import MaskSource
-
-Connectivity = Literal[4, 8]
 
 
 @dataclass(frozen=True, order=True)

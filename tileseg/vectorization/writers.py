@@ -33,11 +33,12 @@ import re
 import sqlite3
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import shapely
 
+from tileseg.choices import VECTOR_FORMATS, VectorFormat, choice_words
 from tileseg.errors import DestinationBusyError, DiskFullError, OutputError
 from tileseg.models.metadata import ClassInfo
 from tileseg.outputs.location import location
@@ -45,11 +46,9 @@ from tileseg.outputs.styles import add_layer_style
 
 logger = logging.getLogger(__name__)
 
-VectorFormat = Literal["gpkg", "parquet", "geojson", "fgb"]
-
+# each format's name is its extension; two more spellings
 _EXTENSIONS: dict[str, VectorFormat] = {
-    ".gpkg": "gpkg", ".parquet": "parquet", ".geoparquet": "parquet", ".geojson": "geojson",
-    ".json": "geojson", ".fgb": "fgb",
+    **{f".{fmt}": fmt for fmt in VECTOR_FORMATS}, ".geoparquet": "parquet", ".json": "geojson",
 }
 _OGR_DRIVERS = {"gpkg": "GPKG", "geojson": "GeoJSON", "fgb": "FlatGeobuf"}
 MARKER_KEY = "tileseg"  # GeoParquet key-value metadata and GeoJSON foreign member
@@ -63,8 +62,8 @@ def format_for(path: str | os.PathLike[str]) -> VectorFormat:
     ext = Path(path).suffix.lower()
     if ext not in _EXTENSIONS:
         raise OutputError(
-            f"{os.fspath(path)}: unknown polygon format {ext or 'without extension'!r}; use .gpkg, "
-            ".parquet, .geojson or .fgb"
+            f"{os.fspath(path)}: unknown polygon format {ext or 'without extension'!r}; use "
+            f"{choice_words(['.' + f for f in VECTOR_FORMATS])}"
         )
     return _EXTENSIONS[ext]
 
