@@ -1,7 +1,7 @@
 """What the layout-independent mask costs on the CPU: fixed-point sums and one tile a pass.
 
 Since the mask became a function of the raster, the model and the tiling options alone (see
-the README's "Same mask whatever the layout"), tileseg blends into int64 fixed-point sums
+docs/guide/same-mask.md), tileseg blends into int64 fixed-point sums
 instead of float32 ones and runs eager torch on the CPU one tile a forward pass, on one thread,
 as many passes at once as there are cores. This measures both, in one run:
 
