@@ -68,8 +68,8 @@ def command(paths: tuple[str, ...], output: str | None, verbose: int, quiet: boo
 
     DST defaults to SRC's name (an item's id) with .mask.tif (.mask.zarr for --format zarr) in
     the current folder, e.g. scene.tif -> ./scene.mask.tif. SRC, DST, --zarr, --vectorize,
-    --preview and --report may be s3:// (gs://, az://) URLs; see the README, "Outputs on
-    object storage". Beside DST goes its STAC item (scene.mask.stac.json).
+    --preview and --report may be s3:// (gs://, az://) URLs; see "Outputs on object
+    storage" in the docs (docs/cloud/outputs.md). Beside DST goes its STAC item (scene.mask.stac.json).
     """
     from tileseg.outputs.naming import default_mask_path
     from tileseg.pipeline import predict

@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # channels-last memory format for the torch engine on the CPU (always on a GPU): measured with
-# benchmarks/bench_engine.py, see README.
+# benchmarks/bench_engine.py (docs/benchmarks.md, "Inference engines on the CPU").
 CPU_CHANNELS_LAST = True
 
 

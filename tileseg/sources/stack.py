@@ -19,7 +19,7 @@ CRS the warp uses the exact transformer (the transform is affine, the cost nil) 
 ``reproject`` bitwise; across CRSs, computing every pixel's position with PROJ costs about 2 s
 per 2048 x 2048 pixels, so positions are approximated to 1/100 pixel (:data:`WARP_MAX_ERROR`),
 against 1/8 for ``reproject``: their values differ by at most 0.135 source pixel times the band's
-slope, plus one for rounding (see README, "Scenes").
+slope, plus one for rounding (docs/guide/scenes.md, "The same mask whatever the chunks").
 """
 
 from __future__ import annotations
