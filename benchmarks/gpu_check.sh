@@ -3,8 +3,8 @@
 # has torch but not rasterio/dask/zarr/smp. Prepare here, then run there (about 6-8 minutes):
 #
 #   ../shared/tools/device-wheels.sh pytest hypothesis iniconfig pluggy sortedcontainers packaging \
-#     importlib_metadata zipp lazy-importer
-# (dask needs importlib_metadata and zipp, zarr needs lazy-importer; checked in a venv holding
+#     importlib_metadata zipp lazy-importer pygments
+# (dask needs importlib_metadata and zipp, zarr lazy-importer, pytest pygments; checked in a venv holding
 # only the device's packages plus these wheels, where the whole script ran on CPU)
 #   # device tool: command "bash benchmarks/gpu_check.sh", carry [".whl"], timeout_s 590
 #
@@ -41,7 +41,7 @@ step "device"
 
 step "tests on the GPU"
 # (rioxarray is not among the device's wheels: its xarray test is left to CI)
-timeout 150 python3 -m pytest -q -x -p no:cacheprovider tests/inference/test_grid.py tests/inference/test_blend.py \
+timeout 150 python3 -m pytest -q -x -p no:cacheprovider -o addopts="" tests/tiling/test_grid.py tests/tiling/test_blend.py \
   tests/test_predict.py -k "not xarray" 2>&1 | tail -15 | tee "$out/tests.txt"
 
 step "layout"

@@ -469,3 +469,15 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     assert (tmp_path / "site" / "reference" / "cli" / "index.html").is_file()
+
+
+def test_every_repository_path_the_docs_and_scripts_name_exists() -> None:
+    """A module or test that moves leaves no page (nor the GPU check) pointing at its old place."""
+    named = [ROOT / "README.md", ROOT / "workflows" / "README.md", *DOCS.rglob("*.md"),
+             *(ROOT / "benchmarks").glob("*.sh"), *(ROOT / "benchmarks").glob("*.py")]
+    pattern = re.compile(r"(?<![\w/.])((?:tileseg|tests|benchmarks|examples|workflows)/[\w/.-]+"
+                         r"\.(?:py|md|sh|json|yaml|toml))")
+    missing = sorted({f"{page.relative_to(ROOT)}: {path}" for page in named
+                      for path in pattern.findall(page.read_text(encoding="utf-8"))
+                      if not (ROOT / path).exists()})
+    assert not missing, "\n".join(missing)

@@ -216,6 +216,13 @@ def file_fields(path: Path) -> dict[str, Any]:
     return {"file:size": path.stat().st_size, "file:checksum": "1220" + digest.hexdigest()}
 
 
+def _map_xy(raster: RasterInfo, col: float, row: float) -> tuple[float, float]:
+    """The map coordinates of a pixel corner, from the transform's six coefficients (affine 2
+    has no ``@`` for points and affine 3 deprecates ``*``: rasterio takes either)."""
+    a, b, c, d, e, f = (float(v) for v in raster.transform[:6])
+    return a * col + b * row + c, d * col + e * row + f
+
+
 def footprint(raster: RasterInfo) -> tuple[dict[str, Any] | None, list[float] | None]:
     """The raster's outline in longitude/latitude (GeoJSON) and its bbox; None without a CRS."""
     if raster.crs_wkt is None:
@@ -224,9 +231,9 @@ def footprint(raster: RasterInfo) -> tuple[dict[str, Any] | None, list[float] | 
     from rasterio.crs import CRS
     from rasterio.warp import transform_geom
 
-    t = raster.affine
-    corners = [t @ (0, 0), t @ (raster.width, 0), t @ (raster.width, raster.height),
-               t @ (0, raster.height)]
+    corners = [_map_xy(raster, col, row)
+               for col, row in ((0, 0), (raster.width, 0), (raster.width, raster.height),
+                                (0, raster.height))]
     outline = shapely.Polygon(corners)
     side = max(outline.bounds[2] - outline.bounds[0], outline.bounds[3] - outline.bounds[1])
     dense = shapely.segmentize(outline, side / 16 or 1.0)
@@ -252,9 +259,8 @@ def _proj_fields(raster: RasterInfo) -> dict[str, Any]:
     else:
         out["proj:code"] = None
         out["proj:wkt2"] = crs.to_wkt(version="WKT2_2019")
-    t = raster.affine
-    xs = [(t @ (c, r))[0] for c in (0, raster.width) for r in (0, raster.height)]
-    ys = [(t @ (c, r))[1] for c in (0, raster.width) for r in (0, raster.height)]
+    corners = [_map_xy(raster, c, r) for c in (0, raster.width) for r in (0, raster.height)]
+    xs, ys = [x for x, _ in corners], [y for _, y in corners]
     out["proj:bbox"] = [min(xs), min(ys), max(xs), max(ys)]
     return out
 
