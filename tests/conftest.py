@@ -66,34 +66,32 @@ UTM = "EPSG:32631"
 NORTH_UP = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 6000000.0)
 
 
+def write_raster(path: Path, data: np.ndarray, *, nodata: float | None = None,
+                 crs: str | None = UTM, transform: Affine = NORTH_UP, block: int = 256,
+                 **profile: Any) -> Path:
+    """Write ``data`` (bands, rows, cols; or rows, cols) as a GeoTIFF, tiled when it holds a
+    whole ``block``; UTM 31N at 10 m unless told otherwise."""
+    if data.ndim == 2:
+        data = data[None]
+    count, height, width = data.shape
+    opts: dict[str, Any] = dict(
+        driver="GTiff", height=height, width=width, count=count, dtype=data.dtype.name,
+        crs=crs, transform=transform, nodata=nodata,
+    )
+    if height >= block and width >= block:
+        opts.update(tiled=True, blockxsize=block, blockysize=block)
+    opts.update(profile)
+    with rasterio.open(path, "w", **opts) as dst:
+        dst.write(data)
+    return path
+
+
 @pytest.fixture
 def make_raster(tmp_path: Path) -> Callable[..., Path]:
     """Write a tiled GeoTIFF: ``make_raster(data, name=..., nodata=..., crs=..., transform=...)``."""
 
-    def make(
-        data: np.ndarray,
-        name: str = "scene.tif",
-        *,
-        nodata: float | None = None,
-        crs: str | None = UTM,
-        transform: Affine = NORTH_UP,
-        block: int = 256,
-        **profile: Any,
-    ) -> Path:
-        if data.ndim == 2:
-            data = data[None]
-        count, height, width = data.shape
-        path = tmp_path / name
-        opts: dict[str, Any] = dict(
-            driver="GTiff", height=height, width=width, count=count, dtype=data.dtype.name,
-            crs=crs, transform=transform, nodata=nodata,
-        )
-        if height >= block and width >= block:
-            opts.update(tiled=True, blockxsize=block, blockysize=block)
-        opts.update(profile)
-        with rasterio.open(path, "w", **opts) as dst:
-            dst.write(data)
-        return path
+    def make(data: np.ndarray, name: str = "scene.tif", **options: Any) -> Path:
+        return write_raster(tmp_path / name, data, **options)
 
     return make
 

@@ -329,6 +329,15 @@ def s3_environment(server: S3Server) -> Iterator[None]:
 
 
 @contextmanager
+def s3_with_buckets(*buckets: str) -> Iterator[S3Server]:
+    """A running server, this process's environment pointed at it, and ``buckets`` created."""
+    with running_s3() as server, s3_environment(server):
+        for bucket in buckets:
+            server.client().create_bucket(Bucket=bucket)
+        yield server
+
+
+@contextmanager
 def checking_credentials() -> Iterator[dict[str, str]]:
     """While inside, the server checks every request's signature against an IAM user, as a real
     store does (moto accepts any key otherwise); yields that user's good credentials, allowed

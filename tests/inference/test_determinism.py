@@ -13,9 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 import zarr
-from conftest import random_image
+from conftest import random_image, write_raster
 
 from tileseg.config import PredictConfig
 from tileseg.pipeline import predict
@@ -42,14 +41,8 @@ CASES = {  # (model, engine): the layouts it runs
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from affine import Affine
-
     path = tmp_path_factory.mktemp("determinism") / "scene.tif"
-    data = random_image(3, 200, 200, seed=11)
-    with rasterio.open(path, "w", driver="GTiff", height=200, width=200, count=3, dtype="uint8",
-                       crs="EPSG:32631", transform=Affine(10, 0, 500000, 0, -10, 6000000)) as dst:
-        dst.write(data)
-    return path
+    return write_raster(path, random_image(3, 200, 200, seed=11))
 
 
 def _run(scene: Path, model: Path, out: Path, engine: str, layout: tuple) -> tuple[np.ndarray, ...]:

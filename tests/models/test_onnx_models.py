@@ -13,7 +13,7 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
-from conftest import metadata, random_image
+from conftest import metadata, random_image, write_raster
 from torch import nn
 
 from tileseg.cli.main import cli
@@ -124,14 +124,8 @@ def onnx_files(unet: TinyUNet, tmp_path_factory: pytest.TempPathFactory) -> dict
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from affine import Affine
-
     path = tmp_path_factory.mktemp("scene") / "scene.tif"
-    data = random_image(3, 150, 170, seed=6)
-    with rasterio.open(path, "w", driver="GTiff", height=150, width=170, count=3, dtype="uint8",
-                       crs="EPSG:32631", transform=Affine(10, 0, 500000, 0, -10, 6000000)) as dst:
-        dst.write(data)
-    return path
+    return write_raster(path, random_image(3, 150, 170, seed=6))
 
 
 def _mask(path: Path | str) -> np.ndarray:

@@ -13,7 +13,7 @@ import rasterio
 import zarr
 from click.testing import CliRunner
 from conftest import interrupt_after, per_pixel_model, random_image
-from s3_server import S3Server, checking_credentials, running_s3, s3_environment
+from s3_server import S3Server, checking_credentials, s3_with_buckets
 
 from tileseg.config import PredictConfig
 from tileseg.errors import DestinationBusyError
@@ -25,8 +25,7 @@ BUCKET = "tileseg-cloud-out"
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3Server]:
-    with running_s3() as server, s3_environment(server):
-        server.client().create_bucket(Bucket=BUCKET)
+    with s3_with_buckets(BUCKET) as server:
         yield server
 
 

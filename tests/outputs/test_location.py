@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from s3_server import S3Server, running_s3, s3_environment
+from s3_server import S3Server, s3_with_buckets
 
 from tileseg.errors import InputNotFoundError, OutputError
 from tileseg.outputs.location import LocalLocation, Location, StoreLocation, location
@@ -17,8 +17,7 @@ BUCKET = "tileseg-location-test"
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3Server]:
-    with running_s3() as server, s3_environment(server):
-        server.client().create_bucket(Bucket=BUCKET)
+    with s3_with_buckets(BUCKET) as server:
         yield server
 
 

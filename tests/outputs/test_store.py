@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from s3_server import S3Server, running_s3, s3_environment
+from s3_server import S3Server, s3_with_buckets
 
 from tileseg.errors import DestinationBusyError, OutputError
 from tileseg.outputs.store import (
@@ -29,8 +29,7 @@ BUCKET = "tileseg-store-test"
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3Server]:
-    with running_s3() as server, s3_environment(server):
-        server.client().create_bucket(Bucket=BUCKET)
+    with s3_with_buckets(BUCKET) as server:
         yield server
 
 

@@ -13,7 +13,7 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 from conftest import NORTH_UP, UTM, per_pixel_model, random_image
-from s3_server import S3Server, running_s3, s3_environment
+from s3_server import S3Server, s3_with_buckets
 from test_styles import gdal_categories_and_rat
 
 from tileseg.config import PredictConfig
@@ -27,8 +27,7 @@ BUCKET = "tileseg-objects"
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3Server]:
-    with running_s3() as server, s3_environment(server):
-        server.client().create_bucket(Bucket=BUCKET)
+    with s3_with_buckets(BUCKET) as server:
         yield server
 
 

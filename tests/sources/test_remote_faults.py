@@ -20,7 +20,7 @@ import rasterio
 from affine import Affine
 from click.testing import CliRunner
 from conftest import per_pixel_model, random_image
-from s3_server import S3Server, running_s3, s3_environment
+from s3_server import S3Server, s3_with_buckets
 
 from tileseg.cli.main import cli
 from tileseg.config import PredictConfig
@@ -48,9 +48,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[S3Server, Pat
     """The server with two buckets; yields it, a COG and another COG of the same shape."""
     folder = tmp_path_factory.mktemp("faults")
     scene, other = _cog(folder / "scene.tif", 3), _cog(folder / "other.tif", 9)
-    with running_s3() as server, s3_environment(server):
-        server.client().create_bucket(Bucket=BUCKET)
-        server.client().create_bucket(Bucket=OUT_BUCKET)
+    with s3_with_buckets(BUCKET, OUT_BUCKET) as server:
         yield server, scene, other
 
 

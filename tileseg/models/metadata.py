@@ -333,18 +333,25 @@ def read_metadata_json(path: Path) -> Any:
         return None
     except OSError as exc:
         raise unreadable(path, exc) from exc
+    # a folder or a dangling link there: an error, not "none"
+    data = read_json_file(path, "fix or remove it")
+    if not isinstance(data, dict):
+        raise ModelError(f"{path}: not a JSON object; fix or remove it")
+    return data
+
+
+def read_json_file(path: Path, remedy: str) -> Any:
+    """The JSON document of a model's file; a one-line :class:`ModelError` naming it when it
+    cannot be read or is not JSON (``remedy``: what to do about the latter)."""
     try:
-        with open(path, "rb") as f:  # a folder or a dangling link there: an error, not "none"
+        with open(path, "rb") as f:
             text = f.read()
     except OSError as exc:
         raise unreadable(path, exc) from exc
     try:
-        data = json.loads(text.decode("utf-8"))
+        return json.loads(text.decode("utf-8"))
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise ModelError(f"{path}: not valid JSON ({exc}); fix or remove it") from exc
-    if not isinstance(data, dict):
-        raise ModelError(f"{path}: not a JSON object; fix or remove it")
-    return data
+        raise ModelError(f"{path}: not valid JSON ({exc}); {remedy}") from exc
 
 
 def unreadable(path: Path, exc: OSError) -> ModelError:

@@ -187,19 +187,9 @@ class LocalStaging:
         if self.path.exists():
             recorded = read_run_record(self.run_file)
             if recorded is not None and recorded.get("ready", True):
-                if resume:
-                    if on_resume is not None:  # first: a changed source is named as such
-                        on_resume(recorded)
-                    if recorded.get("fingerprint") != fingerprint:
-                        raise RunError(
-                            f"{self.path}: left by a run with other inputs or options; rerun "
-                            "with the same ones, or pass overwrite to start over",
-                            params=("overwrite",))
+                if resume_recorded(str(self.path), recorded, fingerprint, resume=resume,
+                                   overwrite=overwrite, on_resume=on_resume):
                     return True
-                if not overwrite:
-                    raise OutputError(
-                        f"{self.path}: an interrupted run is in the way; pass resume to "
-                        "continue it or overwrite to start over", params=("resume", "overwrite"))
                 self.check(overwrite=True, resume=False)  # again, under the lock
             else:  # killed (or out of space) before its first chunk: nothing to keep
                 self.check(overwrite=True, resume=False)  # ours (its record) or empty
@@ -280,6 +270,25 @@ class LocalStaging:
         # a full disk names the destination's folder, as the rest of the staging's writes do
         with atomic_file(path, folder=self.dst.absolute().parent, resumable=True) as tmp:
             tmp.write_text(json.dumps(data))
+
+
+def resume_recorded(where: str, recorded: dict[str, Any], fingerprint: str, *, resume: bool,
+                    overwrite: bool,
+                    on_resume: Callable[[dict[str, Any]], None] | None) -> bool:
+    """What to do with the staging of an interrupted run whose ``recorded`` run record is ready,
+    on a disk or a store alike: True to continue it (``resume``, the same fingerprint), False to
+    start over (``overwrite``); a one-line error otherwise."""
+    if resume:
+        if on_resume is not None:  # first: a changed source is named as such
+            on_resume(recorded)
+        if recorded.get("fingerprint") != fingerprint:
+            raise RunError(f"{where}: left by a run with other inputs or options; rerun with the "
+                           "same ones, or pass overwrite to start over", params=("overwrite",))
+        return True
+    if not overwrite:
+        raise OutputError(f"{where}: an interrupted run is in the way; pass resume to continue "
+                          "it or overwrite to start over", params=("resume", "overwrite"))
+    return False
 
 
 def read_run_record(path: Path) -> dict[str, Any] | None:

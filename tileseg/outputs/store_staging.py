@@ -38,7 +38,7 @@ from tileseg.outputs.ownership import (
     TIFF_TAG,
     ZARR_ATTRIBUTE,
 )
-from tileseg.outputs.staging import STAGING_SUFFIX
+from tileseg.outputs.staging import STAGING_SUFFIX, resume_recorded
 from tileseg.outputs.store import (
     StoreLock,
     StoreURL,
@@ -242,19 +242,9 @@ class StoreStaging:
             if recorded is None:  # put there since check(), which refuses them
                 raise self._foreign_staging()
             if recorded.get("ready", True):
-                if resume:
-                    if on_resume is not None:  # first: a changed source is named as such
-                        on_resume(recorded)
-                    if recorded.get("fingerprint") != fingerprint:
-                        raise RunError(
-                            f"{self.path.url}: left by a run with other inputs or options; "
-                            "rerun with the same ones, or pass overwrite to start over",
-                            params=("overwrite",))
+                if resume_recorded(self.path.url, recorded, fingerprint, resume=resume,
+                                   overwrite=overwrite, on_resume=on_resume):
                     return True
-                if not overwrite:
-                    raise OutputError(
-                        f"{self.path.url}: an interrupted run is in the way; pass resume to "
-                        "continue it or overwrite to start over", params=("resume", "overwrite"))
                 self.check(overwrite=True, resume=False)  # again, under the lock
             else:
                 logger.info("%s: left by a run that stopped before any work; starting over",

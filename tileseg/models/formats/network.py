@@ -3,7 +3,6 @@ TorchGeo task's hyper-parameters; and weights loaded into them strictly."""
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,7 +13,7 @@ from torch import nn
 
 from tileseg.errors import ModelError
 from tileseg.models.loaded import DEEPLAB, ModelSpec, build_model, canonical_architecture
-from tileseg.models.metadata import unreadable
+from tileseg.models.metadata import read_json_file
 
 logger = logging.getLogger(__name__)
 
@@ -37,15 +36,7 @@ class LoadOptions:
 def read_config(directory: Path) -> dict[str, Any]:
     """smp's ``config.json`` of a ``save_pretrained`` folder."""
     config_path = directory / "config.json"
-    try:
-        with open(config_path, "rb") as f:
-            text = f.read()
-    except OSError as exc:
-        raise unreadable(config_path, exc) from exc
-    try:
-        config = json.loads(text.decode("utf-8"))
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise ModelError(f"{config_path}: not valid JSON ({exc}); re-save the model") from exc
+    config = read_json_file(config_path, "re-save the model")
     if not isinstance(config, dict) or "_model_class" not in config:
         raise ModelError(
             f"{config_path}: not an smp config (no _model_class); save the model with "
